@@ -1,0 +1,92 @@
+//! Ledger postings. Every balance change is one entry made of postings that sum to zero: what
+//! a wallet gains, a system account gives, and the other way round. Entries are append-only;
+//! a correction is a new entry.
+
+use rust_decimal::Decimal;
+
+/// Which side of the books a posting touches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LedgerAccount {
+    /// The customer wallet account the operation is about.
+    Wallet,
+    /// A platform-side account, one per asset, that is the other side of wallet movements.
+    System(SystemAccount),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SystemAccount {
+    /// Where credits come from and debit adjustments go back to.
+    Issuance,
+    /// Where charges and usage fees go.
+    Revenue,
+    /// Where the unspent remainder of an expired grant goes.
+    Expired,
+}
+
+impl SystemAccount {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SystemAccount::Issuance => "issuance",
+            SystemAccount::Revenue => "revenue",
+            SystemAccount::Expired => "expired",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<SystemAccount> {
+        match text {
+            "issuance" => Some(SystemAccount::Issuance),
+            "revenue" => Some(SystemAccount::Revenue),
+            "expired" => Some(SystemAccount::Expired),
+            _ => None,
+        }
+    }
+}
+
+/// A wallet balance is split in buckets: what can be spent now, and what is promised later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Bucket {
+    Available,
+    PendingIn,
+}
+
+impl Bucket {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Bucket::Available => "available",
+            Bucket::PendingIn => "pending_in",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Bucket> {
+        match text {
+            "available" => Some(Bucket::Available),
+            "pending_in" => Some(Bucket::PendingIn),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Posting {
+    pub account: LedgerAccount,
+    pub bucket: Bucket,
+    /// The grant this posting moves, or `None` for the wallet's overdraft (debt) part. Always
+    /// `None` on system accounts.
+    pub grant_id: Option<String>,
+    pub amount: Decimal,
+}
+
+impl Posting {
+    pub fn wallet(bucket: Bucket, grant_id: Option<&str>, amount: Decimal) -> Posting {
+        Posting { account: LedgerAccount::Wallet, bucket, grant_id: grant_id.map(str::to_owned), amount }
+    }
+
+    pub fn system(account: SystemAccount, amount: Decimal) -> Posting {
+        Posting { account: LedgerAccount::System(account), bucket: Bucket::Available, grant_id: None, amount }
+    }
+}
+
+/// True when the postings of one entry cancel out.
+pub fn is_balanced(postings: &[Posting]) -> bool {
+    postings.iter().map(|posting| posting.amount).sum::<Decimal>().is_zero()
+}

@@ -1,0 +1,168 @@
+//! Request parsing at the edge: authentication, JSON bodies with field-level errors, and
+//! query strings. Handlers receive parsed values or never run.
+
+use crate::error::ApiError;
+use crate::limits;
+use crate::AppState;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use tally_store::ops::FieldError;
+use tally_store::repo::Page;
+
+/// The mode of the API key that authenticated the request.
+#[derive(Debug, Clone, Copy)]
+pub struct Auth {
+    pub mode: tally_core::Mode,
+}
+
+fn presented_key(parts: &Parts) -> Option<String> {
+    // Header names are case-insensitive; `HeaderMap` already folds them.
+    if let Some(value) = parts.headers.get("x-credyt-api-key").and_then(|value| value.to_str().ok()) {
+        return Some(value.trim().to_owned());
+    }
+    let authorization = parts.headers.get("authorization")?.to_str().ok()?;
+    let (scheme, key) = authorization.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| key.trim().to_owned())
+}
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Auth, ApiError> {
+        let key =
+            presented_key(parts).filter(|key| !key.is_empty() && key.len() <= 200).ok_or(ApiError::Unauthorized)?;
+        let found = state.read(move |conn| Ok(tally_store::repo::api_keys::authenticate(conn, &key)?)).await?;
+        match found {
+            Some((_, mode)) => Ok(Auth { mode }),
+            None => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
+/// A JSON body of type `T`. Not JSON at all: 400. JSON of the wrong shape (a missing field, a
+/// string where a number goes): 422 with the path of the field.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<JsonBody<T>, ApiError> {
+        let bytes =
+            Bytes::from_request(request, state).await.map_err(|_| ApiError::TooLarge(limits::MAX_BODY_BYTES))?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::Malformed("the request needs a JSON body".into()));
+    }
+    // Syntax is checked first so that a broken document is a 400 wherever the break is.
+    if let Err(error) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+        return Err(ApiError::Malformed(format!("the body is not valid JSON: {error}")));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let field = if path == "." { "$".to_owned() } else { path };
+        let message = error.into_inner().to_string();
+        // serde's messages end with " at line 1 column 42": the path says where already.
+        let message = message.split(" at line ").next().unwrap_or(&message).to_owned();
+        ApiError::invalid(field, message)
+    })
+}
+
+/// Query-string parameters, parsed one by one so that every bad one is reported.
+pub struct QueryParams {
+    values: HashMap<String, String>,
+    pub errors: Vec<FieldError>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<QueryParams, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        let values = serde_urlencoded_pairs(query);
+        Ok(QueryParams { values, errors: Vec::new() })
+    }
+}
+
+fn serde_urlencoded_pairs(query: &str) -> HashMap<String, String> {
+    axum::extract::Query::<HashMap<String, String>>::try_from_uri(&format!("/?{query}").parse().unwrap_or_default())
+        .map(|query| query.0)
+        .unwrap_or_default()
+}
+
+impl QueryParams {
+    fn error(&mut self, field: &str, message: &str) {
+        self.errors.push(FieldError { field: field.to_owned(), message: message.to_owned() });
+    }
+
+    pub fn string(&mut self, name: &str) -> Option<String> {
+        let value = self.values.get(name)?.trim().to_owned();
+        if value.chars().count() > limits::MAX_TEXT_CHARS {
+            self.error(name, "is too long");
+            return None;
+        }
+        (!value.is_empty()).then_some(value)
+    }
+
+    pub fn int(&mut self, name: &str) -> Option<i64> {
+        let text = self.string(name)?;
+        match text.parse() {
+            Ok(value) => Some(value),
+            Err(_) => {
+                self.error(name, "must be a whole number");
+                None
+            }
+        }
+    }
+
+    pub fn bool(&mut self, name: &str) -> Option<bool> {
+        let text = self.string(name)?;
+        match text.to_ascii_lowercase().as_str() {
+            "true" | "1" => Some(true),
+            "false" | "0" => Some(false),
+            _ => {
+                self.error(name, "must be true or false");
+                None
+            }
+        }
+    }
+
+    pub fn time(&mut self, name: &str) -> Option<DateTime<Utc>> {
+        let text = self.string(name)?;
+        let parsed = crate::types::parse_timestamp(&text);
+        if parsed.is_none() {
+            self.error(name, "must be an RFC 3339 date-time or a date");
+        }
+        parsed
+    }
+
+    /// `offset` (default 0) and `limit` (default 20, at most 100).
+    pub fn page(&mut self) -> Page {
+        let offset = self.int("offset").unwrap_or(0);
+        let limit = self.int("limit").unwrap_or(limits::DEFAULT_PAGE_SIZE);
+        if offset < 0 {
+            self.error("offset", "must be zero or more");
+        }
+        if !(1..=limits::MAX_PAGE_SIZE).contains(&limit) {
+            self.error("limit", "must be from 1 to 100");
+        }
+        Page { offset: offset.max(0), limit: limit.clamp(1, limits::MAX_PAGE_SIZE) }
+    }
+
+    /// Fails with every problem found, if any.
+    pub fn finish(self) -> Result<(), ApiError> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Invalid(self.errors))
+        }
+    }
+}

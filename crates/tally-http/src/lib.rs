@@ -1,0 +1,114 @@
+//! Tally's HTTP edge: the Credyt-compatible JSON API. Handlers parse requests into domain
+//! values, run one store operation on a blocking thread, and turn the result into JSON.
+//! Nothing here knows SQL or pricing rules.
+
+pub mod check;
+pub mod error;
+pub mod extract;
+pub mod limits;
+pub mod openapi;
+pub mod routes;
+pub mod types;
+pub mod worker;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use error::ApiError;
+use std::sync::Arc;
+use std::time::Duration;
+use tally_store::ops::OpError;
+use tally_store::{Conn, Store};
+
+/// Settings the HTTP layer needs.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// The platform's name, shown by `GET /accounts/self`.
+    pub platform_name: String,
+    /// How often the background worker settles due grant starts and expiries.
+    pub settle_interval: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> HttpConfig {
+        HttpConfig { platform_name: "Tally".to_owned(), settle_interval: Duration::from_secs(1) }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub config: Arc<HttpConfig>,
+}
+
+impl AppState {
+    pub fn new(store: Arc<Store>, config: HttpConfig) -> AppState {
+        AppState { store, config: Arc::new(config) }
+    }
+
+    /// Runs `work` in a read transaction on a blocking thread.
+    pub async fn read<R: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut dyn Conn) -> Result<R, OpError> + Send + 'static,
+    ) -> Result<R, ApiError> {
+        let store = self.store.clone();
+        blocking(move || store.read(work)).await
+    }
+
+    /// Runs `work` in a write transaction on a blocking thread.
+    pub async fn write<R: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut dyn Conn) -> Result<R, OpError> + Send + 'static,
+    ) -> Result<R, ApiError> {
+        let store = self.store.clone();
+        blocking(move || store.write(work)).await
+    }
+}
+
+async fn blocking<R: Send + 'static>(
+    work: impl FnOnce() -> Result<R, OpError> + Send + 'static,
+) -> Result<R, ApiError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(error) => Err(ApiError::Internal(format!("a storage task failed: {error}"))),
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    use routes::{accounts, assets, customers, wallet};
+    Router::new()
+        .route("/openapi.json", get(openapi::serve))
+        .route("/health", get(|| async { "ok" }))
+        .route("/accounts/self", get(accounts::get_self))
+        .route("/assets", post(assets::create).get(assets::list))
+        .route("/assets/{code}", get(assets::get))
+        .route("/assets/{code}/rates", post(assets::add_rate))
+        .route("/assets/{code}/quote", post(assets::quote))
+        .route("/customers", post(customers::create).get(customers::list))
+        .route("/customers/{customer_id}", get(customers::get).patch(customers::update))
+        .route("/customers/{customer_id}/wallet", get(wallet::get_wallet))
+        .route("/customers/{customer_id}/wallet/adjustments", post(wallet::create_adjustment))
+        .route("/customers/{customer_id}/wallet/charges", post(wallet::create_charge))
+        .route("/customers/{customer_id}/wallet/transactions/{transaction_id}", get(wallet::get_transaction))
+        .route("/customers/{customer_id}/wallet/{account_id}", get(wallet::get_account))
+        .route("/customers/{customer_id}/wallet/{account_id}/grants", get(wallet::list_grants))
+        .route("/customers/{customer_id}/wallet/{account_id}/transactions", get(wallet::list_transactions))
+        .fallback(|| async { ApiError::NotFound("no such endpoint; see /openapi.json".into()) })
+        .layer(DefaultBodyLimit::max(limits::MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` with the background worker until `shutdown` completes, then
+/// finishes in-flight requests and returns.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop_worker, worker_stopped) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(worker::run(state.store.clone(), state.config.settle_interval, worker_stopped));
+    let result = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
+    let _ = stop_worker.send(true);
+    let _ = worker.await;
+    result
+}

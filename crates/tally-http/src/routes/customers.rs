@@ -1,0 +1,178 @@
+use crate::check::Checker;
+use crate::error::ApiError;
+use crate::extract::{Auth, JsonBody, QueryParams};
+use crate::limits::MAX_TEXT_CHARS;
+use crate::types::Timestamp;
+use crate::{page_type, AppState};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
+use tally_store::ops::customers::{self as customer_ops, CustomerPatch, NewCustomer};
+use tally_store::repo::customers::{self as customer_repo, Customer, CustomerFilter};
+use utoipa::ToSchema;
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateCustomerRequest {
+    pub name: String,
+    pub external_id: Option<String>,
+    pub email: Option<String>,
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreateCustomerResponse {
+    pub id: String,
+    /// Subscriptions arrive with the product catalog; empty until then.
+    pub subscriptions: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CustomerSummary {
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    pub active_subscription_count: i64,
+}
+
+page_type!(PageCustomerSummary, CustomerSummary);
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GetCustomerResponse {
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    pub active_subscription_count: i64,
+    pub created_at: Timestamp,
+    pub metadata: BTreeMap<String, String>,
+    pub subscriptions: Vec<serde_json::Value>,
+}
+
+/// `null` clears an optional field; leaving the field out keeps it.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct UpdateCustomerRequest {
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub external_id: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub email: Option<Option<String>>,
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+/// Tells a field sent as `null` (`Some(None)`) from a field left out (`None`).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+fn summary(customer: Customer) -> CustomerSummary {
+    CustomerSummary {
+        id: customer.id,
+        external_id: customer.external_id,
+        name: customer.name,
+        email: customer.email,
+        active_subscription_count: 0,
+    }
+}
+
+#[utoipa::path(post, path = "/customers", tag = "Customers", request_body = CreateCustomerRequest,
+    responses((status = 201, body = CreateCustomerResponse), (status = 409), (status = 422)))]
+pub async fn create(
+    State(state): State<AppState>,
+    auth: Auth,
+    JsonBody(request): JsonBody<CreateCustomerRequest>,
+) -> Result<(StatusCode, Json<CreateCustomerResponse>), ApiError> {
+    let mut checker = Checker::default();
+    let new = NewCustomer {
+        name: checker.text("name", &request.name, MAX_TEXT_CHARS),
+        external_id: checker.opt_text("external_id", request.external_id.as_deref(), MAX_TEXT_CHARS),
+        email: checker.email("email", request.email.as_deref()),
+        metadata: checker.metadata("metadata", request.metadata.as_ref()),
+    };
+    checker.finish()?;
+    let now = chrono::Utc::now();
+    let customer = state.write(move |conn| customer_ops::create(conn, auth.mode, &new, now)).await?;
+    Ok((StatusCode::CREATED, Json(CreateCustomerResponse { id: customer.id, subscriptions: Vec::new() })))
+}
+
+#[utoipa::path(get, path = "/customers", tag = "Customers",
+    params(("offset" = Option<i64>, Query), ("limit" = Option<i64>, Query), ("customer_id" = Option<String>, Query),
+           ("external_id" = Option<String>, Query), ("email" = Option<String>, Query), ("name" = Option<String>, Query)),
+    responses((status = 200, body = PageCustomerSummary)))]
+pub async fn list(
+    State(state): State<AppState>,
+    auth: Auth,
+    mut query: QueryParams,
+) -> Result<Json<PageCustomerSummary>, ApiError> {
+    let page = query.page();
+    let filter = CustomerFilter {
+        customer_id: query.string("customer_id"),
+        external_id: query.string("external_id"),
+        email: query.string("email"),
+        name: query.string("name"),
+    };
+    query.finish()?;
+    let (customers, total) = state.read(move |conn| Ok(customer_repo::list(conn, auth.mode, &filter, page)?)).await?;
+    Ok(Json(PageCustomerSummary::new(customers.into_iter().map(summary).collect(), total, page)))
+}
+
+#[utoipa::path(get, path = "/customers/{customerId}", tag = "Customers", params(("customerId" = String, Path)),
+    responses((status = 200, body = GetCustomerResponse), (status = 404)))]
+pub async fn get(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<GetCustomerResponse>, ApiError> {
+    let customer = state.read(move |conn| customer_ops::require(conn, auth.mode, &id)).await?;
+    Ok(Json(GetCustomerResponse {
+        id: customer.id,
+        external_id: customer.external_id,
+        name: customer.name,
+        email: customer.email,
+        active_subscription_count: 0,
+        created_at: customer.created_at.into(),
+        metadata: customer.metadata,
+        subscriptions: Vec::new(),
+    }))
+}
+
+#[utoipa::path(patch, path = "/customers/{customerId}", tag = "Customers", params(("customerId" = String, Path)),
+    request_body = UpdateCustomerRequest, responses((status = 204), (status = 404), (status = 409), (status = 422)))]
+pub async fn update(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    JsonBody(request): JsonBody<UpdateCustomerRequest>,
+) -> Result<StatusCode, ApiError> {
+    let mut checker = Checker::default();
+    let patch = CustomerPatch {
+        name: match &request.name {
+            None => None,
+            Some(None) => {
+                checker.error("name", "must not be null: a customer always has a name");
+                None
+            }
+            Some(Some(name)) => Some(checker.text("name", name, MAX_TEXT_CHARS)),
+        },
+        external_id: request
+            .external_id
+            .as_ref()
+            .map(|value| checker.opt_text("external_id", value.as_deref(), MAX_TEXT_CHARS)),
+        email: request.email.as_ref().map(|value| checker.email("email", value.as_deref())),
+        metadata: request.metadata.as_ref().map(|metadata| checker.metadata("metadata", Some(metadata))),
+    };
+    checker.finish()?;
+    let now = chrono::Utc::now();
+    state.write(move |conn| customer_ops::update(conn, auth.mode, &id, &patch, now)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

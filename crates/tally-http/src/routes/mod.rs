@@ -1,0 +1,7 @@
+//! One module per resource: request and response types (kept apart from domain types) and
+//! their handlers.
+
+pub mod accounts;
+pub mod assets;
+pub mod customers;
+pub mod wallet;

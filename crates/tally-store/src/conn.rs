@@ -1,0 +1,186 @@
+//! The one trait every storage backend implements: run a statement, run a query, inside a
+//! transaction the backend opened. Everything above it (repositories, operations, migrations
+//! apart from column types) is written once and shared by SQLite and PostgreSQL.
+//!
+//! SQL is written with PostgreSQL's `$1` placeholders and portable types only: `TEXT` for
+//! strings, exact decimals (canonical decimal strings) and JSON; `BIGINT` for integers,
+//! booleans (0/1) and instants (microseconds since the Unix epoch, UTC).
+
+use crate::StoreError;
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use std::str::FromStr;
+
+/// A parameter or a column value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Int(i64),
+    Text(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+pub trait Conn {
+    fn dialect(&self) -> Dialect;
+    /// Runs a statement and returns the number of rows it changed.
+    fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError>;
+    /// Runs a query and returns every row.
+    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError>;
+}
+
+impl dyn Conn + '_ {
+    pub fn query_optional(&mut self, sql: &str, params: &[Value]) -> Result<Option<Row>, StoreError> {
+        Ok(self.query(sql, params)?.into_iter().next())
+    }
+
+    pub fn query_one(&mut self, sql: &str, params: &[Value]) -> Result<Row, StoreError> {
+        self.query_optional(sql, params)?
+            .ok_or_else(|| StoreError::Corrupt("a query that returns one row returned none".into()))
+    }
+
+    /// `" FOR UPDATE"` where the database needs row locks to serialise writers. SQLite takes
+    /// the database write lock at `BEGIN IMMEDIATE`, so it needs none.
+    pub fn for_update(&self) -> &'static str {
+        match self.dialect() {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE",
+        }
+    }
+
+    pub fn count(&mut self, sql: &str, params: &[Value]) -> Result<i64, StoreError> {
+        self.query_one(sql, params)?.int(0)
+    }
+}
+
+/// One result row. Getters name the column index and convert with a clear error.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row(pub Vec<Value>);
+
+impl Row {
+    fn get(&self, index: usize) -> Result<&Value, StoreError> {
+        self.0.get(index).ok_or_else(|| StoreError::Corrupt(format!("no column {index}")))
+    }
+
+    pub fn int(&self, index: usize) -> Result<i64, StoreError> {
+        match self.get(index)? {
+            Value::Int(value) => Ok(*value),
+            Value::Text(text) => text.parse().map_err(|_| corrupt(index, "an integer")),
+            Value::Null => Err(corrupt(index, "an integer")),
+        }
+    }
+
+    pub fn opt_int(&self, index: usize) -> Result<Option<i64>, StoreError> {
+        match self.get(index)? {
+            Value::Null => Ok(None),
+            _ => self.int(index).map(Some),
+        }
+    }
+
+    pub fn text(&self, index: usize) -> Result<String, StoreError> {
+        match self.get(index)? {
+            Value::Text(text) => Ok(text.clone()),
+            Value::Int(value) => Ok(value.to_string()),
+            Value::Null => Err(corrupt(index, "text")),
+        }
+    }
+
+    pub fn opt_text(&self, index: usize) -> Result<Option<String>, StoreError> {
+        match self.get(index)? {
+            Value::Null => Ok(None),
+            _ => self.text(index).map(Some),
+        }
+    }
+
+    pub fn decimal(&self, index: usize) -> Result<Decimal, StoreError> {
+        let text = self.text(index)?;
+        Decimal::from_str(&text).map_err(|_| corrupt(index, "a decimal"))
+    }
+
+    pub fn opt_decimal(&self, index: usize) -> Result<Option<Decimal>, StoreError> {
+        match self.get(index)? {
+            Value::Null => Ok(None),
+            _ => self.decimal(index).map(Some),
+        }
+    }
+
+    pub fn time(&self, index: usize) -> Result<DateTime<Utc>, StoreError> {
+        let micros = self.int(index)?;
+        DateTime::from_timestamp_micros(micros).ok_or_else(|| corrupt(index, "an instant"))
+    }
+
+    pub fn opt_time(&self, index: usize) -> Result<Option<DateTime<Utc>>, StoreError> {
+        match self.get(index)? {
+            Value::Null => Ok(None),
+            _ => self.time(index).map(Some),
+        }
+    }
+
+    pub fn bool(&self, index: usize) -> Result<bool, StoreError> {
+        Ok(self.int(index)? != 0)
+    }
+}
+
+fn corrupt(index: usize, expected: &str) -> StoreError {
+    StoreError::Corrupt(format!("column {index} is not {expected}"))
+}
+
+impl From<i64> for Value {
+    fn from(value: i64) -> Value {
+        Value::Int(value)
+    }
+}
+
+impl From<bool> for Value {
+    fn from(value: bool) -> Value {
+        Value::Int(value as i64)
+    }
+}
+
+impl From<&str> for Value {
+    fn from(value: &str) -> Value {
+        Value::Text(value.to_owned())
+    }
+}
+
+impl From<String> for Value {
+    fn from(value: String) -> Value {
+        Value::Text(value)
+    }
+}
+
+impl From<&String> for Value {
+    fn from(value: &String) -> Value {
+        Value::Text(value.clone())
+    }
+}
+
+/// Decimals are stored in canonical form (no trailing zeros) so equal amounts compare equal
+/// as text.
+impl From<Decimal> for Value {
+    fn from(value: Decimal) -> Value {
+        Value::Text(value.normalize().to_string())
+    }
+}
+
+impl From<DateTime<Utc>> for Value {
+    fn from(value: DateTime<Utc>) -> Value {
+        Value::Int(value.timestamp_micros())
+    }
+}
+
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(value: Option<T>) -> Value {
+        value.map_or(Value::Null, Into::into)
+    }
+}
+
+/// Builds a parameter list: `params![a, b, c]`.
+#[macro_export]
+macro_rules! params {
+    ($($value:expr),* $(,)?) => { &[$($crate::conn::Value::from($value)),*][..] };
+}

@@ -1,0 +1,109 @@
+//! Tally's storage. [`Conn`] is the one trait a backend implements; [`Store`] opens the
+//! backend a database URL names, applies migrations, and runs work in transactions. The
+//! repositories (`repo`) hold every line of SQL, and the operations (`ops`) load state, call
+//! the pure core, and write the result and its ledger entry in the same transaction.
+
+pub mod conn;
+pub mod ids;
+pub mod migrate;
+pub mod ops;
+pub mod postgres;
+pub mod repo;
+pub mod sqlite;
+
+pub use conn::{Conn, Dialect, Row, Value};
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(String),
+    /// A unique or other constraint refused the write.
+    #[error("constraint violated: {0}")]
+    Conflict(String),
+    #[error("stored data is not what Tally wrote: {0}")]
+    Corrupt(String),
+    #[error("invalid database URL: {0}")]
+    InvalidUrl(String),
+}
+
+/// Which database to use, parsed from `--database`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// `sqlite://PATH`, `sqlite:PATH` or a plain file path.
+    Sqlite(PathBuf),
+    /// `postgres://...` or `postgresql://...`, passed to the driver unchanged.
+    Postgres(String),
+}
+
+impl DatabaseUrl {
+    pub fn parse(url: &str) -> Result<DatabaseUrl, StoreError> {
+        let url = url.trim();
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(DatabaseUrl::Postgres(url.to_owned()));
+        }
+        let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+        if path.is_empty() || path.contains("://") {
+            return Err(StoreError::InvalidUrl(format!(
+                "{url:?}: use sqlite://PATH, a file path, or postgres://USER@HOST:PORT/DATABASE"
+            )));
+        }
+        Ok(DatabaseUrl::Sqlite(PathBuf::from(path)))
+    }
+}
+
+enum Backend {
+    Sqlite(sqlite::SqliteBackend),
+    Postgres(postgres::PostgresBackend),
+}
+
+/// An open database. Cheap to share behind an `Arc`; every method blocks, so async callers
+/// run them on a blocking thread.
+pub struct Store {
+    backend: Backend,
+}
+
+impl Store {
+    /// Opens the database. Does not migrate: call [`Store::migrate`].
+    pub fn open(url: &DatabaseUrl) -> Result<Store, StoreError> {
+        let backend = match url {
+            DatabaseUrl::Sqlite(path) => Backend::Sqlite(sqlite::SqliteBackend::open(path)?),
+            DatabaseUrl::Postgres(url) => Backend::Postgres(postgres::PostgresBackend::open(url)?),
+        };
+        Ok(Store { backend })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        match self.backend {
+            Backend::Sqlite(_) => Dialect::Sqlite,
+            Backend::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    /// Applies every migration not yet applied. Safe to run twice and from two processes at
+    /// once. Returns the versions it applied.
+    pub fn migrate(&self) -> Result<Vec<i64>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => self.write(|conn| migrate::apply(conn)),
+            Backend::Postgres(backend) => backend.migrate(),
+        }
+    }
+
+    /// Runs `work` in a read-write transaction: committed when it returns `Ok`, rolled back
+    /// when it returns `Err`.
+    pub fn write<R, E: From<StoreError>>(&self, work: impl FnOnce(&mut dyn Conn) -> Result<R, E>) -> Result<R, E> {
+        match &self.backend {
+            Backend::Sqlite(backend) => backend.write(work),
+            Backend::Postgres(backend) => backend.write(work),
+        }
+    }
+
+    /// Runs `work` in a read-only transaction that sees one consistent snapshot.
+    pub fn read<R, E: From<StoreError>>(&self, work: impl FnOnce(&mut dyn Conn) -> Result<R, E>) -> Result<R, E> {
+        match &self.backend {
+            Backend::Sqlite(backend) => backend.read(work),
+            Backend::Postgres(backend) => backend.read(work),
+        }
+    }
+}

@@ -1,0 +1,427 @@
+//! Adjustments, charges, and settling due grant starts and expiries.
+//!
+//! Locking order, the same everywhere so that concurrent writers cannot deadlock: the
+//! customer row first, then the wallet account row. On SQLite the single writer makes this
+//! moot; on PostgreSQL it serialises all changes to one customer's wallet.
+
+use super::assets::{self as asset_ops, KnownAsset};
+use super::customers::not_found;
+use super::{request_hash, OpError};
+use crate::conn::Conn;
+use crate::repo::customers;
+use crate::repo::ledger::{self, EntryHeader};
+use crate::repo::transactions::{self, Transaction};
+use crate::repo::wallets::{self, Account, AccountKey, GrantOrigin};
+use crate::repo::Metadata;
+use crate::{ids, StoreError};
+use chrono::{DateTime, Months, Utc};
+use rust_decimal::Decimal;
+use tally_core::asset::AssetCode;
+use tally_core::charge::ChargeInputs;
+use tally_core::ledger::SystemAccount;
+use tally_core::wallet::{AccountState, Grant, GrantState, Purpose, SettlementKind};
+use tally_core::Mode;
+
+/// Transaction ids Tally makes itself start with this; clients may not use it.
+pub const RESERVED_TRANSACTION_PREFIX: &str = "tally_";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdjustmentReason {
+    Gift,
+    ExternalTopup,
+    ExternalRefund,
+    Other,
+}
+
+impl AdjustmentReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdjustmentReason::Gift => "gift",
+            AdjustmentReason::ExternalTopup => "external_topup",
+            AdjustmentReason::ExternalRefund => "external_refund",
+            AdjustmentReason::Other => "other",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<AdjustmentReason> {
+        match text {
+            "gift" => Some(AdjustmentReason::Gift),
+            "external_topup" => Some(AdjustmentReason::ExternalTopup),
+            "external_refund" => Some(AdjustmentReason::ExternalRefund),
+            "other" => Some(AdjustmentReason::Other),
+            _ => None,
+        }
+    }
+
+    /// The purpose of the grant a credit with this reason makes: money the customer paid
+    /// outside Tally is `paid`; everything else given is `promotion`. Refunds only debit.
+    fn credit_purpose(self) -> Option<Purpose> {
+        match self {
+            AdjustmentReason::ExternalTopup => Some(Purpose::Paid),
+            AdjustmentReason::Gift | AdjustmentReason::Other => Some(Purpose::Promotion),
+            AdjustmentReason::ExternalRefund => None,
+        }
+    }
+
+    fn allows_debit(self) -> bool {
+        match self {
+            AdjustmentReason::ExternalRefund | AdjustmentReason::Other => true,
+            AdjustmentReason::Gift | AdjustmentReason::ExternalTopup => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Adjustment {
+    pub transaction_id: String,
+    pub account_name: String,
+    pub asset: AssetCode,
+    /// Positive credits the account, negative debits it. Never zero.
+    pub amount: Decimal,
+    pub description: Option<String>,
+    pub reason: AdjustmentReason,
+    pub effective_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub metadata: Metadata,
+}
+
+impl Adjustment {
+    fn canonical(&self) -> String {
+        format!(
+            "adjustment|{}|{}|{}|{:?}|{}|{:?}|{:?}|{:?}",
+            self.account_name,
+            self.asset,
+            self.amount.normalize(),
+            self.description,
+            self.reason.as_str(),
+            self.effective_at.map(|at| at.timestamp_micros()),
+            self.expires_at.map(|at| at.timestamp_micros()),
+            self.metadata
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Charge {
+    pub transaction_id: String,
+    pub account_name: String,
+    pub asset: AssetCode,
+    /// What to debit, > 0. When inputs are given it must equal what they come to.
+    pub amount: Decimal,
+    pub inputs: ChargeInputs,
+    pub subject: Option<String>,
+    pub description: Option<String>,
+    pub metadata: Metadata,
+}
+
+impl Charge {
+    fn canonical(&self) -> String {
+        format!(
+            "charge|{}|{}|{}|{:?}|{:?}|{:?}|{:?}",
+            self.account_name,
+            self.asset,
+            self.amount.normalize(),
+            self.inputs,
+            self.subject,
+            self.description,
+            self.metadata
+        )
+    }
+}
+
+/// The transaction an operation made, and whether this call only replayed it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub transaction: Transaction,
+    pub replayed: bool,
+}
+
+/// Paid grants expire after one year unless told otherwise.
+pub fn default_expiry(purpose: Purpose, effective_at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    match purpose {
+        Purpose::Paid => effective_at.checked_add_months(Months::new(12)),
+        Purpose::Promotion | Purpose::Bundled => None,
+    }
+}
+
+pub fn adjust(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    customer_id: &str,
+    adjustment: &Adjustment,
+    now: DateTime<Utc>,
+) -> Result<Outcome, OpError> {
+    customers::get_for_update(conn, mode, customer_id)?.ok_or_else(|| not_found(customer_id))?;
+    let hash = request_hash(&adjustment.canonical());
+    if let Some(outcome) = replay(conn, customer_id, &adjustment.transaction_id, &hash)? {
+        return Ok(outcome);
+    }
+    let asset = require_asset(conn, mode, &adjustment.asset)?;
+    let credit_purpose = check_adjustment(adjustment, now)?;
+    let key = AccountKey {
+        customer_id: customer_id.to_owned(),
+        name: adjustment.account_name.clone(),
+        asset: asset.code().to_owned(),
+    };
+    let (mut account, loaded) = open_account(conn, mode, &key, now)?;
+    let mut origin = GrantOrigin { transaction_id: Some(adjustment.transaction_id.clone()), cost_basis: None };
+    let postings = match credit_purpose {
+        Some(purpose) => {
+            let effective_at = adjustment.effective_at.unwrap_or(now).max(now);
+            let grant = Grant {
+                id: ids::new_id("grt"),
+                purpose,
+                priority: 0,
+                amount: adjustment.amount,
+                remaining: adjustment.amount,
+                effective_at,
+                expires_at: adjustment.expires_at.or_else(|| default_expiry(purpose, effective_at)),
+                created_at: now,
+                state: GrantState::Pending,
+            };
+            origin.cost_basis = None;
+            account.state.credit(grant, SystemAccount::Issuance, now)
+        }
+        None => debit(&mut account.state, -adjustment.amount, SystemAccount::Issuance)?,
+    };
+    wallets::save(conn, mode, &loaded, &account, &origin)?;
+    let transaction = Transaction {
+        customer_id: customer_id.to_owned(),
+        id: adjustment.transaction_id.clone(),
+        kind: "adjustment".to_owned(),
+        account_name: key.name.clone(),
+        asset: key.asset.clone(),
+        amount: adjustment.amount,
+        description: adjustment.description.clone(),
+        metadata: adjustment.metadata.clone(),
+        request_hash: hash,
+        detail: serde_json::json!({ "reason": adjustment.reason.as_str() }).to_string(),
+        created_at: now,
+        executed_at: Some(now),
+    };
+    record(conn, mode, &key, &transaction, &postings, now)?;
+    Ok(Outcome { transaction, replayed: false })
+}
+
+/// Checks what the parser could not (it needs the clock) and returns the purpose of the
+/// grant a credit makes, or `None` for a debit.
+fn check_adjustment(adjustment: &Adjustment, now: DateTime<Utc>) -> Result<Option<Purpose>, OpError> {
+    let is_credit = adjustment.amount > Decimal::ZERO;
+    if !is_credit {
+        if !adjustment.reason.allows_debit() {
+            return Err(OpError::invalid(
+                "amount",
+                format!(
+                    "a {} adjustment must be positive: only external_refund and other may debit",
+                    adjustment.reason.as_str()
+                ),
+            ));
+        }
+        for (field, value) in [("effective_at", adjustment.effective_at), ("expires_at", adjustment.expires_at)] {
+            if value.is_some() {
+                return Err(OpError::invalid(field, "applies only to credits (a positive amount)"));
+            }
+        }
+        return Ok(None);
+    }
+    let Some(purpose) = adjustment.reason.credit_purpose() else {
+        return Err(OpError::invalid("amount", "an external_refund adjustment must be negative: it takes money out"));
+    };
+    let effective_at = adjustment.effective_at.unwrap_or(now).max(now);
+    if let Some(expires_at) = adjustment.expires_at {
+        if expires_at <= now {
+            return Err(OpError::invalid("expires_at", "must be in the future"));
+        }
+        if expires_at <= effective_at {
+            return Err(OpError::invalid("expires_at", "must be after effective_at"));
+        }
+    }
+    Ok(Some(purpose))
+}
+
+pub fn charge(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    customer_id: &str,
+    charge: &Charge,
+    now: DateTime<Utc>,
+) -> Result<Outcome, OpError> {
+    customers::get_for_update(conn, mode, customer_id)?.ok_or_else(|| not_found(customer_id))?;
+    let hash = request_hash(&charge.canonical());
+    if let Some(outcome) = replay(conn, customer_id, &charge.transaction_id, &hash)? {
+        return Ok(outcome);
+    }
+    let asset = require_asset(conn, mode, &charge.asset)?;
+    let key = AccountKey {
+        customer_id: customer_id.to_owned(),
+        name: charge.account_name.clone(),
+        asset: asset.code().to_owned(),
+    };
+    let (mut account, loaded) = open_account(conn, mode, &key, now)?;
+    let postings = debit(&mut account.state, charge.amount, SystemAccount::Revenue)?;
+    wallets::save(conn, mode, &loaded, &account, &GrantOrigin::default())?;
+    let detail = serde_json::json!({
+        "subject": charge.subject,
+        "input_units": json_number(charge.inputs.units),
+        "unit_price": json_number(charge.inputs.unit_price),
+        "input_volume": json_number(charge.inputs.volume),
+        "volume_rate": json_number(charge.inputs.volume_rate),
+        "package_size": json_number(charge.inputs.package_size),
+    });
+    let transaction = Transaction {
+        customer_id: customer_id.to_owned(),
+        id: charge.transaction_id.clone(),
+        kind: "fee".to_owned(),
+        account_name: key.name.clone(),
+        asset: key.asset.clone(),
+        amount: -charge.amount,
+        description: charge.description.clone(),
+        metadata: charge.metadata.clone(),
+        request_hash: hash,
+        detail: detail.to_string(),
+        created_at: now,
+        executed_at: Some(now),
+    };
+    record(conn, mode, &key, &transaction, &postings, now)?;
+    Ok(Outcome { transaction, replayed: false })
+}
+
+/// An exact decimal as a JSON number (serde_json keeps the digits: arbitrary precision).
+fn json_number(value: Option<Decimal>) -> serde_json::Value {
+    value
+        .and_then(|value| value.normalize().to_string().parse::<serde_json::Number>().ok())
+        .map_or(serde_json::Value::Null, serde_json::Value::Number)
+}
+
+/// Overdraft is allowed: a debit never fails for a low balance, so billing stays complete.
+fn debit(
+    state: &mut AccountState,
+    amount: Decimal,
+    destination: SystemAccount,
+) -> Result<Vec<tally_core::ledger::Posting>, OpError> {
+    state.debit(amount, destination, None).map_err(|error| OpError::Conflict(error.to_string()))
+}
+
+fn require_asset(conn: &mut dyn Conn, mode: Mode, code: &AssetCode) -> Result<KnownAsset, OpError> {
+    asset_ops::find(conn, mode, code)?
+        .ok_or_else(|| OpError::invalid("asset", format!("{code} is neither a custom asset nor an ISO 4217 currency")))
+}
+
+fn replay(
+    conn: &mut dyn Conn,
+    customer_id: &str,
+    transaction_id: &str,
+    hash: &str,
+) -> Result<Option<Outcome>, OpError> {
+    match transactions::get(conn, customer_id, transaction_id)? {
+        None => Ok(None),
+        Some(existing) if existing.request_hash == hash => Ok(Some(Outcome { transaction: existing, replayed: true })),
+        Some(_) => Err(OpError::Conflict(format!(
+            "transaction_id {transaction_id} was already used for a different request; use a new id for a new transaction"
+        ))),
+    }
+}
+
+/// Creates the account on first use, loads and locks it, and settles whatever is due, writing
+/// those entries. Returns the account and the state as loaded, which `save` diffs against.
+fn open_account(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    key: &AccountKey,
+    now: DateTime<Utc>,
+) -> Result<(Account, AccountState), OpError> {
+    wallets::ensure(conn, mode, key, now)?;
+    let mut account = wallets::load_for_update(conn, key)?
+        .ok_or_else(|| StoreError::Corrupt(format!("account {}:{} vanished", key.name, key.asset)))?;
+    let loaded = account.state.clone();
+    for settlement in account.state.settle(now) {
+        let header = EntryHeader {
+            mode,
+            account: key,
+            kind: match settlement.kind {
+                SettlementKind::Activation => "activation",
+                SettlementKind::Expiry => "expiry",
+            },
+            transaction_id: None,
+            grant_id: Some(&settlement.grant_id),
+            effective_at: settlement.at,
+            created_at: now,
+        };
+        ledger::append(conn, &header, &settlement.postings)?;
+        if settlement.kind == SettlementKind::Expiry && !settlement.postings.is_empty() {
+            let expired: Decimal = settlement
+                .postings
+                .iter()
+                .filter(|posting| posting.amount < Decimal::ZERO)
+                .map(|posting| posting.amount)
+                .sum();
+            let transaction = Transaction {
+                customer_id: key.customer_id.clone(),
+                id: format!("{RESERVED_TRANSACTION_PREFIX}expiry_{}", settlement.grant_id),
+                kind: "expiry".to_owned(),
+                account_name: key.name.clone(),
+                asset: key.asset.clone(),
+                amount: expired,
+                description: Some("Unused credit expired".to_owned()),
+                metadata: Metadata::new(),
+                request_hash: String::new(),
+                detail: serde_json::json!({ "grant_id": settlement.grant_id }).to_string(),
+                created_at: settlement.at,
+                executed_at: Some(settlement.at),
+            };
+            transactions::insert(conn, mode, &transaction)?;
+        }
+    }
+    Ok((account, loaded))
+}
+
+fn record(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    key: &AccountKey,
+    transaction: &Transaction,
+    postings: &[tally_core::ledger::Posting],
+    now: DateTime<Utc>,
+) -> Result<(), OpError> {
+    let header = EntryHeader {
+        mode,
+        account: key,
+        kind: &transaction.kind,
+        transaction_id: Some(&transaction.id),
+        grant_id: None,
+        effective_at: now,
+        created_at: now,
+    };
+    ledger::append(conn, &header, postings)?;
+    transactions::insert(conn, mode, transaction)?;
+    Ok(())
+}
+
+/// Settles one account if something on it is due. Returns whether anything changed.
+pub fn settle_account(conn: &mut dyn Conn, mode: Mode, key: &AccountKey, now: DateTime<Utc>) -> Result<bool, OpError> {
+    customers::get_for_update(conn, mode, &key.customer_id)?.ok_or_else(|| not_found(&key.customer_id))?;
+    if !wallets::is_due(conn, key, now)? {
+        return Ok(false);
+    }
+    let (account, loaded) = open_account(conn, mode, key, now)?;
+    wallets::save(conn, mode, &loaded, &account, &GrantOrigin::default())?;
+    Ok(true)
+}
+
+/// True when any account of the customer has something due: reads settle first when so.
+pub fn customer_has_due(conn: &mut dyn Conn, customer_id: &str, now: DateTime<Utc>) -> Result<bool, OpError> {
+    Ok(conn
+        .query_optional(
+            "SELECT 1 FROM wallet_accounts WHERE customer_id = $1 AND next_due_at <= $2",
+            crate::params![customer_id, now],
+        )?
+        .is_some())
+}
+
+/// Settles every account of one customer that has something due.
+pub fn settle_customer(conn: &mut dyn Conn, mode: Mode, customer_id: &str, now: DateTime<Utc>) -> Result<(), OpError> {
+    for account in wallets::list_for_customer(conn, customer_id)? {
+        settle_account(conn, mode, &account.key, now)?;
+    }
+    Ok(())
+}

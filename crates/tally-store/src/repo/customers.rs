@@ -1,0 +1,145 @@
+//! Customers.
+
+use super::{metadata_from_text, metadata_to_text, Metadata, Page};
+use crate::conn::{Conn, Value};
+use crate::{params, StoreError};
+use chrono::{DateTime, Utc};
+use tally_core::Mode;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Customer {
+    pub id: String,
+    pub name: String,
+    pub external_id: Option<String>,
+    pub email: Option<String>,
+    pub metadata: Metadata,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CustomerFilter {
+    pub customer_id: Option<String>,
+    pub external_id: Option<String>,
+    pub email: Option<String>,
+    pub name: Option<String>,
+}
+
+pub fn insert(conn: &mut dyn Conn, mode: Mode, customer: &Customer) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO customers (id, mode, name, external_id, email, metadata, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+        params![
+            &customer.id,
+            mode.as_str(),
+            &customer.name,
+            customer.external_id.clone(),
+            customer.email.clone(),
+            metadata_to_text(&customer.metadata),
+            customer.created_at
+        ],
+    )?;
+    Ok(())
+}
+
+const COLUMNS: &str = "id, name, external_id, email, metadata, created_at";
+
+fn from_row(row: &crate::Row) -> Result<Customer, StoreError> {
+    Ok(Customer {
+        id: row.text(0)?,
+        name: row.text(1)?,
+        external_id: row.opt_text(2)?,
+        email: row.opt_text(3)?,
+        metadata: metadata_from_text(&row.text(4)?)?,
+        created_at: row.time(5)?,
+    })
+}
+
+pub fn get(conn: &mut dyn Conn, mode: Mode, id: &str) -> Result<Option<Customer>, StoreError> {
+    conn.query_optional(
+        &format!("SELECT {COLUMNS} FROM customers WHERE mode = $1 AND id = $2"),
+        params![mode.as_str(), id],
+    )?
+    .as_ref()
+    .map(from_row)
+    .transpose()
+}
+
+/// Locks the customer row for the rest of the transaction (PostgreSQL), so that concurrent
+/// changes to one customer's wallet run one after the other.
+pub fn get_for_update(conn: &mut dyn Conn, mode: Mode, id: &str) -> Result<Option<Customer>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM customers WHERE mode = $1 AND id = $2{}", conn.for_update());
+    conn.query_optional(&sql, params![mode.as_str(), id])?.as_ref().map(from_row).transpose()
+}
+
+pub fn find_by_external_id(conn: &mut dyn Conn, mode: Mode, external_id: &str) -> Result<Option<Customer>, StoreError> {
+    conn.query_optional(
+        &format!("SELECT {COLUMNS} FROM customers WHERE mode = $1 AND external_id = $2"),
+        params![mode.as_str(), external_id],
+    )?
+    .as_ref()
+    .map(from_row)
+    .transpose()
+}
+
+/// Filters match exactly, except `email` (case-insensitive) and `name` (case-insensitive
+/// substring).
+pub fn list(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    filter: &CustomerFilter,
+    page: Page,
+) -> Result<(Vec<Customer>, i64), StoreError> {
+    let mut conditions = vec!["mode = $1".to_owned()];
+    let mut values: Vec<Value> = vec![mode.as_str().into()];
+    let mut add = |condition: &str, value: Value| {
+        values.push(value);
+        conditions.push(condition.replace('?', &format!("${}", values.len())));
+    };
+    if let Some(id) = &filter.customer_id {
+        add("id = ?", id.into());
+    }
+    if let Some(external_id) = &filter.external_id {
+        add("external_id = ?", external_id.into());
+    }
+    if let Some(email) = &filter.email {
+        add("lower(email) = lower(?)", email.into());
+    }
+    if let Some(name) = &filter.name {
+        let pattern =
+            format!("%{}%", name.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+        add("lower(name) LIKE ? ESCAPE '\\'", pattern.into());
+    }
+    let condition = conditions.join(" AND ");
+    let total = conn.count(&format!("SELECT COUNT(*) FROM customers WHERE {condition}"), &values)?;
+    let limit_index = values.len() + 1;
+    values.push(page.limit.into());
+    values.push(page.offset.into());
+    let items = conn
+        .query(
+            &format!(
+                "SELECT {COLUMNS} FROM customers WHERE {condition} ORDER BY created_at, id LIMIT ${limit_index} OFFSET ${}",
+                limit_index + 1
+            ),
+            &values,
+        )?
+        .iter()
+        .map(from_row)
+        .collect::<Result<_, _>>()?;
+    Ok((items, total))
+}
+
+pub fn update(conn: &mut dyn Conn, mode: Mode, customer: &Customer, now: DateTime<Utc>) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE customers SET name = $3, external_id = $4, email = $5, metadata = $6, updated_at = $7 WHERE mode = $1 AND id = $2",
+        params![
+            mode.as_str(),
+            &customer.id,
+            &customer.name,
+            customer.external_id.clone(),
+            customer.email.clone(),
+            metadata_to_text(&customer.metadata),
+            now
+        ],
+    )?;
+    Ok(())
+}

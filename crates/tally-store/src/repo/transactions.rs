@@ -1,0 +1,114 @@
+//! Wallet transactions: the customer-facing record of each adjustment, charge and expiry,
+//! keyed by the client's transaction id, which is also the idempotency key.
+
+use super::{metadata_from_text, metadata_to_text, Metadata, Page};
+use crate::conn::Conn;
+use crate::{params, StoreError};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transaction {
+    pub customer_id: String,
+    pub id: String,
+    /// `adjustment`, `fee` or `expiry`.
+    pub kind: String,
+    pub account_name: String,
+    pub asset: String,
+    /// Signed from the wallet's side: credits positive, debits negative.
+    pub amount: Decimal,
+    pub description: Option<String>,
+    pub metadata: Metadata,
+    /// A hash of the request that made it, to tell a replay from a reused id.
+    pub request_hash: String,
+    /// Kind-specific details (JSON text), such as a charge's units and unit price.
+    pub detail: String,
+    pub created_at: DateTime<Utc>,
+    pub executed_at: Option<DateTime<Utc>>,
+}
+
+pub fn insert(conn: &mut dyn Conn, mode: tally_core::Mode, transaction: &Transaction) -> Result<(), StoreError> {
+    // Callers hold the customer's lock, so the next number cannot be taken twice.
+    let sequence = conn.count(
+        "SELECT COALESCE(MAX(sequence), 0) + 1 FROM transactions WHERE customer_id = $1",
+        params![&transaction.customer_id],
+    )?;
+    conn.execute(
+        "INSERT INTO transactions (mode, customer_id, id, sequence, kind, account_name, asset, amount, description, metadata,
+                                   request_hash, detail, created_at, executed_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        params![
+            mode.as_str(),
+            &transaction.customer_id,
+            &transaction.id,
+            sequence,
+            &transaction.kind,
+            &transaction.account_name,
+            &transaction.asset,
+            transaction.amount,
+            transaction.description.clone(),
+            metadata_to_text(&transaction.metadata),
+            &transaction.request_hash,
+            &transaction.detail,
+            transaction.created_at,
+            transaction.executed_at
+        ],
+    )?;
+    Ok(())
+}
+
+const COLUMNS: &str =
+    "customer_id, id, kind, account_name, asset, amount, description, metadata, request_hash, detail, created_at, executed_at";
+
+fn from_row(row: &crate::Row) -> Result<Transaction, StoreError> {
+    Ok(Transaction {
+        customer_id: row.text(0)?,
+        id: row.text(1)?,
+        kind: row.text(2)?,
+        account_name: row.text(3)?,
+        asset: row.text(4)?,
+        amount: row.decimal(5)?,
+        description: row.opt_text(6)?,
+        metadata: metadata_from_text(&row.text(7)?)?,
+        request_hash: row.text(8)?,
+        detail: row.text(9)?,
+        created_at: row.time(10)?,
+        executed_at: row.opt_time(11)?,
+    })
+}
+
+pub fn get(conn: &mut dyn Conn, customer_id: &str, id: &str) -> Result<Option<Transaction>, StoreError> {
+    conn.query_optional(
+        &format!("SELECT {COLUMNS} FROM transactions WHERE customer_id = $1 AND id = $2"),
+        params![customer_id, id],
+    )?
+    .as_ref()
+    .map(from_row)
+    .transpose()
+}
+
+/// An account's transactions, newest first.
+pub fn list_for_account(
+    conn: &mut dyn Conn,
+    customer_id: &str,
+    account_name: &str,
+    asset: &str,
+    page: Page,
+) -> Result<(Vec<Transaction>, i64), StoreError> {
+    let total = conn.count(
+        "SELECT COUNT(*) FROM transactions WHERE customer_id = $1 AND account_name = $2 AND asset = $3",
+        params![customer_id, account_name, asset],
+    )?;
+    let items = conn
+        .query(
+            &format!(
+                "SELECT {COLUMNS} FROM transactions WHERE customer_id = $1 AND account_name = $2 AND asset = $3
+                 ORDER BY sequence DESC LIMIT $4 OFFSET $5"
+            ),
+            params![customer_id, account_name, asset, page.limit, page.offset],
+        )?
+        .iter()
+        .map(from_row)
+        .collect::<Result<_, _>>()?;
+    Ok((items, total))
+}

@@ -1,0 +1,306 @@
+//! Wallet accounts and their credit grants.
+
+use super::Page;
+use crate::conn::{Conn, Value};
+use crate::{params, StoreError};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use tally_core::wallet::{AccountState, Grant, GrantState, Purpose};
+use tally_core::Mode;
+
+/// Identifies one account of one customer's wallet: `{name}:{ASSET}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AccountKey {
+    pub customer_id: String,
+    pub name: String,
+    pub asset: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Account {
+    pub key: AccountKey,
+    pub state: AccountState,
+    pub pending_out: Decimal,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What a new grant carries beyond the core's view of it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GrantOrigin {
+    pub transaction_id: Option<String>,
+    /// Fiat paid per unit, for paid grants bought through a top-up.
+    pub cost_basis: Option<Decimal>,
+}
+
+const ACCOUNT_COLUMNS: &str = "customer_id, name, asset, available, pending_in, pending_out, debt, created_at";
+
+fn account_from_row(row: &crate::Row) -> Result<Account, StoreError> {
+    Ok(Account {
+        key: AccountKey { customer_id: row.text(0)?, name: row.text(1)?, asset: row.text(2)? },
+        state: AccountState {
+            available: row.decimal(3)?,
+            pending_in: row.decimal(4)?,
+            debt: row.decimal(6)?,
+            grants: Vec::new(),
+        },
+        pending_out: row.decimal(5)?,
+        created_at: row.time(7)?,
+    })
+}
+
+/// Loads an account with its open grants, locking it for the rest of the transaction.
+pub fn load_for_update(conn: &mut dyn Conn, key: &AccountKey) -> Result<Option<Account>, StoreError> {
+    let sql = format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM wallet_accounts WHERE customer_id = $1 AND name = $2 AND asset = $3{}",
+        conn.for_update()
+    );
+    let Some(row) = conn.query_optional(&sql, params![&key.customer_id, &key.name, &key.asset])? else {
+        return Ok(None);
+    };
+    let mut account = account_from_row(&row)?;
+    account.state.grants = open_grants(conn, key)?;
+    Ok(Some(account))
+}
+
+/// Creates the account if it does not exist yet. Accounts are created on first use.
+pub fn ensure(conn: &mut dyn Conn, mode: Mode, key: &AccountKey, now: DateTime<Utc>) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO wallet_accounts (mode, customer_id, name, asset, available, pending_in, pending_out, debt, created_at)
+         VALUES ($1, $2, $3, $4, '0', '0', '0', '0', $5) ON CONFLICT DO NOTHING",
+        params![mode.as_str(), &key.customer_id, &key.name, &key.asset, now],
+    )?;
+    Ok(())
+}
+
+/// Writes the balances and the grants that changed since `before` was loaded.
+pub fn save(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    before: &AccountState,
+    account: &Account,
+    new_grant_origin: &GrantOrigin,
+) -> Result<(), StoreError> {
+    let state = &account.state;
+    conn.execute(
+        "UPDATE wallet_accounts SET available = $4, pending_in = $5, debt = $6, next_due_at = $7
+         WHERE customer_id = $1 AND name = $2 AND asset = $3",
+        params![
+            &account.key.customer_id,
+            &account.key.name,
+            &account.key.asset,
+            state.available,
+            state.pending_in,
+            state.debt,
+            state.next_due_at()
+        ],
+    )?;
+    for grant in &state.grants {
+        match before.grants.iter().find(|old| old.id == grant.id) {
+            None => insert_grant(conn, mode, &account.key, grant, new_grant_origin)?,
+            Some(old) if old != grant => update_grant(conn, grant)?,
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+fn is_open(grant: &Grant) -> bool {
+    match grant.state {
+        GrantState::Pending => true,
+        // A spent grant can move no more: it leaves the working set the burn loop loads.
+        GrantState::Active => !grant.remaining.is_zero(),
+        GrantState::Expired => false,
+    }
+}
+
+fn insert_grant(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    key: &AccountKey,
+    grant: &Grant,
+    origin: &GrantOrigin,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO grants (id, mode, customer_id, account_name, asset, purpose, priority, amount, remaining, state, is_open,
+                             effective_at, expires_at, created_at, transaction_id, cost_basis)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+        params![
+            &grant.id,
+            mode.as_str(),
+            &key.customer_id,
+            &key.name,
+            &key.asset,
+            grant.purpose.as_str(),
+            grant.priority,
+            grant.amount,
+            grant.remaining,
+            grant.state.as_str(),
+            is_open(grant),
+            grant.effective_at,
+            grant.expires_at,
+            grant.created_at,
+            origin.transaction_id.clone(),
+            origin.cost_basis
+        ],
+    )?;
+    Ok(())
+}
+
+fn update_grant(conn: &mut dyn Conn, grant: &Grant) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE grants SET remaining = $2, state = $3, is_open = $4 WHERE id = $1",
+        params![&grant.id, grant.remaining, grant.state.as_str(), is_open(grant)],
+    )?;
+    Ok(())
+}
+
+const GRANT_COLUMNS: &str = "id, purpose, priority, amount, remaining, effective_at, expires_at, created_at, state";
+
+fn grant_from_row(row: &crate::Row) -> Result<Grant, StoreError> {
+    Ok(Grant {
+        id: row.text(0)?,
+        purpose: Purpose::parse(&row.text(1)?).ok_or_else(|| StoreError::Corrupt("grant purpose".into()))?,
+        priority: row.int(2)?,
+        amount: row.decimal(3)?,
+        remaining: row.decimal(4)?,
+        effective_at: row.time(5)?,
+        expires_at: row.opt_time(6)?,
+        created_at: row.time(7)?,
+        state: GrantState::parse(&row.text(8)?).ok_or_else(|| StoreError::Corrupt("grant state".into()))?,
+    })
+}
+
+fn open_grants(conn: &mut dyn Conn, key: &AccountKey) -> Result<Vec<Grant>, StoreError> {
+    conn.query(
+        &format!(
+            "SELECT {GRANT_COLUMNS} FROM grants WHERE customer_id = $1 AND account_name = $2 AND asset = $3 AND is_open = 1"
+        ),
+        params![&key.customer_id, &key.name, &key.asset],
+    )?
+    .iter()
+    .map(grant_from_row)
+    .collect()
+}
+
+pub fn get(conn: &mut dyn Conn, key: &AccountKey) -> Result<Option<Account>, StoreError> {
+    conn.query_optional(
+        &format!("SELECT {ACCOUNT_COLUMNS} FROM wallet_accounts WHERE customer_id = $1 AND name = $2 AND asset = $3"),
+        params![&key.customer_id, &key.name, &key.asset],
+    )?
+    .as_ref()
+    .map(account_from_row)
+    .transpose()
+}
+
+pub fn list_for_customer(conn: &mut dyn Conn, customer_id: &str) -> Result<Vec<Account>, StoreError> {
+    conn.query(
+        &format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM wallet_accounts WHERE customer_id = $1 ORDER BY created_at, name, asset"
+        ),
+        params![customer_id],
+    )?
+    .iter()
+    .map(account_from_row)
+    .collect()
+}
+
+/// True when some start or expiry on this account is due at `now`.
+pub fn is_due(conn: &mut dyn Conn, key: &AccountKey, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    Ok(conn
+        .query_optional(
+            "SELECT 1 FROM wallet_accounts WHERE customer_id = $1 AND name = $2 AND asset = $3 AND next_due_at <= $4",
+            params![&key.customer_id, &key.name, &key.asset, now],
+        )?
+        .is_some())
+}
+
+/// Accounts with a start or expiry due at `now`, oldest due first, with their mode.
+pub fn due(conn: &mut dyn Conn, now: DateTime<Utc>, limit: i64) -> Result<Vec<(Mode, AccountKey)>, StoreError> {
+    conn.query(
+        "SELECT mode, customer_id, name, asset FROM wallet_accounts WHERE next_due_at <= $1 ORDER BY next_due_at LIMIT $2",
+        params![now, limit],
+    )?
+    .iter()
+    .map(|row| {
+        let mode = Mode::parse(&row.text(0)?).ok_or_else(|| StoreError::Corrupt("account mode".into()))?;
+        Ok((mode, AccountKey { customer_id: row.text(1)?, name: row.text(2)?, asset: row.text(3)? }))
+    })
+    .collect()
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GrantFilter {
+    pub purpose: Option<Purpose>,
+    /// Leave out grants whose expiry is at or before this instant.
+    pub exclude_expired_at: Option<DateTime<Utc>>,
+    pub effective_from: Option<DateTime<Utc>>,
+    pub effective_to: Option<DateTime<Utc>>,
+    pub expired_from: Option<DateTime<Utc>>,
+    pub expired_to: Option<DateTime<Utc>>,
+}
+
+/// Grants of one account, newest first. Range filters are inclusive of `from`, exclusive of `to`.
+pub fn list_grants(
+    conn: &mut dyn Conn,
+    key: &AccountKey,
+    filter: &GrantFilter,
+    page: Page,
+) -> Result<(Vec<Grant>, i64), StoreError> {
+    let mut conditions = vec!["customer_id = $1".to_owned(), "account_name = $2".to_owned(), "asset = $3".to_owned()];
+    let mut values: Vec<Value> = vec![(&key.customer_id).into(), (&key.name).into(), (&key.asset).into()];
+    let mut add = |condition: &str, value: Value| {
+        values.push(value);
+        conditions.push(condition.replace('?', &format!("${}", values.len())));
+    };
+    if let Some(purpose) = filter.purpose {
+        add("purpose = ?", purpose.as_str().into());
+    }
+    if let Some(at) = filter.exclude_expired_at {
+        add("(expires_at IS NULL OR expires_at > ?)", at.into());
+    }
+    if let Some(at) = filter.effective_from {
+        add("effective_at >= ?", at.into());
+    }
+    if let Some(at) = filter.effective_to {
+        add("effective_at < ?", at.into());
+    }
+    if let Some(at) = filter.expired_from {
+        add("expires_at >= ?", at.into());
+    }
+    if let Some(at) = filter.expired_to {
+        add("expires_at < ?", at.into());
+    }
+    let condition = conditions.join(" AND ");
+    let total = conn.count(&format!("SELECT COUNT(*) FROM grants WHERE {condition}"), &values)?;
+    let limit_index = values.len() + 1;
+    values.push(page.limit.into());
+    values.push(page.offset.into());
+    let items = conn
+        .query(
+            &format!(
+                "SELECT {GRANT_COLUMNS} FROM grants WHERE {condition} ORDER BY created_at DESC, id DESC LIMIT ${limit_index} OFFSET ${}",
+                limit_index + 1
+            ),
+            &values,
+        )?
+        .iter()
+        .map(grant_from_row)
+        .collect::<Result<_, _>>()?;
+    Ok((items, total))
+}
+
+/// Every grant in the database, for `ledger verify`.
+pub fn all_grants(conn: &mut dyn Conn) -> Result<Vec<(AccountKey, Grant)>, StoreError> {
+    conn.query(&format!("SELECT customer_id, account_name, asset, {GRANT_COLUMNS} FROM grants"), &[])?
+        .iter()
+        .map(|row| {
+            let key = AccountKey { customer_id: row.text(0)?, name: row.text(1)?, asset: row.text(2)? };
+            let rest = crate::Row(row.0[3..].to_vec());
+            Ok((key, grant_from_row(&rest)?))
+        })
+        .collect()
+}
+
+pub fn all_accounts(conn: &mut dyn Conn) -> Result<Vec<Account>, StoreError> {
+    conn.query(&format!("SELECT {ACCOUNT_COLUMNS} FROM wallet_accounts"), &[])?.iter().map(account_from_row).collect()
+}

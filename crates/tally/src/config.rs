@@ -1,0 +1,121 @@
+//! Settings from the config file, the environment and flags (in rising precedence).
+
+use anyhow::Context;
+use serde::Deserialize;
+use std::path::Path;
+
+/// The commented default config file, also printed by `tally config`.
+pub const DEFAULT_FILE: &str = include_str!("../tally.default.toml");
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen: String,
+    pub database_url: String,
+    pub platform_name: String,
+    pub settle_interval_ms: u64,
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        toml::from_str(DEFAULT_FILE).expect("the default config file parses")
+    }
+}
+
+/// Values given on the command line or in the environment (clap reads both).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub database_url: Option<String>,
+}
+
+impl Config {
+    /// Loads `path` (or `./tally.toml` when it exists), then applies environment variables and
+    /// the overrides. Settings a file leaves out keep their defaults.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config> {
+        let mut config = Config::default();
+        let implicit = Path::new("tally.toml");
+        let file = path.or_else(|| implicit.exists().then_some(implicit));
+        if let Some(file) = file {
+            let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+            let partial: PartialConfig =
+                toml::from_str(&text).with_context(|| format!("{} is not a valid Tally config", file.display()))?;
+            partial.apply(&mut config);
+        }
+        let env = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+        if let Some(value) = env("TALLY_PLATFORM_NAME") {
+            config.platform_name = value;
+        }
+        if let Some(value) = env("TALLY_SETTLE_INTERVAL_MS") {
+            config.settle_interval_ms = value.parse().context("TALLY_SETTLE_INTERVAL_MS must be a whole number")?;
+        }
+        if let Some(value) = env("TALLY_LOG") {
+            config.log = value;
+        }
+        if let Some(listen) = &overrides.listen {
+            config.listen = listen.clone();
+        }
+        if let Some(database_url) = &overrides.database_url {
+            config.database_url = database_url.clone();
+        }
+        Ok(config)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartialConfig {
+    listen: Option<String>,
+    database_url: Option<String>,
+    platform_name: Option<String>,
+    settle_interval_ms: Option<u64>,
+    log: Option<String>,
+}
+
+impl PartialConfig {
+    fn apply(self, config: &mut Config) {
+        if let Some(value) = self.listen {
+            config.listen = value;
+        }
+        if let Some(value) = self.database_url {
+            config.database_url = value;
+        }
+        if let Some(value) = self.platform_name {
+            config.platform_name = value;
+        }
+        if let Some(value) = self.settle_interval_ms {
+            config.settle_interval_ms = value;
+        }
+        if let Some(value) = self.log {
+            config.log = value;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_file_documents_the_defaults() {
+        let config = Config::default();
+        assert_eq!(config.listen, "127.0.0.1:8080");
+        assert_eq!(config.database_url, "sqlite://tally-data/tally.db");
+        assert_eq!(config.settle_interval_ms, 1000);
+    }
+
+    #[test]
+    fn files_override_defaults_and_flags_override_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("custom.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nplatform_name = \"Glitch\"\n").unwrap();
+        let config = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!((config.listen.as_str(), config.platform_name.as_str()), ("127.0.0.1:9000", "Glitch"));
+        let flagged =
+            Config::load(Some(&path), &Overrides { listen: Some("0.0.0.0:1".into()), database_url: None }).unwrap();
+        assert_eq!(flagged.listen, "0.0.0.0:1");
+        std::fs::write(&path, "lisen = \"typo\"\n").unwrap();
+        assert!(Config::load(Some(&path), &Overrides::default()).is_err(), "unknown settings are refused");
+    }
+}

@@ -1,0 +1,180 @@
+//! `tally`: the server and its administration commands.
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+use tally::config::{Config, Overrides};
+use tally_core::Mode;
+
+#[derive(Parser)]
+#[command(name = "tally", version, about = "Tally: real-time usage billing, Credyt-compatible.")]
+struct Cli {
+    /// Config file (default: ./tally.toml when it exists).
+    #[arg(long, env = "TALLY_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Database URL: sqlite://PATH or postgres://USER@HOST:PORT/DB.
+    #[arg(long = "database", env = "TALLY_DATABASE_URL", global = true)]
+    database_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the API server (applies migrations first).
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "TALLY_LISTEN")]
+        listen: Option<String>,
+    },
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage API keys.
+    #[command(subcommand, name = "api-keys")]
+    ApiKeys(ApiKeyCommand),
+    /// Check the books.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+    /// Print the commented default config file.
+    Config,
+}
+
+#[derive(Subcommand)]
+enum ApiKeyCommand {
+    /// Create a key and print it alone on stdout. It is shown only this once.
+    Create {
+        #[arg(long, value_parser = ["test", "live"])]
+        mode: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List keys (never their secrets).
+    List,
+    /// Revoke a key by its id (ak_...).
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum LedgerCommand {
+    /// Recompute every balance and grant from the ledger; exit 1 on any mismatch.
+    Verify,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let listen = match &cli.command {
+        Command::Serve { listen } => listen.clone(),
+        _ => None,
+    };
+    let overrides = Overrides { listen, database_url: cli.database_url.clone() };
+    let config = Config::load(cli.config.as_deref(), &overrides)?;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&config.log).context("invalid log filter")?)
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Serve { .. } => serve(&config),
+        Command::Migrate => {
+            let store = tally::open_store(&config.database_url)?;
+            drop(store);
+            eprintln!("migrations are up to date");
+            Ok(())
+        }
+        Command::ApiKeys(command) => api_keys(&config, command),
+        Command::Ledger(LedgerCommand::Verify) => verify(&config),
+        Command::Config => {
+            print!("{}", tally::config::DEFAULT_FILE);
+            Ok(())
+        }
+    }
+}
+
+fn serve(config: &Config) -> anyhow::Result<()> {
+    let store = tally::open_store(&config.database_url)?;
+    let http_config = tally_http::HttpConfig {
+        platform_name: config.platform_name.clone(),
+        settle_interval: Duration::from_millis(config.settle_interval_ms.max(10)),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        tracing::info!(address = %listener.local_addr()?, database = %config.database_url, "tally is serving");
+        let state = tally_http::AppState::new(store, http_config);
+        tally_http::serve(listener, state, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        anyhow::Ok(())
+    })
+}
+
+/// Completes on SIGINT or SIGTERM; in-flight requests then finish before the server exits.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+fn api_keys(config: &Config, command: ApiKeyCommand) -> anyhow::Result<()> {
+    let store = tally::open_store(&config.database_url)?;
+    let now = chrono::Utc::now();
+    match command {
+        ApiKeyCommand::Create { mode, name } => {
+            let mode = Mode::parse(&mode).context("mode must be test or live")?;
+            let (record, secret) =
+                store.write(|conn| tally_store::repo::api_keys::create(conn, mode, name.as_deref(), now))?;
+            eprintln!("created {} key {} (shown once; Tally keeps only its hash)", mode.as_str(), record.id);
+            println!("{secret}");
+        }
+        ApiKeyCommand::List => {
+            let keys = store.read(tally_store::repo::api_keys::list)?;
+            println!("{:<32} {:<5} {:<18} {:<28} {:<28} NAME", "ID", "MODE", "PREFIX", "CREATED", "REVOKED");
+            for key in keys {
+                println!(
+                    "{:<32} {:<5} {:<18} {:<28} {:<28} {}",
+                    key.id,
+                    key.mode.as_str(),
+                    key.key_prefix,
+                    tally_http::types::format_timestamp(key.created_at),
+                    key.revoked_at.map(tally_http::types::format_timestamp).unwrap_or_else(|| "-".into()),
+                    key.name.unwrap_or_default()
+                );
+            }
+        }
+        ApiKeyCommand::Revoke { id } => {
+            if !store.write(|conn| tally_store::repo::api_keys::revoke(conn, &id, now))? {
+                bail!("no API key with id {id}");
+            }
+            eprintln!("revoked {id}");
+        }
+    }
+    Ok(())
+}
+
+fn verify(config: &Config) -> anyhow::Result<()> {
+    let store = tally::open_store(&config.database_url)?;
+    let report = store.read(tally_store::ops::ledger::verify)?;
+    println!(
+        "checked {} entries ({} postings), {} accounts, {} grants",
+        report.entries, report.postings, report.accounts, report.grants
+    );
+    if report.problems.is_empty() {
+        println!("ledger OK: every balance and grant equals its postings, every entry balances");
+        return Ok(());
+    }
+    for problem in &report.problems {
+        println!("MISMATCH {problem}");
+    }
+    std::process::exit(1);
+}
