@@ -103,6 +103,15 @@ impl PostgresBackend {
     }
 }
 
+impl Drop for PostgresBackend {
+    /// The synchronous driver blocks when a connection closes, which panics on an async
+    /// runtime's thread; the store may be dropped there, so connections close on a plain one.
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut self.pool.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner()).idle);
+        let _ = std::thread::spawn(move || drop(idle)).join();
+    }
+}
+
 fn run_in_transaction<R, E: From<StoreError>>(
     client: &mut postgres::Client,
     begin: &str,

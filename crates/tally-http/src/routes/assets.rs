@@ -157,6 +157,10 @@ fn parse_new_asset(request: &CreateAssetRequest) -> Result<NewAsset, ApiError> {
     let mut parsed_rates = Vec::new();
     for (index, rate) in starting.iter().enumerate() {
         let source = checker.asset_code(&format!("rates[{index}].source"), &rate.source);
+        if source.as_ref().is_some_and(|source| !source.is_currency()) {
+            checker
+                .error(format!("rates[{index}].source"), "must be an ISO 4217 currency: assets are bought with fiat");
+        }
         let exchange = exchange_rate(&mut checker, &format!("rates[{index}]."), rate.rate, rate.inverse_rate);
         if let (Some(source), Some(exchange)) = (source, exchange) {
             parsed_rates.push((source, exchange));

@@ -1,0 +1,92 @@
+//! Customers: create, read, list with filters, update.
+
+use crate::harness::TestApp;
+use crate::on_both_backends;
+use serde_json::json;
+
+async fn create_get_and_update(app: TestApp) {
+    let created = app
+        .post("/customers", json!({"name": "Ada Lovelace", "external_id": "u-1", "email": "ada@example.com", "metadata": {"plan": "pro"}}))
+        .await
+        .expect(201);
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("cust_"));
+    assert_eq!(created.body["subscriptions"], json!([]));
+
+    let customer = app.get(&format!("/customers/{id}")).await.expect(200);
+    assert_eq!(customer.body["name"], "Ada Lovelace");
+    assert_eq!(customer.body["external_id"], "u-1");
+    assert_eq!(customer.body["email"], "ada@example.com");
+    assert_eq!(customer.body["metadata"]["plan"], "pro");
+    assert_eq!(customer.body["active_subscription_count"], 0);
+    assert!(customer.body["created_at"].is_string());
+
+    let updated = app.patch(&format!("/customers/{id}"), json!({"name": "Ada King", "email": null})).await.expect(204);
+    assert!(updated.text.is_empty());
+    let customer = app.get(&format!("/customers/{id}")).await.expect(200);
+    assert_eq!(customer.body["name"], "Ada King");
+    assert!(customer.body.get("email").is_none(), "null clears the email");
+    assert_eq!(customer.body["external_id"], "u-1", "fields left out stay");
+
+    app.patch("/customers/cust_missing", json!({"name": "x"})).await.expect(404);
+    app.patch(&format!("/customers/{id}"), json!({"name": null})).await.expect(422);
+    app.patch(&format!("/customers/{id}"), json!({"email": "not-an-email"})).await.expect(422);
+    app.get("/customers/cust_missing").await.expect(404);
+}
+
+async fn external_ids_are_unique_per_mode(app: TestApp) {
+    app.post("/customers", json!({"name": "A", "external_id": "dup"})).await.expect(201);
+    let duplicate = app.post("/customers", json!({"name": "B", "external_id": "dup"})).await.expect(409);
+    assert_eq!(duplicate.content_type(), "application/problem+json");
+    let other = app.post("/customers", json!({"name": "C", "external_id": "other"})).await.expect(201);
+    let other_id = other.body["id"].as_str().unwrap();
+    app.patch(&format!("/customers/{other_id}"), json!({"external_id": "dup"})).await.expect(409);
+    app.patch(&format!("/customers/{other_id}"), json!({"external_id": "other"})).await.expect(204);
+    assert_eq!(app.get("/customers").await.body["total_count"], 2);
+}
+
+async fn list_filters_and_pages(app: TestApp) {
+    for index in 0..23 {
+        let email = format!("user{index}@example.com");
+        app.post(
+            "/customers",
+            json!({"name": format!("User {index}"), "external_id": format!("ext-{index}"), "email": email}),
+        )
+        .await
+        .expect(201);
+    }
+    app.post("/customers", json!({"name": "Grace Hopper", "email": "Grace@Example.com"})).await.expect(201);
+    let page = app.get("/customers").await.expect(200);
+    assert_eq!(page.body["total_count"], 24);
+    assert_eq!(page.body["items"].as_array().unwrap().len(), 20);
+    let rest = app.get("/customers?offset=20").await.expect(200);
+    assert_eq!(rest.body["items"].as_array().unwrap().len(), 4);
+    let by_external = app.get("/customers?external_id=ext-7").await.expect(200);
+    assert_eq!(by_external.body["total_count"], 1);
+    assert_eq!(by_external.body["items"][0]["name"], "User 7");
+    let by_email = app.get("/customers?email=grace@example.com").await.expect(200);
+    assert_eq!(by_email.body["items"][0]["name"], "Grace Hopper", "email matches case-insensitively");
+    let by_name = app.get("/customers?name=hopper").await.expect(200);
+    assert_eq!(by_name.body["total_count"], 1);
+    let none = app.get("/customers?name=%25").await.expect(200);
+    assert_eq!(none.body["total_count"], 0, "LIKE wildcards in the filter are literal");
+}
+
+async fn customer_validation(app: TestApp) {
+    let long = "x".repeat(256);
+    let reply = app
+        .post(
+            "/customers",
+            json!({"name": "", "external_id": long, "email": "nope", "metadata": {"k": "v".repeat(501)}}),
+        )
+        .await
+        .expect(422);
+    for field in ["name", "external_id", "email", "metadata.k"] {
+        assert!(reply.body["errors"][field].is_array(), "expected an error on {field}: {}", reply.body);
+    }
+    let missing = app.post("/customers", json!({"email": "a@b.co"})).await.expect(422);
+    assert!(missing.body["errors"]["$"].is_array() || missing.body["errors"]["name"].is_array(), "{}", missing.body);
+    assert_eq!(app.get("/customers").await.body["total_count"], 0);
+}
+
+on_both_backends!(create_get_and_update, external_ids_are_unique_per_mode, list_filters_and_pages, customer_validation);

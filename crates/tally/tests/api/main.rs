@@ -1,0 +1,10 @@
+//! Tally's integration suite: one test binary, every test against the real server over HTTP,
+//! on SQLite and on PostgreSQL.
+
+mod harness;
+
+mod assets;
+mod auth;
+mod customers;
+mod errors;
+mod openapi;
