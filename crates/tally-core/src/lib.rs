@@ -6,6 +6,7 @@
 //! verify history and lets tests pin time exactly.
 
 pub mod asset;
+pub mod catalog;
 pub mod charge;
 pub mod currency;
 pub mod ledger;

@@ -265,7 +265,14 @@ impl AccountState {
                 GrantState::Expired => None,
             })
             .filter(|(_, _, at)| *at <= now)
-            .min_by_key(|(index, kind, at)| (*at, *kind == SettlementKind::Expiry, self.grants[*index].id.clone()))
+            // At one instant, starts come before expiries, and grants in burn order: when
+            // several start while the account is overdrawn, the one a debit would spend first
+            // repays the overdraft first, whatever their ids.
+            .min_by(|(left, left_kind, left_at), (right, right_kind, right_at)| {
+                (left_at, *left_kind == SettlementKind::Expiry)
+                    .cmp(&(right_at, *right_kind == SettlementKind::Expiry))
+                    .then_with(|| self.grants[*left].burn_order(&self.grants[*right]))
+            })
     }
 
     fn expire(&mut self, grant: &mut Grant) -> Vec<Posting> {

@@ -2,6 +2,7 @@
 //! values, run one store operation on a blocking thread, and turn the result into JSON.
 //! Nothing here knows SQL or pricing rules.
 
+pub mod catalog;
 pub mod check;
 pub mod error;
 pub mod extract;
@@ -12,7 +13,7 @@ pub mod types;
 pub mod worker;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::Router;
 use error::ApiError;
 use std::sync::Arc;
@@ -39,11 +40,13 @@ impl Default for HttpConfig {
 pub struct AppState {
     pub store: Arc<Store>,
     pub config: Arc<HttpConfig>,
+    /// Parsed product versions, shared by every request and the worker.
+    pub catalog: Arc<catalog::CatalogCache>,
 }
 
 impl AppState {
     pub fn new(store: Arc<Store>, config: HttpConfig) -> AppState {
-        AppState { store, config: Arc::new(config) }
+        AppState { store, config: Arc::new(config), catalog: Arc::new(catalog::CatalogCache::default()) }
     }
 
     /// Runs `work` in a read transaction on a blocking thread.
@@ -75,7 +78,7 @@ async fn blocking<R: Send + 'static>(
 }
 
 pub fn router(state: AppState) -> Router {
-    use routes::{accounts, assets, customers, wallet};
+    use routes::{accounts, assets, customers, events, products, subscriptions, wallet};
     Router::new()
         .route("/openapi.json", get(openapi::serve))
         .route("/health", get(|| async { "ok" }))
@@ -86,6 +89,22 @@ pub fn router(state: AppState) -> Router {
         .route("/assets/{code}/quote", post(assets::quote))
         .route("/customers", post(customers::create).get(customers::list))
         .route("/customers/{customer_id}", get(customers::get).patch(customers::update))
+        .route("/customers/{customer_id}/subscriptions", post(subscriptions::create))
+        .route("/customers/{customer_id}/subscriptions/{subscription_id}", patch(subscriptions::update))
+        .route(
+            "/customers/{customer_id}/subscriptions/{subscription_id}/products/{product_id}",
+            patch(subscriptions::update_product),
+        )
+        .route("/products", post(products::create).get(products::list))
+        .route("/products/{product_id}", get(products::get).post(products::create_version).delete(products::delete))
+        .route("/products/{product_id}/subscribers", get(products::subscribers))
+        .route(
+            "/products/{product_id}/{version}",
+            get(products::get_version).patch(products::update_version).delete(products::archive_version),
+        )
+        .route("/products/{product_id}/{version}/simulate-usage", post(products::simulate_usage))
+        .route("/events", post(events::send_usage).get(events::list))
+        .route("/events/{event_id}", get(events::get))
         .route("/customers/{customer_id}/wallet", get(wallet::get_wallet))
         .route("/customers/{customer_id}/wallet/adjustments", post(wallet::create_adjustment))
         .route("/customers/{customer_id}/wallet/charges", post(wallet::create_charge))
@@ -106,7 +125,12 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop_worker, worker_stopped) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(worker::run(state.store.clone(), state.config.settle_interval, worker_stopped));
+    let worker = tokio::spawn(worker::run(
+        state.store.clone(),
+        state.catalog.clone(),
+        state.config.settle_interval,
+        worker_stopped,
+    ));
     let result = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
     let _ = stop_worker.send(true);
     let _ = worker.await;

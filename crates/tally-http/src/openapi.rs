@@ -1,7 +1,7 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations and the request and
 //! response types. `docs/openapi.json` is the checked-in copy; a test fails when they differ.
 
-use crate::routes::{accounts, assets, customers, wallet};
+use crate::routes::{accounts, assets, customers, events, products, subscriptions, wallet};
 use axum::http::header;
 use axum::response::IntoResponse;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -16,6 +16,10 @@ use utoipa::{Modify, OpenApi};
         customers::create, customers::list, customers::get, customers::update,
         wallet::get_wallet, wallet::get_account, wallet::create_adjustment, wallet::create_charge,
         wallet::get_transaction, wallet::list_transactions, wallet::list_grants,
+        subscriptions::create, subscriptions::update, subscriptions::update_product,
+        products::create, products::list, products::get, products::create_version, products::get_version,
+        products::update_version, products::archive_version, products::delete, products::subscribers, products::simulate_usage,
+        events::send_usage, events::list, events::get,
     ),
     modifiers(&Security),
     security(("api_key" = []), ("bearer" = [])),

@@ -52,6 +52,26 @@ impl dyn Conn + '_ {
         }
     }
 
+    /// `" FOR UPDATE SKIP LOCKED"` on PostgreSQL: lock the rows a query returns and pass over
+    /// rows another transaction holds, so that several servers claiming due work each take
+    /// different items instead of queueing behind one another. SQLite has one writer at a
+    /// time, so whatever a write transaction reads is already its own.
+    pub fn skip_locked(&self) -> &'static str {
+        match self.dialect() {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+
+    /// [`skip_locked`](Self::skip_locked) for a join: lock and skip only the rows of `table`
+    /// (a table name or alias in the query), leaving the other tables' rows unlocked.
+    pub fn skip_locked_of(&self, table: &str) -> String {
+        match self.dialect() {
+            Dialect::Sqlite => String::new(),
+            Dialect::Postgres => format!(" FOR UPDATE OF {table} SKIP LOCKED"),
+        }
+    }
+
     pub fn count(&mut self, sql: &str, params: &[Value]) -> Result<i64, StoreError> {
         self.query_one(sql, params)?.int(0)
     }

@@ -14,7 +14,11 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-pub const MIGRATIONS: &[Migration] = &[Migration { version: 1, name: "foundation", sql: FOUNDATION }];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "foundation", sql: FOUNDATION },
+    Migration { version: 2, name: "ledger_postings_by_customer", sql: POSTINGS_BY_CUSTOMER },
+    Migration { version: 3, name: "catalog_and_usage", sql: include_str!("migrate_catalog.sql") },
+];
 
 const FOUNDATION: &str = r#"
 CREATE TABLE tally_meta (
@@ -147,6 +151,19 @@ CREATE TABLE ledger_postings (
     amount TEXT NOT NULL,
     PRIMARY KEY (entry_id, line)
 );
+"#;
+
+/// Postings carry their entry's mode and customer, like every other customer table, so that a
+/// distributed PostgreSQL (Citus) can place them on the same shard as their entry and the
+/// customer's wallet (see docs/scaling.md). Existing postings take their entry's values. The
+/// empty default exists only because SQLite cannot add a NOT NULL column without one;
+/// `repo::ledger::append` always writes both.
+const POSTINGS_BY_CUSTOMER: &str = r#"
+ALTER TABLE ledger_postings ADD COLUMN mode TEXT NOT NULL DEFAULT '';
+ALTER TABLE ledger_postings ADD COLUMN customer_id TEXT NOT NULL DEFAULT '';
+UPDATE ledger_postings SET
+    mode = (SELECT e.mode FROM ledger_entries e WHERE e.id = ledger_postings.entry_id),
+    customer_id = (SELECT e.customer_id FROM ledger_entries e WHERE e.id = ledger_postings.entry_id);
 "#;
 
 /// The schema for `dialect`, with its one non-portable spelling filled in.

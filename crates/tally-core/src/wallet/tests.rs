@@ -131,6 +131,21 @@ fn a_grant_that_starts_and_expires_before_settling_is_replayed_in_time_order() {
     assert_eq!((state.available, state.pending_in), (d("0"), d("0")));
 }
 
+#[test]
+fn grants_starting_together_repay_the_overdraft_in_burn_order() {
+    // The ids sort against the burn order, so an id tie-break would pick the wrong grant.
+    let mut state = AccountState::default();
+    state.debit(d("5"), SystemAccount::Revenue, None).unwrap();
+    state.credit(grant("a_paid", Purpose::Paid, "10", 1, None), SystemAccount::Issuance, t0());
+    state.credit(grant("b_promo_late", Purpose::Promotion, "10", 1, Some(9)), SystemAccount::Issuance, t0());
+    state.credit(grant("c_promo_soon", Purpose::Promotion, "10", 1, Some(5)), SystemAccount::Issuance, t0());
+    state.settle(t0() + Duration::hours(1));
+    assert_eq!(remaining(&state, "c_promo_soon"), d("5"));
+    assert_eq!(remaining(&state, "b_promo_late"), d("10"));
+    assert_eq!(remaining(&state, "a_paid"), d("10"));
+    assert_eq!((state.available, state.debt), (d("25"), d("0")));
+}
+
 /// One step of a random history.
 #[derive(Debug, Clone)]
 enum Step {

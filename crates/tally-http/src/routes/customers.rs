@@ -2,6 +2,9 @@ use crate::check::Checker;
 use crate::error::ApiError;
 use crate::extract::{Auth, JsonBody, QueryParams};
 use crate::limits::MAX_TEXT_CHARS;
+use crate::routes::subscriptions::{
+    parse_subscription, subscription_view, CreateCustomerSubscription, CustomerSubscription,
+};
 use crate::types::Timestamp;
 use crate::{page_type, AppState};
 use axum::extract::{Path, State};
@@ -10,8 +13,27 @@ use axum::Json;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 use tally_store::ops::customers::{self as customer_ops, CustomerPatch, NewCustomer};
+use tally_store::ops::subscriptions as subscription_ops;
+use tally_store::ops::OpError;
 use tally_store::repo::customers::{self as customer_repo, Customer, CustomerFilter};
+use tally_store::repo::subscriptions as subscription_repo;
 use utoipa::ToSchema;
+
+/// Names a nested request's fields by their place in the outer request.
+fn prefix_fields(error: OpError, prefix: &str) -> OpError {
+    match error {
+        OpError::Invalid(fields) => OpError::Invalid(
+            fields
+                .into_iter()
+                .map(|field| tally_store::ops::FieldError {
+                    field: format!("{prefix}{}", field.field),
+                    message: field.message,
+                })
+                .collect(),
+        ),
+        other => other,
+    }
+}
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateCustomerRequest {
@@ -19,13 +41,15 @@ pub struct CreateCustomerRequest {
     pub external_id: Option<String>,
     pub email: Option<String>,
     pub metadata: Option<BTreeMap<String, String>>,
+    /// Subscriptions made with the customer, in the same transaction.
+    pub subscriptions: Option<Vec<CreateCustomerSubscription>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CreateCustomerResponse {
     pub id: String,
-    /// Subscriptions arrive with the product catalog; empty until then.
-    pub subscriptions: Vec<serde_json::Value>,
+    /// Check each subscription's status: some may need an action.
+    pub subscriptions: Vec<CustomerSubscription>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -52,7 +76,7 @@ pub struct GetCustomerResponse {
     pub active_subscription_count: i64,
     pub created_at: Timestamp,
     pub metadata: BTreeMap<String, String>,
-    pub subscriptions: Vec<serde_json::Value>,
+    pub subscriptions: Vec<CustomerSubscription>,
 }
 
 /// `null` clears an optional field; leaving the field out keeps it.
@@ -75,13 +99,13 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> R
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
-fn summary(customer: Customer) -> CustomerSummary {
+fn summary((customer, active_subscription_count): (Customer, i64)) -> CustomerSummary {
     CustomerSummary {
         id: customer.id,
         external_id: customer.external_id,
         name: customer.name,
         email: customer.email,
-        active_subscription_count: 0,
+        active_subscription_count,
     }
 }
 
@@ -100,9 +124,29 @@ pub async fn create(
         metadata: checker.metadata("metadata", request.metadata.as_ref()),
     };
     checker.finish()?;
+    let subscriptions = request
+        .subscriptions
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(index, subscription)| parse_subscription(&format!("subscriptions[{index}]."), subscription))
+        .collect::<Result<Vec<_>, _>>()?;
     let now = chrono::Utc::now();
-    let customer = state.write(move |conn| customer_ops::create(conn, auth.mode, &new, now)).await?;
-    Ok((StatusCode::CREATED, Json(CreateCustomerResponse { id: customer.id, subscriptions: Vec::new() })))
+    let catalog = state.catalog.clone();
+    let response = state
+        .write(move |conn| {
+            let customer = customer_ops::create(conn, auth.mode, &new, now)?;
+            let mut views = Vec::new();
+            for (index, subscription) in subscriptions.iter().enumerate() {
+                let created =
+                    subscription_ops::create(conn, auth.mode, &customer.id, subscription, catalog.as_ref(), now)
+                        .map_err(|error| prefix_fields(error, &format!("subscriptions[{index}].")))?;
+                views.push(subscription_view(conn, auth.mode, &created)?);
+            }
+            Ok(CreateCustomerResponse { id: customer.id, subscriptions: views })
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(response)))
 }
 
 #[utoipa::path(get, path = "/customers", tag = "Customers",
@@ -122,7 +166,17 @@ pub async fn list(
         name: query.string("name"),
     };
     query.finish()?;
-    let (customers, total) = state.read(move |conn| Ok(customer_repo::list(conn, auth.mode, &filter, page)?)).await?;
+    let (customers, total) = state
+        .read(move |conn| {
+            let (customers, total) = customer_repo::list(conn, auth.mode, &filter, page)?;
+            let mut counted = Vec::with_capacity(customers.len());
+            for customer in customers {
+                let count = subscription_repo::active_count(conn, &customer.id)?;
+                counted.push((customer, count));
+            }
+            Ok((counted, total))
+        })
+        .await?;
     Ok(Json(PageCustomerSummary::new(customers.into_iter().map(summary).collect(), total, page)))
 }
 
@@ -133,16 +187,26 @@ pub async fn get(
     auth: Auth,
     Path(id): Path<String>,
 ) -> Result<Json<GetCustomerResponse>, ApiError> {
-    let customer = state.read(move |conn| customer_ops::require(conn, auth.mode, &id)).await?;
+    let (customer, subscriptions) = state
+        .read(move |conn| {
+            let customer = customer_ops::require(conn, auth.mode, &id)?;
+            let mut views = Vec::new();
+            for subscription in subscription_repo::for_customer(conn, &customer.id)? {
+                views.push(subscription_view(conn, auth.mode, &subscription)?);
+            }
+            Ok((customer, views))
+        })
+        .await?;
     Ok(Json(GetCustomerResponse {
         id: customer.id,
         external_id: customer.external_id,
         name: customer.name,
         email: customer.email,
-        active_subscription_count: 0,
+        active_subscription_count: subscriptions.iter().filter(|subscription| subscription.status == "active").count()
+            as i64,
         created_at: customer.created_at.into(),
         metadata: customer.metadata,
-        subscriptions: Vec::new(),
+        subscriptions,
     }))
 }
 

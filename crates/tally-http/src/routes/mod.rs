@@ -4,4 +4,7 @@
 pub mod accounts;
 pub mod assets;
 pub mod customers;
+pub mod events;
+pub mod products;
+pub mod subscriptions;
 pub mod wallet;

@@ -6,7 +6,10 @@
 
 pub mod assets;
 pub mod customers;
+pub mod events;
 pub mod ledger;
+pub mod products;
+pub mod subscriptions;
 pub mod wallet;
 
 use crate::StoreError;

@@ -287,14 +287,14 @@ pub fn charge(
 }
 
 /// An exact decimal as a JSON number (serde_json keeps the digits: arbitrary precision).
-fn json_number(value: Option<Decimal>) -> serde_json::Value {
+pub(crate) fn json_number(value: Option<Decimal>) -> serde_json::Value {
     value
         .and_then(|value| value.normalize().to_string().parse::<serde_json::Number>().ok())
         .map_or(serde_json::Value::Null, serde_json::Value::Number)
 }
 
 /// Overdraft is allowed: a debit never fails for a low balance, so billing stays complete.
-fn debit(
+pub(crate) fn debit(
     state: &mut AccountState,
     amount: Decimal,
     destination: SystemAccount,
@@ -302,7 +302,7 @@ fn debit(
     state.debit(amount, destination, None).map_err(|error| OpError::Conflict(error.to_string()))
 }
 
-fn require_asset(conn: &mut dyn Conn, mode: Mode, code: &AssetCode) -> Result<KnownAsset, OpError> {
+pub(crate) fn require_asset(conn: &mut dyn Conn, mode: Mode, code: &AssetCode) -> Result<KnownAsset, OpError> {
     asset_ops::find(conn, mode, code)?
         .ok_or_else(|| OpError::invalid("asset", format!("{code} is neither a custom asset nor an ISO 4217 currency")))
 }
@@ -324,7 +324,7 @@ fn replay(
 
 /// Creates the account on first use, loads and locks it, and settles whatever is due, writing
 /// those entries. Returns the account and the state as loaded, which `save` diffs against.
-fn open_account(
+pub(crate) fn open_account(
     conn: &mut dyn Conn,
     mode: Mode,
     key: &AccountKey,
@@ -375,7 +375,7 @@ fn open_account(
     Ok((account, loaded))
 }
 
-fn record(
+pub(crate) fn record(
     conn: &mut dyn Conn,
     mode: Mode,
     key: &AccountKey,

@@ -64,8 +64,18 @@ pub fn append(conn: &mut dyn Conn, header: &EntryHeader, postings: &[Posting]) -
         .int(0)?;
     for (line, posting) in postings.iter().enumerate() {
         conn.execute(
-            "INSERT INTO ledger_postings (entry_id, line, account, bucket, grant_id, amount) VALUES ($1, $2, $3, $4, $5, $6)",
-            params![entry_id, line as i64, account_text(posting.account), posting.bucket.as_str(), posting.grant_id.clone(), posting.amount],
+            "INSERT INTO ledger_postings (entry_id, line, account, bucket, grant_id, amount, mode, customer_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            params![
+                entry_id,
+                line as i64,
+                account_text(posting.account),
+                posting.bucket.as_str(),
+                posting.grant_id.clone(),
+                posting.amount,
+                header.mode.as_str(),
+                &header.account.customer_id
+            ],
         )?;
     }
     Ok(())
@@ -82,11 +92,14 @@ pub struct StoredPosting {
     pub amount: Decimal,
 }
 
-/// Every posting, in entry order.
+/// Every posting, in entry order. The join matches the customer as well as the entry, so that
+/// a posting filed under the wrong customer goes missing from its entry and fails verification
+/// (and so that, sharded by customer, the join stays on one shard).
 pub fn all_postings(conn: &mut dyn Conn) -> Result<Vec<StoredPosting>, StoreError> {
     conn.query(
         "SELECT e.id, e.customer_id, e.account_name, e.asset, p.account, p.bucket, p.grant_id, p.amount
-         FROM ledger_postings p JOIN ledger_entries e ON e.id = p.entry_id ORDER BY e.id, p.line",
+         FROM ledger_postings p JOIN ledger_entries e ON e.customer_id = p.customer_id AND e.id = p.entry_id
+         ORDER BY e.id, p.line",
         &[],
     )?
     .iter()

@@ -4,8 +4,12 @@
 pub mod api_keys;
 pub mod assets;
 pub mod customers;
+pub mod events;
 pub mod ledger;
+pub mod products;
+pub mod subscriptions;
 pub mod transactions;
+pub mod vendors;
 pub mod wallets;
 
 use crate::conn::Conn;

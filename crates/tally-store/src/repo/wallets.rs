@@ -214,18 +214,27 @@ pub fn is_due(conn: &mut dyn Conn, key: &AccountKey, now: DateTime<Utc>) -> Resu
         .is_some())
 }
 
-/// Accounts with a start or expiry due at `now`, oldest due first, with their mode.
-pub fn due(conn: &mut dyn Conn, now: DateTime<Utc>, limit: i64) -> Result<Vec<(Mode, AccountKey)>, StoreError> {
-    conn.query(
-        "SELECT mode, customer_id, name, asset FROM wallet_accounts WHERE next_due_at <= $1 ORDER BY next_due_at LIMIT $2",
-        params![now, limit],
-    )?
-    .iter()
-    .map(|row| {
-        let mode = Mode::parse(&row.text(0)?).ok_or_else(|| StoreError::Corrupt("account mode".into()))?;
-        Ok((mode, AccountKey { customer_id: row.text(1)?, name: row.text(2)?, asset: row.text(3)? }))
-    })
-    .collect()
+/// Claims the customer with the most overdue grant start or expiry at `now`, for the
+/// background worker, and returns it with its mode; `None` when nothing is due.
+///
+/// The claim is the customer row's lock, the same lock every wallet change takes first, so
+/// the claimer may go on to lock and settle the customer's accounts in the same transaction
+/// without breaking the lock order. On PostgreSQL customers another transaction holds are
+/// passed over (`FOR UPDATE … SKIP LOCKED`): several servers draining due work at once each
+/// claim different customers, and none waits behind a request. Under READ COMMITTED a claim
+/// can still land on a customer whose due item another server settled a moment ago, so the
+/// caller re-checks what is due after claiming (`ops::wallet::settle_account` does).
+pub fn claim_due(conn: &mut dyn Conn, now: DateTime<Utc>) -> Result<Option<(Mode, String)>, StoreError> {
+    let sql = format!(
+        "SELECT c.mode, c.id FROM wallet_accounts a JOIN customers c ON c.id = a.customer_id
+         WHERE a.next_due_at <= $1 ORDER BY a.next_due_at LIMIT 1{}",
+        conn.skip_locked_of("c")
+    );
+    let Some(row) = conn.query_optional(&sql, params![now])? else {
+        return Ok(None);
+    };
+    let mode = Mode::parse(&row.text(0)?).ok_or_else(|| StoreError::Corrupt("customer mode".into()))?;
+    Ok(Some((mode, row.text(1)?)))
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

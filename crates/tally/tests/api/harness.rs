@@ -226,6 +226,10 @@ impl TestApp {
         self.call(Method::PATCH, path, Some(&self.test_key), Some(&body)).await
     }
 
+    pub async fn delete_version(&self, product_id: &str, version: &str) -> Reply {
+        self.call(Method::DELETE, &format!("/products/{product_id}/{version}"), Some(&self.test_key), None).await
+    }
+
     /// Creates a test-mode customer and returns its id.
     pub async fn customer(&self, name: &str) -> String {
         let reply = self.post("/customers", json!({ "name": name })).await.expect(201);

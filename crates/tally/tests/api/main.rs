@@ -7,4 +7,8 @@ mod assets;
 mod auth;
 mod customers;
 mod errors;
+mod multi_server;
 mod openapi;
+mod sdk;
+mod usage;
+mod wallet;

@@ -1,0 +1,211 @@
+//! What a product version sells besides usage: fixed fees (once or on a recurring schedule)
+//! and entitlements (credit granted on activation, optionally refreshed each period), and the
+//! calendar arithmetic both need.
+//!
+//! Rules:
+//! - Periods are calendar periods in UTC: a month after 31 January is the last day of
+//!   February (chrono's month arithmetic clamps to the month's end), a year after 29 February
+//!   is 28 February.
+//! - A fixed fee is Σ unit_price × quantity (quantity defaults to 1), exact.
+//! - An entitlement grants `amount` of its asset at activation with purpose `bundled` or
+//!   `promotion`, lasting `duration × duration_count`. Without a refresh it is one-off and
+//!   expires then. With `expire_and_replace` the unused remainder expires at the period's end
+//!   and a fresh `amount` is granted. With `rollover` nothing expires at the period's end: a
+//!   fresh `amount` is added and the unused remainder stays spendable.
+
+use crate::pricing::UsagePrice;
+use crate::wallet::Purpose;
+use crate::Instant;
+use chrono::{Days, Months};
+use rust_decimal::Decimal;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Interval {
+    Day,
+    Week,
+    Month,
+    Year,
+}
+
+impl Interval {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Interval::Day => "day",
+            Interval::Week => "week",
+            Interval::Month => "month",
+            Interval::Year => "year",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Interval> {
+        match text {
+            "day" => Some(Interval::Day),
+            "week" => Some(Interval::Week),
+            "month" => Some(Interval::Month),
+            "year" => Some(Interval::Year),
+            _ => None,
+        }
+    }
+
+    /// `at` moved forward by `count` of these intervals, or `None` past the calendar's end.
+    pub fn add(self, at: Instant, count: u32) -> Option<Instant> {
+        match self {
+            Interval::Day => at.checked_add_days(Days::new(count.into())),
+            Interval::Week => at.checked_add_days(Days::new(u64::from(count) * 7)),
+            Interval::Month => at.checked_add_months(Months::new(count)),
+            Interval::Year => at.checked_add_months(Months::new(count.checked_mul(12)?)),
+        }
+    }
+}
+
+/// The most intervals one period may span (e.g. 120 months).
+pub const MAX_INTERVAL_COUNT: u32 = 120;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FixedBilling {
+    /// Collected once, when the subscription starts.
+    OneTime,
+    /// Collected when the subscription starts and again every `count` intervals.
+    Recurring { interval: Interval, count: u32 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FixedPrice {
+    pub id: String,
+    pub name: String,
+    pub asset: String,
+    pub amount: Decimal,
+    pub billing: FixedBilling,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshStrategy {
+    ExpireAndReplace,
+    Rollover,
+}
+
+impl RefreshStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefreshStrategy::ExpireAndReplace => "expire_and_replace",
+            RefreshStrategy::Rollover => "rollover",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RefreshStrategy> {
+        match text {
+            "expire_and_replace" => Some(RefreshStrategy::ExpireAndReplace),
+            "rollover" => Some(RefreshStrategy::Rollover),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entitlement {
+    pub name: String,
+    pub asset: String,
+    pub amount: Decimal,
+    /// `Bundled` or `Promotion`.
+    pub purpose: Purpose,
+    pub priority: i64,
+    pub duration: Interval,
+    pub duration_count: u32,
+    pub refresh: Option<RefreshStrategy>,
+}
+
+impl Entitlement {
+    /// When a grant made at `start` ends its period.
+    pub fn period_end(&self, start: Instant) -> Option<Instant> {
+        self.duration.add(start, self.duration_count)
+    }
+
+    /// The expiry of the grant made at `start`: the period's end, except under `rollover`,
+    /// whose grants stay until spent.
+    pub fn grant_expiry(&self, start: Instant) -> Option<Instant> {
+        match self.refresh {
+            Some(RefreshStrategy::Rollover) => None,
+            Some(RefreshStrategy::ExpireAndReplace) | None => self.period_end(start),
+        }
+    }
+}
+
+/// A product version as rating and billing see it. Immutable once published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductVersion {
+    pub product_id: String,
+    pub product_code: String,
+    pub product_name: String,
+    pub version: i64,
+    pub usage_prices: Vec<UsagePrice>,
+    pub fixed_prices: Vec<FixedPrice>,
+    pub entitlements: Vec<Entitlement>,
+}
+
+impl ProductVersion {
+    /// Every asset this version can bill or grant: the subscription's wallet accounts.
+    pub fn assets(&self) -> Vec<String> {
+        let mut assets: Vec<String> = self
+            .usage_prices
+            .iter()
+            .flat_map(|price| price.pricing.iter().map(|pricing| pricing.asset.clone()))
+            .chain(self.fixed_prices.iter().map(|price| price.asset.clone()))
+            .chain(self.entitlements.iter().map(|entitlement| entitlement.asset.clone()))
+            .collect();
+        assets.sort();
+        assets.dedup();
+        assets
+    }
+
+    /// The recurring cadence of the version's fixed fees, if any: the first recurring fee's.
+    pub fn renewal_interval(&self) -> Option<(Interval, u32)> {
+        self.fixed_prices.iter().find_map(|price| match price.billing {
+            FixedBilling::Recurring { interval, count } => Some((interval, count)),
+            FixedBilling::OneTime => None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn calendar_periods_clamp_to_month_ends() {
+        let january_31 = chrono::Utc.with_ymd_and_hms(2026, 1, 31, 12, 0, 0).unwrap();
+        assert_eq!(
+            Interval::Month.add(january_31, 1),
+            Some(chrono::Utc.with_ymd_and_hms(2026, 2, 28, 12, 0, 0).unwrap())
+        );
+        assert_eq!(
+            Interval::Week.add(january_31, 2),
+            Some(chrono::Utc.with_ymd_and_hms(2026, 2, 14, 12, 0, 0).unwrap())
+        );
+        assert_eq!(
+            Interval::Year.add(january_31, 1),
+            Some(chrono::Utc.with_ymd_and_hms(2027, 1, 31, 12, 0, 0).unwrap())
+        );
+        assert_eq!(Interval::Day.add(january_31, 1), Some(chrono::Utc.with_ymd_and_hms(2026, 2, 1, 12, 0, 0).unwrap()));
+    }
+
+    #[test]
+    fn rollover_grants_do_not_expire_at_period_end() {
+        let start = chrono::Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap();
+        let mut entitlement = Entitlement {
+            name: "Monthly credits".into(),
+            asset: "IMG".into(),
+            amount: Decimal::from(100),
+            purpose: Purpose::Bundled,
+            priority: 0,
+            duration: Interval::Month,
+            duration_count: 1,
+            refresh: Some(RefreshStrategy::ExpireAndReplace),
+        };
+        let april = chrono::Utc.with_ymd_and_hms(2026, 4, 1, 0, 0, 0).unwrap();
+        assert_eq!(entitlement.grant_expiry(start), Some(april));
+        entitlement.refresh = Some(RefreshStrategy::Rollover);
+        assert_eq!(entitlement.grant_expiry(start), None);
+        assert_eq!(entitlement.period_end(start), Some(april));
+    }
+}

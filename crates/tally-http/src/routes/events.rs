@@ -1,0 +1,366 @@
+use crate::check::Checker;
+use crate::error::ApiError;
+use crate::extract::{Auth, JsonBody, QueryParams};
+use crate::limits::{MAX_DESCRIPTION_CHARS, MAX_TEXT_CHARS};
+use crate::types::{parse_decimal, Amount, Timestamp};
+use crate::{page_type, AppState};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Duration, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use tally_core::pricing::{EventData, EventValue};
+use tally_store::ops::events::{self as event_ops, CustomerRef, NewCost, NewEvent, VendorRef};
+use tally_store::ops::OpError;
+use tally_store::repo::events::{self as event_repo, EventFilter, StoredEvent};
+use utoipa::ToSchema;
+
+/// The most events one `POST /events` may carry.
+pub const MAX_BATCH: usize = 1000;
+/// How old an event may be when it arrives.
+pub const GRACE_DAYS: i64 = 7;
+/// How far ahead of the server's clock an event may be stamped (clock skew).
+pub const FUTURE_SKEW_SECONDS: i64 = 300;
+pub const MAX_DATA_FIELDS: usize = 50;
+pub const MAX_COSTS_PER_EVENT: usize = 20;
+
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct CostDataIn {
+    pub id: String,
+    pub vendor_id: Option<String>,
+    pub vendor_external_id: Option<String>,
+    pub category: Option<String>,
+    pub description: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+    pub units: Option<Amount>,
+    pub unit_price: Option<Amount>,
+    pub input_volume: Option<Amount>,
+    pub volume_rate: Option<Amount>,
+    pub package_size: Option<Amount>,
+    pub amount: Amount,
+    /// Defaults to USD.
+    pub currency: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct UsageEventIn {
+    pub id: String,
+    pub event_type: String,
+    pub occurred_at: Timestamp,
+    pub subject: Option<String>,
+    pub description: Option<String>,
+    /// Values are strings, booleans or numbers.
+    #[schema(value_type = Option<Object>)]
+    pub data: Option<serde_json::Map<String, serde_json::Value>>,
+    pub costs: Option<Vec<CostDataIn>>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UsageRequest {
+    pub customer_id: Option<String>,
+    pub customer_external_id: Option<String>,
+    pub events: Vec<UsageEventIn>,
+}
+
+/// Parses a batch. `now` enables the grace window (`None` for simulations).
+pub fn parse_events(events: &[UsageEventIn], now: Option<DateTime<Utc>>) -> Result<Vec<NewEvent>, ApiError> {
+    let mut checker = Checker::default();
+    if events.is_empty() {
+        checker.error("events", "a batch needs at least one event");
+    }
+    if events.len() > MAX_BATCH {
+        checker.error("events", format!("at most {MAX_BATCH} events per batch"));
+        return Err(checker.finish().unwrap_err());
+    }
+    let parsed = events.iter().enumerate().map(|(index, event)| parse_event(&mut checker, index, event, now)).collect();
+    checker.finish()?;
+    Ok(parsed)
+}
+
+fn parse_event(checker: &mut Checker, index: usize, event: &UsageEventIn, now: Option<DateTime<Utc>>) -> NewEvent {
+    let prefix = format!("events[{index}]");
+    let id = checker.client_id(&format!("{prefix}.id"), &event.id);
+    let event_type = checker.text(&format!("{prefix}.event_type"), &event.event_type, MAX_TEXT_CHARS);
+    if let Some(now) = now {
+        if event.occurred_at.0 < now - Duration::days(GRACE_DAYS) {
+            checker.error(format!("{prefix}.occurred_at"), format!("is older than the {GRACE_DAYS}-day grace window"));
+        }
+        if event.occurred_at.0 > now + Duration::seconds(FUTURE_SKEW_SECONDS) {
+            checker.error(format!("{prefix}.occurred_at"), "is in the future");
+        }
+    }
+    let subject = checker.opt_text(&format!("{prefix}.subject"), event.subject.as_deref(), MAX_TEXT_CHARS);
+    let description =
+        checker.opt_text(&format!("{prefix}.description"), event.description.as_deref(), MAX_DESCRIPTION_CHARS);
+    let mut data = EventData::new();
+    let raw_data = event.data.clone().unwrap_or_default();
+    if raw_data.len() > MAX_DATA_FIELDS {
+        checker.error(format!("{prefix}.data"), format!("at most {MAX_DATA_FIELDS} fields"));
+    }
+    for (key, value) in &raw_data {
+        let field = format!("{prefix}.data.{key}");
+        let parsed = match value {
+            serde_json::Value::String(text) if text.chars().count() <= MAX_DESCRIPTION_CHARS => {
+                Some(EventValue::Text(text.clone()))
+            }
+            serde_json::Value::Bool(flag) => Some(EventValue::Bool(*flag)),
+            serde_json::Value::Number(number) => parse_decimal(&number.to_string()).map(EventValue::Number),
+            _ => None,
+        };
+        match parsed {
+            Some(value) => {
+                data.insert(key.clone(), value);
+            }
+            None => checker.error(field, "must be a string (up to 1000 characters), a boolean or a number"),
+        }
+    }
+    let costs = event.costs.clone().unwrap_or_default();
+    if costs.len() > MAX_COSTS_PER_EVENT {
+        checker.error(format!("{prefix}.costs"), format!("at most {MAX_COSTS_PER_EVENT} costs per event"));
+    }
+    let parsed_costs = costs
+        .iter()
+        .enumerate()
+        .filter_map(|(cost_index, cost)| parse_cost(checker, &format!("{prefix}.costs[{cost_index}]"), cost))
+        .collect();
+    NewEvent {
+        id,
+        event_type,
+        occurred_at: event.occurred_at.0,
+        subject,
+        description,
+        data,
+        data_json: serde_json::Value::Object(raw_data).to_string(),
+        costs_json: serde_json::to_string(&costs).unwrap_or_else(|_| "[]".into()),
+        costs: parsed_costs,
+    }
+}
+
+fn parse_cost(checker: &mut Checker, prefix: &str, cost: &CostDataIn) -> Option<NewCost> {
+    let id = checker.client_id(&format!("{prefix}.id"), &cost.id);
+    let vendor = match (&cost.vendor_id, &cost.vendor_external_id) {
+        (Some(id), _) => Some(VendorRef::Id(id.clone())),
+        (None, Some(external_id)) => Some(VendorRef::ExternalId(external_id.clone())),
+        (None, None) => {
+            checker.error(format!("{prefix}.vendor_id"), "give vendor_id or vendor_external_id");
+            None
+        }
+    };
+    let amount = checker.amount(&format!("{prefix}.amount"), cost.amount);
+    if amount < Decimal::ZERO {
+        checker.error(format!("{prefix}.amount"), "must not be negative");
+    }
+    let currency = cost.currency.clone().unwrap_or_else(|| "USD".into());
+    let currency = match checker.asset_code(&format!("{prefix}.currency"), &currency) {
+        Some(code) if code.is_currency() => code.to_string(),
+        Some(_) => {
+            checker.error(format!("{prefix}.currency"), "must be an ISO 4217 currency");
+            return None;
+        }
+        None => return None,
+    };
+    Some(NewCost {
+        id,
+        vendor: vendor?,
+        category: checker.opt_text(&format!("{prefix}.category"), cost.category.as_deref(), MAX_TEXT_CHARS),
+        description: checker.opt_text(
+            &format!("{prefix}.description"),
+            cost.description.as_deref(),
+            MAX_DESCRIPTION_CHARS,
+        ),
+        amount,
+        currency,
+    })
+}
+
+#[utoipa::path(post, path = "/events", tag = "Events", request_body = UsageRequest,
+    responses((status = 204, description = "Every event is stored (or was already): priced and debited."), (status = 422)))]
+pub async fn send_usage(
+    State(state): State<AppState>,
+    auth: Auth,
+    JsonBody(request): JsonBody<UsageRequest>,
+) -> Result<StatusCode, ApiError> {
+    let now = Utc::now();
+    let customer = match (&request.customer_id, &request.customer_external_id) {
+        (Some(id), _) => CustomerRef::Id(id.clone()),
+        (None, Some(external_id)) => CustomerRef::ExternalId(external_id.clone()),
+        (None, None) => return Err(ApiError::invalid("customer_id", "give customer_id or customer_external_id")),
+    };
+    let events = parse_events(&request.events, Some(now))?;
+    let catalog = state.catalog.clone();
+    state.write(move |conn| event_ops::ingest(conn, auth.mode, &customer, &events, catalog.as_ref(), now)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ListEventsItem {
+    pub id: String,
+    pub customer_id: String,
+    /// The customer's external id.
+    pub external_id: Option<String>,
+    pub event_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub occurred_at: Timestamp,
+    pub created_at: Timestamp,
+    /// The sum of the fees, when they are all in one asset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_fees: Option<Amount>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fee_currency: Option<String>,
+    pub has_fees: bool,
+}
+
+page_type!(PageListEventsItem, ListEventsItem);
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventFee {
+    pub id: String,
+    pub product_id: String,
+    pub product_code: String,
+    pub product_version: i64,
+    pub price_id: String,
+    pub price_name: String,
+    pub currency: String,
+    pub dimensions: BTreeMap<String, String>,
+    pub usage_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume_field: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_volume: Option<Amount>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit_price: Option<Amount>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume_rate: Option<Amount>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub package_size: Option<Amount>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub amount: Amount,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GetEventResponse {
+    pub id: String,
+    pub event_type: String,
+    pub occurred_at: Timestamp,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+    #[schema(value_type = Vec<Object>)]
+    pub costs: serde_json::Value,
+    pub customer_id: String,
+    pub created_at: Timestamp,
+    pub fees: Vec<EventFee>,
+}
+
+fn list_item((event, external_id): (StoredEvent, Option<String>)) -> ListEventsItem {
+    ListEventsItem {
+        id: event.id,
+        customer_id: event.customer_id,
+        external_id,
+        event_type: event.event_type,
+        subject: event.subject,
+        description: event.description,
+        occurred_at: event.occurred_at.into(),
+        created_at: event.created_at.into(),
+        total_fees: event.total_fees.map(Amount),
+        fee_currency: event.fee_currency,
+        has_fees: event.has_fees,
+    }
+}
+
+#[utoipa::path(get, path = "/events", tag = "Events",
+    params(("offset" = Option<i64>, Query), ("limit" = Option<i64>, Query), ("event_id" = Option<String>, Query),
+           ("customer_id" = Option<String>, Query), ("customer_external_id" = Option<String>, Query), ("subject" = Option<String>, Query),
+           ("period_from" = Option<String>, Query), ("period_to" = Option<String>, Query),
+           ("event_types" = Option<String>, Query, description = "Comma-separated event types."), ("has_fees" = Option<bool>, Query)),
+    responses((status = 200, body = PageListEventsItem)))]
+pub async fn list(
+    State(state): State<AppState>,
+    auth: Auth,
+    mut query: QueryParams,
+) -> Result<Json<PageListEventsItem>, ApiError> {
+    let page = query.page();
+    let filter = EventFilter {
+        event_id: query.string("event_id"),
+        customer_id: query.string("customer_id"),
+        customer_external_id: query.string("customer_external_id"),
+        subject: query.string("subject"),
+        period_from: query.time("period_from"),
+        period_to: query.time("period_to"),
+        event_types: query
+            .string("event_types")
+            .map(|types| types.split(',').map(|kind| kind.trim().to_owned()).filter(|kind| !kind.is_empty()).collect())
+            .unwrap_or_default(),
+        has_fees: query.bool("has_fees"),
+    };
+    query.finish()?;
+    let (events, total) = state.read(move |conn| Ok(event_repo::list(conn, auth.mode, &filter, page)?)).await?;
+    Ok(Json(PageListEventsItem::new(events.into_iter().map(list_item).collect(), total, page)))
+}
+
+fn detail_number(detail: &serde_json::Value, field: &str) -> Option<Amount> {
+    detail.get(field).and_then(|value| parse_decimal(&value.to_string())).map(Amount)
+}
+
+#[utoipa::path(get, path = "/events/{eventId}", tag = "Events", params(("eventId" = String, Path)),
+    responses((status = 200, body = GetEventResponse), (status = 404)))]
+pub async fn get(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(event_id): Path<String>,
+) -> Result<Json<GetEventResponse>, ApiError> {
+    let (event, fees) = state
+        .read(move |conn| {
+            let (event, _) = event_repo::get(conn, auth.mode, &event_id)?
+                .ok_or_else(|| OpError::NotFound(format!("event {event_id} not found")))?;
+            let fees = event_repo::fees(conn, auth.mode, &event.id)?;
+            Ok((event, fees))
+        })
+        .await?;
+    let fees = fees
+        .into_iter()
+        .map(|fee| {
+            let detail: serde_json::Value = serde_json::from_str(&fee.detail).unwrap_or_default();
+            EventFee {
+                id: fee.id,
+                product_id: fee.product_id,
+                product_code: fee.product_code,
+                product_version: fee.product_version,
+                price_id: fee.price_id,
+                price_name: fee.price_name,
+                currency: fee.asset,
+                dimensions: serde_json::from_value(detail["dimensions"].clone()).unwrap_or_default(),
+                usage_type: detail["usage_type"].as_str().unwrap_or_default().to_owned(),
+                volume_field: detail["volume_field"].as_str().map(str::to_owned),
+                input_volume: detail_number(&detail, "input_volume"),
+                unit_price: detail_number(&detail, "unit_price"),
+                volume_rate: detail_number(&detail, "volume_rate"),
+                package_size: detail_number(&detail, "package_size"),
+                description: detail["description"].as_str().map(str::to_owned),
+                amount: fee.amount.into(),
+            }
+        })
+        .collect();
+    Ok(Json(GetEventResponse {
+        id: event.id,
+        event_type: event.event_type,
+        occurred_at: event.occurred_at.into(),
+        subject: event.subject,
+        description: event.description,
+        data: serde_json::from_str(&event.data).unwrap_or_default(),
+        costs: serde_json::from_str(&event.costs).unwrap_or_default(),
+        customer_id: event.customer_id,
+        created_at: event.created_at.into(),
+        fees,
+    }))
+}

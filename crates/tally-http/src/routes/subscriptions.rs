@@ -1,0 +1,198 @@
+use crate::error::ApiError;
+use crate::extract::{Auth, JsonBody};
+use crate::types::Timestamp;
+use crate::AppState;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use tally_core::Mode;
+use tally_store::ops::products::{Catalog, VersionRef};
+use tally_store::ops::subscriptions::{self as subscription_ops, NewSubscription, ProductRef};
+use tally_store::ops::OpError;
+use tally_store::repo::products as product_repo;
+use tally_store::repo::subscriptions::Subscription;
+use tally_store::Conn;
+use utoipa::ToSchema;
+
+/// A version number, or `"default"`.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum VersionIn {
+    Number(i64),
+    Name(String),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct CustomerSubscriptionProduct {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<VersionIn>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct CreateCustomerSubscription {
+    pub starts_at: Option<Timestamp>,
+    pub renews_at: Option<Timestamp>,
+    pub products: Vec<CustomerSubscriptionProduct>,
+    pub return_url: Option<String>,
+    pub failure_url: Option<String>,
+    pub redirect_to: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RequiredSubscriptionAction {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub redirect_url: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CustomerSubscription {
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renews_at: Option<Timestamp>,
+    /// `active`, `inactive`, `scheduled` or `action_required`.
+    pub status: String,
+    pub products: Vec<CustomerSubscriptionProduct>,
+    pub required_actions: Vec<RequiredSubscriptionAction>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateCustomerSubscriptionRequest {
+    /// `active` or `inactive`.
+    pub status: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateCustomerSubscriptionProductRequest {
+    pub version: VersionIn,
+}
+
+fn version_ref(field: &str, version: Option<&VersionIn>) -> Result<VersionRef, ApiError> {
+    match version {
+        None => Ok(VersionRef::Default),
+        Some(VersionIn::Number(number)) if *number >= 1 => Ok(VersionRef::Number(*number)),
+        Some(VersionIn::Name(name)) if name == "default" => Ok(VersionRef::Default),
+        Some(_) => Err(ApiError::invalid(field, "must be a version number from 1, or \"default\"")),
+    }
+}
+
+/// Parses a subscription request; `prefix` names it in errors (`subscriptions[0]`).
+pub fn parse_subscription(prefix: &str, request: &CreateCustomerSubscription) -> Result<NewSubscription, ApiError> {
+    if request.products.is_empty() || request.products.len() > 20 {
+        return Err(ApiError::invalid(format!("{prefix}products"), "a subscription has 1 to 20 products"));
+    }
+    let mut products = Vec::with_capacity(request.products.len());
+    for (index, product) in request.products.iter().enumerate() {
+        let field = format!("{prefix}products[{index}]");
+        let reference = match (&product.id, &product.code) {
+            (Some(id), _) => ProductRef::Id(id.clone()),
+            (None, Some(code)) => ProductRef::Code(code.clone()),
+            (None, None) => return Err(ApiError::invalid(field, "give the product's id or code")),
+        };
+        products.push((reference, version_ref(&format!("{field}.version"), product.version.as_ref())?));
+    }
+    if request.redirect_to.as_deref().is_some_and(|target| !matches!(target, "return_url" | "portal")) {
+        return Err(ApiError::invalid(format!("{prefix}redirect_to"), "must be return_url or portal"));
+    }
+    Ok(NewSubscription {
+        starts_at: request.starts_at.map(|at| at.0),
+        renews_at: request.renews_at.map(|at| at.0),
+        products,
+    })
+}
+
+/// The API view of a subscription, with each product's code.
+pub fn subscription_view(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    subscription: &Subscription,
+) -> Result<CustomerSubscription, OpError> {
+    let mut products = Vec::with_capacity(subscription.products.len());
+    for pinned in &subscription.products {
+        let code = product_repo::get(conn, mode, &pinned.product_id)?.map(|product| product.code);
+        products.push(CustomerSubscriptionProduct {
+            id: Some(pinned.product_id.clone()),
+            code,
+            version: Some(VersionIn::Number(pinned.version)),
+        });
+    }
+    Ok(CustomerSubscription {
+        id: subscription.id.clone(),
+        started_at: subscription.started_at.map(Timestamp),
+        renews_at: subscription.renews_at.map(Timestamp),
+        status: subscription.status.as_str().to_owned(),
+        products,
+        required_actions: Vec::new(),
+    })
+}
+
+#[utoipa::path(post, path = "/customers/{customerId}/subscriptions", tag = "Customers", params(("customerId" = String, Path)),
+    request_body = CreateCustomerSubscription,
+    responses((status = 201, body = CustomerSubscription), (status = 404), (status = 422)))]
+pub async fn create(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(customer_id): Path<String>,
+    JsonBody(request): JsonBody<CreateCustomerSubscription>,
+) -> Result<(StatusCode, Json<CustomerSubscription>), ApiError> {
+    let new = parse_subscription("", &request)?;
+    let now = chrono::Utc::now();
+    let catalog = state.catalog.clone();
+    let view = state
+        .write(move |conn| {
+            let subscription =
+                subscription_ops::create(conn, auth.mode, &customer_id, &new, catalog.as_ref() as &dyn Catalog, now)?;
+            subscription_view(conn, auth.mode, &subscription)
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+#[utoipa::path(patch, path = "/customers/{customerId}/subscriptions/{subscriptionId}", tag = "Customers",
+    params(("customerId" = String, Path), ("subscriptionId" = String, Path)), request_body = UpdateCustomerSubscriptionRequest,
+    responses((status = 204), (status = 404), (status = 422)))]
+pub async fn update(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((customer_id, subscription_id)): Path<(String, String)>,
+    JsonBody(request): JsonBody<UpdateCustomerSubscriptionRequest>,
+) -> Result<StatusCode, ApiError> {
+    let active = match request.status.as_str() {
+        "active" => true,
+        "inactive" => false,
+        _ => return Err(ApiError::invalid("status", "must be active or inactive")),
+    };
+    let now = chrono::Utc::now();
+    let catalog = state.catalog.clone();
+    state
+        .write(move |conn| {
+            subscription_ops::set_status(conn, auth.mode, &customer_id, &subscription_id, active, catalog.as_ref(), now)
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(patch, path = "/customers/{customerId}/subscriptions/{subscriptionId}/products/{productId}", tag = "Customers",
+    params(("customerId" = String, Path), ("subscriptionId" = String, Path), ("productId" = String, Path)),
+    request_body = UpdateCustomerSubscriptionProductRequest, responses((status = 204), (status = 404), (status = 422)))]
+pub async fn update_product(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((customer_id, subscription_id, product_id)): Path<(String, String, String)>,
+    JsonBody(request): JsonBody<UpdateCustomerSubscriptionProductRequest>,
+) -> Result<StatusCode, ApiError> {
+    let version = version_ref("version", Some(&request.version))?;
+    state
+        .write(move |conn| {
+            subscription_ops::change_version(conn, auth.mode, &customer_id, &subscription_id, &product_id, version)
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

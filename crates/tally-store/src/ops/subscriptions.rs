@@ -1,0 +1,472 @@
+//! Subscriptions: a customer pinned to product versions.
+//!
+//! Lifecycle and rules:
+//! - A subscription starting now activates at once; one starting later is `scheduled` and
+//!   activates by itself at `starts_at` (the background worker, or the next event for the
+//!   customer). A `starts_at` more than 5 minutes in the past is refused.
+//! - Activation creates the default wallet account of every asset the versions price or
+//!   grant, collects every fixed fee (one-time and the first recurring one) from the wallet
+//!   balance, and grants every entitlement.
+//! - `renews_at` is given, or else derived from the first recurring fixed fee's interval. At
+//!   each renewal the recurring fees are collected again and `renews_at` moves one interval on.
+//!   Without recurring fees a subscription is perpetual.
+//! - Entitlements with a refresh strategy are re-granted at the end of each period.
+//! - Fixed fees are debited like charges: overdraft is allowed (the top-up issue adds
+//!   `action_required` for fees that must be paid first).
+//! - `inactive` stops rating and every scheduled action; setting it `active` again restarts the
+//!   cycle at that moment: fees are collected and entitlements granted as on activation.
+//! - Moving a product to another version changes rating at once; the new version's fixed
+//!   fees and entitlements apply from the next renewal or refresh.
+
+use super::products::{self as product_ops, Catalog, VersionRef};
+use super::wallet::{debit, open_account, record, RESERVED_TRANSACTION_PREFIX};
+use super::OpError;
+use crate::conn::Conn;
+use crate::ids;
+use crate::repo::customers;
+use crate::repo::products::{self, VersionStatus};
+use crate::repo::subscriptions::{self, EntitlementPeriod, PinnedProduct, Subscription, SubscriptionStatus};
+use crate::repo::transactions::Transaction;
+use crate::repo::wallets::{self, AccountKey, GrantOrigin};
+use crate::repo::Metadata;
+use chrono::{DateTime, Duration, Utc};
+use std::sync::Arc;
+use tally_core::catalog::{FixedBilling, ProductVersion};
+use tally_core::ledger::SystemAccount;
+use tally_core::wallet::{Grant, GrantState};
+use tally_core::Mode;
+
+/// The most scheduled actions one subscription may catch up on in one pass.
+const MAX_CATCH_UP: usize = 1000;
+const START_CLOCK_SKEW_SECONDS: i64 = 300;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProductRef {
+    Id(String),
+    Code(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewSubscription {
+    pub starts_at: Option<DateTime<Utc>>,
+    pub renews_at: Option<DateTime<Utc>>,
+    pub products: Vec<(ProductRef, VersionRef)>,
+}
+
+/// Creates a subscription (the customer's row is locked by the caller or here).
+pub fn create(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    customer_id: &str,
+    new: &NewSubscription,
+    catalog: &dyn Catalog,
+    now: DateTime<Utc>,
+) -> Result<Subscription, OpError> {
+    customers::get_for_update(conn, mode, customer_id)?.ok_or_else(|| super::customers::not_found(customer_id))?;
+    let mut pinned: Vec<PinnedProduct> = Vec::new();
+    for (index, (product, version)) in new.products.iter().enumerate() {
+        let field = format!("products[{index}]");
+        let product_id = match product {
+            ProductRef::Id(id) => id.clone(),
+            ProductRef::Code(code) => {
+                products::find_by_code(conn, mode, code)?
+                    .ok_or_else(|| OpError::invalid(format!("{field}.code"), format!("no product with code {code}")))?
+                    .id
+            }
+        };
+        let (found, version) =
+            product_ops::resolve(conn, mode, &product_id, *version).map_err(|error| match error {
+                OpError::NotFound(message) => OpError::invalid(field.clone(), message),
+                other => other,
+            })?;
+        if found.archived_at.is_some() || version.status != VersionStatus::Published {
+            return Err(OpError::invalid(
+                format!("{field}.version"),
+                format!(
+                    "version {} of {} is {}: only published versions can be subscribed to",
+                    version.version,
+                    found.code,
+                    version.status.as_str()
+                ),
+            ));
+        }
+        if pinned.iter().any(|existing| existing.product_id == found.id) {
+            return Err(OpError::invalid(field, format!("product {} appears twice", found.code)));
+        }
+        pinned.push(PinnedProduct { product_id: found.id, version: version.version });
+    }
+    if pinned.is_empty() {
+        return Err(OpError::invalid("products", "a subscription needs at least one product"));
+    }
+    let starts_at = match new.starts_at {
+        Some(at) if at < now - Duration::seconds(START_CLOCK_SKEW_SECONDS) => {
+            return Err(OpError::invalid("starts_at", "must not be in the past"))
+        }
+        Some(at) => at.max(now),
+        None => now,
+    };
+    if let Some(renews_at) = new.renews_at {
+        if renews_at <= starts_at {
+            return Err(OpError::invalid("renews_at", "must be after starts_at"));
+        }
+    }
+    let mut subscription = Subscription {
+        id: ids::new_id("sub"),
+        customer_id: customer_id.to_owned(),
+        status: SubscriptionStatus::Scheduled,
+        starts_at,
+        started_at: None,
+        renews_at: new.renews_at,
+        next_action_at: Some(starts_at),
+        products: pinned,
+        created_at: now,
+    };
+    subscriptions::insert(conn, mode, &subscription)?;
+    if starts_at <= now {
+        activate(conn, mode, &mut subscription, catalog, now, now)?;
+    }
+    Ok(subscription)
+}
+
+fn versions(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    subscription: &Subscription,
+    catalog: &dyn Catalog,
+) -> Result<Vec<Arc<ProductVersion>>, OpError> {
+    subscription.products.iter().map(|pinned| catalog.version(conn, mode, &pinned.product_id, pinned.version)).collect()
+}
+
+/// Activates at `at`: accounts, fixed fees, entitlements, and the schedule that follows.
+fn activate(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    subscription: &mut Subscription,
+    catalog: &dyn Catalog,
+    at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), OpError> {
+    let versions = versions(conn, mode, subscription, catalog)?;
+    for version in &versions {
+        for asset in version.assets() {
+            let key = AccountKey { customer_id: subscription.customer_id.clone(), name: "default".into(), asset };
+            wallets::ensure(conn, mode, &key, now)?;
+        }
+    }
+    subscription.status = SubscriptionStatus::Active;
+    subscription.started_at.get_or_insert(at);
+    collect_fixed_fees(conn, mode, subscription, &versions, at, true, now)?;
+    for version in &versions {
+        for index in 0..version.entitlements.len() {
+            grant_entitlement(conn, mode, subscription, version, index, at, now)?;
+        }
+    }
+    if subscription.renews_at.is_none_or(|renews_at| renews_at <= at) {
+        subscription.renews_at = versions
+            .iter()
+            .find_map(|version| version.renewal_interval())
+            .and_then(|(interval, count)| interval.add(at, count));
+    }
+    reschedule(conn, subscription, now)
+}
+
+/// Debits the fixed fees due at `at`: all of them on activation, the recurring ones on renewal.
+fn collect_fixed_fees(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    subscription: &Subscription,
+    versions: &[Arc<ProductVersion>],
+    at: DateTime<Utc>,
+    activation: bool,
+    now: DateTime<Utc>,
+) -> Result<(), OpError> {
+    for version in versions {
+        for price in &version.fixed_prices {
+            let due = match price.billing {
+                FixedBilling::OneTime => activation,
+                FixedBilling::Recurring { .. } => true,
+            };
+            if !due || price.amount.is_zero() {
+                continue;
+            }
+            let key = AccountKey {
+                customer_id: subscription.customer_id.clone(),
+                name: "default".into(),
+                asset: price.asset.clone(),
+            };
+            let (mut account, loaded) = open_account(conn, mode, &key, now)?;
+            let postings = debit(&mut account.state, price.amount, SystemAccount::Revenue)?;
+            wallets::save(conn, mode, &loaded, &account, &GrantOrigin::default())?;
+            let transaction = Transaction {
+                customer_id: subscription.customer_id.clone(),
+                id: format!(
+                    "{RESERVED_TRANSACTION_PREFIX}subscription_{}_{}_{}",
+                    subscription.id,
+                    price.id,
+                    at.timestamp_micros()
+                ),
+                kind: "fee".into(),
+                account_name: key.name.clone(),
+                asset: key.asset.clone(),
+                amount: -price.amount,
+                description: Some(format!("{}: {}", version.product_name, price.name)),
+                metadata: Metadata::new(),
+                request_hash: String::new(),
+                detail: serde_json::json!({
+                    "subscription_id": subscription.id,
+                    "product_id": version.product_id,
+                    "product_version": version.version,
+                    "price_id": price.id,
+                })
+                .to_string(),
+                created_at: at,
+                executed_at: Some(at),
+            };
+            record(conn, mode, &key, &transaction, &postings, now)?;
+        }
+    }
+    Ok(())
+}
+
+fn grant_entitlement(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    subscription: &Subscription,
+    version: &ProductVersion,
+    index: usize,
+    at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), OpError> {
+    let entitlement = &version.entitlements[index];
+    let key = AccountKey {
+        customer_id: subscription.customer_id.clone(),
+        name: "default".into(),
+        asset: entitlement.asset.clone(),
+    };
+    let (mut account, loaded) = open_account(conn, mode, &key, now)?;
+    let transaction_id = format!(
+        "{RESERVED_TRANSACTION_PREFIX}entitlement_{}_{}_{index}_{}",
+        subscription.id,
+        version.product_id,
+        at.timestamp_micros()
+    );
+    let grant = Grant {
+        id: ids::new_id("grt"),
+        purpose: entitlement.purpose,
+        priority: entitlement.priority,
+        amount: entitlement.amount,
+        remaining: entitlement.amount,
+        effective_at: at,
+        expires_at: entitlement.grant_expiry(at),
+        created_at: at,
+        state: GrantState::Pending,
+    };
+    let postings = account.state.credit(grant, SystemAccount::Issuance, now);
+    let origin = GrantOrigin { transaction_id: Some(transaction_id.clone()), cost_basis: None };
+    wallets::save(conn, mode, &loaded, &account, &origin)?;
+    let transaction = Transaction {
+        customer_id: subscription.customer_id.clone(),
+        id: transaction_id,
+        kind: "adjustment".into(),
+        account_name: key.name.clone(),
+        asset: key.asset.clone(),
+        amount: entitlement.amount,
+        description: Some(format!("{}: {}", version.product_name, entitlement.name)),
+        metadata: Metadata::new(),
+        request_hash: String::new(),
+        detail: serde_json::json!({
+            "reason": "entitlement",
+            "subscription_id": subscription.id,
+            "product_id": version.product_id,
+            "product_version": version.version,
+        })
+        .to_string(),
+        created_at: at,
+        executed_at: Some(at),
+    };
+    record(conn, mode, &key, &transaction, &postings, now)?;
+    let next_refresh_at = entitlement.refresh.and_then(|_| entitlement.period_end(at));
+    let period = EntitlementPeriod {
+        subscription_id: subscription.id.clone(),
+        product_id: version.product_id.clone(),
+        entitlement_index: index as i64,
+        period_start: at,
+        next_refresh_at,
+    };
+    subscriptions::upsert_entitlement_period(conn, &subscription.customer_id, &period)?;
+    Ok(())
+}
+
+/// Sets `next_action_at` to the earliest pending action and saves the subscription.
+fn reschedule(conn: &mut dyn Conn, subscription: &mut Subscription, now: DateTime<Utc>) -> Result<(), OpError> {
+    subscription.next_action_at = match subscription.status {
+        SubscriptionStatus::Scheduled => Some(subscription.starts_at),
+        SubscriptionStatus::Active => {
+            let refreshes = subscriptions::entitlement_periods(conn, &subscription.id)?;
+            refreshes.iter().filter_map(|period| period.next_refresh_at).chain(subscription.renews_at).min()
+        }
+        SubscriptionStatus::Inactive | SubscriptionStatus::ActionRequired => None,
+    };
+    subscriptions::update(conn, subscription, now)?;
+    Ok(())
+}
+
+/// Runs every action of one subscription due at `now`, in time order. Returns whether any ran.
+pub fn process_due(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    subscription_id: &str,
+    catalog: &dyn Catalog,
+    now: DateTime<Utc>,
+) -> Result<bool, OpError> {
+    let Some(mut subscription) = subscriptions::get(conn, mode, subscription_id)? else {
+        return Ok(false);
+    };
+    customers::get_for_update(conn, mode, &subscription.customer_id)?;
+    // Re-read under the lock: another server may have just done the work.
+    let Some(fresh) = subscriptions::get(conn, mode, subscription_id)? else {
+        return Ok(false);
+    };
+    subscription = fresh;
+    let mut ran = false;
+    for _ in 0..MAX_CATCH_UP {
+        let Some(due_at) = subscription.next_action_at.filter(|at| *at <= now) else {
+            break;
+        };
+        ran = true;
+        match subscription.status {
+            SubscriptionStatus::Scheduled => activate(conn, mode, &mut subscription, catalog, due_at, now)?,
+            SubscriptionStatus::Active => run_active_action(conn, mode, &mut subscription, catalog, due_at, now)?,
+            SubscriptionStatus::Inactive | SubscriptionStatus::ActionRequired => {
+                subscription.next_action_at = None;
+                subscriptions::update(conn, &subscription, now)?;
+            }
+        }
+    }
+    Ok(ran)
+}
+
+fn run_active_action(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    subscription: &mut Subscription,
+    catalog: &dyn Catalog,
+    due_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), OpError> {
+    let versions = versions(conn, mode, subscription, catalog)?;
+    if subscription.renews_at == Some(due_at) {
+        collect_fixed_fees(conn, mode, subscription, &versions, due_at, false, now)?;
+        subscription.renews_at = versions
+            .iter()
+            .find_map(|version| version.renewal_interval())
+            .and_then(|(interval, count)| interval.add(due_at, count));
+    }
+    for period in subscriptions::entitlement_periods(conn, &subscription.id)? {
+        if period.next_refresh_at != Some(due_at) {
+            continue;
+        }
+        let Some(version) = versions.iter().find(|version| version.product_id == period.product_id) else {
+            continue;
+        };
+        if (period.entitlement_index as usize) < version.entitlements.len() {
+            grant_entitlement(conn, mode, subscription, version, period.entitlement_index as usize, due_at, now)?;
+        }
+    }
+    reschedule(conn, subscription, now)
+}
+
+/// Sets a subscription active or inactive.
+pub fn set_status(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    customer_id: &str,
+    subscription_id: &str,
+    active: bool,
+    catalog: &dyn Catalog,
+    now: DateTime<Utc>,
+) -> Result<(), OpError> {
+    customers::get_for_update(conn, mode, customer_id)?.ok_or_else(|| super::customers::not_found(customer_id))?;
+    let mut subscription = require(conn, mode, customer_id, subscription_id)?;
+    match (active, subscription.status) {
+        (true, SubscriptionStatus::Active) | (false, SubscriptionStatus::Inactive) => Ok(()),
+        (false, _) => {
+            subscription.status = SubscriptionStatus::Inactive;
+            reschedule(conn, &mut subscription, now)
+        }
+        (true, SubscriptionStatus::Scheduled) => Ok(()),
+        (true, SubscriptionStatus::Inactive | SubscriptionStatus::ActionRequired) => {
+            subscription.renews_at = None;
+            activate(conn, mode, &mut subscription, catalog, now, now)
+        }
+    }
+}
+
+pub fn require(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    customer_id: &str,
+    subscription_id: &str,
+) -> Result<Subscription, OpError> {
+    subscriptions::get(conn, mode, subscription_id)?
+        .filter(|subscription| subscription.customer_id == customer_id)
+        .ok_or_else(|| {
+            OpError::NotFound(format!("subscription {subscription_id} not found for customer {customer_id}"))
+        })
+}
+
+/// Moves one product of a subscription to another published version.
+pub fn change_version(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    customer_id: &str,
+    subscription_id: &str,
+    product_id: &str,
+    version: VersionRef,
+) -> Result<(), OpError> {
+    customers::get_for_update(conn, mode, customer_id)?.ok_or_else(|| super::customers::not_found(customer_id))?;
+    let subscription = require(conn, mode, customer_id, subscription_id)?;
+    if !subscription.products.iter().any(|pinned| pinned.product_id == product_id) {
+        return Err(OpError::NotFound(format!("subscription {subscription_id} has no product {product_id}")));
+    }
+    let (product, target) = product_ops::resolve(conn, mode, product_id, version).map_err(|error| match error {
+        OpError::NotFound(message) => OpError::invalid("version", message),
+        other => other,
+    })?;
+    if product.archived_at.is_some() || target.status != VersionStatus::Published {
+        return Err(OpError::invalid(
+            "version",
+            format!(
+                "version {} is {}: only published versions can be subscribed to",
+                target.version,
+                target.status.as_str()
+            ),
+        ));
+    }
+    subscriptions::set_product_version(conn, subscription_id, product_id, target.version)?;
+    Ok(())
+}
+
+/// The customer's active subscriptions' product versions, after running whatever was due.
+pub fn active_versions(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    customer_id: &str,
+    catalog: &dyn Catalog,
+    now: DateTime<Utc>,
+) -> Result<Vec<Arc<ProductVersion>>, OpError> {
+    let mut all = subscriptions::for_customer(conn, customer_id)?;
+    if all.iter().any(|subscription| subscription.next_action_at.is_some_and(|at| at <= now)) {
+        for subscription in &all {
+            if subscription.next_action_at.is_some_and(|at| at <= now) {
+                process_due(conn, mode, &subscription.id, catalog, now)?;
+            }
+        }
+        all = subscriptions::for_customer(conn, customer_id)?;
+    }
+    let mut result = Vec::new();
+    for subscription in all.iter().filter(|subscription| subscription.status == SubscriptionStatus::Active) {
+        result.extend(versions(conn, mode, subscription, catalog)?);
+    }
+    Ok(result)
+}

@@ -1,0 +1,310 @@
+//! Usage events, their fees and costs, and the per-price usage counters that tiering reads.
+
+use super::Page;
+use crate::conn::{Conn, Value};
+use crate::{params, StoreError};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use std::collections::HashSet;
+use tally_core::pricing::Usage;
+use tally_core::Mode;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub id: String,
+    pub customer_id: String,
+    pub event_type: String,
+    pub occurred_at: DateTime<Utc>,
+    pub subject: Option<String>,
+    pub description: Option<String>,
+    /// The event's `data`, as JSON text.
+    pub data: String,
+    /// The event's `costs`, as JSON text.
+    pub costs: String,
+    pub has_fees: bool,
+    /// The sum of the fees in `fee_currency`, when they are all in one asset.
+    pub total_fees: Option<Decimal>,
+    pub fee_currency: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredFee {
+    pub id: String,
+    pub event_id: String,
+    pub customer_id: String,
+    pub line: i64,
+    pub product_id: String,
+    pub product_code: String,
+    pub product_version: i64,
+    pub price_id: String,
+    pub price_name: String,
+    pub asset: String,
+    pub account_name: String,
+    /// How the fee was computed (dimensions, usage type, volume, prices), as JSON text.
+    pub detail: String,
+    pub amount: Decimal,
+    pub occurred_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The ids among `ids` already stored in this mode.
+pub fn existing_ids(conn: &mut dyn Conn, mode: Mode, ids: &[&str]) -> Result<HashSet<String>, StoreError> {
+    let mut found = HashSet::new();
+    for chunk in ids.chunks(500) {
+        let placeholders: Vec<String> = (0..chunk.len()).map(|index| format!("${}", index + 2)).collect();
+        let mut values: Vec<Value> = vec![mode.as_str().into()];
+        values.extend(chunk.iter().map(|id| Value::from(*id)));
+        let sql = format!("SELECT id FROM usage_events WHERE mode = $1 AND id IN ({})", placeholders.join(", "));
+        for row in conn.query(&sql, &values)? {
+            found.insert(row.text(0)?);
+        }
+    }
+    Ok(found)
+}
+
+pub fn insert(conn: &mut dyn Conn, mode: Mode, event: &StoredEvent) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO usage_events (mode, id, customer_id, event_type, occurred_at, subject, description, data, costs, has_fees,
+                                   total_fees, fee_currency, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        params![
+            mode.as_str(),
+            &event.id,
+            &event.customer_id,
+            &event.event_type,
+            event.occurred_at,
+            event.subject.clone(),
+            event.description.clone(),
+            &event.data,
+            &event.costs,
+            event.has_fees,
+            event.total_fees,
+            event.fee_currency.clone(),
+            event.created_at
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn insert_fee(conn: &mut dyn Conn, mode: Mode, fee: &StoredFee) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO event_fees (id, mode, event_id, customer_id, line, product_id, product_code, product_version, price_id,
+                                 price_name, asset, account_name, detail, amount, occurred_at, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+        params![
+            &fee.id,
+            mode.as_str(),
+            &fee.event_id,
+            &fee.customer_id,
+            fee.line,
+            &fee.product_id,
+            &fee.product_code,
+            fee.product_version,
+            &fee.price_id,
+            &fee.price_name,
+            &fee.asset,
+            &fee.account_name,
+            &fee.detail,
+            fee.amount,
+            fee.occurred_at,
+            fee.created_at
+        ],
+    )?;
+    Ok(())
+}
+
+const EVENT_COLUMNS: &str =
+    "e.id, e.customer_id, e.event_type, e.occurred_at, e.subject, e.description, e.data, e.costs, e.has_fees, \
+                             e.total_fees, e.fee_currency, e.created_at, c.external_id";
+
+fn event_from_row(row: &crate::Row) -> Result<(StoredEvent, Option<String>), StoreError> {
+    Ok((
+        StoredEvent {
+            id: row.text(0)?,
+            customer_id: row.text(1)?,
+            event_type: row.text(2)?,
+            occurred_at: row.time(3)?,
+            subject: row.opt_text(4)?,
+            description: row.opt_text(5)?,
+            data: row.text(6)?,
+            costs: row.text(7)?,
+            has_fees: row.bool(8)?,
+            total_fees: row.opt_decimal(9)?,
+            fee_currency: row.opt_text(10)?,
+            created_at: row.time(11)?,
+        },
+        row.opt_text(12)?,
+    ))
+}
+
+/// An event with its customer's external id.
+pub fn get(conn: &mut dyn Conn, mode: Mode, id: &str) -> Result<Option<(StoredEvent, Option<String>)>, StoreError> {
+    conn.query_optional(
+        &format!("SELECT {EVENT_COLUMNS} FROM usage_events e JOIN customers c ON c.id = e.customer_id WHERE e.mode = $1 AND e.id = $2"),
+        params![mode.as_str(), id],
+    )?
+    .as_ref()
+    .map(event_from_row)
+    .transpose()
+}
+
+pub fn fees(conn: &mut dyn Conn, mode: Mode, event_id: &str) -> Result<Vec<StoredFee>, StoreError> {
+    conn.query(
+        "SELECT id, event_id, customer_id, line, product_id, product_code, product_version, price_id, price_name, asset,
+                account_name, detail, amount, occurred_at, created_at
+         FROM event_fees WHERE mode = $1 AND event_id = $2 ORDER BY line",
+        params![mode.as_str(), event_id],
+    )?
+    .iter()
+    .map(|row| {
+        Ok(StoredFee {
+            id: row.text(0)?,
+            event_id: row.text(1)?,
+            customer_id: row.text(2)?,
+            line: row.int(3)?,
+            product_id: row.text(4)?,
+            product_code: row.text(5)?,
+            product_version: row.int(6)?,
+            price_id: row.text(7)?,
+            price_name: row.text(8)?,
+            asset: row.text(9)?,
+            account_name: row.text(10)?,
+            detail: row.text(11)?,
+            amount: row.decimal(12)?,
+            occurred_at: row.time(13)?,
+            created_at: row.time(14)?,
+        })
+    })
+    .collect()
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventFilter {
+    pub event_id: Option<String>,
+    pub customer_id: Option<String>,
+    pub customer_external_id: Option<String>,
+    pub subject: Option<String>,
+    /// Inclusive lower bound on `occurred_at`.
+    pub period_from: Option<DateTime<Utc>>,
+    /// Exclusive upper bound on `occurred_at`.
+    pub period_to: Option<DateTime<Utc>>,
+    pub event_types: Vec<String>,
+    pub has_fees: Option<bool>,
+}
+
+/// Events newest first (by `occurred_at`, then id).
+pub fn list(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    filter: &EventFilter,
+    page: Page,
+) -> Result<(Vec<(StoredEvent, Option<String>)>, i64), StoreError> {
+    let mut conditions = vec!["e.mode = $1".to_owned()];
+    let mut values: Vec<Value> = vec![mode.as_str().into()];
+    let mut add = |condition: &str, value: Value| {
+        values.push(value);
+        conditions.push(condition.replace('?', &format!("${}", values.len())));
+    };
+    if let Some(id) = &filter.event_id {
+        add("e.id = ?", id.into());
+    }
+    if let Some(customer_id) = &filter.customer_id {
+        add("e.customer_id = ?", customer_id.into());
+    }
+    if let Some(external_id) = &filter.customer_external_id {
+        add("c.external_id = ?", external_id.into());
+    }
+    if let Some(subject) = &filter.subject {
+        add("e.subject = ?", subject.into());
+    }
+    if let Some(from) = filter.period_from {
+        add("e.occurred_at >= ?", from.into());
+    }
+    if let Some(to) = filter.period_to {
+        add("e.occurred_at < ?", to.into());
+    }
+    if let Some(has_fees) = filter.has_fees {
+        add("e.has_fees = ?", has_fees.into());
+    }
+    if !filter.event_types.is_empty() {
+        let start = values.len() + 1;
+        let placeholders: Vec<String> =
+            (0..filter.event_types.len()).map(|index| format!("${}", start + index)).collect();
+        values.extend(filter.event_types.iter().map(Value::from));
+        conditions.push(format!("e.event_type IN ({})", placeholders.join(", ")));
+    }
+    let condition = conditions.join(" AND ");
+    let from = "usage_events e JOIN customers c ON c.id = e.customer_id";
+    let total = conn.count(&format!("SELECT COUNT(*) FROM {from} WHERE {condition}"), &values)?;
+    let limit_index = values.len() + 1;
+    values.push(page.limit.into());
+    values.push(page.offset.into());
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM {from} WHERE {condition} ORDER BY e.occurred_at DESC, e.id DESC LIMIT ${limit_index} OFFSET ${}",
+        limit_index + 1
+    );
+    let items = conn.query(&sql, &values)?.iter().map(event_from_row).collect::<Result<_, _>>()?;
+    Ok((items, total))
+}
+
+pub fn counter(conn: &mut dyn Conn, customer_id: &str, price_id: &str, period_start: i64) -> Result<Usage, StoreError> {
+    let row = conn.query_optional(
+        "SELECT units, volume FROM usage_counters WHERE customer_id = $1 AND price_id = $2 AND period_start = $3",
+        params![customer_id, price_id, period_start],
+    )?;
+    match row {
+        Some(row) => Ok(Usage { units: row.decimal(0)?, volume: row.decimal(1)? }),
+        None => Ok(Usage::ZERO),
+    }
+}
+
+pub fn put_counter(
+    conn: &mut dyn Conn,
+    customer_id: &str,
+    price_id: &str,
+    period_start: i64,
+    usage: &Usage,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO usage_counters (customer_id, price_id, period_start, units, volume) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (customer_id, price_id, period_start) DO UPDATE SET units = excluded.units, volume = excluded.volume",
+        params![customer_id, price_id, period_start, usage.units, usage.volume],
+    )?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredCost {
+    pub event_id: String,
+    pub line: i64,
+    pub customer_id: String,
+    pub cost_id: String,
+    pub vendor_id: String,
+    pub category: Option<String>,
+    pub description: Option<String>,
+    pub amount: Decimal,
+    pub currency: String,
+    pub occurred_at: DateTime<Utc>,
+}
+
+pub fn insert_cost(conn: &mut dyn Conn, mode: Mode, cost: &StoredCost) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO event_costs (mode, event_id, line, customer_id, cost_id, vendor_id, category, description, amount, currency, occurred_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        params![
+            mode.as_str(),
+            &cost.event_id,
+            cost.line,
+            &cost.customer_id,
+            &cost.cost_id,
+            &cost.vendor_id,
+            cost.category.clone(),
+            cost.description.clone(),
+            cost.amount,
+            &cost.currency,
+            cost.occurred_at
+        ],
+    )?;
+    Ok(())
+}

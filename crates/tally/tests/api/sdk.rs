@@ -1,0 +1,91 @@
+//! Compatibility with the official Python SDK, `credyt-api==0.2.0`: the pytest suite in
+//! `tests/sdk/test_sdk.py` drives a live server through it.
+//!
+//! The SDK lives in a virtual environment at `target/sdk-venv`, made on first use and reused
+//! while it still imports the SDK. Installing needs the network: when pip fails this test
+//! fails and says why, unless TALLY_SKIP_SDK=1, which skips it.
+
+use crate::harness::{Backend, TestApp};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const SDK_REQUIREMENT: &str = "credyt-api==0.2.0";
+/// Succeeds only when the environment holds the pinned SDK and pytest.
+const IMPORT_CHECK: &str = "import credytapi, pytest, sys; sys.exit(credytapi.__version__ != '0.2.0')";
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
+}
+
+fn show(output: &Output) -> String {
+    format!(
+        "--- stdout\n{}\n--- stderr\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn run(command: &mut Command) -> Result<Output, String> {
+    command.output().map_err(|error| format!("cannot run {command:?}: {error}"))
+}
+
+/// The virtual environment's python, with the SDK and pytest installed in it.
+fn sdk_python() -> Result<PathBuf, String> {
+    let venv = workspace_root().join("target/sdk-venv");
+    let python = venv.join("bin/python");
+    if python.exists() && run(Command::new(&python).args(["-c", IMPORT_CHECK]))?.status.success() {
+        return Ok(python);
+    }
+    let created = run(Command::new("python3").args(["-m", "venv", "--clear"]).arg(&venv))?;
+    if !created.status.success() {
+        return Err(format!(
+            "`python3 -m venv {}` failed: install python3 with venv support (Debian: apt-get install python3-venv)\n{}",
+            venv.display(),
+            show(&created)
+        ));
+    }
+    let installed = run(Command::new(&python).args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--timeout",
+        "60",
+        SDK_REQUIREMENT,
+        "pytest",
+    ]))?;
+    if !installed.status.success() {
+        return Err(format!(
+            "pip could not install {SDK_REQUIREMENT} and pytest into {} (is there network access to PyPI?)\n{}",
+            venv.display(),
+            show(&installed)
+        ));
+    }
+    Ok(python)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_python_sdk_drives_every_wallet_operation() {
+    if std::env::var("TALLY_SKIP_SDK").is_ok_and(|value| value == "1") {
+        eprintln!("SDK compatibility NOT RUN: TALLY_SKIP_SDK=1");
+        return;
+    }
+    let python = tokio::task::spawn_blocking(sdk_python).await.unwrap().unwrap_or_else(|problem| {
+        panic!("the Python SDK compatibility test cannot run: {problem}\nset TALLY_SKIP_SDK=1 to skip it")
+    });
+    let app = TestApp::spawn(Backend::Sqlite).await.expect("sqlite is embedded");
+    let suite = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/test_sdk.py");
+    let mut pytest = Command::new(python);
+    pytest
+        .args(["-m", "pytest", "-q", "-rfEX", "-p", "no:cacheprovider"])
+        .arg(&suite)
+        .env("TALLY_URL", &app.base)
+        .env("TALLY_KEY", &app.test_key)
+        .env("TALLY_LIVE_KEY", &app.live_key)
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    // The server keeps running on this runtime's workers while pytest blocks another thread.
+    let output = tokio::task::spawn_blocking(move || run(&mut pytest)).await.unwrap().unwrap();
+    assert!(output.status.success(), "the SDK suite failed ({}):\n{}", output.status, show(&output));
+    app.assert_ledger_agrees().await;
+}
