@@ -78,7 +78,7 @@ async fn blocking<R: Send + 'static>(
 }
 
 pub fn router(state: AppState) -> Router {
-    use routes::{accounts, assets, customers, events, products, subscriptions, wallet};
+    use routes::{accounts, assets, customers, events, products, subscriptions, vendors, wallet};
     Router::new()
         .route("/openapi.json", get(openapi::serve))
         .route("/health", get(|| async { "ok" }))
@@ -88,7 +88,12 @@ pub fn router(state: AppState) -> Router {
         .route("/assets/{code}/rates", post(assets::add_rate))
         .route("/assets/{code}/quote", post(assets::quote))
         .route("/customers", post(customers::create).get(customers::list))
+        .route("/customers/stats", get(vendors::list_customer_stats))
         .route("/customers/{customer_id}", get(customers::get).patch(customers::update))
+        .route("/customers/{customer_id}/stats", get(vendors::customer_stats))
+        .route("/vendors", post(vendors::create).get(vendors::list))
+        .route("/vendors/{vendor_id}", get(vendors::get))
+        .route("/vendors/{vendor_id}/stats", get(vendors::vendor_stats))
         .route("/customers/{customer_id}/subscriptions", post(subscriptions::create))
         .route("/customers/{customer_id}/subscriptions/{subscription_id}", patch(subscriptions::update))
         .route(

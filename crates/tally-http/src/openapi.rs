@@ -1,7 +1,7 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations and the request and
 //! response types. `docs/openapi.json` is the checked-in copy; a test fails when they differ.
 
-use crate::routes::{accounts, assets, customers, events, products, subscriptions, wallet};
+use crate::routes::{accounts, assets, customers, events, products, subscriptions, vendors, wallet};
 use axum::http::header;
 use axum::response::IntoResponse;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -20,6 +20,7 @@ use utoipa::{Modify, OpenApi};
         products::create, products::list, products::get, products::create_version, products::get_version,
         products::update_version, products::archive_version, products::delete, products::subscribers, products::simulate_usage,
         events::send_usage, events::list, events::get,
+        vendors::create, vendors::list, vendors::get, vendors::vendor_stats, vendors::customer_stats, vendors::list_customer_stats,
     ),
     modifiers(&Security),
     security(("api_key" = []), ("bearer" = [])),

@@ -1,7 +1,7 @@
-//! The background worker. Every server runs it. Today it settles grant starts and expiries
-//! when they fall due, so that they reach the ledger at their own instant even when nobody
-//! touches the account; later jobs (renewals, entitlement refresh, webhook delivery) are
-//! written the same way.
+//! The background worker. Every server runs it. It settles grant starts and expiries when
+//! they fall due, so that they reach the ledger at their own instant even when nobody touches
+//! the account, and runs due subscription actions (scheduled starts, renewals, entitlement
+//! refreshes). Later jobs (auto top-up, webhook delivery) are written the same way.
 //!
 //! # Each due item once, however many servers run
 //!
@@ -43,27 +43,30 @@ pub async fn run(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
-        let pass_store = store.clone();
-        let pass_catalog = catalog.clone();
-        let both = move || -> Result<Pass, OpError> {
+        let (pass_store, pass_catalog) = (store.clone(), catalog.clone());
+        let pass = move || {
             let now = Utc::now();
-            let subscriptions = renew_due(&pass_store, pass_catalog.as_ref(), now)?;
-            let grants = settle_due(&pass_store, now)?;
-            Ok(Pass {
-                claimed: subscriptions.claimed.max(grants.claimed),
-                changed: subscriptions.changed.max(grants.changed),
-            })
-        };
-        let more = match tokio::task::spawn_blocking(both).await {
-            // A full batch of real work means more may be waiting. A batch of claims that
-            // changed nothing means something stays due that settling does not clear: wait.
-            Ok(Ok(pass)) => pass.claimed >= BATCH && pass.changed == pass.claimed,
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "settling due grants failed; will retry");
-                false
+            // Each job runs whatever befell the other, so one failing item stalls only its job.
+            let jobs = [
+                ("renewing due subscriptions", renew_due(&pass_store, pass_catalog.as_ref(), now)),
+                ("settling due grants", settle_due(&pass_store, now)),
+            ];
+            let mut more = false;
+            for (job, outcome) in jobs {
+                match outcome {
+                    // A full batch of real work means more may be waiting. A batch of claims
+                    // that changed nothing means something stays due that the job does not
+                    // clear: wait for the interval rather than spin.
+                    Ok(pass) => more |= pass.claimed >= BATCH && pass.changed == pass.claimed,
+                    Err(error) => tracing::warn!(%error, "{job} failed; will retry"),
+                }
             }
+            more
+        };
+        let more = match tokio::task::spawn_blocking(pass).await {
+            Ok(more) => more,
             Err(error) => {
-                tracing::warn!(%error, "the settlement task failed; will retry");
+                tracing::warn!(%error, "the background task failed; will retry");
                 false
             }
         };

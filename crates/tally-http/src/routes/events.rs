@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use tally_core::pricing::{EventData, EventValue};
 use tally_store::ops::events::{self as event_ops, CustomerRef, NewCost, NewEvent, VendorRef};
+use tally_store::ops::stats::{profitability, Scope};
 use tally_store::ops::OpError;
 use tally_store::repo::events::{self as event_repo, EventFilter, StoredEvent};
 use utoipa::ToSchema;
@@ -260,6 +261,8 @@ pub struct GetEventResponse {
     pub customer_id: String,
     pub created_at: Timestamp,
     pub fees: Vec<EventFee>,
+    /// The event's profitability in USD.
+    pub stats: crate::routes::vendors::ProfitabilityStats,
 }
 
 fn list_item((event, external_id): (StoredEvent, Option<String>)) -> ListEventsItem {
@@ -319,12 +322,19 @@ pub async fn get(
     auth: Auth,
     Path(event_id): Path<String>,
 ) -> Result<Json<GetEventResponse>, ApiError> {
-    let (event, fees) = state
+    let (event, fees, stats) = state
         .read(move |conn| {
             let (event, _) = event_repo::get(conn, auth.mode, &event_id)?
                 .ok_or_else(|| OpError::NotFound(format!("event {event_id} not found")))?;
             let fees = event_repo::fees(conn, auth.mode, &event.id)?;
-            Ok((event, fees))
+            let scope = Scope {
+                customer_id: Some(event.customer_id.clone()),
+                event_id: Some(event.id.clone()),
+                from: None,
+                to: None,
+            };
+            let stats = profitability(conn, auth.mode, &scope, "USD")?;
+            Ok((event, fees, stats))
         })
         .await?;
     let fees = fees
@@ -362,5 +372,6 @@ pub async fn get(
         customer_id: event.customer_id,
         created_at: event.created_at.into(),
         fees,
+        stats: crate::routes::vendors::stats_view(stats),
     }))
 }

@@ -7,4 +7,5 @@ pub mod customers;
 pub mod events;
 pub mod products;
 pub mod subscriptions;
+pub mod vendors;
 pub mod wallet;

@@ -269,8 +269,11 @@ fn parse_charge(request: &CreateChargeRequest) -> Result<Charge, ApiError> {
             Decimal::ZERO
         }
     };
-    if let Err(error) = tally_core::money::check_positive(amount) {
-        checker.error("amount", error.to_string());
+    // A stated amount was checked above; one computed from the inputs is checked here, once.
+    if stated.is_none() && computed.is_some() {
+        if let Err(error) = tally_core::money::check_positive(amount) {
+            checker.error("amount", error.to_string());
+        }
     }
     let subject = checker.opt_text("subject", request.subject.as_deref(), MAX_TEXT_CHARS);
     let description = checker.opt_text("description", request.description.as_deref(), MAX_DESCRIPTION_CHARS);
@@ -351,14 +354,33 @@ pub async fn list_transactions(
     settle_then_check(&state, auth.mode, &customer_id).await?;
     let key = account_key(&customer_id, &account)?;
     let (items, total) = state
-        .read(move |conn| Ok(transaction_repo::list_for_account(conn, &key.customer_id, &key.name, &key.asset, page)?))
+        .read(move |conn| {
+            require_account(conn, &key, &account)?;
+            Ok(transaction_repo::list_for_account(conn, &key.customer_id, &key.name, &key.asset, page)?)
+        })
         .await?;
     Ok(Json(PageTransaction::new(items.into_iter().map(transaction_view).collect(), total, page)))
 }
 
-fn grant_view(grant: Grant) -> CreditGrantItem {
+/// Lists of an account's contents answer 404 for an account that does not exist, as reading
+/// the account itself does.
+fn require_account(
+    conn: &mut dyn tally_store::Conn,
+    key: &AccountKey,
+    account: &str,
+) -> Result<(), tally_store::ops::OpError> {
+    match wallet_repo::get(conn, key)? {
+        Some(_) => Ok(()),
+        None => Err(tally_store::ops::OpError::NotFound(format!("account {account} not found in this wallet"))),
+    }
+}
+
+fn grant_view(grant: Grant, now: chrono::DateTime<chrono::Utc>) -> CreditGrantItem {
+    let past_expiry = grant.expires_at.is_some_and(|expires_at| expires_at <= now);
     let status = match grant.state {
         GrantState::Pending => "pending",
+        // A spent grant is not settled at its expiry (nothing moves), but it has expired all the same.
+        GrantState::Active if grant.remaining.is_zero() && past_expiry => "expired",
         GrantState::Active if grant.remaining.is_zero() => "depleted",
         GrantState::Active => "active",
         GrantState::Expired => "expired",
@@ -417,6 +439,11 @@ pub async fn list_grants(
     query.finish()?;
     settle_then_check(&state, auth.mode, &customer_id).await?;
     let key = account_key(&customer_id, &account)?;
-    let (grants, total) = state.read(move |conn| Ok(wallet_repo::list_grants(conn, &key, &filter, page)?)).await?;
-    Ok(Json(PageCreditGrantItem::new(grants.into_iter().map(grant_view).collect(), total, page)))
+    let (grants, total) = state
+        .read(move |conn| {
+            require_account(conn, &key, &account)?;
+            Ok(wallet_repo::list_grants(conn, &key, &filter, page)?)
+        })
+        .await?;
+    Ok(Json(PageCreditGrantItem::new(grants.into_iter().map(|grant| grant_view(grant, now)).collect(), total, page)))
 }

@@ -9,7 +9,9 @@ pub mod customers;
 pub mod events;
 pub mod ledger;
 pub mod products;
+pub mod stats;
 pub mod subscriptions;
+pub mod vendors;
 pub mod wallet;
 
 use crate::StoreError;

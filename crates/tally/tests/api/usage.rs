@@ -349,3 +349,122 @@ on_both_backends!(
     versions_publish_default_and_archive,
     unsupported_pricing_is_refused_clearly,
 );
+
+mod economics {
+    use super::*;
+
+    async fn vendors_costs_and_profitability(app: TestApp) {
+        let (customer, _) = subscribed_customer(&app).await;
+        let vendor = app.post("/vendors", json!({"name": "GPU Cloud", "external_id": "gpu"})).await.expect(201);
+        let vendor_id = vendor.body["id"].as_str().unwrap().to_owned();
+        assert!(vendor_id.starts_with("ven_"));
+        app.post("/vendors", json!({"name": "Again", "external_id": "gpu"})).await.expect(409);
+        assert_eq!(app.get("/vendors?external_id=gpu").await.expect(200).body["total_count"], 1);
+        assert_eq!(app.get(&format!("/vendors/{vendor_id}")).await.expect(200).body["name"], "GPU Cloud");
+
+        let now = chrono::Utc::now().to_rfc3339();
+        // Each image earns 1 IMG = 0.10 USD; the GPU costs 0.03 and 0.01 USD.
+        let batch = json!({"customer_id": customer, "events": [
+            {"id": "i1", "event_type": "image_generated", "occurred_at": now,
+             "costs": [{"id": "k1", "vendor_id": vendor_id, "category": "gpu", "amount": 0.03}]},
+            {"id": "i2", "event_type": "image_generated", "occurred_at": now,
+             "costs": [{"id": "k2", "vendor_external_id": "gpu", "category": "storage", "amount": 0.01, "currency": "USD"}]},
+        ]});
+        app.post("/events", batch).await.expect(204);
+        let event = app.get("/events/i1").await.expect(200);
+        assert_eq!(event.body["stats"]["gross_revenue"].to_string(), "0.1");
+        assert_eq!(event.body["stats"]["total_costs"].to_string(), "0.03");
+        assert_eq!(event.body["stats"]["net_revenue"].to_string(), "0.07");
+        assert_eq!(event.body["stats"]["margin"].to_string(), "70");
+        assert_eq!(event.body["costs"][0]["id"], "k1");
+
+        let customer_stats = app.get(&format!("/customers/{customer}/stats")).await.expect(200);
+        assert_eq!(customer_stats.body["gross_revenue"].to_string(), "0.2");
+        assert_eq!(customer_stats.body["total_costs"].to_string(), "0.04");
+        assert_eq!(customer_stats.body["margin"].to_string(), "80");
+        assert_eq!(customer_stats.body["currency"], "USD");
+
+        let all = app.get("/customers/stats").await.expect(200);
+        assert_eq!(all.body["summary"]["net_revenue"].to_string(), "0.16");
+        assert_eq!(all.body["items"][0]["stats"]["gross_revenue"].to_string(), "0.2");
+        assert!(all.body["period_from"].as_str().unwrap().ends_with("-01"));
+
+        let vendor_stats = app.get(&format!("/vendors/{vendor_id}/stats")).await.expect(200);
+        assert_eq!(vendor_stats.body["total_costs"].to_string(), "0.04");
+        assert_eq!(vendor_stats.body["categories"][0]["category"], "gpu");
+        assert_eq!(vendor_stats.body["categories"][1]["cost"].to_string(), "0.01");
+        let only_gpu = app.get(&format!("/vendors/{vendor_id}/stats?category=gpu")).await.expect(200);
+        assert_eq!(only_gpu.body["total_costs"].to_string(), "0.03");
+
+        // An unknown vendor refuses the batch.
+        let bad = json!({"customer_id": customer, "events": [{"id": "i3", "event_type": "image_generated", "occurred_at": now,
+            "costs": [{"id": "k3", "vendor_id": "ven_missing", "amount": 1}]}]});
+        let refused = app.post("/events", bad).await.expect(422);
+        assert!(refused.body["errors"]["events[0].costs[0].vendor_id"].is_array(), "{}", refused.body);
+        app.assert_ledger_agrees().await;
+    }
+
+    async fn renewals_and_entitlement_refreshes_happen_on_schedule(app: TestApp) {
+        let product = app.post("/products", body(TOKENS_PRODUCT)).await.expect(201);
+        let product_id = product.body["id"].as_str().unwrap().to_owned();
+        let customer = app.customer("Subscriber").await;
+        app.fund(&customer, "USD", "50", "topup-1").await;
+        app.post(&format!("/customers/{customer}/subscriptions"), json!({"products": [{"id": product_id}]}))
+            .await
+            .expect(201);
+        assert_eq!(app.balances(&customer, "default:USD").await.0, "47.5");
+
+        // Run the worker's jobs as if 40 days had passed: one renewal (another 5 USD), the
+        // welcome credit's first period ends (its 2.5 expires) and a fresh 2.5 is granted.
+        let later = chrono::Utc::now() + chrono::Duration::days(40);
+        let store = app.store.clone();
+        let passes = tokio::task::spawn_blocking(move || {
+            let catalog = tally_http::catalog::CatalogCache::default();
+            let renewals = tally_http::worker::renew_due(&store, &catalog, later).unwrap();
+            let settlements = tally_http::worker::settle_due(&store, later).unwrap();
+            (renewals, settlements)
+        })
+        .await
+        .unwrap();
+        assert!(passes.0.changed >= 1, "{passes:?}");
+        // 47.5 − 5 (renewal) − 2.5 (expired welcome credit) + 2.5 (refreshed) = 42.5
+        assert_eq!(app.balances(&customer, "default:USD").await.0, "42.5");
+        let history =
+            app.get(&format!("/customers/{customer}/wallet/default:USD/transactions?limit=100")).await.expect(200);
+        let kinds: Vec<&str> =
+            history.body["items"].as_array().unwrap().iter().map(|item| item["type"].as_str().unwrap()).collect();
+        assert_eq!(kinds.iter().filter(|kind| **kind == "fee").count(), 2, "{kinds:?}");
+        assert_eq!(kinds.iter().filter(|kind| **kind == "expiry").count(), 1, "{kinds:?}");
+        let customer_view = app.get(&format!("/customers/{customer}")).await.expect(200);
+        let renews_at = customer_view.body["subscriptions"][0]["renews_at"].as_str().unwrap().to_owned();
+        assert!(renews_at > later.to_rfc3339(), "the next renewal is after the one just run: {renews_at}");
+        app.assert_ledger_agrees().await;
+    }
+
+    async fn a_subscription_starting_later_activates_by_itself(app: TestApp) {
+        app.post("/assets", body(IMG)).await.expect(201);
+        app.post("/products", body(GLITCH_IMAGES)).await.expect(201);
+        let customer = app.customer("Later").await;
+        let starts_at = chrono::Utc::now() + chrono::Duration::milliseconds(1200);
+        let scheduled = app
+            .post(
+                &format!("/customers/{customer}/subscriptions"),
+                json!({"starts_at": starts_at.to_rfc3339(), "products": [{"code": "glitch_images_std"}]}),
+            )
+            .await
+            .expect(201);
+        assert_eq!(scheduled.body["status"], "scheduled");
+        tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+        let view = app.get(&format!("/customers/{customer}")).await.expect(200);
+        assert_eq!(view.body["subscriptions"][0]["status"], "active", "the worker activated it: {}", view.body);
+        app.fund(&customer, "IMG", "5", "topup").await;
+        app.post("/events", events(&customer, &["after-start"], "image_generated")).await.expect(204);
+        assert_eq!(app.balances(&customer, "default:IMG").await.0, "4");
+    }
+
+    on_both_backends!(
+        vendors_costs_and_profitability,
+        renewals_and_entitlement_refreshes_happen_on_schedule,
+        a_subscription_starting_later_activates_by_itself,
+    );
+}

@@ -360,6 +360,11 @@ def test_charges_by_amount_and_by_units_are_recorded_as_fees(wallet, customer_id
     assert isinstance(invalid.value.model, models.ValidationProblem)
     assert "amount" in invalid.value.model.errors
 
+    with pytest.raises(HttpResponseError) as negative:
+        wallet.create_charge(customer_id, {"transaction_id": unique("charge"), "asset": "USD", "amount": -1})
+    assert negative.value.model.errors == {"amount": ["must be greater than zero"]}
+    assert wallet.get_account(customer_id, "default:USD").available == Decimal("2.995")
+
 
 def test_grants_show_purpose_expiry_and_what_remains(wallet, customer_id):
     fund(wallet, customer_id, Decimal("10.5"))
