@@ -21,6 +21,9 @@ pub enum SystemAccount {
     Revenue,
     /// Where the unspent remainder of an expired grant goes.
     Expired,
+    /// The other side of money on its way in: a top-up being paid shows in the wallet's
+    /// `pending_in` against this account until it lands or fails.
+    Incoming,
 }
 
 impl SystemAccount {
@@ -29,6 +32,7 @@ impl SystemAccount {
             SystemAccount::Issuance => "issuance",
             SystemAccount::Revenue => "revenue",
             SystemAccount::Expired => "expired",
+            SystemAccount::Incoming => "incoming",
         }
     }
 
@@ -37,6 +41,7 @@ impl SystemAccount {
             "issuance" => Some(SystemAccount::Issuance),
             "revenue" => Some(SystemAccount::Revenue),
             "expired" => Some(SystemAccount::Expired),
+            "incoming" => Some(SystemAccount::Incoming),
             _ => None,
         }
     }

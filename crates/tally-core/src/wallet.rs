@@ -237,6 +237,21 @@ impl AccountState {
         Ok(postings)
     }
 
+    /// Shows `amount` (> 0) in `pending_in` while it is being paid for (a top-up in flight).
+    /// It is not a grant: nothing can be spent until [`AccountState::cancel_incoming`] takes it
+    /// back and a grant credits what actually arrived.
+    pub fn expect_incoming(&mut self, amount: Decimal) -> Vec<Posting> {
+        self.pending_in += amount;
+        vec![Posting::wallet(Bucket::PendingIn, None, amount), Posting::system(SystemAccount::Incoming, -amount)]
+    }
+
+    /// Removes money expected by [`AccountState::expect_incoming`] from `pending_in`: it
+    /// arrived (and is credited as a grant) or it never will.
+    pub fn cancel_incoming(&mut self, amount: Decimal) -> Vec<Posting> {
+        self.pending_in -= amount;
+        vec![Posting::wallet(Bucket::PendingIn, None, -amount), Posting::system(SystemAccount::Incoming, amount)]
+    }
+
     /// Applies, in time order, every start and expiry due at or before `now`.
     pub fn settle(&mut self, now: Instant) -> Vec<Settlement> {
         let mut settlements = Vec::new();

@@ -23,6 +23,8 @@ pub enum ApiError {
     TooLarge(usize),
     /// 422: fields with values Tally cannot accept, by JSON path.
     Invalid(Vec<FieldError>),
+    /// 503: something Tally depends on is not configured or not reachable.
+    Unavailable(String),
     /// 500: logged, never shown.
     Internal(String),
 }
@@ -85,6 +87,9 @@ impl IntoResponse for ApiError {
                 "One or more fields are invalid",
                 Some("see errors: each field names what is wrong with its value"),
             ),
+            ApiError::Unavailable(message) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", Some(message))
+            }
             ApiError::Internal(cause) => {
                 tracing::error!(%cause, "internal error");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal server error", None)

@@ -4,10 +4,13 @@
 
 pub mod catalog;
 pub mod check;
+pub mod delivery;
 pub mod error;
 pub mod extract;
+pub mod html;
 pub mod limits;
 pub mod openapi;
+pub mod payments;
 pub mod routes;
 pub mod types;
 pub mod worker;
@@ -21,6 +24,8 @@ use std::time::Duration;
 use tally_store::ops::OpError;
 use tally_store::{Conn, Store};
 
+pub use delivery::WebhookConfig;
+
 /// Settings the HTTP layer needs.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
@@ -28,11 +33,24 @@ pub struct HttpConfig {
     pub platform_name: String,
     /// How often the background worker settles due grant starts and expiries.
     pub settle_interval: Duration,
+    /// Tally's public base URL for links it hands out (checkout, billing portal). When unset,
+    /// links use the scheme and host a request came in on.
+    pub public_url: Option<String>,
+    /// How long a top-up may wait for its payment before it expires.
+    pub top_up_expiry: Duration,
+    /// How webhooks are delivered and retried.
+    pub webhooks: WebhookConfig,
 }
 
 impl Default for HttpConfig {
     fn default() -> HttpConfig {
-        HttpConfig { platform_name: "Tally".to_owned(), settle_interval: Duration::from_secs(1) }
+        HttpConfig {
+            platform_name: "Tally".to_owned(),
+            settle_interval: Duration::from_secs(1),
+            public_url: None,
+            top_up_expiry: Duration::from_secs(24 * 60 * 60),
+            webhooks: WebhookConfig::default(),
+        }
     }
 }
 
@@ -42,11 +60,22 @@ pub struct AppState {
     pub config: Arc<HttpConfig>,
     /// Parsed product versions, shared by every request and the worker.
     pub catalog: Arc<catalog::CatalogCache>,
+    /// The payment provider of each mode.
+    pub providers: payments::Providers,
+    /// The platform's look on customer-facing pages.
+    pub branding: html::Branding,
 }
 
 impl AppState {
     pub fn new(store: Arc<Store>, config: HttpConfig) -> AppState {
-        AppState { store, config: Arc::new(config), catalog: Arc::new(catalog::CatalogCache::default()) }
+        let branding = html::Branding { name: config.platform_name.clone(), ..html::Branding::default() };
+        AppState {
+            store,
+            config: Arc::new(config),
+            catalog: Arc::new(catalog::CatalogCache::default()),
+            providers: payments::Providers::default(),
+            branding,
+        }
     }
 
     /// Runs `work` in a read transaction on a blocking thread.
@@ -78,7 +107,7 @@ async fn blocking<R: Send + 'static>(
 }
 
 pub fn router(state: AppState) -> Router {
-    use routes::{accounts, assets, customers, events, products, subscriptions, vendors, wallet};
+    use routes::{accounts, assets, customers, events, products, subscriptions, topups, vendors, wallet, webhooks};
     Router::new()
         .route("/openapi.json", get(openapi::serve))
         .route("/health", get(|| async { "ok" }))
@@ -108,6 +137,16 @@ pub fn router(state: AppState) -> Router {
             get(products::get_version).patch(products::update_version).delete(products::archive_version),
         )
         .route("/products/{product_id}/{version}/simulate-usage", post(products::simulate_usage))
+        .route("/top-ups", post(topups::initiate))
+        .route("/top-ups/{top_up_id}", get(topups::get))
+        .route("/test-helpers/top-ups/{top_up_id}/succeed", post(topups::test_succeed))
+        .route("/test-helpers/top-ups/{top_up_id}/fail", post(topups::test_fail))
+        .route("/checkout/{top_up_id}", get(topups::checkout).post(topups::pay))
+        .route("/webhooks", post(webhooks::create).get(webhooks::list))
+        .route("/webhooks/events", get(webhooks::list_events))
+        .route("/webhooks/test/{topic}", post(webhooks::test_all))
+        .route("/webhooks/{webhook_id}", get(webhooks::get).patch(webhooks::update).delete(webhooks::delete))
+        .route("/webhooks/{webhook_id}/test/{topic}", post(webhooks::test_one))
         .route("/events", post(events::send_usage).get(events::list))
         .route("/events/{event_id}", get(events::get))
         .route("/customers/{customer_id}/wallet", get(wallet::get_wallet))
@@ -134,10 +173,14 @@ pub async fn serve(
         state.store.clone(),
         state.catalog.clone(),
         state.config.settle_interval,
-        worker_stopped,
+        worker_stopped.clone(),
     ));
+    // Webhook delivery runs beside the worker: its sends are network IO, not transactions.
+    let deliveries =
+        tokio::spawn(delivery::run(state.store.clone(), Arc::new(state.config.webhooks.clone()), worker_stopped));
     let result = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
     let _ = stop_worker.send(true);
     let _ = worker.await;
+    let _ = deliveries.await;
     result
 }

@@ -50,6 +50,7 @@ pub async fn run(
             let jobs = [
                 ("renewing due subscriptions", renew_due(&pass_store, pass_catalog.as_ref(), now)),
                 ("settling due grants", settle_due(&pass_store, now)),
+                ("expiring unpaid top-ups", expire_top_ups(&pass_store, now)),
             ];
             let mut more = false;
             for (job, outcome) in jobs {
@@ -141,4 +142,9 @@ pub fn renew_due(store: &Store, catalog: &CatalogCache, now: DateTime<Utc>) -> R
         };
         subscriptions::process_due(conn, mode, &subscription_id, catalog, now).map(Some)
     })
+}
+
+/// Expires top-ups whose payment window closed unpaid, releasing their `pending_in`.
+pub fn expire_top_ups(store: &Store, now: DateTime<Utc>) -> Result<Pass, OpError> {
+    drain(store, BATCH, |conn| tally_store::ops::topups::expire_next(conn, now))
 }

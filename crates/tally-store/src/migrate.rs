@@ -18,6 +18,9 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "foundation", sql: FOUNDATION },
     Migration { version: 2, name: "ledger_postings_by_customer", sql: POSTINGS_BY_CUSTOMER },
     Migration { version: 3, name: "catalog_and_usage", sql: include_str!("migrate_catalog.sql") },
+    Migration { version: 4, name: "payments_and_portal", sql: include_str!("migrate_payments.sql") },
+    // Numbered after its issue (#6) so that it cannot collide with migrations added alongside it.
+    Migration { version: 6, name: "webhooks", sql: include_str!("migrate_webhooks.sql") },
 ];
 
 const FOUNDATION: &str = r#"

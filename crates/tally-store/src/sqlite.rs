@@ -1,21 +1,62 @@
-//! The embedded SQLite backend: one write connection (SQLite allows one writer at a time,
-//! and taking the lock at `BEGIN IMMEDIATE` serialises every read-modify-write without row
-//! locks) and a small pool of read connections, all in WAL mode with `synchronous=FULL` so
-//! that a committed transaction is on disk before the response.
+//! The embedded SQLite backend: one write connection and a small pool of read connections,
+//! all in WAL mode with `synchronous=FULL`, so that a committed transaction is on disk before
+//! the response.
+//!
+//! # Group commit
+//!
+//! SQLite allows one writer at a time, and with `synchronous=FULL` every COMMIT waits for an
+//! fsync of the write-ahead log. One transaction per request would make the fsync the ceiling
+//! on writes per second, so concurrent [`SqliteBackend::write`] calls share transactions:
+//!
+//! - Callers queue for the write connection in arrival order (at most [`MAX_QUEUED_JOBS`] wait;
+//!   more wait for room). The connection, with the transaction open on it, is a baton handed
+//!   from caller to caller: each caller runs its own job, on its own thread, in that order.
+//! - The first job of a round opens the transaction (`BEGIN IMMEDIATE`, which takes SQLite's
+//!   write lock). Each job runs inside its own `SAVEPOINT`: a job that returns `Err` (or
+//!   panics) is rolled back to its savepoint, so its effects vanish and no later job of the
+//!   round can see them; jobs that succeed are released into the round and later jobs see
+//!   them, exactly as if they had committed one after another in queue order.
+//! - The caller that finishes a job hands the baton to the next caller in the queue, or,
+//!   when the queue is empty, the round holds [`MAX_JOBS_PER_ROUND`] jobs or has been open
+//!   for [`MAX_ROUND_DURATION`], commits the round: one COMMIT, one fsync for all its jobs.
+//!   Then it wakes every caller of the round with the outcome and passes the baton on.
+//!
+//! Durability: a caller of `write` gets `Ok` only after the COMMIT of the round holding its
+//! job has returned, that is once the job's effects are durably on disk. If that COMMIT
+//! fails, or SQLite abandons the transaction mid-round, every job of the round gets the
+//! error, including jobs whose own result was already an error (they may have read the
+//! round's uncommitted state), so nothing is ever acknowledged that is not on disk. A failed
+//! job costs the others nothing: its savepoint is gone before the next job starts.
+//!
+//! Jobs are the callers' closures and run on the callers' threads. That is why the baton
+//! moves instead of the jobs: `Store::write` takes any closure, including ones that borrow
+//! from the caller's stack and are not `Send`, so a dedicated writer thread could not run
+//! them without `unsafe` code. What a writer thread would give, one owner of the connection
+//! at a time and jobs applied in queue order, the baton gives too.
 
 use crate::conn::{Conn, Dialect, Row, Value};
 use crate::StoreError;
 use rusqlite::types::ValueRef;
+use std::collections::VecDeque;
+use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{mpsc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// The most jobs one round (one transaction, one fsync) carries.
+pub const MAX_JOBS_PER_ROUND: usize = 256;
+/// A round takes no more jobs once it has been open this long, so that a queue that never
+/// empties still commits (and acknowledges its first jobs) at least this often, plus an fsync.
+pub const MAX_ROUND_DURATION: Duration = Duration::from_millis(5);
+/// The most callers waiting for the write connection; the next ones wait for room.
+pub const MAX_QUEUED_JOBS: usize = 1024;
+const MAX_IDLE_READERS: usize = 8;
 
 pub struct SqliteBackend {
     path: PathBuf,
-    writer: Mutex<rusqlite::Connection>,
+    writer: GroupCommit,
     readers: Mutex<Vec<rusqlite::Connection>>,
 }
-
-const MAX_IDLE_READERS: usize = 8;
 
 impl SqliteBackend {
     pub fn open(path: &Path) -> Result<SqliteBackend, StoreError> {
@@ -23,28 +64,247 @@ impl SqliteBackend {
             std::fs::create_dir_all(parent)
                 .map_err(|error| StoreError::Database(format!("cannot create {}: {error}", parent.display())))?;
         }
-        let writer = connect(path)?;
-        Ok(SqliteBackend { path: path.to_owned(), writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) })
+        let writer = GroupCommit::new(connect(path)?);
+        Ok(SqliteBackend { path: path.to_owned(), writer, readers: Mutex::new(Vec::new()) })
     }
 
+    /// Runs `work` in the current round's transaction, inside its own savepoint, and returns
+    /// once the round is committed (see the module comment).
     pub fn write<R, E: From<StoreError>>(&self, work: impl FnOnce(&mut dyn Conn) -> Result<R, E>) -> Result<R, E> {
-        let mut connection = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        run_in_transaction(&mut connection, "BEGIN IMMEDIATE", work)
+        self.writer.run(work)
     }
 
     pub fn read<R, E: From<StoreError>>(&self, work: impl FnOnce(&mut dyn Conn) -> Result<R, E>) -> Result<R, E> {
-        let pooled = self.readers.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
+        let pooled = lock(&self.readers).pop();
         let mut connection = match pooled {
             Some(connection) => connection,
             None => connect(&self.path)?,
         };
         let result = run_in_transaction(&mut connection, "BEGIN", work);
-        let mut readers = self.readers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut readers = lock(&self.readers);
         if readers.len() < MAX_IDLE_READERS {
             readers.push(connection);
         }
         result
     }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked: every critical
+/// section here only moves values in and out.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The write connection and the round open on it: whoever holds the baton may write.
+struct Baton {
+    connection: rusqlite::Connection,
+    round: Round,
+}
+
+/// The transaction shared by the jobs of one round.
+#[derive(Default)]
+struct Round {
+    /// When `BEGIN IMMEDIATE` ran; `None` while no transaction is open.
+    began: Option<Instant>,
+    /// The callers whose jobs ran in this round, in order; each waits for the round's end.
+    members: Vec<mpsc::SyncSender<Signal>>,
+}
+
+/// What a caller waiting on its channel is told.
+enum Signal {
+    /// The caller's turn: here is the baton.
+    Turn(Baton),
+    /// The round that ran the caller's job is over: committed, or failed with this message.
+    Finished(Result<(), String>),
+}
+
+struct GroupCommit {
+    queue: Mutex<Queue>,
+    /// Signalled when a caller leaves a full queue.
+    room: Condvar,
+    /// [`MAX_ROUND_DURATION`]; tests that need a round to hold still lengthen it.
+    max_round_duration: Duration,
+}
+
+struct Queue {
+    /// The baton while nobody holds it; then nobody waits either.
+    idle: Option<Baton>,
+    /// Callers waiting for the baton, in arrival order.
+    waiting: VecDeque<mpsc::SyncSender<Signal>>,
+}
+
+/// How a job ended, as far as the round is concerned.
+enum JobEnd {
+    /// The job ran and its savepoint was settled: the caller waits for the round's outcome.
+    Member(mpsc::SyncSender<Signal>),
+    /// The job panicked and its savepoint was rolled back: the caller leaves at once.
+    Panicked,
+    /// Settling the savepoint failed, or SQLite ended the transaction by itself: the round
+    /// cannot commit and every job in it fails with this message.
+    Broken(mpsc::SyncSender<Signal>, String),
+}
+
+impl GroupCommit {
+    fn new(connection: rusqlite::Connection) -> GroupCommit {
+        let idle = Some(Baton { connection, round: Round::default() });
+        GroupCommit {
+            queue: Mutex::new(Queue { idle, waiting: VecDeque::new() }),
+            room: Condvar::new(),
+            max_round_duration: MAX_ROUND_DURATION,
+        }
+    }
+
+    fn run<R, E: From<StoreError>>(&self, work: impl FnOnce(&mut dyn Conn) -> Result<R, E>) -> Result<R, E> {
+        // Room for one signal is enough: a caller is told its turn, then (after it has taken
+        // the turn) the end of its round.
+        let (me, signals) = mpsc::sync_channel(1);
+        let mut baton = self.wait_for_turn(&me, &signals);
+        if baton.round.began.is_none() {
+            if let Err(error) = baton.connection.execute_batch("BEGIN IMMEDIATE") {
+                self.pass(baton);
+                return Err(database(error).into());
+            }
+            baton.round.began = Some(Instant::now());
+        }
+        let (result, end) = match baton.connection.execute_batch("SAVEPOINT job") {
+            Err(error) => {
+                let error = database(error);
+                let message = error.to_string();
+                (Err(error.into()), JobEnd::Broken(me, message))
+            }
+            Ok(()) => {
+                let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+                    work(&mut SqliteConn { connection: &mut baton.connection })
+                }));
+                let succeeded = matches!(outcome, Ok(Ok(_)));
+                let settled = settle_savepoint(&baton.connection, succeeded);
+                let end = match (settled, &outcome) {
+                    (Err(message), _) => JobEnd::Broken(me, message),
+                    (Ok(()), Err(_)) => JobEnd::Panicked,
+                    (Ok(()), Ok(_)) => JobEnd::Member(me),
+                };
+                match outcome {
+                    Ok(result) => (result, end),
+                    Err(payload) => {
+                        self.finish_job(baton, end);
+                        panic::resume_unwind(payload);
+                    }
+                }
+            }
+        };
+        self.finish_job(baton, end);
+        match signals.recv() {
+            Ok(Signal::Finished(Ok(()))) => result,
+            Ok(Signal::Finished(Err(message))) => Err(StoreError::Database(message).into()),
+            Ok(Signal::Turn(_)) | Err(_) => unreachable!("a caller in a round is told only the round's end"),
+        }
+    }
+
+    /// Waits in the queue, in arrival order, for the baton.
+    fn wait_for_turn(&self, me: &mpsc::SyncSender<Signal>, signals: &mpsc::Receiver<Signal>) -> Baton {
+        let mut queue = lock(&self.queue);
+        loop {
+            if let Some(baton) = queue.idle.take() {
+                return baton;
+            }
+            if queue.waiting.len() < MAX_QUEUED_JOBS {
+                break;
+            }
+            queue = self.room.wait(queue).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        queue.waiting.push_back(me.clone());
+        drop(queue);
+        match signals.recv() {
+            Ok(Signal::Turn(baton)) => baton,
+            Ok(Signal::Finished(_)) | Err(_) => unreachable!("a queued caller is told its turn first"),
+        }
+    }
+
+    /// Adds the job to its round, then hands the baton to the next caller or ends the round.
+    fn finish_job(&self, mut baton: Baton, end: JobEnd) {
+        let transaction_lost = baton.round.began.is_some() && baton.connection.is_autocommit();
+        match end {
+            JobEnd::Broken(me, message) => {
+                baton.round.members.push(me);
+                self.abandon_round(&mut baton, &message);
+                return self.pass(baton);
+            }
+            JobEnd::Member(me) => baton.round.members.push(me),
+            JobEnd::Panicked => {}
+        }
+        if transaction_lost {
+            self.abandon_round(&mut baton, "SQLite rolled the transaction back");
+            return self.pass(baton);
+        }
+        let round_has_room = baton.round.members.len() < MAX_JOBS_PER_ROUND
+            && baton.round.began.is_some_and(|began| began.elapsed() < self.max_round_duration);
+        if round_has_room {
+            let mut queue = lock(&self.queue);
+            while let Some(next) = queue.waiting.pop_front() {
+                self.room.notify_one();
+                match next.send(Signal::Turn(baton)) {
+                    Ok(()) => return,
+                    // The caller is gone (it cannot be, it blocks until told): try the next.
+                    Err(mpsc::SendError(signal)) => baton = into_baton(signal),
+                }
+            }
+        }
+        Self::commit_round(&mut baton);
+        self.pass(baton);
+    }
+
+    /// Commits the round and tells each of its callers the outcome.
+    fn commit_round(baton: &mut Baton) {
+        if baton.round.began.take().is_none() {
+            return;
+        }
+        let outcome = baton.connection.execute_batch("COMMIT").map_err(|error| {
+            let _ = baton.connection.execute_batch("ROLLBACK");
+            format!("the transaction did not commit: {}", database(error))
+        });
+        for member in baton.round.members.drain(..) {
+            let _ = member.send(Signal::Finished(outcome.clone()));
+        }
+    }
+
+    /// Rolls the whole round back and fails every job in it.
+    fn abandon_round(&self, baton: &mut Baton, message: &str) {
+        if !baton.connection.is_autocommit() {
+            let _ = baton.connection.execute_batch("ROLLBACK");
+        }
+        baton.round.began = None;
+        let message = format!("the transaction was rolled back: {message}");
+        for member in baton.round.members.drain(..) {
+            let _ = member.send(Signal::Finished(Err(message.clone())));
+        }
+    }
+
+    /// Hands the baton to the first caller in the queue, or leaves it idle.
+    fn pass(&self, mut baton: Baton) {
+        let mut queue = lock(&self.queue);
+        while let Some(next) = queue.waiting.pop_front() {
+            self.room.notify_one();
+            match next.send(Signal::Turn(baton)) {
+                Ok(()) => return,
+                Err(mpsc::SendError(signal)) => baton = into_baton(signal),
+            }
+        }
+        queue.idle = Some(baton);
+    }
+}
+
+fn into_baton(signal: Signal) -> Baton {
+    match signal {
+        Signal::Turn(baton) => baton,
+        Signal::Finished(_) => unreachable!("only turns are sent to the queue"),
+    }
+}
+
+/// Keeps a successful job's effects in the round (RELEASE) or undoes a failed one's
+/// (ROLLBACK TO, then RELEASE). An error means the round's state is unknown.
+fn settle_savepoint(connection: &rusqlite::Connection, succeeded: bool) -> Result<(), String> {
+    let sql = if succeeded { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
+    connection.execute_batch(sql).map_err(|error| format!("cannot end the job's savepoint: {}", database(error)))
 }
 
 fn connect(path: &Path) -> Result<rusqlite::Connection, StoreError> {
@@ -60,6 +320,7 @@ fn connect(path: &Path) -> Result<rusqlite::Connection, StoreError> {
     Ok(connection)
 }
 
+/// Runs a read transaction.
 fn run_in_transaction<R, E: From<StoreError>>(
     connection: &mut rusqlite::Connection,
     begin: &str,
@@ -161,5 +422,210 @@ mod tests {
     #[test]
     fn placeholders_are_rewritten_only_where_numbered() {
         assert_eq!(to_sqlite_placeholders("a = $1 AND b = $12 AND c = '$x'"), "a = ?1 AND b = ?12 AND c = '$x'");
+    }
+
+    /// A backend over a fresh file with a table of numbered rows, and (deferred, so that only
+    /// COMMIT checks it) a foreign key that a job can break without failing by itself.
+    fn backend() -> (tempfile::TempDir, SqliteBackend) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut backend = SqliteBackend::open(&dir.path().join("test.db")).unwrap();
+        // A slow machine must not split the rounds the tests build.
+        backend.writer.max_round_duration = Duration::from_secs(600);
+        backend
+            .write(|conn| {
+                conn.execute("CREATE TABLE rows (n BIGINT NOT NULL UNIQUE)", &[])?;
+                conn.execute("CREATE TABLE parents (id BIGINT PRIMARY KEY)", &[])?;
+                conn.execute(
+                    "CREATE TABLE children (parent BIGINT REFERENCES parents (id) DEFERRABLE INITIALLY DEFERRED)",
+                    &[],
+                )?;
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        (dir, backend)
+    }
+
+    fn insert(conn: &mut dyn Conn, n: i64) -> Result<(), StoreError> {
+        conn.execute("INSERT INTO rows (n) VALUES ($1)", crate::params![n]).map(|_| ())
+    }
+
+    fn rows(backend: &SqliteBackend) -> Vec<i64> {
+        backend
+            .read(|conn| {
+                conn.query("SELECT n FROM rows ORDER BY rowid", &[])?
+                    .iter()
+                    .map(|row| row.int(0))
+                    .collect::<Result<_, _>>()
+            })
+            .unwrap()
+    }
+
+    /// Rows committed so far, seen from a connection of its own (not the reader pool, which
+    /// a test may be holding).
+    fn committed_rows(dir: &tempfile::TempDir) -> i64 {
+        let connection = rusqlite::Connection::open(dir.path().join("test.db")).unwrap();
+        connection.query_row("SELECT COUNT(*) FROM rows", [], |row| row.get(0)).unwrap()
+    }
+
+    fn wait_until(condition: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !condition() {
+            assert!(Instant::now() < deadline, "timed out");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn queued(backend: &SqliteBackend) -> usize {
+        lock(&backend.writer.queue).waiting.len()
+    }
+
+    fn baton_taken(backend: &SqliteBackend) -> bool {
+        lock(&backend.writer.queue).idle.is_none()
+    }
+
+    /// Runs `jobs` as one queue behind a job that holds the baton until all are queued, each
+    /// on its own thread, in order, so that they all run in one round; returns each job's
+    /// result.
+    fn run_queued<R: Send>(
+        backend: &SqliteBackend,
+        jobs: Vec<Box<dyn FnOnce(&mut dyn Conn) -> Result<R, StoreError> + Send + '_>>,
+    ) -> Vec<std::thread::Result<Result<R, StoreError>>> {
+        let (release, released) = mpsc::channel::<()>();
+        std::thread::scope(|scope| {
+            let blocker = scope.spawn(move || {
+                backend.write(|_| {
+                    released.recv().unwrap();
+                    Ok::<_, StoreError>(())
+                })
+            });
+            wait_until(|| baton_taken(backend));
+            let mut handles = Vec::new();
+            for (index, job) in jobs.into_iter().enumerate() {
+                handles.push(scope.spawn(move || backend.write(job)));
+                wait_until(|| queued(backend) == index + 1);
+            }
+            release.send(()).unwrap();
+            // The blocker's job is in the round too: it shares the round's outcome.
+            let _ = blocker.join().unwrap();
+            handles.into_iter().map(|handle| handle.join()).collect()
+        })
+    }
+
+    #[test]
+    fn queued_jobs_share_one_transaction_in_queue_order() {
+        let (dir, backend) = backend();
+        let dir = &dir;
+        let jobs = (1..=5)
+            .map(|n| -> Box<dyn FnOnce(&mut dyn Conn) -> Result<(i64, i64), StoreError> + Send> {
+                Box::new(move |conn: &mut dyn Conn| {
+                    insert(conn, n)?;
+                    // What this job sees, and what another connection sees committed.
+                    Ok((conn.count("SELECT COUNT(*) FROM rows", &[])?, committed_rows(dir)))
+                })
+            })
+            .collect();
+        let results: Vec<(i64, i64)> =
+            run_queued(&backend, jobs).into_iter().map(|joined| joined.unwrap().unwrap()).collect();
+        assert_eq!(rows(&backend), vec![1, 2, 3, 4, 5], "jobs ran in queue order");
+        // Each job saw the rows of the jobs before it, none of them committed yet: one round.
+        assert_eq!(results, vec![(1, 0), (2, 0), (3, 0), (4, 0), (5, 0)]);
+    }
+
+    #[test]
+    fn a_failed_job_vanishes_without_touching_the_others() {
+        let (_dir, backend) = backend();
+        let jobs: Vec<Box<dyn FnOnce(&mut dyn Conn) -> Result<bool, StoreError> + Send>> = vec![
+            Box::new(|conn| {
+                insert(conn, 1)?;
+                Ok(true)
+            }),
+            Box::new(|conn| {
+                insert(conn, 2)?;
+                Err(StoreError::Conflict("the job refuses".into()))
+            }),
+            // Violates the unique constraint: its statement fails, and so does the job.
+            Box::new(|conn| {
+                insert(conn, 3)?;
+                insert(conn, 1)?;
+                Ok(true)
+            }),
+            Box::new(|conn| {
+                let saw_failed_rows = conn.count("SELECT COUNT(*) FROM rows WHERE n IN (2, 3)", &[])? > 0;
+                insert(conn, 4)?;
+                Ok(saw_failed_rows)
+            }),
+        ];
+        let results: Vec<Result<bool, StoreError>> =
+            run_queued(&backend, jobs).into_iter().map(|joined| joined.unwrap()).collect();
+        assert!(matches!(results[0], Ok(true)));
+        assert!(matches!(&results[1], Err(StoreError::Conflict(message)) if message == "the job refuses"));
+        assert!(matches!(results[2], Err(StoreError::Conflict(_))), "{:?}", results[2]);
+        assert!(matches!(results[3], Ok(false)), "a later job saw a failed job's rows: {:?}", results[3]);
+        assert_eq!(rows(&backend), vec![1, 4]);
+    }
+
+    #[test]
+    fn a_failed_commit_fails_every_job_of_the_round_and_keeps_nothing() {
+        let (_dir, backend) = backend();
+        let jobs: Vec<Box<dyn FnOnce(&mut dyn Conn) -> Result<(), StoreError> + Send>> = vec![
+            Box::new(|conn| insert(conn, 1)),
+            // Succeeds by itself; the deferred foreign key fails the COMMIT.
+            Box::new(|conn| conn.execute("INSERT INTO children (parent) VALUES (42)", &[]).map(|_| ())),
+            Box::new(|conn| insert(conn, 2)),
+            Box::new(|_| Err(StoreError::Conflict("refused".into()))),
+        ];
+        for (index, joined) in run_queued(&backend, jobs).into_iter().enumerate() {
+            let result = joined.unwrap();
+            assert!(
+                matches!(&result, Err(StoreError::Database(message)) if message.contains("did not commit")),
+                "job {index}: {result:?}"
+            );
+        }
+        assert_eq!(rows(&backend), Vec::<i64>::new());
+        // The writer goes on.
+        backend.write(|conn| insert(conn, 3)).unwrap();
+        assert_eq!(rows(&backend), vec![3]);
+    }
+
+    #[test]
+    fn a_panicking_job_is_rolled_back_and_the_round_goes_on() {
+        let (_dir, backend) = backend();
+        let jobs: Vec<Box<dyn FnOnce(&mut dyn Conn) -> Result<(), StoreError> + Send>> = vec![
+            Box::new(|conn| insert(conn, 1)),
+            Box::new(|conn| {
+                insert(conn, 2)?;
+                panic!("a job panics");
+            }),
+            Box::new(|conn| insert(conn, 3)),
+        ];
+        let results = run_queued(&backend, jobs);
+        assert!(results[0].as_ref().unwrap().is_ok());
+        assert!(results[1].is_err(), "the panic reaches its caller");
+        assert!(results[2].as_ref().unwrap().is_ok());
+        assert_eq!(rows(&backend), vec![1, 3]);
+    }
+
+    #[test]
+    fn many_concurrent_writers_all_land_once() {
+        let (_dir, backend) = backend();
+        std::thread::scope(|scope| {
+            for thread in 0..8 {
+                let backend = &backend;
+                scope.spawn(move || {
+                    for index in 0..50 {
+                        let n = thread * 1000 + index;
+                        backend.write(|conn| insert(conn, n)).unwrap();
+                        // A replay conflicts and changes nothing.
+                        assert!(matches!(backend.write(|conn| insert(conn, n)), Err(StoreError::Conflict(_))));
+                    }
+                });
+            }
+        });
+        let mut stored = rows(&backend);
+        stored.sort_unstable();
+        let mut expected: Vec<i64> =
+            (0..8).flat_map(|thread| (0..50).map(move |index| thread * 1000 + index)).collect();
+        expected.sort_unstable();
+        assert_eq!(stored, expected);
     }
 }

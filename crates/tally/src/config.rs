@@ -15,6 +15,10 @@ pub struct Config {
     pub platform_name: String,
     pub settle_interval_ms: u64,
     pub log: String,
+    pub public_url: String,
+    pub top_up_expiry_seconds: u64,
+    pub webhook_interval_ms: u64,
+    pub webhook_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -53,6 +57,19 @@ impl Config {
         if let Some(value) = env("TALLY_LOG") {
             config.log = value;
         }
+        if let Some(value) = env("TALLY_PUBLIC_URL") {
+            config.public_url = value;
+        }
+        if let Some(value) = env("TALLY_TOP_UP_EXPIRY_SECONDS") {
+            config.top_up_expiry_seconds =
+                value.parse().context("TALLY_TOP_UP_EXPIRY_SECONDS must be a whole number")?;
+        }
+        if let Some(value) = env("TALLY_WEBHOOK_INTERVAL_MS") {
+            config.webhook_interval_ms = value.parse().context("TALLY_WEBHOOK_INTERVAL_MS must be a whole number")?;
+        }
+        if let Some(value) = env("TALLY_WEBHOOK_TIMEOUT_MS") {
+            config.webhook_timeout_ms = value.parse().context("TALLY_WEBHOOK_TIMEOUT_MS must be a whole number")?;
+        }
         if let Some(listen) = &overrides.listen {
             config.listen = listen.clone();
         }
@@ -71,6 +88,10 @@ struct PartialConfig {
     platform_name: Option<String>,
     settle_interval_ms: Option<u64>,
     log: Option<String>,
+    public_url: Option<String>,
+    top_up_expiry_seconds: Option<u64>,
+    webhook_interval_ms: Option<u64>,
+    webhook_timeout_ms: Option<u64>,
 }
 
 impl PartialConfig {
@@ -89,6 +110,18 @@ impl PartialConfig {
         }
         if let Some(value) = self.log {
             config.log = value;
+        }
+        if let Some(value) = self.public_url {
+            config.public_url = value;
+        }
+        if let Some(value) = self.top_up_expiry_seconds {
+            config.top_up_expiry_seconds = value;
+        }
+        if let Some(value) = self.webhook_interval_ms {
+            config.webhook_interval_ms = value;
+        }
+        if let Some(value) = self.webhook_timeout_ms {
+            config.webhook_timeout_ms = value;
         }
     }
 }

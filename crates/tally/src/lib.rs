@@ -1,6 +1,7 @@
 //! The `tally` command: configuration and the commands behind the CLI. `main.rs` only parses
 //! arguments and calls in here, so tests can drive the same code.
 
+pub mod bench;
 pub mod config;
 
 use anyhow::Context;

@@ -1,7 +1,8 @@
 //! `tally`: the server and its administration commands.
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 use tally::config::{Config, Overrides};
@@ -38,6 +39,9 @@ enum Command {
     Ledger(LedgerCommand),
     /// Print the commented default config file.
     Config,
+    /// Measure event ingestion over HTTP against an in-process server. Uses a fresh temporary
+    /// SQLite database unless --database is given on the command line.
+    Bench(tally::bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -62,7 +66,11 @@ enum LedgerCommand {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    // The bench writes a lot: it uses a database only when named on its command line, never
+    // one that the environment or a config file point at.
+    let database_on_command_line = matches.value_source("database_url") == Some(ValueSource::CommandLine);
+    let cli = Cli::from_arg_matches(&matches)?;
     let listen = match &cli.command {
         Command::Serve { listen } => listen.clone(),
         _ => None,
@@ -87,6 +95,14 @@ fn main() -> anyhow::Result<()> {
             print!("{}", tally::config::DEFAULT_FILE);
             Ok(())
         }
+        Command::Bench(args) => {
+            let database_url = cli.database_url.as_deref().filter(|_| database_on_command_line);
+            let settle_interval = Duration::from_millis(config.settle_interval_ms.max(10));
+            if !tally::bench::run(&args, database_url, settle_interval)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
 }
 
@@ -95,6 +111,13 @@ fn serve(config: &Config) -> anyhow::Result<()> {
     let http_config = tally_http::HttpConfig {
         platform_name: config.platform_name.clone(),
         settle_interval: Duration::from_millis(config.settle_interval_ms.max(10)),
+        public_url: Some(config.public_url.clone()).filter(|url| !url.is_empty()),
+        top_up_expiry: Duration::from_secs(config.top_up_expiry_seconds.max(60)),
+        webhooks: tally_http::WebhookConfig {
+            interval: Duration::from_millis(config.webhook_interval_ms.max(10)),
+            timeout: Duration::from_millis(config.webhook_timeout_ms.max(100)),
+            ..tally_http::WebhookConfig::default()
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {

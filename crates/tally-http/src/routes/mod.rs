@@ -7,5 +7,7 @@ pub mod customers;
 pub mod events;
 pub mod products;
 pub mod subscriptions;
+pub mod topups;
 pub mod vendors;
 pub mod wallet;
+pub mod webhooks;

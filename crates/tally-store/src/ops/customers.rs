@@ -32,6 +32,7 @@ pub fn create(conn: &mut dyn Conn, mode: Mode, new: &NewCustomer, now: DateTime<
         crate::StoreError::Conflict(_) => external_id_taken(new.external_id.as_deref().unwrap_or_default()),
         other => other.into(),
     })?;
+    super::webhooks::customer_created(conn, mode, &customer)?;
     Ok(customer)
 }
 

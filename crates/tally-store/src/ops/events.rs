@@ -10,13 +10,13 @@
 
 use super::products::Catalog;
 use super::subscriptions::active_versions;
-use super::wallet::{debit, json_number, open_account, record, RESERVED_TRANSACTION_PREFIX};
+use super::wallet::{debit, json_number, open_account, record, save_account, RESERVED_TRANSACTION_PREFIX};
 use super::{FieldError, OpError};
 use crate::conn::Conn;
 use crate::ids;
 use crate::repo::events::{self, StoredCost, StoredEvent, StoredFee};
 use crate::repo::transactions::Transaction;
-use crate::repo::wallets::{self, Account, AccountKey, GrantOrigin};
+use crate::repo::wallets::{Account, AccountKey, GrantOrigin};
 use crate::repo::{customers, vendors, Metadata};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -174,7 +174,7 @@ pub fn ingest(
         report.fees += fees.len();
     }
     for (account, loaded) in accounts.values() {
-        wallets::save(conn, mode, loaded, account, &GrantOrigin::default())?;
+        save_account(conn, mode, loaded, account, &GrantOrigin::default(), now)?;
     }
     for ((price_id, period), usage) in &counters {
         events::put_counter(conn, &customer_id, price_id, *period, usage)?;

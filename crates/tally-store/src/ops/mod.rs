@@ -11,8 +11,10 @@ pub mod ledger;
 pub mod products;
 pub mod stats;
 pub mod subscriptions;
+pub mod topups;
 pub mod vendors;
 pub mod wallet;
+pub mod webhooks;
 
 use crate::StoreError;
 

@@ -19,7 +19,7 @@
 //!   fees and entitlements apply from the next renewal or refresh.
 
 use super::products::{self as product_ops, Catalog, VersionRef};
-use super::wallet::{debit, open_account, record, RESERVED_TRANSACTION_PREFIX};
+use super::wallet::{debit, open_account, record, save_account, RESERVED_TRANSACTION_PREFIX};
 use super::OpError;
 use crate::conn::Conn;
 use crate::ids;
@@ -167,6 +167,7 @@ fn activate(
             .find_map(|version| version.renewal_interval())
             .and_then(|(interval, count)| interval.add(at, count));
     }
+    super::webhooks::subscription_activated(conn, mode, subscription, now)?;
     reschedule(conn, subscription, now)
 }
 
@@ -196,7 +197,7 @@ fn collect_fixed_fees(
             };
             let (mut account, loaded) = open_account(conn, mode, &key, now)?;
             let postings = debit(&mut account.state, price.amount, SystemAccount::Revenue)?;
-            wallets::save(conn, mode, &loaded, &account, &GrantOrigin::default())?;
+            save_account(conn, mode, &loaded, &account, &GrantOrigin::default(), now)?;
             let transaction = Transaction {
                 customer_id: subscription.customer_id.clone(),
                 id: format!(
@@ -263,7 +264,7 @@ fn grant_entitlement(
     };
     let postings = account.state.credit(grant, SystemAccount::Issuance, now);
     let origin = GrantOrigin { transaction_id: Some(transaction_id.clone()), cost_basis: None };
-    wallets::save(conn, mode, &loaded, &account, &origin)?;
+    save_account(conn, mode, &loaded, &account, &origin, now)?;
     let transaction = Transaction {
         customer_id: subscription.customer_id.clone(),
         id: transaction_id,

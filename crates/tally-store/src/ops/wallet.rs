@@ -184,7 +184,7 @@ pub fn adjust(
         }
         None => debit(&mut account.state, -adjustment.amount, SystemAccount::Issuance)?,
     };
-    wallets::save(conn, mode, &loaded, &account, &origin)?;
+    save_account(conn, mode, &loaded, &account, &origin, now)?;
     let transaction = Transaction {
         customer_id: customer_id.to_owned(),
         id: adjustment.transaction_id.clone(),
@@ -259,7 +259,7 @@ pub fn charge(
     };
     let (mut account, loaded) = open_account(conn, mode, &key, now)?;
     let postings = debit(&mut account.state, charge.amount, SystemAccount::Revenue)?;
-    wallets::save(conn, mode, &loaded, &account, &GrantOrigin::default())?;
+    save_account(conn, mode, &loaded, &account, &GrantOrigin::default(), now)?;
     let detail = serde_json::json!({
         "subject": charge.subject,
         "input_units": json_number(charge.inputs.units),
@@ -370,6 +370,7 @@ pub(crate) fn open_account(
                 executed_at: Some(settlement.at),
             };
             transactions::insert(conn, mode, &transaction)?;
+            super::webhooks::expiry_recorded(conn, mode, key, &account.state, &transaction, now)?;
         }
     }
     Ok((account, loaded))
@@ -394,6 +395,22 @@ pub(crate) fn record(
     };
     ledger::append(conn, &header, postings)?;
     transactions::insert(conn, mode, transaction)?;
+    super::webhooks::transaction_completed(conn, mode, transaction, now)?;
+    Ok(())
+}
+
+/// Saves an account after a change (see `wallets::save`) and tells webhooks when its available
+/// balance ran out. Every change to an account is saved through here.
+pub(crate) fn save_account(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    loaded: &AccountState,
+    account: &Account,
+    origin: &GrantOrigin,
+    now: DateTime<Utc>,
+) -> Result<(), OpError> {
+    wallets::save(conn, mode, loaded, account, origin)?;
+    super::webhooks::balance_changed(conn, mode, loaded, account, now)?;
     Ok(())
 }
 
@@ -404,7 +421,7 @@ pub fn settle_account(conn: &mut dyn Conn, mode: Mode, key: &AccountKey, now: Da
         return Ok(false);
     }
     let (account, loaded) = open_account(conn, mode, key, now)?;
-    wallets::save(conn, mode, &loaded, &account, &GrantOrigin::default())?;
+    save_account(conn, mode, &loaded, &account, &GrantOrigin::default(), now)?;
     Ok(true)
 }
 

@@ -27,6 +27,7 @@ fn account_text(account: LedgerAccount) -> &'static str {
         LedgerAccount::System(SystemAccount::Issuance) => "system:issuance",
         LedgerAccount::System(SystemAccount::Revenue) => "system:revenue",
         LedgerAccount::System(SystemAccount::Expired) => "system:expired",
+        LedgerAccount::System(SystemAccount::Incoming) => "system:incoming",
     }
 }
 

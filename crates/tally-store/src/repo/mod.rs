@@ -8,9 +8,11 @@ pub mod events;
 pub mod ledger;
 pub mod products;
 pub mod subscriptions;
+pub mod topups;
 pub mod transactions;
 pub mod vendors;
 pub mod wallets;
+pub mod webhooks;
 
 use crate::conn::Conn;
 use crate::{params, StoreError};

@@ -127,6 +127,15 @@ impl TestApp {
 
     /// Starts another server on the same database (for multi-server tests).
     pub async fn spawn_on(database: Arc<TestDatabase>, backend: Backend) -> TestApp {
+        TestApp::spawn_with(database, backend, test_webhook_config()).await
+    }
+
+    /// Starts a server on `database` that delivers webhooks as `webhooks` says.
+    pub async fn spawn_with(
+        database: Arc<TestDatabase>,
+        backend: Backend,
+        webhooks: tally_http::WebhookConfig,
+    ) -> TestApp {
         let opened = database.clone();
         let (store, test_key, live_key) = tokio::task::spawn_blocking(move || {
             let store = opened.open_store();
@@ -144,6 +153,8 @@ impl TestApp {
         let config = tally_http::HttpConfig {
             platform_name: "Test Platform".into(),
             settle_interval: std::time::Duration::from_millis(100),
+            webhooks,
+            ..tally_http::HttpConfig::default()
         };
         let state = tally_http::AppState::new(store.clone(), config);
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -266,6 +277,19 @@ impl Drop for TestApp {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
+    }
+}
+
+/// Webhooks for tests: looked for every 50 ms, retried within a second or two, given up after
+/// five attempts.
+pub fn test_webhook_config() -> tally_http::WebhookConfig {
+    let millis = std::time::Duration::from_millis;
+    tally_http::WebhookConfig {
+        interval: millis(50),
+        timeout: millis(2000),
+        retry_delays: vec![millis(100), millis(200), millis(300), millis(400)],
+        retry_for: millis(0),
+        batch: 50,
     }
 }
 

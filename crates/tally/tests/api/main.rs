@@ -10,5 +10,7 @@ mod errors;
 mod multi_server;
 mod openapi;
 mod sdk;
+mod topups;
 mod usage;
 mod wallet;
+mod webhooks;

@@ -87,5 +87,7 @@ async fn the_official_python_sdk_drives_every_wallet_operation() {
     // The server keeps running on this runtime's workers while pytest blocks another thread.
     let output = tokio::task::spawn_blocking(move || run(&mut pytest)).await.unwrap().unwrap();
     assert!(output.status.success(), "the SDK suite failed ({}):\n{}", output.status, show(&output));
+    // pytest's summary, with any expected failures it names, for `--nocapture` readers.
+    eprintln!("{}", String::from_utf8_lossy(&output.stdout));
     app.assert_ledger_agrees().await;
 }

@@ -414,7 +414,7 @@ def test_grants_show_purpose_expiry_and_what_remains(wallet, customer_id):
 
 
 def test_expiry_is_a_transaction_the_sdk_can_read(wallet, customer_id):
-    soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(milliseconds=800)
+    soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(milliseconds=1500)
     fund(wallet, customer_id, 2, reason="gift", expires_at=soon.isoformat())
     deadline = time.monotonic() + 15
     expiries = []

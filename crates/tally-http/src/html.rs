@@ -1,0 +1,93 @@
+//! Server-rendered HTML for the pages customers see (checkout, billing portal): escaping and
+//! one responsive layout with the platform's branding. No JavaScript framework: every page
+//! works with a keyboard and without scripts, which only enhance (live quotes, charts).
+
+/// Escapes text for HTML element content and attribute values.
+pub fn escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '"' => escaped.push_str("&quot;"),
+            '\'' => escaped.push_str("&#39;"),
+            other => escaped.push(other),
+        }
+    }
+    escaped
+}
+
+/// The platform's look.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Branding {
+    pub name: String,
+    pub logo_url: Option<String>,
+    /// A CSS colour such as `#4f46e5`.
+    pub accent_color: String,
+}
+
+impl Default for Branding {
+    fn default() -> Branding {
+        Branding { name: "Tally".into(), logo_url: None, accent_color: "#4f46e5".into() }
+    }
+}
+
+/// Keeps only colours of the form `#rgb` or `#rrggbb`, so configuration cannot inject CSS.
+pub fn safe_color(color: &str) -> &str {
+    let hex = color.strip_prefix('#').unwrap_or("");
+    if (hex.len() == 3 || hex.len() == 6) && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        color
+    } else {
+        "#4f46e5"
+    }
+}
+
+const STYLE: &str = r#"
+*{box-sizing:border-box}body{margin:0;font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;color:#111827;background:#f9fafb;line-height:1.5}
+header{display:flex;align-items:center;gap:.75rem;padding:1rem 1.25rem;background:#fff;border-bottom:1px solid #e5e7eb}
+header img{height:32px}header .name{font-weight:600;font-size:1.1rem}
+main{max-width:960px;margin:0 auto;padding:1.25rem}
+h1{font-size:1.4rem;margin:.25rem 0 1rem}h2{font-size:1.1rem;margin:1.5rem 0 .5rem}
+.card{background:#fff;border:1px solid #e5e7eb;border-radius:12px;padding:1rem 1.25rem;margin-bottom:1rem}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(220px,1fr));gap:1rem}
+.balance{font-size:1.6rem;font-weight:600}.muted{color:#6b7280;font-size:.9rem}
+table{width:100%;border-collapse:collapse;font-size:.95rem}th,td{text-align:left;padding:.5rem .4rem;border-bottom:1px solid #f3f4f6}
+td.amount,th.amount{text-align:right;font-variant-numeric:tabular-nums}
+label{display:block;font-weight:500;margin:.5rem 0 .25rem}
+input,select{width:100%;padding:.6rem .7rem;border:1px solid #d1d5db;border-radius:8px;font-size:1rem}
+button,.button{display:inline-block;background:var(--accent);color:#fff;border:0;border-radius:8px;padding:.65rem 1.1rem;font-size:1rem;cursor:pointer;text-decoration:none;margin-top:.75rem}
+button:focus-visible,a:focus-visible,input:focus-visible,select:focus-visible{outline:3px solid var(--accent);outline-offset:2px}
+.error{background:#fef2f2;color:#991b1b;border:1px solid #fecaca;border-radius:8px;padding:.75rem 1rem;margin-bottom:1rem}
+.ok{background:#f0fdf4;color:#166534;border:1px solid #bbf7d0;border-radius:8px;padding:.75rem 1rem;margin-bottom:1rem}
+nav a{margin-right:1rem;color:var(--accent)}
+.skip{position:absolute;left:-999px}.skip:focus{left:1rem;top:1rem;background:#fff;padding:.5rem}
+@media (max-width:600px){main{padding:.75rem}.balance{font-size:1.3rem}th.optional,td.optional{display:none}}
+"#;
+
+/// A whole page: branding header, `body` (already-escaped HTML) in the main region.
+pub fn page(branding: &Branding, title: &str, body: &str) -> String {
+    let logo =
+        branding.logo_url.as_deref().map(|url| format!(r#"<img src="{}" alt="">"#, escape(url))).unwrap_or_default();
+    format!(
+        r##"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title} · {name}</title><style>:root{{--accent:{accent}}}{STYLE}</style></head>
+<body><a class="skip" href="#main">Skip to content</a><header>{logo}<span class="name">{name}</span></header>
+<main id="main">{body}</main></body></html>"##,
+        title = escape(title),
+        name = escape(&branding.name),
+        accent = safe_color(&branding.accent_color),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_and_colours() {
+        assert_eq!(escape(r#"<a href="x">'&'</a>"#), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
+        assert_eq!(safe_color("#abc"), "#abc");
+        assert_eq!(safe_color("red;}body{display:none"), "#4f46e5");
+    }
+}

@@ -1,0 +1,107 @@
+//! Payment providers behind one trait. The built-in `test` provider serves test mode with its
+//! own checkout page and test cards; live mode uses a real provider (Stripe) and never the
+//! test one.
+
+pub mod test_provider;
+
+use rust_decimal::Decimal;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use tally_core::Mode;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckoutRequest {
+    pub top_up_id: String,
+    pub customer_id: String,
+    pub customer_email: Option<String>,
+    pub amount: Decimal,
+    pub currency: String,
+    pub description: String,
+    /// Where the provider sends the customer after paying / after giving up.
+    pub success_url: String,
+    pub cancel_url: String,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+    /// Keep the card for later off-session charges (auto top-up).
+    pub save_payment_method: bool,
+    /// The test checkout page's secret, for the test provider's link.
+    pub checkout_token: String,
+    /// Tally's own public base URL, for pages Tally serves.
+    pub public_url: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkout {
+    /// The provider's id for the checkout (a Stripe Checkout Session id, or the top-up id).
+    pub reference: String,
+    pub redirect_url: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OffSessionCharge {
+    pub top_up_id: String,
+    pub amount: Decimal,
+    pub currency: String,
+    /// The saved payment method's provider reference and customer.
+    pub payment_method: String,
+    pub provider_customer: Option<String>,
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChargeOutcome {
+    Succeeded {
+        reference: String,
+    },
+    /// The payment is processing; a notification will settle it.
+    Processing {
+        reference: String,
+    },
+    Declined {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PaymentError {
+    #[error("the payment provider refused the request: {0}")]
+    Refused(String),
+    #[error("the payment provider could not be reached: {0}")]
+    Unavailable(String),
+}
+
+pub trait PaymentProvider: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Starts a hosted checkout for a top-up.
+    fn start_checkout<'a>(&'a self, request: &'a CheckoutRequest) -> BoxFuture<'a, Result<Checkout, PaymentError>>;
+    /// Charges a saved payment method without the customer (auto top-up).
+    fn charge_off_session<'a>(
+        &'a self,
+        request: &'a OffSessionCharge,
+    ) -> BoxFuture<'a, Result<ChargeOutcome, PaymentError>>;
+}
+
+/// The provider for each mode.
+#[derive(Clone)]
+pub struct Providers {
+    pub test: Arc<dyn PaymentProvider>,
+    /// `None` until live payments are configured.
+    pub live: Option<Arc<dyn PaymentProvider>>,
+}
+
+impl Default for Providers {
+    fn default() -> Providers {
+        Providers { test: Arc::new(test_provider::TestProvider), live: None }
+    }
+}
+
+impl Providers {
+    pub fn for_mode(&self, mode: Mode) -> Option<Arc<dyn PaymentProvider>> {
+        match mode {
+            Mode::Test => Some(self.test.clone()),
+            Mode::Live => self.live.clone(),
+        }
+    }
+}
