@@ -76,6 +76,10 @@ pub struct FixedPrice {
     pub asset: String,
     pub amount: Decimal,
     pub billing: FixedBilling,
+    /// Collected `in_advance`: the balance must cover the fee before the subscription starts
+    /// (otherwise it waits in `action_required` for a payment). Without it the fee is debited
+    /// like any charge, overdraft allowed.
+    pub pay_first: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

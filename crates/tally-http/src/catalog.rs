@@ -324,6 +324,19 @@ fn check_collection(
             "is not supported yet: fees are debited from the default account of their asset",
         );
     }
+    if let Some(timing) = collection.as_ref().and_then(|collection| collection.timing.as_deref()) {
+        if timing != "in_advance" {
+            checker.error(
+                format!("{prefix}.collection.timing"),
+                "only in_advance is supported: fees are collected when each period starts",
+            );
+        }
+    }
+}
+
+/// Whether a price's fee must be paid before its subscription starts.
+fn pays_first(collection: &Option<CollectionIn>) -> bool {
+    collection.as_ref().and_then(|collection| collection.timing.as_deref()) == Some("in_advance")
 }
 
 fn decimal(value: Option<Amount>) -> Option<rust_decimal::Decimal> {
@@ -534,6 +547,12 @@ fn fixed_prices(
                 None => checker.error(value_field, "the fee is too large"),
             }
         }
+        if pays_first(&price.collection) && asset.as_ref().is_some_and(|asset| !asset.is_currency()) {
+            checker.error(
+                field.clone(),
+                "a fee collected in_advance must be in a fiat currency: the customer pays it by card",
+            );
+        }
         if let (Some(asset), Some(billing)) = (asset, billing) {
             assets.push((field, asset.to_string()));
             out.push(FixedPrice {
@@ -542,6 +561,7 @@ fn fixed_prices(
                 asset: asset.to_string(),
                 amount: amount.normalize(),
                 billing,
+                pay_first: pays_first(&price.collection),
             });
         }
     }

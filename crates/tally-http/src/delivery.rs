@@ -47,7 +47,7 @@ pub struct WebhookConfig {
     /// A delivery fails for good only once every delay has been used and at least this long
     /// has passed since its event.
     pub retry_for: Duration,
-    /// The most deliveries one pass claims and sends at once.
+    /// The most sends in flight at once, per server.
     pub batch: usize,
 }
 
@@ -136,54 +136,58 @@ pub fn client(config: &WebhookConfig) -> reqwest::Client {
         .expect("the webhook HTTP client builds")
 }
 
-/// Runs the delivery job until `stop` turns true. Sends already under way finish first.
+/// Runs the delivery job until `stop` turns true; sends already under way finish first.
+///
+/// At most `batch` sends are in flight at once. Each pass claims as many due deliveries as
+/// there are free places and starts them without waiting for earlier ones, so one slow
+/// receiver holds up only its own sends.
 pub async fn run(store: Arc<Store>, config: Arc<WebhookConfig>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let client = client(&config);
+    let mut in_flight = tokio::task::JoinSet::new();
     loop {
-        let claimed = match deliver_due(&store, &client, &config).await {
-            Ok(claimed) => claimed,
-            Err(error) => {
+        while in_flight.try_join_next().is_some() {}
+        let free = config.batch.max(1).saturating_sub(in_flight.len());
+        let claimed = if free == 0 {
+            Vec::new()
+        } else {
+            claim(&store, &config, free).await.unwrap_or_else(|error| {
                 tracing::warn!(%error, "claiming due webhook deliveries failed; will retry");
-                0
-            }
+                Vec::new()
+            })
         };
-        if *stop.borrow() {
-            return;
+        let filled = free > 0 && claimed.len() == free;
+        for delivery in claimed {
+            let (store, client, config) = (store.clone(), client.clone(), config.clone());
+            in_flight.spawn(async move { deliver(&store, &client, &config, delivery).await });
         }
-        if claimed >= config.batch {
+        if *stop.borrow() {
+            break;
+        }
+        // Every free place taken means more may be due: look again at once.
+        if filled {
             continue;
         }
         tokio::select! {
             _ = tokio::time::sleep(config.interval) => {}
-            _ = stop.changed() => return,
+            _ = stop.changed() => break,
         }
     }
+    while in_flight.join_next().await.is_some() {}
 }
 
-/// One pass: claims up to a batch of due deliveries, sends them all at once, and records each
-/// result as it comes. Returns how many it claimed.
-pub async fn deliver_due(
+/// Claims up to `limit` due deliveries and leases them for the send's timeout and a margin.
+pub async fn claim(
     store: &Arc<Store>,
-    client: &reqwest::Client,
-    config: &Arc<WebhookConfig>,
-) -> Result<usize, StoreError> {
+    config: &WebhookConfig,
+    limit: usize,
+) -> Result<Vec<ClaimedDelivery>, StoreError> {
     let now = Utc::now();
     let lease_until = now + chrono::Duration::from_std(config.timeout + LEASE_MARGIN).unwrap_or_default();
-    let limit = config.batch.max(1) as i64;
-    let claim_store = store.clone();
-    let claimed = tokio::task::spawn_blocking(move || {
-        claim_store.write(|conn| webhook_repo::claim_due(conn, now, lease_until, limit))
-    })
-    .await
-    .map_err(|error| StoreError::Database(format!("the claim task failed: {error}")))??;
-    let count = claimed.len();
-    let mut sends = tokio::task::JoinSet::new();
-    for delivery in claimed {
-        let (store, client, config) = (store.clone(), client.clone(), config.clone());
-        sends.spawn(async move { deliver(&store, &client, &config, delivery).await });
-    }
-    while sends.join_next().await.is_some() {}
-    Ok(count)
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || store.write(|conn| webhook_repo::claim_due(conn, now, lease_until, limit)))
+        .await
+        .map_err(|error| StoreError::Database(format!("the claim task failed: {error}")))?
 }
 
 /// Sends one claimed delivery and records what happened.
@@ -283,9 +287,10 @@ mod tests {
         let mut attempt = 1;
         loop {
             match after_failure(&config, attempt, created, now, 0.0) {
-                AttemptOutcome::RetryAt(_) => {
-                    // Zero jitter: assume the next attempt happens a minute later at least.
-                    now += chrono::Duration::hours(1);
+                AttemptOutcome::RetryAt(at) => {
+                    // Zero jitter retries at once; let each attempt take a minute to answer.
+                    assert_eq!(at, now);
+                    now += chrono::Duration::minutes(1);
                     attempt += 1;
                 }
                 AttemptOutcome::Failed => break,

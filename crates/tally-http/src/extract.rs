@@ -10,8 +10,10 @@ use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use tally_store::ops::FieldError;
-use tally_store::repo::Page;
+use tally_store::repo::{api_keys, Page};
 
 /// The mode of the API key that authenticated the request.
 #[derive(Debug, Clone, Copy)]
@@ -35,11 +37,87 @@ impl FromRequestParts<AppState> for Auth {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Auth, ApiError> {
         let key =
             presented_key(parts).filter(|key| !key.is_empty() && key.len() <= 200).ok_or(ApiError::Unauthorized)?;
-        let found = state.read(move |conn| Ok(tally_store::repo::api_keys::authenticate(conn, &key)?)).await?;
+        let hash = api_keys::hash_key(&key);
+        // Read before the database, so that a revocation made while the lookup runs
+        // invalidates what the lookup caches.
+        let revocations = api_keys::revocations();
+        if let Some(mode) = state.auth_cache.get(&hash, revocations) {
+            return Ok(Auth { mode });
+        }
+        let found = state.read(move |conn| Ok(api_keys::authenticate(conn, &key)?)).await?;
         match found {
-            Some((_, mode)) => Ok(Auth { mode }),
+            Some((_, mode)) => {
+                state.auth_cache.insert(hash, mode, revocations);
+                Ok(Auth { mode })
+            }
             None => Err(ApiError::Unauthorized),
         }
+    }
+}
+
+/// How long an accepted key is trusted without asking the database again. A key revoked by
+/// another process (`tally api-keys revoke` beside a running server, or another server on
+/// the same PostgreSQL database) stops working within this bound; one revoked in this
+/// process stops working at once, for every request that starts after the revocation
+/// returns.
+pub const AUTH_CACHE_TTL: Duration = Duration::from_secs(1);
+/// The most keys the cache holds; past it, it starts over.
+const AUTH_CACHE_MAX_KEYS: usize = 10_000;
+
+/// Keys that were accepted lately, by the SHA-256 hash of the key (the key itself is not
+/// kept), so that most requests authenticate without a trip to the database. Unknown and
+/// revoked keys are never cached: a new key works at once, and a refused one is asked about
+/// every time.
+#[derive(Default)]
+pub struct AuthCache {
+    entries: Mutex<CachedKeys>,
+}
+
+#[derive(Default)]
+struct CachedKeys {
+    /// `api_keys::revocations()` when these entries were looked up; when it moves on, every
+    /// entry is dropped.
+    revocations: u64,
+    by_hash: HashMap<String, (tally_core::Mode, Instant)>,
+}
+
+impl AuthCache {
+    fn entries(&self) -> std::sync::MutexGuard<'_, CachedKeys> {
+        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The mode of a key accepted less than [`AUTH_CACHE_TTL`] ago with no revocation since.
+    fn get(&self, hash: &str, revocations: u64) -> Option<tally_core::Mode> {
+        let mut entries = self.entries();
+        if entries.revocations != revocations {
+            entries.by_hash.clear();
+            entries.revocations = revocations;
+            return None;
+        }
+        match entries.by_hash.get(hash) {
+            Some((mode, accepted_at)) if accepted_at.elapsed() < AUTH_CACHE_TTL => Some(*mode),
+            Some(_) => {
+                entries.by_hash.remove(hash);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Remembers a key the database accepted; `revocations` is the count read before asking.
+    fn insert(&self, hash: String, mode: tally_core::Mode, revocations: u64) {
+        let mut entries = self.entries();
+        if entries.revocations != revocations {
+            // A key was revoked since the lookup began: the answer may be stale.
+            return;
+        }
+        if entries.by_hash.len() >= AUTH_CACHE_MAX_KEYS {
+            entries.by_hash.retain(|_, (_, accepted_at)| accepted_at.elapsed() < AUTH_CACHE_TTL);
+            if entries.by_hash.len() >= AUTH_CACHE_MAX_KEYS {
+                entries.by_hash.clear();
+            }
+        }
+        entries.by_hash.insert(hash, (mode, Instant::now()));
     }
 }
 

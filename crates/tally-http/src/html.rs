@@ -62,18 +62,48 @@ button:focus-visible,a:focus-visible,input:focus-visible,select:focus-visible{ou
 .ok{background:#f0fdf4;color:#166534;border:1px solid #bbf7d0;border-radius:8px;padding:.75rem 1rem;margin-bottom:1rem}
 nav a{margin-right:1rem;color:var(--accent)}
 .skip{position:absolute;left:-999px}.skip:focus{left:1rem;top:1rem;background:#fff;padding:.5rem}
-@media (max-width:600px){main{padding:.75rem}.balance{font-size:1.3rem}th.optional,td.optional{display:none}}
+main:focus{outline:none}
+.sr-only{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap}
+.card h2,.card h3{font-size:1rem;margin:0;color:#374151}.card p{margin:.4rem 0}.card p.balance{margin:.5rem 0 .25rem}
+.stats{list-style:none}.stats li{display:flex;justify-content:space-between;gap:1rem;padding:.35rem 0;border-bottom:1px solid #f3f4f6}.stats li:last-child{border-bottom:0}
+.portal-nav{display:flex;flex-wrap:wrap;align-items:center;gap:.25rem 1.1rem;padding:.4rem 1.25rem;background:#fff;border-bottom:1px solid #e5e7eb}
+.portal-nav a{color:var(--accent);text-decoration:none;font-weight:500;padding:.35rem 0;margin:0}
+.portal-nav a[aria-current=page]{color:#111827;border-bottom:2px solid var(--accent)}
+.portal-nav .back{margin-left:auto}
+.badge{background:#fef3c7;color:#92400e;border-radius:999px;padding:.1rem .6rem;font-size:.8rem;font-weight:600}
+.table-wrap{overflow-x:auto}
+.symbol{margin-right:.35rem}.unit{font-size:1rem;font-weight:500;color:#374151;margin-left:.3rem}
+.chart svg{width:100%;height:auto;display:block}.chart rect{fill:var(--accent)}.chart .axis{stroke:#d1d5db}
+.ticks{display:flex;justify-content:space-between;color:#6b7280;font-size:.85rem}main a{color:var(--accent)}main a.button{color:#fff}select{background:#fff}figure{margin:0 0 1rem}figcaption{font-weight:500;margin-bottom:.25rem}
+details summary{cursor:pointer;color:var(--accent);margin:.25rem 0}
+.fields{display:flex;gap:.75rem;flex-wrap:wrap;align-items:flex-end}.fields>div{flex:1 1 180px}
+.check{display:flex;align-items:center;gap:.5rem;font-weight:500;margin:.5rem 0}.check input{width:1.2rem;height:1.2rem}
+.quote{display:block;min-height:1.5rem;margin-top:.5rem;font-weight:600}
+.pager{display:flex;justify-content:space-between;margin-top:.75rem}
+.field-error{color:#991b1b;font-size:.9rem;margin:.25rem 0 0}
+.status-succeeded{color:#166534}.status-failed,.status-expired{color:#991b1b}
+@media (max-width:600px){main{padding:.75rem}.balance{font-size:1.3rem}th.optional,td.optional{display:none}.portal-nav{padding:.4rem .75rem}.portal-nav .back{margin-left:0}}
 "#;
 
 /// A whole page: branding header, `body` (already-escaped HTML) in the main region.
 pub fn page(branding: &Branding, title: &str, body: &str) -> String {
-    let logo =
-        branding.logo_url.as_deref().map(|url| format!(r#"<img src="{}" alt="">"#, escape(url))).unwrap_or_default();
+    page_with(branding, title, "", body, "")
+}
+
+/// A page with `nav` (already-escaped HTML, such as the billing portal's menu) under the
+/// header, and `head_extra` (already-escaped HTML: a script tag) in the head.
+pub fn page_with(branding: &Branding, title: &str, nav: &str, body: &str, head_extra: &str) -> String {
+    let logo = branding
+        .logo_url
+        .as_deref()
+        .filter(|url| url.starts_with("https://") || url.starts_with("http://") || url.starts_with('/'))
+        .map(|url| format!(r#"<img src="{}" alt="">"#, escape(url)))
+        .unwrap_or_default();
     format!(
         r##"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title} · {name}</title><style>:root{{--accent:{accent}}}{STYLE}</style></head>
-<body><a class="skip" href="#main">Skip to content</a><header>{logo}<span class="name">{name}</span></header>
-<main id="main">{body}</main></body></html>"##,
+<title>{title} · {name}</title><style>:root{{--accent:{accent}}}{STYLE}</style>{head_extra}</head>
+<body><a class="skip" href="#main">Skip to content</a><header>{logo}<span class="name">{name}</span></header>{nav}
+<main id="main" tabindex="-1">{body}</main></body></html>"##,
         title = escape(title),
         name = escape(&branding.name),
         accent = safe_color(&branding.accent_color),

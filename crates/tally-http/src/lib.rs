@@ -2,6 +2,7 @@
 //! values, run one store operation on a blocking thread, and turn the result into JSON.
 //! Nothing here knows SQL or pricing rules.
 
+pub mod auto_top_up;
 pub mod catalog;
 pub mod check;
 pub mod delivery;
@@ -11,6 +12,7 @@ pub mod html;
 pub mod limits;
 pub mod openapi;
 pub mod payments;
+pub mod portal;
 pub mod routes;
 pub mod types;
 pub mod worker;
@@ -40,6 +42,10 @@ pub struct HttpConfig {
     pub top_up_expiry: Duration,
     /// How webhooks are delivered and retried.
     pub webhooks: WebhookConfig,
+    /// The logo shown on customer-facing pages (billing portal, checkout): an http(s) URL.
+    pub portal_logo_url: Option<String>,
+    /// The accent colour of customer-facing pages, `#rgb` or `#rrggbb`.
+    pub portal_accent_color: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -50,6 +56,8 @@ impl Default for HttpConfig {
             public_url: None,
             top_up_expiry: Duration::from_secs(24 * 60 * 60),
             webhooks: WebhookConfig::default(),
+            portal_logo_url: None,
+            portal_accent_color: None,
         }
     }
 }
@@ -64,18 +72,36 @@ pub struct AppState {
     pub providers: payments::Providers,
     /// The platform's look on customer-facing pages.
     pub branding: html::Branding,
+    /// API keys accepted lately, so that most requests skip the database to authenticate.
+    pub auth_cache: Arc<extract::AuthCache>,
 }
 
 impl AppState {
     pub fn new(store: Arc<Store>, config: HttpConfig) -> AppState {
-        let branding = html::Branding { name: config.platform_name.clone(), ..html::Branding::default() };
+        let defaults = html::Branding::default();
+        let branding = html::Branding {
+            name: config.platform_name.clone(),
+            logo_url: config.portal_logo_url.clone().filter(|url| !url.is_empty()),
+            accent_color: config
+                .portal_accent_color
+                .clone()
+                .filter(|color| !color.is_empty())
+                .unwrap_or(defaults.accent_color),
+        };
         AppState {
             store,
             config: Arc::new(config),
             catalog: Arc::new(catalog::CatalogCache::default()),
             providers: payments::Providers::default(),
             branding,
+            auth_cache: Arc::new(extract::AuthCache::default()),
         }
+    }
+
+    /// Live mode pays through Stripe (without this it has no payment provider at all).
+    pub fn with_stripe(mut self, stripe: payments::stripe::StripeProvider) -> AppState {
+        self.providers = self.providers.with_stripe(Arc::new(stripe));
+        self
     }
 
     /// Runs `work` in a read transaction on a blocking thread.
@@ -142,6 +168,9 @@ pub fn router(state: AppState) -> Router {
         .route("/test-helpers/top-ups/{top_up_id}/succeed", post(topups::test_succeed))
         .route("/test-helpers/top-ups/{top_up_id}/fail", post(topups::test_fail))
         .route("/checkout/{top_up_id}", get(topups::checkout).post(topups::pay))
+        .route("/billing-portal/sessions", post(routes::portal::create_portal_session))
+        .merge(portal::router())
+        .route("/payments/stripe/webhook", post(routes::stripe_webhook::receive))
         .route("/webhooks", post(webhooks::create).get(webhooks::list))
         .route("/webhooks/events", get(webhooks::list_events))
         .route("/webhooks/test/{topic}", post(webhooks::test_all))
@@ -176,11 +205,23 @@ pub async fn serve(
         worker_stopped.clone(),
     ));
     // Webhook delivery runs beside the worker: its sends are network IO, not transactions.
-    let deliveries =
-        tokio::spawn(delivery::run(state.store.clone(), Arc::new(state.config.webhooks.clone()), worker_stopped));
+    let deliveries = tokio::spawn(delivery::run(
+        state.store.clone(),
+        Arc::new(state.config.webhooks.clone()),
+        worker_stopped.clone(),
+    ));
+    // Auto top-up charges saved cards: network IO too, so it runs beside the worker as well.
+    let auto_top_ups = tokio::spawn(auto_top_up::run(
+        state.store.clone(),
+        state.providers.clone(),
+        state.config.top_up_expiry,
+        state.config.settle_interval,
+        worker_stopped,
+    ));
     let result = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
     let _ = stop_worker.send(true);
     let _ = worker.await;
     let _ = deliveries.await;
+    let _ = auto_top_ups.await;
     result
 }

@@ -1,7 +1,9 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations and the request and
 //! response types. `docs/openapi.json` is the checked-in copy; a test fails when they differ.
 
-use crate::routes::{accounts, assets, customers, events, products, subscriptions, topups, vendors, wallet, webhooks};
+use crate::routes::{
+    accounts, assets, customers, events, portal, products, subscriptions, topups, vendors, wallet, webhooks,
+};
 use axum::http::header;
 use axum::response::IntoResponse;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -21,6 +23,7 @@ use utoipa::{Modify, OpenApi};
         products::update_version, products::archive_version, products::delete, products::subscribers, products::simulate_usage,
         events::send_usage, events::list, events::get,
         topups::initiate, topups::get, topups::test_succeed, topups::test_fail,
+        portal::create_portal_session,
         vendors::create, vendors::list, vendors::get, vendors::vendor_stats, vendors::customer_stats, vendors::list_customer_stats,
         webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::delete, webhooks::test_one,
         webhooks::test_all, webhooks::list_events,

@@ -1,7 +1,9 @@
 //! The background worker. Every server runs it. It settles grant starts and expiries when
 //! they fall due, so that they reach the ledger at their own instant even when nobody touches
 //! the account, and runs due subscription actions (scheduled starts, renewals, entitlement
-//! refreshes). Later jobs (auto top-up, webhook delivery) are written the same way.
+//! refreshes). Later jobs (auto top-up) are written the same way. Webhook delivery
+//! (`delivery.rs`) runs beside this worker as its own task: its work is network IO, which must
+//! not run inside the claiming transaction, so it claims with a lease instead (see there).
 //!
 //! # Each due item once, however many servers run
 //!

@@ -19,6 +19,11 @@ pub struct Config {
     pub top_up_expiry_seconds: u64,
     pub webhook_interval_ms: u64,
     pub webhook_timeout_ms: u64,
+    pub portal_logo_url: String,
+    pub portal_accent_color: String,
+    pub stripe_secret_key: String,
+    pub stripe_webhook_secret: String,
+    pub stripe_api_base: String,
 }
 
 impl Default for Config {
@@ -70,6 +75,21 @@ impl Config {
         if let Some(value) = env("TALLY_WEBHOOK_TIMEOUT_MS") {
             config.webhook_timeout_ms = value.parse().context("TALLY_WEBHOOK_TIMEOUT_MS must be a whole number")?;
         }
+        if let Some(value) = env("TALLY_STRIPE_SECRET_KEY") {
+            config.stripe_secret_key = value;
+        }
+        if let Some(value) = env("TALLY_STRIPE_WEBHOOK_SECRET") {
+            config.stripe_webhook_secret = value;
+        }
+        if let Some(value) = env("TALLY_STRIPE_API_BASE") {
+            config.stripe_api_base = value;
+        }
+        if let Some(value) = env("TALLY_PORTAL_LOGO_URL") {
+            config.portal_logo_url = value;
+        }
+        if let Some(value) = env("TALLY_PORTAL_ACCENT_COLOR") {
+            config.portal_accent_color = value;
+        }
         if let Some(listen) = &overrides.listen {
             config.listen = listen.clone();
         }
@@ -77,6 +97,37 @@ impl Config {
             config.database_url = database_url.clone();
         }
         Ok(config)
+    }
+}
+
+impl Config {
+    /// Live mode's Stripe settings, `None` when no secret key is set. A key without a webhook
+    /// secret is refused: checkouts would open but never be credited.
+    pub fn stripe(&self) -> anyhow::Result<Option<tally_http::payments::stripe::StripeConfig>> {
+        let key = self.stripe_secret_key.trim();
+        if key.is_empty() {
+            return Ok(None);
+        }
+        if !(key.starts_with("sk_") || key.starts_with("rk_")) {
+            anyhow::bail!("stripe_secret_key must be a Stripe secret (sk_...) or restricted (rk_...) key");
+        }
+        let webhook_secret = self.stripe_webhook_secret.trim();
+        if !webhook_secret.starts_with("whsec_") {
+            anyhow::bail!(
+                "stripe_webhook_secret must be set to the webhook endpoint's signing secret (whsec_...) when \
+                 stripe_secret_key is: without it payments are never credited"
+            );
+        }
+        let api_base = self.stripe_api_base.trim().trim_end_matches('/');
+        if !(api_base.starts_with("https://") || api_base.starts_with("http://")) {
+            anyhow::bail!("stripe_api_base must be an http(s) URL");
+        }
+        Ok(Some(tally_http::payments::stripe::StripeConfig {
+            secret_key: key.to_owned(),
+            webhook_secret: webhook_secret.to_owned(),
+            api_base: api_base.to_owned(),
+            timeout: tally_http::payments::stripe::DEFAULT_TIMEOUT,
+        }))
     }
 }
 
@@ -92,6 +143,11 @@ struct PartialConfig {
     top_up_expiry_seconds: Option<u64>,
     webhook_interval_ms: Option<u64>,
     webhook_timeout_ms: Option<u64>,
+    portal_logo_url: Option<String>,
+    portal_accent_color: Option<String>,
+    stripe_secret_key: Option<String>,
+    stripe_webhook_secret: Option<String>,
+    stripe_api_base: Option<String>,
 }
 
 impl PartialConfig {
@@ -123,6 +179,21 @@ impl PartialConfig {
         if let Some(value) = self.webhook_timeout_ms {
             config.webhook_timeout_ms = value;
         }
+        if let Some(value) = self.portal_logo_url {
+            config.portal_logo_url = value;
+        }
+        if let Some(value) = self.portal_accent_color {
+            config.portal_accent_color = value;
+        }
+        if let Some(value) = self.stripe_secret_key {
+            config.stripe_secret_key = value;
+        }
+        if let Some(value) = self.stripe_webhook_secret {
+            config.stripe_webhook_secret = value;
+        }
+        if let Some(value) = self.stripe_api_base {
+            config.stripe_api_base = value;
+        }
     }
 }
 
@@ -136,6 +207,10 @@ mod tests {
         assert_eq!(config.listen, "127.0.0.1:8080");
         assert_eq!(config.database_url, "sqlite://tally-data/tally.db");
         assert_eq!(config.settle_interval_ms, 1000);
+        assert_eq!(
+            (config.stripe_secret_key.as_str(), config.stripe_api_base.as_str()),
+            ("", "https://api.stripe.com")
+        );
     }
 
     #[test]
@@ -150,5 +225,18 @@ mod tests {
         assert_eq!(flagged.listen, "0.0.0.0:1");
         std::fs::write(&path, "lisen = \"typo\"\n").unwrap();
         assert!(Config::load(Some(&path), &Overrides::default()).is_err(), "unknown settings are refused");
+    }
+
+    #[test]
+    fn stripe_needs_a_key_and_a_webhook_secret() {
+        let mut config = Config::default();
+        assert!(config.stripe().unwrap().is_none(), "no key, no Stripe");
+        config.stripe_secret_key = "sk_test_123".into();
+        assert!(config.stripe().is_err(), "a key without a webhook secret is refused");
+        config.stripe_webhook_secret = "whsec_abc".into();
+        let stripe = config.stripe().unwrap().unwrap();
+        assert_eq!((stripe.secret_key.as_str(), stripe.api_base.as_str()), ("sk_test_123", "https://api.stripe.com"));
+        config.stripe_secret_key = "pk_live_123".into();
+        assert!(config.stripe().is_err(), "a publishable key cannot make charges");
     }
 }

@@ -107,6 +107,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn serve(config: &Config) -> anyhow::Result<()> {
+    let stripe = config.stripe()?;
     let store = tally::open_store(&config.database_url)?;
     let http_config = tally_http::HttpConfig {
         platform_name: config.platform_name.clone(),
@@ -118,6 +119,8 @@ fn serve(config: &Config) -> anyhow::Result<()> {
             timeout: Duration::from_millis(config.webhook_timeout_ms.max(100)),
             ..tally_http::WebhookConfig::default()
         },
+        portal_logo_url: Some(config.portal_logo_url.clone()).filter(|url| !url.is_empty()),
+        portal_accent_color: Some(config.portal_accent_color.clone()).filter(|color| !color.is_empty()),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -125,7 +128,14 @@ fn serve(config: &Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         tracing::info!(address = %listener.local_addr()?, database = %config.database_url, "tally is serving");
-        let state = tally_http::AppState::new(store, http_config);
+        let mut state = tally_http::AppState::new(store, http_config);
+        match stripe {
+            Some(stripe) => {
+                tracing::info!(api = %stripe.api_base, "live-mode payments go through Stripe");
+                state = state.with_stripe(tally_http::payments::stripe::StripeProvider::new(stripe));
+            }
+            None => tracing::info!("no stripe_secret_key: live-mode top-ups are unavailable"),
+        }
         tally_http::serve(listener, state, shutdown_signal()).await?;
         tracing::info!("stopped");
         anyhow::Ok(())

@@ -3,7 +3,8 @@ use crate::error::ApiError;
 use crate::extract::{Auth, JsonBody, QueryParams};
 use crate::limits::MAX_TEXT_CHARS;
 use crate::routes::subscriptions::{
-    parse_subscription, subscription_view, CreateCustomerSubscription, CustomerSubscription,
+    parse_subscription, payments_due, start_payments, subscription_view, CreateCustomerSubscription,
+    CustomerSubscription,
 };
 use crate::types::Timestamp;
 use crate::{page_type, AppState};
@@ -114,6 +115,7 @@ fn summary((customer, active_subscription_count): (Customer, i64)) -> CustomerSu
 pub async fn create(
     State(state): State<AppState>,
     auth: Auth,
+    headers: axum::http::HeaderMap,
     JsonBody(request): JsonBody<CreateCustomerRequest>,
 ) -> Result<(StatusCode, Json<CreateCustomerResponse>), ApiError> {
     let mut checker = Checker::default();
@@ -133,19 +135,40 @@ pub async fn create(
         .collect::<Result<Vec<_>, _>>()?;
     let now = chrono::Utc::now();
     let catalog = state.catalog.clone();
-    let response = state
+    let requests = request.subscriptions.clone().unwrap_or_default();
+    let requests_inside = requests.clone();
+    let (customer_id, created, due) = state
         .write(move |conn| {
             let customer = customer_ops::create(conn, auth.mode, &new, now)?;
-            let mut views = Vec::new();
+            let mut created = Vec::new();
+            let mut due = Vec::new();
             for (index, subscription) in subscriptions.iter().enumerate() {
-                let created =
-                    subscription_ops::create(conn, auth.mode, &customer.id, subscription, catalog.as_ref(), now)
-                        .map_err(|error| prefix_fields(error, &format!("subscriptions[{index}].")))?;
-                views.push(subscription_view(conn, auth.mode, &created)?);
+                let prefix = format!("subscriptions[{index}].");
+                let made = subscription_ops::create(conn, auth.mode, &customer.id, subscription, catalog.as_ref(), now)
+                    .map_err(|error| prefix_fields(error, &prefix))?;
+                due.push((
+                    index,
+                    payments_due(conn, auth.mode, &made, catalog.as_ref(), &requests_inside[index], &prefix)?,
+                ));
+                created.push(made);
             }
-            Ok(CreateCustomerResponse { id: customer.id, subscriptions: views })
+            Ok((customer.id, created, due))
         })
         .await?;
+    let public = crate::routes::topups::public_url(&state, &headers);
+    for (index, payments) in due {
+        start_payments(&state, auth.mode, &customer_id, payments, &requests[index], &public).await?;
+    }
+    let id = customer_id.clone();
+    let views = state
+        .read(move |conn| {
+            created
+                .iter()
+                .map(|subscription| subscription_view(conn, auth.mode, subscription))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await?;
+    let response = CreateCustomerResponse { id, subscriptions: views };
     Ok((StatusCode::CREATED, Json(response)))
 }
 

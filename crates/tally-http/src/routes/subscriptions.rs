@@ -114,6 +114,16 @@ pub fn subscription_view(
     mode: Mode,
     subscription: &Subscription,
 ) -> Result<CustomerSubscription, OpError> {
+    let required_actions = match subscription.status {
+        tally_store::repo::subscriptions::SubscriptionStatus::ActionRequired => {
+            tally_store::repo::topups::open_for_subscription(conn, &subscription.id)?
+                .into_iter()
+                .filter_map(|top_up| top_up.redirect_url)
+                .map(|redirect_url| RequiredSubscriptionAction { kind: "payment".into(), redirect_url })
+                .collect()
+        }
+        _ => Vec::new(),
+    };
     let mut products = Vec::with_capacity(subscription.products.len());
     for pinned in &subscription.products {
         let code = product_repo::get(conn, mode, &pinned.product_id)?.map(|product| product.code);
@@ -129,8 +139,73 @@ pub fn subscription_view(
         renews_at: subscription.renews_at.map(Timestamp),
         status: subscription.status.as_str().to_owned(),
         products,
-        required_actions: Vec::new(),
+        required_actions,
     })
+}
+
+/// What a newly created subscription still needs paid: `(subscription id, [(currency, amount)])`.
+pub type PaymentsDue = Vec<(String, Vec<(String, rust_decimal::Decimal)>)>;
+
+/// Inside the creating transaction: what each waiting subscription needs paid. Refuses (and so
+/// rolls everything back) when a payment is needed but the request gave no URLs to return to.
+pub fn payments_due(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    subscription: &Subscription,
+    catalog: &dyn Catalog,
+    request: &CreateCustomerSubscription,
+    prefix: &str,
+) -> Result<PaymentsDue, OpError> {
+    if subscription.status != tally_store::repo::subscriptions::SubscriptionStatus::ActionRequired {
+        return Ok(Vec::new());
+    }
+    let due = subscription_ops::payment_due(conn, mode, subscription, catalog)?;
+    if request.return_url.is_none() || request.failure_url.is_none() {
+        return Err(OpError::invalid(
+            format!("{prefix}return_url"),
+            "return_url and failure_url are required when a fee must be paid before the subscription starts",
+        ));
+    }
+    Ok(vec![(subscription.id.clone(), due)])
+}
+
+/// After the subscription is committed: a top-up per amount due, whose checkout link becomes
+/// the subscription's required action. Paying it starts the subscription.
+pub async fn start_payments(
+    state: &AppState,
+    mode: Mode,
+    customer_id: &str,
+    due: PaymentsDue,
+    request: &CreateCustomerSubscription,
+    public: &str,
+) -> Result<(), ApiError> {
+    for (subscription_id, amounts) in due {
+        for (currency, amount) in amounts {
+            let code = tally_core::asset::AssetCode::parse(&currency)
+                .map_err(|error| ApiError::Internal(error.to_string()))?;
+            let minor_units = code.currency_minor_units().unwrap_or(2);
+            // Round up: the payment must cover the fee.
+            let amount = amount.round_dp_with_strategy(minor_units, rust_decimal::RoundingStrategy::AwayFromZero);
+            let new = tally_store::ops::topups::NewTopUp {
+                customer_id: customer_id.to_owned(),
+                amount,
+                currency: code,
+                account_name: "default".into(),
+                asset: None,
+                exchange_rate: None,
+                credit_expires_at: None,
+                return_url: request.return_url.clone().unwrap_or_default(),
+                failure_url: request.failure_url.clone().unwrap_or_default(),
+                description: Some("Subscription fee".into()),
+                metadata: Default::default(),
+                origin: "subscription".into(),
+                save_payment_method: true,
+                subscription_id: Some(subscription_id.clone()),
+            };
+            crate::routes::topups::start(state, mode, new, public.to_owned()).await?;
+        }
+    }
+    Ok(())
 }
 
 #[utoipa::path(post, path = "/customers/{customerId}/subscriptions", tag = "Customers", params(("customerId" = String, Path)),
@@ -139,19 +214,25 @@ pub fn subscription_view(
 pub async fn create(
     State(state): State<AppState>,
     auth: Auth,
+    headers: axum::http::HeaderMap,
     Path(customer_id): Path<String>,
     JsonBody(request): JsonBody<CreateCustomerSubscription>,
 ) -> Result<(StatusCode, Json<CustomerSubscription>), ApiError> {
     let new = parse_subscription("", &request)?;
     let now = chrono::Utc::now();
     let catalog = state.catalog.clone();
-    let view = state
+    let (owner, request_copy) = (customer_id.clone(), request.clone());
+    let (subscription, due) = state
         .write(move |conn| {
             let subscription =
-                subscription_ops::create(conn, auth.mode, &customer_id, &new, catalog.as_ref() as &dyn Catalog, now)?;
-            subscription_view(conn, auth.mode, &subscription)
+                subscription_ops::create(conn, auth.mode, &owner, &new, catalog.as_ref() as &dyn Catalog, now)?;
+            let due = payments_due(conn, auth.mode, &subscription, catalog.as_ref(), &request_copy, "")?;
+            Ok((subscription, due))
         })
         .await?;
+    let public = crate::routes::topups::public_url(&state, &headers);
+    start_payments(&state, auth.mode, &customer_id, due, &request, &public).await?;
+    let view = state.read(move |conn| subscription_view(conn, auth.mode, &subscription)).await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 

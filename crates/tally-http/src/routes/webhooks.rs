@@ -221,7 +221,7 @@ fn parse_topic(text: &str) -> Result<Topic, ApiError> {
         .ok_or_else(|| ApiError::invalid("topic", format!("unknown topic {text:?}; topics are: {}", topic_list())))
 }
 
-#[utoipa::path(post, path = "/webhooks", tag = "Webhooks", request_body = CreateWebhookDestinationRequest,
+#[utoipa::path(post, path = "/webhooks", operation_id = "create_webhook_destination", tag = "Webhooks", request_body = CreateWebhookDestinationRequest,
     responses((status = 201, body = CreateWebhookDestinationResponse), (status = 422)))]
 pub async fn create(
     State(state): State<AppState>,
@@ -247,7 +247,7 @@ pub async fn create(
     ))
 }
 
-#[utoipa::path(get, path = "/webhooks", tag = "Webhooks",
+#[utoipa::path(get, path = "/webhooks", operation_id = "list_webhook_destinations", tag = "Webhooks",
     params(("enabled" = Option<bool>, Query), ("connect" = Option<bool>, Query)),
     responses((status = 200, body = ItemsWebhookDestinationWithoutSecret)))]
 pub async fn list(
@@ -264,7 +264,7 @@ pub async fn list(
     }))
 }
 
-#[utoipa::path(get, path = "/webhooks/{webhookId}", tag = "Webhooks", params(("webhookId" = String, Path)),
+#[utoipa::path(get, path = "/webhooks/{webhookId}", operation_id = "get_webhook_destination", tag = "Webhooks", params(("webhookId" = String, Path)),
     responses((status = 200, body = WebhookDestination), (status = 404)))]
 pub async fn get(
     State(state): State<AppState>,
@@ -275,7 +275,7 @@ pub async fn get(
     Ok(Json(with_secret(destination)))
 }
 
-#[utoipa::path(patch, path = "/webhooks/{webhookId}", tag = "Webhooks", params(("webhookId" = String, Path)),
+#[utoipa::path(patch, path = "/webhooks/{webhookId}", operation_id = "update_webhook_destination", tag = "Webhooks", params(("webhookId" = String, Path)),
     request_body = UpdateWebhookDestinationRequest,
     responses((status = 200, body = WebhookDestination), (status = 404), (status = 422)))]
 pub async fn update(
@@ -296,7 +296,7 @@ pub async fn update(
     Ok(Json(with_secret(destination)))
 }
 
-#[utoipa::path(delete, path = "/webhooks/{webhookId}", tag = "Webhooks", params(("webhookId" = String, Path)),
+#[utoipa::path(delete, path = "/webhooks/{webhookId}", operation_id = "delete_webhook_destination", tag = "Webhooks", params(("webhookId" = String, Path)),
     responses((status = 204), (status = 404)))]
 pub async fn delete(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     let now = chrono::Utc::now();
@@ -304,7 +304,7 @@ pub async fn delete(State(state): State<AppState>, auth: Auth, Path(id): Path<St
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(post, path = "/webhooks/{webhookId}/test/{topic}", tag = "Webhooks",
+#[utoipa::path(post, path = "/webhooks/{webhookId}/test/{topic}", operation_id = "test_webhook_destination", tag = "Webhooks",
     params(("webhookId" = String, Path), ("topic" = String, Path)),
     responses((status = 202, body = TestWebhookResponse), (status = 404), (status = 422)))]
 pub async fn test_one(
@@ -318,7 +318,7 @@ pub async fn test_one(
     Ok((StatusCode::ACCEPTED, Json(TestWebhookResponse { id })))
 }
 
-#[utoipa::path(post, path = "/webhooks/test/{topic}", tag = "Webhooks", params(("topic" = String, Path)),
+#[utoipa::path(post, path = "/webhooks/test/{topic}", operation_id = "test_webhook_destinations", tag = "Webhooks", params(("topic" = String, Path)),
     responses((status = 202, body = TestWebhookResponse), (status = 422)))]
 pub async fn test_all(
     State(state): State<AppState>,
@@ -368,7 +368,7 @@ fn event_item(delivery: DeliveryView) -> WebhookEventListItem {
     }
 }
 
-#[utoipa::path(get, path = "/webhooks/events", tag = "Webhooks",
+#[utoipa::path(get, path = "/webhooks/events", operation_id = "list_events", tag = "Webhooks",
     params(("limit" = Option<i64>, Query), ("next" = Option<String>, Query), ("prev" = Option<String>, Query),
            ("destination_id" = Option<String>, Query), ("status" = Option<String>, Query, description = "pending, delivered or failed"),
            ("time_gte" = Option<String>, Query), ("time_lte" = Option<String>, Query)),

@@ -6,7 +6,7 @@ use crate::repo::assets::{self, Asset};
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
 use tally_core::asset::AssetCode;
-use tally_core::rate::{self, ExchangeRate};
+use tally_core::rate::{self, ExchangeRate, ScheduledRate};
 use tally_core::Mode;
 
 /// How far in the past a new rate's `valid_from` may be and still count as "now": clocks of
@@ -58,7 +58,8 @@ pub fn create(conn: &mut dyn Conn, mode: Mode, new: &NewAsset, now: DateTime<Utc
     };
     assets::insert(conn, mode, &asset)?;
     for (source, rate) in &new.rates {
-        assets::insert_rate(conn, mode, asset.code.as_str(), source.as_str(), now, None, *rate, now)?;
+        let entry = ScheduledRate { valid_from: now, valid_to: None, rate: *rate, sequence: 0 };
+        assets::insert_rate(conn, mode, asset.code.as_str(), source.as_str(), &entry, now)?;
     }
     Ok(asset)
 }
@@ -139,7 +140,8 @@ pub fn add_rate(
             return Err(OpError::invalid("valid_to", "must be after valid_from"));
         }
     }
-    assets::insert_rate(conn, mode, &asset.code, new.source.as_str(), valid_from, new.valid_to, new.rate, now)?;
+    let entry = ScheduledRate { valid_from, valid_to: new.valid_to, rate: new.rate, sequence: 0 };
+    assets::insert_rate(conn, mode, &asset.code, new.source.as_str(), &entry, now)?;
     Ok(())
 }
 

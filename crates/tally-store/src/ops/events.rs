@@ -357,12 +357,12 @@ fn store_fee(
     record(conn, mode, &key, &transaction, &postings, now)
 }
 
+/// Fees by the id of the event that owes them, and a warning per event that owes none.
+pub type Simulation = (Vec<(String, RatedFee)>, Vec<String>);
+
 /// Prices `batch` against one product version as a brand-new customer would be priced, and
 /// changes nothing. Returns the fees and a warning for every event that produced none.
-pub fn simulate(
-    version: &Arc<ProductVersion>,
-    batch: &[NewEvent],
-) -> Result<(Vec<(String, RatedFee)>, Vec<String>), OpError> {
+pub fn simulate(version: &Arc<ProductVersion>, batch: &[NewEvent]) -> Result<Simulation, OpError> {
     let versions = vec![version.clone()];
     let mut counters: HashMap<(String, i64), Usage> = HashMap::new();
     let mut fees = Vec::new();

@@ -5,9 +5,11 @@
 //! to a status code.
 
 pub mod assets;
+pub mod auto_top_up;
 pub mod customers;
 pub mod events;
 pub mod ledger;
+pub mod portal;
 pub mod products;
 pub mod stats;
 pub mod subscriptions;

@@ -123,9 +123,56 @@ pub fn create(
     };
     subscriptions::insert(conn, mode, &subscription)?;
     if starts_at <= now {
-        activate(conn, mode, &mut subscription, catalog, now, now)?;
+        start_or_wait_for_payment(conn, mode, &mut subscription, catalog, now)?;
     }
     Ok(subscription)
+}
+
+/// Activates now, unless fees that must be paid first are not covered by the balance: then
+/// the subscription waits in `action_required` until a payment wakes it.
+fn start_or_wait_for_payment(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    subscription: &mut Subscription,
+    catalog: &dyn Catalog,
+    now: DateTime<Utc>,
+) -> Result<(), OpError> {
+    if payment_due(conn, mode, subscription, catalog)?.is_empty() {
+        activate(conn, mode, subscription, catalog, now, now)
+    } else {
+        subscription.status = SubscriptionStatus::ActionRequired;
+        reschedule(conn, subscription, now)
+    }
+}
+
+/// What the customer must pay before the subscription can start: per asset, the part of the
+/// fees collected `in_advance` that the account's available balance does not cover.
+pub fn payment_due(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    subscription: &Subscription,
+    catalog: &dyn Catalog,
+) -> Result<Vec<(String, rust_decimal::Decimal)>, OpError> {
+    let mut needed: Vec<(String, rust_decimal::Decimal)> = Vec::new();
+    for version in versions(conn, mode, subscription, catalog)? {
+        for price in version.fixed_prices.iter().filter(|price| price.pay_first) {
+            match needed.iter_mut().find(|(asset, _)| *asset == price.asset) {
+                Some((_, sum)) => *sum += price.amount,
+                None => needed.push((price.asset.clone(), price.amount)),
+            }
+        }
+    }
+    let mut due = Vec::new();
+    for (asset, amount) in needed {
+        let key =
+            AccountKey { customer_id: subscription.customer_id.clone(), name: "default".into(), asset: asset.clone() };
+        let available =
+            wallets::get(conn, &key)?.map_or(rust_decimal::Decimal::ZERO, |account| account.state.available);
+        if available < amount {
+            due.push((asset, amount - available));
+        }
+    }
+    Ok(due)
 }
 
 fn versions(
@@ -338,7 +385,11 @@ pub fn process_due(
         match subscription.status {
             SubscriptionStatus::Scheduled => activate(conn, mode, &mut subscription, catalog, due_at, now)?,
             SubscriptionStatus::Active => run_active_action(conn, mode, &mut subscription, catalog, due_at, now)?,
-            SubscriptionStatus::Inactive | SubscriptionStatus::ActionRequired => {
+            // Woken by a payment: start if what had to be paid first is now covered.
+            SubscriptionStatus::ActionRequired => {
+                start_or_wait_for_payment(conn, mode, &mut subscription, catalog, now)?
+            }
+            SubscriptionStatus::Inactive => {
                 subscription.next_action_at = None;
                 subscriptions::update(conn, &subscription, now)?;
             }
@@ -398,7 +449,7 @@ pub fn set_status(
         (true, SubscriptionStatus::Scheduled) => Ok(()),
         (true, SubscriptionStatus::Inactive | SubscriptionStatus::ActionRequired) => {
             subscription.renews_at = None;
-            activate(conn, mode, &mut subscription, catalog, now, now)
+            start_or_wait_for_payment(conn, mode, &mut subscription, catalog, now)
         }
     }
 }

@@ -282,6 +282,10 @@ pub fn succeed(
     top_up.status = TopUpStatus::Succeeded;
     top_up.completed_at = Some(now);
     topups::update(conn, &top_up, now)?;
+    if let Some(subscription_id) = &top_up.subscription_id {
+        // The payment a subscription waited for: the worker starts it on its next pass.
+        crate::repo::subscriptions::wake(conn, subscription_id, now)?;
+    }
     // The customer asked to keep the card (for auto top-up): remember it.
     let payment_method = match method.filter(|_| top_up.save_payment_method) {
         Some(method) => {

@@ -4,6 +4,7 @@ use crate::conn::Conn;
 use crate::{ids, params, StoreError};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
+use std::sync::atomic::{AtomicU64, Ordering};
 use tally_core::Mode;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -65,7 +66,18 @@ pub fn list(conn: &mut dyn Conn) -> Result<Vec<ApiKey>, StoreError> {
 pub fn revoke(conn: &mut dyn Conn, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
     let exists = conn.query_optional("SELECT id FROM api_keys WHERE id = $1", params![id])?.is_some();
     conn.execute("UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL", params![id, now])?;
+    REVOCATIONS.fetch_add(1, Ordering::SeqCst);
     Ok(exists)
+}
+
+/// Revocations made by this process. Caches of accepted keys (the HTTP layer keeps one)
+/// compare it before and after they trust an entry, so that a key revoked here stops working
+/// at once instead of when the cached entry expires.
+static REVOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times this process has revoked a key (see [`revoke`]).
+pub fn revocations() -> u64 {
+    REVOCATIONS.load(Ordering::SeqCst)
 }
 
 /// The mode of a live (unrevoked) key, or `None`.

@@ -59,7 +59,7 @@ pub fn list(conn: &mut dyn Conn, mode: Mode, page: Page) -> Result<(Vec<Asset>, 
     let total = conn.count("SELECT COUNT(*) FROM assets WHERE mode = $1", params![mode.as_str()])?;
     let items = conn
         .query(
-            &format!("SELECT {COLUMNS} FROM assets WHERE mode = $1 ORDER BY created_at, code LIMIT $2 OFFSET $3"),
+            &format!("SELECT {COLUMNS} FROM assets WHERE mode = $1 ORDER BY code LIMIT $2 OFFSET $3"),
             params![mode.as_str(), page.limit, page.offset],
         )?
         .iter()
@@ -68,24 +68,23 @@ pub fn list(conn: &mut dyn Conn, mode: Mode, page: Page) -> Result<(Vec<Asset>, 
     Ok((items, total))
 }
 
+/// Writes one rate of `asset_code` bought with `source` (its `sequence` is assigned here).
 pub fn insert_rate(
     conn: &mut dyn Conn,
     mode: Mode,
     asset_code: &str,
     source: &str,
-    valid_from: DateTime<Utc>,
-    valid_to: Option<DateTime<Utc>>,
-    rate: ExchangeRate,
+    entry: &ScheduledRate,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    let (kind, value) = match rate {
+    let (kind, value) = match entry.rate {
         ExchangeRate::Rate(value) => ("rate", value),
         ExchangeRate::Inverse(value) => ("inverse_rate", value),
     };
     conn.execute(
         "INSERT INTO asset_rates (mode, asset_code, source, valid_from, valid_to, rate_kind, rate_value, created_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        params![mode.as_str(), asset_code, source, valid_from, valid_to, kind, value, now],
+        params![mode.as_str(), asset_code, source, entry.valid_from, entry.valid_to, kind, value, now],
     )?;
     Ok(())
 }

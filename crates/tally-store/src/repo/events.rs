@@ -193,13 +193,16 @@ pub struct EventFilter {
     pub has_fees: Option<bool>,
 }
 
+/// An event and its customer's external id.
+pub type EventWithCustomer = (StoredEvent, Option<String>);
+
 /// Events newest first (by `occurred_at`, then id).
 pub fn list(
     conn: &mut dyn Conn,
     mode: Mode,
     filter: &EventFilter,
     page: Page,
-) -> Result<(Vec<(StoredEvent, Option<String>)>, i64), StoreError> {
+) -> Result<(Vec<EventWithCustomer>, i64), StoreError> {
     let mut conditions = vec!["e.mode = $1".to_owned()];
     let mut values: Vec<Value> = vec![mode.as_str().into()];
     let mut add = |condition: &str, value: Value| {

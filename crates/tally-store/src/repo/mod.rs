@@ -3,9 +3,11 @@
 
 pub mod api_keys;
 pub mod assets;
+pub mod auto_top_ups;
 pub mod customers;
 pub mod events;
 pub mod ledger;
+pub mod portal;
 pub mod products;
 pub mod subscriptions;
 pub mod topups;

@@ -303,3 +303,12 @@ pub fn claim_due(conn: &mut dyn Conn, now: DateTime<Utc>) -> Result<Option<(Mode
     let mode = Mode::parse(&row.text(0)?).ok_or_else(|| StoreError::Corrupt("subscription mode".into()))?;
     Ok(Some((mode, row.text(1)?)))
 }
+
+/// Makes a subscription waiting for a payment due now, so that the next pass starts it.
+pub fn wake(conn: &mut dyn Conn, id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE subscriptions SET next_action_at = $2 WHERE id = $1 AND status = 'action_required'",
+        params![id, now],
+    )?;
+    Ok(())
+}

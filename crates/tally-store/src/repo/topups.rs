@@ -308,3 +308,16 @@ pub fn payment_methods(conn: &mut dyn Conn, customer_id: &str) -> Result<Vec<Pay
     })
     .collect()
 }
+
+/// The open top-ups made to pay for a subscription, newest first.
+pub fn open_for_subscription(conn: &mut dyn Conn, subscription_id: &str) -> Result<Vec<TopUp>, StoreError> {
+    conn.query(
+        &format!(
+            "SELECT {COLUMNS} FROM top_ups WHERE subscription_id = $1 AND status IN ('initiated', 'pending') ORDER BY created_at DESC"
+        ),
+        params![subscription_id],
+    )?
+    .iter()
+    .map(from_row)
+    .collect()
+}

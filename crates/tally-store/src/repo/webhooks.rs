@@ -239,6 +239,9 @@ pub struct ClaimedDelivery {
 /// just leased no longer matches `next_attempt_at <= now` when re-checked under the lock. So
 /// each due delivery goes to one server, and the lease, not a held transaction, covers the
 /// network IO that follows.
+///
+/// A delivery whose destination was deleted after it was queued (an event emitted while the
+/// deletion committed) fails here instead of being sent.
 pub fn claim_due(
     conn: &mut dyn Conn,
     now: DateTime<Utc>,
@@ -246,7 +249,7 @@ pub fn claim_due(
     limit: i64,
 ) -> Result<Vec<ClaimedDelivery>, StoreError> {
     let sql = format!(
-        "SELECT d.sequence, d.attempts, d.mode, e.id, e.topic, e.customer_id, e.data, e.created_at, w.id, w.url, w.secret
+        "SELECT d.sequence, d.attempts, d.mode, e.id, e.topic, e.customer_id, e.data, e.created_at, w.id, w.url, w.secret, w.deleted_at
          FROM webhook_deliveries d
          JOIN webhook_events e ON e.id = d.event_id
          JOIN webhook_destinations w ON w.id = d.destination_id
@@ -259,6 +262,15 @@ pub fn claim_due(
     for row in &rows {
         let sequence = row.int(0)?;
         let attempt = row.int(1)? + 1;
+        if row.opt_time(11)?.is_some() {
+            conn.execute(
+                "UPDATE webhook_deliveries SET status = 'failed', failed_at = $2, next_attempt_at = NULL,
+                        last_error = 'the destination was deleted'
+                 WHERE sequence = $1",
+                params![sequence, now],
+            )?;
+            continue;
+        }
         conn.execute(
             "UPDATE webhook_deliveries SET attempts = $2, next_attempt_at = $3 WHERE sequence = $1",
             params![sequence, attempt, lease_until],

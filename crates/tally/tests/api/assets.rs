@@ -51,7 +51,11 @@ async fn seed_asset_and_quote_work_as_written(app: TestApp) {
     assert_eq!(tokens.body["rate"].to_string(), "0.001");
     let listed = app.get("/assets").await.expect(200);
     assert_eq!(listed.body["total_count"], 3);
-    assert_eq!(listed.body["items"][2]["label"], "TOK", "the label defaults to the code");
+    // Listed by code, as the SDK documents.
+    let codes: Vec<&str> =
+        listed.body["items"].as_array().unwrap().iter().map(|item| item["code"].as_str().unwrap()).collect();
+    assert_eq!(codes, vec!["IMG", "TOK", "VIDGENMIN"]);
+    assert_eq!(listed.body["items"][1]["label"], "TOK", "the label defaults to the code");
 }
 
 async fn quotes_round_down_to_the_asset_precision(app: TestApp) {

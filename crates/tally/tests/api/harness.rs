@@ -136,6 +136,17 @@ impl TestApp {
         backend: Backend,
         webhooks: tally_http::WebhookConfig,
     ) -> TestApp {
+        TestApp::spawn_with_state(database, backend, webhooks, |state| state).await
+    }
+
+    /// Starts a server whose state `configure` adjusts before it serves (a live payment
+    /// provider, for one).
+    pub async fn spawn_with_state(
+        database: Arc<TestDatabase>,
+        backend: Backend,
+        webhooks: tally_http::WebhookConfig,
+        configure: impl FnOnce(tally_http::AppState) -> tally_http::AppState,
+    ) -> TestApp {
         let opened = database.clone();
         let (store, test_key, live_key) = tokio::task::spawn_blocking(move || {
             let store = opened.open_store();
@@ -156,7 +167,7 @@ impl TestApp {
             webhooks,
             ..tally_http::HttpConfig::default()
         };
-        let state = tally_http::AppState::new(store.clone(), config);
+        let state = configure(tally_http::AppState::new(store.clone(), config));
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             tally_http::serve(listener, state, async {

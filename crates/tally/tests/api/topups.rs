@@ -169,7 +169,60 @@ async fn unpaid_top_ups_expire(app: TestApp) {
     app.assert_ledger_agrees().await;
 }
 
+const PRO_PLAN: &str = r#"{
+  "name": "Pro plan", "code": "pro", "publish": true,
+  "prices": [{
+    "name": "Pro monthly", "type": "fixed",
+    "billing_model": { "type": "recurring", "recurring": { "interval": "month" } },
+    "collection": { "type": "balance", "timing": "in_advance" },
+    "pricing": [ { "asset": "USD", "values": [ { "unit_price": 9.99 } ] } ]
+  }]
+}"#;
+
+async fn a_fee_that_must_be_paid_first_waits_for_payment(app: TestApp) {
+    app.post("/products", body(PRO_PLAN)).await.expect(201);
+    let customer = app.customer("Pro").await;
+    // No URLs to come back to: refused whole, nothing stored.
+    app.post(&format!("/customers/{customer}/subscriptions"), json!({"products": [{"code": "pro"}]})).await.expect(422);
+    assert_eq!(app.get(&format!("/customers/{customer}")).await.body["subscriptions"], json!([]));
+
+    let request = json!({"products": [{"code": "pro"}], "return_url": "https://platform.example/welcome", "failure_url": "https://platform.example/sorry"});
+    let waiting = app.post(&format!("/customers/{customer}/subscriptions"), request.clone()).await.expect(201);
+    assert_eq!(waiting.body["status"], "action_required", "{}", waiting.body);
+    let action = &waiting.body["required_actions"][0];
+    assert_eq!(action["type"], "payment");
+    let redirect_url = action["redirect_url"].as_str().unwrap().to_owned();
+    assert_eq!(app.balances(&customer, "default:USD").await, ("0".into(), "9.99".into(), "0".into()));
+
+    let (status, location, _) = pay(&redirect_url, "4242424242424242").await;
+    assert_eq!((status, location.as_deref()), (303, Some("https://platform.example/welcome")));
+    // The worker starts the subscription and collects the fee the payment covered.
+    let mut status = String::new();
+    for _ in 0..50 {
+        status = app.get(&format!("/customers/{customer}")).await.body["subscriptions"][0]["status"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        if status == "active" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, "active");
+    assert_eq!(app.balances(&customer, "default:USD").await, ("0".into(), "0".into(), "0".into()));
+
+    // With the fee already covered, the next subscription starts at once.
+    let rich = app.customer("Rich").await;
+    app.fund(&rich, "USD", "20", "fund").await;
+    let started = app.post(&format!("/customers/{rich}/subscriptions"), request).await.expect(201);
+    assert_eq!(started.body["status"], "active");
+    assert_eq!(started.body["required_actions"], json!([]));
+    assert_eq!(app.balances(&rich, "default:USD").await.0, "10.01");
+    app.assert_ledger_agrees().await;
+}
+
 on_both_backends!(
+    a_fee_that_must_be_paid_first_waits_for_payment,
     top_up_lifecycle_with_the_succeeding_card,
     declined_card_fails_the_top_up,
     test_helpers_override_and_rounding,

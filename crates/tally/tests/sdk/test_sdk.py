@@ -185,11 +185,6 @@ def test_asset_list_pages_with_the_documented_defaults(client, seed_asset):
     assert first.items_property[0].code != second.items_property[0].code
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the SDK documents assets.list as sorted by code; Tally lists them by creation "
-    "(tally-store repo/assets.rs orders by created_at). Drop this marker once that changes.",
-)
 def test_asset_list_is_sorted_by_code(client):
     for prefix in ("ZZ", "AA"):
         client.assets.create({"code": prefix + uuid.uuid4().hex[:8].upper(), "name": "Sorting"})

@@ -1,0 +1,142 @@
+//! The auto top-up job: charges saved payment methods for accounts that fell below their
+//! customer's threshold (rules in `tally_store::ops::auto_top_up`).
+//!
+//! It follows the worker's claim pattern (`worker.rs`), split in two around the payment
+//! because network IO never runs inside a database transaction:
+//!
+//! 1. **Claim and record**, in one write transaction: claim a due account (its customer row,
+//!    `SKIP LOCKED` on PostgreSQL), re-check it under the lock, make the top-up (its asset
+//!    amount waits in `pending_in`) and mark it the account's one in-flight attempt. Commit.
+//! 2. **Charge** the saved payment method off-session, outside any transaction.
+//! 3. **Record** the outcome in a new transaction: credit the wallet, or fail the top-up and
+//!    back off.
+//!
+//! A server that stops between 1 and 3 leaves the attempt in flight: nothing starts another
+//! for that account until the top-up ends (a provider notification, or its expiry, which the
+//! same job then counts as a failure). Each pass also frees accounts whose in-flight top-up was
+//! settled elsewhere, and now and then deletes long-expired billing-portal links and sessions.
+
+use crate::payments::{ChargeOutcome, OffSessionCharge, Providers};
+use crate::worker::{drain, Pass};
+use chrono::{DateTime, Utc};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tally_store::ops::auto_top_up::{self as auto_ops, ChargeResult, PlannedCharge, Step};
+use tally_store::ops::{portal as portal_ops, OpError};
+use tally_store::Store;
+
+/// Accounts charged per pass at most: one pass never holds the job for long.
+const BATCH: usize = 50;
+/// The longest a payment provider may take to answer an off-session charge.
+const CHARGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often expired portal links and sessions are deleted.
+const PURGE_EVERY: Duration = Duration::from_secs(60 * 60);
+
+/// Runs the job every `interval` until `stop` turns true.
+pub async fn run(
+    store: Arc<Store>,
+    providers: Providers,
+    top_up_expiry: Duration,
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut last_purge: Option<Instant> = None;
+    loop {
+        let now = Utc::now();
+        if let Err(error) = run_due(&store, &providers, top_up_expiry, now).await {
+            tracing::warn!(%error, "auto top-up failed; will retry");
+        }
+        if last_purge.is_none_or(|at| at.elapsed() >= PURGE_EVERY) {
+            last_purge = Some(Instant::now());
+            let purge_store = store.clone();
+            let purged =
+                tokio::task::spawn_blocking(move || purge_store.write(|conn| portal_ops::purge_expired(conn, now)));
+            match purged.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "deleting expired portal links failed; will retry"),
+                Err(error) => tracing::warn!(%error, "deleting expired portal links failed; will retry"),
+            }
+        }
+        if *stop.borrow() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// One pass at `now`: frees accounts whose in-flight top-up ended, then starts, charges and
+/// records the top-ups of accounts that are due.
+pub async fn run_due(
+    store: &Arc<Store>,
+    providers: &Providers,
+    top_up_expiry: Duration,
+    now: DateTime<Utc>,
+) -> Result<Pass, OpError> {
+    let settle_store = store.clone();
+    let mut pass = blocking(move || drain(&settle_store, BATCH, |conn| auto_ops::settle_next(conn, now))).await?;
+    let expires_at = now + chrono::Duration::from_std(top_up_expiry).unwrap_or(chrono::Duration::hours(24));
+    while pass.claimed < 2 * BATCH {
+        let names = providers.clone();
+        let claim_store = store.clone();
+        let step = blocking(move || {
+            let provider_for = |mode| names.for_mode(mode).map(|provider| provider.name());
+            claim_store.write(|conn| auto_ops::start_next(conn, now, expires_at, &provider_for))
+        })
+        .await?;
+        let charge = match step {
+            None => break,
+            // A claim the re-check turned down means something stays due that this job does
+            // not clear: stop rather than claim it again and again.
+            Some(Step::Nothing) => break,
+            Some(Step::Failed) => {
+                pass.claimed += 1;
+                pass.changed += 1;
+                continue;
+            }
+            Some(Step::Charge(charge)) => charge,
+        };
+        pass.claimed += 1;
+        pass.changed += 1;
+        let result = charge_now(providers, &charge).await;
+        if let ChargeResult::Unknown { reason } = &result {
+            tracing::warn!(top_up = %charge.top_up_id, %reason, "an auto top-up's payment has an unknown outcome; waiting for the provider");
+        }
+        let record_store = store.clone();
+        blocking(move || record_store.write(|conn| auto_ops::record_outcome(conn, &charge, &result, now))).await?;
+    }
+    Ok(pass)
+}
+
+/// Charges the saved payment method, outside any transaction.
+async fn charge_now(providers: &Providers, charge: &PlannedCharge) -> ChargeResult {
+    let Some(provider) = providers.for_mode(charge.mode) else {
+        return ChargeResult::Declined { reason: format!("{} payments are not configured", charge.mode.as_str()) };
+    };
+    let request = OffSessionCharge {
+        top_up_id: charge.top_up_id.clone(),
+        amount: charge.amount,
+        currency: charge.currency.clone(),
+        payment_method: charge.payment_method.clone(),
+        provider_customer: charge.provider_customer.clone(),
+        description: charge.description.clone(),
+    };
+    match tokio::time::timeout(CHARGE_TIMEOUT, provider.charge_off_session(&request)).await {
+        Ok(Ok(ChargeOutcome::Succeeded { reference })) => ChargeResult::Succeeded { reference },
+        Ok(Ok(ChargeOutcome::Processing { reference })) => ChargeResult::Processing { reference },
+        Ok(Ok(ChargeOutcome::Declined { reason })) => ChargeResult::Declined { reason },
+        // A refusal is definite (the provider made no payment); unreachable is not.
+        Ok(Err(crate::payments::PaymentError::Refused(reason))) => ChargeResult::Declined { reason },
+        Ok(Err(crate::payments::PaymentError::Unavailable(reason))) => ChargeResult::Unknown { reason },
+        Err(_) => ChargeResult::Unknown { reason: "the payment provider did not answer in time".into() },
+    }
+}
+
+async fn blocking<R: Send + 'static>(work: impl FnOnce() -> Result<R, OpError> + Send + 'static) -> Result<R, OpError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(error) => Err(OpError::Store(tally_store::StoreError::Database(format!("a storage task failed: {error}")))),
+    }
+}

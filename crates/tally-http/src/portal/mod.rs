@@ -1,0 +1,928 @@
+//! The billing portal: server-rendered pages a platform sends its customers to, to see their
+//! balances, spend and usage, buy credit and set auto top-up.
+//!
+//! # Sessions
+//! `POST /billing-portal/sessions` (`routes::portal`) makes a single-use link valid for 10
+//! minutes. `GET /portal/enter?token=…` swaps it for a session cookie (`tally_portal`:
+//! HttpOnly, SameSite=Lax, Path=/portal, Secure when Tally's public URL is https) scoped to
+//! that one customer and mode, valid for one hour from entry (fixed, not sliding), then
+//! redirects to the portal's home. An expired or reused link redirects to the platform's
+//! `failure_url`; a link Tally never made gets a plain error page, since there is no
+//! `failure_url` it could trust.
+//!
+//! # Forms
+//! Every POST carries the session's CSRF token (compared in constant time) and is refused
+//! with 403 without it. Pages work without JavaScript; one small script (`/portal/portal.js`)
+//! only fetches the live quote on the top-up form. Every page is sent with a strict Content
+//! Security Policy, `no-store` caching and framing forbidden.
+
+pub mod format;
+mod pages;
+
+use crate::error::ApiError;
+use crate::routes::topups::{constant_time_eq, public_url, start};
+use crate::types::parse_decimal;
+use crate::AppState;
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum::{Form, Json, Router};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
+use format::{AssetLook, DailySpend};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use tally_core::asset::AssetCode;
+use tally_core::money::check_positive;
+use tally_core::rate::{self, ExchangeRate};
+use tally_core::Mode;
+use tally_store::ops::assets::{self as asset_ops, KnownAsset};
+use tally_store::ops::auto_top_up::{self as auto_ops, Settings};
+use tally_store::ops::portal::{self as portal_ops, Refusal, SESSION_VALIDITY_MINUTES};
+use tally_store::ops::topups::NewTopUp;
+use tally_store::ops::wallet as wallet_ops;
+use tally_store::ops::{FieldError, OpError};
+use tally_store::repo::assets as asset_repo;
+use tally_store::repo::auto_top_ups::{self as auto_repo, AutoTopUp};
+use tally_store::repo::portal::{self as portal_repo, FeeLine, PortalSession};
+use tally_store::repo::topups::{self as topup_repo, PaymentMethod, TopUp};
+use tally_store::repo::wallets::{self as wallet_repo, Account, AccountKey};
+use tally_store::repo::{Metadata, Page};
+use tally_store::Conn;
+
+pub const COOKIE_NAME: &str = "tally_portal";
+const PAGE_SIZE: i64 = 20;
+/// The furthest page of a history one may ask for, so that an offset stays bounded.
+const MAX_PAGE: i64 = 10_000;
+/// The most fees read to draw spend: a customer with more in 31 days sees a partial chart,
+/// said so on the page, rather than a slow one.
+const SPEND_SCAN_LIMIT: i64 = 20_000;
+const CHART_DAYS: i64 = 30;
+/// Custom assets offered on the top-up form (the first ones the platform made).
+const MAX_TOP_UP_ASSETS: i64 = 100;
+
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; \
+     style-src 'unsafe-inline'; img-src https: http: data:; base-uri 'none'; frame-ancestors 'none'";
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/portal/enter", get(enter))
+        .route("/portal", get(home))
+        .route("/portal/usage", get(usage))
+        .route("/portal/top-ups", get(top_ups).post(start_top_up))
+        .route("/portal/auto-top-up", get(auto_top_up).post(save_auto_top_up))
+        .route("/portal/quote", get(quote))
+        .route("/portal/portal.js", get(script))
+}
+
+/// A page with the portal's security headers.
+fn html(status: StatusCode, body: String) -> Response {
+    let mut response = (status, Html(body)).into_response();
+    secure_headers(response.headers_mut());
+    response
+}
+
+fn secure_headers(headers: &mut HeaderMap) {
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+}
+
+/// A failure as a page: client errors say what went wrong, internal ones are logged once
+/// (by `ApiError`) and shown as an apology.
+fn failure(state: &AppState, error: ApiError) -> Response {
+    let (status, message) = match error {
+        ApiError::NotFound(message) => (StatusCode::NOT_FOUND, message),
+        ApiError::Conflict(message) => (StatusCode::CONFLICT, message),
+        ApiError::Unavailable(message) => (StatusCode::SERVICE_UNAVAILABLE, message),
+        ApiError::Invalid(fields) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            fields.iter().map(|field| format!("{}: {}", field.field, field.message)).collect::<Vec<_>>().join("; "),
+        ),
+        ApiError::Malformed(message) => (StatusCode::BAD_REQUEST, message),
+        ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "The form is too large.".to_owned()),
+        ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "Your session has ended.".to_owned()),
+        ApiError::Internal(cause) => {
+            tracing::error!(%cause, "internal error in the billing portal");
+            (StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong on our side. Please try again.".to_owned())
+        }
+    };
+    html(status, pages::message(&state.branding, "Something went wrong", &message))
+}
+
+fn is_token(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|byte| byte.is_ascii_hexdigit())
+}
+
+fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.trim().to_owned())
+}
+
+/// The portal session of the request's cookie. Without one, the request gets a page saying
+/// the session has ended and how to open the portal again.
+pub struct Session(pub PortalSession);
+
+impl FromRequestParts<AppState> for Session {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Session, Response> {
+        let ended = || html(StatusCode::UNAUTHORIZED, pages::ended(&state.branding));
+        let Some(token) = cookie_value(&parts.headers, COOKIE_NAME).filter(|token| is_token(token)) else {
+            return Err(ended());
+        };
+        let now = Utc::now();
+        match state.read(move |conn| portal_ops::session(conn, &token, now)).await {
+            Ok(Some(session)) => Ok(Session(session)),
+            Ok(None) => Err(ended()),
+            Err(error) => Err(failure(state, error)),
+        }
+    }
+}
+
+fn csrf_ok(session: &PortalSession, presented: &str) -> bool {
+    !presented.is_empty() && constant_time_eq(session.csrf_token.as_bytes(), presented.as_bytes())
+}
+
+fn forbidden(state: &AppState) -> Response {
+    html(
+        StatusCode::FORBIDDEN,
+        pages::message(
+            &state.branding,
+            "This form has expired",
+            "The form was not sent from this billing portal session. Go back, reload the page and try again.",
+        ),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EnterQuery {
+    pub token: Option<String>,
+}
+
+/// Swaps a portal link for a session cookie, once.
+async fn enter(State(state): State<AppState>, headers: HeaderMap, Query(query): Query<EnterQuery>) -> Response {
+    let token = query.token.unwrap_or_default();
+    let invalid = || html(StatusCode::FORBIDDEN, pages::invalid_link(&state.branding));
+    if !is_token(&token) {
+        return invalid();
+    }
+    let now = Utc::now();
+    let outcome = match state.write(move |conn| portal_ops::enter(conn, &token, now)).await {
+        Ok(outcome) => outcome,
+        Err(error) => return failure(&state, error),
+    };
+    let mut response = match outcome {
+        Ok(entered) => {
+            let secure = if public_url(&state, &headers).starts_with("https://") { "; Secure" } else { "" };
+            let cookie = format!(
+                "{COOKIE_NAME}={}; Path=/portal; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
+                entered.token,
+                SESSION_VALIDITY_MINUTES * 60
+            );
+            let mut response = Redirect::to("/portal").into_response();
+            if let Ok(value) = HeaderValue::from_str(&cookie) {
+                response.headers_mut().insert(header::SET_COOKIE, value);
+            }
+            response
+        }
+        Err(Refusal::Unknown) => return invalid(),
+        Err(Refusal::Expired { failure_url } | Refusal::Used { failure_url }) => {
+            Redirect::to(&failure_url).into_response()
+        }
+    };
+    // The link's token must not travel on in a Referer header.
+    response.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Grant starts and expiries that fell due are settled before a page shows balances, as the
+/// API does before a wallet read.
+async fn settle_if_due(state: &AppState, session: &PortalSession) -> Result<(), ApiError> {
+    let (mode, customer_id, now) = (session.mode, session.customer_id.clone(), Utc::now());
+    let id = customer_id.clone();
+    if state.read(move |conn| wallet_ops::customer_has_due(conn, &id, now)).await? {
+        state.write(move |conn| wallet_ops::settle_customer(conn, mode, &customer_id, now)).await?;
+    }
+    Ok(())
+}
+
+/// How each asset among `codes` looks.
+fn looks(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    codes: impl IntoIterator<Item = String>,
+) -> Result<HashMap<String, AssetLook>, OpError> {
+    let mut found = HashMap::new();
+    for code in codes.into_iter().collect::<BTreeSet<_>>() {
+        let look = match AssetCode::parse(&code) {
+            Ok(parsed) => asset_ops::find(conn, mode, &parsed)?.map(|known| AssetLook::of(&known)),
+            Err(_) => None,
+        };
+        found.insert(code.clone(), look.unwrap_or_else(|| AssetLook::unknown(&code)));
+    }
+    Ok(found)
+}
+
+fn look_of(looks: &HashMap<String, AssetLook>, code: &str) -> AssetLook {
+    looks.get(code).cloned().unwrap_or_else(|| AssetLook::unknown(code))
+}
+
+/// One fee as the usage history shows it.
+#[derive(Debug, Clone)]
+pub struct UsageLine {
+    pub fee: FeeLine,
+    pub look: AssetLook,
+    pub product: Option<String>,
+    pub subject: Option<String>,
+}
+
+fn usage_lines(fees: Vec<FeeLine>, looks: &HashMap<String, AssetLook>) -> Vec<UsageLine> {
+    fees.into_iter()
+        .map(|fee| {
+            let detail: serde_json::Value = serde_json::from_str(&fee.detail).unwrap_or_default();
+            let text = |field: &str| detail.get(field).and_then(|value| value.as_str()).map(str::to_owned);
+            UsageLine { look: look_of(looks, &fee.asset), product: text("product_name"), subject: text("subject"), fee }
+        })
+        .collect()
+}
+
+/// One top-up as the history shows it.
+#[derive(Debug, Clone)]
+pub struct TopUpLine {
+    pub top_up: TopUp,
+    pub asset: AssetLook,
+    pub currency: AssetLook,
+}
+
+fn top_up_lines(top_ups: Vec<TopUp>, looks: &HashMap<String, AssetLook>) -> Vec<TopUpLine> {
+    top_ups
+        .into_iter()
+        .map(|top_up| TopUpLine {
+            asset: look_of(looks, &top_up.asset),
+            currency: look_of(looks, &top_up.currency),
+            top_up,
+        })
+        .collect()
+}
+
+/// What the home page shows.
+pub struct Overview {
+    pub accounts: Vec<(Account, AssetLook)>,
+    pub month_start: NaiveDate,
+    pub month_spend: Vec<(AssetLook, Decimal)>,
+    pub charts: Vec<DailySpend>,
+    /// True when the spend read stopped at its limit.
+    pub spend_partial: bool,
+    pub recent_usage: Vec<UsageLine>,
+    pub usage_count: i64,
+    pub recent_top_ups: Vec<TopUpLine>,
+    pub top_up_count: i64,
+    /// The customer's latest portal top-up, when they just came back from paying.
+    pub returned_from: Option<TopUpLine>,
+}
+
+fn day_start(day: NaiveDate) -> DateTime<Utc> {
+    Utc.from_utc_datetime(&day.and_hms_opt(0, 0, 0).unwrap_or_default())
+}
+
+/// This month's spend per asset and the last [`CHART_DAYS`] days' spend per asset per day,
+/// from fees (negative amounts) newer than both windows' start.
+fn summarize_spend(
+    fees: &[FeeLine],
+    looks: &HashMap<String, AssetLook>,
+    today: NaiveDate,
+) -> (Vec<(AssetLook, Decimal)>, Vec<DailySpend>) {
+    let month_start = today.with_day(1).unwrap_or(today);
+    let first_day = today - Duration::days(CHART_DAYS - 1);
+    let mut month: BTreeMap<&str, Decimal> = BTreeMap::new();
+    let mut daily: BTreeMap<&str, BTreeMap<NaiveDate, Decimal>> = BTreeMap::new();
+    for fee in fees {
+        let spent = -fee.amount;
+        let day = fee.created_at.date_naive();
+        if day >= month_start {
+            *month.entry(&fee.asset).or_default() += spent;
+        }
+        if day >= first_day {
+            *daily.entry(&fee.asset).or_default().entry(day).or_default() += spent;
+        }
+    }
+    let month = month.into_iter().map(|(asset, total)| (look_of(looks, asset), total)).collect();
+    let charts = daily
+        .into_iter()
+        .map(|(asset, by_day)| DailySpend {
+            look: look_of(looks, asset),
+            days: (0..CHART_DAYS)
+                .map(|offset| {
+                    let day = first_day + Duration::days(offset);
+                    (day, by_day.get(&day).copied().unwrap_or_default())
+                })
+                .collect(),
+        })
+        .collect();
+    (month, charts)
+}
+
+fn load_overview(
+    conn: &mut dyn Conn,
+    session: &PortalSession,
+    returned: bool,
+    now: DateTime<Utc>,
+) -> Result<Overview, OpError> {
+    let (mode, customer_id) = (session.mode, session.customer_id.as_str());
+    let accounts = wallet_repo::list_for_customer(conn, customer_id)?;
+    let today = now.date_naive();
+    let month_start = today.with_day(1).unwrap_or(today);
+    let since = day_start(month_start.min(today - Duration::days(CHART_DAYS - 1)));
+    let fees = portal_repo::fees_since(conn, mode, customer_id, since, SPEND_SCAN_LIMIT)?;
+    let (recent_fees, usage_count) = portal_repo::fees(conn, mode, customer_id, Page { offset: 0, limit: 5 })?;
+    let (recent_top_ups, top_up_count) = topup_repo::for_customer(conn, customer_id, Page { offset: 0, limit: 5 })?;
+    let returned_from = if returned {
+        let (latest, _) = topup_repo::for_customer(conn, customer_id, Page { offset: 0, limit: PAGE_SIZE })?;
+        latest.into_iter().find(|top_up| top_up.origin == "portal")
+    } else {
+        None
+    };
+    let codes =
+        accounts.iter().map(|account| account.key.asset.clone()).chain(fees.iter().map(|fee| fee.asset.clone())).chain(
+            recent_top_ups
+                .iter()
+                .chain(&returned_from)
+                .flat_map(|top_up| [top_up.asset.clone(), top_up.currency.clone()]),
+        );
+    let looks = looks(conn, mode, codes.collect::<Vec<_>>())?;
+    let (month_spend, charts) = summarize_spend(&fees, &looks, today);
+    Ok(Overview {
+        accounts: accounts
+            .into_iter()
+            .map(|account| {
+                let look = look_of(&looks, &account.key.asset);
+                (account, look)
+            })
+            .collect(),
+        month_start,
+        month_spend,
+        charts,
+        spend_partial: fees.len() as i64 >= SPEND_SCAN_LIMIT,
+        recent_usage: usage_lines(recent_fees, &looks),
+        usage_count,
+        recent_top_ups: top_up_lines(recent_top_ups, &looks),
+        top_up_count,
+        returned_from: returned_from.map(|top_up| top_up_lines(vec![top_up], &looks).remove(0)),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HomeQuery {
+    /// Set by the return and failure URLs of a portal top-up.
+    pub checkout: Option<String>,
+}
+
+async fn home(State(state): State<AppState>, Session(session): Session, Query(query): Query<HomeQuery>) -> Response {
+    if let Err(error) = settle_if_due(&state, &session).await {
+        return failure(&state, error);
+    }
+    let returned = query.checkout.is_some();
+    let loaded = session.clone();
+    match state.read(move |conn| load_overview(conn, &loaded, returned, Utc::now())).await {
+        Ok(overview) => html(StatusCode::OK, pages::home(&state.branding, &session, &overview)),
+        Err(error) => failure(&state, error),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PageQuery {
+    pub page: Option<String>,
+}
+
+fn page_number(query: &PageQuery) -> i64 {
+    query.page.as_deref().and_then(|text| text.parse::<i64>().ok()).unwrap_or(1).clamp(1, MAX_PAGE)
+}
+
+/// One page of a history, numbered from 1.
+pub struct Paged<T> {
+    pub items: Vec<T>,
+    pub page: i64,
+    pub total: i64,
+}
+
+impl<T> Paged<T> {
+    pub fn has_next(&self) -> bool {
+        self.page * PAGE_SIZE < self.total
+    }
+}
+
+async fn usage(State(state): State<AppState>, Session(session): Session, Query(query): Query<PageQuery>) -> Response {
+    let page = page_number(&query);
+    let loaded = session.clone();
+    let result = state
+        .read(move |conn| {
+            let window = Page { offset: (page - 1) * PAGE_SIZE, limit: PAGE_SIZE };
+            let (fees, total) = portal_repo::fees(conn, loaded.mode, &loaded.customer_id, window)?;
+            let looks = looks(conn, loaded.mode, fees.iter().map(|fee| fee.asset.clone()).collect::<Vec<_>>())?;
+            Ok(Paged { items: usage_lines(fees, &looks), page, total })
+        })
+        .await;
+    match result {
+        Ok(paged) => html(StatusCode::OK, pages::usage(&state.branding, &session, &paged)),
+        Err(error) => failure(&state, error),
+    }
+}
+
+/// Something the top-up form offers: an asset, the currency that buys it, and the rate.
+#[derive(Debug, Clone)]
+pub struct TopUpOption {
+    pub asset: AssetLook,
+    pub currency: AssetLook,
+    pub rate: ExchangeRate,
+}
+
+impl TopUpOption {
+    pub fn value(&self) -> String {
+        format!("{}:{}", self.asset.code, self.currency.code)
+    }
+}
+
+/// What the customer can buy now: each custom asset with a rate in force, per currency, and
+/// the currencies they hold accounts in. Assets they already hold come first.
+fn top_up_options(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    accounts: &[Account],
+    now: DateTime<Utc>,
+) -> Result<Vec<TopUpOption>, OpError> {
+    let held: BTreeSet<&str> = accounts.iter().map(|account| account.key.asset.as_str()).collect();
+    let mut options = Vec::new();
+    let (assets, _) = asset_repo::list(conn, mode, Page { offset: 0, limit: MAX_TOP_UP_ASSETS })?;
+    for asset in assets {
+        let mut schedules: BTreeMap<String, Vec<rate::ScheduledRate>> = BTreeMap::new();
+        for row in asset_repo::rates(conn, mode, &asset.code)? {
+            schedules.entry(row.source).or_default().push(row.scheduled);
+        }
+        let look = AssetLook::of(&KnownAsset::Custom(asset));
+        for (source, schedule) in schedules {
+            let Some(entry) = rate::in_force(&schedule, now) else { continue };
+            let Some(minor_units) = tally_core::currency::minor_units(&source) else { continue };
+            options.push(TopUpOption {
+                asset: look.clone(),
+                currency: AssetLook::of(&KnownAsset::Currency { code: source, minor_units }),
+                rate: entry.rate,
+            });
+        }
+    }
+    for account in accounts {
+        let code = &account.key.asset;
+        if let Some(minor_units) = tally_core::currency::minor_units(code) {
+            if !options.iter().any(|option| &option.asset.code == code) {
+                let look = AssetLook::of(&KnownAsset::Currency { code: code.clone(), minor_units });
+                options.push(TopUpOption {
+                    asset: look.clone(),
+                    currency: look,
+                    rate: ExchangeRate::Rate(Decimal::ONE),
+                });
+            }
+        }
+    }
+    options.sort_by_key(|option| !held.contains(option.asset.code.as_str()));
+    Ok(options)
+}
+
+/// What the top-up page shows, and what the customer typed when the form comes back.
+pub struct TopUpPage {
+    pub options: Vec<TopUpOption>,
+    pub history: Paged<TopUpLine>,
+    pub chosen: String,
+    pub amount: String,
+    pub errors: Vec<String>,
+}
+
+async fn load_top_up_page(state: &AppState, session: &PortalSession, page: i64) -> Result<TopUpPage, ApiError> {
+    let loaded = session.clone();
+    state
+        .read(move |conn| {
+            let accounts = wallet_repo::list_for_customer(conn, &loaded.customer_id)?;
+            let options = top_up_options(conn, loaded.mode, &accounts, Utc::now())?;
+            let window = Page { offset: (page - 1) * PAGE_SIZE, limit: PAGE_SIZE };
+            let (top_ups, total) = topup_repo::for_customer(conn, &loaded.customer_id, window)?;
+            let codes: Vec<String> =
+                top_ups.iter().flat_map(|top_up| [top_up.asset.clone(), top_up.currency.clone()]).collect();
+            let looks = looks(conn, loaded.mode, codes)?;
+            Ok(TopUpPage {
+                chosen: options.first().map(TopUpOption::value).unwrap_or_default(),
+                options,
+                history: Paged { items: top_up_lines(top_ups, &looks), page, total },
+                amount: String::new(),
+                errors: Vec::new(),
+            })
+        })
+        .await
+}
+
+async fn top_ups(State(state): State<AppState>, Session(session): Session, Query(query): Query<PageQuery>) -> Response {
+    match load_top_up_page(&state, &session, page_number(&query)).await {
+        Ok(page) => html(StatusCode::OK, pages::top_ups(&state.branding, &session, &page)),
+        Err(error) => failure(&state, error),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct TopUpForm {
+    pub csrf: String,
+    pub option: String,
+    pub amount: String,
+}
+
+fn parse_option(value: &str) -> Option<(AssetCode, AssetCode)> {
+    let (asset, currency) = value.split_once(':')?;
+    Some((AssetCode::parse(asset).ok()?, AssetCode::parse(currency).ok()?))
+}
+
+/// A fiat amount to pay: positive, within the limits, and payable in `currency`.
+fn parse_payment(text: &str, currency: &AssetCode) -> Result<Decimal, String> {
+    let amount = parse_decimal(text).ok_or_else(|| "Enter an amount such as 10 or 10.50.".to_owned())?;
+    let amount = check_positive(amount).map_err(|error| format!("The amount {error}."))?;
+    let places = currency.currency_minor_units().unwrap_or(0);
+    if amount.scale() > places {
+        return Err(format!("{currency} amounts take at most {places} decimal places."));
+    }
+    Ok(amount)
+}
+
+/// Starts a top-up from the form and sends the customer to the payment page.
+async fn start_top_up(
+    State(state): State<AppState>,
+    Session(session): Session,
+    headers: HeaderMap,
+    Form(form): Form<TopUpForm>,
+) -> Response {
+    if !csrf_ok(&session, &form.csrf) {
+        return forbidden(&state);
+    }
+    let mut page = match load_top_up_page(&state, &session, 1).await {
+        Ok(page) => page,
+        Err(error) => return failure(&state, error),
+    };
+    page.chosen = form.option.clone();
+    page.amount = form.amount.clone();
+    let offered = parse_option(&form.option)
+        .filter(|_| page.options.iter().any(|option| option.value() == form.option.trim().to_ascii_uppercase()));
+    let Some((asset, currency)) = offered else {
+        page.errors.push("Choose what to buy.".into());
+        return html(StatusCode::UNPROCESSABLE_ENTITY, pages::top_ups(&state.branding, &session, &page));
+    };
+    let amount = match parse_payment(&form.amount, &currency) {
+        Ok(amount) => amount,
+        Err(message) => {
+            page.errors.push(message);
+            return html(StatusCode::UNPROCESSABLE_ENTITY, pages::top_ups(&state.branding, &session, &page));
+        }
+    };
+    let public = public_url(&state, &headers);
+    let back = format!("{public}/portal?checkout=done");
+    let new = NewTopUp {
+        customer_id: session.customer_id.clone(),
+        amount,
+        currency,
+        account_name: "default".into(),
+        asset: Some(asset),
+        exchange_rate: None,
+        credit_expires_at: None,
+        return_url: back.clone(),
+        failure_url: back,
+        description: None,
+        metadata: Metadata::new(),
+        origin: "portal".into(),
+        save_payment_method: true,
+        subscription_id: None,
+    };
+    match start(&state, session.mode, new, public).await {
+        Ok(top_up) => match top_up.redirect_url {
+            Some(url) => Redirect::to(&url).into_response(),
+            None => failure(&state, ApiError::Internal(format!("top-up {} has no payment page", top_up.id))),
+        },
+        Err(ApiError::Invalid(fields)) => {
+            page.errors.extend(fields.into_iter().map(|field| field.message));
+            html(StatusCode::UNPROCESSABLE_ENTITY, pages::top_ups(&state.branding, &session, &page))
+        }
+        Err(ApiError::Unavailable(message)) => {
+            page.errors.push(format!("Payments are unavailable right now: {message}"));
+            html(StatusCode::SERVICE_UNAVAILABLE, pages::top_ups(&state.branding, &session, &page))
+        }
+        Err(error) => failure(&state, error),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct QuoteQuery {
+    pub option: Option<String>,
+    pub amount: Option<String>,
+}
+
+/// The live quote for the top-up form: what `amount` of the option's currency buys now.
+async fn quote(State(state): State<AppState>, Session(session): Session, Query(query): Query<QuoteQuery>) -> Response {
+    let refuse = |message: String| {
+        let mut response =
+            (StatusCode::UNPROCESSABLE_ENTITY, Json(serde_json::json!({ "error": message }))).into_response();
+        response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    };
+    let Some((asset, currency)) = query.option.as_deref().and_then(parse_option) else {
+        return refuse("Choose what to buy.".into());
+    };
+    let amount = match parse_payment(query.amount.as_deref().unwrap_or_default(), &currency) {
+        Ok(amount) => amount,
+        Err(message) => return refuse(message),
+    };
+    let mode = session.mode;
+    let now = Utc::now();
+    let result = state
+        .read(move |conn| {
+            let quote = asset_ops::quote(conn, mode, &asset, &currency, amount, now)?;
+            let known = asset_ops::find(conn, mode, &asset)?;
+            Ok((quote, known))
+        })
+        .await;
+    match result {
+        Ok((quote, Some(known))) => {
+            let look = AssetLook::of(&known);
+            let mut response = Json(serde_json::json!({
+                "asset": look.code,
+                "asset_amount": look.number(quote.destination_amount),
+                "display": look.amount(quote.destination_amount),
+                "currency": quote.source,
+                "amount": amount.to_string(),
+            }))
+            .into_response();
+            response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Ok((_, None)) => refuse("That asset no longer exists.".into()),
+        Err(ApiError::Invalid(fields)) => {
+            refuse(fields.into_iter().map(|field| field.message).collect::<Vec<_>>().join("; "))
+        }
+        Err(ApiError::NotFound(message)) => refuse(message),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// The auto top-up form of one account.
+#[derive(Debug, Clone)]
+pub struct AutoAccount {
+    pub account: Account,
+    pub look: AssetLook,
+    pub setting: Option<AutoTopUp>,
+    /// Currencies that can buy this account's asset now.
+    pub currencies: Vec<String>,
+    /// What the customer typed, when the form came back with errors.
+    pub typed: Option<AutoForm>,
+    pub errors: Vec<String>,
+}
+
+pub struct AutoPage {
+    pub accounts: Vec<AutoAccount>,
+    pub methods: Vec<PaymentMethod>,
+    /// The account whose settings were just saved.
+    pub saved: Option<String>,
+}
+
+async fn load_auto_page(state: &AppState, session: &PortalSession) -> Result<AutoPage, ApiError> {
+    let loaded = session.clone();
+    state
+        .read(move |conn| {
+            let (mode, customer_id) = (loaded.mode, loaded.customer_id.as_str());
+            let accounts = wallet_repo::list_for_customer(conn, customer_id)?;
+            let options = top_up_options(conn, mode, &accounts, Utc::now())?;
+            let settings = auto_repo::for_customer(conn, mode, customer_id)?;
+            let methods = topup_repo::payment_methods(conn, customer_id)?;
+            let looks =
+                looks(conn, mode, accounts.iter().map(|account| account.key.asset.clone()).collect::<Vec<_>>())?;
+            let accounts = accounts
+                .into_iter()
+                .map(|account| AutoAccount {
+                    look: look_of(&looks, &account.key.asset),
+                    setting: settings.iter().find(|setting| setting.key == account.key).cloned(),
+                    currencies: options
+                        .iter()
+                        .filter(|option| option.asset.code == account.key.asset)
+                        .map(|option| option.currency.code.clone())
+                        .collect(),
+                    account,
+                    typed: None,
+                    errors: Vec::new(),
+                })
+                .collect();
+            Ok(AutoPage { accounts, methods, saved: None })
+        })
+        .await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AutoQuery {
+    pub saved: Option<String>,
+}
+
+async fn auto_top_up(
+    State(state): State<AppState>,
+    Session(session): Session,
+    Query(query): Query<AutoQuery>,
+) -> Response {
+    match load_auto_page(&state, &session).await {
+        Ok(mut page) => {
+            page.saved =
+                query.saved.filter(|saved| page.accounts.iter().any(|entry| &account_id(&entry.account.key) == saved));
+            html(StatusCode::OK, pages::auto_top_up(&state.branding, &session, &page))
+        }
+        Err(error) => failure(&state, error),
+    }
+}
+
+pub fn account_id(key: &AccountKey) -> String {
+    format!("{}:{}", key.name, key.asset)
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct AutoForm {
+    pub csrf: String,
+    pub account: String,
+    pub enabled: Option<String>,
+    pub threshold: String,
+    pub amount: String,
+    pub currency: String,
+    pub payment_method_id: String,
+}
+
+/// Parses the auto top-up form into settings; what cannot be parsed is reported by field.
+fn parse_auto_form(form: &AutoForm, key: AccountKey) -> Result<Settings, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let mut error = |field: &str, message: &str| {
+        errors.push(FieldError { field: field.to_owned(), message: message.to_owned() });
+    };
+    let threshold = parse_decimal(&form.threshold);
+    if threshold.is_none() {
+        error("threshold", "Enter the balance to top up at, such as 50.");
+    }
+    let amount = parse_decimal(&form.amount);
+    if amount.is_none() {
+        error("amount", "Enter the amount to pay each time, such as 10.");
+    }
+    let currency = AssetCode::parse(&form.currency).ok();
+    if currency.is_none() {
+        error("currency", "Choose a currency.");
+    }
+    let payment_method_id = Some(form.payment_method_id.trim().to_owned()).filter(|id| !id.is_empty());
+    match (threshold, amount, currency) {
+        (Some(threshold), Some(amount), Some(currency)) if errors.is_empty() => {
+            Ok(Settings { key, enabled: form.enabled.is_some(), threshold, amount, currency, payment_method_id })
+        }
+        _ => Err(errors),
+    }
+}
+
+/// Saves one account's auto top-up settings.
+async fn save_auto_top_up(
+    State(state): State<AppState>,
+    Session(session): Session,
+    Form(form): Form<AutoForm>,
+) -> Response {
+    if !csrf_ok(&session, &form.csrf) {
+        return forbidden(&state);
+    }
+    let mut page = match load_auto_page(&state, &session).await {
+        Ok(page) => page,
+        Err(error) => return failure(&state, error),
+    };
+    // Only this customer's accounts can be named: the key is built from the session.
+    let Some(index) = page.accounts.iter().position(|entry| account_id(&entry.account.key) == form.account) else {
+        return failure(&state, ApiError::NotFound(format!("account {} not found in your wallet", form.account)));
+    };
+    let key = page.accounts[index].account.key.clone();
+    let result = match parse_auto_form(&form, key) {
+        Ok(settings) => {
+            let (mode, now) = (session.mode, Utc::now());
+            state.write(move |conn| auto_ops::configure(conn, mode, &settings, now)).await.map_err(
+                |error| match error {
+                    ApiError::Invalid(fields) => Ok(fields),
+                    other => Err(other),
+                },
+            )
+        }
+        Err(fields) => Err(Ok(fields)),
+    };
+    match result {
+        Ok(_) => Redirect::to(&format!("/portal/auto-top-up?saved={}", url_escape(&form.account))).into_response(),
+        Err(Ok(fields)) => {
+            let entry = &mut page.accounts[index];
+            entry.errors = fields.into_iter().map(|field| pages::field_message(&field)).collect();
+            entry.typed = Some(form);
+            html(StatusCode::UNPROCESSABLE_ENTITY, pages::auto_top_up(&state.branding, &session, &page))
+        }
+        Err(Err(error)) => failure(&state, error),
+    }
+}
+
+/// Percent-encodes a query value (account ids hold `:` and word characters only, but a form
+/// can send anything).
+fn url_escape(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b':' => (byte as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// The one script: asks for a live quote as the customer types. The form works without it.
+const SCRIPT: &str = r#"(function () {
+  var form = document.getElementById('top-up-form');
+  if (!form || !window.fetch) return;
+  var output = document.getElementById('quote'), option = form.elements['option'], amount = form.elements['amount'];
+  var timer, latest = 0;
+  function update() {
+    clearTimeout(timer);
+    timer = setTimeout(function () {
+      var asked = ++latest;
+      if (!amount.value.trim()) { output.textContent = ''; return; }
+      var url = '/portal/quote?option=' + encodeURIComponent(option.value) + '&amount=' + encodeURIComponent(amount.value.trim());
+      fetch(url, { credentials: 'same-origin', headers: { 'Accept': 'application/json' } })
+        .then(function (response) { return response.json(); })
+        .then(function (body) {
+          if (asked !== latest) return;
+          output.textContent = body.display ? 'You get ' + body.display : (body.error || '');
+        })
+        .catch(function () { output.textContent = ''; });
+    }, 150);
+  }
+  option.addEventListener('change', update);
+  amount.addEventListener('input', update);
+  update();
+})();
+"#;
+
+async fn script() -> Response {
+    let mut response = ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], SCRIPT).into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=300"));
+    response.headers_mut().insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn fee(asset: &str, amount: &str, at: &str) -> FeeLine {
+        FeeLine {
+            transaction_id: "t".into(),
+            account_name: "default".into(),
+            asset: asset.into(),
+            amount: Decimal::from_str(amount).unwrap(),
+            description: None,
+            detail: "{}".into(),
+            created_at: DateTime::parse_from_rfc3339(at).unwrap().with_timezone(&Utc),
+        }
+    }
+
+    #[test]
+    fn spend_splits_by_month_and_by_day() {
+        let today = NaiveDate::from_ymd_opt(2025, 3, 3).unwrap();
+        let fees = [
+            fee("MIN", "-2", "2025-03-03T10:00:00Z"),
+            fee("MIN", "-0.5", "2025-03-03T11:00:00Z"),
+            fee("MIN", "-4", "2025-02-27T09:00:00Z"),
+            fee("USD", "-1.25", "2025-03-01T00:00:00Z"),
+        ];
+        let (month, charts) = summarize_spend(&fees, &HashMap::new(), today);
+        let month: Vec<_> = month.iter().map(|(look, total)| (look.code.as_str(), total.to_string())).collect();
+        assert_eq!(month, [("MIN", "2.5".to_owned()), ("USD", "1.25".to_owned())], "February is not this month");
+        let minutes = &charts[0];
+        assert_eq!(minutes.days.len(), 30);
+        assert_eq!(minutes.days.last().unwrap(), &(today, Decimal::from_str("2.5").unwrap()));
+        let total: Decimal = minutes.days.iter().map(|(_, amount)| *amount).sum();
+        assert_eq!(total, Decimal::from_str("6.5").unwrap(), "the chart's window reaches into February");
+    }
+
+    #[test]
+    fn cookies_and_tokens() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, HeaderValue::from_static("a=1; tally_portal=abc ; b=2"));
+        assert_eq!(cookie_value(&headers, COOKIE_NAME).as_deref(), Some("abc"));
+        assert!(!is_token("abc"));
+        assert!(is_token(&"a".repeat(64)));
+        assert!(!is_token(&"g".repeat(64)));
+        assert_eq!(url_escape("default:MIN&x=<"), "default:MIN%26x%3D%3C");
+    }
+}

@@ -1,0 +1,150 @@
+//! Auto top-up settings, one row per wallet account, and the worker's claim on them.
+
+use crate::conn::Conn;
+use crate::repo::wallets::AccountKey;
+use crate::{params, StoreError};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use tally_core::Mode;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoTopUp {
+    pub mode: Mode,
+    pub key: AccountKey,
+    pub enabled: bool,
+    /// Top up when `available` falls below this, in the account's asset.
+    pub threshold: Decimal,
+    /// What to pay each time, in major units of `currency`.
+    pub amount: Decimal,
+    pub currency: String,
+    pub payment_method_id: Option<String>,
+    /// Failed attempts in a row; reset by a success or by the customer saving the settings.
+    pub failures: i64,
+    /// No attempt before this instant (the back-off after a failure).
+    pub retry_at: Option<DateTime<Utc>>,
+    /// The top-up this account is waiting on. While set no other attempt starts.
+    pub in_flight_top_up_id: Option<String>,
+    pub last_error: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str =
+    "mode, customer_id, account_name, asset, enabled, threshold, amount, currency, payment_method_id, \
+                       failures, retry_at, in_flight_top_up_id, last_error, updated_at";
+
+fn from_row(row: &crate::Row) -> Result<AutoTopUp, StoreError> {
+    Ok(AutoTopUp {
+        mode: Mode::parse(&row.text(0)?).ok_or_else(|| StoreError::Corrupt("auto top-up mode".into()))?,
+        key: AccountKey { customer_id: row.text(1)?, name: row.text(2)?, asset: row.text(3)? },
+        enabled: row.bool(4)?,
+        threshold: row.decimal(5)?,
+        amount: row.decimal(6)?,
+        currency: row.text(7)?,
+        payment_method_id: row.opt_text(8)?,
+        failures: row.int(9)?,
+        retry_at: row.opt_time(10)?,
+        in_flight_top_up_id: row.opt_text(11)?,
+        last_error: row.opt_text(12)?,
+        updated_at: row.time(13)?,
+    })
+}
+
+pub fn get(conn: &mut dyn Conn, mode: Mode, key: &AccountKey) -> Result<Option<AutoTopUp>, StoreError> {
+    conn.query_optional(
+        &format!(
+            "SELECT {COLUMNS} FROM auto_top_ups WHERE mode = $1 AND customer_id = $2 AND account_name = $3 AND asset = $4"
+        ),
+        params![mode.as_str(), &key.customer_id, &key.name, &key.asset],
+    )?
+    .as_ref()
+    .map(from_row)
+    .transpose()
+}
+
+pub fn for_customer(conn: &mut dyn Conn, mode: Mode, customer_id: &str) -> Result<Vec<AutoTopUp>, StoreError> {
+    conn.query(
+        &format!(
+            "SELECT {COLUMNS} FROM auto_top_ups WHERE mode = $1 AND customer_id = $2 ORDER BY account_name, asset"
+        ),
+        params![mode.as_str(), customer_id],
+    )?
+    .iter()
+    .map(from_row)
+    .collect()
+}
+
+/// Inserts or replaces the row of `setting.key`.
+pub fn put(conn: &mut dyn Conn, setting: &AutoTopUp) -> Result<(), StoreError> {
+    conn.execute(
+        &format!(
+            "INSERT INTO auto_top_ups ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+             ON CONFLICT (customer_id, account_name, asset) DO UPDATE SET enabled = excluded.enabled,
+               threshold = excluded.threshold, amount = excluded.amount, currency = excluded.currency,
+               payment_method_id = excluded.payment_method_id, failures = excluded.failures,
+               retry_at = excluded.retry_at, in_flight_top_up_id = excluded.in_flight_top_up_id,
+               last_error = excluded.last_error, updated_at = excluded.updated_at"
+        ),
+        params![
+            setting.mode.as_str(),
+            &setting.key.customer_id,
+            &setting.key.name,
+            &setting.key.asset,
+            setting.enabled,
+            setting.threshold,
+            setting.amount,
+            &setting.currency,
+            setting.payment_method_id.clone(),
+            setting.failures,
+            setting.retry_at,
+            setting.in_flight_top_up_id.clone(),
+            setting.last_error.clone(),
+            setting.updated_at
+        ],
+    )?;
+    Ok(())
+}
+
+/// Claims, for the background worker, one account whose auto top-up is due at `now`: enabled,
+/// past its back-off, with nothing in flight, and `available` below the threshold. Returns its
+/// mode and account, having locked the customer (the lock every wallet change takes first),
+/// skipping customers other transactions hold (PostgreSQL).
+///
+/// Balances are exact decimal text, which SQL cannot compare portably: the comparison casts
+/// to NUMERIC, exact on PostgreSQL and a double on SQLite. Rounding to a double never turns
+/// `a >= b` into `a < b`, so a claim is never wrong, only (on SQLite, when the two agree to 15
+/// or more significant digits) late until the next debit; the caller re-checks exactly.
+pub fn claim_due(conn: &mut dyn Conn, now: DateTime<Utc>) -> Result<Option<(Mode, AccountKey)>, StoreError> {
+    let sql = format!(
+        "SELECT t.mode, t.customer_id, t.account_name, t.asset FROM auto_top_ups t
+         JOIN wallet_accounts a ON a.customer_id = t.customer_id AND a.name = t.account_name AND a.asset = t.asset
+         JOIN customers c ON c.id = t.customer_id
+         WHERE t.enabled = 1 AND t.in_flight_top_up_id IS NULL AND (t.retry_at IS NULL OR t.retry_at <= $1)
+           AND t.payment_method_id IS NOT NULL
+           AND CAST(a.available AS NUMERIC) < CAST(t.threshold AS NUMERIC)
+         ORDER BY t.updated_at LIMIT 1{}",
+        conn.skip_locked_of("c")
+    );
+    claimed(conn.query_optional(&sql, params![now])?)
+}
+
+/// Claims one account whose in-flight top-up has ended (settled by a provider notification, or
+/// expired), so that the worker can record how it ended and free the account.
+pub fn claim_settled(conn: &mut dyn Conn) -> Result<Option<(Mode, AccountKey)>, StoreError> {
+    let sql = format!(
+        "SELECT t.mode, t.customer_id, t.account_name, t.asset FROM auto_top_ups t
+         JOIN top_ups u ON u.id = t.in_flight_top_up_id
+         JOIN customers c ON c.id = t.customer_id
+         WHERE u.status NOT IN ('initiated', 'pending')
+         ORDER BY t.updated_at LIMIT 1{}",
+        conn.skip_locked_of("c")
+    );
+    claimed(conn.query_optional(&sql, &[])?)
+}
+
+fn claimed(row: Option<crate::Row>) -> Result<Option<(Mode, AccountKey)>, StoreError> {
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let mode = Mode::parse(&row.text(0)?).ok_or_else(|| StoreError::Corrupt("auto top-up mode".into()))?;
+    Ok(Some((mode, AccountKey { customer_id: row.text(1)?, name: row.text(2)?, asset: row.text(3)? })))
+}

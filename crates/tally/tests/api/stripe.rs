@@ -1,0 +1,780 @@
+//! Live-mode top-ups through the `stripe` provider, against a local fake of Stripe's HTTP API
+//! (Stripe itself cannot be reached from the tests). The fake checks the key, records every
+//! request and answers as Stripe documents; webhooks are signed here, independently of Tally's
+//! own verifier.
+
+use crate::harness::{body, test_webhook_config, Reply, TestApp};
+use crate::on_both_backends;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
+use hmac::{Hmac, Mac};
+use reqwest::Method;
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+use sha2::Sha256;
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tally_core::asset::AssetCode;
+use tally_core::Mode;
+use tally_http::payments::stripe::{StripeConfig, StripeProvider};
+use tally_http::payments::{ChargeOutcome, OffSessionCharge, PaymentError, PaymentProvider};
+use tally_store::ops::topups::NewTopUp;
+use tally_store::repo::topups as topup_repo;
+
+const SECRET_KEY: &str = "sk_test_tally_fake";
+const WEBHOOK_SECRET: &str = "whsec_tally_fake_signing_secret";
+/// The payment methods the fake declines off-session, as Stripe's test cards do.
+const DECLINED_METHOD: &str = "pm_card_chargeDeclined";
+const AUTHENTICATION_METHOD: &str = "pm_card_authenticationRequired";
+const PROCESSING_METHOD: &str = "pm_card_processing";
+/// The card the fake reports for every paid Checkout Session.
+const SAVED_METHOD: &str = "pm_1SavedVisa";
+
+/// One request the fake received.
+#[derive(Debug, Clone)]
+struct Recorded {
+    method: String,
+    path: String,
+    query: String,
+    authorization: Option<String>,
+    idempotency_key: Option<String>,
+    stripe_version: Option<String>,
+    form: Vec<(String, String)>,
+}
+
+impl Recorded {
+    #[track_caller]
+    fn field(&self, name: &str) -> &str {
+        self.form
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+            .unwrap_or_else(|| panic!("the request to {} has no {name}: {:?}", self.path, self.form))
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.form.iter().any(|(key, _)| key == name)
+    }
+}
+
+#[derive(Clone, Default)]
+struct FakeState {
+    requests: Arc<Mutex<Vec<Recorded>>>,
+    /// Answers already given, by idempotency key: Stripe replays them.
+    replies: Arc<Mutex<HashMap<String, Value>>>,
+}
+
+/// A local server speaking the parts of Stripe's API that Tally uses.
+struct FakeStripe {
+    base: String,
+    state: FakeState,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeStripe {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(|value| value.to_str().ok()).map(str::to_owned)
+}
+
+fn stripe_error(status: StatusCode, error: Value) -> Response {
+    (status, Json(json!({ "error": error }))).into_response()
+}
+
+fn record(
+    state: &FakeState,
+    method: &str,
+    path: &str,
+    query: Option<String>,
+    headers: &HeaderMap,
+    form: Vec<(String, String)>,
+) {
+    state.requests.lock().unwrap().push(Recorded {
+        method: method.to_owned(),
+        path: path.to_owned(),
+        query: query.unwrap_or_default(),
+        authorization: header(headers, "authorization"),
+        idempotency_key: header(headers, "idempotency-key"),
+        stripe_version: header(headers, "stripe-version"),
+        form,
+    });
+}
+
+/// Stripe answers 401 to a wrong key: the refusal, if any.
+fn refuse_wrong_key(headers: &HeaderMap) -> Option<Response> {
+    if header(headers, "authorization").as_deref() == Some(&format!("Bearer {SECRET_KEY}")) {
+        return None;
+    }
+    Some(stripe_error(
+        StatusCode::UNAUTHORIZED,
+        json!({"type": "invalid_request_error", "message": "Invalid API Key provided: sk_****"}),
+    ))
+}
+
+fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    form.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
+}
+
+/// A replayed idempotency key gets the first answer, as at Stripe.
+fn replay(state: &FakeState, headers: &HeaderMap) -> Option<Response> {
+    let key = header(headers, "idempotency-key")?;
+    state.replies.lock().unwrap().get(&key).map(|reply| Json(reply.clone()).into_response())
+}
+
+fn remember(state: &FakeState, headers: &HeaderMap, reply: &Value) {
+    if let Some(key) = header(headers, "idempotency-key") {
+        state.replies.lock().unwrap().insert(key, reply.clone());
+    }
+}
+
+async fn create_session(
+    State(state): State<FakeState>,
+    headers: HeaderMap,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    record(&state, "POST", "/v1/checkout/sessions", None, &headers, form.clone());
+    if let Some(refused) = refuse_wrong_key(&headers) {
+        return refused;
+    }
+    if let Some(reply) = replay(&state, &headers) {
+        return reply;
+    }
+    let unit_amount: i64 = field(&form, "line_items[0][price_data][unit_amount]").unwrap_or("0").parse().unwrap_or(0);
+    if unit_amount < 50 {
+        return stripe_error(
+            StatusCode::BAD_REQUEST,
+            json!({"type": "invalid_request_error", "code": "amount_too_small",
+                   "param": "line_items[0][price_data][unit_amount]",
+                   "message": "The Checkout Session's total amount due must add up to at least $0.50 usd"}),
+        );
+    }
+    let id = format!("cs_test_{}", tally_store::ids::new_secret(12));
+    let session = json!({
+        "id": id,
+        "object": "checkout.session",
+        "url": format!("https://checkout.stripe.com/c/pay/{id}#fidkdWxOYHwnPyd1blpxYHZxWjA0"),
+        "mode": "payment",
+        "status": "open",
+        "payment_status": "unpaid",
+        "amount_total": unit_amount,
+        "currency": field(&form, "line_items[0][price_data][currency]"),
+        "client_reference_id": field(&form, "client_reference_id"),
+        "customer": null,
+        "customer_email": field(&form, "customer_email"),
+        "payment_intent": null,
+        "metadata": {"top_up_id": field(&form, "metadata[top_up_id]")},
+        "expires_at": field(&form, "expires_at").and_then(|at| at.parse::<i64>().ok()),
+        "success_url": field(&form, "success_url"),
+        "cancel_url": field(&form, "cancel_url"),
+        "livemode": false,
+    });
+    remember(&state, &headers, &session);
+    Json(session).into_response()
+}
+
+fn payment_intent(id: &str, status: &str, form: &[(String, String)]) -> Value {
+    json!({
+        "id": id,
+        "object": "payment_intent",
+        "amount": field(form, "amount").and_then(|amount| amount.parse::<i64>().ok()),
+        "currency": field(form, "currency"),
+        "customer": field(form, "customer"),
+        "payment_method": field(form, "payment_method"),
+        "metadata": {"top_up_id": field(form, "metadata[top_up_id]")},
+        "status": status,
+        "livemode": false,
+    })
+}
+
+async fn create_payment_intent(
+    State(state): State<FakeState>,
+    headers: HeaderMap,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    record(&state, "POST", "/v1/payment_intents", None, &headers, form.clone());
+    if let Some(refused) = refuse_wrong_key(&headers) {
+        return refused;
+    }
+    if let Some(reply) = replay(&state, &headers) {
+        return reply;
+    }
+    let id = format!("pi_test_{}", tally_store::ids::new_secret(12));
+    let card_error = |code: &str, message: &str| {
+        let intent = payment_intent(&id, "requires_payment_method", &form);
+        stripe_error(
+            StatusCode::PAYMENT_REQUIRED,
+            json!({"type": "card_error", "code": code, "decline_code": "generic_decline", "message": message,
+                   "payment_intent": intent}),
+        )
+    };
+    match field(&form, "payment_method") {
+        Some(DECLINED_METHOD) => card_error("card_declined", "Your card was declined."),
+        Some(AUTHENTICATION_METHOD) => {
+            card_error("authentication_required", "Your card was declined. This transaction requires authentication.")
+        }
+        method => {
+            let status = if method == Some(PROCESSING_METHOD) { "processing" } else { "succeeded" };
+            let intent = payment_intent(&id, status, &form);
+            remember(&state, &headers, &intent);
+            Json(intent).into_response()
+        }
+    }
+}
+
+async fn get_payment_intent(
+    State(state): State<FakeState>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    record(&state, "GET", &format!("/v1/payment_intents/{id}"), query.clone(), &headers, Vec::new());
+    if let Some(refused) = refuse_wrong_key(&headers) {
+        return refused;
+    }
+    let query = query.unwrap_or_default();
+    let expanded = query.contains("expand%5B%5D=payment_method") || query.contains("expand[]=payment_method");
+    let method = if expanded {
+        json!({"id": SAVED_METHOD, "object": "payment_method", "type": "card",
+               "card": {"brand": "visa", "last4": "4242", "exp_month": 12, "exp_year": 2034}})
+    } else {
+        json!(SAVED_METHOD)
+    };
+    Json(json!({"id": id, "object": "payment_intent", "status": "succeeded", "payment_method": method})).into_response()
+}
+
+impl FakeStripe {
+    async fn start() -> FakeStripe {
+        let state = FakeState::default();
+        let router = Router::new()
+            .route("/v1/checkout/sessions", post(create_session))
+            .route("/v1/payment_intents", post(create_payment_intent))
+            .route("/v1/payment_intents/{id}", get(get_payment_intent))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router).await.unwrap();
+        });
+        FakeStripe { base, state, server }
+    }
+
+    fn provider(&self) -> StripeProvider {
+        provider_at(&self.base)
+    }
+
+    fn requests(&self) -> Vec<Recorded> {
+        self.state.requests.lock().unwrap().clone()
+    }
+}
+
+fn provider_at(base: &str) -> StripeProvider {
+    StripeProvider::new(StripeConfig {
+        secret_key: SECRET_KEY.into(),
+        webhook_secret: WEBHOOK_SECRET.into(),
+        api_base: base.into(),
+        timeout: Duration::from_secs(5),
+    })
+}
+
+/// The test's server, restarted with live payments through `provider`, and its state (to start
+/// top-ups the API cannot, such as ones that save the card).
+async fn with_provider(app: TestApp, provider: StripeProvider) -> (TestApp, tally_http::AppState) {
+    let mut first = app;
+    first.stop().await;
+    let mut captured = None;
+    let app = TestApp::spawn_with_state(first.database.clone(), first.backend, test_webhook_config(), |state| {
+        let state = state.with_stripe(provider);
+        captured = Some(state.clone());
+        state
+    })
+    .await;
+    (app, captured.expect("the state was configured"))
+}
+
+async fn live(app: &TestApp, method: Method, path: &str, body: Option<&Value>) -> Reply {
+    app.call(method, path, Some(&app.live_key), body).await
+}
+
+async fn live_customer(app: &TestApp, name: &str) -> String {
+    let created = live(app, Method::POST, "/customers", Some(&json!({"name": name, "email": "buyer@example.com"})))
+        .await
+        .expect(201);
+    created.body["id"].as_str().unwrap().to_owned()
+}
+
+/// (available, pending_in) of a live account, as exact text.
+async fn live_balances(app: &TestApp, customer: &str, account: &str) -> (String, String) {
+    let reply = live(app, Method::GET, &format!("/customers/{customer}/wallet/{account}"), None).await.expect(200);
+    (reply.body["available"].to_string(), reply.body["pending_in"].to_string())
+}
+
+async fn live_top_up(app: &TestApp, customer: &str, amount: &str, currency: &str) -> Reply {
+    let request = body(&format!(
+        r#"{{"customer_id":"{customer}","amount":{amount},"currency":"{currency}","description":"Credits",
+            "return_url":"https://platform.example/paid","failure_url":"https://platform.example/cancelled"}}"#
+    ));
+    live(app, Method::POST, "/top-ups", Some(&request)).await
+}
+
+async fn top_up_status(app: &TestApp, id: &str) -> Value {
+    live(app, Method::GET, &format!("/top-ups/{id}"), None).await.expect(200).body
+}
+
+/// `t=…,v1=…` over `payload`, computed here rather than with Tally's code.
+fn signature(secret: &str, timestamp: i64, payload: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{timestamp}.{payload}").as_bytes());
+    format!("t={timestamp},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+fn event(kind: &str, object: Value) -> String {
+    json!({
+        "id": format!("evt_{}", tally_store::ids::new_secret(8)),
+        "object": "event",
+        "api_version": "2024-06-20",
+        "created": chrono::Utc::now().timestamp(),
+        "livemode": false,
+        "pending_webhooks": 1,
+        "type": kind,
+        "data": {"object": object},
+    })
+    .to_string()
+}
+
+fn session_object(session_id: &str, top_up_id: &str, amount_total: i64, payment_status: &str) -> Value {
+    json!({
+        "id": session_id,
+        "object": "checkout.session",
+        "amount_total": amount_total,
+        "currency": "usd",
+        "client_reference_id": top_up_id,
+        "customer": null,
+        "metadata": {"top_up_id": top_up_id},
+        "mode": "payment",
+        "payment_intent": format!("pi_for_{session_id}"),
+        "payment_status": payment_status,
+        "status": if payment_status == "paid" { "complete" } else { "open" },
+        "url": null,
+    })
+}
+
+/// Posts `payload` to the webhook endpoint with `signature` (none when `None`).
+async fn deliver(app: &TestApp, payload: &str, signature: Option<String>) -> Reply {
+    let mut request = app
+        .client
+        .post(format!("{}/payments/stripe/webhook", app.base))
+        .header("content-type", "application/json; charset=utf-8")
+        .body(payload.to_owned());
+    if let Some(signature) = signature {
+        request = request.header("Stripe-Signature", signature);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Reply { status, headers, body, text }
+}
+
+async fn deliver_signed(app: &TestApp, payload: &str) -> Reply {
+    deliver(app, payload, Some(signature(WEBHOOK_SECRET, chrono::Utc::now().timestamp(), payload))).await
+}
+
+fn top_up_request(customer: &str, amount: &str, save_payment_method: bool) -> NewTopUp {
+    NewTopUp {
+        customer_id: customer.to_owned(),
+        amount: Decimal::from_str(amount).unwrap(),
+        currency: AssetCode::parse("USD").unwrap(),
+        account_name: "default".into(),
+        asset: None,
+        exchange_rate: None,
+        credit_expires_at: None,
+        return_url: "https://platform.example/paid".into(),
+        failure_url: "https://platform.example/cancelled".into(),
+        description: Some("Portal top-up".into()),
+        metadata: Default::default(),
+        origin: "portal".into(),
+        save_payment_method,
+        subscription_id: None,
+    }
+}
+
+async fn checkout_sessions_open_and_webhooks_credit_once(app: TestApp) {
+    let fake = FakeStripe::start().await;
+    let (app, _) = with_provider(app, fake.provider()).await;
+    let customer = live_customer(&app, "Live Buyer").await;
+    let before = chrono::Utc::now().timestamp();
+    let created = live_top_up(&app, &customer, "12.34", "USD").await.expect(201);
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(created.body["status"], "initiated");
+
+    // One Checkout Session, asked for exactly.
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 1, "{requests:#?}");
+    let sent = &requests[0];
+    assert_eq!((sent.method.as_str(), sent.path.as_str()), ("POST", "/v1/checkout/sessions"));
+    assert_eq!(sent.authorization.as_deref(), Some("Bearer sk_test_tally_fake"));
+    assert_eq!(sent.idempotency_key.as_deref(), Some(id.as_str()), "the top-up id is the idempotency key");
+    assert!(sent.stripe_version.is_some(), "the API version is pinned");
+    assert_eq!(sent.field("mode"), "payment");
+    assert_eq!(sent.field("line_items[0][price_data][currency]"), "usd");
+    assert_eq!(sent.field("line_items[0][price_data][unit_amount]"), "1234", "12.34 USD is 1234 cents, exactly");
+    assert_eq!(sent.field("line_items[0][price_data][product_data][name]"), "Credits");
+    assert_eq!(sent.field("line_items[0][quantity]"), "1");
+    assert_eq!(sent.field("success_url"), "https://platform.example/paid");
+    assert_eq!(sent.field("cancel_url"), "https://platform.example/cancelled");
+    assert_eq!(sent.field("client_reference_id"), id);
+    assert_eq!(sent.field("metadata[top_up_id]"), id);
+    assert_eq!(sent.field("customer_email"), "buyer@example.com");
+    let expires_at: i64 = sent.field("expires_at").parse().unwrap();
+    assert!(
+        expires_at >= before + 30 * 60 && expires_at <= before + 24 * 60 * 60,
+        "Stripe takes 30 minutes to 24 hours: {expires_at} from {before}"
+    );
+    assert!(!sent.has("customer_creation"), "no card is kept unless asked");
+    let session_id =
+        created.body["redirect_url"].as_str().unwrap().trim_start_matches("https://checkout.stripe.com/c/pay/");
+    let session_id = session_id.split('#').next().unwrap().to_owned();
+    assert!(session_id.starts_with("cs_test_"), "the customer is sent to Stripe: {}", created.body);
+    assert_eq!(live_balances(&app, &customer, "default:USD").await, ("0".into(), "12.34".into()));
+
+    // Zero-decimal currencies are not multiplied.
+    live_top_up(&app, &customer, "500", "JPY").await.expect(201);
+    let yen = fake.requests().pop().unwrap();
+    assert_eq!(
+        (yen.field("line_items[0][price_data][currency]"), yen.field("line_items[0][price_data][unit_amount]")),
+        ("jpy", "500")
+    );
+
+    // Paid: credited once, however many times Stripe delivers the event.
+    let paid = event("checkout.session.completed", session_object(&session_id, &id, 1234, "paid"));
+    let first = deliver_signed(&app, &paid).await.expect(200);
+    assert_eq!(first.body["outcome"], "credited");
+    for _ in 0..2 {
+        let again = deliver_signed(&app, &paid).await.expect(200);
+        assert_eq!(again.body["outcome"], "ignored: already credited");
+    }
+    assert_eq!(top_up_status(&app, &id).await["status"], "succeeded");
+    assert_eq!(live_balances(&app, &customer, "default:USD").await, ("12.34".into(), "0".into()));
+    let history = live(&app, Method::GET, &format!("/customers/{customer}/wallet/default:USD/transactions"), None)
+        .await
+        .expect(200);
+    assert_eq!(history.body["total_count"], 1, "{}", history.body);
+    // Nothing asked Stripe for the payment method: the top-up did not want it kept.
+    assert!(fake.requests().iter().all(|request| request.method == "POST"));
+
+    // Test mode keeps the test provider: its checkout is Tally's own page, Stripe never hears of it.
+    let test_customer = app.customer("Test Buyer").await;
+    let request = body(&format!(
+        r#"{{"customer_id":"{test_customer}","amount":5,"currency":"USD","return_url":"https://a.example","failure_url":"https://b.example"}}"#
+    ));
+    let count = fake.requests().len();
+    let test_top_up = app.post("/top-ups", request).await.expect(201);
+    assert!(test_top_up.body["redirect_url"].as_str().unwrap().starts_with(&format!("{}/checkout/", app.base)));
+    assert_eq!(fake.requests().len(), count);
+    app.assert_ledger_agrees().await;
+}
+
+async fn paid_sessions_save_the_card_for_auto_top_up(app: TestApp) {
+    let fake = FakeStripe::start().await;
+    let (app, state) = with_provider(app, fake.provider()).await;
+    let customer = live_customer(&app, "Saver").await;
+    let started =
+        tally_http::routes::topups::start(&state, Mode::Live, top_up_request(&customer, "20", true), app.base.clone())
+            .await
+            .expect("the checkout starts");
+    let sent = fake.requests().pop().unwrap();
+    assert_eq!(sent.field("customer_creation"), "always");
+    assert_eq!(sent.field("payment_intent_data[setup_future_usage]"), "off_session");
+    assert_eq!(sent.field("line_items[0][price_data][unit_amount]"), "2000");
+    let session_id = started.provider_reference.clone().unwrap();
+    assert!(session_id.starts_with("cs_test_"));
+
+    let mut session = session_object(&session_id, &started.id, 2000, "paid");
+    session["customer"] = json!("cus_test_saver");
+    let paid = event("checkout.session.completed", session);
+    deliver_signed(&app, &paid).await.expect(200);
+    // The session names its PaymentIntent; Tally asked Stripe for its payment method.
+    let lookup = fake.requests().pop().unwrap();
+    assert_eq!(
+        (lookup.method.as_str(), lookup.path.as_str()),
+        ("GET", format!("/v1/payment_intents/pi_for_{session_id}").as_str())
+    );
+    assert!(lookup.query.contains("payment_method"), "the payment method is expanded: {}", lookup.query);
+    assert_eq!(lookup.authorization.as_deref(), Some("Bearer sk_test_tally_fake"));
+    deliver_signed(&app, &paid).await.expect(200);
+
+    let store = app.store.clone();
+    let customer_id = customer.clone();
+    let methods = tokio::task::spawn_blocking(move || {
+        store.read(move |conn| topup_repo::payment_methods(conn, &customer_id)).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(methods.len(), 1, "saved once, whatever the retries: {methods:#?}");
+    let method = &methods[0];
+    assert_eq!(
+        (method.provider.as_str(), method.provider_reference.as_str(), method.provider_customer.as_deref()),
+        ("stripe", SAVED_METHOD, Some("cus_test_saver"))
+    );
+    assert_eq!((method.brand.as_deref(), method.last4.as_deref()), (Some("visa"), Some("4242")));
+    assert_eq!(live_balances(&app, &customer, "default:USD").await, ("20".into(), "0".into()));
+    app.assert_ledger_agrees().await;
+}
+
+async fn forged_and_stale_webhooks_change_nothing(app: TestApp) {
+    let fake = FakeStripe::start().await;
+    let (app, _) = with_provider(app, fake.provider()).await;
+    let customer = live_customer(&app, "Target").await;
+    let created = live_top_up(&app, &customer, "10", "USD").await.expect(201);
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let session_id = top_up_reference(&app, &id);
+    let paid = event("checkout.session.completed", session_object(&session_id, &id, 1000, "paid"));
+    let now = chrono::Utc::now().timestamp();
+
+    let refused = [
+        ("no signature", None),
+        ("another secret", Some(signature("whsec_someone_else", now, &paid))),
+        ("a signature of another body", Some(signature(WEBHOOK_SECRET, now, &paid.replace("1000", "1")))),
+        ("a stale timestamp", Some(signature(WEBHOOK_SECRET, now - 6 * 60, &paid))),
+        ("garbage", Some("t=abc,v1=zz".to_owned())),
+    ];
+    for (what, header) in refused {
+        let reply = deliver(&app, &paid, header).await;
+        assert_eq!(reply.status.as_u16(), 400, "{what}: {}", reply.text);
+        assert_eq!(reply.content_type(), "application/problem+json", "{what}");
+    }
+    assert_eq!(top_up_status(&app, &id).await["status"], "initiated");
+    assert_eq!(live_balances(&app, &customer, "default:USD").await, ("0".into(), "10".into()));
+
+    // Signed but not JSON: 400. Signed events Tally does not act on: 200, nothing changes.
+    deliver_signed(&app, "not json").await.expect(400);
+    let other = deliver_signed(&app, &event("customer.created", json!({"id": "cus_1", "object": "customer"}))).await;
+    assert_eq!(other.expect(200).body["outcome"], "ignored: not an event Tally acts on");
+    // A Stripe event naming a test-mode top-up is ignored: Stripe touches live mode only.
+    let test_customer = app.customer("Test Buyer").await;
+    let request = body(&format!(
+        r#"{{"customer_id":"{test_customer}","amount":5,"currency":"USD","return_url":"https://a.example","failure_url":"https://b.example"}}"#
+    ));
+    let test_top_up = app.post("/top-ups", request).await.expect(201);
+    let test_id = test_top_up.body["id"].as_str().unwrap();
+    let forged = event("checkout.session.completed", session_object("cs_test_forged", test_id, 500, "paid"));
+    deliver_signed(&app, &forged).await.expect(200);
+    assert_eq!(app.get(&format!("/top-ups/{test_id}")).await.body["status"], "initiated");
+
+    // The same event, correctly signed, is accepted.
+    let accepted = deliver(&app, &paid, Some(signature(WEBHOOK_SECRET, now, &paid))).await.expect(200);
+    assert_eq!(accepted.body["outcome"], "credited");
+    app.assert_ledger_agrees().await;
+}
+
+/// The Stripe session id Tally recorded for a top-up.
+fn top_up_reference(app: &TestApp, id: &str) -> String {
+    let id = id.to_owned();
+    let store = app.store.clone();
+    std::thread::spawn(move || {
+        store.read(move |conn| topup_repo::get(conn, Mode::Live, &id)).unwrap().unwrap().provider_reference.unwrap()
+    })
+    .join()
+    .unwrap()
+}
+
+async fn expired_and_failed_sessions_release_pending_in(app: TestApp) {
+    let fake = FakeStripe::start().await;
+    let (app, _) = with_provider(app, fake.provider()).await;
+    let customer = live_customer(&app, "Slow").await;
+    let created = live_top_up(&app, &customer, "7.50", "USD").await.expect(201);
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let session_id = top_up_reference(&app, &id);
+    assert_eq!(live_balances(&app, &customer, "default:USD").await, ("0".into(), "7.5".into()));
+    let expired = event("checkout.session.expired", session_object(&session_id, &id, 750, "unpaid"));
+    assert_eq!(deliver_signed(&app, &expired).await.expect(200).body["outcome"], "expired");
+    deliver_signed(&app, &expired).await.expect(200);
+    let view = top_up_status(&app, &id).await;
+    assert_eq!(view["status"], "expired");
+    assert!(view["failure_reason"].as_str().unwrap().contains("expired"));
+    assert_eq!(live_balances(&app, &customer, "default:USD").await, ("0".into(), "0".into()));
+    // A payment reported for the ended top-up credits nothing (and is logged for a refund).
+    let late = event("checkout.session.completed", session_object(&session_id, &id, 750, "paid"));
+    assert_eq!(deliver_signed(&app, &late).await.expect(200).body["outcome"], "ignored: the top-up had already ended");
+    assert_eq!(live_balances(&app, &customer, "default:USD").await, ("0".into(), "0".into()));
+
+    // A delayed payment method: completed unpaid (pending), then it fails.
+    let created = live_top_up(&app, &customer, "3", "USD").await.expect(201);
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let session_id = top_up_reference(&app, &id);
+    let unpaid = event("checkout.session.completed", session_object(&session_id, &id, 300, "unpaid"));
+    deliver_signed(&app, &unpaid).await.expect(200);
+    assert_eq!(top_up_status(&app, &id).await["status"], "pending");
+    let failed = event("checkout.session.async_payment_failed", session_object(&session_id, &id, 300, "unpaid"));
+    assert_eq!(deliver_signed(&app, &failed).await.expect(200).body["outcome"], "failed");
+    assert_eq!(top_up_status(&app, &id).await["status"], "failed");
+
+    // And one that succeeds later.
+    let created = live_top_up(&app, &customer, "4", "USD").await.expect(201);
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let session_id = top_up_reference(&app, &id);
+    deliver_signed(&app, &event("checkout.session.completed", session_object(&session_id, &id, 400, "unpaid")))
+        .await
+        .expect(200);
+    let succeeded = event("checkout.session.async_payment_succeeded", session_object(&session_id, &id, 400, "paid"));
+    assert_eq!(deliver_signed(&app, &succeeded).await.expect(200).body["outcome"], "credited");
+    assert_eq!(live_balances(&app, &customer, "default:USD").await, ("4".into(), "0".into()));
+    // A paid amount that differs from the top-up's is not credited.
+    let created = live_top_up(&app, &customer, "5", "USD").await.expect(201);
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let session_id = top_up_reference(&app, &id);
+    let discounted = event("checkout.session.completed", session_object(&session_id, &id, 1, "paid"));
+    assert_eq!(
+        deliver_signed(&app, &discounted).await.expect(200).body["outcome"],
+        "ignored: the amount paid differs from the top-up's"
+    );
+    assert_eq!(top_up_status(&app, &id).await["status"], "initiated");
+    app.assert_ledger_agrees().await;
+}
+
+async fn off_session_charges_succeed_or_decline(app: TestApp) {
+    let fake = FakeStripe::start().await;
+    let (app, state) = with_provider(app, fake.provider()).await;
+    let provider = fake.provider();
+    let charge = |method: &str| OffSessionCharge {
+        top_up_id: format!("top_{method}"),
+        amount: Decimal::from_str("25.50").unwrap(),
+        currency: "EUR".into(),
+        payment_method: method.to_owned(),
+        provider_customer: Some("cus_test_saver".into()),
+        description: "Auto top-up".into(),
+    };
+    let succeeded = provider.charge_off_session(&charge("pm_card_visa")).await.unwrap();
+    let ChargeOutcome::Succeeded { reference } = &succeeded else { panic!("{succeeded:?}") };
+    assert!(reference.starts_with("pi_test_"));
+    let sent = fake.requests().pop().unwrap();
+    assert_eq!((sent.method.as_str(), sent.path.as_str()), ("POST", "/v1/payment_intents"));
+    assert_eq!(sent.idempotency_key.as_deref(), Some("top_pm_card_visa"));
+    assert_eq!(sent.field("amount"), "2550");
+    assert_eq!(sent.field("currency"), "eur");
+    assert_eq!(sent.field("customer"), "cus_test_saver");
+    assert_eq!(sent.field("payment_method"), "pm_card_visa");
+    assert_eq!((sent.field("off_session"), sent.field("confirm")), ("true", "true"));
+    assert_eq!(sent.field("metadata[top_up_id]"), "top_pm_card_visa");
+    // A retry with the same top-up is the same payment, not a second one.
+    assert_eq!(provider.charge_off_session(&charge("pm_card_visa")).await.unwrap(), succeeded);
+
+    assert_eq!(
+        provider.charge_off_session(&charge(DECLINED_METHOD)).await.unwrap(),
+        ChargeOutcome::Declined { reason: "Your card was declined.".into() }
+    );
+    let ChargeOutcome::Declined { reason } = provider.charge_off_session(&charge(AUTHENTICATION_METHOD)).await.unwrap()
+    else {
+        panic!("a card that needs authentication cannot be charged off-session")
+    };
+    assert!(reason.contains("requires authentication"), "{reason}");
+    assert!(matches!(
+        provider.charge_off_session(&charge(PROCESSING_METHOD)).await.unwrap(),
+        ChargeOutcome::Processing { .. }
+    ));
+    let wrong_key = StripeProvider::new(StripeConfig {
+        secret_key: "sk_test_wrong".into(),
+        webhook_secret: WEBHOOK_SECRET.into(),
+        api_base: fake.base.clone(),
+        timeout: Duration::from_secs(5),
+    });
+    let refused = wrong_key.charge_off_session(&charge("pm_card_visa")).await.unwrap_err();
+    assert!(matches!(&refused, PaymentError::Refused(message) if message.contains("Invalid API Key")), "{refused:?}");
+    let mut precise = charge("pm_card_visa");
+    precise.amount = Decimal::from_str("1.005").unwrap();
+    assert!(matches!(provider.charge_off_session(&precise).await, Err(PaymentError::Refused(_))), "no rounding");
+
+    // Processing off-session charges settle by the PaymentIntent's events, found by metadata.
+    let customer = live_customer(&app, "Auto").await;
+    let pending =
+        tally_http::routes::topups::start(&state, Mode::Live, top_up_request(&customer, "6", false), app.base.clone())
+            .await
+            .unwrap();
+    let intent = json!({"id": "pi_test_auto", "object": "payment_intent", "amount": 600, "currency": "usd",
+                        "status": "succeeded", "payment_method": "pm_card_visa", "metadata": {"top_up_id": pending.id}});
+    let paid = event("payment_intent.succeeded", intent);
+    assert_eq!(deliver_signed(&app, &paid).await.expect(200).body["outcome"], "credited");
+    assert_eq!(deliver_signed(&app, &paid).await.expect(200).body["outcome"], "ignored: already credited");
+    let failing =
+        tally_http::routes::topups::start(&state, Mode::Live, top_up_request(&customer, "8", false), app.base.clone())
+            .await
+            .unwrap();
+    let intent = json!({"id": "pi_test_auto_2", "object": "payment_intent", "amount": 800, "currency": "usd",
+                        "status": "requires_payment_method", "metadata": {"top_up_id": failing.id},
+                        "last_payment_error": {"type": "card_error", "code": "card_declined", "message": "Your card has insufficient funds."}});
+    assert_eq!(
+        deliver_signed(&app, &event("payment_intent.payment_failed", intent)).await.expect(200).body["outcome"],
+        "failed"
+    );
+    let view = top_up_status(&app, &failing.id).await;
+    assert_eq!(
+        (view["status"].as_str(), view["failure_reason"].as_str()),
+        (Some("failed"), Some("Your card has insufficient funds."))
+    );
+    // A PaymentIntent without Tally's metadata (a Checkout Session's own) is left to its session.
+    let foreign = json!({"id": "pi_other", "object": "payment_intent", "status": "succeeded", "metadata": {}});
+    assert_eq!(
+        deliver_signed(&app, &event("payment_intent.succeeded", foreign)).await.expect(200).body["outcome"],
+        "ignored: no live Stripe top-up for this payment"
+    );
+    assert_eq!(live_balances(&app, &customer, "default:USD").await, ("6".into(), "0".into()));
+    app.assert_ledger_agrees().await;
+}
+
+async fn stripe_down_fails_the_top_up_with_503(app: TestApp) {
+    // A port nobody listens on.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let (app, _) = with_provider(app, provider_at(&dead)).await;
+    let customer = live_customer(&app, "Unlucky").await;
+    let reply = live_top_up(&app, &customer, "10", "USD").await.expect(503);
+    assert_eq!(reply.content_type(), "application/problem+json");
+    let detail = reply.body["detail"].as_str().unwrap();
+    assert!(detail.contains("could not start a checkout") && detail.contains("cannot reach Stripe"), "{detail}");
+    let store = app.store.clone();
+    let customer_id = customer.clone();
+    let (top_ups, _) = tokio::task::spawn_blocking(move || {
+        let page = tally_store::repo::Page { offset: 0, limit: 10 };
+        store.read(move |conn| topup_repo::for_customer(conn, &customer_id, page)).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(top_ups.len(), 1);
+    assert_eq!(top_ups[0].status.as_str(), "failed");
+    assert_eq!(top_ups[0].provider, "stripe");
+    assert!(top_ups[0].failure_reason.as_deref().unwrap().contains("cannot reach Stripe"));
+    assert_eq!(live_balances(&app, &customer, "default:USD").await, ("0".into(), "0".into()), "pending_in released");
+    app.assert_ledger_agrees().await;
+}
+
+async fn stripe_refusals_fail_the_top_up(app: TestApp) {
+    let fake = FakeStripe::start().await;
+    let (app, _) = with_provider(app, fake.provider()).await;
+    let customer = live_customer(&app, "Small").await;
+    // Under Stripe's minimum charge: Stripe's own words reach the caller.
+    let reply = live_top_up(&app, &customer, "0.10", "USD").await.expect(503);
+    assert!(reply.body["detail"].as_str().unwrap().contains("at least $0.50"), "{}", reply.body);
+    assert_eq!(live_balances(&app, &customer, "default:USD").await, ("0".into(), "0".into()));
+    app.assert_ledger_agrees().await;
+}
+
+on_both_backends!(
+    checkout_sessions_open_and_webhooks_credit_once,
+    paid_sessions_save_the_card_for_auto_top_up,
+    forged_and_stale_webhooks_change_nothing,
+    expired_and_failed_sessions_release_pending_in,
+    off_session_charges_succeed_or_decline,
+    stripe_down_fails_the_top_up_with_503,
+    stripe_refusals_fail_the_top_up,
+);
