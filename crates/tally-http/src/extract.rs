@@ -86,14 +86,20 @@ impl AuthCache {
         self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The mode of a key accepted less than [`AUTH_CACHE_TTL`] ago with no revocation since.
-    fn get(&self, hash: &str, revocations: u64) -> Option<tally_core::Mode> {
+    /// The entries, emptied if a key was revoked since they were looked up; `None` when the
+    /// caller's count of revocations is older than theirs.
+    fn current(&self, revocations: u64) -> Option<std::sync::MutexGuard<'_, CachedKeys>> {
         let mut entries = self.entries();
-        if entries.revocations != revocations {
+        if entries.revocations < revocations {
             entries.by_hash.clear();
             entries.revocations = revocations;
-            return None;
         }
+        (entries.revocations == revocations).then_some(entries)
+    }
+
+    /// The mode of a key accepted less than [`AUTH_CACHE_TTL`] ago with no revocation since.
+    fn get(&self, hash: &str, revocations: u64) -> Option<tally_core::Mode> {
+        let mut entries = self.current(revocations)?;
         match entries.by_hash.get(hash) {
             Some((mode, accepted_at)) if accepted_at.elapsed() < AUTH_CACHE_TTL => Some(*mode),
             Some(_) => {
@@ -106,11 +112,10 @@ impl AuthCache {
 
     /// Remembers a key the database accepted; `revocations` is the count read before asking.
     fn insert(&self, hash: String, mode: tally_core::Mode, revocations: u64) {
-        let mut entries = self.entries();
-        if entries.revocations != revocations {
-            // A key was revoked since the lookup began: the answer may be stale.
+        // A key revoked since the lookup began makes its answer suspect: keep nothing.
+        let Some(mut entries) = self.current(revocations) else {
             return;
-        }
+        };
         if entries.by_hash.len() >= AUTH_CACHE_MAX_KEYS {
             entries.by_hash.retain(|_, (_, accepted_at)| accepted_at.elapsed() < AUTH_CACHE_TTL);
             if entries.by_hash.len() >= AUTH_CACHE_MAX_KEYS {
@@ -242,5 +247,48 @@ impl QueryParams {
         } else {
             Err(ApiError::Invalid(self.errors))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_core::Mode;
+
+    #[test]
+    fn an_accepted_key_is_cached_until_a_revocation() {
+        let cache = AuthCache::default();
+        assert_eq!(cache.get("hash", 0), None);
+        cache.insert("hash".into(), Mode::Live, 0);
+        assert_eq!(cache.get("hash", 0), Some(Mode::Live));
+        assert_eq!(cache.get("other", 0), None);
+        // Any revocation empties the cache.
+        assert_eq!(cache.get("hash", 1), None);
+        assert_eq!(cache.get("hash", 1), None);
+    }
+
+    #[test]
+    fn an_answer_looked_up_before_a_revocation_is_not_kept() {
+        let cache = AuthCache::default();
+        assert_eq!(cache.get("newer", 1), None);
+        // This lookup began before revocation 1: its answer may predate it.
+        cache.insert("hash".into(), Mode::Test, 0);
+        assert_eq!(cache.get("hash", 1), None);
+        // A caller whose count is behind the cache's gets nothing either.
+        cache.insert("hash".into(), Mode::Test, 1);
+        assert_eq!(cache.get("hash", 0), None);
+        assert_eq!(cache.get("hash", 1), Some(Mode::Test));
+    }
+
+    #[test]
+    fn entries_expire_and_the_cache_stays_bounded() {
+        let cache = AuthCache::default();
+        cache.entries().by_hash.insert("old".into(), (Mode::Test, Instant::now() - AUTH_CACHE_TTL));
+        assert_eq!(cache.get("old", 0), None);
+        for index in 0..AUTH_CACHE_MAX_KEYS + 10 {
+            cache.insert(format!("key-{index}"), Mode::Test, 0);
+        }
+        assert!(cache.entries().by_hash.len() <= AUTH_CACHE_MAX_KEYS);
+        assert_eq!(cache.get(&format!("key-{}", AUTH_CACHE_MAX_KEYS + 9), 0), Some(Mode::Test));
     }
 }

@@ -340,7 +340,50 @@ async fn unsupported_pricing_is_refused_clearly(app: TestApp) {
     assert_eq!(app.get("/products").await.body["total_count"], 0);
 }
 
+/// Many events with awkward volumes, in batches, some replayed: the balance moves by exactly
+/// the sum of the fees the events report.
+async fn balance_moves_by_exactly_the_sum_of_fees(app: TestApp) {
+    let product = app.post("/products", body(TOKENS_PRODUCT)).await.expect(201);
+    let product_id = product.body["id"].as_str().unwrap().to_owned();
+    let customer = app.customer("Heavy user").await;
+    app.fund(&customer, "USD", "1000", "topup-1").await;
+    app.post(&format!("/customers/{customer}/subscriptions"), json!({"products": [{"id": product_id}]})).await.expect(201);
+    let start: rust_decimal::Decimal = app.balances(&customer, "default:USD").await.0.parse().unwrap();
+    let now = chrono::Utc::now().to_rfc3339();
+    let models = ["small", "large", "other"];
+    let mut ids = Vec::new();
+    for batch in 0..4 {
+        let events: Vec<Value> = (0..50)
+            .map(|index| {
+                let number = batch * 50 + index;
+                // Volumes with up to three decimals, crossing the 1,000-token tier bound.
+                let tokens = format!("{}.{:03}", (number * 37) % 400, (number * 7919) % 1000);
+                ids.push(format!("ev-{number}"));
+                json!({"id": format!("ev-{number}"), "event_type": "completion", "occurred_at": now,
+                       "data": {"tokens": tokens, "model": models[number % 3]}})
+            })
+            .collect();
+        let request = json!({"customer_id": customer, "events": events});
+        app.post("/events", request.clone()).await.expect(204);
+        if batch % 2 == 1 {
+            app.post("/events", request).await.expect(204);
+        }
+    }
+    let mut fees = rust_decimal::Decimal::ZERO;
+    for id in &ids {
+        let event = app.get(&format!("/events/{id}")).await.expect(200);
+        for fee in event.body["fees"].as_array().unwrap() {
+            fees += fee["amount"].to_string().parse::<rust_decimal::Decimal>().unwrap();
+        }
+    }
+    let end: rust_decimal::Decimal = app.balances(&customer, "default:USD").await.0.parse().unwrap();
+    assert!(fees > rust_decimal::Decimal::ZERO);
+    assert_eq!(end, start - fees, "start {start}, fees {fees}");
+    app.assert_ledger_agrees().await;
+}
+
 on_both_backends!(
+    balance_moves_by_exactly_the_sum_of_fees,
     seed_product_bills_one_img_per_image,
     invalid_batches_are_refused_whole,
     the_same_event_sent_concurrently_is_billed_once,
