@@ -85,6 +85,12 @@ details summary{cursor:pointer;color:var(--accent);margin:.25rem 0}
 @media (max-width:600px){main{padding:.75rem}.balance{font-size:1.3rem}th.optional,td.optional{display:none}.portal-nav{padding:.4rem .75rem}.portal-nav .back{margin-left:0}}
 "#;
 
+/// Logo URLs Tally shows: http(s), a path on Tally itself, or an inline image. Anything else
+/// (`javascript:` and the like) is left out.
+pub fn is_image_url(url: &str) -> bool {
+    url.starts_with("https://") || url.starts_with("http://") || url.starts_with('/') || url.starts_with("data:image/")
+}
+
 /// A whole page: branding header, `body` (already-escaped HTML) in the main region.
 pub fn page(branding: &Branding, title: &str, body: &str) -> String {
     page_with(branding, title, "", body, "")
@@ -96,7 +102,7 @@ pub fn page_with(branding: &Branding, title: &str, nav: &str, body: &str, head_e
     let logo = branding
         .logo_url
         .as_deref()
-        .filter(|url| url.starts_with("https://") || url.starts_with("http://") || url.starts_with('/'))
+        .filter(|url| is_image_url(url))
         .map(|url| format!(r#"<img src="{}" alt="">"#, escape(url)))
         .unwrap_or_default();
     format!(
@@ -119,5 +125,9 @@ mod tests {
         assert_eq!(escape(r#"<a href="x">'&'</a>"#), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
         assert_eq!(safe_color("#abc"), "#abc");
         assert_eq!(safe_color("red;}body{display:none"), "#4f46e5");
+        assert!(is_image_url("https://cdn.example/logo.png") && is_image_url("data:image/svg+xml,<svg/>"));
+        assert!(!is_image_url("javascript:alert(1)"));
+        let branded = Branding { logo_url: Some("javascript:alert(1)".into()), ..Branding::default() };
+        assert!(!page(&branded, "t", "").contains("<img"), "an unsafe logo URL is left out");
     }
 }

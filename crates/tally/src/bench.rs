@@ -219,6 +219,8 @@ struct ScenarioReport {
     latencies_us: Vec<u32>,
     /// Events acknowledged in each second of the run, to show whether throughput holds.
     events_per_second: Vec<u64>,
+    /// CPU time the whole process (server and client) used during the run, where known.
+    cpu: Option<Duration>,
 }
 
 impl ScenarioReport {
@@ -248,6 +250,14 @@ impl ScenarioReport {
             percentile(0.99),
             percentile(1.0)
         );
+        if let Some(cpu) = self.cpu {
+            println!(
+                "  CPU (server and client): {:.2} cores busy, {:.0} µs per event, {:.0} µs per request",
+                cpu.as_secs_f64() / seconds,
+                cpu.as_secs_f64() * 1e6 / self.events.max(1) as f64,
+                cpu.as_secs_f64() * 1e6 / self.requests.max(1) as f64,
+            );
+        }
         let mut trend = String::new();
         for count in &self.events_per_second {
             let _ = write!(trend, " {count}");
@@ -289,6 +299,7 @@ async fn run_scenario(
     customers: &Arc<Vec<String>>,
     batch_size: usize,
 ) -> ScenarioReport {
+    let cpu_before = process_cpu_time();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration_secs);
     let budget = Arc::new(AtomicU64::new(args.requests.unwrap_or(u64::MAX)));
@@ -339,6 +350,7 @@ async fn run_scenario(
         elapsed: Duration::ZERO,
         latencies_us: Vec::new(),
         events_per_second: Vec::new(),
+        cpu: None,
     };
     while let Some(joined) = tasks.join_next().await {
         let report = match joined {
@@ -364,7 +376,21 @@ async fn run_scenario(
         }
     }
     total.elapsed = started.elapsed();
+    total.cpu = process_cpu_time().zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
     total
+}
+
+/// The user and system CPU time this process has used, from `/proc/self/stat` (Linux only).
+fn process_cpu_time() -> Option<Duration> {
+    /// `/proc` counts in clock ticks of 1/100 s (`USER_HZ`, fixed by the kernel's ABI).
+    const TICKS_PER_SECOND: u64 = 100;
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start with the state, field 3;
+    // user time and system time are fields 14 and 15.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((user + system) * 1000 / TICKS_PER_SECOND))
 }
 
 /// Takes one request from the budget; false once it is spent.

@@ -207,6 +207,7 @@ mod tests {
         assert_eq!(config.listen, "127.0.0.1:8080");
         assert_eq!(config.database_url, "sqlite://tally-data/tally.db");
         assert_eq!(config.settle_interval_ms, 1000);
+        assert_eq!((config.portal_logo_url.as_str(), config.portal_accent_color.as_str()), ("", "#4f46e5"));
         assert_eq!(
             (config.stripe_secret_key.as_str(), config.stripe_api_base.as_str()),
             ("", "https://api.stripe.com")

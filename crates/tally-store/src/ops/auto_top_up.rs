@@ -103,7 +103,7 @@ pub fn configure(
                 },
             };
             let buys = rate.and_then(|rate| rate.convert(amount, asset.precision()));
-            if rate.is_some() && !buys.is_some_and(|units| units > Decimal::ZERO) {
+            if rate.is_some() && buys.is_none_or(|units| units <= Decimal::ZERO) {
                 problem("amount", format!("is too small to buy any {}", asset.code()));
             }
         }
@@ -157,7 +157,7 @@ pub struct PlannedCharge {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
     /// A top-up was made and its payment is to be charged now.
-    Charge(PlannedCharge),
+    Charge(Box<PlannedCharge>),
     /// No top-up could be made; the failure is recorded.
     Failed,
     /// The claim found nothing to do after all (re-checked under the lock).
@@ -209,7 +209,7 @@ pub fn start_next(
         Ok(top_up_id) => {
             let charge = planned_charge(mode, &setting, &method, top_up_id.clone());
             auto_top_ups::put(conn, &AutoTopUp { in_flight_top_up_id: Some(top_up_id), updated_at: now, ..setting })?;
-            Ok(Some(Step::Charge(charge)))
+            Ok(Some(Step::Charge(Box::new(charge))))
         }
         Err(reason) => {
             register_failure(conn, mode, setting, available, &reason, None, now)?;

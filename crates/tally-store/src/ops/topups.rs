@@ -13,14 +13,15 @@
 //!   year after. Failure or expiry releases `pending_in`. Those three ends are final.
 
 use super::assets::{find as find_asset, rate_at, KnownAsset};
-use super::wallet::{default_expiry, open_account, RESERVED_TRANSACTION_PREFIX};
+use super::wallet::{default_expiry, open_account, save_account, RESERVED_TRANSACTION_PREFIX};
+use super::webhooks;
 use super::OpError;
 use crate::conn::Conn;
 use crate::ids;
 use crate::repo::ledger::{self, EntryHeader};
 use crate::repo::topups::{self, PaymentMethod, TopUp, TopUpStatus};
 use crate::repo::transactions::{self, Transaction};
-use crate::repo::wallets::{self, AccountKey, GrantOrigin};
+use crate::repo::wallets::{AccountKey, GrantOrigin};
 use crate::repo::{customers, Metadata};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -134,9 +135,25 @@ pub fn initiate(
     let key = account_key(&top_up);
     let (mut account, loaded) = open_account(conn, mode, &key, now)?;
     let postings = account.state.expect_incoming(asset_amount);
-    wallets::save(conn, mode, &loaded, &account, &GrantOrigin::default())?;
+    save_account(conn, mode, &loaded, &account, &GrantOrigin::default(), now)?;
     append(conn, mode, &key, "top_up_pending", &top_up.id, &postings, now)?;
     Ok(top_up)
+}
+
+/// What the `top_up.*` webhook events say about a settled top-up.
+fn notice(top_up: &TopUp, transaction_id: Option<String>) -> webhooks::TopUpNotice {
+    webhooks::TopUpNotice {
+        id: top_up.id.clone(),
+        customer_id: top_up.customer_id.clone(),
+        amount: top_up.amount,
+        currency: top_up.currency.clone(),
+        account_name: top_up.account_name.clone(),
+        asset: top_up.asset.clone(),
+        status: top_up.status.as_str().to_owned(),
+        failure_reason: top_up.failure_reason.clone(),
+        transaction_id,
+        created_at: top_up.created_at,
+    }
 }
 
 fn account_key(top_up: &TopUp) -> AccountKey {
@@ -245,7 +262,7 @@ pub fn succeed(
     let transaction_id = format!("{RESERVED_TRANSACTION_PREFIX}top_up_{}", top_up.id);
     let cost_basis = top_up.amount.checked_div(top_up.asset_amount).map(|basis| basis.normalize());
     let origin = GrantOrigin { transaction_id: Some(transaction_id.clone()), cost_basis };
-    wallets::save(conn, mode, &loaded, &account, &origin)?;
+    save_account(conn, mode, &loaded, &account, &origin, now)?;
     let header = EntryHeader {
         mode,
         account: &key,
@@ -279,9 +296,11 @@ pub fn succeed(
         executed_at: Some(now),
     };
     transactions::insert(conn, mode, &transaction)?;
+    webhooks::transaction_completed(conn, mode, &transaction, now)?;
     top_up.status = TopUpStatus::Succeeded;
     top_up.completed_at = Some(now);
     topups::update(conn, &top_up, now)?;
+    webhooks::top_up(conn, mode, true, &notice(&top_up, Some(transaction.id.clone())), now)?;
     if let Some(subscription_id) = &top_up.subscription_id {
         // The payment a subscription waited for: the worker starts it on its next pass.
         crate::repo::subscriptions::wake(conn, subscription_id, now)?;
@@ -326,12 +345,14 @@ pub fn fail(
     let key = account_key(&top_up);
     let (mut account, loaded) = open_account(conn, mode, &key, now)?;
     let postings = account.state.cancel_incoming(top_up.asset_amount);
-    wallets::save(conn, mode, &loaded, &account, &GrantOrigin::default())?;
+    save_account(conn, mode, &loaded, &account, &GrantOrigin::default(), now)?;
     append(conn, mode, &key, if expired { "top_up_expired" } else { "top_up_failed" }, &top_up.id, &postings, now)?;
     top_up.status = if expired { TopUpStatus::Expired } else { TopUpStatus::Failed };
     top_up.failure_reason = Some(reason.to_owned());
     top_up.completed_at = Some(now);
     topups::update(conn, &top_up, now)?;
+    // An expired top-up is a payment that never came: platforms hear of it as a failure.
+    webhooks::top_up(conn, mode, false, &notice(&top_up, None), now)?;
     Ok(top_up)
 }
 

@@ -1,5 +1,6 @@
-//! Compatibility with the official Python SDK, `credyt-api==0.2.0`: the pytest suite in
-//! `tests/sdk/test_sdk.py` drives a live server through it.
+//! Compatibility with the official Python SDK, `credyt-api==0.2.0`: every `test_*.py` in
+//! `tests/sdk/` (wallets in `test_sdk.py`; products, subscriptions, events, vendors, stats and
+//! top-ups in `test_sdk_usage.py`) drives one live server through it.
 //!
 //! The SDK lives in a virtual environment at `target/sdk-venv`, made on first use and reused
 //! while it still imports the SDK. Installing needs the network: when pip fails this test
@@ -75,7 +76,8 @@ async fn the_official_python_sdk_drives_every_wallet_operation() {
         panic!("the Python SDK compatibility test cannot run: {problem}\nset TALLY_SKIP_SDK=1 to skip it")
     });
     let app = TestApp::spawn(Backend::Sqlite).await.expect("sqlite is embedded");
-    let suite = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/test_sdk.py");
+    // pytest collects every test_*.py in the directory.
+    let suite = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk");
     let mut pytest = Command::new(python);
     pytest
         .args(["-m", "pytest", "-q", "-rfEX", "-p", "no:cacheprovider"])

@@ -347,7 +347,9 @@ async fn balance_moves_by_exactly_the_sum_of_fees(app: TestApp) {
     let product_id = product.body["id"].as_str().unwrap().to_owned();
     let customer = app.customer("Heavy user").await;
     app.fund(&customer, "USD", "1000", "topup-1").await;
-    app.post(&format!("/customers/{customer}/subscriptions"), json!({"products": [{"id": product_id}]})).await.expect(201);
+    app.post(&format!("/customers/{customer}/subscriptions"), json!({"products": [{"id": product_id}]}))
+        .await
+        .expect(201);
     let start: rust_decimal::Decimal = app.balances(&customer, "default:USD").await.0.parse().unwrap();
     let now = chrono::Utc::now().to_rfc3339();
     let models = ["small", "large", "other"];

@@ -693,7 +693,45 @@ async fn destinations_are_managed_and_checked(app: TestApp) {
     app.post("/webhooks", json!({"topics": ["*"]})).await.expect(422);
 }
 
+/// Real top-ups send `top_up.succeeded` (with the crediting transaction) and `top_up.failed`.
+async fn top_ups_announce_how_they_ended(app: TestApp) {
+    let receiver = Receiver::start(Answer::Ok).await;
+    let (_, secret) = destination(&app, &receiver.url, json!(["top_up.succeeded", "top_up.failed"])).await;
+    let customer = app.customer("Payer").await;
+    let request = |amount: &str| {
+        crate::harness::body(&format!(
+            r#"{{"customer_id":"{customer}","amount":{amount},"currency":"USD","return_url":"https://a.example","failure_url":"https://b.example"}}"#
+        ))
+    };
+    let paid = app.post("/top-ups", request("12.5")).await.expect(201);
+    let paid_id = paid.body["id"].as_str().unwrap().to_owned();
+    app.post(&format!("/test-helpers/top-ups/{paid_id}/succeed"), json!({})).await.expect(200);
+    let declined = app.post("/top-ups", request("3")).await.expect(201);
+    let declined_id = declined.body["id"].as_str().unwrap().to_owned();
+    app.post(&format!("/test-helpers/top-ups/{declined_id}/fail"), json!({})).await.expect(200);
+    let requests = eventually("both top-up events", Duration::from_secs(20), || async {
+        let requests = receiver.requests();
+        (requests.len() >= 2).then_some(requests)
+    })
+    .await;
+    assert_eq!(requests.len(), 2);
+    for request in &requests {
+        verify(&secret, &request.signature, &request.body, now_seconds()).unwrap();
+    }
+    let events: Vec<Value> = requests.iter().map(Received::json).collect();
+    let succeeded = events.iter().find(|event| event["type"] == "top_up.succeeded").expect("top_up.succeeded");
+    assert_eq!(succeeded["data"]["id"], paid_id.as_str());
+    assert_eq!(succeeded["data"]["status"], "succeeded");
+    assert_eq!(succeeded["data"]["amount"].to_string(), "12.5");
+    assert_eq!(succeeded["data"]["transaction_id"], format!("tally_top_up_{paid_id}").as_str());
+    let failed = events.iter().find(|event| event["type"] == "top_up.failed").expect("top_up.failed");
+    assert_eq!(failed["data"]["id"], declined_id.as_str());
+    assert!(failed["data"]["failure_reason"].is_string());
+    app.assert_ledger_agrees().await;
+}
+
 on_both_backends!(
+    top_ups_announce_how_they_ended,
     every_topic_arrives_signed,
     a_failing_receiver_gets_the_event_until_it_answers,
     a_receiver_that_never_answers_ends_failed,

@@ -7,19 +7,23 @@
 //! so, unless TALLY_SKIP_BROWSER=1, which skips it.
 
 use super::{catalog, customer_with_minutes, generate_clips, portal_link};
-use crate::harness::{Backend, TestApp};
+use crate::harness::{test_webhook_config, Backend, TestApp, TestDatabase};
 use fantoccini::actions::{InputSource, KeyAction, KeyActions};
 use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const DESKTOP: (u32, u32) = (1280, 900);
 const PHONE: (u32, u32) = (390, 844);
+/// The platform's logo: an inline SVG, so the test needs no network.
+const LOGO: &str = "data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 32 32'%3E%3Crect width='32' height='32' rx='8' fill='%230f766e'/%3E%3Cpath d='M8 23V9l8 8 8-8v14' stroke='white' stroke-width='3' fill='none'/%3E%3C/svg%3E";
+const ACCENT: &str = "#0f766e";
 
 fn screenshot_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/portal-screenshots");
@@ -179,7 +183,14 @@ async fn connect(port: u16, profile: &Path) -> Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn billing_portal_in_a_real_browser() {
     let Some(browser) = Browser::start().await else { return };
-    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let database = Arc::new(TestDatabase::create(Backend::Sqlite).unwrap());
+    let branded = |mut state: tally_http::AppState| {
+        state.branding.name = "Glitch Studio".into();
+        state.branding.logo_url = Some(LOGO.into());
+        state.branding.accent_color = ACCENT.into();
+        state
+    };
+    let app = TestApp::spawn_with_state(database, Backend::Sqlite, test_webhook_config(), branded).await;
     catalog(&app).await;
     let customer = customer_with_minutes(&app, "Ada Lovelace", "20").await;
     app.fund(&customer, "USD", "5", "usd-topup").await;
@@ -192,6 +203,11 @@ async fn billing_portal_in_a_real_browser() {
     assert!(browser.text(minutes).await.contains("18.00"), "20 gift minutes less one 2-minute clip");
     assert!(browser.text(r#"[data-account="default:VIDMIN"]"#).await.contains("Video minutes"));
     assert!(browser.text(r#"[data-account="default:USD"] .balance"#).await.contains("$5.00"));
+    // The platform's branding: name, logo and accent colour.
+    assert_eq!(browser.text("header .name").await, "Glitch Studio");
+    assert_eq!(browser.element("header img").await.attr("src").await.unwrap().as_deref(), Some(LOGO));
+    let accent = browser.element("a.button").await.css_value("background-color").await.unwrap();
+    assert!(accent.starts_with("rgb") && accent.contains("15, 118, 110"), "the accent colour, not {accent}");
     browser.shot("01-overview").await;
 
     // Top up with the succeeding card, watching the live quote on the way.
