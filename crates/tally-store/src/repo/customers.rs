@@ -1,7 +1,7 @@
 //! Customers.
 
-use super::{metadata_from_text, metadata_to_text, Metadata, Page};
-use crate::conn::{Conn, Value};
+use super::{metadata_from_text, metadata_to_text, Filter, Metadata, Page};
+use crate::conn::Conn;
 use crate::{params, StoreError};
 use chrono::{DateTime, Utc};
 use tally_core::Mode;
@@ -89,43 +89,22 @@ pub fn list(
     filter: &CustomerFilter,
     page: Page,
 ) -> Result<(Vec<Customer>, i64), StoreError> {
-    let mut conditions = vec!["mode = $1".to_owned()];
-    let mut values: Vec<Value> = vec![mode.as_str().into()];
-    let mut add = |condition: &str, value: Value| {
-        values.push(value);
-        conditions.push(condition.replace('?', &format!("${}", values.len())));
-    };
+    let mut query = Filter::new("mode = ?", mode.as_str());
     if let Some(id) = &filter.customer_id {
-        add("id = ?", id.into());
+        query.and("id = ?", id);
     }
     if let Some(external_id) = &filter.external_id {
-        add("external_id = ?", external_id.into());
+        query.and("external_id = ?", external_id);
     }
     if let Some(email) = &filter.email {
-        add("lower(email) = lower(?)", email.into());
+        query.and("lower(email) = lower(?)", email);
     }
     if let Some(name) = &filter.name {
         let pattern =
             format!("%{}%", name.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
-        add("lower(name) LIKE ? ESCAPE '\\'", pattern.into());
+        query.and("lower(name) LIKE ? ESCAPE '\\'", pattern);
     }
-    let condition = conditions.join(" AND ");
-    let total = conn.count(&format!("SELECT COUNT(*) FROM customers WHERE {condition}"), &values)?;
-    let limit_index = values.len() + 1;
-    values.push(page.limit.into());
-    values.push(page.offset.into());
-    let items = conn
-        .query(
-            &format!(
-                "SELECT {COLUMNS} FROM customers WHERE {condition} ORDER BY created_at, id LIMIT ${limit_index} OFFSET ${}",
-                limit_index + 1
-            ),
-            &values,
-        )?
-        .iter()
-        .map(from_row)
-        .collect::<Result<_, _>>()?;
-    Ok((items, total))
+    query.page(conn, "customers", COLUMNS, "created_at, id", page, from_row)
 }
 
 pub fn update(conn: &mut dyn Conn, mode: Mode, customer: &Customer, now: DateTime<Utc>) -> Result<(), StoreError> {

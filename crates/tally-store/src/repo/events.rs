@@ -1,6 +1,6 @@
 //! Usage events, their fees and costs, and the per-price usage counters that tiering reads.
 
-use super::Page;
+use super::{Filter, Page};
 use crate::conn::{Conn, Value};
 use crate::{params, StoreError};
 use chrono::{DateTime, Utc};
@@ -203,52 +203,31 @@ pub fn list(
     filter: &EventFilter,
     page: Page,
 ) -> Result<(Vec<EventWithCustomer>, i64), StoreError> {
-    let mut conditions = vec!["e.mode = $1".to_owned()];
-    let mut values: Vec<Value> = vec![mode.as_str().into()];
-    let mut add = |condition: &str, value: Value| {
-        values.push(value);
-        conditions.push(condition.replace('?', &format!("${}", values.len())));
-    };
+    let mut query = Filter::new("e.mode = ?", mode.as_str());
     if let Some(id) = &filter.event_id {
-        add("e.id = ?", id.into());
+        query.and("e.id = ?", id);
     }
     if let Some(customer_id) = &filter.customer_id {
-        add("e.customer_id = ?", customer_id.into());
+        query.and("e.customer_id = ?", customer_id);
     }
     if let Some(external_id) = &filter.customer_external_id {
-        add("c.external_id = ?", external_id.into());
+        query.and("c.external_id = ?", external_id);
     }
     if let Some(subject) = &filter.subject {
-        add("e.subject = ?", subject.into());
+        query.and("e.subject = ?", subject);
     }
     if let Some(from) = filter.period_from {
-        add("e.occurred_at >= ?", from.into());
+        query.and("e.occurred_at >= ?", from);
     }
     if let Some(to) = filter.period_to {
-        add("e.occurred_at < ?", to.into());
+        query.and("e.occurred_at < ?", to);
     }
     if let Some(has_fees) = filter.has_fees {
-        add("e.has_fees = ?", has_fees.into());
+        query.and("e.has_fees = ?", has_fees);
     }
-    if !filter.event_types.is_empty() {
-        let start = values.len() + 1;
-        let placeholders: Vec<String> =
-            (0..filter.event_types.len()).map(|index| format!("${}", start + index)).collect();
-        values.extend(filter.event_types.iter().map(Value::from));
-        conditions.push(format!("e.event_type IN ({})", placeholders.join(", ")));
-    }
-    let condition = conditions.join(" AND ");
+    query.and_in("e.event_type", &filter.event_types);
     let from = "usage_events e JOIN customers c ON c.id = e.customer_id";
-    let total = conn.count(&format!("SELECT COUNT(*) FROM {from} WHERE {condition}"), &values)?;
-    let limit_index = values.len() + 1;
-    values.push(page.limit.into());
-    values.push(page.offset.into());
-    let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM {from} WHERE {condition} ORDER BY e.occurred_at DESC, e.id DESC LIMIT ${limit_index} OFFSET ${}",
-        limit_index + 1
-    );
-    let items = conn.query(&sql, &values)?.iter().map(event_from_row).collect::<Result<_, _>>()?;
-    Ok((items, total))
+    query.page(conn, from, EVENT_COLUMNS, "e.occurred_at DESC, e.id DESC", page, event_from_row)
 }
 
 pub fn counter(conn: &mut dyn Conn, customer_id: &str, price_id: &str, period_start: i64) -> Result<Usage, StoreError> {

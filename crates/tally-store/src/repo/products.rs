@@ -2,8 +2,8 @@
 //! the JSON the API speaks; the HTTP layer parses it (and caches the parsed form: versions
 //! never change once written).
 
-use super::Page;
-use crate::conn::{Conn, Value};
+use super::{Filter, Page};
+use crate::conn::Conn;
 use crate::{params, StoreError};
 use chrono::{DateTime, Utc};
 use tally_core::Mode;
@@ -123,22 +123,11 @@ pub fn list(
     code: Option<&str>,
     page: Page,
 ) -> Result<(Vec<Product>, i64), StoreError> {
-    let mut values: Vec<Value> = vec![mode.as_str().into()];
-    let mut condition = "mode = $1".to_owned();
+    let mut query = Filter::new("mode = ?", mode.as_str());
     if let Some(code) = code {
-        values.push(code.into());
-        condition.push_str(" AND code = $2");
+        query.and("code = ?", code);
     }
-    let total = conn.count(&format!("SELECT COUNT(*) FROM products WHERE {condition}"), &values)?;
-    let limit_index = values.len() + 1;
-    values.push(page.limit.into());
-    values.push(page.offset.into());
-    let sql = format!(
-        "SELECT {COLUMNS} FROM products WHERE {condition} ORDER BY created_at, id LIMIT ${limit_index} OFFSET ${}",
-        limit_index + 1
-    );
-    let items = conn.query(&sql, &values)?.iter().map(from_row).collect::<Result<_, _>>()?;
-    Ok((items, total))
+    query.page(conn, "products", COLUMNS, "created_at, id", page, from_row)
 }
 
 pub fn insert_version(conn: &mut dyn Conn, mode: Mode, version: &Version) -> Result<(), StoreError> {

@@ -1,7 +1,7 @@
 //! Vendors: who a platform pays for the work behind usage (model providers, GPU clouds).
 
-use super::Page;
-use crate::conn::{Conn, Value};
+use super::{Filter, Page};
+use crate::conn::Conn;
 use crate::{params, StoreError};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -55,22 +55,11 @@ pub fn list(
     external_id: Option<&str>,
     page: Page,
 ) -> Result<(Vec<Vendor>, i64), StoreError> {
-    let mut values: Vec<Value> = vec![mode.as_str().into()];
-    let mut condition = "mode = $1".to_owned();
+    let mut query = Filter::new("mode = ?", mode.as_str());
     if let Some(external_id) = external_id {
-        values.push(external_id.into());
-        condition.push_str(" AND external_id = $2");
+        query.and("external_id = ?", external_id);
     }
-    let total = conn.count(&format!("SELECT COUNT(*) FROM vendors WHERE {condition}"), &values)?;
-    let limit_index = values.len() + 1;
-    values.push(page.limit.into());
-    values.push(page.offset.into());
-    let sql = format!(
-        "SELECT {COLUMNS} FROM vendors WHERE {condition} ORDER BY created_at, id LIMIT ${limit_index} OFFSET ${}",
-        limit_index + 1
-    );
-    let items = conn.query(&sql, &values)?.iter().map(from_row).collect::<Result<_, _>>()?;
-    Ok((items, total))
+    query.page(conn, "vendors", COLUMNS, "created_at, id", page, from_row)
 }
 
 /// A vendor's costs in a period, as (category, amount, currency) rows.

@@ -1,7 +1,7 @@
 //! Wallet accounts and their credit grants.
 
-use super::Page;
-use crate::conn::{Conn, Value};
+use super::{Filter, Page};
+use crate::conn::Conn;
 use crate::{params, StoreError};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -255,47 +255,28 @@ pub fn list_grants(
     filter: &GrantFilter,
     page: Page,
 ) -> Result<(Vec<Grant>, i64), StoreError> {
-    let mut conditions = vec!["customer_id = $1".to_owned(), "account_name = $2".to_owned(), "asset = $3".to_owned()];
-    let mut values: Vec<Value> = vec![(&key.customer_id).into(), (&key.name).into(), (&key.asset).into()];
-    let mut add = |condition: &str, value: Value| {
-        values.push(value);
-        conditions.push(condition.replace('?', &format!("${}", values.len())));
-    };
+    let mut query = Filter::new("customer_id = ?", &key.customer_id);
+    query.and("account_name = ?", &key.name);
+    query.and("asset = ?", &key.asset);
     if let Some(purpose) = filter.purpose {
-        add("purpose = ?", purpose.as_str().into());
+        query.and("purpose = ?", purpose.as_str());
     }
     if let Some(at) = filter.exclude_expired_at {
-        add("(expires_at IS NULL OR expires_at > ?)", at.into());
+        query.and("(expires_at IS NULL OR expires_at > ?)", at);
     }
     if let Some(at) = filter.effective_from {
-        add("effective_at >= ?", at.into());
+        query.and("effective_at >= ?", at);
     }
     if let Some(at) = filter.effective_to {
-        add("effective_at < ?", at.into());
+        query.and("effective_at < ?", at);
     }
     if let Some(at) = filter.expired_from {
-        add("expires_at >= ?", at.into());
+        query.and("expires_at >= ?", at);
     }
     if let Some(at) = filter.expired_to {
-        add("expires_at < ?", at.into());
+        query.and("expires_at < ?", at);
     }
-    let condition = conditions.join(" AND ");
-    let total = conn.count(&format!("SELECT COUNT(*) FROM grants WHERE {condition}"), &values)?;
-    let limit_index = values.len() + 1;
-    values.push(page.limit.into());
-    values.push(page.offset.into());
-    let items = conn
-        .query(
-            &format!(
-                "SELECT {GRANT_COLUMNS} FROM grants WHERE {condition} ORDER BY created_at DESC, id DESC LIMIT ${limit_index} OFFSET ${}",
-                limit_index + 1
-            ),
-            &values,
-        )?
-        .iter()
-        .map(grant_from_row)
-        .collect::<Result<_, _>>()?;
-    Ok((items, total))
+    query.page(conn, "grants", GRANT_COLUMNS, "created_at DESC, id DESC", page, grant_from_row)
 }
 
 /// Every grant in the database, for `ledger verify`.
