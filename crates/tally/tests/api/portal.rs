@@ -246,6 +246,8 @@ async fn a_session_sees_only_its_own_customer(app: TestApp) {
     catalog(&app).await;
     let ada = customer_with_minutes(&app, "Ada", "20").await;
     let bob = customer_with_minutes(&app, "Bob", "777").await;
+    // What only Bob's pages may show. (Ids and tokens are random text, so "777" alone could
+    // appear in Ada's by chance; "777.00" cannot.)
     let bob_secret = "Bob secret render job";
     let event = json!({"customer_id": bob, "events": [{"id": "bob-1", "event_type": "video_generated",
         "occurred_at": Utc::now().to_rfc3339(), "description": bob_secret}]});
@@ -262,7 +264,7 @@ async fn a_session_sees_only_its_own_customer(app: TestApp) {
     for path in ["/portal", "/portal?checkout=done", "/portal/usage", "/portal/top-ups", "/portal/auto-top-up"] {
         let (status, page, _) = portal(&app, Method::GET, path, Some(&cookie), &[]).await;
         assert_eq!(status, 200, "{path}: {page}");
-        for bobs in ["777", bob_secret, bob_top_up.as_str(), bob.as_str()] {
+        for bobs in ["777.00", bob_secret, bob_top_up.as_str(), bob.as_str()] {
             assert!(!page.contains(bobs), "{path} shows Bob's {bobs}");
         }
     }
@@ -500,6 +502,60 @@ async fn declined_auto_top_ups_back_off_then_turn_off(app: TestApp) {
     app.assert_ledger_agrees().await;
 }
 
+async fn auto_top_up_settings_are_checked(app: TestApp) {
+    catalog(&app).await;
+    let ada = customer_with_minutes(&app, "Ada", "20").await;
+    let bob = customer_with_minutes(&app, "Bob", "20").await;
+    let ada_card = save_card(&app, &ada, "4242424242424242").await;
+    let bob_card = save_card(&app, &bob, "4242424242424242").await;
+    let cookie = portal_cookie(&app, &ada).await;
+    let (_, page, _) = portal(&app, Method::GET, "/portal/auto-top-up", Some(&cookie), &[]).await;
+    assert!(page.contains("Visa ending 4242") && !page.contains(&bob_card), "only Ada's own cards are offered");
+    let csrf = csrf_of(&page);
+    let cases = [
+        ("", "50", "10", "USD", "Card: choose a saved payment method"),
+        (ada_card.as_str(), "-1", "10", "USD", "Threshold: must be zero or more"),
+        (ada_card.as_str(), "1.001", "10", "USD", "VIDMIN takes at most 2 decimal places"),
+        (ada_card.as_str(), "50", "0.001", "USD", "USD takes at most 2 decimal places"),
+        (ada_card.as_str(), "50", "ten", "USD", "Enter the amount to pay each time"),
+        (ada_card.as_str(), "50", "10", "EUR", "VIDMIN cannot be bought with EUR"),
+        (bob_card.as_str(), "50", "10", "USD", "not one of this customer&#39;s saved payment methods"),
+    ];
+    for (card, threshold, amount, currency, expected) in cases {
+        let form = [
+            ("csrf", csrf.as_str()),
+            ("account", "default:VIDMIN"),
+            ("enabled", "on"),
+            ("threshold", threshold),
+            ("amount", amount),
+            ("currency", currency),
+            ("payment_method_id", card),
+        ];
+        let (status, page, _) = portal(&app, Method::POST, "/portal/auto-top-up", Some(&cookie), &form).await;
+        assert_eq!(status, 422, "{expected}: {page}");
+        assert!(page.contains(expected), "{expected} missing from {page}");
+        assert!(page.contains(&format!(r#"value="{threshold}""#)), "the form keeps what was typed");
+    }
+    let store = app.store.clone();
+    let key = minutes_key(&ada);
+    let stored =
+        tokio::task::spawn_blocking(move || store.read(|conn| auto_top_ups::get(conn, Mode::Test, &key)).unwrap())
+            .await
+            .unwrap();
+    assert_eq!(stored, None, "refused settings store nothing");
+    // Off needs no card.
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("account", "default:VIDMIN"),
+        ("threshold", "5"),
+        ("amount", "1"),
+        ("currency", "USD"),
+    ];
+    let (status, _, _) = portal(&app, Method::POST, "/portal/auto-top-up", Some(&cookie), &form).await;
+    assert_eq!(status, 303);
+    assert!(!setting(&app, &ada).await.enabled);
+}
+
 /// A provider whose off-session charges stay processing: the top-up waits for a notification.
 struct SlowProvider;
 
@@ -572,6 +628,27 @@ async fn never_two_auto_top_ups_in_flight_postgres() {
     never_two_auto_top_ups_in_flight(Backend::Postgres).await;
 }
 
+/// Behind an https public URL the session cookie is `Secure`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cookie_is_secure_behind_an_https_public_url() {
+    let database = Arc::new(TestDatabase::create(Backend::Sqlite).unwrap());
+    let https = |mut state: tally_http::AppState| {
+        let config =
+            tally_http::HttpConfig { public_url: Some("https://billing.example".into()), ..(*state.config).clone() };
+        state.config = Arc::new(config);
+        state
+    };
+    let app = TestApp::spawn_with_state(database, Backend::Sqlite, test_webhook_config(), https).await;
+    catalog(&app).await;
+    let customer = customer_with_minutes(&app, "Ada", "20").await;
+    let link = portal_link(&app, &customer).await;
+    let path = link.strip_prefix("https://billing.example").expect("links use the public URL");
+    let (status, _, cookie, _) = open_link(&format!("{}{path}", app.base)).await;
+    assert_eq!(status, 303);
+    let cookie = cookie.unwrap();
+    assert!(cookie.contains("; Secure") && cookie.contains("HttpOnly"), "{cookie}");
+}
+
 on_both_backends!(
     portal_link_opens_once_with_a_scoped_cookie,
     expired_links_land_on_the_failure_url,
@@ -580,6 +657,7 @@ on_both_backends!(
     the_live_quote,
     auto_top_up_credits_once_when_usage_crosses_the_threshold,
     declined_auto_top_ups_back_off_then_turn_off,
+    auto_top_up_settings_are_checked,
 );
 
 mod browser;

@@ -67,7 +67,7 @@ fn sdk_python() -> Result<PathBuf, String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_official_python_sdk_drives_every_wallet_operation() {
+async fn the_official_python_sdk_drives_the_api() {
     if std::env::var("TALLY_SKIP_SDK").is_ok_and(|value| value == "1") {
         eprintln!("SDK compatibility NOT RUN: TALLY_SKIP_SDK=1");
         return;

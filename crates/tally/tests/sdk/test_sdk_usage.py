@@ -278,6 +278,8 @@ def test_versions_are_drafted_published_made_default_and_archived(client, glitch
     # The SDK serializes `version` in paths as an int, so it cannot ask for "default" by name.
     with pytest.raises(TypeError):
         client.products.get_version(product.id, "default")
+    status, by_name = call_json("GET", f"/products/{product.id}/default")
+    assert (status, by_name["version"]) == (200, 2)
     default = client.products.get_version(product.id, 2)
     assert (default.version, default.status, default.is_default) == (2, "published", True)
     assert client.products.get_version(product.id, 1).is_default is False
