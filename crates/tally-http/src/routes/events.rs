@@ -30,19 +30,30 @@ pub const MAX_COSTS_PER_EVENT: usize = 20;
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 pub struct CostDataIn {
     pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vendor_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vendor_external_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub category: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     #[schema(value_type = Option<Object>)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub units: Option<Amount>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit_price: Option<Amount>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_volume: Option<Amount>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_rate: Option<Amount>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub package_size: Option<Amount>,
     pub amount: Amount,
     /// Defaults to USD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub currency: Option<String>,
 }
 
