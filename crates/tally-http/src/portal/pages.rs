@@ -155,7 +155,7 @@ fn returned_notice(line: &TopUpLine) -> String {
             )
         }
         TopUpStatus::Failed | TopUpStatus::Expired => format!(
-            r#"<div class="error" role="alert">Your top-up of {paid} did not go through: {}</div>"#,
+            r#"<div class="error" role="alert">Your top-up of {paid} did not go through: {} <a href="/portal/top-ups">Try again</a></div>"#,
             escape(top_up.failure_reason.as_deref().unwrap_or("the payment failed."))
         ),
         TopUpStatus::Initiated | TopUpStatus::Pending => {
