@@ -33,6 +33,9 @@ use utoipa::ToSchema;
 pub const MAX_PRICES: usize = 50;
 pub const MAX_ENTITLEMENTS: usize = 20;
 
+// A request type, parsed once per product version and never held in bulk, so the size
+// difference between its variants costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum PriceIn {

@@ -16,10 +16,11 @@
 //!   panics) is rolled back to its savepoint, so its effects vanish and no later job of the
 //!   round can see them; jobs that succeed are released into the round and later jobs see
 //!   them, exactly as if they had committed one after another in queue order.
-//! - The caller that finishes a job hands the baton to the next caller in the queue, or,
-//!   when the queue is empty, the round holds [`MAX_JOBS_PER_ROUND`] jobs or has been open
-//!   for [`MAX_ROUND_DURATION`], commits the round: one COMMIT, one fsync for all its jobs.
-//!   Then it wakes every caller of the round with the outcome and passes the baton on.
+//! - The caller that finishes a job hands the baton to the next caller in the queue. When
+//!   the queue is empty, or the round holds [`MAX_JOBS_PER_ROUND`] jobs, or it has been open
+//!   for [`MAX_ROUND_DURATION`], that caller commits the round instead (one COMMIT, one fsync
+//!   for all its jobs), wakes every caller of the round with the outcome, and passes the
+//!   baton on.
 //!
 //! Durability: a caller of `write` gets `Ok` only after the COMMIT of the round holding its
 //! job has returned, that is once the job's effects are durably on disk. If that COMMIT
@@ -129,8 +130,8 @@ struct Round {
 
 /// What a caller waiting on its channel is told.
 enum Signal {
-    /// The caller's turn: here is the baton.
-    Turn(Baton),
+    /// The caller's turn: here is the baton (boxed: it moves from thread to thread).
+    Turn(Box<Baton>),
     /// The round that ran the caller's job is over: committed, or failed with this message.
     Finished(Result<(), String>),
 }
@@ -145,7 +146,7 @@ struct GroupCommit {
 
 struct Queue {
     /// The baton while nobody holds it; then nobody waits either.
-    idle: Option<Baton>,
+    idle: Option<Box<Baton>>,
     /// Callers waiting for the baton, in arrival order.
     waiting: VecDeque<mpsc::SyncSender<Signal>>,
 }
@@ -163,7 +164,7 @@ enum JobEnd {
 
 impl GroupCommit {
     fn new(connection: rusqlite::Connection) -> GroupCommit {
-        let idle = Some(Baton { connection, round: Round::default() });
+        let idle = Some(Box::new(Baton { connection, round: Round::default() }));
         GroupCommit {
             queue: Mutex::new(Queue { idle, waiting: VecDeque::new() }),
             room: Condvar::new(),
@@ -177,13 +178,13 @@ impl GroupCommit {
         let (me, signals) = mpsc::sync_channel(1);
         let mut baton = self.wait_for_turn(&me, &signals);
         if baton.round.began.is_none() {
-            if let Err(error) = baton.connection.execute_batch("BEGIN IMMEDIATE") {
+            if let Err(error) = run_cached(&baton.connection, "BEGIN IMMEDIATE") {
                 self.pass(baton);
                 return Err(database(error).into());
             }
             baton.round.began = Some(Instant::now());
         }
-        let (result, end) = match baton.connection.execute_batch("SAVEPOINT job") {
+        let (result, end) = match run_cached(&baton.connection, "SAVEPOINT job") {
             Err(error) => {
                 let error = database(error);
                 let message = error.to_string();
@@ -218,7 +219,7 @@ impl GroupCommit {
     }
 
     /// Waits in the queue, in arrival order, for the baton.
-    fn wait_for_turn(&self, me: &mpsc::SyncSender<Signal>, signals: &mpsc::Receiver<Signal>) -> Baton {
+    fn wait_for_turn(&self, me: &mpsc::SyncSender<Signal>, signals: &mpsc::Receiver<Signal>) -> Box<Baton> {
         let mut queue = lock(&self.queue);
         loop {
             if let Some(baton) = queue.idle.take() {
@@ -238,7 +239,7 @@ impl GroupCommit {
     }
 
     /// Adds the job to its round, then hands the baton to the next caller or ends the round.
-    fn finish_job(&self, mut baton: Baton, end: JobEnd) {
+    fn finish_job(&self, mut baton: Box<Baton>, end: JobEnd) {
         let transaction_lost = baton.round.began.is_some() && baton.connection.is_autocommit();
         match end {
             JobEnd::Broken(me, message) => {
@@ -275,7 +276,7 @@ impl GroupCommit {
         if baton.round.began.take().is_none() {
             return;
         }
-        let outcome = baton.connection.execute_batch("COMMIT").map_err(|error| {
+        let outcome = run_cached(&baton.connection, "COMMIT").map_err(|error| {
             let _ = baton.connection.execute_batch("ROLLBACK");
             format!("the transaction did not commit: {}", database(error))
         });
@@ -297,7 +298,7 @@ impl GroupCommit {
     }
 
     /// Hands the baton to the first caller in the queue, or leaves it idle.
-    fn pass(&self, mut baton: Baton) {
+    fn pass(&self, mut baton: Box<Baton>) {
         let mut queue = lock(&self.queue);
         while let Some(next) = queue.waiting.pop_front() {
             self.room.notify_one();
@@ -310,7 +311,7 @@ impl GroupCommit {
     }
 }
 
-fn into_baton(signal: Signal) -> Baton {
+fn into_baton(signal: Signal) -> Box<Baton> {
     match signal {
         Signal::Turn(baton) => baton,
         Signal::Finished(_) => unreachable!("only turns are sent to the queue"),
@@ -353,11 +354,20 @@ impl Drop for Checkpointer {
     }
 }
 
+/// Runs a statement without parameters from the statement cache: the statements that open,
+/// close and divide transactions run several times per request, and parsing them each time
+/// (as `execute_batch` does) costs more than running them.
+fn run_cached(connection: &rusqlite::Connection, sql: &str) -> rusqlite::Result<()> {
+    connection.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 /// Keeps a successful job's effects in the round (RELEASE) or undoes a failed one's
 /// (ROLLBACK TO, then RELEASE). An error means the round's state is unknown.
 fn settle_savepoint(connection: &rusqlite::Connection, succeeded: bool) -> Result<(), String> {
-    let sql = if succeeded { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
-    connection.execute_batch(sql).map_err(|error| format!("cannot end the job's savepoint: {}", database(error)))
+    let undone = if succeeded { Ok(()) } else { run_cached(connection, "ROLLBACK TO job") };
+    undone
+        .and_then(|()| run_cached(connection, "RELEASE job"))
+        .map_err(|error| format!("cannot end the job's savepoint: {}", database(error)))
 }
 
 /// Opens a connection. Besides durability (WAL, `synchronous=FULL`), two settings matter to
@@ -407,29 +417,38 @@ struct SqliteConn<'a> {
     connection: &'a mut rusqlite::Connection,
 }
 
-/// Rewrites `$1` placeholders to SQLite's numbered `?1`.
+/// Rewrites `$1` placeholders to SQLite's numbered `?1`. Runs for every statement, so it
+/// copies whole runs of text between placeholders rather than one character at a time.
 fn to_sqlite_placeholders(sql: &str) -> String {
     let mut rewritten = String::with_capacity(sql.len());
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '$' && chars.peek().is_some_and(|next| next.is_ascii_digit()) {
+    let mut copied = 0;
+    for (index, _) in sql.match_indices('$') {
+        if sql.as_bytes().get(index + 1).is_some_and(u8::is_ascii_digit) {
+            rewritten.push_str(&sql[copied..index]);
             rewritten.push('?');
-        } else {
-            rewritten.push(c);
+            copied = index + 1;
         }
     }
+    rewritten.push_str(&sql[copied..]);
     rewritten
 }
 
-fn bind(params: &[Value]) -> Vec<rusqlite::types::Value> {
-    params
-        .iter()
-        .map(|value| match value {
-            Value::Null => rusqlite::types::Value::Null,
-            Value::Int(int) => rusqlite::types::Value::Integer(*int),
-            Value::Text(text) => rusqlite::types::Value::Text(text.clone()),
+/// A parameter bound by reference: text is handed to SQLite without being copied first.
+struct Bound<'a>(&'a Value);
+
+impl rusqlite::ToSql for Bound<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::ToSqlOutput;
+        Ok(match self.0 {
+            Value::Null => ToSqlOutput::Owned(rusqlite::types::Value::Null),
+            Value::Int(int) => ToSqlOutput::Owned(rusqlite::types::Value::Integer(*int)),
+            Value::Text(text) => ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes())),
         })
-        .collect()
+    }
+}
+
+fn bind(params: &[Value]) -> impl rusqlite::Params + '_ {
+    rusqlite::params_from_iter(params.iter().map(Bound))
 }
 
 impl Conn for SqliteConn<'_> {
@@ -439,14 +458,14 @@ impl Conn for SqliteConn<'_> {
 
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
         let mut statement = self.connection.prepare_cached(&to_sqlite_placeholders(sql)).map_err(database)?;
-        let changed = statement.execute(rusqlite::params_from_iter(bind(params))).map_err(database)?;
+        let changed = statement.execute(bind(params)).map_err(database)?;
         Ok(changed as u64)
     }
 
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
         let mut statement = self.connection.prepare_cached(&to_sqlite_placeholders(sql)).map_err(database)?;
         let columns = statement.column_count();
-        let mut rows = statement.query(rusqlite::params_from_iter(bind(params))).map_err(database)?;
+        let mut rows = statement.query(bind(params)).map_err(database)?;
         let mut result = Vec::new();
         while let Some(row) = rows.next().map_err(database)? {
             let mut values = Vec::with_capacity(columns);
@@ -482,6 +501,8 @@ mod tests {
     #[test]
     fn placeholders_are_rewritten_only_where_numbered() {
         assert_eq!(to_sqlite_placeholders("a = $1 AND b = $12 AND c = '$x'"), "a = ?1 AND b = ?12 AND c = '$x'");
+        assert_eq!(to_sqlite_placeholders("$1$2 é $ $3"), "?1?2 é $ ?3");
+        assert_eq!(to_sqlite_placeholders("no placeholders, $"), "no placeholders, $");
     }
 
     /// A backend over a fresh file with a table of numbered rows, and (deferred, so that only
@@ -543,12 +564,14 @@ mod tests {
         lock(&backend.writer.queue).idle.is_none()
     }
 
+    type Job<'a, R> = Box<dyn FnOnce(&mut dyn Conn) -> Result<R, StoreError> + Send + 'a>;
+
     /// Runs `jobs` as one queue behind a job that holds the baton until all are queued, each
     /// on its own thread, in order, so that they all run in one round; returns each job's
     /// result.
     fn run_queued<R: Send>(
         backend: &SqliteBackend,
-        jobs: Vec<Box<dyn FnOnce(&mut dyn Conn) -> Result<R, StoreError> + Send + '_>>,
+        jobs: Vec<Job<'_, R>>,
     ) -> Vec<std::thread::Result<Result<R, StoreError>>> {
         let (release, released) = mpsc::channel::<()>();
         std::thread::scope(|scope| {
@@ -576,7 +599,7 @@ mod tests {
         let (dir, backend) = backend();
         let dir = &dir;
         let jobs = (1..=5)
-            .map(|n| -> Box<dyn FnOnce(&mut dyn Conn) -> Result<(i64, i64), StoreError> + Send> {
+            .map(|n| -> Job<'_, (i64, i64)> {
                 Box::new(move |conn: &mut dyn Conn| {
                     insert(conn, n)?;
                     // What this job sees, and what another connection sees committed.
@@ -594,7 +617,7 @@ mod tests {
     #[test]
     fn a_failed_job_vanishes_without_touching_the_others() {
         let (_dir, backend) = backend();
-        let jobs: Vec<Box<dyn FnOnce(&mut dyn Conn) -> Result<bool, StoreError> + Send>> = vec![
+        let jobs: Vec<Job<'_, bool>> = vec![
             Box::new(|conn| {
                 insert(conn, 1)?;
                 Ok(true)
@@ -627,7 +650,7 @@ mod tests {
     #[test]
     fn a_failed_commit_fails_every_job_of_the_round_and_keeps_nothing() {
         let (_dir, backend) = backend();
-        let jobs: Vec<Box<dyn FnOnce(&mut dyn Conn) -> Result<(), StoreError> + Send>> = vec![
+        let jobs: Vec<Job<'_, ()>> = vec![
             Box::new(|conn| insert(conn, 1)),
             // Succeeds by itself; the deferred foreign key fails the COMMIT.
             Box::new(|conn| conn.execute("INSERT INTO children (parent) VALUES (42)", &[]).map(|_| ())),
@@ -650,7 +673,7 @@ mod tests {
     #[test]
     fn a_panicking_job_is_rolled_back_and_the_round_goes_on() {
         let (_dir, backend) = backend();
-        let jobs: Vec<Box<dyn FnOnce(&mut dyn Conn) -> Result<(), StoreError> + Send>> = vec![
+        let jobs: Vec<Job<'_, ()>> = vec![
             Box::new(|conn| insert(conn, 1)),
             Box::new(|conn| {
                 insert(conn, 2)?;

@@ -123,7 +123,8 @@ pub fn run(args: &BenchArgs, database_url: Option<&str>, settle_interval: Durati
     let now = chrono::Utc::now();
     let (_, key) = store.write(|conn| tally_store::repo::api_keys::create(conn, Mode::Test, Some("bench"), now))?;
     println!(
-        "tally bench: {url}; {} customers, {} connections, {} CPUs, {} s per scenario{}",
+        "tally bench: {}; {} customers, {} connections, {} CPUs, {} s per scenario{}",
+        without_password(&url),
         args.customers,
         args.connections,
         std::thread::available_parallelism().map_or(1, |count| count.get()),
@@ -172,6 +173,20 @@ pub fn run(args: &BenchArgs, database_url: Option<&str>, settle_interval: Durati
         println!("  {problem}");
     }
     Ok(http_ok && report.problems.is_empty())
+}
+
+/// `url` with the password of its user information, if any, masked: the URL is printed.
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((user_information, host)) if user_information.contains(':') => {
+            let user = user_information.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// Sets up the catalog and customers, runs the scenarios and checks the outcome over HTTP.
@@ -504,5 +519,42 @@ impl Client {
             .await?;
         let available = account["available"].to_string();
         Decimal::from_str(&available).with_context(|| format!("available is not a decimal: {available}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Not a measurement (nothing here depends on speed): a short run, bounded by a count of
+    /// requests, must end with every check passed.
+    #[test]
+    fn a_short_run_passes_its_checks() {
+        let args = BenchArgs {
+            customers: 3,
+            connections: 4,
+            batch_size: 5,
+            duration_secs: MAX_DURATION_SECS,
+            requests: Some(20),
+            scenario: Scenarios::Both,
+        };
+        assert!(run(&args, None, Duration::from_millis(100)).unwrap());
+    }
+
+    #[test]
+    fn printed_urls_hide_passwords() {
+        assert_eq!(without_password("postgres://tally:secret@db:5432/tally"), "postgres://tally:***@db:5432/tally");
+        assert_eq!(without_password("postgres://postgres@127.0.0.1/bench"), "postgres://postgres@127.0.0.1/bench");
+        assert_eq!(without_password("sqlite:///tmp/x/bench.db"), "sqlite:///tmp/x/bench.db");
+    }
+
+    #[test]
+    fn bodies_are_valid_json_with_distinct_ids() {
+        let body = events_body("cust_1", "run-100-0", 7, 3, "2026-01-01T00:00:00Z");
+        let parsed: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let ids: Vec<&str> =
+            parsed["events"].as_array().unwrap().iter().map(|event| event["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["run-100-0-7-0", "run-100-0-7-1", "run-100-0-7-2"]);
+        assert_eq!(parsed["customer_id"], "cust_1");
     }
 }
