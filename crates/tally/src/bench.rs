@@ -35,7 +35,9 @@ const MAX_DURATION_SECS: u64 = 3600;
 
 const IMG_ASSET: &str =
     r#"{"code":"IMG","name":"Image Generation","precision":2,"label":"image","rates":[{"source":"USD","rate":0.10}]}"#;
-const GLITCH_IMAGES: &str = r#"{
+/// The seeds' `glitch_images_std` product, exactly as the blog post writes it: 1 IMG per
+/// `image_generated` event. The integration tests use it too.
+pub const GLITCH_IMAGES: &str = r#"{
   "name": "Glitch Images",
   "code": "glitch_images_std",
   "prices": [

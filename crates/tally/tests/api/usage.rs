@@ -5,20 +5,7 @@ use crate::on_both_backends;
 use serde_json::{json, Value};
 
 /// The seed's product, exactly as the blog post writes it.
-const GLITCH_IMAGES: &str = r#"{
-  "name": "Glitch Images",
-  "code": "glitch_images_std",
-  "prices": [
-    {
-      "name": "Image Generation",
-      "type": "usage_based",
-      "billing_model": { "type": "real_time" },
-      "usage_calculation": { "event_type": "image_generated", "usage_type": "unit" },
-      "pricing": [ { "asset": "IMG", "values": [ { "unit_price": 1 } ] } ]
-    }
-  ],
-  "publish": true
-}"#;
+use tally::bench::GLITCH_IMAGES;
 
 const IMG: &str = r#"{"code":"IMG","name":"Image Generation","precision":2,"label":"image","symbol":"📸","rates":[{"source":"USD","rate":0.10}]}"#;
 
