@@ -13,14 +13,14 @@
 //!   year after. Failure or expiry releases `pending_in`. Those three ends are final.
 
 use super::assets::{find as find_asset, rate_at, KnownAsset};
-use super::wallet::{default_expiry, open_account, save_account, RESERVED_TRANSACTION_PREFIX};
+use super::wallet::{default_expiry, open_account, record, save_account, RESERVED_TRANSACTION_PREFIX};
 use super::webhooks;
 use super::OpError;
 use crate::conn::Conn;
 use crate::ids;
 use crate::repo::ledger::{self, EntryHeader};
 use crate::repo::topups::{self, PaymentMethod, TopUp, TopUpStatus};
-use crate::repo::transactions::{self, Transaction};
+use crate::repo::transactions::Transaction;
 use crate::repo::wallets::{AccountKey, GrantOrigin};
 use crate::repo::{customers, Metadata};
 use chrono::{DateTime, Utc};
@@ -263,16 +263,6 @@ pub fn succeed(
     let cost_basis = top_up.amount.checked_div(top_up.asset_amount).map(|basis| basis.normalize());
     let origin = GrantOrigin { transaction_id: Some(transaction_id.clone()), cost_basis };
     save_account(conn, mode, &loaded, &account, &origin, now)?;
-    let header = EntryHeader {
-        mode,
-        account: &key,
-        kind: "top_up",
-        transaction_id: Some(&transaction_id),
-        grant_id: None,
-        effective_at: now,
-        created_at: now,
-    };
-    ledger::append(conn, &header, &postings)?;
     let transaction = Transaction {
         customer_id: top_up.customer_id.clone(),
         id: transaction_id,
@@ -295,8 +285,7 @@ pub fn succeed(
         created_at: now,
         executed_at: Some(now),
     };
-    transactions::insert(conn, mode, &transaction)?;
-    webhooks::transaction_completed(conn, mode, &transaction, now)?;
+    record(conn, mode, &key, &transaction, &postings, now)?;
     top_up.status = TopUpStatus::Succeeded;
     top_up.completed_at = Some(now);
     topups::update(conn, &top_up, now)?;
