@@ -53,15 +53,12 @@ pub struct WebhookDestinationWithoutSecret {
     pub updated_at: Timestamp,
 }
 
+/// A destination with its signing secret: the reference's `WebhookDestination`, which extends
+/// `WebhookDestinationWithoutSecret`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookDestination {
-    pub id: String,
-    pub url: String,
-    pub topics: Vec<String>,
-    pub connect: bool,
-    pub enabled: bool,
-    pub created_at: Timestamp,
-    pub updated_at: Timestamp,
+    #[serde(flatten)]
+    pub destination: WebhookDestinationWithoutSecret,
     pub secret: String,
 }
 
@@ -135,17 +132,9 @@ fn without_secret(destination: Destination) -> WebhookDestinationWithoutSecret {
     }
 }
 
-fn with_secret(destination: Destination) -> WebhookDestination {
-    WebhookDestination {
-        id: destination.id,
-        url: destination.url,
-        topics: destination.topics,
-        connect: destination.connect,
-        enabled: destination.enabled,
-        created_at: destination.created_at.into(),
-        updated_at: destination.updated_at.into(),
-        secret: destination.secret,
-    }
+fn with_secret(mut destination: Destination) -> WebhookDestination {
+    let secret = std::mem::take(&mut destination.secret);
+    WebhookDestination { destination: without_secret(destination), secret }
 }
 
 /// Whether `host` (as a URL writes it: IPv6 in brackets) is this machine: `localhost`,
