@@ -48,7 +48,7 @@ impl ChargeInputs {
                 if package <= Decimal::ZERO {
                     return Err(ChargeError::EmptyPackage);
                 }
-                let packages = (volume / package).ceil();
+                let packages = volume.checked_div(package).ok_or(ChargeError::Overflow)?.ceil();
                 Some(packages.checked_mul(rate).ok_or(ChargeError::Overflow)?)
             }
             (None, None, None) => None,

@@ -79,7 +79,9 @@
 //! price of 0.0004 USD per call is legitimate, and rounding every event would bias the total.
 //! Prices, bounds and volumes obey the amount limits of [`crate::money`] (magnitude below 10^15,
 //! at most 12 decimal places). A step that cannot be computed exactly within `Decimal`'s 28
-//! significant digits fails with [`RatingError::TooLarge`] rather than rounding.
+//! significant digits fails with [`RatingError::TooLarge`] rather than rounding, and a fee that
+//! comes to 10^15 or more (a large volume at a large rate) fails with
+//! [`RatingError::FeeTooLarge`]: no fee is larger than an amount may be.
 //!
 //! # One event, every asset
 //! [`rate`] returns one fee per asset pricing, in the order of `pricing`, or an error and no fee
@@ -88,7 +90,7 @@
 //! detects as a tie when matching), so an unvalidated price is refused, never mispriced.
 
 use crate::asset::AssetCode;
-use crate::money::{check_amount, AmountError};
+use crate::money::{check_amount, max_amount, AmountError};
 use crate::Instant;
 use chrono::{Datelike, TimeZone, Utc};
 use rust_decimal::Decimal;
@@ -363,6 +365,8 @@ pub enum RatingError {
     InvalidPrice(Vec<PriceProblem>),
     #[error("the fee is too large to compute exactly")]
     TooLarge,
+    #[error("the fee in {asset} would be {amount}: a fee must be less than 1000000000000000")]
+    FeeTooLarge { asset: String, amount: Decimal },
 }
 
 fn describe_problems(problems: &[PriceProblem]) -> String {
@@ -403,6 +407,9 @@ pub fn rate(price: &UsagePrice, data: &EventData, usage_before: &Usage) -> Resul
     for (index, asset_pricing) in price.pricing.iter().enumerate() {
         let (dimensions, values) = select_values(asset_pricing, index, &event_dimensions)?;
         let (amount, value) = amount_owed(price, values, volume, usage_before, &usage_after)?;
+        if amount.abs() >= max_amount() {
+            return Err(RatingError::FeeTooLarge { asset: asset_pricing.asset.clone(), amount: amount.normalize() });
+        }
         fees.push(Fee {
             price_id: price.id.clone(),
             asset: asset_pricing.asset.clone(),

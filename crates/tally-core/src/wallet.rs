@@ -8,9 +8,13 @@
 //! Invariants, checked by property tests:
 //! - `available = Σ remaining of active grants − debt`, `pending_in = Σ remaining of pending grants`;
 //! - no grant's remaining is ever below zero, and debt is never below zero;
-//! - every returned set of postings sums to zero.
+//! - every returned set of postings sums to zero;
+//! - `available + pending_in` stays below [`max_balance`] and `debt` below it too: a credit or
+//!   debit that would pass either is refused and changes nothing, so balance arithmetic never
+//!   overflows (and is checked all the same).
 
 use crate::ledger::{Bucket, Posting, SystemAccount};
+use crate::money::max_balance;
 use crate::Instant;
 use rust_decimal::Decimal;
 use std::cmp::Ordering;
@@ -141,6 +145,23 @@ pub enum SettlementKind {
 pub enum WalletError {
     #[error("the debit would take the balance below the allowed overdraft")]
     InsufficientFunds,
+    /// The account would hold (`available` + `pending_in`) 10^15 or more.
+    #[error("would take the account's balance (available + pending_in) to {0} or more: it must stay below {0}")]
+    BalanceLimit(Decimal),
+    /// The account's debt would reach 10^15.
+    #[error("would take the account's debt to {0} or more: an account's debt stays below {0}")]
+    DebtLimit(Decimal),
+}
+
+/// Checked arithmetic on balances. With every amount and balance inside the documented limits
+/// (see [`crate::money`]) none of these can fail; they fail rather than panic when stored state
+/// is not what Tally wrote.
+fn plus(left: Decimal, right: Decimal) -> Result<Decimal, WalletError> {
+    left.checked_add(right).ok_or(WalletError::BalanceLimit(max_balance()))
+}
+
+fn minus(left: Decimal, right: Decimal) -> Result<Decimal, WalletError> {
+    left.checked_sub(right).ok_or(WalletError::DebtLimit(max_balance()))
 }
 
 impl AccountState {
@@ -156,35 +177,55 @@ impl AccountState {
             .min()
     }
 
+    /// What the account holds: `available + pending_in`. It stays below [`max_balance`].
+    pub fn held(&self) -> Result<Decimal, WalletError> {
+        plus(self.available, self.pending_in)
+    }
+
+    /// Refuses a credit of `amount` that would take what the account holds to the limit.
+    fn check_credit(&self, amount: Decimal) -> Result<(), WalletError> {
+        match self.held()?.checked_add(amount) {
+            Some(held) if held < max_balance() => Ok(()),
+            Some(_) | None => Err(WalletError::BalanceLimit(max_balance())),
+        }
+    }
+
     /// Adds a grant. One that is already effective repays any debt first and counts in
     /// `available`; one that starts later counts in `pending_in` until [`settle`] starts it.
-    pub fn credit(&mut self, mut grant: Grant, source: SystemAccount, now: Instant) -> Vec<Posting> {
+    /// Refused, changing nothing, when the account would then hold [`max_balance`] or more.
+    pub fn credit(
+        &mut self,
+        mut grant: Grant,
+        source: SystemAccount,
+        now: Instant,
+    ) -> Result<Vec<Posting>, WalletError> {
         let amount = grant.amount;
+        self.check_credit(amount)?;
         grant.remaining = amount;
         let mut postings = vec![Posting::system(source, -amount)];
         if grant.effective_at <= now {
             grant.state = GrantState::Active;
-            postings.extend(self.start(&mut grant, Bucket::Available));
+            postings.extend(self.start(&mut grant, Bucket::Available)?);
         } else {
             grant.state = GrantState::Pending;
-            self.pending_in += amount;
+            self.pending_in = plus(self.pending_in, amount)?;
             postings.push(Posting::wallet(Bucket::PendingIn, Some(&grant.id), amount));
         }
         self.grants.push(grant);
-        postings
+        Ok(postings)
     }
 
     /// Moves a starting grant's amount into `available`, repaying debt first. `from` is where
     /// the amount comes from within the wallet (nowhere yet, for a new grant).
-    fn start(&mut self, grant: &mut Grant, from: Bucket) -> Vec<Posting> {
+    fn start(&mut self, grant: &mut Grant, from: Bucket) -> Result<Vec<Posting>, WalletError> {
         let amount = grant.remaining;
         let repaid = amount.min(self.debt);
-        self.debt -= repaid;
-        grant.remaining -= repaid;
-        self.available += amount;
+        self.debt = minus(self.debt, repaid)?;
+        grant.remaining = minus(grant.remaining, repaid)?;
+        self.available = plus(self.available, amount)?;
         let mut postings = Vec::new();
         if from == Bucket::PendingIn {
-            self.pending_in -= amount;
+            self.pending_in = minus(self.pending_in, amount)?;
             postings.push(Posting::wallet(Bucket::PendingIn, Some(&grant.id), -amount));
         }
         if !repaid.is_zero() {
@@ -193,30 +234,75 @@ impl AccountState {
         if !grant.remaining.is_zero() {
             postings.push(Posting::wallet(Bucket::Available, Some(&grant.id), grant.remaining));
         }
-        postings
+        Ok(postings)
     }
 
     /// Takes `amount` (> 0) out of `available` in burn order; what the grants cannot cover
     /// becomes debt, as far as `overdraft_limit` allows (`None`: no limit). The account must
-    /// be settled at the current instant first.
+    /// be settled at the current instant first. Refused, changing nothing, when the debt would
+    /// reach [`max_balance`], whatever the overdraft limit.
     pub fn debit(
         &mut self,
         amount: Decimal,
         destination: SystemAccount,
         overdraft_limit: Option<Decimal>,
     ) -> Result<Vec<Posting>, WalletError> {
+        let after = minus(self.available, amount)?;
+        if after <= -max_balance() {
+            return Err(WalletError::DebtLimit(max_balance()));
+        }
         if let Some(limit) = overdraft_limit {
-            if self.available - amount < -limit {
+            if after < -limit {
                 return Err(WalletError::InsufficientFunds);
             }
         }
-        let mut order: Vec<usize> = (0..self.grants.len())
+        let mut order = self.spendable();
+        order.sort_by(|&left, &right| self.grants[left].burn_order(&self.grants[right]));
+        self.take(amount, after, destination, order)
+    }
+
+    /// Takes a refund of `amount` (> 0) out of `available`. A refund returns money the
+    /// customer paid, so it takes paid credit first, the newest paid grant first (the latest
+    /// payment is the one given back); promotional and bundled credit only once no paid
+    /// credit remains, in burn order; past every grant the account goes into debt, as a debit
+    /// would (and with the same limit). The account must be settled at the current instant.
+    pub fn refund(&mut self, amount: Decimal, destination: SystemAccount) -> Result<Vec<Posting>, WalletError> {
+        let after = minus(self.available, amount)?;
+        if after <= -max_balance() {
+            return Err(WalletError::DebtLimit(max_balance()));
+        }
+        let mut order = self.spendable();
+        order.sort_by(|&left, &right| {
+            let (left, right) = (&self.grants[left], &self.grants[right]);
+            match (left.purpose == Purpose::Paid, right.purpose == Purpose::Paid) {
+                (true, false) => Ordering::Less,
+                (false, true) => Ordering::Greater,
+                (true, true) => right.created_at.cmp(&left.created_at).then_with(|| right.id.cmp(&left.id)),
+                (false, false) => left.burn_order(right),
+            }
+        });
+        self.take(amount, after, destination, order)
+    }
+
+    /// Indexes of the active grants with something left to spend.
+    fn spendable(&self) -> Vec<usize> {
+        (0..self.grants.len())
             .filter(|&index| {
                 let grant = &self.grants[index];
                 grant.state == GrantState::Active && grant.remaining > Decimal::ZERO
             })
-            .collect();
-        order.sort_by(|&left, &right| self.grants[left].burn_order(&self.grants[right]));
+            .collect()
+    }
+
+    /// Takes `amount` from the grants at `order`, in that order, and what they cannot cover
+    /// as debt, leaving `available` at `after` (checked by the caller).
+    fn take(
+        &mut self,
+        amount: Decimal,
+        after: Decimal,
+        destination: SystemAccount,
+        order: Vec<usize>,
+    ) -> Result<Vec<Posting>, WalletError> {
         let mut postings = vec![Posting::system(destination, amount)];
         let mut left = amount;
         for index in order {
@@ -225,49 +311,54 @@ impl AccountState {
             }
             let grant = &mut self.grants[index];
             let taken = grant.remaining.min(left);
-            grant.remaining -= taken;
-            left -= taken;
+            grant.remaining = minus(grant.remaining, taken)?;
+            left = minus(left, taken)?;
             postings.push(Posting::wallet(Bucket::Available, Some(&grant.id), -taken));
         }
         if !left.is_zero() {
-            self.debt += left;
+            self.debt = plus(self.debt, left)?;
             postings.push(Posting::wallet(Bucket::Available, None, -left));
         }
-        self.available -= amount;
+        self.available = after;
         Ok(postings)
     }
 
     /// Shows `amount` (> 0) in `pending_in` while it is being paid for (a top-up in flight).
     /// It is not a grant: nothing can be spent until [`AccountState::cancel_incoming`] takes it
-    /// back and a grant credits what actually arrived.
-    pub fn expect_incoming(&mut self, amount: Decimal) -> Vec<Posting> {
-        self.pending_in += amount;
-        vec![Posting::wallet(Bucket::PendingIn, None, amount), Posting::system(SystemAccount::Incoming, -amount)]
+    /// back and a grant credits what actually arrived. Refused, changing nothing, when the
+    /// account would then hold [`max_balance`] or more.
+    pub fn expect_incoming(&mut self, amount: Decimal) -> Result<Vec<Posting>, WalletError> {
+        self.check_credit(amount)?;
+        self.pending_in = plus(self.pending_in, amount)?;
+        Ok(vec![Posting::wallet(Bucket::PendingIn, None, amount), Posting::system(SystemAccount::Incoming, -amount)])
     }
 
     /// Removes money expected by [`AccountState::expect_incoming`] from `pending_in`: it
     /// arrived (and is credited as a grant) or it never will.
-    pub fn cancel_incoming(&mut self, amount: Decimal) -> Vec<Posting> {
-        self.pending_in -= amount;
-        vec![Posting::wallet(Bucket::PendingIn, None, -amount), Posting::system(SystemAccount::Incoming, amount)]
+    pub fn cancel_incoming(&mut self, amount: Decimal) -> Result<Vec<Posting>, WalletError> {
+        self.pending_in = minus(self.pending_in, amount)?;
+        Ok(vec![Posting::wallet(Bucket::PendingIn, None, -amount), Posting::system(SystemAccount::Incoming, amount)])
     }
 
     /// Applies, in time order, every start and expiry due at or before `now`.
-    pub fn settle(&mut self, now: Instant) -> Vec<Settlement> {
+    /// Starts and expiries never change what the account holds or owes beyond what the
+    /// credits and debits before them were allowed to, so this fails only on stored state
+    /// Tally did not write.
+    pub fn settle(&mut self, now: Instant) -> Result<Vec<Settlement>, WalletError> {
         let mut settlements = Vec::new();
         while let Some((index, kind, at)) = self.next_due(now) {
             let mut grant = self.grants[index].clone();
             let postings = match kind {
                 SettlementKind::Activation => {
                     grant.state = GrantState::Active;
-                    self.start(&mut grant, Bucket::PendingIn)
+                    self.start(&mut grant, Bucket::PendingIn)?
                 }
-                SettlementKind::Expiry => self.expire(&mut grant),
+                SettlementKind::Expiry => self.expire(&mut grant)?,
             };
             settlements.push(Settlement { kind, grant_id: grant.id.clone(), at, postings });
             self.grants[index] = grant;
         }
-        settlements
+        Ok(settlements)
     }
 
     fn next_due(&self, now: Instant) -> Option<(usize, SettlementKind, Instant)> {
@@ -290,18 +381,18 @@ impl AccountState {
             })
     }
 
-    fn expire(&mut self, grant: &mut Grant) -> Vec<Posting> {
+    fn expire(&mut self, grant: &mut Grant) -> Result<Vec<Posting>, WalletError> {
         let remainder = grant.remaining;
         grant.state = GrantState::Expired;
         grant.remaining = Decimal::ZERO;
-        self.available -= remainder;
+        self.available = minus(self.available, remainder)?;
         if remainder.is_zero() {
-            return Vec::new();
+            return Ok(Vec::new());
         }
-        vec![
+        Ok(vec![
             Posting::wallet(Bucket::Available, Some(&grant.id), -remainder),
             Posting::system(SystemAccount::Expired, remainder),
-        ]
+        ])
     }
 }
 

@@ -17,12 +17,13 @@
 //! settled elsewhere, and now and then deletes long-expired billing-portal links and sessions.
 
 use crate::payments::{ChargeOutcome, OffSessionCharge, Providers};
-use crate::worker::{drain, Pass};
+use crate::worker::{drain, Attempt, Pass, Retries};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tally_store::ops::auto_top_up::{self as auto_ops, ChargeResult, PlannedCharge, Step};
+use tally_store::ops::auto_top_up::{self as auto_ops, ChargeResult, ClaimedAccount, PlannedCharge, Step};
 use tally_store::ops::{portal as portal_ops, OpError};
+use tally_store::repo::job_retries;
 use tally_store::Store;
 
 /// Accounts charged per pass at most: one pass never holds the job for long.
@@ -36,13 +37,14 @@ const PURGE_EVERY: Duration = Duration::from_secs(60 * 60);
 pub async fn run(
     store: Arc<Store>,
     providers: Providers,
+    clock: crate::clock::Clock,
     top_up_expiry: Duration,
     interval: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut last_purge: Option<Instant> = None;
     loop {
-        let now = Utc::now();
+        let now = clock.now();
         if let Err(error) = run_due(&store, &providers, top_up_expiry, now).await {
             tracing::warn!(%error, "auto top-up failed; will retry");
         }
@@ -68,7 +70,8 @@ pub async fn run(
 }
 
 /// One pass at `now`: frees accounts whose in-flight top-up ended, then starts, charges and
-/// records the top-ups of accounts that are due.
+/// records the top-ups of accounts that are due. An account whose step fails with an error
+/// waits to be retried (`worker::Retries`) and the pass goes on with the others.
 pub async fn run_due(
     store: &Arc<Store>,
     providers: &Providers,
@@ -76,27 +79,53 @@ pub async fn run_due(
     now: DateTime<Utc>,
 ) -> Result<Pass, OpError> {
     let settle_store = store.clone();
-    let mut pass = blocking(move || drain(&settle_store, BATCH, |conn| auto_ops::settle_next(conn, now))).await?;
+    let mut pass = blocking(move || {
+        drain(
+            &settle_store,
+            job_retries::AUTO_TOP_UP_SETTLE,
+            BATCH,
+            now,
+            |conn| auto_ops::claim_settled(conn, now),
+            |conn, ClaimedAccount(mode, key)| auto_ops::settle(conn, *mode, key, now),
+        )
+    })
+    .await?;
     let expires_at = now + chrono::Duration::from_std(top_up_expiry).unwrap_or(chrono::Duration::hours(24));
+    let load_store = store.clone();
+    let mut retries = blocking(move || Retries::load(&load_store, job_retries::AUTO_TOP_UP, now)).await?;
     while pass.claimed < 2 * BATCH {
         let names = providers.clone();
         let claim_store = store.clone();
-        let step = blocking(move || {
+        let (step, returned) = blocking(move || {
             let provider_for = |mode| names.for_mode(mode).map(|provider| provider.name());
-            claim_store.write(|conn| auto_ops::start_next(conn, now, expires_at, &provider_for))
+            let step =
+                retries.attempt(&claim_store, &mut |conn| auto_ops::claim_due(conn, now), &mut |conn,
+                                                                                                ClaimedAccount(
+                    mode,
+                    key,
+                )| {
+                    auto_ops::start(conn, *mode, key, now, expires_at, &provider_for)
+                });
+            Ok((step, retries))
         })
         .await?;
-        let charge = match step {
-            None => break,
+        retries = returned;
+        let charge = match step? {
+            Attempt::Nothing => break,
             // A claim the re-check turned down means something stays due that this job does
             // not clear: stop rather than claim it again and again.
-            Some(Step::Nothing) => break,
-            Some(Step::Failed) => {
+            Attempt::Done(Step::Nothing) => break,
+            Attempt::Failed => {
+                pass.claimed += 1;
+                pass.failed += 1;
+                continue;
+            }
+            Attempt::Done(Step::Failed) => {
                 pass.claimed += 1;
                 pass.changed += 1;
                 continue;
             }
-            Some(Step::Charge(charge)) => charge,
+            Attempt::Done(Step::Charge(charge)) => charge,
         };
         pass.claimed += 1;
         pass.changed += 1;
@@ -105,7 +134,14 @@ pub async fn run_due(
             tracing::warn!(top_up = %charge.top_up_id, %reason, "an auto top-up's payment has an unknown outcome; waiting for the provider");
         }
         let record_store = store.clone();
-        blocking(move || record_store.write(|conn| auto_ops::record_outcome(conn, &charge, &result, now))).await?;
+        let top_up_id = charge.top_up_id.clone();
+        let recorded =
+            blocking(move || record_store.write(|conn| auto_ops::record_outcome(conn, &charge, &result, now))).await;
+        // The account stays in flight: the top-up's own end (a provider notification, or its
+        // expiry) frees it later. The other accounts go on.
+        if let Err(error) = recorded {
+            tracing::warn!(top_up = %top_up_id, %error, "recording an auto top-up's payment failed; its top-up settles it later");
+        }
     }
     Ok(pass)
 }

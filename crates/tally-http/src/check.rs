@@ -138,6 +138,54 @@ impl Checker {
     }
 }
 
+/// The longest URL a client may give, in characters.
+pub const MAX_CLIENT_URL_CHARS: usize = 2048;
+
+/// Why a URL a client gave is refused, in words for the field's error.
+pub fn http_url_problem(text: &str) -> Option<String> {
+    if text.chars().count() > MAX_CLIENT_URL_CHARS {
+        return Some(format!("must be at most {MAX_CLIENT_URL_CHARS} characters"));
+    }
+    // The parser would quietly drop or percent-encode these; a URL that holds them is a
+    // client's mistake, and stored as given it could not go into a Location header.
+    if text.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Some("must be an absolute http(s) URL without spaces or control characters".into());
+    }
+    let parsed = match url::Url::parse(text) {
+        Ok(parsed) => parsed,
+        Err(error) => return Some(format!("must be an absolute http(s) URL: {error}")),
+    };
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Some("must be an http or https URL".into());
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Some("must name a host".into());
+    }
+    None
+}
+
+impl Checker {
+    /// An absolute http(s) URL given by a client (where to send a customer back, where to
+    /// deliver events): parsed with the `url` crate; no spaces or control characters; at most
+    /// [`MAX_CLIENT_URL_CHARS`]. Returns the URL in its normalised, ASCII-only form (as the
+    /// `url` crate serialises it), which is always a valid HTTP header value.
+    pub fn http_url(&mut self, field: &str, value: &str) -> String {
+        let text = value.trim();
+        match http_url_problem(text) {
+            Some(problem) => {
+                self.error(field, problem);
+                text.to_owned()
+            }
+            None => url::Url::parse(text).map(String::from).unwrap_or_else(|_| text.to_owned()),
+        }
+    }
+
+    /// [`Checker::http_url`] for an optional field.
+    pub fn opt_http_url(&mut self, field: &str, value: Option<&str>) -> Option<String> {
+        value.map(|value| self.http_url(field, value))
+    }
+}
+
 pub fn is_account_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_ACCOUNT_NAME_CHARS

@@ -119,9 +119,14 @@ pub fn envelope(mode: Mode, event: &webhook_repo::Event) -> Result<Vec<u8>, Stor
         "id": event.id,
         "type": event.topic,
         "created": event.created_at.to_rfc3339_opts(SecondsFormat::Micros, true),
-        "live_mode": mode == Mode::Live,
+        "live_mode": mode.is_live(),
         "data": data,
     });
+    let mut body = body;
+    // Events of a connected account name it, as Credyt's do for `connect` destinations.
+    if let Some(account_id) = &event.account_id {
+        body["account_id"] = serde_json::Value::String(account_id.clone());
+    }
     Ok(body.to_string().into_bytes())
 }
 
@@ -141,7 +146,12 @@ pub fn client(config: &WebhookConfig) -> reqwest::Client {
 /// At most `batch` sends are in flight at once. Each pass claims as many due deliveries as
 /// there are free places and starts them without waiting for earlier ones, so one slow
 /// receiver holds up only its own sends.
-pub async fn run(store: Arc<Store>, config: Arc<WebhookConfig>, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn run(
+    store: Arc<Store>,
+    config: Arc<WebhookConfig>,
+    clock: crate::clock::Clock,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let client = client(&config);
     let mut in_flight = tokio::task::JoinSet::new();
     loop {
@@ -150,15 +160,15 @@ pub async fn run(store: Arc<Store>, config: Arc<WebhookConfig>, mut stop: tokio:
         let claimed = if free == 0 {
             Vec::new()
         } else {
-            claim(&store, &config, free).await.unwrap_or_else(|error| {
+            claim(&store, &config, clock.now(), free).await.unwrap_or_else(|error| {
                 tracing::warn!(%error, "claiming due webhook deliveries failed; will retry");
                 Vec::new()
             })
         };
         let filled = free > 0 && claimed.len() == free;
         for delivery in claimed {
-            let (store, client, config) = (store.clone(), client.clone(), config.clone());
-            in_flight.spawn(async move { deliver(&store, &client, &config, delivery).await });
+            let (store, client, config, clock) = (store.clone(), client.clone(), config.clone(), clock.clone());
+            in_flight.spawn(async move { deliver(&store, &client, &config, &clock, delivery).await });
         }
         if *stop.borrow() {
             break;
@@ -179,9 +189,9 @@ pub async fn run(store: Arc<Store>, config: Arc<WebhookConfig>, mut stop: tokio:
 pub async fn claim(
     store: &Arc<Store>,
     config: &WebhookConfig,
+    now: DateTime<Utc>,
     limit: usize,
 ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-    let now = Utc::now();
     let lease_until = now + chrono::Duration::from_std(config.timeout + LEASE_MARGIN).unwrap_or_default();
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let store = store.clone();
@@ -191,12 +201,18 @@ pub async fn claim(
 }
 
 /// Sends one claimed delivery and records what happened.
-async fn deliver(store: &Arc<Store>, client: &reqwest::Client, config: &WebhookConfig, delivery: ClaimedDelivery) {
-    let attempt = send(client, config, &delivery).await;
+async fn deliver(
+    store: &Arc<Store>,
+    client: &reqwest::Client,
+    config: &WebhookConfig,
+    clock: &crate::clock::Clock,
+    delivery: ClaimedDelivery,
+) {
+    let attempt = send(client, config, clock.now(), &delivery).await;
     let outcome = if attempt.error.is_none() {
         AttemptOutcome::Delivered
     } else {
-        after_failure(config, delivery.attempt, delivery.event.created_at, Utc::now(), rand::random::<f64>())
+        after_failure(config, delivery.attempt, delivery.event.created_at, clock.now(), rand::random::<f64>())
     };
     let store = store.clone();
     let (mode, sequence, number) = (delivery.mode, delivery.sequence, delivery.attempt);
@@ -213,8 +229,12 @@ async fn deliver(store: &Arc<Store>, client: &reqwest::Client, config: &WebhookC
 }
 
 /// POSTs the signed envelope. An attempt without an error got a 2xx.
-async fn send(client: &reqwest::Client, config: &WebhookConfig, delivery: &ClaimedDelivery) -> Attempt {
-    let attempted_at = Utc::now();
+async fn send(
+    client: &reqwest::Client,
+    config: &WebhookConfig,
+    attempted_at: DateTime<Utc>,
+    delivery: &ClaimedDelivery,
+) -> Attempt {
     let started = Instant::now();
     let finish = |status_code: Option<i64>, error: Option<String>| Attempt {
         attempted_at,

@@ -15,11 +15,15 @@ use std::time::{Duration, Instant};
 use tally_store::ops::FieldError;
 use tally_store::repo::{api_keys, Page};
 
-/// The mode of the API key that authenticated the request.
+/// Who a request acts for: the mode of the API key that authenticated it, narrowed to one
+/// connected account when the request names one in `X-CREDYT-ACCOUNT`.
 #[derive(Debug, Clone, Copy)]
 pub struct Auth {
     pub mode: tally_core::Mode,
 }
+
+/// The header by which a platform acts inside one of its connected accounts.
+pub const ACCOUNT_HEADER: &str = "x-credyt-account";
 
 fn presented_key(parts: &Parts) -> Option<String> {
     // Header names are case-insensitive; `HeaderMap` already folds them.
@@ -35,23 +39,41 @@ impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Auth, ApiError> {
-        let key =
-            presented_key(parts).filter(|key| !key.is_empty() && key.len() <= 200).ok_or(ApiError::Unauthorized)?;
-        let hash = api_keys::hash_key(&key);
-        // Read before the database, so that a revocation made while the lookup runs
-        // invalidates what the lookup caches.
-        let revocations = api_keys::revocations();
-        if let Some(mode) = state.auth_cache.get(&hash, revocations) {
+        let key_mode = key_mode(parts, state).await?;
+        let Some(header) = parts.headers.get(ACCOUNT_HEADER) else {
+            return Ok(Auth { mode: key_mode });
+        };
+        let unknown = || ApiError::NotFound("X-CREDYT-ACCOUNT names no connected account of this environment".into());
+        let account_id = header.to_str().map_err(|_| unknown())?.trim().to_owned();
+        if let Some(mode) = key_mode.connected(&account_id).filter(|mode| state.auth_cache.knows_account(*mode)) {
             return Ok(Auth { mode });
         }
-        let found = state.read(move |conn| Ok(api_keys::authenticate(conn, &key)?)).await?;
-        match found {
-            Some((_, mode)) => {
-                state.auth_cache.insert(hash, mode, revocations);
-                Ok(Auth { mode })
-            }
-            None => Err(ApiError::Unauthorized),
+        let found = state
+            .read(move |conn| Ok(tally_store::ops::connected_accounts::mode_for(conn, key_mode, &account_id)?))
+            .await?;
+        let mode = found.ok_or_else(unknown)?;
+        state.auth_cache.remember_account(mode);
+        Ok(Auth { mode })
+    }
+}
+
+/// The mode of the request's API key, from the cache or the database.
+async fn key_mode(parts: &Parts, state: &AppState) -> Result<tally_core::Mode, ApiError> {
+    let key = presented_key(parts).filter(|key| !key.is_empty() && key.len() <= 200).ok_or(ApiError::Unauthorized)?;
+    let hash = api_keys::hash_key(&key);
+    // Read before the database, so that a revocation made while the lookup runs
+    // invalidates what the lookup caches.
+    let revocations = api_keys::revocations();
+    if let Some(mode) = state.auth_cache.get(&hash, revocations) {
+        return Ok(mode);
+    }
+    let found = state.read(move |conn| Ok(api_keys::authenticate(conn, &key)?)).await?;
+    match found {
+        Some((_, mode)) => {
+            state.auth_cache.insert(hash, mode, revocations);
+            Ok(mode)
         }
+        None => Err(ApiError::Unauthorized),
     }
 }
 
@@ -71,6 +93,9 @@ const AUTH_CACHE_MAX_KEYS: usize = 10_000;
 #[derive(Default)]
 pub struct AuthCache {
     entries: Mutex<CachedKeys>,
+    /// Connected accounts' modes seen to exist. Accounts are never deleted, so a mode once
+    /// found stays valid.
+    accounts: Mutex<std::collections::HashSet<tally_core::Mode>>,
 }
 
 #[derive(Default)]
@@ -95,6 +120,18 @@ impl AuthCache {
             entries.revocations = revocations;
         }
         (entries.revocations == revocations).then_some(entries)
+    }
+
+    fn knows_account(&self, mode: tally_core::Mode) -> bool {
+        self.accounts.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(&mode)
+    }
+
+    fn remember_account(&self, mode: tally_core::Mode) {
+        let mut accounts = self.accounts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if accounts.len() >= AUTH_CACHE_MAX_KEYS {
+            accounts.clear();
+        }
+        accounts.insert(mode);
     }
 
     /// The mode of a key accepted less than [`AUTH_CACHE_TTL`] ago with no revocation since.
@@ -170,15 +207,67 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<QueryParams, ApiError> {
         let query = parts.uri.query().unwrap_or_default();
-        let values = serde_urlencoded_pairs(query);
+        let values = decode_query(query).map_err(ApiError::Malformed)?.into_iter().collect();
         Ok(QueryParams { values, errors: Vec::new() })
     }
 }
 
-fn serde_urlencoded_pairs(query: &str) -> HashMap<String, String> {
-    axum::extract::Query::<HashMap<String, String>>::try_from_uri(&format!("/?{query}").parse().unwrap_or_default())
-        .map(|query| query.0)
-        .unwrap_or_default()
+/// The pairs of an `application/x-www-form-urlencoded` query string, decoded strictly: every
+/// `%` starts two hex digits and the decoded bytes are UTF-8. A lenient decoder would keep a
+/// stray `%zz` as text and turn bad bytes into U+FFFD, answering a question nobody asked.
+pub fn decode_query(query: &str) -> Result<Vec<(String, String)>, String> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((decode_component(name)?, decode_component(value)?))
+        })
+        .collect()
+}
+
+fn decode_component(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        match bytes[index] {
+            b'+' => decoded.push(b' '),
+            b'%' => {
+                let hex = bytes.get(index + 1..index + 3).and_then(|pair| std::str::from_utf8(pair).ok());
+                let byte = hex
+                    .filter(|pair| pair.bytes().all(|digit| digit.is_ascii_hexdigit()))
+                    .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                    .ok_or_else(|| format!("the query string is not valid percent-encoding: `%…` in {text:?}"))?;
+                decoded.push(byte);
+                index += 2;
+            }
+            other => decoded.push(other),
+        }
+        index += 1;
+    }
+    String::from_utf8(decoded).map_err(|_| format!("the query string does not decode to UTF-8 text: {text:?}"))
+}
+
+/// Refuses, before any handler runs, a request no handler could read as meant: a body in a
+/// content coding (`Content-Encoding`) Tally does not decode (it decodes none: bodies are
+/// sent as they are), and a query string that is not percent-encoded UTF-8. Both are 400.
+pub async fn check_encodings(
+    request: Request,
+    next: axum::middleware::Next,
+) -> Result<axum::response::Response, ApiError> {
+    for coding in request.headers().get_all(axum::http::header::CONTENT_ENCODING) {
+        let coding = coding.to_str().unwrap_or("?");
+        if coding.split(',').any(|coding| !coding.trim().eq_ignore_ascii_case("identity")) {
+            return Err(ApiError::Malformed(format!(
+                "Content-Encoding {coding:?} is not supported: send the body uncompressed, without Content-Encoding"
+            )));
+        }
+    }
+    if let Some(query) = request.uri().query() {
+        decode_query(query).map_err(ApiError::Malformed)?;
+    }
+    Ok(next.run(request).await)
 }
 
 impl QueryParams {
@@ -254,6 +343,16 @@ impl QueryParams {
 mod tests {
     use super::*;
     use tally_core::Mode;
+
+    #[test]
+    fn query_strings_decode_strictly() {
+        let pairs = decode_query("a=1&b=caf%C3%A9+au+lait&&flag&empty=").unwrap();
+        let expected = [("a", "1"), ("b", "café au lait"), ("flag", ""), ("empty", "")];
+        assert_eq!(pairs, expected.map(|(name, value)| (name.to_owned(), value.to_owned())));
+        for bad in ["a=%zz", "a=%4", "a=%", "a=%ff", "%C3=1", "a=%C3%28"] {
+            assert!(decode_query(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn an_accepted_key_is_cached_until_a_revocation() {

@@ -5,6 +5,7 @@
 pub mod auto_top_up;
 pub mod catalog;
 pub mod check;
+pub mod clock;
 pub mod delivery;
 pub mod error;
 pub mod extract;
@@ -46,6 +47,8 @@ pub struct HttpConfig {
     pub portal_logo_url: Option<String>,
     /// The accent colour of customer-facing pages, `#rgb` or `#rrggbb`.
     pub portal_accent_color: Option<String>,
+    /// Where "now" comes from: the system, moved forward only by tests.
+    pub clock: clock::Clock,
 }
 
 impl Default for HttpConfig {
@@ -58,6 +61,7 @@ impl Default for HttpConfig {
             webhooks: WebhookConfig::default(),
             portal_logo_url: None,
             portal_accent_color: None,
+            clock: clock::Clock::default(),
         }
     }
 }
@@ -74,6 +78,9 @@ pub struct AppState {
     pub branding: html::Branding,
     /// API keys accepted lately, so that most requests skip the database to authenticate.
     pub auth_cache: Arc<extract::AuthCache>,
+    /// Connected accounts' names, shown on their customers' pages. Names never change, so
+    /// once read they stay.
+    account_names: Arc<std::sync::Mutex<std::collections::HashMap<tally_core::Mode, String>>>,
 }
 
 impl AppState {
@@ -95,6 +102,7 @@ impl AppState {
             providers: payments::Providers::default(),
             branding,
             auth_cache: Arc::new(extract::AuthCache::default()),
+            account_names: Arc::default(),
         }
     }
 
@@ -102,6 +110,36 @@ impl AppState {
     pub fn with_stripe(mut self, stripe: payments::stripe::StripeProvider) -> AppState {
         self.providers = self.providers.with_stripe(Arc::new(stripe));
         self
+    }
+
+    /// The look of customer-facing pages in `mode`: the platform's, under the connected
+    /// account's own name when the mode is a connected account's.
+    pub async fn branding_for(&self, mode: tally_core::Mode) -> html::Branding {
+        let Some(account_id) = mode.connected_account() else {
+            return self.branding.clone();
+        };
+        let cached = self.account_names.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&mode).cloned();
+        let name = match cached {
+            Some(name) => Some(name),
+            None => {
+                let environment = mode.environment();
+                let found = self
+                    .read(move |conn| Ok(tally_store::repo::connected_accounts::get(conn, environment, account_id)?))
+                    .await;
+                let name = found.ok().flatten().map(|account| account.name);
+                if let Some(name) = &name {
+                    let mut names = self.account_names.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    names.insert(mode, name.clone());
+                }
+                name
+            }
+        };
+        html::Branding { name: name.unwrap_or_else(|| self.branding.name.clone()), ..self.branding.clone() }
+    }
+
+    /// The current instant, from the server's clock.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.config.clock.now()
     }
 
     /// Runs `work` in a read transaction on a blocking thread.
@@ -137,7 +175,9 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/openapi.json", get(openapi::serve))
         .route("/health", get(|| async { "ok" }))
+        .route("/accounts", post(accounts::create).get(accounts::list))
         .route("/accounts/self", get(accounts::get_self))
+        .route("/accounts/{account_id}", get(accounts::get))
         .route("/assets", post(assets::create).get(assets::list))
         .route("/assets/{code}", get(assets::get))
         .route("/assets/{code}/rates", post(assets::add_rate))
@@ -176,6 +216,8 @@ pub fn router(state: AppState) -> Router {
         .route("/webhooks/test/{topic}", post(webhooks::test_all))
         .route("/webhooks/{webhook_id}", get(webhooks::get).patch(webhooks::update).delete(webhooks::delete))
         .route("/webhooks/{webhook_id}/test/{topic}", post(webhooks::test_one))
+        .route("/webhooks/{webhook_id}/test/{topic}/{account_id}", post(webhooks::test_one_connected))
+        .route("/webhooks/test/{topic}/{account_id}", post(webhooks::test_all_connected))
         .route("/events", post(events::send_usage).get(events::list))
         .route("/events/{event_id}", get(events::get))
         .route("/customers/{customer_id}/wallet", get(wallet::get_wallet))
@@ -187,6 +229,8 @@ pub fn router(state: AppState) -> Router {
         .route("/customers/{customer_id}/wallet/{account_id}/transactions", get(wallet::list_transactions))
         .fallback(|| async { ApiError::NotFound("no such endpoint; see /openapi.json".into()) })
         .layer(DefaultBodyLimit::max(limits::MAX_BODY_BYTES))
+        // On every route and the fallback: a body or query string no handler could read is a 400.
+        .layer(axum::middleware::from_fn(extract::check_encodings))
         .with_state(state)
 }
 
@@ -201,6 +245,7 @@ pub async fn serve(
     let worker = tokio::spawn(worker::run(
         state.store.clone(),
         state.catalog.clone(),
+        state.config.clock.clone(),
         state.config.settle_interval,
         worker_stopped.clone(),
     ));
@@ -208,12 +253,14 @@ pub async fn serve(
     let deliveries = tokio::spawn(delivery::run(
         state.store.clone(),
         Arc::new(state.config.webhooks.clone()),
+        state.config.clock.clone(),
         worker_stopped.clone(),
     ));
     // Auto top-up charges saved cards: network IO too, so it runs beside the worker as well.
     let auto_top_ups = tokio::spawn(auto_top_up::run(
         state.store.clone(),
         state.providers.clone(),
+        state.config.clock.clone(),
         state.config.top_up_expiry,
         state.config.settle_interval,
         worker_stopped,

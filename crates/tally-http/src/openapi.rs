@@ -13,7 +13,7 @@ use utoipa::{Modify, OpenApi};
 #[openapi(
     info(title = "Tally API", description = "Tally: a self-hostable, Credyt-compatible real-time usage billing engine."),
     paths(
-        accounts::get_self,
+        accounts::get_self, accounts::create, accounts::list, accounts::get,
         assets::create, assets::list, assets::get, assets::add_rate, assets::quote,
         customers::create, customers::list, customers::get, customers::update,
         wallet::get_wallet, wallet::get_account, wallet::create_adjustment, wallet::create_charge,
@@ -26,7 +26,7 @@ use utoipa::{Modify, OpenApi};
         portal::create_portal_session,
         vendors::create, vendors::list, vendors::get, vendors::vendor_stats, vendors::customer_stats, vendors::list_customer_stats,
         webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::delete, webhooks::test_one,
-        webhooks::test_all, webhooks::list_events,
+        webhooks::test_all, webhooks::list_events, webhooks::test_one_connected, webhooks::test_all_connected,
     ),
     modifiers(&Security),
     security(("api_key" = []), ("bearer" = [])),

@@ -8,28 +8,39 @@ use std::str::FromStr;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::RefOr;
 
-/// An exact decimal carried as a JSON number (a numeric string is accepted too). Parsed from
-/// the number's own text, never through a float, so 14.566678 stays 14.566678.
+/// An exact decimal carried as a JSON number (a string holding a JSON number is accepted too).
+/// Parsed from the number's own text, never through a float, so 14.566678 stays 14.566678; a
+/// number `Decimal` cannot hold exactly is refused, never rounded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Amount(pub Decimal);
 
+/// A decimal written as a JSON number, exactly (see [`tally_core::money::parse_exact`]);
+/// surrounding whitespace is ignored.
 pub fn parse_decimal(text: &str) -> Option<Decimal> {
-    let text = text.trim();
-    Decimal::from_str(text).ok().or_else(|| Decimal::from_scientific(text).ok())
+    tally_core::money::parse_exact(text.trim())
 }
 
 impl<'de> Deserialize<'de> for Amount {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Amount, D::Error> {
         // With serde_json's arbitrary_precision, a Number keeps the exact text it was sent as.
         let value = serde_json::Value::deserialize(deserializer)?;
-        let text = match &value {
-            serde_json::Value::Number(number) => number.to_string(),
-            serde_json::Value::String(text) => text.clone(),
+        let (text, quoted) = match &value {
+            serde_json::Value::Number(number) => (number.to_string(), false),
+            serde_json::Value::String(text) => (text.clone(), true),
             _ => return Err(serde::de::Error::custom("must be a number")),
         };
-        parse_decimal(&text)
-            .map(Amount)
-            .ok_or_else(|| serde::de::Error::custom("must be a decimal number with at most 28 significant digits"))
+        if let Some(amount) = tally_core::money::parse_exact(&text) {
+            return Ok(Amount(amount));
+        }
+        let well_formed = serde_json::from_str::<serde_json::Number>(&text).is_ok();
+        Err(serde::de::Error::custom(match (well_formed, quoted) {
+            (true, _) => {
+                "must be exact in at most 28 significant digits: amounts have at most 12 decimal places and a \
+                 magnitude below 1000000000000000"
+            }
+            (false, true) => "must be a number such as 10.5 (a string must hold a plain JSON number)",
+            (false, false) => "must be a number",
+        }))
     }
 }
 

@@ -21,6 +21,12 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 4, name: "payments_and_portal", sql: include_str!("migrate_payments.sql") },
     // Numbered after its issue (#6) so that it cannot collide with migrations added alongside it.
     Migration { version: 6, name: "webhooks", sql: include_str!("migrate_webhooks.sql") },
+    Migration { version: 91, name: "top_up_payments", sql: include_str!("migrate_top_up_payments.sql") },
+    Migration { version: 100, name: "connected_accounts", sql: include_str!("migrate_connected_accounts.sql") },
+    Migration { version: 92, name: "usage_in_time", sql: include_str!("migrate_usage_in_time.sql") },
+    Migration { version: 93, name: "subscription_rules", sql: include_str!("migrate_subscription_rules.sql") },
+    Migration { version: 94, name: "job_retries", sql: include_str!("migrate_job_retries.sql") },
+    Migration { version: 95, name: "ledger_verification", sql: include_str!("migrate_verification.sql") },
 ];
 
 const FOUNDATION: &str = r#"
@@ -205,7 +211,7 @@ pub fn apply(conn: &mut dyn Conn) -> Result<Vec<i64>, StoreError> {
     if conn.query_optional("SELECT value FROM tally_meta WHERE key = 'platform_account_id'", &[])?.is_none() {
         conn.execute(
             "INSERT INTO tally_meta (key, value) VALUES ('platform_account_id', $1)",
-            params![crate::ids::new_id("acct")],
+            params![crate::ids::new_id("acc")],
         )?;
     }
     Ok(newly_applied)

@@ -121,6 +121,7 @@ fn serve(config: &Config) -> anyhow::Result<()> {
         },
         portal_logo_url: Some(config.portal_logo_url.clone()).filter(|url| !url.is_empty()),
         portal_accent_color: Some(config.portal_accent_color.clone()).filter(|color| !color.is_empty()),
+        clock: tally_http::clock::Clock::default(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -199,15 +200,30 @@ fn verify(config: &Config) -> anyhow::Result<()> {
     let store = tally::open_store(&config.database_url)?;
     let report = store.read(tally_store::ops::ledger::verify)?;
     println!(
-        "checked {} entries ({} postings), {} accounts, {} grants",
-        report.entries, report.postings, report.accounts, report.grants
+        "checked {} entries ({} postings), {} accounts, {} grants, {} transactions, {} events ({} fees), {} top-ups",
+        report.entries,
+        report.postings,
+        report.accounts,
+        report.grants,
+        report.transactions,
+        report.events,
+        report.fees,
+        report.top_ups
     );
-    if report.problems.is_empty() {
-        println!("ledger OK: every balance and grant equals its postings, every entry balances");
+    for ((mode, asset, account), balance) in &report.system_balances {
+        println!("system:{account} {asset} ({mode}): {balance}");
+    }
+    if report.is_clean() {
+        println!(
+            "ledger OK: every entry balances; every balance, grant, transaction, event fee and top-up agrees with the ledger"
+        );
         return Ok(());
     }
     for problem in &report.problems {
         println!("MISMATCH {problem}");
+    }
+    if report.unlisted_problems > 0 {
+        println!("... and {} more mismatches", report.unlisted_problems);
     }
     std::process::exit(1);
 }

@@ -33,9 +33,9 @@ fn remaining(state: &AccountState, id: &str) -> Decimal {
 #[test]
 fn debit_burns_promotion_then_bundled_then_paid() {
     let mut state = AccountState::default();
-    state.credit(grant("paid", Purpose::Paid, "10", 0, Some(100)), SystemAccount::Issuance, t0());
-    state.credit(grant("bundle", Purpose::Bundled, "5", 0, Some(200)), SystemAccount::Issuance, t0());
-    state.credit(grant("promo", Purpose::Promotion, "3", 0, Some(300)), SystemAccount::Issuance, t0());
+    state.credit(grant("paid", Purpose::Paid, "10", 0, Some(100)), SystemAccount::Issuance, t0()).unwrap();
+    state.credit(grant("bundle", Purpose::Bundled, "5", 0, Some(200)), SystemAccount::Issuance, t0()).unwrap();
+    state.credit(grant("promo", Purpose::Promotion, "3", 0, Some(300)), SystemAccount::Issuance, t0()).unwrap();
     let postings = state.debit(d("9"), SystemAccount::Revenue, None).unwrap();
     assert!(is_balanced(&postings));
     assert_eq!(remaining(&state, "promo"), d("0"));
@@ -45,12 +45,32 @@ fn debit_burns_promotion_then_bundled_then_paid() {
 }
 
 #[test]
+fn refunds_take_the_newest_paid_credit_first_and_promotion_last() {
+    let mut state = AccountState::default();
+    state.credit(grant("promo", Purpose::Promotion, "3", -9, None), SystemAccount::Issuance, t0()).unwrap();
+    state.credit(grant("paid_old", Purpose::Paid, "10", -8, Some(100)), SystemAccount::Issuance, t0()).unwrap();
+    state.credit(grant("bundle", Purpose::Bundled, "5", -7, None), SystemAccount::Issuance, t0()).unwrap();
+    state.credit(grant("paid_new", Purpose::Paid, "4", -6, Some(50)), SystemAccount::Issuance, t0()).unwrap();
+    let postings = state.refund(d("6"), SystemAccount::Issuance).unwrap();
+    assert!(is_balanced(&postings));
+    assert_eq!(remaining(&state, "paid_new"), d("0"), "the latest payment is refunded first");
+    assert_eq!(remaining(&state, "paid_old"), d("8"));
+    assert_eq!(remaining(&state, "promo"), d("3"), "promotional credit is untouched while paid credit remains");
+    assert_eq!(remaining(&state, "bundle"), d("5"));
+    // Past every paid grant: the rest in burn order, then debt.
+    state.refund(d("12"), SystemAccount::Issuance).unwrap();
+    assert_eq!((remaining(&state, "paid_old"), remaining(&state, "promo"), remaining(&state, "bundle")), (d("0"), d("0"), d("4")));
+    state.refund(d("7"), SystemAccount::Issuance).unwrap();
+    assert_eq!((state.available, state.debt), (d("-3"), d("3")));
+}
+
+#[test]
 fn within_a_purpose_soonest_expiry_then_oldest_then_never_expiring() {
     let mut state = AccountState::default();
-    state.credit(grant("forever", Purpose::Paid, "5", -3, None), SystemAccount::Issuance, t0());
-    state.credit(grant("late", Purpose::Paid, "5", -2, Some(50)), SystemAccount::Issuance, t0());
-    state.credit(grant("soon", Purpose::Paid, "5", -1, Some(10)), SystemAccount::Issuance, t0());
-    state.credit(grant("soon_older", Purpose::Paid, "5", -5, Some(10)), SystemAccount::Issuance, t0());
+    state.credit(grant("forever", Purpose::Paid, "5", -3, None), SystemAccount::Issuance, t0()).unwrap();
+    state.credit(grant("late", Purpose::Paid, "5", -2, Some(50)), SystemAccount::Issuance, t0()).unwrap();
+    state.credit(grant("soon", Purpose::Paid, "5", -1, Some(10)), SystemAccount::Issuance, t0()).unwrap();
+    state.credit(grant("soon_older", Purpose::Paid, "5", -5, Some(10)), SystemAccount::Issuance, t0()).unwrap();
     state.debit(d("12"), SystemAccount::Revenue, None).unwrap();
     assert_eq!(remaining(&state, "soon_older"), d("0"));
     assert_eq!(remaining(&state, "soon"), d("0"));
@@ -61,12 +81,12 @@ fn within_a_purpose_soonest_expiry_then_oldest_then_never_expiring() {
 #[test]
 fn overdraft_goes_negative_and_later_credit_repays_it_first() {
     let mut state = AccountState::default();
-    state.credit(grant("a", Purpose::Paid, "2.5", 0, None), SystemAccount::Issuance, t0());
+    state.credit(grant("a", Purpose::Paid, "2.5", 0, None), SystemAccount::Issuance, t0()).unwrap();
     let postings = state.debit(d("4"), SystemAccount::Revenue, None).unwrap();
     assert!(is_balanced(&postings));
     assert_eq!(state.available, d("-1.5"));
     assert_eq!(state.debt, d("1.5"));
-    let postings = state.credit(grant("b", Purpose::Paid, "10", 0, None), SystemAccount::Issuance, t0());
+    let postings = state.credit(grant("b", Purpose::Paid, "10", 0, None), SystemAccount::Issuance, t0()).unwrap();
     assert!(is_balanced(&postings));
     assert_eq!(state.available, d("8.5"));
     assert_eq!(state.debt, d("0"));
@@ -76,7 +96,7 @@ fn overdraft_goes_negative_and_later_credit_repays_it_first() {
 #[test]
 fn overdraft_limit_refuses_and_changes_nothing() {
     let mut state = AccountState::default();
-    state.credit(grant("a", Purpose::Paid, "1", 0, None), SystemAccount::Issuance, t0());
+    state.credit(grant("a", Purpose::Paid, "1", 0, None), SystemAccount::Issuance, t0()).unwrap();
     let before = state.clone();
     assert_eq!(
         state.debit(d("1.01"), SystemAccount::Revenue, Some(Decimal::ZERO)),
@@ -89,12 +109,12 @@ fn overdraft_limit_refuses_and_changes_nothing() {
 #[test]
 fn future_grant_is_pending_until_it_starts_and_then_repays_debt() {
     let mut state = AccountState::default();
-    state.credit(grant("later", Purpose::Promotion, "7", 5, None), SystemAccount::Issuance, t0());
+    state.credit(grant("later", Purpose::Promotion, "7", 5, None), SystemAccount::Issuance, t0()).unwrap();
     assert_eq!((state.available, state.pending_in), (d("0"), d("7")));
     state.debit(d("2"), SystemAccount::Revenue, None).unwrap();
     assert_eq!(state.next_due_at(), Some(t0() + Duration::hours(5)));
-    assert!(state.settle(t0() + Duration::hours(4)).is_empty());
-    let settled = state.settle(t0() + Duration::hours(5));
+    assert!(state.settle(t0() + Duration::hours(4)).unwrap().is_empty());
+    let settled = state.settle(t0() + Duration::hours(5)).unwrap();
     assert_eq!(settled.len(), 1);
     assert_eq!(settled[0].kind, SettlementKind::Activation);
     assert!(is_balanced(&settled[0].postings));
@@ -105,9 +125,9 @@ fn future_grant_is_pending_until_it_starts_and_then_repays_debt() {
 #[test]
 fn expiry_removes_only_the_remainder_at_its_instant() {
     let mut state = AccountState::default();
-    state.credit(grant("g", Purpose::Paid, "10", 0, Some(24)), SystemAccount::Issuance, t0());
+    state.credit(grant("g", Purpose::Paid, "10", 0, Some(24)), SystemAccount::Issuance, t0()).unwrap();
     state.debit(d("3.25"), SystemAccount::Revenue, None).unwrap();
-    let settled = state.settle(t0() + Duration::hours(30));
+    let settled = state.settle(t0() + Duration::hours(30)).unwrap();
     assert_eq!(settled.len(), 1);
     assert_eq!(settled[0].at, t0() + Duration::hours(24));
     let to_expired: Decimal = settled[0]
@@ -124,8 +144,8 @@ fn expiry_removes_only_the_remainder_at_its_instant() {
 #[test]
 fn a_grant_that_starts_and_expires_before_settling_is_replayed_in_time_order() {
     let mut state = AccountState::default();
-    state.credit(grant("short", Purpose::Promotion, "4", 1, Some(2)), SystemAccount::Issuance, t0());
-    let settled = state.settle(t0() + Duration::hours(3));
+    state.credit(grant("short", Purpose::Promotion, "4", 1, Some(2)), SystemAccount::Issuance, t0()).unwrap();
+    let settled = state.settle(t0() + Duration::hours(3)).unwrap();
     let kinds: Vec<_> = settled.iter().map(|settlement| settlement.kind).collect();
     assert_eq!(kinds, vec![SettlementKind::Activation, SettlementKind::Expiry]);
     assert_eq!((state.available, state.pending_in), (d("0"), d("0")));
@@ -136,10 +156,10 @@ fn grants_starting_together_repay_the_overdraft_in_burn_order() {
     // The ids sort against the burn order, so an id tie-break would pick the wrong grant.
     let mut state = AccountState::default();
     state.debit(d("5"), SystemAccount::Revenue, None).unwrap();
-    state.credit(grant("a_paid", Purpose::Paid, "10", 1, None), SystemAccount::Issuance, t0());
-    state.credit(grant("b_promo_late", Purpose::Promotion, "10", 1, Some(9)), SystemAccount::Issuance, t0());
-    state.credit(grant("c_promo_soon", Purpose::Promotion, "10", 1, Some(5)), SystemAccount::Issuance, t0());
-    state.settle(t0() + Duration::hours(1));
+    state.credit(grant("a_paid", Purpose::Paid, "10", 1, None), SystemAccount::Issuance, t0()).unwrap();
+    state.credit(grant("b_promo_late", Purpose::Promotion, "10", 1, Some(9)), SystemAccount::Issuance, t0()).unwrap();
+    state.credit(grant("c_promo_soon", Purpose::Promotion, "10", 1, Some(5)), SystemAccount::Issuance, t0()).unwrap();
+    state.settle(t0() + Duration::hours(1)).unwrap();
     assert_eq!(remaining(&state, "c_promo_soon"), d("5"));
     assert_eq!(remaining(&state, "b_promo_late"), d("10"));
     assert_eq!(remaining(&state, "a_paid"), d("10"));
@@ -151,6 +171,7 @@ fn grants_starting_together_repay_the_overdraft_in_burn_order() {
 enum Step {
     Credit { purpose: u8, amount_cents: i64, starts_in_hours: i64, lasts_hours: Option<i64> },
     Debit { amount_cents: i64 },
+    Refund { amount_cents: i64 },
     Advance { hours: i64 },
 }
 
@@ -165,6 +186,7 @@ fn step() -> impl Strategy<Value = Step> {
             }
         ),
         (1i64..100_000).prop_map(|amount_cents| Step::Debit { amount_cents }),
+        (1i64..100_000).prop_map(|amount_cents| Step::Refund { amount_cents }),
         (0i64..30).prop_map(|hours| Step::Advance { hours }),
     ]
 }
@@ -208,7 +230,7 @@ proptest! {
         let mut replayed = Replayed::default();
         let mut now = t0();
         for (number, step) in steps.into_iter().enumerate() {
-            for settlement in state.settle(now) {
+            for settlement in state.settle(now).unwrap() {
                 replayed.apply(&settlement.postings);
             }
             match step {
@@ -225,11 +247,19 @@ proptest! {
                         created_at: now,
                         state: GrantState::Pending,
                     };
-                    replayed.apply(&state.credit(new_grant, SystemAccount::Issuance, now));
+                    replayed.apply(&state.credit(new_grant, SystemAccount::Issuance, now).unwrap());
                 }
                 Step::Debit { amount_cents } => {
                     let postings = state.debit(Decimal::new(amount_cents, 2), SystemAccount::Revenue, None).unwrap();
                     replayed.apply(&postings);
+                }
+                Step::Refund { amount_cents } => {
+                    let paid_before: Decimal = state.grants.iter().filter(|g| g.state == GrantState::Active && g.purpose == Purpose::Paid).map(|g| g.remaining).sum();
+                    let other_before: Decimal = state.grants.iter().filter(|g| g.state == GrantState::Active && g.purpose != Purpose::Paid).map(|g| g.remaining).sum();
+                    replayed.apply(&state.refund(Decimal::new(amount_cents, 2), SystemAccount::Issuance).unwrap());
+                    let other_after: Decimal = state.grants.iter().filter(|g| g.state == GrantState::Active && g.purpose != Purpose::Paid).map(|g| g.remaining).sum();
+                    // Other credit is touched only for what paid credit could not cover.
+                    prop_assert_eq!(other_before - other_after, (Decimal::new(amount_cents, 2) - paid_before).max(Decimal::ZERO).min(other_before));
                 }
                 Step::Advance { hours } => now += Duration::hours(hours),
             }

@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use tally_core::Mode;
+use tally_core::{Environment, Mode};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -108,9 +108,9 @@ impl Providers {
     }
 
     pub fn for_mode(&self, mode: Mode) -> Option<Arc<dyn PaymentProvider>> {
-        match mode {
-            Mode::Test => Some(self.test.clone()),
-            Mode::Live => self.live.clone(),
+        match mode.environment() {
+            Environment::Test => Some(self.test.clone()),
+            Environment::Live => self.live.clone(),
         }
     }
 }

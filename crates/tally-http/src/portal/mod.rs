@@ -47,7 +47,7 @@ use tally_store::ops::wallet as wallet_ops;
 use tally_store::ops::{FieldError, OpError};
 use tally_store::repo::assets as asset_repo;
 use tally_store::repo::auto_top_ups::{self as auto_repo, AutoTopUp};
-use tally_store::repo::portal::{self as portal_repo, FeeLine, PortalSession};
+use tally_store::repo::portal::{self as portal_repo, FeeLine, PortalSession, SpendGroup};
 use tally_store::repo::topups::{self as topup_repo, PaymentMethod, TopUp};
 use tally_store::repo::wallets::{self as wallet_repo, Account, AccountKey};
 use tally_store::repo::{Metadata, Page};
@@ -57,9 +57,6 @@ pub const COOKIE_NAME: &str = "tally_portal";
 const PAGE_SIZE: i64 = 20;
 /// The furthest page of a history one may ask for, so that an offset stays bounded.
 const MAX_PAGE: i64 = 10_000;
-/// The most fees read to draw spend: a customer with more in 31 days sees a partial chart,
-/// said so on the page, rather than a slow one.
-const SPEND_SCAN_LIMIT: i64 = 20_000;
 const CHART_DAYS: i64 = 30;
 /// Custom assets offered on the top-up form (the first ones the platform made).
 const MAX_TOP_UP_ASSETS: i64 = 100;
@@ -142,7 +139,7 @@ impl FromRequestParts<AppState> for Session {
         let Some(token) = cookie_value(&parts.headers, COOKIE_NAME).filter(|token| is_token(token)) else {
             return Err(ended());
         };
-        let now = Utc::now();
+        let now = state.now();
         match state.read(move |conn| portal_ops::session(conn, &token, now)).await {
             Ok(Some(session)) => Ok(Session(session)),
             Ok(None) => Err(ended()),
@@ -178,7 +175,7 @@ async fn enter(State(state): State<AppState>, headers: HeaderMap, Query(query): 
     if !is_token(&token) {
         return invalid();
     }
-    let now = Utc::now();
+    let now = state.now();
     let outcome = match state.write(move |conn| portal_ops::enter(conn, &token, now)).await {
         Ok(outcome) => outcome,
         Err(error) => return failure(&state, error),
@@ -211,7 +208,7 @@ async fn enter(State(state): State<AppState>, headers: HeaderMap, Query(query): 
 /// Grant starts and expiries that fell due are settled before a page shows balances, as the
 /// API does before a wallet read.
 async fn settle_if_due(state: &AppState, session: &PortalSession) -> Result<(), ApiError> {
-    let (mode, customer_id, now) = (session.mode, session.customer_id.clone(), Utc::now());
+    let (mode, customer_id, now) = (session.mode, session.customer_id.clone(), state.now());
     let id = customer_id.clone();
     if state.read(move |conn| wallet_ops::customer_has_due(conn, &id, now)).await? {
         state.write(move |conn| wallet_ops::settle_customer(conn, mode, &customer_id, now)).await?;
@@ -247,16 +244,36 @@ pub struct UsageLine {
     pub look: AssetLook,
     pub product: Option<String>,
     pub subject: Option<String>,
+    /// When the usage happened: its event's `occurred_at` for a usage fee, else when the fee
+    /// was made.
+    pub when: DateTime<Utc>,
 }
 
-fn usage_lines(fees: Vec<FeeLine>, looks: &HashMap<String, AssetLook>) -> Vec<UsageLine> {
-    fees.into_iter()
-        .map(|fee| {
-            let detail: serde_json::Value = serde_json::from_str(&fee.detail).unwrap_or_default();
-            let text = |field: &str| detail.get(field).and_then(|value| value.as_str()).map(str::to_owned);
-            UsageLine { look: look_of(looks, &fee.asset), product: text("product_name"), subject: text("subject"), fee }
+/// The usage lines of `fees`, each dated by when its usage occurred.
+fn usage_lines(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    fees: Vec<FeeLine>,
+    looks: &HashMap<String, AssetLook>,
+) -> Result<Vec<UsageLine>, OpError> {
+    let details: Vec<serde_json::Value> =
+        fees.iter().map(|fee| serde_json::from_str(&fee.detail).unwrap_or_default()).collect();
+    let text =
+        |detail: &serde_json::Value, field: &str| detail.get(field).and_then(|value| value.as_str()).map(str::to_owned);
+    let event_ids: Vec<String> = details.iter().filter_map(|detail| text(detail, "event_id")).collect();
+    let occurred: HashMap<String, DateTime<Utc>> =
+        portal_repo::event_times(conn, mode, &event_ids)?.into_iter().collect();
+    Ok(fees
+        .into_iter()
+        .zip(details)
+        .map(|(fee, detail)| UsageLine {
+            look: look_of(looks, &fee.asset),
+            product: text(&detail, "product_name"),
+            subject: text(&detail, "subject"),
+            when: text(&detail, "event_id").and_then(|id| occurred.get(&id).copied()).unwrap_or(fee.created_at),
+            fee,
         })
-        .collect()
+        .collect())
 }
 
 /// One top-up as the history shows it.
@@ -284,8 +301,6 @@ pub struct Overview {
     pub month_start: NaiveDate,
     pub month_spend: Vec<(AssetLook, Decimal)>,
     pub charts: Vec<DailySpend>,
-    /// True when the spend read stopped at its limit.
-    pub spend_partial: bool,
     pub recent_usage: Vec<UsageLine>,
     pub usage_count: i64,
     pub recent_top_ups: Vec<TopUpLine>,
@@ -299,9 +314,9 @@ fn day_start(day: NaiveDate) -> DateTime<Utc> {
 }
 
 /// This month's spend per asset and the last [`CHART_DAYS`] days' spend per asset per day,
-/// from fees (negative amounts) newer than both windows' start.
+/// from every fee since both windows' start (grouped by day and amount), added exactly.
 fn summarize_spend(
-    fees: &[FeeLine],
+    groups: &[SpendGroup],
     looks: &HashMap<String, AssetLook>,
     today: NaiveDate,
 ) -> (Vec<(AssetLook, Decimal)>, Vec<DailySpend>) {
@@ -309,17 +324,17 @@ fn summarize_spend(
     let first_day = today - Duration::days(CHART_DAYS - 1);
     let mut month: BTreeMap<&str, Decimal> = BTreeMap::new();
     let mut daily: BTreeMap<&str, BTreeMap<NaiveDate, Decimal>> = BTreeMap::new();
-    for fee in fees {
-        let spent = -fee.amount;
-        let day = fee.created_at.date_naive();
+    for group in groups {
+        let Some(day) = DateTime::from_timestamp(group.day * 86_400, 0).map(|at| at.date_naive()) else { continue };
+        let spent = group.spent * Decimal::from(group.count);
         if day >= month_start {
-            *month.entry(&fee.asset).or_default() += spent;
+            *month.entry(&group.asset).or_default() += spent;
         }
         if day >= first_day {
-            *daily.entry(&fee.asset).or_default().entry(day).or_default() += spent;
+            *daily.entry(&group.asset).or_default().entry(day).or_default() += spent;
         }
     }
-    let month = month.into_iter().map(|(asset, total)| (look_of(looks, asset), total)).collect();
+    let month = month.into_iter().map(|(asset, total)| (look_of(looks, asset), total.normalize())).collect();
     let charts = daily
         .into_iter()
         .map(|(asset, by_day)| DailySpend {
@@ -327,7 +342,7 @@ fn summarize_spend(
             days: (0..CHART_DAYS)
                 .map(|offset| {
                     let day = first_day + Duration::days(offset);
-                    (day, by_day.get(&day).copied().unwrap_or_default())
+                    (day, by_day.get(&day).copied().unwrap_or_default().normalize())
                 })
                 .collect(),
         })
@@ -346,7 +361,7 @@ fn load_overview(
     let today = now.date_naive();
     let month_start = today.with_day(1).unwrap_or(today);
     let since = day_start(month_start.min(today - Duration::days(CHART_DAYS - 1)));
-    let fees = portal_repo::fees_since(conn, mode, customer_id, since, SPEND_SCAN_LIMIT)?;
+    let spend = portal_repo::spend_since(conn, mode, customer_id, since)?;
     let (recent_fees, usage_count) = portal_repo::fees(conn, mode, customer_id, Page { offset: 0, limit: 5 })?;
     let (recent_top_ups, top_up_count) = topup_repo::for_customer(conn, customer_id, Page { offset: 0, limit: 5 })?;
     let returned_from = if returned {
@@ -355,15 +370,19 @@ fn load_overview(
     } else {
         None
     };
-    let codes =
-        accounts.iter().map(|account| account.key.asset.clone()).chain(fees.iter().map(|fee| fee.asset.clone())).chain(
+    let codes = accounts
+        .iter()
+        .map(|account| account.key.asset.clone())
+        .chain(spend.iter().map(|group| group.asset.clone()))
+        .chain(
             recent_top_ups
                 .iter()
                 .chain(&returned_from)
                 .flat_map(|top_up| [top_up.asset.clone(), top_up.currency.clone()]),
         );
     let looks = looks(conn, mode, codes.collect::<Vec<_>>())?;
-    let (month_spend, charts) = summarize_spend(&fees, &looks, today);
+    let (month_spend, charts) = summarize_spend(&spend, &looks, today);
+    let recent_usage = usage_lines(conn, mode, recent_fees, &looks)?;
     Ok(Overview {
         accounts: accounts
             .into_iter()
@@ -375,8 +394,7 @@ fn load_overview(
         month_start,
         month_spend,
         charts,
-        spend_partial: fees.len() as i64 >= SPEND_SCAN_LIMIT,
-        recent_usage: usage_lines(recent_fees, &looks),
+        recent_usage,
         usage_count,
         recent_top_ups: top_up_lines(recent_top_ups, &looks),
         top_up_count,
@@ -395,9 +413,9 @@ async fn home(State(state): State<AppState>, Session(session): Session, Query(qu
         return failure(&state, error);
     }
     let returned = query.checkout.is_some();
-    let loaded = session.clone();
-    match state.read(move |conn| load_overview(conn, &loaded, returned, Utc::now())).await {
-        Ok(overview) => html(StatusCode::OK, pages::home(&state.branding, &session, &overview)),
+    let (loaded, now) = (session.clone(), state.now());
+    match state.read(move |conn| load_overview(conn, &loaded, returned, now)).await {
+        Ok(overview) => html(StatusCode::OK, pages::home(&state.branding_for(session.mode).await, &session, &overview)),
         Err(error) => failure(&state, error),
     }
 }
@@ -432,11 +450,11 @@ async fn usage(State(state): State<AppState>, Session(session): Session, Query(q
             let window = Page { offset: (page - 1) * PAGE_SIZE, limit: PAGE_SIZE };
             let (fees, total) = portal_repo::fees(conn, loaded.mode, &loaded.customer_id, window)?;
             let looks = looks(conn, loaded.mode, fees.iter().map(|fee| fee.asset.clone()).collect::<Vec<_>>())?;
-            Ok(Paged { items: usage_lines(fees, &looks), page, total })
+            Ok(Paged { items: usage_lines(conn, loaded.mode, fees, &looks)?, page, total })
         })
         .await;
     match result {
-        Ok(paged) => html(StatusCode::OK, pages::usage(&state.branding, &session, &paged)),
+        Ok(paged) => html(StatusCode::OK, pages::usage(&state.branding_for(session.mode).await, &session, &paged)),
         Err(error) => failure(&state, error),
     }
 }
@@ -509,11 +527,11 @@ pub struct TopUpPage {
 }
 
 async fn load_top_up_page(state: &AppState, session: &PortalSession, page: i64) -> Result<TopUpPage, ApiError> {
-    let loaded = session.clone();
+    let (loaded, now) = (session.clone(), state.now());
     state
         .read(move |conn| {
             let accounts = wallet_repo::list_for_customer(conn, &loaded.customer_id)?;
-            let options = top_up_options(conn, loaded.mode, &accounts, Utc::now())?;
+            let options = top_up_options(conn, loaded.mode, &accounts, now)?;
             let window = Page { offset: (page - 1) * PAGE_SIZE, limit: PAGE_SIZE };
             let (top_ups, total) = topup_repo::for_customer(conn, &loaded.customer_id, window)?;
             let codes: Vec<String> =
@@ -532,7 +550,7 @@ async fn load_top_up_page(state: &AppState, session: &PortalSession, page: i64) 
 
 async fn top_ups(State(state): State<AppState>, Session(session): Session, Query(query): Query<PageQuery>) -> Response {
     match load_top_up_page(&state, &session, page_number(&query)).await {
-        Ok(page) => html(StatusCode::OK, pages::top_ups(&state.branding, &session, &page)),
+        Ok(page) => html(StatusCode::OK, pages::top_ups(&state.branding_for(session.mode).await, &session, &page)),
         Err(error) => failure(&state, error),
     }
 }
@@ -581,13 +599,13 @@ async fn start_top_up(
         .filter(|_| page.options.iter().any(|option| option.value() == form.option.trim().to_ascii_uppercase()));
     let Some((asset, currency)) = offered else {
         page.errors.push("Choose what to buy.".into());
-        return html(StatusCode::UNPROCESSABLE_ENTITY, pages::top_ups(&state.branding, &session, &page));
+        return html(StatusCode::UNPROCESSABLE_ENTITY, pages::top_ups(&state.branding_for(session.mode).await, &session, &page));
     };
     let amount = match parse_payment(&form.amount, &currency) {
         Ok(amount) => amount,
         Err(message) => {
             page.errors.push(message);
-            return html(StatusCode::UNPROCESSABLE_ENTITY, pages::top_ups(&state.branding, &session, &page));
+            return html(StatusCode::UNPROCESSABLE_ENTITY, pages::top_ups(&state.branding_for(session.mode).await, &session, &page));
         }
     };
     let public = public_url(&state, &headers);
@@ -615,11 +633,11 @@ async fn start_top_up(
         },
         Err(ApiError::Invalid(fields)) => {
             page.errors.extend(fields.into_iter().map(|field| field.message));
-            html(StatusCode::UNPROCESSABLE_ENTITY, pages::top_ups(&state.branding, &session, &page))
+            html(StatusCode::UNPROCESSABLE_ENTITY, pages::top_ups(&state.branding_for(session.mode).await, &session, &page))
         }
         Err(ApiError::Unavailable(message)) => {
             page.errors.push(format!("Payments are unavailable right now: {message}"));
-            html(StatusCode::SERVICE_UNAVAILABLE, pages::top_ups(&state.branding, &session, &page))
+            html(StatusCode::SERVICE_UNAVAILABLE, pages::top_ups(&state.branding_for(session.mode).await, &session, &page))
         }
         Err(error) => failure(&state, error),
     }
@@ -647,7 +665,7 @@ async fn quote(State(state): State<AppState>, Session(session): Session, Query(q
         Err(message) => return refuse(message),
     };
     let mode = session.mode;
-    let now = Utc::now();
+    let now = state.now();
     let result = state
         .read(move |conn| {
             let quote = asset_ops::quote(conn, mode, &asset, &currency, amount, now)?;
@@ -699,12 +717,12 @@ pub struct AutoPage {
 }
 
 async fn load_auto_page(state: &AppState, session: &PortalSession) -> Result<AutoPage, ApiError> {
-    let loaded = session.clone();
+    let (loaded, now) = (session.clone(), state.now());
     state
         .read(move |conn| {
             let (mode, customer_id) = (loaded.mode, loaded.customer_id.as_str());
             let accounts = wallet_repo::list_for_customer(conn, customer_id)?;
-            let options = top_up_options(conn, mode, &accounts, Utc::now())?;
+            let options = top_up_options(conn, mode, &accounts, now)?;
             let settings = auto_repo::for_customer(conn, mode, customer_id)?;
             let methods = topup_repo::payment_methods(conn, customer_id)?;
             let looks =
@@ -743,7 +761,7 @@ async fn auto_top_up(
         Ok(mut page) => {
             page.saved =
                 query.saved.filter(|saved| page.accounts.iter().any(|entry| &account_id(&entry.account.key) == saved));
-            html(StatusCode::OK, pages::auto_top_up(&state.branding, &session, &page))
+            html(StatusCode::OK, pages::auto_top_up(&state.branding_for(session.mode).await, &session, &page))
         }
         Err(error) => failure(&state, error),
     }
@@ -812,7 +830,7 @@ async fn save_auto_top_up(
     let key = page.accounts[index].account.key.clone();
     let result = match parse_auto_form(&form, key) {
         Ok(settings) => {
-            let (mode, now) = (session.mode, Utc::now());
+            let (mode, now) = (session.mode, state.now());
             state.write(move |conn| auto_ops::configure(conn, mode, &settings, now)).await.map_err(
                 |error| match error {
                     ApiError::Invalid(fields) => Ok(fields),
@@ -828,7 +846,7 @@ async fn save_auto_top_up(
             let entry = &mut page.accounts[index];
             entry.errors = fields.into_iter().map(|field| pages::field_message(&field)).collect();
             entry.typed = Some(form);
-            html(StatusCode::UNPROCESSABLE_ENTITY, pages::auto_top_up(&state.branding, &session, &page))
+            html(StatusCode::UNPROCESSABLE_ENTITY, pages::auto_top_up(&state.branding_for(session.mode).await, &session, &page))
         }
         Err(Err(error)) => failure(&state, error),
     }
@@ -884,28 +902,26 @@ mod tests {
     use super::*;
     use std::str::FromStr;
 
-    fn fee(asset: &str, amount: &str, at: &str) -> FeeLine {
-        FeeLine {
-            transaction_id: "t".into(),
-            account_name: "default".into(),
+    fn fees(asset: &str, spent: &str, count: i64, day: &str) -> SpendGroup {
+        let day = NaiveDate::from_str(day).unwrap();
+        SpendGroup {
             asset: asset.into(),
-            amount: Decimal::from_str(amount).unwrap(),
-            description: None,
-            detail: "{}".into(),
-            created_at: DateTime::parse_from_rfc3339(at).unwrap().with_timezone(&Utc),
+            spent: Decimal::from_str(spent).unwrap(),
+            day: (day - NaiveDate::from_ymd_opt(1970, 1, 1).unwrap()).num_days(),
+            count,
         }
     }
 
     #[test]
     fn spend_splits_by_month_and_by_day() {
         let today = NaiveDate::from_ymd_opt(2025, 3, 3).unwrap();
-        let fees = [
-            fee("MIN", "-2", "2025-03-03T10:00:00Z"),
-            fee("MIN", "-0.5", "2025-03-03T11:00:00Z"),
-            fee("MIN", "-4", "2025-02-27T09:00:00Z"),
-            fee("USD", "-1.25", "2025-03-01T00:00:00Z"),
+        let groups = [
+            fees("MIN", "2", 1, "2025-03-03"),
+            fees("MIN", "0.5", 1, "2025-03-03"),
+            fees("MIN", "4", 1, "2025-02-27"),
+            fees("USD", "1.25", 1, "2025-03-01"),
         ];
-        let (month, charts) = summarize_spend(&fees, &HashMap::new(), today);
+        let (month, charts) = summarize_spend(&groups, &HashMap::new(), today);
         let month: Vec<_> = month.iter().map(|(look, total)| (look.code.as_str(), total.to_string())).collect();
         assert_eq!(month, [("MIN", "2.5".to_owned()), ("USD", "1.25".to_owned())], "February is not this month");
         let minutes = &charts[0];
@@ -913,6 +929,15 @@ mod tests {
         assert_eq!(minutes.days.last().unwrap(), &(today, Decimal::from_str("2.5").unwrap()));
         let total: Decimal = minutes.days.iter().map(|(_, amount)| *amount).sum();
         assert_eq!(total, Decimal::from_str("6.5").unwrap(), "the chart's window reaches into February");
+    }
+
+    #[test]
+    fn equal_fees_multiply_exactly() {
+        let today = NaiveDate::from_ymd_opt(2025, 3, 3).unwrap();
+        let groups =
+            [fees("MIN", "0.000000000001", 1_000_000_007, "2025-03-02"), fees("MIN", "2", 25_000, "2025-03-03")];
+        let (month, _) = summarize_spend(&groups, &HashMap::new(), today);
+        assert_eq!(month[0].1.to_string(), "50000.001000000007");
     }
 
     #[test]

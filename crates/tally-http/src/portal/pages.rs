@@ -5,7 +5,7 @@ use super::format::{date_time, spend_chart, AssetLook};
 use super::{account_id, AutoAccount, AutoPage, Overview, Paged, TopUpLine, TopUpPage, UsageLine};
 use crate::html::{escape, page_with, Branding};
 use rust_decimal::Decimal;
-use tally_core::Mode;
+use tally_core::Environment;
 use tally_store::ops::assets::KnownAsset;
 use tally_store::ops::auto_top_up::MAX_FAILURES;
 use tally_store::ops::FieldError;
@@ -25,9 +25,9 @@ fn nav(branding: &Branding, session: &PortalSession, current: Tab) -> String {
         let current = if tab == current { r#" aria-current="page""# } else { "" };
         format!(r#"<a href="{href}"{current}>{text}</a>"#)
     };
-    let badge = match session.mode {
-        Mode::Test => r#"<span class="badge">Test mode</span>"#,
-        Mode::Live => "",
+    let badge = match session.mode.environment() {
+        Environment::Test => r#"<span class="badge">Test mode</span>"#,
+        Environment::Live => "",
     };
     format!(
         r#"<nav class="portal-nav" aria-label="Billing portal">{}{}{}{}{badge}<a class="back" href="{}">&larr; Back to {}</a></nav>"#,
@@ -192,15 +192,10 @@ pub fn home(branding: &Branding, session: &PortalSession, overview: &Overview) -
     } else {
         overview.charts.iter().map(|chart| format!(r#"<div class="card">{}</div>"#, spend_chart(chart))).collect()
     };
-    let partial = if overview.spend_partial {
-        r#"<p class="muted">Spend shows your most recent usage only: there is too much to add up here.</p>"#
-    } else {
-        ""
-    };
     let body = format!(
         r#"{notice}<h1>Your balances</h1>{accounts}
 <p><a class="button" href="/portal/top-ups">Top up</a></p>
-<h2>Spent this month <span class="muted">(since {since})</span></h2>{month}{partial}
+<h2>Spent this month <span class="muted">(since {since})</span></h2>{month}
 <h2>Spend over the last 30 days</h2>{charts}
 <h2>Recent usage</h2>{usage}<p><a href="/portal/usage">All usage ({usage_count})</a></p>
 <h2>Recent top-ups</h2>{top_ups}<p><a href="/portal/top-ups">All top-ups ({top_up_count})</a></p>"#,
@@ -223,7 +218,7 @@ fn usage_table(lines: &[UsageLine]) -> String {
         .map(|line| {
             format!(
                 r#"<tr><td class="optional">{when}</td><td>{product}</td><td class="optional">{subject}</td><td>{description}</td><td class="amount">{amount}</td></tr>"#,
-                when = escape(&date_time(line.fee.created_at)),
+                when = escape(&date_time(line.when)),
                 product = escape(line.product.as_deref().unwrap_or("—")),
                 subject = escape(line.subject.as_deref().unwrap_or("—")),
                 description = escape(line.fee.description.as_deref().unwrap_or("")),

@@ -185,7 +185,7 @@ pub async fn create(
     JsonBody(request): JsonBody<CreateAssetRequest>,
 ) -> Result<(StatusCode, Json<CreateAssetResponse>), ApiError> {
     let new = parse_new_asset(&request)?;
-    let now = chrono::Utc::now();
+    let now = state.now();
     let asset = state.write(move |conn| asset_ops::create(conn, auth.mode, &new, now)).await?;
     Ok((StatusCode::CREATED, Json(CreateAssetResponse { code: asset.code, created_at: asset.created_at.into() })))
 }
@@ -305,7 +305,7 @@ pub async fn add_rate(
         valid_to: request.valid_to.map(|at| at.0),
         rate: rate.expect("checked"),
     };
-    let now = chrono::Utc::now();
+    let now = state.now();
     state.write(move |conn| asset_ops::add_rate(conn, auth.mode, &code, &new, now)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -324,7 +324,7 @@ pub async fn quote(
     let amount = checker.positive("amount", request.amount);
     checker.finish()?;
     let source = source.expect("checked");
-    let at = request.exchange_at.map_or_else(chrono::Utc::now, |at| at.0);
+    let at = request.exchange_at.map_or_else(|| state.now(), |at| at.0);
     let quote = state.read(move |conn| asset_ops::quote(conn, auth.mode, &code, &source, amount, at)).await?;
     Ok(Json(QuoteAssetResponse {
         source: quote.source,

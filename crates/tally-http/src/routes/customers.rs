@@ -133,7 +133,7 @@ pub async fn create(
         .enumerate()
         .map(|(index, subscription)| parse_subscription(&format!("subscriptions[{index}]."), subscription))
         .collect::<Result<Vec<_>, _>>()?;
-    let now = chrono::Utc::now();
+    let now = state.now();
     let catalog = state.catalog.clone();
     let requests = request.subscriptions.clone().unwrap_or_default();
     let requests_inside = requests.clone();
@@ -174,8 +174,9 @@ pub async fn create(
 
 #[utoipa::path(get, path = "/customers", tag = "Customers",
     params(("offset" = Option<i64>, Query), ("limit" = Option<i64>, Query), ("customer_id" = Option<String>, Query),
-           ("external_id" = Option<String>, Query), ("email" = Option<String>, Query), ("name" = Option<String>, Query)),
-    responses((status = 200, body = PageCustomerSummary)))]
+           ("external_id" = Option<String>, Query), ("email" = Option<String>, Query), ("name" = Option<String>, Query),
+           ("status" = Option<String>, Query, description = "active: with an active subscription; inactive: without one")),
+    responses((status = 200, body = PageCustomerSummary), (status = 422)))]
 pub async fn list(
     State(state): State<AppState>,
     auth: Auth,
@@ -187,6 +188,15 @@ pub async fn list(
         external_id: query.string("external_id"),
         email: query.string("email"),
         name: query.string("name"),
+        active: match query.string("status").map(|status| status.to_ascii_lowercase()).as_deref() {
+            None => None,
+            Some("active") => Some(true),
+            Some("inactive") => Some(false),
+            Some(_) => {
+                query.errors.push(tally_store::ops::FieldError { field: "status".into(), message: "must be active or inactive".into() });
+                None
+            }
+        },
     };
     query.finish()?;
     let (customers, total) = state
@@ -208,8 +218,12 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     auth: Auth,
+    headers: axum::http::HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<GetCustomerResponse>, ApiError> {
+    // A subscription waiting for a payment always shows a checkout link that still works.
+    let public = crate::routes::topups::public_url(&state, &headers);
+    crate::routes::topups::renew_subscription_payment_links(&state, auth.mode, &id, public).await;
     let (customer, subscriptions) = state
         .read(move |conn| {
             let customer = customer_ops::require(conn, auth.mode, &id)?;
@@ -259,7 +273,7 @@ pub async fn update(
         metadata: request.metadata.as_ref().map(|metadata| checker.metadata("metadata", Some(metadata))),
     };
     checker.finish()?;
-    let now = chrono::Utc::now();
+    let now = state.now();
     state.write(move |conn| customer_ops::update(conn, auth.mode, &id, &patch, now)).await?;
     Ok(StatusCode::NO_CONTENT)
 }

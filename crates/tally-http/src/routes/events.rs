@@ -195,7 +195,7 @@ pub async fn send_usage(
     auth: Auth,
     JsonBody(request): JsonBody<UsageRequest>,
 ) -> Result<StatusCode, ApiError> {
-    let now = Utc::now();
+    let now = state.now();
     let customer = match (&request.customer_id, &request.customer_external_id) {
         (Some(id), _) => CustomerRef::Id(id.clone()),
         (None, Some(external_id)) => CustomerRef::ExternalId(external_id.clone()),

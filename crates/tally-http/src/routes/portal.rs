@@ -45,7 +45,7 @@ pub async fn create_portal_session(
     let return_url = check_url(&mut checker, "return_url", &request.return_url);
     let failure_url = check_url(&mut checker, "failure_url", &request.failure_url);
     checker.finish()?;
-    let now = chrono::Utc::now();
+    let now = state.now();
     let link = state
         .write(move |conn| portal_ops::create_link(conn, auth.mode, &customer_id, &return_url, &failure_url, now))
         .await?;

@@ -223,7 +223,7 @@ pub async fn create(
     let name = checker.text("name", &request.name, MAX_TEXT_CHARS);
     checker.finish()?;
     let publish = request.publish.unwrap_or(false);
-    let now = chrono::Utc::now();
+    let now = state.now();
     let (product, version) = state
         .write(move |conn| {
             let definition =
@@ -244,7 +244,7 @@ pub async fn create_version(
     JsonBody(request): JsonBody<CreateProductVersionRequest>,
 ) -> Result<(StatusCode, Json<CreateProductResponse>), ApiError> {
     let publish = request.publish.unwrap_or(false);
-    let now = chrono::Utc::now();
+    let now = state.now();
     let (product, version) = state
         .write(move |conn| {
             product_repo::get(conn, auth.mode, &product_id)?.ok_or_else(|| product_ops::not_found(&product_id))?;
@@ -396,7 +396,7 @@ pub async fn delete(
     auth: Auth,
     Path(product_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let now = chrono::Utc::now();
+    let now = state.now();
     state.write(move |conn| product_ops::delete(conn, auth.mode, &product_id, now)).await?;
     Ok(StatusCode::NO_CONTENT)
 }

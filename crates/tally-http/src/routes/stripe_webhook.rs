@@ -5,15 +5,16 @@
 //! | event | effect |
 //! |---|---|
 //! | `checkout.session.completed`, `payment_status` `paid` | credit the top-up (and save the card when asked) |
-//! | `checkout.session.completed`, unpaid (delayed payment methods) | the top-up goes `pending` |
-//! | `checkout.session.async_payment_succeeded` | credit the top-up |
+//! | `checkout.session.completed`, unpaid (delayed payment methods) | the top-up goes `pending` and waits, never expiring |
+//! | `checkout.session.async_payment_succeeded` | credit the top-up, even if it had expired meanwhile |
 //! | `checkout.session.async_payment_failed` | the top-up fails |
 //! | `checkout.session.expired` | the top-up expires |
 //! | `payment_intent.succeeded` with `metadata.top_up_id` | credit the off-session top-up |
 //! | `payment_intent.payment_failed` with `metadata.top_up_id` | the off-session top-up fails |
 //!
 //! Stripe delivers at least once and retries whatever is not answered 2xx, so every effect is
-//! idempotent (a top-up is credited once, `ops::topups::succeed`), events Tally does not act on
+//! idempotent (a top-up is credited once, `ops::topups::succeed`; money received is credited
+//! even when it arrives after the top-up failed or expired), events Tally does not act on
 //! are answered 200, and only a transient failure (the database, or Stripe's API while learning
 //! the payment method) is answered 5xx so that Stripe retries. Only live-mode top-ups made
 //! through Stripe are ever touched.
@@ -33,7 +34,7 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use tally_core::Mode;
 use tally_store::ops::topups::{self as topup_ops, NewPaymentMethod};
-use tally_store::repo::topups::{self as topup_repo, TopUp};
+use tally_store::repo::topups::{self as topup_repo, TopUp, TopUpStatus};
 
 /// What became of an event, echoed in the 200 answer (visible in Stripe's dashboard).
 type Outcome = &'static str;
@@ -43,7 +44,7 @@ pub async fn receive(State(state): State<AppState>, headers: HeaderMap, body: By
         ApiError::NotFound("Stripe is not configured: set stripe_secret_key and stripe_webhook_secret".into())
     })?;
     let header = headers.get("stripe-signature").and_then(|value| value.to_str().ok());
-    let now = chrono::Utc::now().timestamp();
+    let now = state.now().timestamp();
     if let Err(error) = verify_signature(stripe.webhook_secret(), header, &body, now, SIGNATURE_TOLERANCE) {
         tracing::warn!(%error, "refused a Stripe webhook");
         return Err(ApiError::Malformed(error.to_string()));
@@ -144,13 +145,14 @@ async fn session_completed(
         return Ok("ignored: no live Stripe top-up for this session");
     };
     let id = top_up.id.clone();
-    let now = chrono::Utc::now();
+    let now = state.now();
     match session.payment_status.as_deref() {
         Some("paid") => {}
         // Completed with a delayed payment method (a bank debit): the money is on its way and
-        // `async_payment_succeeded` or `async_payment_failed` will say how it ended.
+        // `async_payment_succeeded` or `async_payment_failed` will say how it ended, days later
+        // perhaps. Until then the top-up waits and does not expire.
         Some("unpaid") => {
-            state.write(move |conn| topup_ops::mark_pending(conn, Mode::Live, &id, now)).await?;
+            state.write(move |conn| topup_ops::mark_processing(conn, Mode::Live, &id, now)).await?;
             return Ok("pending: waiting for the delayed payment");
         }
         _ => return Ok("ignored: the session is not paid"),
@@ -158,7 +160,7 @@ async fn session_completed(
     if !charged_as_asked(&top_up, session.amount_total, session.currency.as_deref()) {
         return Ok("ignored: the amount paid differs from the top-up's");
     }
-    let method = if top_up.save_payment_method && top_up.status.is_open() {
+    let method = if top_up.save_payment_method && top_up.status != TopUpStatus::Succeeded {
         payment_method(stripe, &session).await?
     } else {
         None
@@ -206,21 +208,19 @@ async fn payment_method(
     }))
 }
 
-/// Credits the top-up, once however many times Stripe says so.
+/// Credits the top-up, once however many times Stripe says so. Money received is credited
+/// even when it comes after the top-up failed or expired.
 async fn succeed(state: &AppState, id: String, method: Option<NewPaymentMethod>) -> Result<Outcome, ApiError> {
-    let now = chrono::Utc::now();
+    let now = state.now();
     let top_up_id = id.clone();
-    match state.write(move |conn| topup_ops::succeed(conn, Mode::Live, &id, method.as_ref(), now)).await {
-        Ok(settled) if settled.credited => Ok("credited"),
-        Ok(_) => Ok("ignored: already credited"),
-        Err(ApiError::Conflict(message)) => {
-            // The money was taken but the top-up had already failed or expired: Tally cannot
-            // credit a finished top-up, so a person must refund (or credit) it.
-            tracing::error!(top_up = %top_up_id, %message,
-                "Stripe reports a payment for a top-up that already ended; refund it in Stripe or credit the wallet by hand");
-            Ok("ignored: the top-up had already ended")
+    let settled = state.write(move |conn| topup_ops::succeed(conn, Mode::Live, &id, method.as_ref(), now)).await?;
+    match (settled.credited, settled.late) {
+        (true, false) => Ok("credited"),
+        (true, true) => {
+            tracing::warn!(top_up = %top_up_id, "Stripe reported a payment after the top-up had ended; credited it");
+            Ok("credited: the payment came after the top-up had ended")
         }
-        Err(error) => Err(error),
+        (false, _) => Ok("ignored: already credited"),
     }
 }
 
@@ -237,7 +237,7 @@ async fn session_ended(
 }
 
 async fn fail(state: &AppState, id: String, reason: String, expired: bool) -> Result<Outcome, ApiError> {
-    let now = chrono::Utc::now();
+    let now = state.now();
     let top_up_id = id.clone();
     match state.write(move |conn| topup_ops::fail(conn, Mode::Live, &id, &reason, expired, now)).await {
         Ok(_) if expired => Ok("expired"),

@@ -8,7 +8,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use tally_core::Mode;
 use tally_store::ops::products::{Catalog, VersionRef};
-use tally_store::ops::subscriptions::{self as subscription_ops, NewSubscription, ProductRef};
+use tally_store::ops::subscriptions::{self as subscription_ops, Created, NewSubscription, ProductRef};
 use tally_store::ops::OpError;
 use tally_store::repo::products as product_repo;
 use tally_store::repo::subscriptions::Subscription;
@@ -101,6 +101,11 @@ pub fn parse_subscription(prefix: &str, request: &CreateCustomerSubscription) ->
     if request.redirect_to.as_deref().is_some_and(|target| !matches!(target, "return_url" | "portal")) {
         return Err(ApiError::invalid(format!("{prefix}redirect_to"), "must be return_url or portal"));
     }
+    // The URLs a payment's checkout sends the customer back to.
+    let mut checker = crate::check::Checker::default();
+    checker.opt_http_url(&format!("{prefix}return_url"), request.return_url.as_deref());
+    checker.opt_http_url(&format!("{prefix}failure_url"), request.failure_url.as_deref());
+    checker.finish()?;
     Ok(NewSubscription {
         starts_at: request.starts_at.map(|at| at.0),
         renews_at: request.renews_at.map(|at| at.0),
@@ -208,9 +213,11 @@ pub async fn start_payments(
     Ok(())
 }
 
-#[utoipa::path(post, path = "/customers/{customerId}/subscriptions", tag = "Customers", params(("customerId" = String, Path)),
+#[utoipa::path(post, path = "/customers/{customerId}/subscriptions", tag = "Customers",
+    params(("customerId" = String, Path), ("Idempotency-Key" = Option<String>, Header,
+        description = "Makes the request safe to retry: a retry with the same key returns the subscription the first request made and creates nothing; the same key with a different request is a 409.")),
     request_body = CreateCustomerSubscription,
-    responses((status = 201, body = CustomerSubscription), (status = 404), (status = 422)))]
+    responses((status = 201, body = CustomerSubscription), (status = 404), (status = 409), (status = 422)))]
 pub async fn create(
     State(state): State<AppState>,
     auth: Auth,
@@ -219,13 +226,27 @@ pub async fn create(
     JsonBody(request): JsonBody<CreateCustomerSubscription>,
 ) -> Result<(StatusCode, Json<CustomerSubscription>), ApiError> {
     let new = parse_subscription("", &request)?;
-    let now = chrono::Utc::now();
+    let key = crate::routes::topups::idempotency_key(&headers)?;
+    let now = state.now();
     let catalog = state.catalog.clone();
     let (owner, request_copy) = (customer_id.clone(), request.clone());
     let (subscription, due) = state
         .write(move |conn| {
-            let subscription =
-                subscription_ops::create(conn, auth.mode, &owner, &new, catalog.as_ref() as &dyn Catalog, now)?;
+            let catalog_ref = catalog.as_ref() as &dyn Catalog;
+            let subscription = match key {
+                None => subscription_ops::create(conn, auth.mode, &owner, &new, catalog_ref, now)?,
+                Some(key) => {
+                    let hash = tally_store::ops::request_hash(&format!(
+                        "{owner}|{new:?}|{:?}|{:?}|{:?}",
+                        request_copy.return_url, request_copy.failure_url, request_copy.redirect_to
+                    ));
+                    match subscription_ops::create_once(conn, auth.mode, &owner, &new, &key, &hash, catalog_ref, now)? {
+                        // A retry: the first request made it (and started its payments).
+                        Created::Replay(subscription) => return Ok((subscription, Vec::new())),
+                        Created::New(subscription) => subscription,
+                    }
+                }
+            };
             let due = payments_due(conn, auth.mode, &subscription, catalog.as_ref(), &request_copy, "")?;
             Ok((subscription, due))
         })
@@ -250,7 +271,7 @@ pub async fn update(
         "inactive" => false,
         _ => return Err(ApiError::invalid("status", "must be active or inactive")),
     };
-    let now = chrono::Utc::now();
+    let now = state.now();
     let catalog = state.catalog.clone();
     state
         .write(move |conn| {
@@ -270,9 +291,20 @@ pub async fn update_product(
     JsonBody(request): JsonBody<UpdateCustomerSubscriptionProductRequest>,
 ) -> Result<StatusCode, ApiError> {
     let version = version_ref("version", Some(&request.version))?;
+    let now = state.now();
+    let catalog = state.catalog.clone();
     state
         .write(move |conn| {
-            subscription_ops::change_version(conn, auth.mode, &customer_id, &subscription_id, &product_id, version)
+            subscription_ops::change_version(
+                conn,
+                auth.mode,
+                &customer_id,
+                &subscription_id,
+                &product_id,
+                version,
+                catalog.as_ref(),
+                now,
+            )
         })
         .await?;
     Ok(StatusCode::NO_CONTENT)

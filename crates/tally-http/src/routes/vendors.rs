@@ -157,7 +157,7 @@ pub async fn create(
     let name = checker.text("name", &request.name, MAX_TEXT_CHARS);
     let external_id = checker.opt_text("external_id", request.external_id.as_deref(), MAX_TEXT_CHARS);
     checker.finish()?;
-    let now = Utc::now();
+    let now = state.now();
     let vendor =
         state.write(move |conn| vendor_ops::create(conn, auth.mode, &name, external_id.as_deref(), now)).await?;
     Ok((StatusCode::CREATED, Json(CreateVendorResponse { id: vendor.id, created_at: vendor.created_at.into() })))
@@ -200,7 +200,7 @@ pub async fn vendor_stats(
     Path(id): Path<String>,
     mut query: QueryParams,
 ) -> Result<Json<VendorStats>, ApiError> {
-    let (from, to) = period(&mut query, Utc::now());
+    let (from, to) = period(&mut query, state.now());
     let category = query.string("category");
     let currency = report_currency(&mut query);
     query.finish()?;
@@ -255,7 +255,7 @@ pub async fn list_customer_stats(
     mut query: QueryParams,
 ) -> Result<Json<CustomerStatsPage>, ApiError> {
     let page = query.page();
-    let (from, to) = period(&mut query, Utc::now());
+    let (from, to) = period(&mut query, state.now());
     let currency = report_currency(&mut query);
     query.finish()?;
     let (summary, items, total) = state

@@ -130,7 +130,7 @@ fn account_view(account: Account) -> WalletAccount {
 /// Grant starts and expiries that fell due since the last background pass are settled
 /// before a read, so that what a client reads always has its ledger entries.
 async fn settle_then_check(state: &AppState, mode: Mode, customer_id: &str) -> Result<(), ApiError> {
-    let now = chrono::Utc::now();
+    let now = state.now();
     let id = customer_id.to_owned();
     let due = state
         .read(move |conn| {
@@ -235,7 +235,7 @@ pub async fn create_adjustment(
     JsonBody(request): JsonBody<CreateAdjustmentRequest>,
 ) -> Result<(StatusCode, [(HeaderName, HeaderValue); 1], Json<TransactionCreated>), ApiError> {
     let adjustment = parse_adjustment(&request)?;
-    let now = chrono::Utc::now();
+    let now = state.now();
     let outcome = state.write(move |conn| wallet_ops::adjust(conn, auth.mode, &customer_id, &adjustment, now)).await?;
     Ok(created(outcome))
 }
@@ -301,7 +301,7 @@ pub async fn create_charge(
     JsonBody(request): JsonBody<CreateChargeRequest>,
 ) -> Result<(StatusCode, [(HeaderName, HeaderValue); 1], Json<TransactionCreated>), ApiError> {
     let charge = parse_charge(&request)?;
-    let now = chrono::Utc::now();
+    let now = state.now();
     let outcome = state.write(move |conn| wallet_ops::charge(conn, auth.mode, &customer_id, &charge, now)).await?;
     Ok(created(outcome))
 }
@@ -427,7 +427,7 @@ pub async fn list_grants(
         }
         parsed
     });
-    let now = chrono::Utc::now();
+    let now = state.now();
     let filter = GrantFilter {
         purpose,
         exclude_expired_at: query.bool("exclude_expired").unwrap_or(false).then_some(now),

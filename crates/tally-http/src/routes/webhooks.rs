@@ -148,21 +148,21 @@ fn is_loopback(host: &str) -> bool {
 /// https except for loopback hosts; test mode takes plain http anywhere.
 fn check_url(checker: &mut Checker, field: &str, text: &str, mode: Mode) -> String {
     let text = text.trim();
-    if text.chars().count() > MAX_URL_CHARS {
-        checker.error(field, format!("must be at most {MAX_URL_CHARS} characters"));
+    // The parser reads `http:host` and `http:/host` as `http://host/`; a destination is
+    // written in full, so what is stored is what will be called.
+    let full = ["http://", "https://"]
+        .iter()
+        .any(|prefix| text.get(..prefix.len()).is_some_and(|start| start.eq_ignore_ascii_case(prefix)));
+    let problem = crate::check::http_url_problem(text)
+        .or_else(|| (!full).then(|| "must be an absolute URL starting with http:// or https://".to_owned()));
+    if let Some(problem) = problem {
+        checker.error(field, problem);
         return text.to_owned();
     }
-    let parsed = match reqwest::Url::parse(text) {
-        Ok(parsed) => parsed,
-        Err(error) => {
-            checker.error(field, format!("must be an absolute http or https URL: {error}"));
-            return text.to_owned();
-        }
+    let Ok(parsed) = url::Url::parse(text) else {
+        checker.error(field, "must be an absolute http(s) URL");
+        return text.to_owned();
     };
-    if !matches!(parsed.scheme(), "http" | "https") {
-        checker.error(field, "must be an http or https URL");
-        return text.to_owned();
-    }
     let Some(host) = parsed.host_str() else {
         checker.error(field, "must name a host");
         return text.to_owned();
@@ -172,7 +172,7 @@ fn check_url(checker: &mut Checker, field: &str, text: &str, mode: Mode) -> Stri
     }
     match parsed.scheme() {
         "https" => {}
-        "http" if mode == Mode::Test || is_loopback(host) => {}
+        "http" if !mode.is_live() || is_loopback(host) => {}
         _ => checker.error(field, "must use https in live mode (plain http is allowed only for loopback hosts)"),
     }
     text.to_owned()
@@ -219,13 +219,13 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<CreateWebhookDestinationResponse>), ApiError> {
     let mut checker = Checker::default();
     let new = NewDestination {
-        url: check_url(&mut checker, "url", &request.url, auth.mode),
+        url: check_url(&mut checker, "url", &request.url, auth.mode.platform()),
         topics: check_topics(&mut checker, "topics", request.topics.as_deref().unwrap_or(&["*".to_owned()])),
         connect: request.connect.unwrap_or(false),
     };
     checker.finish()?;
-    let now = chrono::Utc::now();
-    let destination = state.write(move |conn| webhook_ops::create(conn, auth.mode, &new, now)).await?;
+    let now = state.now();
+    let destination = state.write(move |conn| webhook_ops::create(conn, auth.mode.platform(), &new, now)).await?;
     Ok((
         StatusCode::CREATED,
         Json(CreateWebhookDestinationResponse {
@@ -246,7 +246,7 @@ pub async fn list(
 ) -> Result<Json<ItemsWebhookDestinationWithoutSecret>, ApiError> {
     let filter = DestinationFilter { enabled: query.bool("enabled"), connect: query.bool("connect") };
     query.finish()?;
-    let destinations = state.read(move |conn| Ok(webhook_repo::list_destinations(conn, auth.mode, filter)?)).await?;
+    let destinations = state.read(move |conn| Ok(webhook_repo::list_destinations(conn, auth.mode.platform(), filter)?)).await?;
     Ok(Json(ItemsWebhookDestinationWithoutSecret {
         total_count: destinations.len() as i64,
         items: destinations.into_iter().map(without_secret).collect(),
@@ -260,7 +260,7 @@ pub async fn get(
     auth: Auth,
     Path(id): Path<String>,
 ) -> Result<Json<WebhookDestination>, ApiError> {
-    let destination = state.read(move |conn| webhook_ops::require(conn, auth.mode, &id)).await?;
+    let destination = state.read(move |conn| webhook_ops::require(conn, auth.mode.platform(), &id)).await?;
     Ok(Json(with_secret(destination)))
 }
 
@@ -275,21 +275,21 @@ pub async fn update(
 ) -> Result<Json<WebhookDestination>, ApiError> {
     let mut checker = Checker::default();
     let patch = DestinationPatch {
-        url: request.url.as_deref().map(|url| check_url(&mut checker, "url", url, auth.mode)),
+        url: request.url.as_deref().map(|url| check_url(&mut checker, "url", url, auth.mode.platform())),
         topics: request.topics.as_deref().map(|topics| check_topics(&mut checker, "topics", topics)),
         enabled: request.enabled,
     };
     checker.finish()?;
-    let now = chrono::Utc::now();
-    let destination = state.write(move |conn| webhook_ops::update(conn, auth.mode, &id, &patch, now)).await?;
+    let now = state.now();
+    let destination = state.write(move |conn| webhook_ops::update(conn, auth.mode.platform(), &id, &patch, now)).await?;
     Ok(Json(with_secret(destination)))
 }
 
 #[utoipa::path(delete, path = "/webhooks/{webhookId}", operation_id = "delete_webhook_destination", tag = "Webhooks", params(("webhookId" = String, Path)),
     responses((status = 204), (status = 404)))]
 pub async fn delete(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    let now = chrono::Utc::now();
-    state.write(move |conn| webhook_ops::delete(conn, auth.mode, &id, now)).await?;
+    let now = state.now();
+    state.write(move |conn| webhook_ops::delete(conn, auth.mode.platform(), &id, now)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -302,9 +302,48 @@ pub async fn test_one(
     Path((id, topic)): Path<(String, String)>,
 ) -> Result<(StatusCode, Json<TestWebhookResponse>), ApiError> {
     let topic = parse_topic(&topic)?;
-    let now = chrono::Utc::now();
+    let now = state.now();
     let id = state.write(move |conn| webhook_ops::send_test(conn, auth.mode, topic, Some(&id), now)).await?;
     Ok((StatusCode::ACCEPTED, Json(TestWebhookResponse { id })))
+}
+
+#[utoipa::path(post, path = "/webhooks/{webhookId}/test/{topic}/{connectedAccountId}", operation_id = "test_connected_webhook_destination", tag = "Webhooks",
+    params(("webhookId" = String, Path), ("topic" = String, Path), ("connectedAccountId" = String, Path)),
+    responses((status = 202, body = TestWebhookResponse), (status = 404), (status = 422)))]
+pub async fn test_one_connected(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((id, topic, account_id)): Path<(String, String, String)>,
+) -> Result<(StatusCode, Json<TestWebhookResponse>), ApiError> {
+    let topic = parse_topic(&topic)?;
+    let mode = connected_mode(&state, auth, account_id).await?;
+    let now = state.now();
+    let id = state.write(move |conn| webhook_ops::send_test(conn, mode, topic, Some(&id), now)).await?;
+    Ok((StatusCode::ACCEPTED, Json(TestWebhookResponse { id })))
+}
+
+#[utoipa::path(post, path = "/webhooks/test/{topic}/{connectedAccountId}", operation_id = "test_connected_webhook_destinations", tag = "Webhooks",
+    params(("topic" = String, Path), ("connectedAccountId" = String, Path)),
+    responses((status = 202, body = TestWebhookResponse), (status = 404), (status = 422)))]
+pub async fn test_all_connected(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((topic, account_id)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<TestWebhookResponse>), ApiError> {
+    let topic = parse_topic(&topic)?;
+    let mode = connected_mode(&state, auth, account_id).await?;
+    let now = state.now();
+    let id = state.write(move |conn| webhook_ops::send_test(conn, mode, topic, None, now)).await?;
+    Ok((StatusCode::ACCEPTED, Json(TestWebhookResponse { id })))
+}
+
+/// The mode of the platform's connected account `account_id`, or a 404.
+async fn connected_mode(state: &AppState, auth: Auth, account_id: String) -> Result<tally_core::Mode, ApiError> {
+    let key_mode = auth.mode.platform();
+    let found = state
+        .read(move |conn| Ok(tally_store::ops::connected_accounts::mode_for(conn, key_mode, &account_id)?))
+        .await?;
+    found.ok_or_else(|| ApiError::NotFound("no such connected account in this environment".into()))
 }
 
 #[utoipa::path(post, path = "/webhooks/test/{topic}", operation_id = "test_webhook_destinations", tag = "Webhooks", params(("topic" = String, Path)),
@@ -315,9 +354,18 @@ pub async fn test_all(
     Path(topic): Path<String>,
 ) -> Result<(StatusCode, Json<TestWebhookResponse>), ApiError> {
     let topic = parse_topic(&topic)?;
-    let now = chrono::Utc::now();
+    let now = state.now();
     let id = state.write(move |conn| webhook_ops::send_test(conn, auth.mode, topic, None, now)).await?;
     Ok((StatusCode::ACCEPTED, Json(TestWebhookResponse { id })))
+}
+
+/// A `status` filter of `GET /webhooks/events`: Tally's own values, and the SDK's
+/// `Success` and `Failed`, in any case.
+fn status_filter(text: &str) -> Option<DeliveryStatus> {
+    match text.to_ascii_lowercase().as_str() {
+        "success" | "succeeded" => Some(DeliveryStatus::Delivered),
+        lowered => DeliveryStatus::parse(lowered),
+    }
 }
 
 /// Cursors are opaque to clients: the hex of a direction and a position.
@@ -359,7 +407,7 @@ fn event_item(delivery: DeliveryView) -> WebhookEventListItem {
 
 #[utoipa::path(get, path = "/webhooks/events", operation_id = "list_events", tag = "Webhooks",
     params(("limit" = Option<i64>, Query), ("next" = Option<String>, Query), ("prev" = Option<String>, Query),
-           ("destination_id" = Option<String>, Query), ("status" = Option<String>, Query, description = "pending, delivered or failed"),
+           ("destination_id" = Option<String>, Query), ("status" = Option<String>, Query, description = "pending, delivered (Success) or failed, in any case"),
            ("time_gte" = Option<String>, Query), ("time_lte" = Option<String>, Query)),
     responses((status = 200, body = CursorPageWebhookEventListItem), (status = 422)))]
 pub async fn list_events(
@@ -373,7 +421,7 @@ pub async fn list_events(
     let status = query.string("status");
     let filter = DeliveryFilter {
         destination_id: query.string("destination_id"),
-        status: status.as_deref().and_then(DeliveryStatus::parse),
+        status: status.as_deref().and_then(status_filter),
         time_gte: query.time("time_gte"),
         time_lte: query.time("time_lte"),
     };
@@ -383,7 +431,7 @@ pub async fn list_events(
         checker.error("limit", format!("must be from 1 to {}", limits::MAX_PAGE_SIZE));
     }
     if status.is_some() && filter.status.is_none() {
-        checker.error("status", "must be pending, delivered or failed");
+        checker.error("status", "must be pending, delivered (or Success) or failed");
     }
     let cursor = match (&next, &prev) {
         (Some(_), Some(_)) => {
@@ -402,7 +450,7 @@ pub async fn list_events(
     };
     checker.finish()?;
     let page =
-        state.read(move |conn| Ok(webhook_repo::list_deliveries(conn, auth.mode, &filter, cursor, limit)?)).await?;
+        state.read(move |conn| Ok(webhook_repo::list_deliveries(conn, auth.mode.platform(), &filter, cursor, limit)?)).await?;
     let next =
         page.items.last().filter(|_| page.has_older).and_then(|last| encode_cursor(Cursor::After(last.sequence)));
     let prev =

@@ -56,7 +56,11 @@ pub fn create(conn: &mut dyn Conn, mode: Mode, new: &NewAsset, now: DateTime<Utc
         symbol: new.symbol.clone(),
         created_at: now,
     };
-    assets::insert(conn, mode, &asset)?;
+    // Another request may have created the code since the check above.
+    assets::insert(conn, mode, &asset).map_err(|error| match error {
+        crate::StoreError::Conflict(_) if false => OpError::Conflict(format!("an asset with code {} exists already", new.code)),
+        other => other.into(),
+    })?;
     for (source, rate) in &new.rates {
         let entry = ScheduledRate { valid_from: now, valid_to: None, rate: *rate, sequence: 0 };
         assets::insert_rate(conn, mode, asset.code.as_str(), source.as_str(), &entry, now)?;
@@ -113,8 +117,10 @@ pub struct NewRate {
     pub rate: ExchangeRate,
 }
 
-/// Adds a rate. It applies from `valid_from` (default now) and so closes the rate in force
-/// then; a future `valid_from` schedules the change. Past instants are refused.
+/// Adds a rate. It applies from `valid_from` (default now) over the rate in force then; a
+/// future `valid_from` schedules the change. Past instants are refused. A rate with
+/// `valid_to` ends by itself, and the rate it interrupted applies again; it is refused when
+/// no rate would be in force at its end.
 pub fn add_rate(
     conn: &mut dyn Conn,
     mode: Mode,
@@ -141,6 +147,27 @@ pub fn add_rate(
         }
     }
     let entry = ScheduledRate { valid_from, valid_to: new.valid_to, rate: new.rate, sequence: 0 };
+    if let Some(valid_to) = new.valid_to {
+        // A rate with an end interrupts the rates before it, which apply again when it ends.
+        // With none to return to, quotes and top-ups would start failing then: refuse it.
+        let schedule: Vec<ScheduledRate> = assets::rates(conn, mode, &asset.code)?
+            .into_iter()
+            .filter(|row| row.source == new.source.as_str())
+            .map(|row| row.scheduled)
+            .collect();
+        if rate::in_force(&schedule, valid_to).is_none() {
+            return Err(OpError::invalid(
+                "valid_to",
+                format!(
+                    "no {} rate would be in force when this one ends, at {}: add the rate that applies \
+                     after it first (a rate with valid_to interrupts the rates before it, which apply again \
+                     when it ends)",
+                    new.source,
+                    valid_to.to_rfc3339()
+                ),
+            ));
+        }
+    }
     assets::insert_rate(conn, mode, &asset.code, new.source.as_str(), &entry, now)?;
     Ok(())
 }

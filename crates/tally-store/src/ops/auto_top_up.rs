@@ -172,14 +172,48 @@ pub fn start_next(
     expires_at: DateTime<Utc>,
     provider_for: &dyn Fn(Mode) -> Option<&'static str>,
 ) -> Result<Option<Step>, OpError> {
-    let Some((mode, key)) = auto_top_ups::claim_due(conn, now)? else {
+    let Some(ClaimedAccount(mode, key)) = claim_due(conn, now)? else {
         return Ok(None);
     };
+    start(conn, mode, &key, now, expires_at, provider_for).map(Some)
+}
+
+/// An account a job claimed. Shown as its id in `job_retries`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedAccount(pub Mode, pub AccountKey);
+
+impl std::fmt::Display for ClaimedAccount {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&auto_top_ups::item_id(&self.1))
+    }
+}
+
+/// Claims one account whose auto top-up is due (see `repo::auto_top_ups::claim_due`).
+pub fn claim_due(conn: &mut dyn Conn, now: DateTime<Utc>) -> Result<Option<ClaimedAccount>, OpError> {
+    Ok(auto_top_ups::claim_due(conn, now)?.map(|(mode, key)| ClaimedAccount(mode, key)))
+}
+
+/// Claims one account whose in-flight top-up has ended (see [`settle_next`]).
+pub fn claim_settled(conn: &mut dyn Conn, now: DateTime<Utc>) -> Result<Option<ClaimedAccount>, OpError> {
+    Ok(auto_top_ups::claim_settled(conn, now)?.map(|(mode, key)| ClaimedAccount(mode, key)))
+}
+
+/// Re-checks a claimed account under its customer's lock and, if its auto top-up is still due,
+/// makes the top-up, holding `pending_in`.
+pub fn start(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    key: &AccountKey,
+    now: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    provider_for: &dyn Fn(Mode) -> Option<&'static str>,
+) -> Result<Step, OpError> {
+    let key = key.clone();
     let Some(setting) = auto_top_ups::get(conn, mode, &key)? else {
-        return Ok(Some(Step::Nothing));
+        return Ok(Step::Nothing);
     };
     let Some(account) = wallets::get(conn, &key)? else {
-        return Ok(Some(Step::Nothing));
+        return Ok(Step::Nothing);
     };
     let available = account.state.available;
     let due = setting.enabled
@@ -187,7 +221,7 @@ pub fn start_next(
         && setting.retry_at.is_none_or(|at| at <= now)
         && available < setting.threshold;
     if !due {
-        return Ok(Some(Step::Nothing));
+        return Ok(Step::Nothing);
     }
     let methods = topups::payment_methods(conn, &key.customer_id)?;
     let method = setting.payment_method_id.as_ref().and_then(|id| methods.into_iter().find(|method| &method.id == id));
@@ -202,18 +236,18 @@ pub fn start_next(
     };
     if let Some(reason) = refusal {
         register_failure(conn, mode, setting, available, &reason, None, now)?;
-        return Ok(Some(Step::Failed));
+        return Ok(Step::Failed);
     }
     let (method, provider) = (method.expect("checked"), provider.expect("checked"));
     match create_top_up(conn, mode, &setting, provider, expires_at, now)? {
         Ok(top_up_id) => {
             let charge = planned_charge(mode, &setting, &method, top_up_id.clone());
             auto_top_ups::put(conn, &AutoTopUp { in_flight_top_up_id: Some(top_up_id), updated_at: now, ..setting })?;
-            Ok(Some(Step::Charge(Box::new(charge))))
+            Ok(Step::Charge(Box::new(charge)))
         }
         Err(reason) => {
             register_failure(conn, mode, setting, available, &reason, None, now)?;
-            Ok(Some(Step::Failed))
+            Ok(Step::Failed)
         }
     }
 }
@@ -306,7 +340,7 @@ pub fn record_outcome(
         }
         ChargeResult::Processing { reference } => {
             set_reference(conn, mode, id, reference, now)?;
-            topup_ops::mark_pending(conn, mode, id, now)?;
+            topup_ops::mark_processing(conn, mode, id, now)?;
         }
         ChargeResult::Declined { reason } => {
             topup_ops::fail(conn, mode, id, reason, false, now)?;
@@ -419,11 +453,16 @@ fn register_failure(
 /// Claims one account whose in-flight top-up ended without the worker seeing it (settled by
 /// a provider notification, or expired) and frees it. `None`: nothing to claim.
 pub fn settle_next(conn: &mut dyn Conn, now: DateTime<Utc>) -> Result<Option<bool>, OpError> {
-    let Some((mode, key)) = auto_top_ups::claim_settled(conn)? else {
+    let Some(ClaimedAccount(mode, key)) = claim_settled(conn, now)? else {
         return Ok(None);
     };
-    let Some(top_up_id) = auto_top_ups::get(conn, mode, &key)?.and_then(|setting| setting.in_flight_top_up_id) else {
-        return Ok(Some(false));
+    settle(conn, mode, &key, now).map(Some)
+}
+
+/// Frees a claimed account whose in-flight top-up has ended. Returns whether anything changed.
+pub fn settle(conn: &mut dyn Conn, mode: Mode, key: &AccountKey, now: DateTime<Utc>) -> Result<bool, OpError> {
+    let Some(top_up_id) = auto_top_ups::get(conn, mode, key)?.and_then(|setting| setting.in_flight_top_up_id) else {
+        return Ok(false);
     };
-    finish(conn, mode, &key, &top_up_id, now).map(Some)
+    finish(conn, mode, key, &top_up_id, now)
 }

@@ -84,7 +84,11 @@ pub fn update(
     if let Some(metadata) = &patch.metadata {
         customer.metadata = metadata.clone();
     }
-    customers::update(conn, mode, &customer, now)?;
+    // Another request may have taken the external id since the check above.
+    customers::update(conn, mode, &customer, now).map_err(|error| match error {
+        crate::StoreError::Conflict(_) => external_id_taken(customer.external_id.as_deref().unwrap_or_default()),
+        other => other.into(),
+    })?;
     Ok(customer)
 }
 

@@ -1,12 +1,16 @@
 //! Usage events: priced and debited in real time, exactly once per event id.
 //!
-//! One call handles one batch for one customer in one transaction: events already stored
-//! (by id, per mode) are skipped and change nothing; every other event is matched by
-//! `event_type` against the usage prices of the customer's active subscriptions, rated with
-//! the customer's tier counters, stored with its fees, and each fee is debited from the
-//! default account of its asset with a ledger entry. Any invalid event refuses the whole
-//! batch (nothing is stored) with an error per event. Events no price matches are stored
-//! without fees. A price listing several assets bills the event in each of them.
+//! One call handles one batch for one customer in one transaction. An id names one event per
+//! mode: an event already stored for this customer with the same content (`content_hash`) is
+//! skipped and changes nothing; an id already used by another customer's event, or by an
+//! event with other content, refuses the whole batch with a conflict. Every other event is
+//! matched by `event_type` against the usage prices of the product versions the customer's
+//! subscriptions were active on when it occurred (the history kept by
+//! `repo::subscriptions::record_history`), rated with the customer's tier counters of the
+//! period containing `occurred_at`, stored with its fees, and each fee is debited, at arrival,
+//! from the default account of its asset with a ledger entry. Any invalid event refuses the
+//! whole batch (nothing is stored) with an error per event. Events no price matches are
+//! stored without fees. A price listing several assets bills the event in each of them.
 
 use super::products::Catalog;
 use super::subscriptions::active_versions;
@@ -15,9 +19,11 @@ use super::{FieldError, OpError};
 use crate::conn::Conn;
 use crate::ids;
 use crate::repo::events::{self, StoredCost, StoredEvent, StoredFee};
+use crate::repo::subscriptions::{self as subscription_repo, ActiveInterval};
 use crate::repo::transactions::Transaction;
 use crate::repo::wallets::{Account, AccountKey, GrantOrigin};
 use crate::repo::{customers, vendors, Metadata};
+use crate::StoreError;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use std::collections::{HashMap, HashSet};
@@ -27,6 +33,9 @@ use tally_core::ledger::SystemAccount;
 use tally_core::pricing::{self, EventData, Usage, UsagePrice};
 use tally_core::wallet::AccountState;
 use tally_core::Mode;
+
+/// The most conflicting ids one refusal names.
+const MAX_CONFLICTS_NAMED: usize = 10;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CustomerRef {
@@ -63,6 +72,98 @@ pub struct NewEvent {
     /// `costs` as JSON, to store and show back.
     pub costs_json: String,
     pub costs: Vec<NewCost>,
+}
+
+impl NewEvent {
+    pub fn content_hash(&self) -> String {
+        content_hash(
+            &self.event_type,
+            self.occurred_at,
+            self.subject.as_deref(),
+            self.description.as_deref(),
+            &self.data_json,
+            &self.costs_json,
+        )
+    }
+}
+
+/// What makes two events with one id the same event: SHA-256 of a canonical JSON text of
+/// `event_type`, `occurred_at` (the instant, in microseconds), `subject`, `description`
+/// (absent and null alike), `data` and `costs` (as JSON values: object keys sorted, numbers
+/// compared by value, so `1.50` equals `1.5`, and an absent list or object equals an empty
+/// one). Computed from the stored fields as well, for events stored before hashes were kept.
+pub fn content_hash(
+    event_type: &str,
+    occurred_at: DateTime<Utc>,
+    subject: Option<&str>,
+    description: Option<&str>,
+    data_json: &str,
+    costs_json: &str,
+) -> String {
+    let parse = |text: &str| serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_owned()));
+    let content = serde_json::json!({
+        "event_type": event_type,
+        "occurred_at": occurred_at.timestamp_micros(),
+        "subject": subject,
+        "description": description,
+        "data": parse(data_json),
+        "costs": parse(costs_json),
+    });
+    let mut canonical = String::new();
+    write_canonical(&content, &mut canonical);
+    super::request_hash(&canonical)
+}
+
+fn stored_content_hash(event: &StoredEvent) -> String {
+    if !event.content_hash.is_empty() {
+        return event.content_hash.clone();
+    }
+    content_hash(
+        &event.event_type,
+        event.occurred_at,
+        event.subject.as_deref(),
+        event.description.as_deref(),
+        &event.data,
+        &event.costs,
+    )
+}
+
+fn write_canonical(value: &serde_json::Value, out: &mut String) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|left, right| left.0.cmp(right.0));
+            out.push('{');
+            for (index, (key, item)) in entries.into_iter().enumerate() {
+                if index > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                write_canonical(item, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (index, item) in items.iter().enumerate() {
+                if index > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        Value::Number(number) => {
+            let text = number.to_string();
+            match text.parse::<Decimal>().or_else(|_| Decimal::from_scientific(&text)) {
+                Ok(decimal) => out.push_str(&decimal.normalize().to_string()),
+                Err(_) => out.push_str(&text),
+            }
+        }
+        Value::Null | Value::Bool(_) | Value::String(_) => out.push_str(&value.to_string()),
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -130,23 +231,47 @@ pub fn ingest(
         }
     }
     let ids: Vec<&str> = batch.iter().map(|event| event.id.as_str()).collect();
-    let existing = events::existing_ids(conn, mode, &ids)?;
-    let fresh: Vec<(usize, &NewEvent)> =
-        batch.iter().enumerate().filter(|(_, event)| !existing.contains(&event.id)).collect();
+    let existing = events::existing(conn, mode, &ids)?;
+    let mut fresh: Vec<(usize, &NewEvent, String)> = Vec::with_capacity(batch.len());
+    let mut conflicts: Vec<String> = Vec::new();
+    for (index, event) in batch.iter().enumerate() {
+        let hash = event.content_hash();
+        match existing.get(&event.id) {
+            None => fresh.push((index, event, hash)),
+            Some(stored) if stored.customer_id != customer_id => {
+                conflicts.push(format!("event id {} is already used by another customer's event", event.id))
+            }
+            Some(stored) if stored_content_hash(stored) != hash => conflicts.push(format!(
+                "event id {} is already used by an event with other content \
+                 (event_type, occurred_at, subject, description, data or costs)",
+                event.id
+            )),
+            // An exact replay: stored already, it changes nothing.
+            Some(_) => {}
+        }
+    }
+    if !conflicts.is_empty() {
+        return Err(conflict(conflicts));
+    }
     let mut report = IngestReport { duplicates: batch.len() - fresh.len(), ..IngestReport::default() };
     if fresh.is_empty() && errors.is_empty() {
         return Ok(report);
     }
-    let versions = active_versions(conn, mode, &customer_id, catalog, now)?;
+    // Runs whatever fell due (a scheduled start, a renewal), so that the history is complete.
+    active_versions(conn, mode, &customer_id, catalog, now)?;
+    let earliest = fresh.iter().map(|(_, event, _)| event.occurred_at).min().unwrap_or(now);
+    let history = subscription_repo::history_since(conn, mode, &customer_id, earliest)?;
+    let mut parsed_versions: HashMap<(String, i64), Arc<ProductVersion>> = HashMap::new();
     let mut vendor_ids: HashMap<VendorRef, String> = HashMap::new();
     let mut counters: HashMap<(String, i64), Usage> = HashMap::new();
-    let mut rated_events: Vec<(&NewEvent, Vec<RatedFee>)> = Vec::with_capacity(fresh.len());
-    for (index, event) in &fresh {
+    let mut rated_events: Vec<(&NewEvent, Vec<RatedFee>, String)> = Vec::with_capacity(fresh.len());
+    for (index, event, hash) in fresh {
         for (cost_index, cost) in event.costs.iter().enumerate() {
             if let Err(message) = resolve_vendor(conn, mode, &cost.vendor, &mut vendor_ids)? {
                 errors.push(FieldError { field: format!("events[{index}].costs[{cost_index}].vendor_id"), message });
             }
         }
+        let versions = versions_at(conn, mode, &history, event.occurred_at, catalog, &mut parsed_versions)?;
         let mut load = |price: &UsagePrice, period: i64| -> Result<Usage, OpError> {
             let key = (price.id.clone(), period);
             if let Some(usage) = counters.get(&key) {
@@ -158,7 +283,7 @@ pub fn ingest(
         let mut keep =
             |price: &UsagePrice, period: i64, usage: Usage| pending_counters.push(((price.id.clone(), period), usage));
         match rate_event(&versions, event, &mut load, &mut keep) {
-            Ok(fees) => rated_events.push((event, fees)),
+            Ok(fees) => rated_events.push((event, fees, hash)),
             Err(Ok(message)) => errors.push(FieldError { field: format!("events[{index}]"), message }),
             Err(Err(error)) => return Err(error),
         }
@@ -167,9 +292,17 @@ pub fn ingest(
     if !errors.is_empty() {
         return Err(OpError::Invalid(errors));
     }
+    // The rows that can clash with another customer's batch go in first, in id order, so two
+    // batches sharing ids wait for each other instead of deadlocking.
+    let mut by_id: Vec<&(&NewEvent, Vec<RatedFee>, String)> = rated_events.iter().collect();
+    by_id.sort_by(|left, right| left.0.id.cmp(&right.0.id));
+    for (event, fees, hash) in by_id {
+        insert_event(conn, mode, &customer_id, event, fees, hash, now)?;
+    }
     let mut accounts: HashMap<String, (Account, AccountState)> = HashMap::new();
-    for (event, fees) in &rated_events {
-        store_event(conn, mode, &customer_id, event, fees, &vendor_ids, &mut accounts, now)?;
+    for (event, fees, _) in &rated_events {
+        store_fees_and_costs(conn, mode, &customer_id, event, fees, &vendor_ids, &mut accounts, now)
+            .map_err(|error| name_the_event(error, batch, event))?;
         report.stored += 1;
         report.fees += fees.len();
     }
@@ -180,6 +313,62 @@ pub fn ingest(
         events::put_counter(conn, &customer_id, price_id, *period, usage)?;
     }
     Ok(report)
+}
+
+/// A fee the wallet refuses (one that would take the debt past its limit) names the event
+/// that owes it, as a rating error does.
+fn name_the_event(error: OpError, batch: &[NewEvent], event: &NewEvent) -> OpError {
+    let Some(index) = batch.iter().position(|candidate| candidate.id == event.id) else {
+        return error;
+    };
+    match error {
+        OpError::Invalid(fields) => OpError::Invalid(
+            fields
+                .into_iter()
+                .map(|field| FieldError {
+                    field: format!("events[{index}]"),
+                    message: format!("its fee {}", field.message),
+                })
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+fn conflict(mut conflicts: Vec<String>) -> OpError {
+    let more = conflicts.len().saturating_sub(MAX_CONFLICTS_NAMED);
+    conflicts.truncate(MAX_CONFLICTS_NAMED);
+    let mut message = conflicts.join("; ");
+    if more > 0 {
+        message.push_str(&format!("; and {more} more"));
+    }
+    message.push_str(": an event id names one event in a mode, so send a new event under a new id (nothing of this batch was stored)");
+    OpError::Conflict(message)
+}
+
+/// The product versions the customer's subscriptions were active on at `at`, in rating order.
+fn versions_at(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    history: &[ActiveInterval],
+    at: DateTime<Utc>,
+    catalog: &dyn Catalog,
+    parsed: &mut HashMap<(String, i64), Arc<ProductVersion>>,
+) -> Result<Vec<Arc<ProductVersion>>, OpError> {
+    let mut versions = Vec::new();
+    for interval in history.iter().filter(|interval| interval.contains(at)) {
+        let key = (interval.product_id.clone(), interval.version);
+        let version = match parsed.get(&key) {
+            Some(version) => version.clone(),
+            None => {
+                let version = catalog.version(conn, mode, &interval.product_id, interval.version)?;
+                parsed.insert(key, version.clone());
+                version
+            }
+        };
+        versions.push(version);
+    }
+    Ok(versions)
 }
 
 fn lock_customer(conn: &mut dyn Conn, mode: Mode, customer: &CustomerRef) -> Result<String, OpError> {
@@ -221,15 +410,13 @@ fn resolve_vendor(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn store_event(
+fn insert_event(
     conn: &mut dyn Conn,
     mode: Mode,
     customer_id: &str,
     event: &NewEvent,
     fees: &[RatedFee],
-    vendor_ids: &HashMap<VendorRef, String>,
-    accounts: &mut HashMap<String, (Account, AccountState)>,
+    content_hash: &str,
     now: DateTime<Utc>,
 ) -> Result<(), OpError> {
     let single_asset = fees
@@ -249,8 +436,29 @@ fn store_event(
         total_fees: single_asset.as_ref().map(|_| fees.iter().map(|rated| rated.fee.amount).sum()),
         fee_currency: single_asset,
         created_at: now,
+        content_hash: content_hash.to_owned(),
     };
-    events::insert(conn, mode, &stored)?;
+    // Under the customer's lock the id was free; only another customer's batch, committed
+    // while this one ran, can have taken it since.
+    events::insert(conn, mode, &stored).map_err(|error| match error {
+        StoreError::Conflict(_) => {
+            conflict(vec![format!("event id {} was just stored by another customer's event", event.id)])
+        }
+        other => other.into(),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn store_fees_and_costs(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    customer_id: &str,
+    event: &NewEvent,
+    fees: &[RatedFee],
+    vendor_ids: &HashMap<VendorRef, String>,
+    accounts: &mut HashMap<String, (Account, AccountState)>,
+    now: DateTime<Utc>,
+) -> Result<(), OpError> {
     for (line, rated) in fees.iter().enumerate() {
         store_fee(conn, mode, customer_id, event, rated, line as i64, accounts, now)?;
     }

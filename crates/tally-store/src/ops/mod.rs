@@ -6,6 +6,7 @@
 
 pub mod assets;
 pub mod auto_top_up;
+pub mod connected_accounts;
 pub mod customers;
 pub mod events;
 pub mod ledger;

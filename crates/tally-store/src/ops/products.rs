@@ -128,6 +128,20 @@ pub fn resolve(
     Ok((product, version))
 }
 
+/// [`resolve`] for a subscription about to pin the version: the product row stays locked
+/// against a concurrent delete or archive until the transaction ends, so the product a
+/// subscription pins always exists (a delete that comes second sees the subscription and
+/// archives instead; a subscription that comes second finds no product).
+pub fn resolve_for_subscribing(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    product_id: &str,
+    reference: VersionRef,
+) -> Result<(Product, Version), OpError> {
+    products::get_for_share(conn, mode, product_id)?.ok_or_else(|| not_found(product_id))?;
+    resolve(conn, mode, product_id, reference)
+}
+
 /// Publishes a draft and/or makes a published version the default.
 pub fn update_version(
     conn: &mut dyn Conn,

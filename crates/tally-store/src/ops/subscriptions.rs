@@ -4,26 +4,39 @@
 //! - A subscription starting now activates at once; one starting later is `scheduled` and
 //!   activates by itself at `starts_at` (the background worker, or the next event for the
 //!   customer). A `starts_at` more than 5 minutes in the past is refused.
+//! - A customer holds a product in one subscription at a time: a second subscription to it
+//!   while one is active, scheduled or waiting for payment is a conflict (so is resuming one
+//!   while another holds the product).
 //! - Activation creates the default wallet account of every asset the versions price or
 //!   grant, collects every fixed fee (one-time and the first recurring one) from the wallet
 //!   balance, and grants every entitlement.
 //! - `renews_at` is given, or else derived from the first recurring fixed fee's interval. At
-//!   each renewal the recurring fees are collected again and `renews_at` moves one interval on.
+//!   each renewal the recurring fees are collected again. Renewals fall whole intervals after
+//!   the cycle's anchor (the activation, or a given `renews_at`), each computed from the
+//!   anchor: a monthly cycle from 31 January renews on 28 (29) February, 31 March, 30 April.
 //!   Without recurring fees a subscription is perpetual.
-//! - Entitlements with a refresh strategy are re-granted at the end of each period.
+//! - Entitlements with a refresh strategy are re-granted at the end of each period, their
+//!   periods likewise counted from their first grant.
 //! - Fixed fees are debited like charges: overdraft is allowed (the top-up issue adds
 //!   `action_required` for fees that must be paid first).
-//! - `inactive` stops rating and every scheduled action; setting it `active` again restarts the
-//!   cycle at that moment: fees are collected and entitlements granted as on activation.
+//! - `inactive` stops rating and every scheduled action. Setting it `active` again never
+//!   collects a one-time fee again and never grants an entitlement twice in one period:
+//!   inside the billing period already paid for the schedule simply continues; once that
+//!   period has passed a new cycle starts at that moment (recurring fees collected, renewals
+//!   anchored there). An entitlement whose period ended meanwhile is granted anew then; a
+//!   one-off entitlement is granted once in a subscription's life.
 //! - Moving a product to another version changes rating at once; the new version's fixed
-//!   fees and entitlements apply from the next renewal or refresh.
+//!   fees apply from the next renewal. Entitlements the new version lacks stop refreshing;
+//!   entitlements it adds are granted at the subscription's next renewal or refresh (at once
+//!   when it has none scheduled).
 
 use super::products::{self as product_ops, Catalog, VersionRef};
-use super::wallet::{debit, open_account, record, save_account, RESERVED_TRANSACTION_PREFIX};
+use super::wallet::{debit, open_account, record, save_account, wallet_error, RESERVED_TRANSACTION_PREFIX};
 use super::OpError;
 use crate::conn::Conn;
 use crate::ids;
 use crate::repo::customers;
+use crate::repo::idempotency::{self, IdempotencyRecord};
 use crate::repo::products::{self, VersionStatus};
 use crate::repo::subscriptions::{self, EntitlementPeriod, PinnedProduct, Subscription, SubscriptionStatus};
 use crate::repo::transactions::Transaction;
@@ -31,6 +44,7 @@ use crate::repo::wallets::{self, AccountKey, GrantOrigin};
 use crate::repo::Metadata;
 use chrono::{DateTime, Duration, Utc};
 use std::sync::Arc;
+use crate::StoreError;
 use tally_core::catalog::{FixedBilling, ProductVersion};
 use tally_core::ledger::SystemAccount;
 use tally_core::wallet::{Grant, GrantState};
@@ -74,11 +88,12 @@ pub fn create(
                     .id
             }
         };
-        let (found, version) =
-            product_ops::resolve(conn, mode, &product_id, *version).map_err(|error| match error {
+        let (found, version) = product_ops::resolve_for_subscribing(conn, mode, &product_id, *version).map_err(
+            |error| match error {
                 OpError::NotFound(message) => OpError::invalid(field.clone(), message),
                 other => other,
-            })?;
+            },
+        )?;
         if found.archived_at.is_some() || version.status != VersionStatus::Published {
             return Err(OpError::invalid(
                 format!("{field}.version"),
@@ -93,6 +108,7 @@ pub fn create(
         if pinned.iter().any(|existing| existing.product_id == found.id) {
             return Err(OpError::invalid(field, format!("product {} appears twice", found.code)));
         }
+        refuse_second_subscription(conn, customer_id, &found.id, &found.code, None)?;
         pinned.push(PinnedProduct { product_id: found.id, version: version.version });
     }
     if pinned.is_empty() {
@@ -117,6 +133,7 @@ pub fn create(
         starts_at,
         started_at: None,
         renews_at: new.renews_at,
+        renewal_anchor_at: None,
         next_action_at: Some(starts_at),
         products: pinned,
         created_at: now,
@@ -126,6 +143,86 @@ pub fn create(
         start_or_wait_for_payment(conn, mode, &mut subscription, catalog, now)?;
     }
     Ok(subscription)
+}
+
+/// A customer holds a product in one subscription at a time (the customer's row is locked).
+fn refuse_second_subscription(
+    conn: &mut dyn Conn,
+    customer_id: &str,
+    product_id: &str,
+    product_code: &str,
+    except: Option<&str>,
+) -> Result<(), OpError> {
+    match subscriptions::holding_product(conn, customer_id, product_id, except)? {
+        Some(holder) => Err(OpError::Conflict(format!(
+            "customer {customer_id} is already subscribed to product {product_code} (subscription {holder}): \
+             a product is held in one subscription at a time; move that one to another version, or make it \
+             inactive first"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The scope of `POST /customers/{customerId}/subscriptions` idempotency keys.
+pub const IDEMPOTENCY_SCOPE: &str = "POST /customers/{customerId}/subscriptions";
+
+/// What [`create_once`] found or made.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Created {
+    New(Subscription),
+    /// The subscription an earlier request with the same idempotency key made, as it is now.
+    /// Nothing was created.
+    Replay(Subscription),
+}
+
+/// [`create`], once per idempotency key: a retry with the same key and request (`request_hash`
+/// covers the customer and everything the request says) finds the first subscription; the
+/// same key with a different request is a conflict. The key is recorded in the transaction
+/// that makes the subscription.
+#[allow(clippy::too_many_arguments)]
+pub fn create_once(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    customer_id: &str,
+    new: &NewSubscription,
+    key: &str,
+    request_hash: &str,
+    catalog: &dyn Catalog,
+    now: DateTime<Utc>,
+) -> Result<Created, OpError> {
+    // The customer's lock serialises retries of one request, so the second finds the first's key.
+    customers::get_for_update(conn, mode, customer_id)?.ok_or_else(|| super::customers::not_found(customer_id))?;
+    if let Some(record) = idempotency::get(conn, mode, IDEMPOTENCY_SCOPE, key)? {
+        if record.request_hash != request_hash {
+            return Err(OpError::Conflict(format!(
+                "the Idempotency-Key {key:?} was already used with a different request; use a new key for a new subscription"
+            )));
+        }
+        let subscription = subscriptions::get(conn, mode, &record.resource_id)?.ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "idempotency key {key:?} names subscription {} that does not exist",
+                record.resource_id
+            ))
+        })?;
+        return Ok(Created::Replay(subscription));
+    }
+    let subscription = create(conn, mode, customer_id, new, catalog, now)?;
+    let record = IdempotencyRecord {
+        scope: IDEMPOTENCY_SCOPE.to_owned(),
+        key: key.to_owned(),
+        customer_id: Some(customer_id.to_owned()),
+        request_hash: request_hash.to_owned(),
+        resource_id: subscription.id.clone(),
+        created_at: now,
+    };
+    idempotency::insert(conn, mode, &record).map_err(|error| match error {
+        // The same key for another customer, in flight at the same moment.
+        StoreError::Conflict(_) => {
+            OpError::Conflict(format!("another request with the Idempotency-Key {key:?} is in progress; retry it"))
+        }
+        other => OpError::Store(other),
+    })?;
+    Ok(Created::New(subscription))
 }
 
 /// Activates now, unless fees that must be paid first are not covered by the balance: then
@@ -154,8 +251,9 @@ pub fn payment_due(
     catalog: &dyn Catalog,
 ) -> Result<Vec<(String, rust_decimal::Decimal)>, OpError> {
     let mut needed: Vec<(String, rust_decimal::Decimal)> = Vec::new();
+    let due_now = FeesDue::on_activation(subscription);
     for version in versions(conn, mode, subscription, catalog)? {
-        for price in version.fixed_prices.iter().filter(|price| price.pay_first) {
+        for price in version.fixed_prices.iter().filter(|price| price.pay_first && due_now.includes(price.billing)) {
             match needed.iter_mut().find(|(asset, _)| *asset == price.asset) {
                 Some((_, sum)) => *sum += price.amount,
                 None => needed.push((price.asset.clone(), price.amount)),
@@ -200,41 +298,90 @@ fn activate(
             wallets::ensure(conn, mode, &key, now)?;
         }
     }
+    let fees = FeesDue::on_activation(subscription);
+    let first_activation = subscription.started_at.is_none();
     subscription.status = SubscriptionStatus::Active;
     subscription.started_at.get_or_insert(at);
-    collect_fixed_fees(conn, mode, subscription, &versions, at, true, now)?;
+    // Events that occurred from `at` on are priced by these versions (a late start counts from `at`).
+    subscriptions::record_history(conn, subscription, at)?;
+    collect_fixed_fees(conn, mode, subscription, &versions, at, fees, now)?;
+    let periods = subscriptions::entitlement_periods(conn, &subscription.id)?;
     for version in &versions {
         for index in 0..version.entitlements.len() {
-            grant_entitlement(conn, mode, subscription, version, index, at, now)?;
+            // Granted once per period: not again when resuming inside the period of an earlier
+            // grant, and a one-off entitlement (no next refresh) never again.
+            let granted = periods.iter().any(|period| {
+                period.product_id == version.product_id
+                    && period.entitlement_index == index as i64
+                    && period.next_refresh_at.is_none_or(|next| next > at)
+            });
+            if !granted {
+                grant_entitlement(conn, mode, subscription, version, index, at, at, now)?;
+            }
         }
     }
-    if subscription.renews_at.is_none_or(|renews_at| renews_at <= at) {
-        subscription.renews_at = versions
-            .iter()
-            .find_map(|version| version.renewal_interval())
-            .and_then(|(interval, count)| interval.add(at, count));
+    if fees.new_period {
+        subscription.renewal_anchor_at = Some(at);
+        subscription.renews_at = next_renewal(&versions, at, at);
+    } else if first_activation {
+        // A `renews_at` given at creation anchors the cycle.
+        subscription.renewal_anchor_at = subscription.renews_at;
     }
     super::webhooks::subscription_activated(conn, mode, subscription, now)?;
     reschedule(conn, subscription, now)
 }
 
-/// Debits the fixed fees due at `at`: all of them on activation, the recurring ones on renewal.
+/// Which fixed fees fall due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FeesDue {
+    one_time: bool,
+    /// A billing period starts: recurring fees are collected.
+    new_period: bool,
+}
+
+impl FeesDue {
+    const RENEWAL: FeesDue = FeesDue { one_time: false, new_period: true };
+
+    /// On (re)activation: one-time fees only the first time; recurring fees unless the
+    /// subscription resumes inside a billing period already paid for (`renews_at` still ahead;
+    /// a resume clears a `renews_at` that has passed).
+    fn on_activation(subscription: &Subscription) -> FeesDue {
+        let first = subscription.started_at.is_none();
+        FeesDue { one_time: first, new_period: first || subscription.renews_at.is_none() }
+    }
+
+    fn includes(self, billing: FixedBilling) -> bool {
+        match billing {
+            FixedBilling::OneTime => self.one_time,
+            FixedBilling::Recurring { .. } => self.new_period,
+        }
+    }
+}
+
+/// The first renewal after `after` of the cycle anchored at `anchor`, at the versions'
+/// recurring cadence; `None` for a perpetual subscription.
+fn next_renewal(
+    versions: &[Arc<ProductVersion>],
+    anchor: DateTime<Utc>,
+    after: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let (interval, count) = versions.iter().find_map(|version| version.renewal_interval())?;
+    interval.next_period_end(anchor, count, after)
+}
+
+/// Debits the fixed fees `due` at `at`.
 fn collect_fixed_fees(
     conn: &mut dyn Conn,
     mode: Mode,
     subscription: &Subscription,
     versions: &[Arc<ProductVersion>],
     at: DateTime<Utc>,
-    activation: bool,
+    due: FeesDue,
     now: DateTime<Utc>,
 ) -> Result<(), OpError> {
     for version in versions {
         for price in &version.fixed_prices {
-            let due = match price.billing {
-                FixedBilling::OneTime => activation,
-                FixedBilling::Recurring { .. } => true,
-            };
-            if !due || price.amount.is_zero() {
+            if !due.includes(price.billing) || price.amount.is_zero() {
                 continue;
             }
             let key = AccountKey {
@@ -276,12 +423,16 @@ fn collect_fixed_fees(
     Ok(())
 }
 
+/// Grants entitlement `index` of `version` at `at`, in the cycle of periods anchored at
+/// `anchor` (its first grant), and records when it refreshes next.
+#[allow(clippy::too_many_arguments)]
 fn grant_entitlement(
     conn: &mut dyn Conn,
     mode: Mode,
     subscription: &Subscription,
     version: &ProductVersion,
     index: usize,
+    anchor: DateTime<Utc>,
     at: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<(), OpError> {
@@ -305,11 +456,12 @@ fn grant_entitlement(
         amount: entitlement.amount,
         remaining: entitlement.amount,
         effective_at: at,
-        expires_at: entitlement.grant_expiry(at),
+        expires_at: entitlement.grant_expiry(anchor, at),
         created_at: at,
         state: GrantState::Pending,
     };
-    let postings = account.state.credit(grant, SystemAccount::Issuance, now);
+    let postings =
+        account.state.credit(grant, SystemAccount::Issuance, now).map_err(|error| wallet_error(error, "products"))?;
     let origin = GrantOrigin { transaction_id: Some(transaction_id.clone()), cost_basis: None };
     save_account(conn, mode, &loaded, &account, &origin, now)?;
     let transaction = Transaction {
@@ -333,13 +485,14 @@ fn grant_entitlement(
         executed_at: Some(at),
     };
     record(conn, mode, &key, &transaction, &postings, now)?;
-    let next_refresh_at = entitlement.refresh.and_then(|_| entitlement.period_end(at));
+    let next_refresh_at = entitlement.refresh.and_then(|_| entitlement.period_end(anchor, at));
     let period = EntitlementPeriod {
         subscription_id: subscription.id.clone(),
         product_id: version.product_id.clone(),
         entitlement_index: index as i64,
         period_start: at,
         next_refresh_at,
+        anchor_at: anchor,
     };
     subscriptions::upsert_entitlement_period(conn, &subscription.customer_id, &period)?;
     Ok(())
@@ -355,6 +508,8 @@ fn reschedule(conn: &mut dyn Conn, subscription: &mut Subscription, now: DateTim
         }
         SubscriptionStatus::Inactive | SubscriptionStatus::ActionRequired => None,
     };
+    // Every status change passes here: the history of active intervals follows it.
+    subscriptions::record_history(conn, subscription, now)?;
     subscriptions::update(conn, subscription, now)?;
     Ok(())
 }
@@ -408,24 +563,48 @@ fn run_active_action(
 ) -> Result<(), OpError> {
     let versions = versions(conn, mode, subscription, catalog)?;
     if subscription.renews_at == Some(due_at) {
-        collect_fixed_fees(conn, mode, subscription, &versions, due_at, false, now)?;
-        subscription.renews_at = versions
-            .iter()
-            .find_map(|version| version.renewal_interval())
-            .and_then(|(interval, count)| interval.add(due_at, count));
+        collect_fixed_fees(conn, mode, subscription, &versions, due_at, FeesDue::RENEWAL, now)?;
+        let anchor = *subscription.renewal_anchor_at.get_or_insert(due_at);
+        subscription.renews_at = next_renewal(&versions, anchor, due_at);
     }
     for period in subscriptions::entitlement_periods(conn, &subscription.id)? {
         if period.next_refresh_at != Some(due_at) {
             continue;
         }
-        let Some(version) = versions.iter().find(|version| version.product_id == period.product_id) else {
-            continue;
-        };
-        if (period.entitlement_index as usize) < version.entitlements.len() {
-            grant_entitlement(conn, mode, subscription, version, period.entitlement_index as usize, due_at, now)?;
+        let index = period.entitlement_index as usize;
+        match versions.iter().find(|version| version.product_id == period.product_id && index < version.entitlements.len()) {
+            Some(version) => grant_entitlement(conn, mode, subscription, version, index, period.anchor_at, due_at, now)?,
+            // The pinned version no longer has this entitlement: its refreshes end here
+            // (otherwise this refresh would stay due, and be claimed, forever).
+            None => subscriptions::delete_entitlement_period(conn, &period)?,
         }
     }
+    grant_added_entitlements(conn, mode, subscription, &versions, due_at, now)?;
     reschedule(conn, subscription, now)
+}
+
+/// Grants, at `at`, the entitlements that a version change added (those with no period on
+/// this subscription yet), starting their cycles there.
+fn grant_added_entitlements(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    subscription: &Subscription,
+    versions: &[Arc<ProductVersion>],
+    at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), OpError> {
+    let periods = subscriptions::entitlement_periods(conn, &subscription.id)?;
+    for version in versions {
+        for index in 0..version.entitlements.len() {
+            let known = periods
+                .iter()
+                .any(|period| period.product_id == version.product_id && period.entitlement_index == index as i64);
+            if !known {
+                grant_entitlement(conn, mode, subscription, version, index, at, at, now)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Sets a subscription active or inactive.
@@ -448,7 +627,16 @@ pub fn set_status(
         }
         (true, SubscriptionStatus::Scheduled) => Ok(()),
         (true, SubscriptionStatus::Inactive | SubscriptionStatus::ActionRequired) => {
-            subscription.renews_at = None;
+            for pinned in &subscription.products {
+                let code = products::get(conn, mode, &pinned.product_id)?
+                    .map_or_else(|| pinned.product_id.clone(), |product| product.code);
+                refuse_second_subscription(conn, customer_id, &pinned.product_id, &code, Some(&subscription.id))?;
+            }
+            // Inside the billing period already paid for, the schedule continues as it was;
+            // once that period has passed, a new cycle starts now.
+            if subscription.renews_at.is_some_and(|renews_at| renews_at <= now) {
+                subscription.renews_at = None;
+            }
             start_or_wait_for_payment(conn, mode, &mut subscription, catalog, now)
         }
     }
@@ -475,16 +663,19 @@ pub fn change_version(
     subscription_id: &str,
     product_id: &str,
     version: VersionRef,
+    catalog: &dyn Catalog,
+    now: DateTime<Utc>,
 ) -> Result<(), OpError> {
     customers::get_for_update(conn, mode, customer_id)?.ok_or_else(|| super::customers::not_found(customer_id))?;
     let subscription = require(conn, mode, customer_id, subscription_id)?;
     if !subscription.products.iter().any(|pinned| pinned.product_id == product_id) {
         return Err(OpError::NotFound(format!("subscription {subscription_id} has no product {product_id}")));
     }
-    let (product, target) = product_ops::resolve(conn, mode, product_id, version).map_err(|error| match error {
-        OpError::NotFound(message) => OpError::invalid("version", message),
-        other => other,
-    })?;
+    let (product, target) =
+        product_ops::resolve_for_subscribing(conn, mode, product_id, version).map_err(|error| match error {
+            OpError::NotFound(message) => OpError::invalid("version", message),
+            other => other,
+        })?;
     if product.archived_at.is_some() || target.status != VersionStatus::Published {
         return Err(OpError::invalid(
             "version",
@@ -496,6 +687,17 @@ pub fn change_version(
         ));
     }
     subscriptions::set_product_version(conn, subscription_id, product_id, target.version)?;
+    // Events that occurred before now stay priced by the version they occurred on.
+    let moved = require(conn, mode, customer_id, subscription_id)?;
+    subscriptions::record_history(conn, &moved, now)?;
+    // Entitlements the new version adds wait for the next renewal or refresh; with none
+    // scheduled, they are granted now.
+    if moved.status == SubscriptionStatus::Active && moved.next_action_at.is_none() {
+        let mut moved = moved;
+        let versions = versions(conn, mode, &moved, catalog)?;
+        grant_added_entitlements(conn, mode, &moved, &versions, now, now)?;
+        reschedule(conn, &mut moved, now)?;
+    }
     Ok(())
 }
 

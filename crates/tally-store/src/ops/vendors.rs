@@ -22,7 +22,7 @@ pub fn create(
         }
     }
     let vendor = Vendor {
-        id: ids::new_id("ven"),
+        id: ids::new_id("vnd"),
         name: name.to_owned(),
         external_id: external_id.map(str::to_owned),
         created_at: now,

@@ -19,7 +19,7 @@ use rust_decimal::Decimal;
 use tally_core::asset::AssetCode;
 use tally_core::charge::ChargeInputs;
 use tally_core::ledger::SystemAccount;
-use tally_core::wallet::{AccountState, Grant, GrantState, Purpose, SettlementKind};
+use tally_core::wallet::{AccountState, Grant, GrantState, Purpose, SettlementKind, WalletError};
 use tally_core::Mode;
 
 /// Transaction ids Tally makes itself start with this; clients may not use it.
@@ -180,8 +180,13 @@ pub fn adjust(
                 state: GrantState::Pending,
             };
             origin.cost_basis = None;
-            account.state.credit(grant, SystemAccount::Issuance, now)
+            account.state.credit(grant, SystemAccount::Issuance, now).map_err(|error| wallet_error(error, "amount"))?
         }
+        // A refund gives back paid credit, newest first, before any promotional credit.
+        None if adjustment.reason == AdjustmentReason::ExternalRefund => account
+            .state
+            .refund(-adjustment.amount, SystemAccount::Issuance)
+            .map_err(|error| wallet_error(error, "amount"))?,
         None => debit(&mut account.state, -adjustment.amount, SystemAccount::Issuance)?,
     };
     save_account(conn, mode, &loaded, &account, &origin, now)?;
@@ -299,7 +304,15 @@ pub(crate) fn debit(
     amount: Decimal,
     destination: SystemAccount,
 ) -> Result<Vec<tally_core::ledger::Posting>, OpError> {
-    state.debit(amount, destination, None).map_err(|error| OpError::Conflict(error.to_string()))
+    state.debit(amount, destination, None).map_err(|error| wallet_error(error, "amount"))
+}
+
+/// The refusal a wallet change gets: a balance or debt limit names the request's `field`.
+pub(crate) fn wallet_error(error: WalletError, field: &str) -> OpError {
+    match error {
+        WalletError::InsufficientFunds => OpError::Conflict(error.to_string()),
+        WalletError::BalanceLimit(_) | WalletError::DebtLimit(_) => OpError::invalid(field, error.to_string()),
+    }
 }
 
 pub(crate) fn require_asset(conn: &mut dyn Conn, mode: Mode, code: &AssetCode) -> Result<KnownAsset, OpError> {
@@ -334,7 +347,10 @@ pub(crate) fn open_account(
     let mut account = wallets::load_for_update(conn, key)?
         .ok_or_else(|| StoreError::Corrupt(format!("account {}:{} vanished", key.name, key.asset)))?;
     let loaded = account.state.clone();
-    for settlement in account.state.settle(now) {
+    let settlements = account.state.settle(now).map_err(|error| {
+        StoreError::Corrupt(format!("account {}:{} of {} cannot settle: {error}", key.name, key.asset, key.customer_id))
+    })?;
+    for settlement in settlements {
         let header = EntryHeader {
             mode,
             account: key,

@@ -97,26 +97,38 @@ pub fn emit(
     customer_id: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<String, StoreError> {
-    let destinations: Vec<Destination> = repo::enabled_destinations(conn, mode)?
+    // A connected account's events go to the platform's destinations that asked for
+    // connected accounts' events (`connect: true`), and are kept with them, under the
+    // platform's mode, naming the account; the platform's own go to the others.
+    let account = mode.connected_account();
+    let platform = mode.platform();
+    let destinations: Vec<Destination> = repo::enabled_destinations(conn, platform)?
         .into_iter()
-        .filter(|destination| !destination.connect && destination.wants(topic.as_str()))
+        .filter(|destination| destination.connect == account.is_some() && destination.wants(topic.as_str()))
         .collect();
     if destinations.is_empty() {
         return Ok(ids::new_id("evt"));
     }
-    let event = new_event(topic, data(), customer_id, now);
-    repo::insert_event(conn, mode, &event)?;
+    let event = new_event(topic, data(), customer_id, account, now);
+    repo::insert_event(conn, platform, &event)?;
     for destination in &destinations {
-        repo::insert_delivery(conn, mode, &event, &destination.id)?;
+        repo::insert_delivery(conn, platform, &event, &destination.id)?;
     }
     Ok(event.id)
 }
 
-fn new_event(topic: Topic, data: Value, customer_id: Option<&str>, now: DateTime<Utc>) -> Event {
+fn new_event(
+    topic: Topic,
+    data: Value,
+    customer_id: Option<&str>,
+    account_id: Option<&str>,
+    now: DateTime<Utc>,
+) -> Event {
     Event {
         id: ids::new_id("evt"),
         topic: topic.as_str().to_owned(),
         customer_id: customer_id.map(str::to_owned),
+        account_id: account_id.map(str::to_owned),
         data: data.to_string(),
         created_at: now,
     }
@@ -136,10 +148,10 @@ pub fn send_test(
     let Some(destination_id) = destination_id else {
         return Ok(emit(conn, mode, topic, || data, None, now)?);
     };
-    let destination = require(conn, mode, destination_id)?;
-    let event = new_event(topic, data, None, now);
-    repo::insert_event(conn, mode, &event)?;
-    repo::insert_delivery(conn, mode, &event, &destination.id)?;
+    let destination = require(conn, mode.platform(), destination_id)?;
+    let event = new_event(topic, data, None, mode.connected_account(), now);
+    repo::insert_event(conn, mode.platform(), &event)?;
+    repo::insert_delivery(conn, mode.platform(), &event, &destination.id)?;
     Ok(event.id)
 }
 
@@ -354,8 +366,12 @@ pub fn subscription_activated(
         .iter()
         .map(|product| json!({ "id": product.product_id, "version": product.version }))
         .collect();
+    // Credyt documents `customer_id`, `subscription_id` and `occurred_at`; Tally adds the
+    // subscription as `GET /customers/{id}` shows it.
     let data = json!({
         "id": subscription.id,
+        "subscription_id": subscription.id,
+        "occurred_at": timestamp(subscription.started_at.unwrap_or(now)),
         "customer_id": subscription.customer_id,
         "status": subscription.status.as_str(),
         "products": products,
@@ -486,7 +502,8 @@ pub fn sample_data(topic: Topic, now: DateTime<Utc>) -> Value {
             "email": "sample@example.com", "metadata": {}, "created_at": timestamp(now),
         }),
         Topic::SubscriptionActivated => json!({
-            "id": "sub_test00000000000000000000", "customer_id": customer_id, "status": "active",
+            "id": "sub_test00000000000000000000", "subscription_id": "sub_test00000000000000000000",
+            "occurred_at": timestamp(now), "customer_id": customer_id, "status": "active",
             "products": [{ "id": "prp_test00000000000000000000", "version": 1 }],
             "starts_at": timestamp(now), "started_at": timestamp(now), "renews_at": null,
             "created_at": timestamp(now),

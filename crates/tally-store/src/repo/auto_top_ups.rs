@@ -104,41 +104,74 @@ pub fn put(conn: &mut dyn Conn, setting: &AutoTopUp) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Accounts read per query while looking for one to claim.
+const CLAIM_PAGE: i64 = 100;
+
+/// The id of an account's auto top-up in `job_retries`: `{customer_id}/{name}:{ASSET}`.
+pub fn item_id(key: &AccountKey) -> String {
+    format!("{}/{}:{}", key.customer_id, key.name, key.asset)
+}
+
+/// [`item_id`] in SQL, for the auto top-up row `t`.
+const ITEM_SQL: &str = "t.customer_id || '/' || t.account_name || ':' || t.asset";
+
 /// Claims, for the background worker, one account whose auto top-up is due at `now`: enabled,
-/// past its back-off, with nothing in flight, and `available` below the threshold. Returns its
-/// mode and account, having locked the customer (the lock every wallet change takes first),
-/// skipping customers other transactions hold (PostgreSQL).
+/// past its back-off, with nothing in flight, not waiting to be retried after an error, and
+/// `available` below the threshold. Returns its mode and account, having locked the customer
+/// (the lock every wallet change takes first), skipping customers other transactions hold
+/// (PostgreSQL).
 ///
-/// Balances are exact decimal text, which SQL cannot compare portably: the comparison casts
-/// to NUMERIC, exact on PostgreSQL and a double on SQLite. Rounding to a double never turns
-/// `a >= b` into `a < b`, so a claim is never wrong, only (on SQLite, when the two agree to 15
-/// or more significant digits) late until the next debit; the caller re-checks exactly.
+/// Balances are exact decimal text, which SQL cannot compare portably: `CAST(… AS NUMERIC)`
+/// is exact on PostgreSQL but a double on SQLite, where 300000000000000 and
+/// 300000000000000.01 are the same number. So SQL only narrows the candidates, with `<=`
+/// (rounding to a double never turns `a < b` into `a > b`, so no account below its threshold
+/// is left out), and the comparison that decides is made here, exactly, in `Decimal`.
 pub fn claim_due(conn: &mut dyn Conn, now: DateTime<Utc>) -> Result<Option<(Mode, AccountKey)>, StoreError> {
     let sql = format!(
-        "SELECT t.mode, t.customer_id, t.account_name, t.asset FROM auto_top_ups t
+        "SELECT t.mode, t.customer_id, t.account_name, t.asset, a.available, t.threshold FROM auto_top_ups t
          JOIN wallet_accounts a ON a.customer_id = t.customer_id AND a.name = t.account_name AND a.asset = t.asset
-         JOIN customers c ON c.id = t.customer_id
          WHERE t.enabled = 1 AND t.in_flight_top_up_id IS NULL AND (t.retry_at IS NULL OR t.retry_at <= $1)
            AND t.payment_method_id IS NOT NULL
-           AND CAST(a.available AS NUMERIC) < CAST(t.threshold AS NUMERIC)
-         ORDER BY t.updated_at LIMIT 1{}",
-        conn.skip_locked_of("c")
+           AND CAST(a.available AS NUMERIC) <= CAST(t.threshold AS NUMERIC){}
+         ORDER BY t.updated_at, t.customer_id, t.account_name, t.asset LIMIT $2 OFFSET $3",
+        super::job_retries::not_waiting(super::job_retries::AUTO_TOP_UP, ITEM_SQL)
     );
-    claimed(conn.query_optional(&sql, params![now])?)
+    let lock = format!("SELECT id FROM customers WHERE id = $1{}", conn.skip_locked());
+    let mut offset = 0;
+    loop {
+        let rows = conn.query(&sql, params![now, CLAIM_PAGE, offset])?;
+        for row in &rows {
+            if row.decimal(4)? >= row.decimal(5)? {
+                continue;
+            }
+            let Some((mode, key)) = claimed(Some(row.clone()))? else {
+                continue;
+            };
+            if conn.query_optional(&lock, params![&key.customer_id])?.is_some() {
+                return Ok(Some((mode, key)));
+            }
+        }
+        if (rows.len() as i64) < CLAIM_PAGE {
+            return Ok(None);
+        }
+        offset += CLAIM_PAGE;
+    }
 }
 
 /// Claims one account whose in-flight top-up has ended (settled by a provider notification, or
 /// expired), so that the worker can record how it ended and free the account.
-pub fn claim_settled(conn: &mut dyn Conn) -> Result<Option<(Mode, AccountKey)>, StoreError> {
+/// Accounts waiting to be retried after an error (at `now`) are passed over.
+pub fn claim_settled(conn: &mut dyn Conn, now: DateTime<Utc>) -> Result<Option<(Mode, AccountKey)>, StoreError> {
     let sql = format!(
         "SELECT t.mode, t.customer_id, t.account_name, t.asset FROM auto_top_ups t
          JOIN top_ups u ON u.id = t.in_flight_top_up_id
          JOIN customers c ON c.id = t.customer_id
-         WHERE u.status NOT IN ('initiated', 'pending')
+         WHERE u.status NOT IN ('initiated', 'pending'){}
          ORDER BY t.updated_at LIMIT 1{}",
+        super::job_retries::not_waiting(super::job_retries::AUTO_TOP_UP_SETTLE, ITEM_SQL),
         conn.skip_locked_of("c")
     );
-    claimed(conn.query_optional(&sql, &[])?)
+    claimed(conn.query_optional(&sql, params![now])?)
 }
 
 fn claimed(row: Option<crate::Row>) -> Result<Option<(Mode, AccountKey)>, StoreError> {

@@ -22,6 +22,9 @@ pub struct CustomerFilter {
     pub external_id: Option<String>,
     pub email: Option<String>,
     pub name: Option<String>,
+    /// `Some(true)`: only customers with an active subscription; `Some(false)`: only those
+    /// without one.
+    pub active: Option<bool>,
 }
 
 pub fn insert(conn: &mut dyn Conn, mode: Mode, customer: &Customer) -> Result<(), StoreError> {
@@ -103,6 +106,12 @@ pub fn list(
         let pattern =
             format!("%{}%", name.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
         query.and("lower(name) LIKE ? ESCAPE '\\'", pattern);
+    }
+    if let Some(active) = filter.active {
+        let active_subscriptions =
+            "(SELECT COUNT(*) FROM subscriptions s WHERE s.customer_id = customers.id AND s.status = 'active')";
+        let comparison = if active { "> ?" } else { "= ?" };
+        query.and(&format!("{active_subscriptions} {comparison}"), 0_i64);
     }
     query.page(conn, "customers", COLUMNS, "created_at, id", page, from_row)
 }

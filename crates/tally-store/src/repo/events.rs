@@ -5,7 +5,7 @@ use crate::conn::{Conn, Value};
 use crate::{params, StoreError};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use tally_core::pricing::Usage;
 use tally_core::Mode;
 
@@ -26,6 +26,9 @@ pub struct StoredEvent {
     pub total_fees: Option<Decimal>,
     pub fee_currency: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// The hash of the event's content (`ops::events::content_hash`); empty for events stored
+    /// before it was recorded.
+    pub content_hash: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -48,16 +51,21 @@ pub struct StoredFee {
     pub created_at: DateTime<Utc>,
 }
 
-/// The ids among `ids` already stored in this mode.
-pub fn existing_ids(conn: &mut dyn Conn, mode: Mode, ids: &[&str]) -> Result<HashSet<String>, StoreError> {
-    let mut found = HashSet::new();
+/// The events among `ids` already stored in this mode (of any customer), by id.
+pub fn existing(conn: &mut dyn Conn, mode: Mode, ids: &[&str]) -> Result<HashMap<String, StoredEvent>, StoreError> {
+    let mut found = HashMap::new();
     for chunk in ids.chunks(500) {
         let placeholders: Vec<String> = (0..chunk.len()).map(|index| format!("${}", index + 2)).collect();
         let mut values: Vec<Value> = vec![mode.as_str().into()];
         values.extend(chunk.iter().map(|id| Value::from(*id)));
-        let sql = format!("SELECT id FROM usage_events WHERE mode = $1 AND id IN ({})", placeholders.join(", "));
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM usage_events e JOIN customers c ON c.id = e.customer_id
+             WHERE e.mode = $1 AND e.id IN ({})",
+            placeholders.join(", ")
+        );
         for row in conn.query(&sql, &values)? {
-            found.insert(row.text(0)?);
+            let (event, _) = event_from_row(&row)?;
+            found.insert(event.id.clone(), event);
         }
     }
     Ok(found)
@@ -66,8 +74,8 @@ pub fn existing_ids(conn: &mut dyn Conn, mode: Mode, ids: &[&str]) -> Result<Has
 pub fn insert(conn: &mut dyn Conn, mode: Mode, event: &StoredEvent) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO usage_events (mode, id, customer_id, event_type, occurred_at, subject, description, data, costs, has_fees,
-                                   total_fees, fee_currency, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                                   total_fees, fee_currency, created_at, content_hash)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         params![
             mode.as_str(),
             &event.id,
@@ -81,7 +89,8 @@ pub fn insert(conn: &mut dyn Conn, mode: Mode, event: &StoredEvent) -> Result<()
             event.has_fees,
             event.total_fees,
             event.fee_currency.clone(),
-            event.created_at
+            event.created_at,
+            &event.content_hash
         ],
     )?;
     Ok(())
@@ -116,7 +125,7 @@ pub fn insert_fee(conn: &mut dyn Conn, mode: Mode, fee: &StoredFee) -> Result<()
 
 const EVENT_COLUMNS: &str =
     "e.id, e.customer_id, e.event_type, e.occurred_at, e.subject, e.description, e.data, e.costs, e.has_fees, \
-                             e.total_fees, e.fee_currency, e.created_at, c.external_id";
+                             e.total_fees, e.fee_currency, e.created_at, c.external_id, e.content_hash";
 
 fn event_from_row(row: &crate::Row) -> Result<(StoredEvent, Option<String>), StoreError> {
     Ok((
@@ -133,6 +142,7 @@ fn event_from_row(row: &crate::Row) -> Result<(StoredEvent, Option<String>), Sto
             total_fees: row.opt_decimal(9)?,
             fee_currency: row.opt_text(10)?,
             created_at: row.time(11)?,
+            content_hash: row.text(13)?,
         },
         row.opt_text(12)?,
     ))

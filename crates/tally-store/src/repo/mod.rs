@@ -4,8 +4,11 @@
 pub mod api_keys;
 pub mod assets;
 pub mod auto_top_ups;
+pub mod connected_accounts;
 pub mod customers;
 pub mod events;
+pub mod idempotency;
+pub mod job_retries;
 pub mod ledger;
 pub mod portal;
 pub mod products;

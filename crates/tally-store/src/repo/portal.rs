@@ -185,22 +185,78 @@ pub fn fees(conn: &mut dyn Conn, mode: Mode, customer_id: &str, page: Page) -> R
     Ok((items, total))
 }
 
-/// A customer's fees made at or after `since`, newest first, at most `limit` of them.
-pub fn fees_since(
+/// Microseconds in a UTC day: instants divided by this are days since the Unix epoch.
+pub const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+/// Equal fees of one day: `count` fees of `spent` each, in `asset`, on UTC day `day` (days
+/// since the Unix epoch).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpendGroup {
+    pub asset: String,
+    /// What one fee took from the wallet (positive).
+    pub spent: Decimal,
+    pub day: i64,
+    pub count: i64,
+}
+
+/// Everything a customer spent on fees from `since` on, as groups of equal fees per day:
+/// usage-event fees dated by when their event occurred, charges and subscription fees by
+/// when they were made. Every fee counts, however many there are: the database only counts
+/// equal amounts (amounts are exact decimal text, which SQL cannot add exactly) and the
+/// caller multiplies and adds them exactly.
+pub fn spend_since(
     conn: &mut dyn Conn,
     mode: Mode,
     customer_id: &str,
     since: DateTime<Utc>,
-    limit: i64,
-) -> Result<Vec<FeeLine>, StoreError> {
-    conn.query(
+) -> Result<Vec<SpendGroup>, StoreError> {
+    let event_fees = conn.query(
         &format!(
-            "SELECT {FEE_COLUMNS} FROM transactions WHERE mode = $1 AND customer_id = $2 AND kind = 'fee' AND created_at >= $3
-             ORDER BY sequence DESC LIMIT $4"
+            "SELECT asset, amount, occurred_at / {MICROS_PER_DAY}, COUNT(*) FROM event_fees
+             WHERE customer_id = $1 AND mode = $2 AND occurred_at >= $3
+             GROUP BY asset, amount, occurred_at / {MICROS_PER_DAY}"
         ),
-        params![mode.as_str(), customer_id, since, limit],
+        params![customer_id, mode.as_str(), since],
+    )?;
+    // Fees that came from usage events are counted above, by when their event occurred. The
+    // condition on `id` is the one of the partial index `transactions_other_fees`, spelled
+    // the same so that both databases use it.
+    let other_fees = conn.query(
+        &format!(
+            "SELECT asset, amount, created_at / {MICROS_PER_DAY}, COUNT(*) FROM transactions
+             WHERE customer_id = $1 AND kind = 'fee' AND substr(id, 1, 12) <> 'tally_event_' AND mode = $2
+                   AND created_at >= $3
+             GROUP BY asset, amount, created_at / {MICROS_PER_DAY}"
+        ),
+        params![customer_id, mode.as_str(), since],
+    )?;
+    let group = |row: &crate::Row, sign: Decimal| {
+        Ok(SpendGroup { asset: row.text(0)?, spent: row.decimal(1)? * sign, day: row.int(2)?, count: row.int(3)? })
+    };
+    event_fees
+        .iter()
+        .map(|row| group(row, Decimal::ONE))
+        .chain(other_fees.iter().map(|row| group(row, Decimal::NEGATIVE_ONE)))
+        .collect()
+}
+
+/// When each of the named usage events occurred (events not found are left out).
+pub fn event_times(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    event_ids: &[String],
+) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+    if event_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let placeholders: Vec<String> = (0..event_ids.len()).map(|index| format!("${}", index + 2)).collect();
+    let mut values = vec![crate::Value::from(mode.as_str())];
+    values.extend(event_ids.iter().map(crate::Value::from));
+    conn.query(
+        &format!("SELECT id, occurred_at FROM usage_events WHERE mode = $1 AND id IN ({})", placeholders.join(", ")),
+        &values,
     )?
     .iter()
-    .map(fee_from_row)
+    .map(|row| Ok((row.text(0)?, row.time(1)?)))
     .collect()
 }

@@ -107,6 +107,18 @@ pub fn get_for_update(conn: &mut dyn Conn, mode: Mode, id: &str) -> Result<Optio
     conn.query_optional(&sql, params![mode.as_str(), id])?.as_ref().map(from_row).transpose()
 }
 
+/// Locks the product row against deletion and archiving (which lock it `FOR UPDATE`) while
+/// letting other subscribers share it, so that a subscription is never made on a product
+/// being deleted at the same moment. SQLite's single writer needs no lock.
+pub fn get_for_share(conn: &mut dyn Conn, mode: Mode, id: &str) -> Result<Option<Product>, StoreError> {
+    let lock = match conn.dialect() {
+        crate::conn::Dialect::Sqlite => "",
+        crate::conn::Dialect::Postgres => " FOR SHARE",
+    };
+    let sql = format!("SELECT {COLUMNS} FROM products WHERE mode = $1 AND id = $2{lock}");
+    conn.query_optional(&sql, params![mode.as_str(), id])?.as_ref().map(from_row).transpose()
+}
+
 pub fn find_by_code(conn: &mut dyn Conn, mode: Mode, code: &str) -> Result<Option<Product>, StoreError> {
     conn.query_optional(
         &format!("SELECT {COLUMNS} FROM products WHERE mode = $1 AND code = $2"),

@@ -51,6 +51,9 @@ pub struct Subscription {
     pub starts_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub renews_at: Option<DateTime<Utc>>,
+    /// Where the renewal cycle counts from: renewals fall a whole number of intervals after
+    /// it, so they keep its day of the month. `None` before the first activation.
+    pub renewal_anchor_at: Option<DateTime<Utc>>,
     /// The earliest of a scheduled start, a renewal and an entitlement refresh.
     pub next_action_at: Option<DateTime<Utc>>,
     pub products: Vec<PinnedProduct>,
@@ -59,8 +62,8 @@ pub struct Subscription {
 
 pub fn insert(conn: &mut dyn Conn, mode: Mode, subscription: &Subscription) -> Result<(), StoreError> {
     conn.execute(
-        "INSERT INTO subscriptions (id, mode, customer_id, status, starts_at, started_at, renews_at, next_action_at, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+        "INSERT INTO subscriptions (id, mode, customer_id, status, starts_at, started_at, renews_at, next_action_at, created_at, updated_at, renewal_anchor_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10)",
         params![
             &subscription.id,
             mode.as_str(),
@@ -70,7 +73,8 @@ pub fn insert(conn: &mut dyn Conn, mode: Mode, subscription: &Subscription) -> R
             subscription.started_at,
             subscription.renews_at,
             subscription.next_action_at,
-            subscription.created_at
+            subscription.created_at,
+            subscription.renewal_anchor_at
         ],
     )?;
     for product in &subscription.products {
@@ -94,14 +98,16 @@ fn insert_product(
 
 pub fn update(conn: &mut dyn Conn, subscription: &Subscription, now: DateTime<Utc>) -> Result<(), StoreError> {
     conn.execute(
-        "UPDATE subscriptions SET status = $2, started_at = $3, renews_at = $4, next_action_at = $5, updated_at = $6 WHERE id = $1",
+        "UPDATE subscriptions SET status = $2, started_at = $3, renews_at = $4, next_action_at = $5, updated_at = $6,
+         renewal_anchor_at = $7 WHERE id = $1",
         params![
             &subscription.id,
             subscription.status.as_str(),
             subscription.started_at,
             subscription.renews_at,
             subscription.next_action_at,
-            now
+            now,
+            subscription.renewal_anchor_at
         ],
     )?;
     Ok(())
@@ -120,7 +126,8 @@ pub fn set_product_version(
     Ok(())
 }
 
-const COLUMNS: &str = "id, customer_id, status, starts_at, started_at, renews_at, next_action_at, created_at";
+const COLUMNS: &str =
+    "id, customer_id, status, starts_at, started_at, renews_at, next_action_at, created_at, renewal_anchor_at";
 
 fn from_row(row: &crate::Row) -> Result<Subscription, StoreError> {
     Ok(Subscription {
@@ -134,6 +141,8 @@ fn from_row(row: &crate::Row) -> Result<Subscription, StoreError> {
         next_action_at: row.opt_time(6)?,
         products: Vec::new(),
         created_at: row.time(7)?,
+        // Subscriptions from before anchors were kept count from their next renewal.
+        renewal_anchor_at: row.opt_time(8)?.or(row.opt_time(5)?),
     })
 }
 
@@ -164,6 +173,24 @@ pub fn for_customer(conn: &mut dyn Conn, customer_id: &str) -> Result<Vec<Subscr
         params![customer_id],
     )?;
     rows.iter().map(|row| from_row(row).and_then(|subscription| with_products(conn, subscription))).collect()
+}
+
+/// Another subscription of the customer's (not `except`) that holds `product_id` now:
+/// active, scheduled to start, or waiting for a payment to start.
+pub fn holding_product(
+    conn: &mut dyn Conn,
+    customer_id: &str,
+    product_id: &str,
+    except: Option<&str>,
+) -> Result<Option<String>, StoreError> {
+    conn.query_optional(
+        "SELECT s.id FROM subscriptions s JOIN subscription_products p ON p.subscription_id = s.id
+         WHERE s.customer_id = $1 AND p.product_id = $2 AND s.id <> $3
+         AND s.status IN ('active', 'scheduled', 'action_required') ORDER BY s.created_at, s.id LIMIT 1",
+        params![customer_id, product_id, except.unwrap_or("")],
+    )?
+    .map(|row| row.text(0))
+    .transpose()
 }
 
 pub fn active_count(conn: &mut dyn Conn, customer_id: &str) -> Result<i64, StoreError> {
@@ -244,6 +271,8 @@ pub struct EntitlementPeriod {
     pub entitlement_index: i64,
     pub period_start: DateTime<Utc>,
     pub next_refresh_at: Option<DateTime<Utc>>,
+    /// Where the entitlement's cycle of periods counts from (its first grant).
+    pub anchor_at: DateTime<Utc>,
 }
 
 pub fn upsert_entitlement_period(
@@ -256,24 +285,34 @@ pub fn upsert_entitlement_period(
         params![&period.subscription_id, &period.product_id, period.entitlement_index],
     )?;
     conn.execute(
-        "INSERT INTO entitlement_periods (subscription_id, product_id, entitlement_index, customer_id, period_start, next_refresh_at)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO entitlement_periods (subscription_id, product_id, entitlement_index, customer_id, period_start, next_refresh_at, anchor_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
         params![
             &period.subscription_id,
             &period.product_id,
             period.entitlement_index,
             customer_id,
             period.period_start,
-            period.next_refresh_at
+            period.next_refresh_at,
+            period.anchor_at
         ],
+    )?;
+    Ok(())
+}
+
+/// Forgets an entitlement's periods (its product's version no longer has it).
+pub fn delete_entitlement_period(conn: &mut dyn Conn, period: &EntitlementPeriod) -> Result<(), StoreError> {
+    conn.execute(
+        "DELETE FROM entitlement_periods WHERE subscription_id = $1 AND product_id = $2 AND entitlement_index = $3",
+        params![&period.subscription_id, &period.product_id, period.entitlement_index],
     )?;
     Ok(())
 }
 
 pub fn entitlement_periods(conn: &mut dyn Conn, subscription_id: &str) -> Result<Vec<EntitlementPeriod>, StoreError> {
     conn.query(
-        "SELECT subscription_id, product_id, entitlement_index, period_start, next_refresh_at FROM entitlement_periods
-         WHERE subscription_id = $1 ORDER BY product_id, entitlement_index",
+        "SELECT subscription_id, product_id, entitlement_index, period_start, next_refresh_at, anchor_at
+         FROM entitlement_periods WHERE subscription_id = $1 ORDER BY product_id, entitlement_index",
         params![subscription_id],
     )?
     .iter()
@@ -284,6 +323,8 @@ pub fn entitlement_periods(conn: &mut dyn Conn, subscription_id: &str) -> Result
             entitlement_index: row.int(2)?,
             period_start: row.time(3)?,
             next_refresh_at: row.opt_time(4)?,
+            // Periods from before anchors were kept count from their current period.
+            anchor_at: row.opt_time(5)?.map_or_else(|| row.time(3), Ok)?,
         })
     })
     .collect()
@@ -294,7 +335,8 @@ pub fn entitlement_periods(conn: &mut dyn Conn, subscription_id: &str) -> Result
 pub fn claim_due(conn: &mut dyn Conn, now: DateTime<Utc>) -> Result<Option<(Mode, String)>, StoreError> {
     let sql = format!(
         "SELECT s.mode, s.id FROM subscriptions s JOIN customers c ON c.id = s.customer_id
-         WHERE s.next_action_at <= $1 ORDER BY s.next_action_at LIMIT 1{}",
+         WHERE s.next_action_at <= $1{} ORDER BY s.next_action_at LIMIT 1{}",
+        crate::repo::job_retries::not_waiting(crate::repo::job_retries::RENEW_SUBSCRIPTIONS, "s.id"),
         conn.skip_locked_of("c")
     );
     let Some(row) = conn.query_optional(&sql, params![now])? else {
@@ -311,4 +353,85 @@ pub fn wake(conn: &mut dyn Conn, id: &str, now: DateTime<Utc>) -> Result<(), Sto
         params![id, now],
     )?;
     Ok(())
+}
+
+/// A stretch of time one product of a subscription was active on one version: from
+/// `active_from` (included) until `active_to` (excluded), or still (`None`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActiveInterval {
+    pub subscription_id: String,
+    pub product_id: String,
+    pub version: i64,
+    pub active_from: DateTime<Utc>,
+    pub active_to: Option<DateTime<Utc>>,
+}
+
+impl ActiveInterval {
+    pub fn contains(&self, at: DateTime<Utc>) -> bool {
+        self.active_from <= at && self.active_to.is_none_or(|to| at < to)
+    }
+}
+
+/// Brings the subscription's history up to date at `at`: while it is active, each pinned
+/// product has one open interval on its pinned version (a product moved to another version
+/// has its interval closed and a new one opened at `at`); otherwise no interval is open.
+/// Calling it again without a change does nothing.
+pub fn record_history(conn: &mut dyn Conn, subscription: &Subscription, at: DateTime<Utc>) -> Result<(), StoreError> {
+    let open: Vec<(String, i64)> = conn
+        .query(
+            "SELECT product_id, version FROM subscription_history WHERE subscription_id = $1 AND active_to IS NULL",
+            params![&subscription.id],
+        )?
+        .iter()
+        .map(|row| Ok((row.text(0)?, row.int(1)?)))
+        .collect::<Result<_, StoreError>>()?;
+    let wanted: &[PinnedProduct] =
+        if subscription.status == SubscriptionStatus::Active { &subscription.products } else { &[] };
+    for (product_id, version) in &open {
+        if !wanted.iter().any(|pinned| &pinned.product_id == product_id && pinned.version == *version) {
+            conn.execute(
+                "UPDATE subscription_history SET active_to = $3
+                 WHERE subscription_id = $1 AND product_id = $2 AND active_to IS NULL",
+                params![&subscription.id, product_id, at],
+            )?;
+        }
+    }
+    for pinned in wanted {
+        if !open.iter().any(|(product_id, version)| *product_id == pinned.product_id && *version == pinned.version) {
+            conn.execute(
+                "INSERT INTO subscription_history (mode, customer_id, subscription_id, product_id, version, active_from)
+                 SELECT mode, customer_id, id, $2, $3, $4 FROM subscriptions WHERE id = $1",
+                params![&subscription.id, &pinned.product_id, pinned.version, at],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// The customer's intervals still open at `since` or later, in the order rating reads them
+/// (subscriptions oldest first, then by product).
+pub fn history_since(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    customer_id: &str,
+    since: DateTime<Utc>,
+) -> Result<Vec<ActiveInterval>, StoreError> {
+    conn.query(
+        "SELECT h.subscription_id, h.product_id, h.version, h.active_from, h.active_to
+         FROM subscription_history h JOIN subscriptions s ON s.id = h.subscription_id
+         WHERE h.mode = $1 AND h.customer_id = $2 AND (h.active_to IS NULL OR h.active_to > $3)
+         ORDER BY s.created_at, s.id, h.product_id, h.active_from",
+        params![mode.as_str(), customer_id, since],
+    )?
+    .iter()
+    .map(|row| {
+        Ok(ActiveInterval {
+            subscription_id: row.text(0)?,
+            product_id: row.text(1)?,
+            version: row.int(2)?,
+            active_from: row.time(3)?,
+            active_to: row.opt_time(4)?,
+        })
+    })
+    .collect()
 }

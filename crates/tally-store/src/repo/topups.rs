@@ -81,11 +81,27 @@ pub struct TopUp {
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// When the provider said the payment is on its way (a bank debit): from then on the
+    /// top-up waits for the outcome and never expires for want of payment.
+    pub processing_since: Option<DateTime<Utc>>,
+    /// When the credit granted on success expires (`None` before success, or never).
+    pub granted_credit_expires_at: Option<DateTime<Utc>>,
+}
+
+impl TopUp {
+    /// Whether the customer may still pay through its checkout link at `now`: open, and
+    /// either inside its payment window or already paying (a payment on its way).
+    pub fn is_payable(&self, now: DateTime<Utc>) -> bool {
+        self.status.is_open() && (self.processing_since.is_some() || self.expires_at > now)
+    }
 }
 
 const COLUMNS: &str = "id, customer_id, amount, currency, account_name, asset, asset_amount, rate_kind, rate_value, rate_overridden, \
      credit_expires_at, return_url, failure_url, description, metadata, status, provider, provider_reference, redirect_url, \
-     checkout_token, failure_reason, origin, subscription_id, save_payment_method, created_at, expires_at, completed_at";
+     checkout_token, failure_reason, origin, subscription_id, save_payment_method, created_at, expires_at, completed_at, \
+     processing_since, granted_credit_expires_at";
+/// The index of the column after [`COLUMNS`] (the mode, where a query adds it).
+const MODE_COLUMN: usize = 29;
 
 fn rate_parts(rate: ExchangeRate) -> (&'static str, Decimal) {
     match rate {
@@ -99,7 +115,7 @@ pub fn insert(conn: &mut dyn Conn, mode: Mode, top_up: &TopUp) -> Result<(), Sto
     conn.execute(
         &format!(
             "INSERT INTO top_ups ({COLUMNS}, mode, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-             $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $25)"
+             $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $25)"
         ),
         params![
             &top_up.id,
@@ -129,6 +145,8 @@ pub fn insert(conn: &mut dyn Conn, mode: Mode, top_up: &TopUp) -> Result<(), Sto
             top_up.created_at,
             top_up.expires_at,
             top_up.completed_at,
+            top_up.processing_since,
+            top_up.granted_credit_expires_at,
             mode.as_str()
         ],
     )?;
@@ -139,7 +157,7 @@ pub fn insert(conn: &mut dyn Conn, mode: Mode, top_up: &TopUp) -> Result<(), Sto
 pub fn update(conn: &mut dyn Conn, top_up: &TopUp, now: DateTime<Utc>) -> Result<(), StoreError> {
     conn.execute(
         "UPDATE top_ups SET status = $2, provider_reference = $3, redirect_url = $4, failure_reason = $5, completed_at = $6,
-         updated_at = $7 WHERE id = $1",
+         updated_at = $7, processing_since = $8, granted_credit_expires_at = $9 WHERE id = $1",
         params![
             &top_up.id,
             top_up.status.as_str(),
@@ -147,7 +165,9 @@ pub fn update(conn: &mut dyn Conn, top_up: &TopUp, now: DateTime<Utc>) -> Result
             top_up.redirect_url.clone(),
             top_up.failure_reason.clone(),
             top_up.completed_at,
-            now
+            now,
+            top_up.processing_since,
+            top_up.granted_credit_expires_at
         ],
     )?;
     Ok(())
@@ -187,6 +207,8 @@ fn from_row(row: &crate::Row) -> Result<TopUp, StoreError> {
         created_at: row.time(24)?,
         expires_at: row.time(25)?,
         completed_at: row.opt_time(26)?,
+        processing_since: row.opt_time(27)?,
+        granted_credit_expires_at: row.opt_time(28)?,
     })
 }
 
@@ -207,7 +229,7 @@ pub fn get_any_mode(conn: &mut dyn Conn, id: &str) -> Result<Option<(Mode, TopUp
     let Some(row) = row else {
         return Ok(None);
     };
-    let mode = Mode::parse(&row.text(27)?).ok_or_else(|| StoreError::Corrupt("top-up mode".into()))?;
+    let mode = Mode::parse(&row.text(MODE_COLUMN)?).ok_or_else(|| StoreError::Corrupt("top-up mode".into()))?;
     Ok(Some((mode, from_row(&row)?)))
 }
 
@@ -223,7 +245,7 @@ pub fn find_by_reference(
     let Some(row) = row else {
         return Ok(None);
     };
-    let mode = Mode::parse(&row.text(27)?).ok_or_else(|| StoreError::Corrupt("top-up mode".into()))?;
+    let mode = Mode::parse(&row.text(MODE_COLUMN)?).ok_or_else(|| StoreError::Corrupt("top-up mode".into()))?;
     Ok(Some((mode, from_row(&row)?)))
 }
 
@@ -241,11 +263,14 @@ pub fn for_customer(conn: &mut dyn Conn, customer_id: &str, page: Page) -> Resul
     Ok((items, total))
 }
 
-/// Claims the open top-up that expired longest ago, locking its customer; returns its mode and id.
+/// Claims the open top-up whose payment window closed longest ago, locking its customer;
+/// returns its mode and id. A top-up whose payment is on its way is never claimed.
 pub fn claim_expired(conn: &mut dyn Conn, now: DateTime<Utc>) -> Result<Option<(Mode, String)>, StoreError> {
     let sql = format!(
         "SELECT t.mode, t.id FROM top_ups t JOIN customers c ON c.id = t.customer_id
-         WHERE t.status IN ('initiated', 'pending') AND t.expires_at <= $1 ORDER BY t.expires_at LIMIT 1{}",
+         WHERE t.status IN ('initiated', 'pending') AND t.processing_since IS NULL AND t.expires_at <= $1{}
+         ORDER BY t.expires_at LIMIT 1{}",
+        crate::repo::job_retries::not_waiting(crate::repo::job_retries::EXPIRE_TOP_UPS, "t.id"),
         conn.skip_locked_of("c")
     );
     let Some(row) = conn.query_optional(&sql, params![now])? else {
@@ -315,6 +340,17 @@ pub fn open_for_subscription(conn: &mut dyn Conn, subscription_id: &str) -> Resu
         &format!(
             "SELECT {COLUMNS} FROM top_ups WHERE subscription_id = $1 AND status IN ('initiated', 'pending') ORDER BY created_at DESC"
         ),
+        params![subscription_id],
+    )?
+    .iter()
+    .map(from_row)
+    .collect()
+}
+
+/// Every top-up made to pay for a subscription, newest first.
+pub fn for_subscription(conn: &mut dyn Conn, subscription_id: &str) -> Result<Vec<TopUp>, StoreError> {
+    conn.query(
+        &format!("SELECT {COLUMNS} FROM top_ups WHERE subscription_id = $1 ORDER BY created_at DESC, id DESC"),
         params![subscription_id],
     )?
     .iter()

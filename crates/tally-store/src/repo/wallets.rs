@@ -143,7 +143,8 @@ fn insert_grant(
             origin.cost_basis
         ],
     )?;
-    Ok(())
+    // The ledger keeps its own note of the issue, which `ledger verify` checks the row against.
+    super::ledger::record_grant(conn, mode, key, grant, origin.transaction_id.as_deref())
 }
 
 fn update_grant(conn: &mut dyn Conn, grant: &Grant) -> Result<(), StoreError> {
@@ -227,7 +228,8 @@ pub fn is_due(conn: &mut dyn Conn, key: &AccountKey, now: DateTime<Utc>) -> Resu
 pub fn claim_due(conn: &mut dyn Conn, now: DateTime<Utc>) -> Result<Option<(Mode, String)>, StoreError> {
     let sql = format!(
         "SELECT c.mode, c.id FROM wallet_accounts a JOIN customers c ON c.id = a.customer_id
-         WHERE a.next_due_at <= $1 ORDER BY a.next_due_at LIMIT 1{}",
+         WHERE a.next_due_at <= $1{} ORDER BY a.next_due_at LIMIT 1{}",
+        crate::repo::job_retries::not_waiting(crate::repo::job_retries::SETTLE_GRANTS, "c.id"),
         conn.skip_locked_of("c")
     );
     let Some(row) = conn.query_optional(&sql, params![now])? else {

@@ -169,6 +169,8 @@ pub struct Event {
     pub id: String,
     pub topic: String,
     pub customer_id: Option<String>,
+    /// The connected account the event happened in; `None` for the platform's own.
+    pub account_id: Option<String>,
     /// The event's `data`, as JSON text.
     pub data: String,
     pub created_at: DateTime<Utc>,
@@ -176,8 +178,17 @@ pub struct Event {
 
 pub fn insert_event(conn: &mut dyn Conn, mode: Mode, event: &Event) -> Result<(), StoreError> {
     conn.execute(
-        "INSERT INTO webhook_events (id, mode, topic, customer_id, data, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
-        params![&event.id, mode.as_str(), &event.topic, event.customer_id.clone(), &event.data, event.created_at],
+        "INSERT INTO webhook_events (id, mode, topic, customer_id, data, created_at, account_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        params![
+            &event.id,
+            mode.as_str(),
+            &event.topic,
+            event.customer_id.clone(),
+            &event.data,
+            event.created_at,
+            event.account_id.clone()
+        ],
     )?;
     Ok(())
 }
@@ -249,7 +260,7 @@ pub fn claim_due(
     limit: i64,
 ) -> Result<Vec<ClaimedDelivery>, StoreError> {
     let sql = format!(
-        "SELECT d.sequence, d.attempts, d.mode, e.id, e.topic, e.customer_id, e.data, e.created_at, w.id, w.url, w.secret, w.deleted_at
+        "SELECT d.sequence, d.attempts, d.mode, e.id, e.topic, e.customer_id, e.data, e.created_at, w.id, w.url, w.secret, w.deleted_at, e.account_id
          FROM webhook_deliveries d
          JOIN webhook_events e ON e.id = d.event_id
          JOIN webhook_destinations w ON w.id = d.destination_id
@@ -283,6 +294,7 @@ pub fn claim_due(
                 id: row.text(3)?,
                 topic: row.text(4)?,
                 customer_id: row.opt_text(5)?,
+                account_id: row.opt_text(12)?,
                 data: row.text(6)?,
                 created_at: row.time(7)?,
             },

@@ -107,7 +107,7 @@ async fn rate_changes_apply_now_or_when_scheduled_and_history_stays(app: TestApp
     assert_eq!(future.body["destination_amount"].to_string(), "40");
     let still_now = app.post("/assets/VIDGENMIN/quote", body(r#"{"source":"USD","amount":10}"#)).await.expect(200);
     assert_eq!(still_now.body["destination_amount"].to_string(), "50");
-    tokio::time::sleep(std::time::Duration::from_millis(1700)).await;
+    app.clock.advance(chrono::Duration::milliseconds(1700));
     let after = app.post("/assets/VIDGENMIN/quote", body(r#"{"source":"USD","amount":10}"#)).await.expect(200);
     assert_eq!(after.body["destination_amount"].to_string(), "40");
     assert_eq!(after.body["inverse_rate"].to_string(), "4");
@@ -172,7 +172,91 @@ async fn assets_page(app: TestApp) {
     app.get("/assets?limit=abc").await.expect(422);
 }
 
+/// A rate with `valid_to` (a promotion) applies over the rate before it while it lasts; when it
+/// ends, that rate applies again, so quotes, top-ups and auto top-ups keep working.
+async fn a_promotion_ends_into_the_rate_before_it(app: TestApp) {
+    use chrono::Duration;
+    let app = &app;
+    app.post("/assets", vidgenmin()).await.expect(201);
+    let started = app.clock.now();
+    let ends = started + Duration::hours(1);
+    app.post("/assets/VIDGENMIN/rates", json!({"source": "USD", "rate": 0.05, "valid_to": ends.to_rfc3339()}))
+        .await
+        .expect(204);
+    let quote = |at: Option<chrono::DateTime<chrono::Utc>>| {
+        let mut request = json!({"source": "USD", "amount": 10});
+        if let Some(at) = at {
+            request["exchange_at"] = json!(at.to_rfc3339());
+        }
+        async move { app.post("/assets/VIDGENMIN/quote", request).await.expect(200).body["destination_amount"].to_string() }
+    };
+    assert_eq!(quote(None).await, "200", "the promotion applies now");
+    // The schedule shows the base rate interrupted, not ended.
+    let asset = app.get("/assets/VIDGENMIN").await.expect(200);
+    let schedule = asset.body["rates"][0]["schedule"].as_array().unwrap().clone();
+    assert_eq!(schedule[0]["rate"].to_string(), "0.05");
+    let shown_end: chrono::DateTime<chrono::Utc> = schedule[0]["valid_to"].as_str().unwrap().parse().unwrap();
+    assert_eq!(shown_end.timestamp_micros(), ends.timestamp_micros());
+    assert!(schedule[1].get("valid_to").is_none(), "{}", asset.body);
+
+    app.clock.advance(Duration::hours(2));
+    assert_eq!(quote(None).await, "100", "after the promotion the base rate applies again");
+    assert_eq!(quote(Some(started + Duration::minutes(30))).await, "200", "history is kept");
+    // A top-up made after the promotion buys at the base rate.
+    let customer = app.customer("After the sale").await;
+    let top_up = app
+        .post("/top-ups", json!({"customer_id": customer, "amount": 10, "currency": "USD",
+            "destination": {"asset": "VIDGENMIN"}, "return_url": "https://platform.example/ok",
+            "failure_url": "https://platform.example/failed"}))
+        .await
+        .expect(201);
+    let view = app.get(&format!("/top-ups/{}", top_up.body["id"].as_str().unwrap())).await.expect(200);
+    assert_eq!(view.body["asset_amount"].to_string(), "100");
+    // Auto top-up settings in USD are accepted (they need a rate in force).
+    let store = app.store.clone();
+    let now = app.clock.now();
+    let settings = tally_store::ops::auto_top_up::Settings {
+        key: tally_store::repo::wallets::AccountKey {
+            customer_id: customer.clone(),
+            name: "default".into(),
+            asset: "VIDGENMIN".into(),
+        },
+        enabled: false,
+        threshold: 5.into(),
+        amount: 10.into(),
+        currency: tally_core::asset::AssetCode::parse("USD").unwrap(),
+        payment_method_id: None,
+    };
+    let configured = tokio::task::spawn_blocking(move || {
+        store.write(|conn| tally_store::ops::auto_top_up::configure(conn, tally_core::Mode::Test, &settings, now))
+    })
+    .await
+    .unwrap();
+    assert!(configured.is_ok(), "{configured:?}");
+
+    // A later base rate outranks the promotion and stays after it: the newest start applies.
+    let later = app.clock.now();
+    app.post("/assets/VIDGENMIN/rates", json!({"source": "USD", "rate": 0.05, "valid_to": (later + Duration::hours(3)).to_rfc3339()}))
+        .await
+        .expect(204);
+    app.post("/assets/VIDGENMIN/rates", json!({"source": "USD", "rate": 0.2, "valid_from": (later + Duration::hours(1)).to_rfc3339()}))
+        .await
+        .expect(204);
+    app.clock.advance(Duration::hours(4));
+    assert_eq!(quote(None).await, "50");
+
+    // A promotion with no rate to return to would leave quotes failing when it ends: refused.
+    app.post("/assets", json!({"code": "LONE", "name": "Lonely"})).await.expect(201);
+    let refused = app
+        .post("/assets/LONE/rates", json!({"source": "USD", "rate": 1, "valid_to": (app.clock.now() + Duration::hours(1)).to_rfc3339()}))
+        .await
+        .expect(422);
+    assert!(refused.body["errors"]["valid_to"].is_array(), "{}", refused.body);
+    assert!(app.get("/assets/LONE").await.body["rates"].as_array().unwrap().is_empty());
+}
+
 on_both_backends!(
+    a_promotion_ends_into_the_rate_before_it,
     seed_asset_and_quote_work_as_written,
     quotes_round_down_to_the_asset_precision,
     rate_changes_apply_now_or_when_scheduled_and_history_stays,

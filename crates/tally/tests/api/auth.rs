@@ -24,7 +24,7 @@ async fn keys_are_required_and_checked(app: TestApp) {
     assert_eq!(bearer.status(), 200);
     let context: serde_json::Value = bearer.json().await.unwrap();
     assert_eq!(context["environment"], "live");
-    assert!(context["account_id"].as_str().unwrap().starts_with("acct_"));
+    assert!(context["account_id"].as_str().unwrap().starts_with("acc_"));
 
     let test_context = app.get("/accounts/self").await.expect(200);
     assert_eq!(test_context.body["environment"], "test");

@@ -89,4 +89,35 @@ async fn customer_validation(app: TestApp) {
     assert_eq!(app.get("/customers").await.body["total_count"], 0);
 }
 
-on_both_backends!(create_get_and_update, external_ids_are_unique_per_mode, list_filters_and_pages, customer_validation);
+/// `GET /customers?status=` filters by whether a customer has an active subscription.
+async fn list_by_subscription_status(app: TestApp) {
+    let asset = r#"{"code":"IMG","name":"Images","precision":2,"label":"image","rates":[{"source":"USD","rate":0.1}]}"#;
+    app.post("/assets", crate::harness::body(asset)).await.expect(201);
+    app.post("/products", crate::harness::body(tally::bench::GLITCH_IMAGES)).await.expect(201);
+    let subscribed = app
+        .post("/customers", json!({"name": "Subscribed", "subscriptions": [{"products": [{"code": "glitch_images_std"}]}]}))
+        .await
+        .expect(201);
+    let subscribed = subscribed.body["id"].as_str().unwrap().to_owned();
+    let idle = app.customer("Idle").await;
+    let ids = |reply: &crate::harness::Reply| -> Vec<String> {
+        reply.body["items"].as_array().unwrap().iter().map(|item| item["id"].as_str().unwrap().to_owned()).collect()
+    };
+    let active = app.get("/customers?status=active").await.expect(200);
+    assert_eq!(ids(&active), vec![subscribed.clone()]);
+    assert_eq!(active.body["total_count"], 1);
+    let inactive = app.get("/customers?status=INACTIVE").await.expect(200);
+    assert_eq!(ids(&inactive), vec![idle]);
+    let all = app.get("/customers").await.expect(200);
+    assert_eq!(all.body["total_count"], 2);
+    let refused = app.get("/customers?status=sleeping").await.expect(422);
+    assert!(refused.body["errors"]["status"].is_array(), "{}", refused.text);
+}
+
+on_both_backends!(
+    create_get_and_update,
+    external_ids_are_unique_per_mode,
+    list_filters_and_pages,
+    customer_validation,
+    list_by_subscription_status,
+);

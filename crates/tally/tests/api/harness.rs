@@ -92,6 +92,8 @@ pub struct TestApp {
     pub live_key: String,
     pub client: reqwest::Client,
     pub store: Arc<Store>,
+    /// The server's clock: `advance` moves the server's "now" forward without waiting.
+    pub clock: tally_http::clock::Clock,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
     pub database: Arc<TestDatabase>,
@@ -168,6 +170,7 @@ impl TestApp {
             ..tally_http::HttpConfig::default()
         };
         let state = configure(tally_http::AppState::new(store.clone(), config));
+        let clock = state.config.clock.clone();
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             tally_http::serve(listener, state, async {
@@ -183,6 +186,7 @@ impl TestApp {
             live_key,
             client: reqwest::Client::new(),
             store,
+            clock,
             shutdown: Some(shutdown),
             server: Some(server),
             database,
@@ -272,6 +276,17 @@ impl TestApp {
         let reply = self.get(&format!("/customers/{customer}/wallet/{account}")).await.expect(200);
         let text = |field: &str| reply.body[field].to_string();
         (text("available"), text("pending_in"), text("pending_out"))
+    }
+
+    /// Waits until `check` holds, looking again every 20 ms, and fails the test after 30 s.
+    /// For effects of the background worker: move `clock` first, then wait for the effect.
+    pub async fn eventually<F: std::future::Future<Output = bool>>(&self, what: &str, mut check: impl FnMut() -> F) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !check().await {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
     }
 
     /// Recomputes every balance from the ledger and asserts the books agree.

@@ -169,9 +169,41 @@ fn decimal(text: &str) -> Decimal {
     Decimal::from_str(text).unwrap()
 }
 
-fn timestamp_in(delay: Duration) -> String {
-    let at = chrono::Utc::now() + chrono::Duration::from_std(delay).unwrap();
-    at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+/// Credits grants that are already due: an hour ago they were made to start (`LATER` of
+/// them, on account `later`) or expire (one, on account `expiring`) a minute later. Made
+/// through the store with that past instant, so that no wall-clock window decides whether
+/// the servers' workers, rather than the request itself, settle them.
+async fn credit_due_grants(store: Arc<Store>, customer: String) {
+    tokio::task::spawn_blocking(move || {
+        use tally_store::ops::wallet::{adjust, Adjustment, AdjustmentReason};
+        let made_at = chrono::Utc::now() - chrono::Duration::hours(1);
+        let due_at = made_at + chrono::Duration::minutes(1);
+        let credit = |id: String, account: &str, amount: &str| Adjustment {
+            transaction_id: id,
+            account_name: account.into(),
+            asset: tally_core::asset::AssetCode::parse("USD").unwrap(),
+            amount: decimal(amount),
+            description: None,
+            reason: AdjustmentReason::Gift,
+            effective_at: None,
+            expires_at: None,
+            metadata: Default::default(),
+        };
+        let mut grants: Vec<Adjustment> = (0..LATER)
+            .map(|index| Adjustment {
+                effective_at: Some(due_at),
+                ..credit(format!("later-{index}"), "later", LATER_CREDIT)
+            })
+            .collect();
+        grants.push(Adjustment { expires_at: Some(due_at), ..credit("expiring-0".into(), "expiring", EXPIRING) });
+        for grant in grants {
+            store
+                .write(|conn| adjust(conn, tally_core::Mode::Test, &customer, &grant, made_at))
+                .unwrap_or_else(|error| panic!("{}: {error:?}", grant.transaction_id));
+        }
+    })
+    .await
+    .unwrap();
 }
 
 const CREDITS: usize = 60;
@@ -188,28 +220,13 @@ const LATER_CREDIT: &str = "3.33";
 const EXPIRING: &str = "5";
 
 /// Drives both servers at once and checks what a client can see. Returns the customer id.
-async fn drive(backend: &str, servers: [Endpoint; 2]) -> String {
+async fn drive(backend: &str, servers: [Endpoint; 2], store: Arc<Store>) -> String {
     let client = reqwest::Client::new();
     let created = send(&client, &servers[0], reqwest::Method::POST, "/customers", Some(r#"{"name":"Shared"}"#)).await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
     let customer = created.body["id"].as_str().unwrap().to_owned();
     let adjustments = format!("/customers/{customer}/wallet/adjustments");
     let charges = format!("/customers/{customer}/wallet/charges");
-
-    // Grants that start in 2 s and one that expires in 3 s, each on an account no request
-    // touches afterwards, so that only the servers' background workers settle them (while
-    // the requests below keep the customer's row busy).
-    let starts_at = timestamp_in(Duration::from_secs(2));
-    let expires_at = timestamp_in(Duration::from_secs(3));
-    for index in 0..LATER {
-        let extra = format!(r#","effective_at":"{starts_at}""#);
-        let body = adjustment(&format!("later-{index}"), "later", LATER_CREDIT, &extra);
-        let answer = send(&client, &servers[index % 2], reqwest::Method::POST, &adjustments, Some(&body)).await;
-        assert_eq!(answer.status, StatusCode::CREATED, "{body}: {}", answer.body);
-    }
-    let body = adjustment("expiring-0", "expiring", EXPIRING, &format!(r#","expires_at":"{expires_at}""#));
-    let answer = send(&client, &servers[1], reqwest::Method::POST, &adjustments, Some(&body)).await;
-    assert_eq!(answer.status, StatusCode::CREATED, "{body}: {}", answer.body);
 
     let mut requests: Vec<(usize, String, String)> = Vec::new();
     for index in 0..CREDITS {
@@ -253,6 +270,10 @@ async fn drive(backend: &str, servers: [Endpoint; 2]) -> String {
             assert_eq!(first.body["created_at"], second.body["created_at"], "{id}: both report the one transaction");
         });
     }
+    // Grants that are due at once, each on an account no request touches afterwards, so that
+    // only the servers' background workers settle them, while the requests keep the
+    // customer's row busy.
+    credit_due_grants(store, customer.clone()).await;
     while let Some(task) = tasks.join_next().await {
         task.expect("a request task");
     }
@@ -412,7 +433,7 @@ async fn two_server_processes_on_one_postgres_database_stay_exact() {
     .unwrap();
     let endpoints = servers.each_ref().map(|server| Endpoint { key: key.clone(), ..server.endpoint.clone() });
 
-    let customer = drive("PostgreSQL", endpoints.clone()).await;
+    let customer = drive("PostgreSQL", endpoints.clone(), store.clone()).await;
     wait_for_workers(store.clone()).await;
     check_balances(&endpoints[1], &customer).await;
 
@@ -441,7 +462,7 @@ async fn two_servers_on_one_sqlite_database_stay_exact() {
         Endpoint { base: first.base.clone(), key: first.test_key.clone() },
         Endpoint { base: second.base.clone(), key: second.test_key.clone() },
     ];
-    let customer = drive("SQLite", endpoints.clone()).await;
+    let customer = drive("SQLite", endpoints.clone(), first.store.clone()).await;
     wait_for_workers(first.store.clone()).await;
     check_balances(&endpoints[0], &customer).await;
     first.assert_ledger_agrees().await;

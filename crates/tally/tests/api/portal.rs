@@ -4,7 +4,7 @@
 
 use crate::harness::{body, test_webhook_config, Backend, TestApp, TestDatabase};
 use crate::on_both_backends;
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Datelike, Duration, Utc};
 use reqwest::redirect::Policy;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -55,9 +55,9 @@ async fn customer_with_minutes(app: &TestApp, name: &str, minutes: &str) -> Stri
     customer
 }
 
-/// Sends `count` clip events (2 video minutes each).
+/// Sends `count` clip events (2 video minutes each), occurring now by the server's clock.
 async fn generate_clips(app: &TestApp, customer: &str, prefix: &str, count: usize) {
-    let now = Utc::now().to_rfc3339();
+    let now = app.clock.now().to_rfc3339();
     let events: Vec<Value> = (0..count)
         .map(|index| {
             json!({"id": format!("{prefix}-{index}"), "event_type": "video_generated", "occurred_at": now,
@@ -128,7 +128,7 @@ fn csrf_of(page: &str) -> String {
 async fn portal_link_opens_once_with_a_scoped_cookie(app: TestApp) {
     catalog(&app).await;
     let customer = customer_with_minutes(&app, "Ada", "20").await;
-    let before = Utc::now();
+    let before = app.clock.now();
     let reply = app
         .post(
             "/billing-portal/sessions",
@@ -140,7 +140,7 @@ async fn portal_link_opens_once_with_a_scoped_cookie(app: TestApp) {
     assert!(url.starts_with(&format!("{}/portal/enter?token=", app.base)), "{url}");
     let expires_at: DateTime<Utc> = reply.body["expires_at"].as_str().unwrap().parse().unwrap();
     assert!(expires_at >= before + Duration::minutes(10) - Duration::seconds(1), "valid for ten minutes");
-    assert!(expires_at <= Utc::now() + Duration::minutes(10));
+    assert!(expires_at <= app.clock.now() + Duration::minutes(10));
 
     let (status, location, cookie, _) = open_link(&url).await;
     assert_eq!((status, location.as_deref()), (303, Some("/portal")));
@@ -202,7 +202,7 @@ async fn expired_links_land_on_the_failure_url(app: TestApp) {
     let store = app.store.clone();
     let id = customer.clone();
     // A link made eleven minutes ago has expired.
-    let made_at = Utc::now() - Duration::minutes(11);
+    let made_at = app.clock.now() - Duration::minutes(11);
     let old = tokio::task::spawn_blocking(move || {
         store.write(|conn| portal_ops::create_link(conn, Mode::Test, &id, RETURN_URL, FAILURE_URL, made_at)).unwrap()
     })
@@ -214,8 +214,8 @@ async fn expired_links_land_on_the_failure_url(app: TestApp) {
     // At the boundary: good one second before ten minutes, gone at ten.
     let store = app.store.clone();
     let id = customer.clone();
+    let made_at = app.clock.now();
     tokio::task::spawn_blocking(move || {
-        let made_at = Utc::now();
         let link = store
             .write(|conn| portal_ops::create_link(conn, Mode::Test, &id, RETURN_URL, FAILURE_URL, made_at))
             .unwrap();
@@ -250,7 +250,7 @@ async fn a_session_sees_only_its_own_customer(app: TestApp) {
     // appear in Ada's by chance; "777.00" cannot.)
     let bob_secret = "Bob secret render job";
     let event = json!({"customer_id": bob, "events": [{"id": "bob-1", "event_type": "video_generated",
-        "occurred_at": Utc::now().to_rfc3339(), "description": bob_secret}]});
+        "occurred_at": app.clock.now().to_rfc3339(), "description": bob_secret}]});
     app.post("/events", event).await.expect(204);
     let bob_top_up = app
         .post("/top-ups", body(&format!(
@@ -349,6 +349,61 @@ async fn the_live_quote(app: TestApp) {
     assert!(script.contains("/portal/quote"));
 }
 
+/// The 2nd of a later month at noon, at least four days after `after`: a day whose last few
+/// days lie in the month before.
+fn second_of_a_later_month(after: DateTime<Utc>) -> DateTime<Utc> {
+    let mut month = after.date_naive().with_day(1).unwrap();
+    loop {
+        month = month.checked_add_months(chrono::Months::new(1)).unwrap();
+        let second = month.with_day(2).unwrap().and_hms_opt(12, 0, 0).unwrap().and_utc();
+        if second - Duration::days(4) > after {
+            return second;
+        }
+    }
+}
+
+/// The home page adds up every fee exactly, however many there are, and dates usage by when
+/// it occurred: an event sent today that occurred last month is last month's spend.
+async fn spend_is_exact_for_any_number_of_fees_and_dated_by_occurrence(app: TestApp) {
+    catalog(&app).await;
+    let ada = customer_with_minutes(&app, "Ada", "20").await;
+    // Move to the 2nd of a month, so that three days ago was last month.
+    let today = second_of_a_later_month(app.clock.now());
+    app.clock.advance(today - app.clock.now());
+    const CLIPS: usize = 21_000;
+    for batch in 0..CLIPS / 1000 {
+        generate_clips(&app, &ada, &format!("clip-{batch}"), 1000).await;
+    }
+    let charge = body(r#"{"transaction_id":"render-1","asset":"VIDMIN","amount":0.37}"#);
+    app.post(&format!("/customers/{ada}/wallet/charges"), charge).await.expect(201);
+    let occurred = app.clock.now() - Duration::days(3);
+    let late = json!({"customer_id": ada, "events": [{"id": "late-1", "event_type": "video_generated",
+        "occurred_at": occurred.to_rfc3339(), "description": "Rendered last month"}]});
+    app.post("/events", late).await.expect(204);
+
+    let cookie = portal_cookie(&app, &ada).await;
+    let (status, page, _) = portal(&app, Method::GET, "/portal", Some(&cookie), &[]).await;
+    assert_eq!(status, 200, "{page}");
+    let month = page.split("Spent this month").nth(1).unwrap().split("</ul>").next().unwrap();
+    assert!(
+        month.contains("<strong>42,000.37 video minutes</strong>"),
+        "21,000 clips of 2 minutes and a 0.37 charge this month; the late clip was last month's: {month}"
+    );
+    let day = |at: DateTime<Utc>, amount: &str| {
+        format!(r#"<tr><td>{}</td><td class="amount">{amount} video minutes</td></tr>"#, at.format("%b %-d"))
+    };
+    assert!(page.contains(&day(app.clock.now(), "42,000.37")), "today's spend, exact: {page}");
+    assert!(page.contains(&day(occurred, "2.00")), "the late clip on the day it occurred: {page}");
+    assert!(page.contains("Video minutes: 42,002.37 video minutes over 30 days"), "{page}");
+    let (_, usage, _) = portal(&app, Method::GET, "/portal/usage", Some(&cookie), &[]).await;
+    let first_line = usage.split("<tbody>").nth(1).unwrap().split("</tr>").next().unwrap();
+    assert!(
+        first_line.contains("Rendered last month")
+            && first_line.contains(&occurred.format("%Y-%m-%d %H:%M UTC").to_string()),
+        "the newest usage line shows when it occurred: {first_line}"
+    );
+}
+
 /// Saves a test card for `customer` the way the provider would report one.
 async fn save_card(app: &TestApp, customer: &str, digits: &str) -> String {
     let store = app.store.clone();
@@ -360,7 +415,7 @@ async fn save_card(app: &TestApp, customer: &str, digits: &str) -> String {
         provider_customer: None,
         brand: Some("visa".into()),
         last4: Some(digits[digits.len() - 4..].to_owned()),
-        created_at: Utc::now(),
+        created_at: app.clock.now(),
     };
     let id = method.id.clone();
     tokio::task::spawn_blocking(move || {
@@ -376,7 +431,7 @@ fn minutes_key(customer: &str) -> AccountKey {
 }
 
 async fn configure(app: &TestApp, customer: &str, method: &str, threshold: i64) {
-    let store = app.store.clone();
+    let (store, now) = (app.store.clone(), app.clock.now());
     let settings = Settings {
         key: minutes_key(customer),
         enabled: true,
@@ -386,7 +441,7 @@ async fn configure(app: &TestApp, customer: &str, method: &str, threshold: i64) 
         payment_method_id: Some(method.to_owned()),
     };
     tokio::task::spawn_blocking(move || {
-        store.write(|conn| auto_ops::configure(conn, Mode::Test, &settings, Utc::now())).unwrap()
+        store.write(|conn| auto_ops::configure(conn, Mode::Test, &settings, now)).unwrap()
     })
     .await
     .unwrap();
@@ -411,17 +466,6 @@ async fn auto_top_ups_of(app: &TestApp, customer: &str) -> Vec<topup_repo::TopUp
     all.into_iter().filter(|top_up| top_up.origin == "auto").collect()
 }
 
-/// Polls `check` every 50 ms for up to 10 s.
-async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
-    for _ in 0..200 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
-
 async fn pass_at(app: &TestApp, providers: &Providers, now: DateTime<Utc>) -> tally_http::worker::Pass {
     tally_http::auto_top_up::run_due(&app.store, providers, std::time::Duration::from_secs(86_400), now).await.unwrap()
 }
@@ -431,14 +475,19 @@ async fn auto_top_up_credits_once_when_usage_crosses_the_threshold(app: TestApp)
     let ada = customer_with_minutes(&app, "Ada", "60").await;
     let card = save_card(&app, &ada, "4242424242424242").await;
     configure(&app, &ada, &card, 50).await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(auto_top_ups_of(&app, &ada).await.is_empty(), "60 is not below 50: nothing happens");
+    // A pass of the job (the server's own runs beside it) finds nothing to do.
+    let providers = Providers::default();
+    assert_eq!(pass_at(&app, &providers, app.clock.now()).await.claimed, 0, "60 is not below 50: nothing happens");
+    assert!(auto_top_ups_of(&app, &ada).await.is_empty());
     generate_clips(&app, &ada, "clip", 6).await; // 60 - 12 = 48 < 50
-    eventually("the auto top-up credits 100 minutes", || async {
+    app.eventually("the auto top-up credits 100 minutes", || async {
         app.balances(&ada, "default:VIDMIN").await.0 == "148"
     })
     .await;
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    // More passes, now and later, start nothing more: the balance is above the threshold.
+    for later in [0, 1, 24] {
+        assert_eq!(pass_at(&app, &providers, app.clock.now() + Duration::hours(later)).await.claimed, 0);
+    }
     let made = auto_top_ups_of(&app, &ada).await;
     assert_eq!(made.len(), 1, "one top-up, not one per pass");
     assert_eq!((made[0].status.as_str(), made[0].amount.to_string().as_str()), ("succeeded", "10"));
@@ -453,15 +502,15 @@ async fn declined_auto_top_ups_back_off_then_turn_off(app: TestApp) {
     let ada = customer_with_minutes(&app, "Ada", "60").await;
     let card = save_card(&app, &ada, "4000000000000002").await;
     configure(&app, &ada, &card, 50).await;
-    let first_try = Utc::now();
+    let first_try = app.clock.now();
     generate_clips(&app, &ada, "clip", 6).await;
     // The server's own job makes the first attempt as soon as the balance drops.
-    eventually("the first attempt fails", || async { setting(&app, &ada).await.failures == 1 }).await;
+    app.eventually("the first attempt fails", || async { setting(&app, &ada).await.failures == 1 }).await;
     let failed = setting(&app, &ada).await;
     assert_eq!(failed.last_error.as_deref(), Some("Your card was declined."));
     assert!(failed.enabled && failed.in_flight_top_up_id.is_none());
     let retry_at = failed.retry_at.expect("a failure backs off");
-    assert!(retry_at >= first_try + Duration::seconds(60) && retry_at <= Utc::now() + Duration::seconds(60));
+    assert!(retry_at >= first_try + Duration::seconds(60) && retry_at <= app.clock.now() + Duration::seconds(60));
 
     let providers = Providers::default();
     let waiting = pass_at(&app, &providers, retry_at - Duration::seconds(1)).await;
@@ -596,12 +645,19 @@ async fn never_two_auto_top_ups_in_flight(backend: Backend) {
     let slow = Providers { test: Arc::new(SlowProvider), ..Providers::default() };
     // The server's own job and two more passes race for the account; more passes follow.
     configure(&app, &ada, &card, 50).await;
-    let now = Utc::now();
+    let now = app.clock.now();
     tokio::join!(pass_at(&app, &slow, now), pass_at(&app, &slow, now));
     for later in 1..4 {
         pass_at(&app, &slow, now + Duration::hours(later)).await;
     }
-    eventually("an attempt is in flight", || async { setting(&app, &ada).await.in_flight_top_up_id.is_some() }).await;
+    // Whoever claimed the account records the provider's answer after charging: wait for
+    // that, not only for the claim.
+    app.eventually("an attempt is in flight, its payment processing", || async {
+        let made = auto_top_ups_of(&app, &ada).await;
+        setting(&app, &ada).await.in_flight_top_up_id.is_some()
+            && made.iter().any(|top_up| top_up.status.as_str() == "pending" && top_up.provider_reference.is_some())
+    })
+    .await;
     let made = auto_top_ups_of(&app, &ada).await;
     assert_eq!(made.len(), 1, "one attempt in flight, whoever claimed it: {made:?}");
     assert_eq!(made[0].status.as_str(), "pending");
@@ -611,7 +667,7 @@ async fn never_two_auto_top_ups_in_flight(backend: Backend) {
     assert_eq!(app.balances(&ada, "default:VIDMIN").await, ("20".into(), "100".into(), "0".into()));
     // The provider's notification settles the top-up; the job then frees the account.
     app.post(&format!("/test-helpers/top-ups/{in_flight}/succeed"), json!({})).await.expect(200);
-    eventually("the account is freed", || async { setting(&app, &ada).await.in_flight_top_up_id.is_none() }).await;
+    app.eventually("the account is freed", || async { setting(&app, &ada).await.in_flight_top_up_id.is_none() }).await;
     assert_eq!(app.balances(&ada, "default:VIDMIN").await, ("120".into(), "0".into(), "0".into()));
     assert_eq!(setting(&app, &ada).await.failures, 0);
     assert_eq!(auto_top_ups_of(&app, &ada).await.len(), 1, "120 is above the threshold: no second attempt");
@@ -658,6 +714,7 @@ on_both_backends!(
     auto_top_up_credits_once_when_usage_crosses_the_threshold,
     declined_auto_top_ups_back_off_then_turn_off,
     auto_top_up_settings_are_checked,
+    spend_is_exact_for_any_number_of_fees_and_dated_by_occurrence,
 );
 
 mod browser;

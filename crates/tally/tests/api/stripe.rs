@@ -385,8 +385,9 @@ async fn deliver(app: &TestApp, payload: &str, signature: Option<String>) -> Rep
     Reply { status, headers, body, text }
 }
 
+/// Signed as Stripe would sign it now, by the server's clock (which tests may move on).
 async fn deliver_signed(app: &TestApp, payload: &str) -> Reply {
-    deliver(app, payload, Some(signature(WEBHOOK_SECRET, chrono::Utc::now().timestamp(), payload))).await
+    deliver(app, payload, Some(signature(WEBHOOK_SECRET, app.clock.now().timestamp(), payload))).await
 }
 
 fn top_up_request(customer: &str, amount: &str, save_payment_method: bool) -> NewTopUp {
@@ -603,10 +604,15 @@ async fn expired_and_failed_sessions_release_pending_in(app: TestApp) {
     assert_eq!(view["status"], "expired");
     assert!(view["failure_reason"].as_str().unwrap().contains("expired"));
     assert_eq!(live_balances(&app, &customer, "default:USD").await, ("0".into(), "0".into()));
-    // A payment reported for the ended top-up credits nothing (and is logged for a refund).
+    // A payment reported for the ended top-up is money received: credited, once.
     let late = event("checkout.session.completed", session_object(&session_id, &id, 750, "paid"));
-    assert_eq!(deliver_signed(&app, &late).await.expect(200).body["outcome"], "ignored: the top-up had already ended");
-    assert_eq!(live_balances(&app, &customer, "default:USD").await, ("0".into(), "0".into()));
+    assert_eq!(
+        deliver_signed(&app, &late).await.expect(200).body["outcome"],
+        "credited: the payment came after the top-up had ended"
+    );
+    assert_eq!(deliver_signed(&app, &late).await.expect(200).body["outcome"], "ignored: already credited");
+    assert_eq!(top_up_status(&app, &id).await["status"], "succeeded");
+    assert_eq!(live_balances(&app, &customer, "default:USD").await, ("7.5".into(), "0".into()));
 
     // A delayed payment method: completed unpaid (pending), then it fails.
     let created = live_top_up(&app, &customer, "3", "USD").await.expect(201);
@@ -618,6 +624,7 @@ async fn expired_and_failed_sessions_release_pending_in(app: TestApp) {
     let failed = event("checkout.session.async_payment_failed", session_object(&session_id, &id, 300, "unpaid"));
     assert_eq!(deliver_signed(&app, &failed).await.expect(200).body["outcome"], "failed");
     assert_eq!(top_up_status(&app, &id).await["status"], "failed");
+    assert_eq!(live_balances(&app, &customer, "default:USD").await, ("7.5".into(), "0".into()));
 
     // And one that succeeds later.
     let created = live_top_up(&app, &customer, "4", "USD").await.expect(201);
@@ -628,7 +635,7 @@ async fn expired_and_failed_sessions_release_pending_in(app: TestApp) {
         .expect(200);
     let succeeded = event("checkout.session.async_payment_succeeded", session_object(&session_id, &id, 400, "paid"));
     assert_eq!(deliver_signed(&app, &succeeded).await.expect(200).body["outcome"], "credited");
-    assert_eq!(live_balances(&app, &customer, "default:USD").await, ("4".into(), "0".into()));
+    assert_eq!(live_balances(&app, &customer, "default:USD").await, ("11.5".into(), "0".into()));
     // A paid amount that differs from the top-up's is not credited.
     let created = live_top_up(&app, &customer, "5", "USD").await.expect(201);
     let id = created.body["id"].as_str().unwrap().to_owned();
@@ -639,6 +646,96 @@ async fn expired_and_failed_sessions_release_pending_in(app: TestApp) {
         "ignored: the amount paid differs from the top-up's"
     );
     assert_eq!(top_up_status(&app, &id).await["status"], "initiated");
+    app.assert_ledger_agrees().await;
+}
+
+/// The `top_up.succeeded` events recorded in live mode, by top-up id.
+fn succeeded_events(app: &TestApp) -> Vec<String> {
+    let store = app.store.clone();
+    std::thread::spawn(move || {
+        store
+            .read(|conn| {
+                let rows = conn.query(
+                    "SELECT data FROM webhook_events WHERE mode = $1 AND topic = $2 ORDER BY created_at",
+                    tally_store::params!["live", "top_up.succeeded"],
+                )?;
+                let mut ids = Vec::new();
+                for row in rows {
+                    let data: Value = serde_json::from_str(&row.text(0)?).unwrap();
+                    ids.push(data["id"].as_str().unwrap().to_owned());
+                }
+                Ok::<_, tally_store::ops::OpError>(ids)
+            })
+            .unwrap()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Delayed payment methods (bank debits): a checkout completed unpaid waits for the money
+/// however long it takes, and money that arrives after a top-up expired is still credited.
+async fn delayed_payments_are_always_credited(app: TestApp) {
+    let fake = FakeStripe::start().await;
+    let (app, _) = with_provider(app, fake.provider()).await;
+    // A destination (never reached) so that events are recorded.
+    live(&app, Method::POST, "/webhooks", Some(&json!({"url": "http://127.0.0.1:9/hooks", "topics": ["top_up.succeeded"]})))
+        .await
+        .expect(201);
+    let customer = live_customer(&app, "Bank debit").await;
+    let debit = live_top_up(&app, &customer, "20", "USD").await.expect(201);
+    let debit_id = debit.body["id"].as_str().unwrap().to_owned();
+    let debit_session = top_up_reference(&app, &debit_id);
+    let unpaid = live_top_up(&app, &customer, "5", "USD").await.expect(201);
+    let unpaid_id = unpaid.body["id"].as_str().unwrap().to_owned();
+    let unpaid_session = top_up_reference(&app, &unpaid_id);
+    let completed = event("checkout.session.completed", session_object(&debit_session, &debit_id, 2000, "unpaid"));
+    assert_eq!(
+        deliver_signed(&app, &completed).await.expect(200).body["outcome"],
+        "pending: waiting for the delayed payment"
+    );
+    let view = top_up_status(&app, &debit_id).await;
+    assert_eq!((view["status"].as_str(), view["payment_processing"].as_bool()), (Some("pending"), Some(true)));
+
+    // Past the payment window the worker expires the unpaid top-up, not the one being paid.
+    app.clock.advance(chrono::Duration::hours(25));
+    app.eventually("the worker expires the unpaid top-up", || async {
+        top_up_status(&app, &unpaid_id).await["status"] == "expired"
+    })
+    .await;
+    assert_eq!(top_up_status(&app, &debit_id).await["status"], "pending", "a payment on its way never expires");
+    assert_eq!(live_balances(&app, &customer, "default:USD").await, ("0".into(), "20".into()));
+
+    // Days later the bank debit clears: credited.
+    app.clock.advance(chrono::Duration::days(3));
+    let cleared = event("checkout.session.async_payment_succeeded", session_object(&debit_session, &debit_id, 2000, "paid"));
+    assert_eq!(deliver_signed(&app, &cleared).await.expect(200).body["outcome"], "credited");
+    assert_eq!(live_balances(&app, &customer, "default:USD").await, ("20".into(), "0".into()));
+
+    // The expired top-up's payment arrives after all: credited once, announced once.
+    let late = event("checkout.session.async_payment_succeeded", session_object(&unpaid_session, &unpaid_id, 500, "paid"));
+    assert_eq!(
+        deliver_signed(&app, &late).await.expect(200).body["outcome"],
+        "credited: the payment came after the top-up had ended"
+    );
+    assert_eq!(deliver_signed(&app, &late).await.expect(200).body["outcome"], "ignored: already credited");
+    let view = top_up_status(&app, &unpaid_id).await;
+    assert_eq!(view["status"], "succeeded");
+    assert!(view.get("failure_reason").is_none(), "{view}");
+    assert_eq!(live_balances(&app, &customer, "default:USD").await, ("25".into(), "0".into()));
+    assert_eq!(succeeded_events(&app), vec![debit_id.clone(), unpaid_id.clone()]);
+
+    // A delayed payment that fails ends its top-up, even past its window.
+    let failing = live_top_up(&app, &customer, "3", "USD").await.expect(201);
+    let failing_id = failing.body["id"].as_str().unwrap().to_owned();
+    let failing_session = top_up_reference(&app, &failing_id);
+    deliver_signed(&app, &event("checkout.session.completed", session_object(&failing_session, &failing_id, 300, "unpaid")))
+        .await
+        .expect(200);
+    app.clock.advance(chrono::Duration::hours(30));
+    let failed = event("checkout.session.async_payment_failed", session_object(&failing_session, &failing_id, 300, "unpaid"));
+    assert_eq!(deliver_signed(&app, &failed).await.expect(200).body["outcome"], "failed");
+    assert_eq!(top_up_status(&app, &failing_id).await["status"], "failed");
+    assert_eq!(live_balances(&app, &customer, "default:USD").await, ("25".into(), "0".into()));
     app.assert_ledger_agrees().await;
 }
 
@@ -774,6 +871,7 @@ on_both_backends!(
     paid_sessions_save_the_card_for_auto_top_up,
     forged_and_stale_webhooks_change_nothing,
     expired_and_failed_sessions_release_pending_in,
+    delayed_payments_are_always_credited,
     off_session_charges_succeed_or_decline,
     stripe_down_fails_the_top_up_with_503,
     stripe_refusals_fail_the_top_up,

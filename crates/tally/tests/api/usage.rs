@@ -486,11 +486,20 @@ mod economics {
             .await
             .expect(201);
         assert_eq!(scheduled.body["status"], "scheduled");
-        tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
-        let view = app.get(&format!("/customers/{customer}")).await.expect(200);
-        assert_eq!(view.body["subscriptions"][0]["status"], "active", "the worker activated it: {}", view.body);
+        app.clock.advance(chrono::Duration::milliseconds(1600));
+        let activated = app
+            .eventually("the worker activates the scheduled subscription", || async {
+                let view = app.get(&format!("/customers/{customer}")).await.expect(200);
+                view.body["subscriptions"][0]["status"] == "active"
+            })
+            .await;
+        assert!(activated);
         app.fund(&customer, "IMG", "5", "topup").await;
-        app.post("/events", events(&customer, &["after-start"], "image_generated")).await.expect(204);
+        // Stamped by the server's clock, which has moved past the start: an event is priced by
+        // the subscriptions active when it occurred.
+        let mut after_start = events(&customer, &["after-start"], "image_generated");
+        after_start["events"][0]["occurred_at"] = json!(app.clock.now().to_rfc3339());
+        app.post("/events", after_start).await.expect(204);
         assert_eq!(app.balances(&customer, "default:IMG").await.0, "4");
     }
 

@@ -100,18 +100,20 @@ async fn stored_balances(app: &TestApp, customer: &str, name: &str, asset: &str)
         })
 }
 
-/// Waits, without touching the API, until the background worker has stored `expected`.
+/// How far [`wait_for_worker`] moves the server's clock: past the starts and expiries the
+/// tests set a few minutes ahead ([`SOON`]), short of those set days ahead.
+const WORKER_STEP_MINUTES: i64 = 60;
+/// A start or expiry the worker reaches when [`wait_for_worker`] moves the clock on: far
+/// enough ahead that no test step runs into it first, however slow the machine.
+const SOON: Duration = Duration::minutes(10);
+
+/// Moves the server's clock on by [`WORKER_STEP_MINUTES`], then waits, without touching the
+/// API, until the background worker has stored `expected`.
 async fn wait_for_worker(app: &TestApp, customer: &str, name: &str, asset: &str, expected: (&str, &str)) {
+    app.clock.advance(Duration::minutes(WORKER_STEP_MINUTES));
     let expected = Some((expected.0.to_owned(), expected.1.to_owned()));
-    let mut stored = None;
-    for _ in 0..100 {
-        stored = stored_balances(app, customer, name, asset).await;
-        if stored == expected {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("the worker did not settle {name}:{asset} by itself: stored {stored:?}, expected {expected:?}");
+    let what = format!("the worker settles {name}:{asset} by itself to {expected:?}");
+    app.eventually(&what, || async { stored_balances(app, customer, name, asset).await == expected }).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -217,7 +219,8 @@ async fn adjustment_reasons_and_sign_rules(app: TestApp) {
         assert_eq!(transaction.body["details"]["reason"], reason);
     }
     // Credits make grants: external top-ups are paid, gifts and other credits promotion. The
-    // debits burned the promotion grants, oldest first among those that never expire.
+    // `other` debit burned promotion credit, oldest first among grants that never expire; the
+    // refund gave back paid credit.
     assert_eq!(available(&app, &customer, "USD").await, "22");
     let listed = grants(&app, &customer, "USD", "").await;
     let purposes: Vec<(&str, String, String)> = listed
@@ -227,9 +230,9 @@ async fn adjustment_reasons_and_sign_rules(app: TestApp) {
     assert_eq!(
         purposes,
         [
-            ("promotion", "3".to_owned(), "2".to_owned()),
-            ("paid", "20".to_owned(), "20".to_owned()),
-            ("promotion", "5".to_owned(), "0".to_owned()),
+            ("promotion", "3".to_owned(), "3".to_owned()),
+            ("paid", "20".to_owned(), "16".to_owned()),
+            ("promotion", "5".to_owned(), "3".to_owned()),
         ]
     );
 
@@ -409,7 +412,7 @@ async fn custom_assets_and_named_accounts(app: TestApp) {
 
 async fn future_grants_start_by_themselves(app: TestApp) {
     let customer = app.customer("Later").await;
-    let starts = from_now(Duration::milliseconds(3000));
+    let starts = from_now(SOON);
     adjust(
         &app,
         &customer,
@@ -441,7 +444,7 @@ async fn future_grants_start_by_themselves(app: TestApp) {
 
 async fn expiry_takes_the_remainder_by_itself(app: TestApp) {
     let customer = app.customer("Expiring").await;
-    let expires = from_now(Duration::milliseconds(2500));
+    let expires = from_now(SOON);
     adjust(
         &app,
         &customer,
@@ -757,7 +760,7 @@ async fn transactions_get_and_list_newest_first(app: TestApp) {
 async fn grant_filters(app: TestApp) {
     let customer = app.customer("Filters").await;
     app.fund(&customer, "USD", "10", "paid").await;
-    let expires = from_now(Duration::milliseconds(1200));
+    let expires = from_now(SOON);
     adjust(
         &app,
         &customer,
@@ -942,7 +945,54 @@ async fn ledger_verify_catches_a_tampered_balance(app: TestApp) {
     app.assert_ledger_agrees().await;
 }
 
+/// Refunds give back what the customer paid: paid credit first, the newest paid grant first,
+/// and promotional credit only once no paid credit is left.
+async fn refunds_take_paid_credit_newest_first_before_promotion(app: TestApp) {
+    let customer = app.customer("Refunded").await;
+    for (id, reason, amount) in [("gift", "gift", "5"), ("paid-old", "external_topup", "10"), ("paid-new", "external_topup", "20")] {
+        adjust(&app, &customer, &format!(r#"{{"transaction_id":"{id}","asset":"USD","amount":{amount},"reason":"{reason}"}}"#))
+            .await
+            .expect(201);
+    }
+    adjust(&app, &customer, r#"{"transaction_id":"refund-1","asset":"USD","amount":-15,"reason":"external_refund"}"#)
+        .await
+        .expect(201);
+    assert_eq!(
+        grant_remainders(&app, &customer, "USD").await,
+        [("10".to_owned(), "10".to_owned()), ("20".to_owned(), "5".to_owned()), ("5".to_owned(), "5".to_owned())],
+        "the newest payment is refunded first; the gift is untouched"
+    );
+    adjust(&app, &customer, r#"{"transaction_id":"refund-2","asset":"USD","amount":-12,"reason":"external_refund"}"#)
+        .await
+        .expect(201);
+    assert_eq!(
+        grant_remainders(&app, &customer, "USD").await,
+        [("10".to_owned(), "3".to_owned()), ("20".to_owned(), "0".to_owned()), ("5".to_owned(), "5".to_owned())],
+        "promotional credit stays while paid credit remains"
+    );
+    // Past the paid credit: the promotion, then overdraft.
+    adjust(&app, &customer, r#"{"transaction_id":"refund-3","asset":"USD","amount":-10,"reason":"external_refund"}"#)
+        .await
+        .expect(201);
+    assert_eq!(
+        grant_remainders(&app, &customer, "USD").await,
+        [("10".to_owned(), "0".to_owned()), ("20".to_owned(), "0".to_owned()), ("5".to_owned(), "0".to_owned())]
+    );
+    assert_eq!(available(&app, &customer, "USD").await, "-2");
+    // Usage still burns promotion first: a debit is not a refund.
+    adjust(&app, &customer, r#"{"transaction_id":"gift-2","asset":"USD","amount":4,"reason":"gift"}"#).await.expect(201);
+    adjust(&app, &customer, r#"{"transaction_id":"paid-3","asset":"USD","amount":6,"reason":"external_topup"}"#)
+        .await
+        .expect(201);
+    charge(&app, &customer, r#"{"transaction_id":"use-1","asset":"USD","amount":1}"#).await.expect(201);
+    let remainders = grant_remainders(&app, &customer, "USD").await;
+    assert!(remainders.contains(&("4".to_owned(), "1".to_owned())), "the gift repaid the debt (2) and paid for usage: {remainders:?}");
+    assert!(remainders.contains(&("6".to_owned(), "6".to_owned())), "{remainders:?}");
+    app.assert_ledger_agrees().await;
+}
+
 on_both_backends!(
+    refunds_take_paid_credit_newest_first_before_promotion,
     wallet_and_account_reads,
     adjustment_reasons_and_sign_rules,
     adjustments_and_charges_are_idempotent,

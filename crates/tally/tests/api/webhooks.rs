@@ -162,12 +162,32 @@ async fn list_all(app: &TestApp, query: &str) -> Vec<Value> {
     }
 }
 
+/// Asserts that no delivery is due, now or a day from now: nothing more will be sent,
+/// however long one waits. (A claim that found something would lease it; finding nothing
+/// changes nothing.)
+async fn assert_nothing_more_to_send(app: &TestApp) {
+    let later = app.clock.now() + chrono::Duration::days(1);
+    let claimed = tally_http::delivery::claim(&app.store, &test_webhook_config(), later, 10).await.unwrap();
+    assert!(claimed.is_empty(), "deliveries still due: {}", claimed.len());
+}
+
 async fn wait_until_none_pending(app: &TestApp) {
     eventually("every delivery to finish", Duration::from_secs(20), || async {
         let pending = app.get("/webhooks/events?status=pending").await.expect(200);
         pending.body["models"].as_array().unwrap().is_empty().then_some(())
     })
     .await
+}
+
+/// When the server signed `request` (its `t=`): the receiver's clock for tests that move the
+/// server's clock, as if the receiver's clock were in step with it.
+fn signed_at(request: &Received) -> i64 {
+    request
+        .signature
+        .split(',')
+        .find_map(|part| part.trim().strip_prefix("t="))
+        .and_then(|seconds| seconds.parse().ok())
+        .expect("the signature carries its timestamp")
 }
 
 fn now_seconds() -> i64 {
@@ -193,7 +213,7 @@ async fn usage_product(app: &TestApp) -> String {
 
 async fn every_topic_arrives_signed(app: TestApp) {
     let receiver = Receiver::start(Answer::Ok).await;
-    let (_, secret) = destination(&app, &receiver.url, json!(["*"])).await;
+    let (test_destination, secret) = destination(&app, &receiver.url, json!(["*"])).await;
     // A live destination on another receiver: test-mode events never reach it.
     let live_receiver = Receiver::start(Answer::Ok).await;
     let live = app
@@ -209,7 +229,7 @@ async fn every_topic_arrives_signed(app: TestApp) {
     app.post(&format!("{wallet}/charges"), json!({"transaction_id": "charge-1", "asset": "USD", "amount": 10}))
         .await
         .expect(201);
-    let expires_at = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+    let expires_at = (app.clock.now() + chrono::Duration::hours(1)).to_rfc3339();
     app.post(
         &format!("{wallet}/adjustments"),
         json!({"transaction_id": "gift-1", "asset": "USD", "amount": 5, "reason": "gift", "expires_at": expires_at}),
@@ -229,6 +249,8 @@ async fn every_topic_arrives_signed(app: TestApp) {
     )
     .await
     .expect(204);
+    // The gift's expiry comes when the server's clock reaches it.
+    app.clock.advance(chrono::Duration::hours(2));
     let mut test_ids = BTreeMap::new();
     for topic in ["top_up.succeeded", "top_up.failed", "auto_top_up.failed"] {
         let sent = app.post(&format!("/webhooks/test/{topic}"), json!({})).await.expect(202);
@@ -244,15 +266,13 @@ async fn every_topic_arrives_signed(app: TestApp) {
     .await;
     let mut by_topic: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for request in &received {
-        verify(&secret, &request.signature, &request.body, now_seconds())
-            .unwrap_or_else(|error| panic!("{error}: {request:?}"));
-        assert!(
-            verify(&live_secret, &request.signature, &request.body, now_seconds()).is_err(),
-            "a wrong secret fails"
-        );
+        // The server's clock moved on during the test: the receiver's is taken to be in step.
+        let now = signed_at(request);
+        verify(&secret, &request.signature, &request.body, now).unwrap_or_else(|error| panic!("{error}: {request:?}"));
+        assert!(verify(&live_secret, &request.signature, &request.body, now).is_err(), "a wrong secret fails");
         let tampered = request.body.replacen("\"data\"", "\"data\" ", 1);
-        assert!(verify(&secret, &request.signature, &tampered, now_seconds()).is_err(), "a changed body fails");
-        assert!(verify(&secret, &request.signature, &request.body, now_seconds() + 301).is_err(), "a replay fails");
+        assert!(verify(&secret, &request.signature, &tampered, now).is_err(), "a changed body fails");
+        assert!(verify(&secret, &request.signature, &request.body, now + 301).is_err(), "a replay fails");
         assert_eq!(request.content_type, "application/json");
         assert!(request.user_agent.starts_with("Tally-Webhooks/"), "{}", request.user_agent);
         let envelope = request.json();
@@ -312,6 +332,9 @@ async fn every_topic_arrives_signed(app: TestApp) {
     let activated = &by_topic["subscription.activated"][0]["data"];
     assert_eq!(activated["id"], subscription_id.as_str());
     assert_eq!(activated["customer_id"], customer.as_str());
+    // Credyt's documented fields.
+    assert_eq!(activated["subscription_id"], subscription_id.as_str());
+    assert_eq!(activated["occurred_at"], activated["started_at"]);
     assert_eq!(activated["products"][0]["id"], product_id.as_str());
     for (topic, id) in &test_ids {
         assert_eq!(by_topic[*topic][0]["id"], id.as_str());
@@ -325,11 +348,15 @@ async fn every_topic_arrives_signed(app: TestApp) {
     let live_received =
         eventually("the live event", Duration::from_secs(10), || async { live_receiver.requests().into_iter().next() })
             .await;
-    verify(&live_secret, &live_received.signature, &live_received.body, now_seconds()).unwrap();
-    assert!(verify(&secret, &live_received.signature, &live_received.body, now_seconds()).is_err());
+    let now = signed_at(&live_received);
+    verify(&live_secret, &live_received.signature, &live_received.body, now).unwrap();
+    assert!(verify(&secret, &live_received.signature, &live_received.body, now).is_err());
     assert_eq!(live_received.json()["live_mode"], true);
     assert_eq!(live_received.json()["data"]["name"], "Live Ada");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Deliveries are made with the change that causes them: the test-mode destination has its
+    // 13, all sent, and none for the live event.
+    assert_eq!(list_all(&app, &format!("destination_id={test_destination}")).await.len(), 13);
+    wait_until_none_pending(&app).await;
     assert_eq!(receiver.requests().len(), 13, "the test-mode destination got no live event");
     app.assert_ledger_agrees().await;
 }
@@ -344,7 +371,7 @@ async fn a_failing_receiver_gets_the_event_until_it_answers(app: TestApp) {
     })
     .await;
     // Nothing more arrives once it is delivered.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_nothing_more_to_send(&app).await;
     let requests = receiver.requests();
     assert_eq!(requests.len(), 3, "500, 500, then 200");
     for request in &requests {
@@ -394,7 +421,7 @@ async fn a_receiver_that_never_answers_ends_failed(app: TestApp) {
     assert_eq!(failed["metadata"]["last_status_code"], 500);
     assert!(failed["failed_at"].is_string());
     assert!(failed.get("successful_at").is_none());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_nothing_more_to_send(&app).await;
     assert_eq!(receiver.requests().len(), attempts, "a failed delivery is not tried again");
 }
 
@@ -426,10 +453,8 @@ async fn a_restart_in_the_middle_of_retries_loses_nothing(mut app: TestApp) {
     .unwrap();
     assert_eq!(status, "pending", "a failed attempt leaves the delivery pending");
     receiver.answer(Answer::Ok);
-    // With no server running, nothing is sent.
+    // With no server running, nothing is sent (a stopped server finishes its sends first).
     let before_restart = receiver.requests().len();
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(receiver.requests().len(), before_restart);
 
     let second = TestApp::spawn_with(app.database.clone(), app.backend, patient_config()).await;
     let delivered = eventually("delivery after the restart", Duration::from_secs(10), || async {
@@ -459,7 +484,7 @@ async fn a_claim_abandoned_mid_send_is_delivered_after_its_lease(mut app: TestAp
         let destination = store.write(|conn| tally_store::ops::webhooks::create(conn, Mode::Test, &new, now)).unwrap();
         let customer = tally_store::ops::customers::NewCustomer { name: "Barbara".into(), ..Default::default() };
         store.write(|conn| tally_store::ops::customers::create(conn, Mode::Test, &customer, now)).unwrap();
-        let lease_until = now + chrono::Duration::milliseconds(1500);
+        let lease_until = now + chrono::Duration::hours(1);
         let claimed = store.write(|conn| tally_store::repo::webhooks::claim_due(conn, now, lease_until, 10)).unwrap();
         assert_eq!(claimed.len(), 1);
         (destination.secret, claimed[0].event.id.clone(), lease_until)
@@ -467,14 +492,18 @@ async fn a_claim_abandoned_mid_send_is_delivered_after_its_lease(mut app: TestAp
     .await
     .unwrap();
     let server = TestApp::spawn_on(app.database.clone(), app.backend).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // While the lease holds, the delivery is not due for anyone.
+    let claimed = tally_http::delivery::claim(&server.store, &test_webhook_config(), server.clock.now(), 10).await;
+    assert!(claimed.unwrap().is_empty(), "nothing is sent while the lease holds");
     assert!(receiver.requests().is_empty(), "nothing is sent while the lease holds");
+    server.clock.advance(leased_until - server.clock.now() + chrono::Duration::seconds(1));
     let request = eventually("delivery after the lease", Duration::from_secs(10), || async {
         receiver.requests().into_iter().next()
     })
     .await;
-    assert!(chrono::Utc::now() >= leased_until);
-    verify(&secret, &request.signature, &request.body, now_seconds()).unwrap();
+    assert!(server.clock.now() >= leased_until);
+    verify(&secret, &request.signature, &request.body, signed_at(&request)).unwrap();
+    assert!(signed_at(&request) >= leased_until.timestamp(), "sent after the lease, by the server's clock");
     assert_eq!(request.json()["id"], event_id.as_str());
     wait_until_none_pending(&server).await;
     let listed = server.get("/webhooks/events").await.expect(200);
@@ -493,7 +522,11 @@ async fn two_servers_deliver_each_event_once(app: TestApp) {
         server.customer(&format!("Customer {index}")).await;
     }
     wait_until_none_pending(&app).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Each delivery was claimed once (a second claim would count a second attempt), so no
+    // second send of it can still be on its way.
+    let delivered = list_all(&app, "status=delivered").await;
+    assert_eq!(delivered.len(), 30);
+    assert!(delivered.iter().all(|item| item["metadata"]["attempts"] == 1), "{delivered:?}");
     let mut ids: Vec<String> =
         receiver.requests().iter().map(|request| request.json()["id"].as_str().unwrap().to_owned()).collect();
     ids.sort();
@@ -538,6 +571,10 @@ async fn the_event_log_shows_statuses_and_pages_by_cursor(app: TestApp) {
         assert!(item["failed_at"].is_string() && item.get("successful_at").is_none());
     }
     assert!(list_all(&app, "status=pending").await.is_empty());
+    // The SDK's own values, in any case, mean the same.
+    assert_eq!(list_all(&app, "status=Failed").await.len(), 5);
+    assert_eq!(list_all(&app, "status=Success").await.len(), 5);
+    assert_eq!(list_all(&app, "status=SUCCESS").await.len(), 5);
     let since = started.to_rfc3339_opts(chrono::SecondsFormat::Micros, true).replace('+', "%2B");
     assert_eq!(list_all(&app, &format!("time_gte={since}")).await.len(), 10);
     assert!(list_all(&app, &format!("time_lte={since}")).await.is_empty());
