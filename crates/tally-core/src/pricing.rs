@@ -29,7 +29,13 @@
 //!   reads a volume; `volume_rate` is then the price of one package. The volume is billed in whole
 //!   packages rounded up, per event (a started package is a package, as for ad-hoc charges):
 //!   2,500 tokens at 0.01 per 1,000 cost 3 × 0.01 = 0.03. Rounding is per event because rating is
-//!   real time: the next event starts a fresh package. `package_size` is refused elsewhere.
+//!   real time: the next event starts a fresh package.
+//! - `package_size` under any other model, on usage that reads a volume, states the quantity
+//!   its `volume_rate` is for, prorated (Credyt's "$1.25 per million tokens" is
+//!   `{"volume_rate": 1.25, "package_size": 1000000}`): the volume part of the fee is
+//!   volume × `volume_rate` / `package_size`, so 2,000 tokens cost 0.0025. The quotient is exact
+//!   when it fits in 12 decimal places and is otherwise rounded toward zero to 12, so a customer
+//!   is never charged more than the stated price. `package_size` is refused on unit usage.
 //! - `tiered` (graduated) and `bulk`: a list of tiers. Each `up_to` is an inclusive bound on the
 //!   quantity counted over the tier period: a tier covers the quantities above the previous
 //!   tier's `up_to`, up to and including its own. Bounds are greater than zero and strictly
@@ -578,15 +584,32 @@ fn check_value(price: &UsagePrice, value: &PriceValue, path: &str, problems: &mu
     let usage = price.usage_type;
     let is_package = price.pricing_model == PricingModel::Package;
     let field = |name: &str| format!("{path}.{name}");
-    check_used(value.unit_price, usage.counts_units(), "unit and unit_and_volume usage", field("unit_price"), problems);
+    // Under unit_and_volume either part may be left out and is then zero (Credyt's own
+    // examples do so), but not both: a price that charges nothing was not meant.
+    let both_parts = usage == UsageType::UnitAndVolume;
+    let unit_given = !both_parts || value.unit_price.is_some() || value.volume_rate.is_none();
+    let volume_given = !both_parts || value.volume_rate.is_some() || value.unit_price.is_none();
+    check_used(
+        value.unit_price,
+        usage.counts_units() && unit_given,
+        "unit and unit_and_volume usage",
+        field("unit_price"),
+        problems,
+    );
     check_used(
         value.volume_rate,
-        usage.reads_volume(),
+        usage.reads_volume() && volume_given,
         "volume and unit_and_volume usage",
         field("volume_rate"),
         problems,
     );
-    check_used(value.package_size, is_package, "package pricing", field("package_size"), problems);
+    check_used(
+        value.package_size,
+        is_package || (value.package_size.is_some() && usage.reads_volume()),
+        "package pricing and usage that reads a volume",
+        field("package_size"),
+        problems,
+    );
     if let Some(size) = value.package_size.filter(|size| *size <= Decimal::ZERO) {
         problems.add(field("package_size"), format!("must be greater than zero, not {size}"));
     }
@@ -882,7 +905,7 @@ fn amount_owed<'price>(
         PricingModel::Bulk => {
             let (from, to) = (counted(usage, before), counted(usage, after));
             let tier = tier_containing(values, to)?;
-            (multiply(subtract(to, from)?, tier_rate(usage, tier))?, tier)
+            (prorate(multiply(subtract(to, from)?, tier_rate(usage, tier))?, tier.package_size)?, tier)
         }
     };
     Ok((clamp(amount, value), value))
@@ -908,9 +931,20 @@ fn unit_part(value: &PriceValue) -> Decimal {
 
 fn volume_part(value: &PriceValue, volume: Option<Decimal>) -> Result<Decimal, RatingError> {
     match (volume, value.volume_rate) {
-        (Some(volume), Some(rate)) => multiply(volume, rate),
+        (Some(volume), Some(rate)) => prorate(multiply(volume, rate)?, value.package_size),
         (None, _) | (_, None) => Ok(Decimal::ZERO),
     }
+}
+
+/// `amount` (a volume priced at a rate stated per `package_size` units) divided by the
+/// package size: exact when the quotient fits in [`crate::money::MAX_SCALE`] decimal places, otherwise
+/// rounded toward zero to them, so the customer never pays more than the stated rate.
+fn prorate(amount: Decimal, package_size: Option<Decimal>) -> Result<Decimal, RatingError> {
+    let Some(size) = package_size else {
+        return Ok(amount);
+    };
+    let quotient = amount.checked_div(size).ok_or(RatingError::TooLarge)?;
+    Ok(crate::money::round_down(quotient, crate::money::MAX_SCALE).normalize())
 }
 
 fn package_part(value: &PriceValue, volume: Option<Decimal>) -> Result<Decimal, RatingError> {
@@ -971,7 +1005,8 @@ fn graduated_amount(
         let start = from.max(lower);
         let end = tier.up_to.map_or(to, |bound| to.min(bound));
         if end > start {
-            amount = add(amount, multiply(subtract(end, start)?, tier_rate(usage, tier))?)?;
+            let part = multiply(subtract(end, start)?, tier_rate(usage, tier))?;
+            amount = add(amount, prorate(part, tier.package_size)?)?;
         }
         match tier.up_to {
             Some(bound) if bound < to => lower = bound,

@@ -3,17 +3,16 @@ fn scratch() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("x.db").display());
     let store = tally_store::Store::open(&tally_store::DatabaseUrl::parse(&url).unwrap()).unwrap();
-    let sql = tally_store::migrate::MIGRATIONS.iter().map(|m| m.version).collect::<Vec<_>>();
-    println!("{sql:?}");
-    for m in tally_store::migrate::MIGRATIONS {
-        let r = store.write(|conn| {
+    let r = store.write(|conn| {
+        for m in tally_store::migrate::MIGRATIONS {
             for st in tally_store::migrate::render(m.sql, conn.dialect()).split(';') {
                 if !st.trim().is_empty() {
                     if let Err(e) = conn.execute(st, &[]) { println!("ERR {} {e:?} <- {}", m.version, st); return Err(e); }
                 }
             }
-            Ok::<_, tally_store::StoreError>(())
-        });
-        println!("{} {:?}", m.version, r);
-    }
+        }
+        Ok::<_, tally_store::StoreError>(())
+    });
+    println!("{r:?}");
+    println!("{:?}", store.migrate());
 }

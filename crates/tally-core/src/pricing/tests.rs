@@ -162,6 +162,16 @@ fn pricing_cases() {
         ("bounds of the package", price(Volume, Package, &["volume_rate=1 package_size=10 max=2.5"]), "tokens=35", zero, "2.5"),
         ("tiered bounds come from the tier reached", price(Volume, Tiered, &["up_to=1000 volume_rate=0.002 max=100", "volume_rate=0.001 max=1.2"]), "tokens=2000", zero, "1.2"),
         ("bulk bounds come from the tier reached", price(Volume, Bulk, &["up_to=1000 volume_rate=0.002 min=5", "volume_rate=0.001"]), "tokens=10", zero, "5"),
+        // Credyt's OpenAI example: $1.25 per million input tokens, prorated, not whole packages.
+        ("a rate per package size is prorated", price(Volume, Flat, &["volume_rate=1.25 package_size=1000000"]), "tokens=2000", zero, "0.0025"),
+        ("prorated volume of one token", price(Volume, Flat, &["volume_rate=1.25 package_size=1000000"]), "tokens=1", zero, "0.00000125"),
+        ("a prorated quotient that does not end rounds toward zero", price(Volume, Flat, &["volume_rate=1 package_size=3"]), "tokens=1", zero, "0.333333333333"),
+        ("prorated unit and volume prorates only the volume", price(UnitAndVolume, Flat, &["unit_price=0.01 volume_rate=2 package_size=1000"]), "tokens=500", zero, "1.01"),
+        ("prorated tiers", price(Volume, Tiered, &["up_to=1000 volume_rate=2 package_size=1000", "volume_rate=1 package_size=1000"]), "tokens=1500", zero, "2.5"),
+        ("prorated bulk", price(Volume, Bulk, &["up_to=1000 volume_rate=2 package_size=1000", "volume_rate=1 package_size=1000"]), "tokens=1500", zero, "1.5"),
+        // unit_and_volume with one part: the other is zero.
+        ("unit and volume with only a volume rate", price(UnitAndVolume, Flat, &["volume_rate=0.002"]), "tokens=1500", zero, "3"),
+        ("unit and volume with only a unit price", price(UnitAndVolume, Flat, &["unit_price=0.01"]), "tokens=1500", zero, "0.01"),
     ];
     for (name, price, event, before, expected) in cases {
         println!("{name}");
@@ -328,7 +338,9 @@ fn validation_refuses_inconsistent_prices() {
         ("malformed asset code", bad_asset, &["pricing[0].asset"]),
         ("no price values", price(Unit, Flat, &[]), &["pricing[0].values"]),
         ("unit usage without unit price", price(Unit, Flat, &["volume_rate=1"]), &["pricing[0].values[0].unit_price", "pricing[0].values[0].volume_rate"]),
-        ("unit and volume without volume rate", price(UnitAndVolume, Flat, &["unit_price=1"]), &["pricing[0].values[0].volume_rate"]),
+        ("unit and volume without either part", price(UnitAndVolume, Flat, &["min=1"]), &["pricing[0].values[0].unit_price", "pricing[0].values[0].volume_rate"]),
+        ("package size on unit usage", price(Unit, Flat, &["unit_price=1 package_size=10"]), &["pricing[0].values[0].package_size"]),
+        ("prorated package size of zero", price(Volume, Flat, &["volume_rate=1 package_size=0"]), &["pricing[0].values[0].package_size"]),
         ("volume usage with a unit price", price(Volume, Flat, &["unit_price=1 volume_rate=1"]), &["pricing[0].values[0].unit_price"]),
         ("negative unit price", price(Unit, Flat, &["unit_price=-0.01"]), &["pricing[0].values[0].unit_price"]),
         ("negative minimum", price(Unit, Flat, &["unit_price=1 min=-1"]), &["pricing[0].values[0].min_amount"]),
@@ -336,7 +348,6 @@ fn validation_refuses_inconsistent_prices() {
         ("minimum above maximum", price(Unit, Flat, &["unit_price=1 min=2 max=1"]), &["pricing[0].values[0].max_amount"]),
         ("flat with two values", price(Unit, Flat, &["unit_price=1", "unit_price=2"]), &["pricing[0].values"]),
         ("flat with a bound", price(Unit, Flat, &["unit_price=1 up_to=10"]), &["pricing[0].values[0].up_to"]),
-        ("package size on a flat price", price(Volume, Flat, &["volume_rate=1 package_size=10"]), &["pricing[0].values[0].package_size"]),
         ("package without a size", price(Volume, Package, &["volume_rate=0.01"]), &["pricing[0].values[0].package_size"]),
         ("package of size zero", price(Volume, Package, &["volume_rate=0.01 package_size=0"]), &["pricing[0].values[0].package_size"]),
         ("package of units", price(Unit, Package, &["unit_price=1"]), &["pricing_model", "pricing[0].values[0].package_size"]),
@@ -345,7 +356,6 @@ fn validation_refuses_inconsistent_prices() {
         ("a middle tier without a bound", price(Volume, Bulk, &["up_to=5 volume_rate=1", "volume_rate=0.5", "volume_rate=0.1"]), &["pricing[0].values[1].up_to"]),
         ("a bound of zero", price(Volume, Tiered, &["up_to=0 volume_rate=1", "volume_rate=0.5"]), &["pricing[0].values[0].up_to"]),
         ("a fractional bound on units", price(Unit, Tiered, &["up_to=2.5 unit_price=1", "unit_price=0.5"]), &["pricing[0].values[0].up_to"]),
-        ("package size on tiers", price(Volume, Tiered, &["up_to=5 volume_rate=1 package_size=5", "volume_rate=0.5"]), &["pricing[0].values[0].package_size"]),
         ("tiered unit and volume", price(UnitAndVolume, Tiered, &["up_to=5 unit_price=1 volume_rate=1", "unit_price=1 volume_rate=0.5"]), &["pricing_model"]),
         ("a billable dimension listed twice", twice_billable, &["usage_calculation.billable_dimensions[1]"]),
         ("a dimension that is not billable", dimensional(&["card"], &[("card=visa region=eu", "1")]), &["pricing[0].values[0].dimensions.region"]),

@@ -25,6 +25,8 @@ pub struct CheckoutRequest {
     pub success_url: String,
     pub cancel_url: String,
     pub expires_at: chrono::DateTime<chrono::Utc>,
+    /// The server's "now" when the checkout is asked for (its clock, which tests move).
+    pub now: chrono::DateTime<chrono::Utc>,
     /// Keep the card for later off-session charges (auto top-up).
     pub save_payment_method: bool,
     /// The test checkout page's secret, for the test provider's link.

@@ -516,7 +516,7 @@ impl PaymentProvider for StripeProvider {
 
     fn start_checkout<'a>(&'a self, request: &'a CheckoutRequest) -> BoxFuture<'a, Result<Checkout, PaymentError>> {
         Box::pin(async move {
-            let form = checkout_form(request, chrono::Utc::now())?;
+            let form = checkout_form(request, request.now)?;
             let session: CheckoutSession = self
                 .post_form("/v1/checkout/sessions", &request.top_up_id, &form)
                 .await

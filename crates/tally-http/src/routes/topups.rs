@@ -186,6 +186,7 @@ async fn open_checkout(
         success_url: top_up.return_url.clone(),
         cancel_url: top_up.failure_url.clone(),
         expires_at,
+        now: state.now(),
         save_payment_method: top_up.save_payment_method,
         checkout_token: top_up.checkout_token.clone(),
         public_url: public,
@@ -233,9 +234,9 @@ async fn renew_links(state: &AppState, mode: Mode, customer_id: &str, public: St
     // A read first: most customers have nothing waiting and need no write transaction.
     let (customer, catalog) = (customer_id.to_owned(), state.catalog.clone());
     let nothing_to_do = state
-        .read(move |conn| {
-            Ok(topup_ops::subscription_payments(conn, mode, &customer, catalog.as_ref(), now)?.is_empty())
-        })
+        .read(
+            move |conn| Ok(topup_ops::subscription_payments(conn, mode, &customer, catalog.as_ref(), now)?.is_empty()),
+        )
         .await?;
     if nothing_to_do {
         return Ok(());

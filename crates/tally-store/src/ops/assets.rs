@@ -58,7 +58,7 @@ pub fn create(conn: &mut dyn Conn, mode: Mode, new: &NewAsset, now: DateTime<Utc
     };
     // Another request may have created the code since the check above.
     assets::insert(conn, mode, &asset).map_err(|error| match error {
-        crate::StoreError::Conflict(_) if false => OpError::Conflict(format!("an asset with code {} exists already", new.code)),
+        crate::StoreError::Conflict(_) => OpError::Conflict(format!("an asset with code {} exists already", new.code)),
         other => other.into(),
     })?;
     for (source, rate) in &new.rates {

@@ -320,7 +320,8 @@ fn activate(
             }
         }
     }
-    if fees.new_period {
+    if subscription.renews_at.is_none_or(|renews_at| renews_at <= at) {
+        // The cycle starts here.
         subscription.renewal_anchor_at = Some(at);
         subscription.renews_at = next_renewal(&versions, at, at);
     } else if first_activation {

@@ -26,12 +26,12 @@ use super::webhooks;
 use super::OpError;
 use crate::conn::Conn;
 use crate::ids;
+use crate::repo::idempotency::{self, IdempotencyRecord};
 use crate::repo::ledger::{self, EntryHeader};
+use crate::repo::subscriptions::{self as subscription_repo, SubscriptionStatus};
 use crate::repo::topups::{self, PaymentMethod, TopUp, TopUpStatus};
 use crate::repo::transactions::Transaction;
 use crate::repo::wallets::{AccountKey, GrantOrigin};
-use crate::repo::idempotency::{self, IdempotencyRecord};
-use crate::repo::subscriptions::{self as subscription_repo, SubscriptionStatus};
 use crate::repo::{customers, Metadata};
 use crate::StoreError;
 use chrono::{DateTime, Utc};
@@ -211,7 +211,10 @@ pub fn initiate_once(
             )));
         }
         let top_up = topups::get(conn, mode, &record.resource_id)?.ok_or_else(|| {
-            StoreError::Corrupt(format!("idempotency key {key:?} names top-up {} that does not exist", record.resource_id))
+            StoreError::Corrupt(format!(
+                "idempotency key {key:?} names top-up {} that does not exist",
+                record.resource_id
+            ))
         })?;
         return Ok(Initiated::Replay(top_up));
     }
@@ -305,7 +308,12 @@ pub fn attach_checkout(
 
 /// Expires the top-up now if its payment window has closed unpaid (the worker would, on its
 /// next pass), so that a checkout page never takes a payment for it.
-pub fn expire_if_window_closed(conn: &mut dyn Conn, mode: Mode, id: &str, now: DateTime<Utc>) -> Result<TopUp, OpError> {
+pub fn expire_if_window_closed(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    id: &str,
+    now: DateTime<Utc>,
+) -> Result<TopUp, OpError> {
     let top_up = lock(conn, mode, id)?;
     if top_up.status.is_open() && !top_up.is_payable(now) {
         return fail(conn, mode, id, "the payment window closed before the top-up was paid", true, now);
@@ -538,9 +546,14 @@ pub fn subscription_payments(
         };
         let payable: Vec<&TopUp> = top_ups.iter().filter(|top_up| top_up.is_payable(now)).collect();
         found.stale.extend(
-            top_ups.iter().filter(|top_up| top_up.status.is_open() && !top_up.is_payable(now)).map(|top_up| top_up.id.clone()),
+            top_ups
+                .iter()
+                .filter(|top_up| top_up.status.is_open() && !top_up.is_payable(now))
+                .map(|top_up| top_up.id.clone()),
         );
-        found.unlinked.extend(payable.iter().filter(|top_up| top_up.redirect_url.is_none()).map(|top_up| (*top_up).clone()));
+        found
+            .unlinked
+            .extend(payable.iter().filter(|top_up| top_up.redirect_url.is_none()).map(|top_up| (*top_up).clone()));
         for (currency, amount) in super::subscriptions::payment_due(conn, mode, &subscription, catalog)? {
             if payable.iter().any(|top_up| top_up.currency == currency) {
                 continue;

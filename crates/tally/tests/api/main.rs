@@ -5,6 +5,7 @@ mod harness;
 
 mod assets;
 mod auth;
+mod credyt_examples;
 mod customers;
 mod errors;
 mod jobs;

@@ -678,9 +678,14 @@ async fn delayed_payments_are_always_credited(app: TestApp) {
     let fake = FakeStripe::start().await;
     let (app, _) = with_provider(app, fake.provider()).await;
     // A destination (never reached) so that events are recorded.
-    live(&app, Method::POST, "/webhooks", Some(&json!({"url": "http://127.0.0.1:9/hooks", "topics": ["top_up.succeeded"]})))
-        .await
-        .expect(201);
+    live(
+        &app,
+        Method::POST,
+        "/webhooks",
+        Some(&json!({"url": "http://127.0.0.1:9/hooks", "topics": ["top_up.succeeded"]})),
+    )
+    .await
+    .expect(201);
     let customer = live_customer(&app, "Bank debit").await;
     let debit = live_top_up(&app, &customer, "20", "USD").await.expect(201);
     let debit_id = debit.body["id"].as_str().unwrap().to_owned();
@@ -707,12 +712,14 @@ async fn delayed_payments_are_always_credited(app: TestApp) {
 
     // Days later the bank debit clears: credited.
     app.clock.advance(chrono::Duration::days(3));
-    let cleared = event("checkout.session.async_payment_succeeded", session_object(&debit_session, &debit_id, 2000, "paid"));
+    let cleared =
+        event("checkout.session.async_payment_succeeded", session_object(&debit_session, &debit_id, 2000, "paid"));
     assert_eq!(deliver_signed(&app, &cleared).await.expect(200).body["outcome"], "credited");
     assert_eq!(live_balances(&app, &customer, "default:USD").await, ("20".into(), "0".into()));
 
     // The expired top-up's payment arrives after all: credited once, announced once.
-    let late = event("checkout.session.async_payment_succeeded", session_object(&unpaid_session, &unpaid_id, 500, "paid"));
+    let late =
+        event("checkout.session.async_payment_succeeded", session_object(&unpaid_session, &unpaid_id, 500, "paid"));
     assert_eq!(
         deliver_signed(&app, &late).await.expect(200).body["outcome"],
         "credited: the payment came after the top-up had ended"
@@ -728,11 +735,15 @@ async fn delayed_payments_are_always_credited(app: TestApp) {
     let failing = live_top_up(&app, &customer, "3", "USD").await.expect(201);
     let failing_id = failing.body["id"].as_str().unwrap().to_owned();
     let failing_session = top_up_reference(&app, &failing_id);
-    deliver_signed(&app, &event("checkout.session.completed", session_object(&failing_session, &failing_id, 300, "unpaid")))
-        .await
-        .expect(200);
+    deliver_signed(
+        &app,
+        &event("checkout.session.completed", session_object(&failing_session, &failing_id, 300, "unpaid")),
+    )
+    .await
+    .expect(200);
     app.clock.advance(chrono::Duration::hours(30));
-    let failed = event("checkout.session.async_payment_failed", session_object(&failing_session, &failing_id, 300, "unpaid"));
+    let failed =
+        event("checkout.session.async_payment_failed", session_object(&failing_session, &failing_id, 300, "unpaid"));
     assert_eq!(deliver_signed(&app, &failed).await.expect(200).body["outcome"], "failed");
     assert_eq!(top_up_status(&app, &failing_id).await["status"], "failed");
     assert_eq!(live_balances(&app, &customer, "default:USD").await, ("25".into(), "0".into()));

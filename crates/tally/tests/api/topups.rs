@@ -263,8 +263,10 @@ async fn idempotency_keys_make_retries_safe(app: TestApp) {
     assert_eq!(again, first, "a retry returns the first answer");
     assert_eq!(app.balances(&customer, "default:IMG").await, ("0".into(), "66.66".into(), "0".into()), "one top-up");
     // Two retries at once make nothing more either.
-    let (one, two) =
-        tokio::join!(post_top_up_with_key(&app, "order-1234", &request), post_top_up_with_key(&app, "order-1234", &request));
+    let (one, two) = tokio::join!(
+        post_top_up_with_key(&app, "order-1234", &request),
+        post_top_up_with_key(&app, "order-1234", &request)
+    );
     assert_eq!((one.0, two.0), (201, 201));
     assert_eq!((&one.1["id"], &two.1["id"]), (&first["id"], &first["id"]));
 
@@ -417,7 +419,11 @@ async fn a_waiting_subscription_always_offers_a_live_payment_link(app: TestApp) 
     let expires_at: chrono::DateTime<chrono::Utc> = view.body["expires_at"].as_str().unwrap().parse().unwrap();
     assert!(expires_at > app.clock.now() + chrono::Duration::hours(23), "{}", view.body);
     assert_eq!(view.body["amount"].to_string(), "9.99");
-    assert_eq!(app.balances(&customer, "default:USD").await, ("0".into(), "9.99".into(), "0".into()), "one payment held");
+    assert_eq!(
+        app.balances(&customer, "default:USD").await,
+        ("0".into(), "9.99".into(), "0".into()),
+        "one payment held"
+    );
     let opened = reqwest::get(&fresh).await.unwrap().text().await.unwrap();
     assert!(opened.contains("Card number"), "the fresh link takes a payment: {opened}");
     app.assert_ledger_agrees().await;

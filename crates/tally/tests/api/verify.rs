@@ -253,11 +253,6 @@ async fn a_random_history_verifies_clean_and_each_edit_behind_its_back_is_found(
             format!("UPDATE top_ups SET status = 'failed' WHERE id = '{failed_top_up}'"),
         ),
         (
-            format!("UPDATE top_ups SET status = 'pending' WHERE id = '{failed_top_up}'"),
-            format!("top-up {failed_top_up} is pending but its entries hold"),
-            format!("UPDATE top_ups SET status = 'failed' WHERE id = '{failed_top_up}'"),
-        ),
-        (
             format!(
                 "UPDATE wallet_accounts SET available = '1000000' WHERE customer_id = '{ada}' AND asset = 'VIDMIN'"
             ),
