@@ -273,7 +273,12 @@ mod tests {
             (Interval::Month, 1, utc(2028, 1, 31), vec![utc(2028, 2, 29), utc(2028, 3, 31), utc(2028, 4, 30)]),
             (Interval::Month, 1, utc(2026, 1, 30), vec![utc(2026, 2, 28), utc(2026, 3, 30), utc(2026, 4, 30)]),
             (Interval::Month, 3, utc(2025, 11, 30), vec![utc(2026, 2, 28), utc(2026, 5, 30), utc(2026, 8, 30)]),
-            (Interval::Year, 1, utc(2028, 2, 29), vec![utc(2029, 2, 28), utc(2030, 2, 28), utc(2031, 2, 28), utc(2032, 2, 29)]),
+            (
+                Interval::Year,
+                1,
+                utc(2028, 2, 29),
+                vec![utc(2029, 2, 28), utc(2030, 2, 28), utc(2031, 2, 28), utc(2032, 2, 29)],
+            ),
             (Interval::Week, 2, utc(2026, 1, 31), vec![utc(2026, 2, 14), utc(2026, 2, 28), utc(2026, 3, 14)]),
         ];
         for (interval, count, anchor, ends) in cases {

@@ -75,7 +75,7 @@ pub fn parse_exact(text: &str) -> Option<Decimal> {
     // value = significant × 10^(trailing zeros + exponent − fraction length)
     let trailing_zeros = (digits.len() - significant.len()) as i64;
     let power = trailing_zeros + exponent - fraction.len() as i64;
-    if significant.len() > 29 || power > 28 || power < -28 {
+    if significant.len() > 29 || !(-28..=28).contains(&power) {
         return None;
     }
     let mut mantissa: i128 = significant.parse().ok()?;

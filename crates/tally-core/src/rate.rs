@@ -177,7 +177,11 @@ mod tests {
         assert_eq!(in_force(&schedule, at(4)).unwrap().sequence, 1);
         assert_eq!(in_force(&schedule, at(5)).unwrap().sequence, 2);
         assert_eq!(in_force(&schedule, at(8)).unwrap().sequence, 3);
-        assert_eq!(in_force(&schedule, at(9)).unwrap().sequence, 2, "when a promotion ends, the rate before it applies again");
+        assert_eq!(
+            in_force(&schedule, at(9)).unwrap().sequence,
+            2,
+            "when a promotion ends, the rate before it applies again"
+        );
         assert_eq!(effective_valid_to(&schedule, &schedule[0]), Some(at(5)));
         assert_eq!(effective_valid_to(&schedule, &schedule[1]), None, "interrupted, not ended, by the promotion");
         assert_eq!(effective_valid_to(&schedule, &schedule[2]), Some(at(9)));

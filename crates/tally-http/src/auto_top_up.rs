@@ -121,6 +121,7 @@ pub async fn run_due(
                 continue;
             }
             Attempt::Done(Step::Failed) => {
+                crate::telemetry::auto_top_up_not_started();
                 pass.claimed += 1;
                 pass.changed += 1;
                 continue;
@@ -130,6 +131,7 @@ pub async fn run_due(
         pass.claimed += 1;
         pass.changed += 1;
         let result = charge_now(providers, &charge).await;
+        crate::telemetry::auto_top_up_charged(&result);
         if let ChargeResult::Unknown { reason } = &result {
             tracing::warn!(top_up = %charge.top_up_id, %reason, "an auto top-up's payment has an unknown outcome; waiting for the provider");
         }

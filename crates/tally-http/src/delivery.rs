@@ -214,6 +214,7 @@ async fn deliver(
     } else {
         after_failure(config, delivery.attempt, delivery.event.created_at, clock.now(), rand::random::<f64>())
     };
+    crate::telemetry::webhook_attempt(&outcome);
     let store = store.clone();
     let (mode, sequence, number) = (delivery.mode, delivery.sequence, delivery.attempt);
     let recorded = tokio::task::spawn_blocking(move || {

@@ -15,6 +15,7 @@ pub mod openapi;
 pub mod payments;
 pub mod portal;
 pub mod routes;
+pub mod telemetry;
 pub mod types;
 pub mod worker;
 
@@ -49,6 +50,8 @@ pub struct HttpConfig {
     pub portal_accent_color: Option<String>,
     /// Where "now" comes from: the system, moved forward only by tests.
     pub clock: clock::Clock,
+    /// When set, `GET /metrics` requires `Authorization: Bearer` with this token.
+    pub metrics_token: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -62,6 +65,7 @@ impl Default for HttpConfig {
             portal_logo_url: None,
             portal_accent_color: None,
             clock: clock::Clock::default(),
+            metrics_token: None,
         }
     }
 }
@@ -81,10 +85,14 @@ pub struct AppState {
     /// Connected accounts' names, shown on their customers' pages. Names never change, so
     /// once read they stay.
     account_names: Arc<std::sync::Mutex<std::collections::HashMap<tally_core::Mode, String>>>,
+    /// Which background tasks run, for `/ready` (set by [`serve`]).
+    pub background: Arc<telemetry::Background>,
 }
 
 impl AppState {
     pub fn new(store: Arc<Store>, config: HttpConfig) -> AppState {
+        // The process's metrics recorder, installed once, before anything records.
+        telemetry::prometheus();
         let defaults = html::Branding::default();
         let branding = html::Branding {
             name: config.platform_name.clone(),
@@ -103,6 +111,7 @@ impl AppState {
             branding,
             auth_cache: Arc::new(extract::AuthCache::default()),
             account_names: Arc::default(),
+            background: Arc::default(),
         }
     }
 
@@ -174,7 +183,6 @@ pub fn router(state: AppState) -> Router {
     use routes::{accounts, assets, customers, events, products, subscriptions, topups, vendors, wallet, webhooks};
     Router::new()
         .route("/openapi.json", get(openapi::serve))
-        .route("/health", get(|| async { "ok" }))
         .route("/accounts", post(accounts::create).get(accounts::list))
         .route("/accounts/self", get(accounts::get_self))
         .route("/accounts/{account_id}", get(accounts::get))
@@ -231,6 +239,14 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(limits::MAX_BODY_BYTES))
         // On every route and the fallback: a body or query string no handler could read is a 400.
         .layer(axum::middleware::from_fn(extract::check_encodings))
+        // Every API request is counted and logged by its route template (see telemetry.rs).
+        .layer(axum::middleware::from_fn(telemetry::record_request))
+        .layer(telemetry::request_trace())
+        // Probes and scrapes come after those layers: neither logged nor counted.
+        .route("/health", get(telemetry::health))
+        .route("/ready", get(telemetry::ready))
+        .route("/metrics", get(telemetry::scrape))
+        .layer(axum::middleware::from_fn(telemetry::request_id))
         .with_state(state)
 }
 
@@ -242,7 +258,8 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop_worker, worker_stopped) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(worker::run(
+    let background = state.background.clone();
+    let worker = telemetry::spawn(&background, telemetry::Task::Worker, worker::run(
         state.store.clone(),
         state.catalog.clone(),
         state.config.clock.clone(),
@@ -250,25 +267,27 @@ pub async fn serve(
         worker_stopped.clone(),
     ));
     // Webhook delivery runs beside the worker: its sends are network IO, not transactions.
-    let deliveries = tokio::spawn(delivery::run(
+    let deliveries = telemetry::spawn(&background, telemetry::Task::WebhookDelivery, delivery::run(
         state.store.clone(),
         Arc::new(state.config.webhooks.clone()),
         state.config.clock.clone(),
         worker_stopped.clone(),
     ));
     // Auto top-up charges saved cards: network IO too, so it runs beside the worker as well.
-    let auto_top_ups = tokio::spawn(auto_top_up::run(
+    let auto_top_ups = telemetry::spawn(&background, telemetry::Task::AutoTopUp, auto_top_up::run(
         state.store.clone(),
         state.providers.clone(),
         state.config.clock.clone(),
         state.config.top_up_expiry,
         state.config.settle_interval,
-        worker_stopped,
+        worker_stopped.clone(),
     ));
+    let upkeep = tokio::spawn(telemetry::upkeep(worker_stopped));
     let result = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
     let _ = stop_worker.send(true);
     let _ = worker.await;
     let _ = deliveries.await;
     let _ = auto_top_ups.await;
+    let _ = upkeep.await;
     result
 }

@@ -123,6 +123,11 @@ pub struct Retries {
     recorded: HashSet<String>,
 }
 
+/// Claims one due item of a job, in the transaction that will work on it.
+pub type Claim<'a, Item> = dyn FnMut(&mut dyn Conn) -> Result<Option<Item>, OpError> + 'a;
+/// Works on a claimed item.
+pub type Work<'a, Item, R> = dyn FnMut(&mut dyn Conn, &Item) -> Result<R, OpError> + 'a;
+
 /// What one attempt at one item came to.
 pub enum Attempt<R> {
     /// Nothing to claim.
@@ -145,8 +150,8 @@ impl Retries {
     pub fn attempt<Item: ToString, R>(
         &mut self,
         store: &Store,
-        claim: &mut dyn FnMut(&mut dyn Conn) -> Result<Option<Item>, OpError>,
-        work: &mut dyn FnMut(&mut dyn Conn, &Item) -> Result<R, OpError>,
+        claim: &mut Claim<'_, Item>,
+        work: &mut Work<'_, Item, R>,
     ) -> Result<Attempt<R>, OpError> {
         let mut claimed: Option<String> = None;
         let recorded = &self.recorded;

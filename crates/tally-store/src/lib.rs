@@ -53,6 +53,19 @@ impl DatabaseUrl {
     }
 }
 
+/// A snapshot of the database connections. What a backend does not track is `None`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Connections open, idle or in use (PostgreSQL).
+    pub open: Option<usize>,
+    /// Connections idle in the pool (on SQLite, read connections).
+    pub idle: usize,
+    /// The most connections the pool opens (PostgreSQL: `TALLY_POSTGRES_POOL_SIZE`).
+    pub max: Option<usize>,
+    /// Writers waiting for SQLite's one write connection.
+    pub write_queue: Option<usize>,
+}
+
 enum Backend {
     Sqlite(sqlite::SqliteBackend),
     Postgres(postgres::PostgresBackend),
@@ -87,6 +100,20 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(_) => self.write(|conn| migrate::apply(conn)),
             Backend::Postgres(backend) => backend.migrate(),
+        }
+    }
+
+    /// How busy the database connections are, for metrics.
+    pub fn pool_status(&self) -> PoolStatus {
+        match &self.backend {
+            Backend::Sqlite(backend) => {
+                let (write_queue, idle) = backend.status();
+                PoolStatus { open: None, idle, max: None, write_queue: Some(write_queue) }
+            }
+            Backend::Postgres(backend) => {
+                let (open, idle) = backend.connections();
+                PoolStatus { open: Some(open), idle, max: Some(backend.pool_size()), write_queue: None }
+            }
         }
     }
 

@@ -216,3 +216,24 @@ pub fn apply(conn: &mut dyn Conn) -> Result<Vec<i64>, StoreError> {
     }
     Ok(newly_applied)
 }
+
+/// The versions of this build's migrations that the database has not applied, or `None` when
+/// it holds no Tally schema at all (a new, empty database). Reads only: readiness checks and
+/// the administrative commands use it to refuse a database that is not ready for them.
+pub fn pending(conn: &mut dyn Conn) -> Result<Option<Vec<i64>>, StoreError> {
+    let exists = match conn.dialect() {
+        Dialect::Sqlite => "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'tally_migrations'",
+        Dialect::Postgres => "SELECT COUNT(*) FROM pg_catalog.pg_tables WHERE tablename = 'tally_migrations' AND schemaname = current_schema()",
+    };
+    if conn.count(exists, &[])? == 0 {
+        return Ok(None);
+    }
+    let applied: Vec<i64> = conn
+        .query("SELECT version FROM tally_migrations", &[])?
+        .iter()
+        .map(|row| row.int(0))
+        .collect::<Result<_, _>>()?;
+    Ok(Some(
+        MIGRATIONS.iter().map(|migration| migration.version).filter(|version| !applied.contains(version)).collect(),
+    ))
+}

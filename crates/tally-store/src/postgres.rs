@@ -111,6 +111,12 @@ impl PostgresBackend {
         self.max_connections
     }
 
+    /// Connections open (idle or in use), and idle ones, for metrics.
+    pub fn connections(&self) -> (usize, usize) {
+        let pool = self.lock_pool();
+        (pool.open, pool.idle.len())
+    }
+
     fn lock_pool(&self) -> MutexGuard<'_, Pool> {
         self.pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }

@@ -92,6 +92,12 @@ impl SqliteBackend {
         self.writer.run(work)
     }
 
+    /// Callers waiting for the write connection, and read connections idle in the pool.
+    pub fn status(&self) -> (usize, usize) {
+        let waiting = lock(&self.writer.queue).waiting.len();
+        (waiting, lock(&self.readers).len())
+    }
+
     pub fn read<R, E: From<StoreError>>(&self, work: impl FnOnce(&mut dyn Conn) -> Result<R, E>) -> Result<R, E> {
         let pooled = lock(&self.readers).pop();
         let mut connection = match pooled {
@@ -273,13 +279,16 @@ impl GroupCommit {
 
     /// Commits the round and tells each of its callers the outcome.
     fn commit_round(baton: &mut Baton) {
-        if baton.round.began.take().is_none() {
+        let Some(began) = baton.round.began.take() else {
             return;
-        }
+        };
         let outcome = run_cached(&baton.connection, "COMMIT").map_err(|error| {
             let _ = baton.connection.execute_batch("ROLLBACK");
             format!("the transaction did not commit: {}", database(error))
         });
+        // For /metrics (no-ops unless the server installed a recorder).
+        metrics::histogram!("tally_sqlite_commit_round_jobs").record(baton.round.members.len() as f64);
+        metrics::histogram!("tally_sqlite_commit_round_seconds").record(began.elapsed().as_secs_f64());
         for member in baton.round.members.drain(..) {
             let _ = member.send(Signal::Finished(outcome.clone()));
         }

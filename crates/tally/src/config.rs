@@ -15,6 +15,8 @@ pub struct Config {
     pub platform_name: String,
     pub settle_interval_ms: u64,
     pub log: String,
+    pub log_format: String,
+    pub metrics_token: String,
     pub public_url: String,
     pub top_up_expiry_seconds: u64,
     pub webhook_interval_ms: u64,
@@ -37,12 +39,22 @@ impl Default for Config {
 pub struct Overrides {
     pub listen: Option<String>,
     pub database_url: Option<String>,
+    pub log_format: Option<String>,
 }
 
 impl Config {
     /// Loads `path` (or `./tally.toml` when it exists), then applies environment variables and
     /// the overrides. Settings a file leaves out keep their defaults.
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config> {
+        Config::load_with_env(path, overrides, &|name| std::env::var(name).ok())
+    }
+
+    /// [`Config::load`] with the environment read through `env`.
+    pub fn load_with_env(
+        path: Option<&Path>,
+        overrides: &Overrides,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Config> {
         let mut config = Config::default();
         let implicit = Path::new("tally.toml");
         let file = path.or_else(|| implicit.exists().then_some(implicit));
@@ -52,7 +64,16 @@ impl Config {
                 toml::from_str(&text).with_context(|| format!("{} is not a valid Tally config", file.display()))?;
             partial.apply(&mut config);
         }
-        let env = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+        let env = |name: &str| env(name).filter(|value| !value.is_empty());
+        // The variables hosting platforms set, below Tally's own (TALLY_DATABASE_URL and
+        // TALLY_LISTEN arrive as overrides) and above the file.
+        if let Some(value) = env("DATABASE_URL") {
+            config.database_url = value;
+        }
+        if let Some(value) = env("PORT") {
+            let port: u16 = value.trim().parse().context("PORT must be a port number (0 to 65535)")?;
+            config.listen = format!("0.0.0.0:{port}");
+        }
         if let Some(value) = env("TALLY_PLATFORM_NAME") {
             config.platform_name = value;
         }
@@ -61,6 +82,12 @@ impl Config {
         }
         if let Some(value) = env("TALLY_LOG") {
             config.log = value;
+        }
+        if let Some(value) = env("TALLY_LOG_FORMAT") {
+            config.log_format = value;
+        }
+        if let Some(value) = env("TALLY_METRICS_TOKEN") {
+            config.metrics_token = value;
         }
         if let Some(value) = env("TALLY_PUBLIC_URL") {
             config.public_url = value;
@@ -96,8 +123,68 @@ impl Config {
         if let Some(database_url) = &overrides.database_url {
             config.database_url = database_url.clone();
         }
+        if let Some(log_format) = &overrides.log_format {
+            config.log_format = log_format.clone();
+        }
+        config.log_format()?;
         Ok(config)
     }
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (coloured only when stderr is a terminal).
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+impl Config {
+    pub fn log_format(&self) -> anyhow::Result<LogFormat> {
+        match self.log_format.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => anyhow::bail!("log_format must be text or json, not {other:?}"),
+        }
+    }
+
+    /// The metrics token, `None` when /metrics is open.
+    pub fn metrics_token(&self) -> Option<String> {
+        Some(self.metrics_token.trim().to_owned()).filter(|token| !token.is_empty())
+    }
+}
+
+/// The database URL with its password, if any, replaced by `***`: what logs and messages show.
+/// `postgres://tally:s3cret@db/tally` becomes `postgres://tally:***@db/tally`, and a
+/// `password=` query parameter is hidden the same way.
+pub fn redact_database_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((user_info, host)) => match user_info.split_once(':') {
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            None => format!("{user_info}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 impl Config {
@@ -139,6 +226,8 @@ struct PartialConfig {
     platform_name: Option<String>,
     settle_interval_ms: Option<u64>,
     log: Option<String>,
+    log_format: Option<String>,
+    metrics_token: Option<String>,
     public_url: Option<String>,
     top_up_expiry_seconds: Option<u64>,
     webhook_interval_ms: Option<u64>,
@@ -166,6 +255,12 @@ impl PartialConfig {
         }
         if let Some(value) = self.log {
             config.log = value;
+        }
+        if let Some(value) = self.log_format {
+            config.log_format = value;
+        }
+        if let Some(value) = self.metrics_token {
+            config.metrics_token = value;
         }
         if let Some(value) = self.public_url {
             config.public_url = value;
@@ -222,7 +317,7 @@ mod tests {
         let config = Config::load(Some(&path), &Overrides::default()).unwrap();
         assert_eq!((config.listen.as_str(), config.platform_name.as_str()), ("127.0.0.1:9000", "Glitch"));
         let flagged =
-            Config::load(Some(&path), &Overrides { listen: Some("0.0.0.0:1".into()), database_url: None }).unwrap();
+            Config::load(Some(&path), &Overrides { listen: Some("0.0.0.0:1".into()), ..Overrides::default() }).unwrap();
         assert_eq!(flagged.listen, "0.0.0.0:1");
         std::fs::write(&path, "lisen = \"typo\"\n").unwrap();
         assert!(Config::load(Some(&path), &Overrides::default()).is_err(), "unknown settings are refused");
@@ -239,5 +334,56 @@ mod tests {
         assert_eq!((stripe.secret_key.as_str(), stripe.api_base.as_str()), ("sk_test_123", "https://api.stripe.com"));
         config.stripe_secret_key = "pk_live_123".into();
         assert!(config.stripe().is_err(), "a publishable key cannot make charges");
+    }
+
+    /// Loads with `variables` as the whole environment.
+    fn load_with(path: Option<&Path>, overrides: &Overrides, variables: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let lookup = |name: &str| variables.iter().find(|(key, _)| *key == name).map(|(_, value)| value.to_string());
+        Config::load_with_env(path, overrides, &lookup)
+    }
+
+    #[test]
+    fn database_url_and_port_from_the_platform_sit_between_tally_variables_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tally.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\ndatabase_url = \"sqlite://file.db\"\n").unwrap();
+        let platform = [("DATABASE_URL", "postgres://app@db/app"), ("PORT", "5000")];
+        let config = load_with(Some(&path), &Overrides::default(), &platform).unwrap();
+        assert_eq!((config.database_url.as_str(), config.listen.as_str()), ("postgres://app@db/app", "0.0.0.0:5000"));
+        // TALLY_DATABASE_URL and TALLY_LISTEN (read by clap, like the flags) come as overrides.
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:7000".into()),
+            database_url: Some("sqlite://tally.db".into()),
+            ..Overrides::default()
+        };
+        let config = load_with(Some(&path), &overrides, &platform).unwrap();
+        assert_eq!((config.database_url.as_str(), config.listen.as_str()), ("sqlite://tally.db", "127.0.0.1:7000"));
+        let config = load_with(Some(&path), &Overrides::default(), &[]).unwrap();
+        assert_eq!((config.database_url.as_str(), config.listen.as_str()), ("sqlite://file.db", "127.0.0.1:9000"));
+        assert!(load_with(None, &Overrides::default(), &[("PORT", "http")]).is_err(), "a PORT that is no port");
+    }
+
+    #[test]
+    fn log_format_is_text_or_json() {
+        assert_eq!(Config::default().log_format().unwrap(), LogFormat::Text);
+        let config = load_with(None, &Overrides::default(), &[("TALLY_LOG_FORMAT", "json")]).unwrap();
+        assert_eq!(config.log_format().unwrap(), LogFormat::Json);
+        let flagged = Overrides { log_format: Some("text".into()), ..Overrides::default() };
+        let config = load_with(None, &flagged, &[("TALLY_LOG_FORMAT", "json")]).unwrap();
+        assert_eq!(config.log_format().unwrap(), LogFormat::Text, "the flag wins");
+        assert!(load_with(None, &Overrides::default(), &[("TALLY_LOG_FORMAT", "xml")]).is_err());
+    }
+
+    #[test]
+    fn database_passwords_never_show() {
+        assert_eq!(redact_database_url("postgres://tally:s3cret@db:5432/tally"), "postgres://tally:***@db:5432/tally");
+        assert_eq!(redact_database_url("postgresql://a:b:c@db/x?sslmode=require"), "postgresql://a:***@db/x?sslmode=require");
+        assert_eq!(
+            redact_database_url("postgres://db/tally?user=tally&password=s3cret"),
+            "postgres://db/tally?user=tally&password=***"
+        );
+        assert_eq!(redact_database_url("postgres://postgres@127.0.0.1:5432/x"), "postgres://postgres@127.0.0.1:5432/x");
+        assert_eq!(redact_database_url("sqlite://tally-data/tally.db"), "sqlite://tally-data/tally.db");
+        assert_eq!(redact_database_url("tally.db"), "tally.db");
     }
 }

@@ -4,7 +4,8 @@
 pub mod bench;
 pub mod config;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
+use config::redact_database_url;
 use std::sync::Arc;
 use tally_store::{DatabaseUrl, Store};
 
@@ -12,10 +13,46 @@ use tally_store::{DatabaseUrl, Store};
 /// the PostgreSQL driver is synchronous.
 pub fn open_store(database_url: &str) -> anyhow::Result<Arc<Store>> {
     let url = DatabaseUrl::parse(database_url)?;
-    let store = Store::open(&url).with_context(|| format!("cannot open the database at {database_url}"))?;
+    let store = Store::open(&url)
+        .with_context(|| format!("cannot open the database at {}", redact_database_url(database_url)))?;
     let applied = store.migrate().context("cannot apply migrations")?;
     if !applied.is_empty() {
         tracing::info!(?applied, "applied migrations");
     }
     Ok(Arc::new(store))
+}
+
+/// Opens a database that Tally has already made, for the administrative commands, without
+/// creating or migrating anything. A SQLite file that does not exist, a database without
+/// Tally's schema, or one whose schema is older than this build is refused with what was
+/// looked at and what to run, so that a mistyped path never leaves a new empty database (and
+/// an API key nobody's server reads) behind.
+pub fn open_existing_store(database_url: &str) -> anyhow::Result<Arc<Store>> {
+    let url = DatabaseUrl::parse(database_url)?;
+    let shown = redact_database_url(database_url);
+    if let DatabaseUrl::Sqlite(path) = &url {
+        if !path.is_file() {
+            let looked_at = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+            bail!(
+                "no Tally database at {} (database URL {shown}): start `tally serve` or run `tally migrate` \
+                 to create one, or point --database, TALLY_DATABASE_URL or DATABASE_URL at the existing one",
+                looked_at.display()
+            );
+        }
+    }
+    let store = Store::open(&url).with_context(|| format!("cannot open the database at {shown}"))?;
+    match store.read(tally_store::migrate::pending).with_context(|| format!("cannot read the database at {shown}"))? {
+        None => bail!(
+            "the database at {shown} holds no Tally schema: start `tally serve` or run `tally migrate` to set it up, \
+             or point --database, TALLY_DATABASE_URL or DATABASE_URL at the database Tally uses"
+        ),
+        Some(pending) if !pending.is_empty() => {
+            let versions: Vec<String> = pending.iter().map(i64::to_string).collect();
+            bail!(
+                "the database at {shown} lacks migrations {} of this version of Tally: run `tally migrate` first",
+                versions.join(", ")
+            )
+        }
+        Some(_) => Ok(Arc::new(store)),
+    }
 }

@@ -3,9 +3,10 @@
 use anyhow::{bail, Context};
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
-use tally::config::{Config, Overrides};
+use tally::config::{redact_database_url, Config, LogFormat, Overrides};
 use tally_core::Mode;
 
 #[derive(Parser)]
@@ -14,9 +15,13 @@ struct Cli {
     /// Config file (default: ./tally.toml when it exists).
     #[arg(long, env = "TALLY_CONFIG", global = true)]
     config: Option<PathBuf>,
-    /// Database URL: sqlite://PATH or postgres://USER@HOST:PORT/DB.
+    /// Database URL: sqlite://PATH or postgres://USER@HOST:PORT/DB. DATABASE_URL is read too,
+    /// below TALLY_DATABASE_URL.
     #[arg(long = "database", env = "TALLY_DATABASE_URL", global = true)]
     database_url: Option<String>,
+    /// Log lines on stderr: text or json.
+    #[arg(long = "log-format", env = "TALLY_LOG_FORMAT", global = true, value_parser = ["text", "json"])]
+    log_format: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -75,12 +80,9 @@ fn main() -> anyhow::Result<()> {
         Command::Serve { listen } => listen.clone(),
         _ => None,
     };
-    let overrides = Overrides { listen, database_url: cli.database_url.clone() };
+    let overrides = Overrides { listen, database_url: cli.database_url.clone(), log_format: cli.log_format.clone() };
     let config = Config::load(cli.config.as_deref(), &overrides)?;
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&config.log).context("invalid log filter")?)
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(&config)?;
     match cli.command {
         Command::Serve { .. } => serve(&config),
         Command::Migrate => {
@@ -89,6 +91,8 @@ fn main() -> anyhow::Result<()> {
             eprintln!("migrations are up to date");
             Ok(())
         }
+        // Administrative commands work on an existing Tally database only: a mistyped path
+        // must not leave an empty new database behind (and a key in it nobody reads).
         Command::ApiKeys(command) => api_keys(&config, command),
         Command::Ledger(LedgerCommand::Verify) => verify(&config),
         Command::Config => {
@@ -104,6 +108,21 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Log lines go to stderr, as text (coloured only on a terminal, and never with NO_COLOR set)
+/// or as one JSON object per line. A request's lines carry its span: method, route, request id.
+fn init_logging(config: &Config) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log).context("invalid log filter")?;
+    let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log_format()? {
+        LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            subscriber.with_ansi(colour).init();
+        }
+        LogFormat::Json => subscriber.json().flatten_event(true).with_span_list(false).with_ansi(false).init(),
+    }
+    Ok(())
 }
 
 fn serve(config: &Config) -> anyhow::Result<()> {
@@ -122,13 +141,14 @@ fn serve(config: &Config) -> anyhow::Result<()> {
         portal_logo_url: Some(config.portal_logo_url.clone()).filter(|url| !url.is_empty()),
         portal_accent_color: Some(config.portal_accent_color.clone()).filter(|color| !color.is_empty()),
         clock: tally_http::clock::Clock::default(),
+        metrics_token: config.metrics_token(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
-        tracing::info!(address = %listener.local_addr()?, database = %config.database_url, "tally is serving");
+        tracing::info!(address = %listener.local_addr()?, database = %redact_database_url(&config.database_url), "tally is serving");
         let mut state = tally_http::AppState::new(store, http_config);
         match stripe {
             Some(stripe) => {
@@ -161,7 +181,7 @@ async fn shutdown_signal() {
 }
 
 fn api_keys(config: &Config, command: ApiKeyCommand) -> anyhow::Result<()> {
-    let store = tally::open_store(&config.database_url)?;
+    let store = tally::open_existing_store(&config.database_url)?;
     let now = chrono::Utc::now();
     match command {
         ApiKeyCommand::Create { mode, name } => {
@@ -197,7 +217,7 @@ fn api_keys(config: &Config, command: ApiKeyCommand) -> anyhow::Result<()> {
 }
 
 fn verify(config: &Config) -> anyhow::Result<()> {
-    let store = tally::open_store(&config.database_url)?;
+    let store = tally::open_existing_store(&config.database_url)?;
     let report = store.read(tally_store::ops::ledger::verify)?;
     println!(
         "checked {} entries ({} postings), {} accounts, {} grants, {} transactions, {} events ({} fees), {} top-ups",

@@ -59,7 +59,10 @@ fn refunds_take_the_newest_paid_credit_first_and_promotion_last() {
     assert_eq!(remaining(&state, "bundle"), d("5"));
     // Past every paid grant: the rest in burn order, then debt.
     state.refund(d("12"), SystemAccount::Issuance).unwrap();
-    assert_eq!((remaining(&state, "paid_old"), remaining(&state, "promo"), remaining(&state, "bundle")), (d("0"), d("0"), d("4")));
+    assert_eq!(
+        (remaining(&state, "paid_old"), remaining(&state, "promo"), remaining(&state, "bundle")),
+        (d("0"), d("0"), d("4"))
+    );
     state.refund(d("7"), SystemAccount::Issuance).unwrap();
     assert_eq!((state.available, state.debt), (d("-3"), d("3")));
 }

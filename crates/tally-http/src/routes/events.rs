@@ -203,7 +203,9 @@ pub async fn send_usage(
     };
     let events = parse_events(&request.events, Some(now))?;
     let catalog = state.catalog.clone();
-    state.write(move |conn| event_ops::ingest(conn, auth.mode, &customer, &events, catalog.as_ref(), now)).await?;
+    let report =
+        state.write(move |conn| event_ops::ingest(conn, auth.mode, &customer, &events, catalog.as_ref(), now)).await?;
+    crate::telemetry::usage_ingested(auth.mode, &report);
     Ok(StatusCode::NO_CONTENT)
 }
 

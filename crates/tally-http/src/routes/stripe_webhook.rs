@@ -77,7 +77,7 @@ fn parse<T: for<'de> serde::Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError
 
 /// The live Stripe top-up a Checkout Session pays for: by the top-up id Tally gave the session
 /// (`client_reference_id`, or `metadata.top_up_id`), else by the session id.
-async fn session_top_up(state: &AppState, session: &CheckoutSession) -> Result<Option<TopUp>, ApiError> {
+async fn session_top_up(state: &AppState, session: &CheckoutSession) -> Result<Option<(Mode, TopUp)>, ApiError> {
     let top_up_id = session.top_up_id().map(str::to_owned);
     let session_id = session.id.clone();
     let found = state
@@ -88,7 +88,7 @@ async fn session_top_up(state: &AppState, session: &CheckoutSession) -> Result<O
             Ok(topup_repo::find_by_reference(conn, "stripe", &session_id)?)
         })
         .await?;
-    let Some(top_up) = live_stripe_top_up(found) else {
+    let Some((mode, top_up)) = live_stripe_top_up(found) else {
         return Ok(None);
     };
     // The session must be the one Tally opened for this top-up.
@@ -96,13 +96,13 @@ async fn session_top_up(state: &AppState, session: &CheckoutSession) -> Result<O
         tracing::warn!(top_up = %top_up.id, session = %session.id, "a Checkout Session that is not the top-up's own");
         return Ok(None);
     }
-    Ok(Some(top_up))
+    Ok(Some((mode, top_up)))
 }
 
 /// The live Stripe top-up an off-session PaymentIntent pays for, by `metadata.top_up_id`.
 /// Checkout Sessions' own PaymentIntents carry no such metadata: their sessions' events settle
 /// them.
-async fn intent_top_up(state: &AppState, intent: &PaymentIntent) -> Result<Option<TopUp>, ApiError> {
+async fn intent_top_up(state: &AppState, intent: &PaymentIntent) -> Result<Option<(Mode, TopUp)>, ApiError> {
     let Some(top_up_id) = intent.top_up_id().map(str::to_owned) else {
         return Ok(None);
     };
@@ -110,10 +110,11 @@ async fn intent_top_up(state: &AppState, intent: &PaymentIntent) -> Result<Optio
     Ok(live_stripe_top_up(found))
 }
 
-/// Stripe's events touch live-mode top-ups made through Stripe, nothing else.
-fn live_stripe_top_up(found: Option<(Mode, TopUp)>) -> Option<TopUp> {
+/// Stripe's events touch live-mode top-ups made through Stripe (the platform's or a connected
+/// account's), nothing else.
+fn live_stripe_top_up(found: Option<(Mode, TopUp)>) -> Option<(Mode, TopUp)> {
     match found {
-        Some((Mode::Live, top_up)) if top_up.provider == "stripe" => Some(top_up),
+        Some((mode, top_up)) if mode.is_live() && top_up.provider == "stripe" => Some((mode, top_up)),
         Some((mode, top_up)) => {
             tracing::warn!(top_up = %top_up.id, mode = mode.as_str(), provider = %top_up.provider,
                 "a Stripe event names a top-up that is not a live Stripe one; ignored");
@@ -141,7 +142,7 @@ async fn session_completed(
     stripe: &Arc<StripeProvider>,
     session: CheckoutSession,
 ) -> Result<Outcome, ApiError> {
-    let Some(top_up) = session_top_up(state, &session).await? else {
+    let Some((mode, top_up)) = session_top_up(state, &session).await? else {
         return Ok("ignored: no live Stripe top-up for this session");
     };
     let id = top_up.id.clone();
@@ -152,7 +153,7 @@ async fn session_completed(
         // `async_payment_succeeded` or `async_payment_failed` will say how it ended, days later
         // perhaps. Until then the top-up waits and does not expire.
         Some("unpaid") => {
-            state.write(move |conn| topup_ops::mark_processing(conn, Mode::Live, &id, now)).await?;
+            state.write(move |conn| topup_ops::mark_processing(conn, mode, &id, now)).await?;
             return Ok("pending: waiting for the delayed payment");
         }
         _ => return Ok("ignored: the session is not paid"),
@@ -165,7 +166,7 @@ async fn session_completed(
     } else {
         None
     };
-    succeed(state, id, method).await
+    succeed(state, mode, id, method).await
 }
 
 /// The card the customer paid with and the Stripe customer it is kept on, for later
@@ -210,10 +211,15 @@ async fn payment_method(
 
 /// Credits the top-up, once however many times Stripe says so. Money received is credited
 /// even when it comes after the top-up failed or expired.
-async fn succeed(state: &AppState, id: String, method: Option<NewPaymentMethod>) -> Result<Outcome, ApiError> {
+async fn succeed(
+    state: &AppState,
+    mode: Mode,
+    id: String,
+    method: Option<NewPaymentMethod>,
+) -> Result<Outcome, ApiError> {
     let now = state.now();
     let top_up_id = id.clone();
-    let settled = state.write(move |conn| topup_ops::succeed(conn, Mode::Live, &id, method.as_ref(), now)).await?;
+    let settled = state.write(move |conn| topup_ops::succeed(conn, mode, &id, method.as_ref(), now)).await?;
     match (settled.credited, settled.late) {
         (true, false) => Ok("credited"),
         (true, true) => {
@@ -230,16 +236,16 @@ async fn session_ended(
     reason: &'static str,
     expired: bool,
 ) -> Result<Outcome, ApiError> {
-    let Some(top_up) = session_top_up(state, &session).await? else {
+    let Some((mode, top_up)) = session_top_up(state, &session).await? else {
         return Ok("ignored: no live Stripe top-up for this session");
     };
-    fail(state, top_up.id, reason.to_owned(), expired).await
+    fail(state, mode, top_up.id, reason.to_owned(), expired).await
 }
 
-async fn fail(state: &AppState, id: String, reason: String, expired: bool) -> Result<Outcome, ApiError> {
+async fn fail(state: &AppState, mode: Mode, id: String, reason: String, expired: bool) -> Result<Outcome, ApiError> {
     let now = state.now();
     let top_up_id = id.clone();
-    match state.write(move |conn| topup_ops::fail(conn, Mode::Live, &id, &reason, expired, now)).await {
+    match state.write(move |conn| topup_ops::fail(conn, mode, &id, &reason, expired, now)).await {
         Ok(_) if expired => Ok("expired"),
         Ok(_) => Ok("failed"),
         Err(ApiError::Conflict(message)) => {
@@ -251,19 +257,19 @@ async fn fail(state: &AppState, id: String, reason: String, expired: bool) -> Re
 }
 
 async fn intent_succeeded(state: &AppState, intent: PaymentIntent) -> Result<Outcome, ApiError> {
-    let Some(top_up) = intent_top_up(state, &intent).await? else {
+    let Some((mode, top_up)) = intent_top_up(state, &intent).await? else {
         return Ok("ignored: no live Stripe top-up for this payment");
     };
     if !charged_as_asked(&top_up, intent.amount, intent.currency.as_deref()) {
         return Ok("ignored: the amount paid differs from the top-up's");
     }
     // An off-session charge uses a card already saved: nothing more to keep.
-    succeed(state, top_up.id, None).await
+    succeed(state, mode, top_up.id, None).await
 }
 
 async fn intent_failed(state: &AppState, intent: PaymentIntent) -> Result<Outcome, ApiError> {
-    let Some(top_up) = intent_top_up(state, &intent).await? else {
+    let Some((mode, top_up)) = intent_top_up(state, &intent).await? else {
         return Ok("ignored: no live Stripe top-up for this payment");
     };
-    fail(state, top_up.id, intent.failure_reason(), false).await
+    fail(state, mode, top_up.id, intent.failure_reason(), false).await
 }

@@ -1,7 +1,7 @@
 use crate::check::Checker;
 use crate::error::ApiError;
 use crate::extract::{Auth, JsonBody};
-use crate::html::{escape, page};
+use crate::html::{escape, page, Branding};
 use crate::limits::MAX_DESCRIPTION_CHARS;
 use crate::payments::{test_provider, CheckoutRequest, PaymentProvider};
 use crate::types::{Amount, Timestamp};
@@ -444,15 +444,19 @@ pub struct CheckoutForm {
     pub card_number: String,
 }
 
-/// Loads a test-mode top-up whose checkout token matches, or answers a plain 404 page.
-async fn checkout_top_up(state: &AppState, id: String, token: &str) -> Result<TopUp, Response> {
+/// Loads a test-mode top-up (the platform's or a connected account's) whose checkout token
+/// matches, with its mode and the look of its pages, or answers a plain 404 page.
+async fn checkout_top_up(state: &AppState, id: String, token: &str) -> Result<(Mode, TopUp, Branding), Response> {
     let found =
         state.read(move |conn| Ok(topup_repo::get_any_mode(conn, &id)?)).await.map_err(IntoResponse::into_response)?;
     match found {
-        Some((Mode::Test, top_up))
-            if top_up.provider == "test" && constant_time_eq(top_up.checkout_token.as_bytes(), token.as_bytes()) =>
+        Some((mode, top_up))
+            if mode.environment() == Environment::Test
+                && top_up.provider == "test"
+                && constant_time_eq(top_up.checkout_token.as_bytes(), token.as_bytes()) =>
         {
-            Ok(top_up)
+            let branding = state.branding_for(mode).await;
+            Ok((mode, top_up, branding))
         }
         _ => Err((
             StatusCode::NOT_FOUND,
@@ -466,7 +470,7 @@ pub fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
     left.len() == right.len() && left.iter().zip(right).fold(0u8, |diff, (a, b)| diff | (a ^ b)) == 0
 }
 
-fn checkout_page(state: &AppState, top_up: &TopUp, error: Option<&str>) -> String {
+fn checkout_page(branding: &Branding, top_up: &TopUp, error: Option<&str>) -> String {
     let notice = error
         .map(|message| format!(r#"<div class="error" role="alert">{}</div>"#, escape(message)))
         .unwrap_or_default();
@@ -501,16 +505,16 @@ fn checkout_page(state: &AppState, top_up: &TopUp, error: Option<&str>) -> Strin
             link = escape(link),
         )
     };
-    page(&state.branding, "Checkout", &body)
+    page(branding, "Checkout", &body)
 }
 
 /// Sends the customer back to the top-up's `return_url`, or, should that not make a valid
 /// `Location` header (a URL stored before URLs were checked as they are now), shows the outcome
 /// page with its link instead of failing.
-fn redirect_or_page(state: &AppState, top_up: &TopUp) -> Response {
+fn redirect_or_page(branding: &Branding, top_up: &TopUp) -> Response {
     match axum::http::HeaderValue::from_str(&top_up.return_url) {
         Ok(location) => (StatusCode::SEE_OTHER, [(axum::http::header::LOCATION, location)]).into_response(),
-        Err(_) => Html(checkout_page(state, top_up, None)).into_response(),
+        Err(_) => Html(checkout_page(branding, top_up, None)).into_response(),
     }
 }
 
@@ -520,34 +524,34 @@ pub async fn checkout(
     Path(id): Path<String>,
     Query(query): Query<CheckoutQuery>,
 ) -> Response {
-    let top_up = match checkout_top_up(&state, id, query.token.as_deref().unwrap_or_default()).await {
-        Ok(top_up) => top_up,
+    let (mode, top_up, branding) = match checkout_top_up(&state, id, query.token.as_deref().unwrap_or_default()).await {
+        Ok(found) => found,
         Err(response) => return response,
     };
     let id = top_up.id.clone();
     let now = state.now();
-    let top_up = match state.write(move |conn| topup_ops::mark_pending(conn, Mode::Test, &id, now)).await {
+    let top_up = match state.write(move |conn| topup_ops::mark_pending(conn, mode, &id, now)).await {
         Ok(top_up) => top_up,
         Err(error) => return error.into_response(),
     };
-    Html(checkout_page(&state, &top_up, None)).into_response()
+    Html(checkout_page(&branding, &top_up, None)).into_response()
 }
 
 /// Pays with a test card: the succeeding card credits the wallet and returns the customer to
 /// `return_url`; the declined card fails the top-up and says so.
 pub async fn pay(State(state): State<AppState>, Path(id): Path<String>, Form(form): Form<CheckoutForm>) -> Response {
-    let top_up = match checkout_top_up(&state, id, &form.token).await {
-        Ok(top_up) => top_up,
+    let (mode, top_up, branding) = match checkout_top_up(&state, id, &form.token).await {
+        Ok(found) => found,
         Err(response) => return response,
     };
     let now = state.now();
     let id = top_up.id.clone();
-    let top_up = match state.write(move |conn| topup_ops::expire_if_window_closed(conn, Mode::Test, &id, now)).await {
+    let top_up = match state.write(move |conn| topup_ops::expire_if_window_closed(conn, mode, &id, now)).await {
         Ok(top_up) => top_up,
         Err(error) => return error.into_response(),
     };
     if !top_up.status.is_open() {
-        return Html(checkout_page(&state, &top_up, None)).into_response();
+        return Html(checkout_page(&branding, &top_up, None)).into_response();
     }
     let id = top_up.id.clone();
     match test_provider::card_outcome(&form.card_number) {
@@ -559,16 +563,16 @@ pub async fn pay(State(state): State<AppState>, Path(id): Path<String>, Form(for
                 brand: Some("visa".into()),
                 last4: Some(digits[digits.len().saturating_sub(4)..].to_owned()),
             };
-            match state.write(move |conn| topup_ops::succeed(conn, Mode::Test, &id, Some(&method), now)).await {
-                Ok(settled) => redirect_or_page(&state, &settled.top_up),
+            match state.write(move |conn| topup_ops::succeed(conn, mode, &id, Some(&method), now)).await {
+                Ok(settled) => redirect_or_page(&branding, &settled.top_up),
                 Err(error) => error.into_response(),
             }
         }
         Some(Err(reason)) => {
             let message = reason.clone();
-            match state.write(move |conn| topup_ops::fail(conn, Mode::Test, &id, &message, false, now)).await {
+            match state.write(move |conn| topup_ops::fail(conn, mode, &id, &message, false, now)).await {
                 Ok(failed) => {
-                    (StatusCode::PAYMENT_REQUIRED, Html(checkout_page(&state, &failed, Some(&reason)))).into_response()
+                    (StatusCode::PAYMENT_REQUIRED, Html(checkout_page(&branding, &failed, Some(&reason)))).into_response()
                 }
                 Err(error) => error.into_response(),
             }
@@ -576,7 +580,7 @@ pub async fn pay(State(state): State<AppState>, Path(id): Path<String>, Form(for
         None => (
             StatusCode::UNPROCESSABLE_ENTITY,
             Html(checkout_page(
-                &state,
+                &branding,
                 &top_up,
                 Some("That is not a test card. Use 4242 4242 4242 4242 or 4000 0000 0000 0002."),
             )),

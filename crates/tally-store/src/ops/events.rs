@@ -26,7 +26,7 @@ use crate::repo::{customers, vendors, Metadata};
 use crate::StoreError;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use tally_core::catalog::ProductVersion;
 use tally_core::ledger::SystemAccount;
@@ -171,6 +171,8 @@ pub struct IngestReport {
     pub stored: usize,
     pub duplicates: usize,
     pub fees: usize,
+    /// Fees of the stored events by asset: how many, and their sum (for metrics).
+    pub billed: BTreeMap<String, (usize, Decimal)>,
 }
 
 /// One fee rated for one event, with where it came from.
@@ -305,6 +307,11 @@ pub fn ingest(
             .map_err(|error| name_the_event(error, batch, event))?;
         report.stored += 1;
         report.fees += fees.len();
+        for rated in fees {
+            let billed = report.billed.entry(rated.fee.asset.clone()).or_default();
+            billed.0 += 1;
+            billed.1 += rated.fee.amount;
+        }
     }
     for (account, loaded) in accounts.values() {
         save_account(conn, mode, loaded, account, &GrantOrigin::default(), now)?;

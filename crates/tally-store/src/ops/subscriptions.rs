@@ -42,9 +42,9 @@ use crate::repo::subscriptions::{self, EntitlementPeriod, PinnedProduct, Subscri
 use crate::repo::transactions::Transaction;
 use crate::repo::wallets::{self, AccountKey, GrantOrigin};
 use crate::repo::Metadata;
+use crate::StoreError;
 use chrono::{DateTime, Duration, Utc};
 use std::sync::Arc;
-use crate::StoreError;
 use tally_core::catalog::{FixedBilling, ProductVersion};
 use tally_core::ledger::SystemAccount;
 use tally_core::wallet::{Grant, GrantState};
@@ -88,12 +88,11 @@ pub fn create(
                     .id
             }
         };
-        let (found, version) = product_ops::resolve_for_subscribing(conn, mode, &product_id, *version).map_err(
-            |error| match error {
+        let (found, version) =
+            product_ops::resolve_for_subscribing(conn, mode, &product_id, *version).map_err(|error| match error {
                 OpError::NotFound(message) => OpError::invalid(field.clone(), message),
                 other => other,
-            },
-        )?;
+            })?;
         if found.archived_at.is_some() || version.status != VersionStatus::Published {
             return Err(OpError::invalid(
                 format!("{field}.version"),
@@ -573,8 +572,13 @@ fn run_active_action(
             continue;
         }
         let index = period.entitlement_index as usize;
-        match versions.iter().find(|version| version.product_id == period.product_id && index < version.entitlements.len()) {
-            Some(version) => grant_entitlement(conn, mode, subscription, version, index, period.anchor_at, due_at, now)?,
+        match versions
+            .iter()
+            .find(|version| version.product_id == period.product_id && index < version.entitlements.len())
+        {
+            Some(version) => {
+                grant_entitlement(conn, mode, subscription, version, index, period.anchor_at, due_at, now)?
+            }
             // The pinned version no longer has this entitlement: its refreshes end here
             // (otherwise this refresh would stay due, and be claimed, forever).
             None => subscriptions::delete_entitlement_period(conn, &period)?,
@@ -657,6 +661,7 @@ pub fn require(
 }
 
 /// Moves one product of a subscription to another published version.
+#[allow(clippy::too_many_arguments)]
 pub fn change_version(
     conn: &mut dyn Conn,
     mode: Mode,

@@ -4,6 +4,7 @@
 pub mod api_keys;
 pub mod assets;
 pub mod auto_top_ups;
+pub mod backlog;
 pub mod connected_accounts;
 pub mod customers;
 pub mod events;

@@ -205,9 +205,12 @@ async fn a_promotion_ends_into_the_rate_before_it(app: TestApp) {
     // A top-up made after the promotion buys at the base rate.
     let customer = app.customer("After the sale").await;
     let top_up = app
-        .post("/top-ups", json!({"customer_id": customer, "amount": 10, "currency": "USD",
+        .post(
+            "/top-ups",
+            json!({"customer_id": customer, "amount": 10, "currency": "USD",
             "destination": {"asset": "VIDGENMIN"}, "return_url": "https://platform.example/ok",
-            "failure_url": "https://platform.example/failed"}))
+            "failure_url": "https://platform.example/failed"}),
+        )
         .await
         .expect(201);
     let view = app.get(&format!("/top-ups/{}", top_up.body["id"].as_str().unwrap())).await.expect(200);
@@ -236,19 +239,28 @@ async fn a_promotion_ends_into_the_rate_before_it(app: TestApp) {
 
     // A later base rate outranks the promotion and stays after it: the newest start applies.
     let later = app.clock.now();
-    app.post("/assets/VIDGENMIN/rates", json!({"source": "USD", "rate": 0.05, "valid_to": (later + Duration::hours(3)).to_rfc3339()}))
-        .await
-        .expect(204);
-    app.post("/assets/VIDGENMIN/rates", json!({"source": "USD", "rate": 0.2, "valid_from": (later + Duration::hours(1)).to_rfc3339()}))
-        .await
-        .expect(204);
+    app.post(
+        "/assets/VIDGENMIN/rates",
+        json!({"source": "USD", "rate": 0.05, "valid_to": (later + Duration::hours(3)).to_rfc3339()}),
+    )
+    .await
+    .expect(204);
+    app.post(
+        "/assets/VIDGENMIN/rates",
+        json!({"source": "USD", "rate": 0.2, "valid_from": (later + Duration::hours(1)).to_rfc3339()}),
+    )
+    .await
+    .expect(204);
     app.clock.advance(Duration::hours(4));
     assert_eq!(quote(None).await, "50");
 
     // A promotion with no rate to return to would leave quotes failing when it ends: refused.
     app.post("/assets", json!({"code": "LONE", "name": "Lonely"})).await.expect(201);
     let refused = app
-        .post("/assets/LONE/rates", json!({"source": "USD", "rate": 1, "valid_to": (app.clock.now() + Duration::hours(1)).to_rfc3339()}))
+        .post(
+            "/assets/LONE/rates",
+            json!({"source": "USD", "rate": 1, "valid_to": (app.clock.now() + Duration::hours(1)).to_rfc3339()}),
+        )
         .await
         .expect(422);
     assert!(refused.body["errors"]["valid_to"].is_array(), "{}", refused.body);

@@ -16,6 +16,7 @@ mod portal;
 mod sdk;
 mod stripe;
 mod subscriptions;
+mod top_up_input;
 mod topups;
 mod usage;
 mod usage_in_time;

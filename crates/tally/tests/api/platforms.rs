@@ -287,7 +287,38 @@ async fn a_connected_accounts_portal_shows_its_own_name_and_assets(app: TestApp)
     assert!(html.contains("Image Generation") || html.contains("image"), "its own asset: {html}");
 }
 
+async fn a_connected_accounts_top_up_is_paid_and_credited_in_it(app: TestApp) {
+    let studio = create_account(&app, "Glitch Studio", "studio-1").await;
+    let made = make_everything(&app, Some(&studio), "0.20", "evt-studio").await;
+    let top_up = call(&app, Some(&studio), Method::GET, &format!("/top-ups/{}", made.top_up), None).await.expect(200);
+    assert_eq!(top_up.body["status"], "initiated");
+    let created = json!({"customer_id": made.customer, "amount": 5, "currency": "USD", "destination": {"asset": "IMG"},
+        "return_url": "https://studio.example/ok", "failure_url": "https://studio.example/failed"});
+    let created = call(&app, Some(&studio), Method::POST, "/top-ups", Some(created)).await.expect(201);
+    let (id, link) = (created.body["id"].as_str().unwrap(), created.body["redirect_url"].as_str().unwrap());
+
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let page = client.get(link).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("Glitch Studio"), "the checkout shows the account's name");
+    let (path, query) = link.split_once('?').unwrap();
+    let token = query.trim_start_matches("token=");
+    let paid = client.post(path).form(&[("token", token), ("card_number", "4242 4242 4242 4242")]).send().await.unwrap();
+    assert_eq!(paid.status(), 303);
+
+    let view = call(&app, Some(&studio), Method::GET, &format!("/top-ups/{id}"), None).await.expect(200);
+    assert_eq!(view.body["status"], "succeeded");
+    // 10 funded − 1 image, then 5 USD at 0.20 = 25 IMG: 34.
+    let wallet = call(&app, Some(&studio), Method::GET, &format!("/customers/{}/wallet/default:IMG", made.customer), None)
+        .await
+        .expect(200);
+    assert_eq!(wallet.body["available"].to_string(), "34", "{}", wallet.body);
+    app.get(&format!("/top-ups/{id}")).await.expect(404);
+    app.assert_ledger_agrees().await;
+}
+
 on_both_backends!(
+    a_connected_accounts_top_up_is_paid_and_credited_in_it,
     a_connected_accounts_portal_shows_its_own_name_and_assets,
     connected_accounts_are_created_listed_and_found,
     an_unknown_account_header_is_a_404_naming_it,

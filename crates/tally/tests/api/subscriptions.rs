@@ -105,7 +105,8 @@ async fn renewals_and_refreshes_keep_the_anchor_day(app: TestApp) {
     move_clock_to(&app, next_january_31);
     let customer = app.customer("Anchored").await;
     app.fund(&customer, "USD", "100", "paid").await;
-    let created = app.post(&subscriptions_path(&customer), json!({"products": [{"code": "monthly"}]})).await.expect(201);
+    let created =
+        app.post(&subscriptions_path(&customer), json!({"products": [{"code": "monthly"}]})).await.expect(201);
     let started = instant(&created.body["started_at"]);
     assert_eq!((started.month(), started.day()), (1, 31));
     let period_end = |months: u32| started.checked_add_months(Months::new(months)).unwrap();
@@ -255,9 +256,12 @@ async fn a_version_with_fewer_entitlements_keeps_its_schedule(app: TestApp) {
 async fn entitlements_a_new_version_adds_arrive_at_the_next_refresh(app: TestApp) {
     let monthly = entitlement("Monthly credit", 1, "promotion", "month");
     let added = entitlement("Added credit", 3, "bundled", "month");
-    let product_id =
-        two_versions(&app, versioned("growing", json!([monthly.clone()])), versioned("growing", json!([monthly, added])))
-            .await;
+    let product_id = two_versions(
+        &app,
+        versioned("growing", json!([monthly.clone()])),
+        versioned("growing", json!([monthly, added])),
+    )
+    .await;
     let customer = app.customer("Upgraded").await;
     app.fund(&customer, "USD", "100", "paid").await;
     subscribe_and_move_to_version_two(&app, &customer, &product_id).await;

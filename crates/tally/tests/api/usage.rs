@@ -44,7 +44,8 @@ async fn seed_product_bills_one_img_per_image(app: TestApp) {
     assert_eq!(wallet.body["accounts"][0]["id"], "default:IMG");
     app.fund(&customer, "IMG", "10", "topup-1").await;
 
-    app.post("/events", events(&customer, &["img-1", "img-2", "img-3"], "image_generated")).await.expect(204);
+    let batch = events(&customer, &["img-1", "img-2", "img-3"], "image_generated");
+    app.post("/events", batch.clone()).await.expect(204);
     assert_eq!(app.balances(&customer, "default:IMG").await.0, "7");
 
     let event = app.get("/events/img-2").await.expect(200);
@@ -61,7 +62,7 @@ async fn seed_product_bills_one_img_per_image(app: TestApp) {
     assert_eq!(fee["unit_price"].to_string(), "1");
 
     // A replay of the whole batch moves nothing; an unmatched event is stored without fees.
-    app.post("/events", events(&customer, &["img-1", "img-2", "img-3"], "image_generated")).await.expect(204);
+    app.post("/events", batch).await.expect(204);
     app.post("/events", events(&customer, &["chat-1"], "chat_message")).await.expect(204);
     assert_eq!(app.balances(&customer, "default:IMG").await.0, "7");
     let unmatched = app.get("/events/chat-1").await.expect(200);
@@ -389,7 +390,7 @@ mod economics {
         let (customer, _) = subscribed_customer(&app).await;
         let vendor = app.post("/vendors", json!({"name": "GPU Cloud", "external_id": "gpu"})).await.expect(201);
         let vendor_id = vendor.body["id"].as_str().unwrap().to_owned();
-        assert!(vendor_id.starts_with("ven_"));
+        assert!(vendor_id.starts_with("vnd_"));
         app.post("/vendors", json!({"name": "Again", "external_id": "gpu"})).await.expect(409);
         assert_eq!(app.get("/vendors?external_id=gpu").await.expect(200).body["total_count"], 1);
         assert_eq!(app.get(&format!("/vendors/{vendor_id}")).await.expect(200).body["name"], "GPU Cloud");

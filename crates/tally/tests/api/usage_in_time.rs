@@ -242,6 +242,65 @@ async fn back_dated_events_are_priced_as_they_occurred(app: TestApp) {
     app.assert_ledger_agrees().await;
 }
 
+const MONTHLY_TOKENS: &str = r#"{
+  "name": "Tokens by the month",
+  "code": "tokens_monthly",
+  "prices": [
+    {
+      "name": "Tokens",
+      "type": "usage_based",
+      "billing_model": { "type": "real_time" },
+      "pricing_model": "tiered",
+      "tiering": { "basis": "volume", "period": "monthly" },
+      "usage_calculation": { "event_type": "completion", "usage_type": "volume", "volume_field": "tokens" },
+      "pricing": [ { "asset": "USD", "values": [ { "up_to": 1000, "volume_rate": 0.002 }, { "volume_rate": 0.001 } ] } ]
+    }
+  ],
+  "publish": true
+}"#;
+
+/// Noon on the 2nd of the first month that starts more than four days after `after`.
+fn second_of_a_later_month(after: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::Datelike;
+    let mut month = after.date_naive().with_day(1).unwrap();
+    loop {
+        month = month.checked_add_months(chrono::Months::new(1)).unwrap();
+        let second = month.with_day(2).unwrap().and_hms_opt(12, 0, 0).unwrap().and_utc();
+        if second - Duration::days(4) > after {
+            return second;
+        }
+    }
+}
+
+/// A back-dated event is tiered with the usage of the calendar month it occurred in, not the
+/// month it arrived in.
+async fn a_back_dated_event_is_tiered_in_the_period_it_occurred_in(app: TestApp) {
+    let product = app.post("/products", body(MONTHLY_TOKENS)).await.expect(201);
+    let product_id = product.body["id"].as_str().unwrap().to_owned();
+    let customer = app.customer("Month straddler").await;
+    app.fund(&customer, "USD", "100", "paid").await;
+    app.post(&format!("/customers/{customer}/subscriptions"), json!({"products": [{"id": product_id}]}))
+        .await
+        .expect(201);
+    let today = second_of_a_later_month(app.clock.now());
+    app.clock.advance(today - app.clock.now());
+    let completion = |id: &str, occurred_at: DateTime<Utc>, tokens: i64| json!({"id": id, "event_type": "completion", "occurred_at": at(occurred_at), "data": {"tokens": tokens}});
+    let batch = json!({"customer_id": customer, "events": [
+        completion("last-month", today - Duration::days(3), 900),
+        completion("this-month", today - Duration::hours(1), 900),
+        completion("last-month-again", today - Duration::days(3) + Duration::hours(1), 200),
+    ]});
+    app.post("/events", batch).await.expect(204);
+    let mut amounts = Vec::new();
+    for id in ["last-month", "this-month", "last-month-again"] {
+        amounts.push(app.get(&format!("/events/{id}")).await.expect(200).body["fees"][0]["amount"].to_string());
+    }
+    // 900 × 0.002; 900 × 0.002 again (a new month); 100 × 0.002 + 100 × 0.001 (last month's 1,000 crossed).
+    assert_eq!(amounts, vec!["1.8", "1.8", "0.3"]);
+    assert_eq!(app.balances(&customer, "default:USD").await.0, "96.1");
+    app.assert_ledger_agrees().await;
+}
+
 /// Rounds of eight identical `POST /assets` at once: one 201 and seven 409 each.
 async fn racing_asset_creates_answer_409(app: TestApp) {
     for round in ROUNDS {
@@ -288,6 +347,7 @@ on_both_backends!(
     an_event_id_names_one_event,
     customers_racing_for_event_ids_get_one_204_and_409s,
     back_dated_events_are_priced_as_they_occurred,
+    a_back_dated_event_is_tiered_in_the_period_it_occurred_in,
     racing_asset_creates_answer_409,
     racing_customer_external_ids_answer_409,
 );

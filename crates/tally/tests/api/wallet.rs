@@ -949,10 +949,16 @@ async fn ledger_verify_catches_a_tampered_balance(app: TestApp) {
 /// and promotional credit only once no paid credit is left.
 async fn refunds_take_paid_credit_newest_first_before_promotion(app: TestApp) {
     let customer = app.customer("Refunded").await;
-    for (id, reason, amount) in [("gift", "gift", "5"), ("paid-old", "external_topup", "10"), ("paid-new", "external_topup", "20")] {
-        adjust(&app, &customer, &format!(r#"{{"transaction_id":"{id}","asset":"USD","amount":{amount},"reason":"{reason}"}}"#))
-            .await
-            .expect(201);
+    for (id, reason, amount) in
+        [("gift", "gift", "5"), ("paid-old", "external_topup", "10"), ("paid-new", "external_topup", "20")]
+    {
+        adjust(
+            &app,
+            &customer,
+            &format!(r#"{{"transaction_id":"{id}","asset":"USD","amount":{amount},"reason":"{reason}"}}"#),
+        )
+        .await
+        .expect(201);
     }
     adjust(&app, &customer, r#"{"transaction_id":"refund-1","asset":"USD","amount":-15,"reason":"external_refund"}"#)
         .await
@@ -980,13 +986,18 @@ async fn refunds_take_paid_credit_newest_first_before_promotion(app: TestApp) {
     );
     assert_eq!(available(&app, &customer, "USD").await, "-2");
     // Usage still burns promotion first: a debit is not a refund.
-    adjust(&app, &customer, r#"{"transaction_id":"gift-2","asset":"USD","amount":4,"reason":"gift"}"#).await.expect(201);
+    adjust(&app, &customer, r#"{"transaction_id":"gift-2","asset":"USD","amount":4,"reason":"gift"}"#)
+        .await
+        .expect(201);
     adjust(&app, &customer, r#"{"transaction_id":"paid-3","asset":"USD","amount":6,"reason":"external_topup"}"#)
         .await
         .expect(201);
     charge(&app, &customer, r#"{"transaction_id":"use-1","asset":"USD","amount":1}"#).await.expect(201);
     let remainders = grant_remainders(&app, &customer, "USD").await;
-    assert!(remainders.contains(&("4".to_owned(), "1".to_owned())), "the gift repaid the debt (2) and paid for usage: {remainders:?}");
+    assert!(
+        remainders.contains(&("4".to_owned(), "1".to_owned())),
+        "the gift repaid the debt (2) and paid for usage: {remainders:?}"
+    );
     assert!(remainders.contains(&("6".to_owned(), "6".to_owned())), "{remainders:?}");
     app.assert_ledger_agrees().await;
 }

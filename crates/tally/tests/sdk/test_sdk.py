@@ -119,7 +119,7 @@ def test_account_context_names_the_key_environment(client, live_client):
     test_context = client.accounts.get_context()
     assert isinstance(test_context, models.AccountContext)
     assert test_context.environment == "test"
-    assert test_context.account_id.startswith("acct_")
+    assert test_context.account_id.startswith("acc_")
     live_context = live_client.accounts.get_context()
     assert live_context.environment == "live"
     assert live_context.account_id == test_context.account_id

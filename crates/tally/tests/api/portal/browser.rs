@@ -83,7 +83,7 @@ impl Browser {
     }
 
     async fn element(&self, css: &str) -> fantoccini::elements::Element {
-        match self.client.wait().at_most(Duration::from_secs(10)).for_element(Locator::Css(css)).await {
+        match self.client.wait().at_most(Duration::from_secs(30)).for_element(Locator::Css(css)).await {
             Ok(element) => element,
             Err(error) => panic!("no element matches {css}: {error}\n{}", self.body().await),
         }
@@ -128,7 +128,15 @@ impl Browser {
         let (width, height) = self.client.get_window_size().await.unwrap();
         let full = self.script("return document.documentElement.scrollHeight;").await.as_u64().unwrap_or(height);
         self.client.set_window_size(width as u32, full.clamp(height, 6000) as u32).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        // The resized page has been laid out and painted once two animation frames have run.
+        self.client
+            .execute_async(
+                "const done = arguments[arguments.length - 1]; \
+                 requestAnimationFrame(() => requestAnimationFrame(() => done(true)));",
+                vec![],
+            )
+            .await
+            .unwrap();
         let png = self.client.screenshot().await.unwrap();
         self.client.set_window_size(width as u32, height as u32).await.unwrap();
         let path = screenshot_dir().join(format!("{name}.png"));
@@ -214,12 +222,9 @@ async fn billing_portal_in_a_real_browser() {
     browser.element(r#"nav a[href="/portal/top-ups"]"#).await.click().await.unwrap();
     browser.element("#option").await.select_by_value("VIDMIN:USD").await.unwrap();
     browser.element("#amount").await.send_keys("10").await.unwrap();
-    for _ in 0..40 {
-        if browser.text("#quote").await.contains("100.00 video minutes") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // The quote arrives a moment after typing (the script waits for a pause, then asks).
+    app.eventually("the live quote shows", || async { browser.text("#quote").await.contains("100.00 video minutes") })
+        .await;
     assert_eq!(browser.text("#quote").await, "You get 100.00 video minutes", "the live quote");
     browser.shot("02-top-up-form").await;
     browser.element(r#"#top-up-form button[type="submit"]"#).await.click().await.unwrap();
