@@ -101,7 +101,7 @@ pub struct Grant {
 impl Grant {
     /// Burn order: purpose, then priority, then soonest expiry (never-expiring last), then
     /// oldest, then id so that the order is total and the same on every replay.
-    fn burn_order(&self, other: &Grant) -> Ordering {
+    pub fn burn_order(&self, other: &Grant) -> Ordering {
         (self.purpose.burn_rank(), self.priority)
             .cmp(&(other.purpose.burn_rank(), other.priority))
             .then_with(|| match (self.expires_at, other.expires_at) {
@@ -123,6 +123,8 @@ pub struct AccountState {
     /// The overdraft: how far debits went past the grants. Repaid first by later credits.
     pub debt: Decimal,
     /// Grants that are pending, or active with something remaining. Others may be omitted.
+    /// Kept in burn order (see [`AccountState::order_for_burning`]): a debit then walks from
+    /// the front and touches only the grants it spends, however many the account holds.
     pub grants: Vec<Grant>,
 }
 
@@ -211,8 +213,16 @@ impl AccountState {
             self.pending_in = plus(self.pending_in, amount)?;
             postings.push(Posting::wallet(Bucket::PendingIn, Some(&grant.id), amount));
         }
-        self.grants.push(grant);
+        // Inserted where it burns, keeping `grants` in burn order.
+        let position = self.grants.partition_point(|existing| existing.burn_order(&grant) == Ordering::Less);
+        self.grants.insert(position, grant);
         Ok(postings)
+    }
+
+    /// Puts `grants` in burn order. Whoever builds an `AccountState` from stored grants calls
+    /// this once; every method that adds a grant keeps the order.
+    pub fn order_for_burning(&mut self) {
+        self.grants.sort_by(Grant::burn_order);
     }
 
     /// Moves a starting grant's amount into `available`, repaying debt first. `from` is where
@@ -256,8 +266,12 @@ impl AccountState {
                 return Err(WalletError::InsufficientFunds);
             }
         }
-        let mut order = self.spendable();
-        order.sort_by(|&left, &right| self.grants[left].burn_order(&self.grants[right]));
+        debug_assert!(
+            self.grants.is_sorted_by(|left, right| left.burn_order(right) != Ordering::Greater),
+            "grants are kept in burn order"
+        );
+        // Grants are in burn order: walk them from the front and stop once the debit is covered.
+        let order = 0..self.grants.len();
         self.take(amount, after, destination, order)
     }
 
@@ -301,7 +315,7 @@ impl AccountState {
         amount: Decimal,
         after: Decimal,
         destination: SystemAccount,
-        order: Vec<usize>,
+        order: impl IntoIterator<Item = usize>,
     ) -> Result<Vec<Posting>, WalletError> {
         let mut postings = vec![Posting::system(destination, amount)];
         let mut left = amount;
@@ -310,6 +324,9 @@ impl AccountState {
                 break;
             }
             let grant = &mut self.grants[index];
+            if grant.state != GrantState::Active || grant.remaining <= Decimal::ZERO {
+                continue;
+            }
             let taken = grant.remaining.min(left);
             grant.remaining = minus(grant.remaining, taken)?;
             left = minus(left, taken)?;

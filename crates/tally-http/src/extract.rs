@@ -267,7 +267,21 @@ pub async fn check_encodings(
     if let Some(query) = request.uri().query() {
         decode_query(query).map_err(ApiError::Malformed)?;
     }
-    Ok(next.run(request).await)
+    Ok(next.run(read_whole_body(request).await?).await)
+}
+
+/// Reads the request's body before any handler or extractor runs. A request refused before
+/// its body was read (a bad key, an unknown `X-CREDYT-ACCOUNT`, an unknown route) would
+/// otherwise leave the body unread, and the server then drops the keep-alive connection
+/// without saying so: the client's next request on it fails ("remote end closed
+/// connection"), and clients do not retry a POST. Bodies are small (`MAX_BODY_BYTES`), and
+/// every handler that takes one reads it whole anyway.
+async fn read_whole_body(request: Request) -> Result<Request, ApiError> {
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, limits::MAX_BODY_BYTES)
+        .await
+        .map_err(|_| ApiError::TooLarge(limits::MAX_BODY_BYTES))?;
+    Ok(Request::from_parts(parts, axum::body::Body::from(bytes)))
 }
 
 impl QueryParams {

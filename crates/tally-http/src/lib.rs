@@ -258,30 +258,35 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop_worker, worker_stopped) = tokio::sync::watch::channel(false);
+    // Each task is marked running for `/ready` while it runs (`telemetry::spawn`).
+    use telemetry::Task;
     let background = state.background.clone();
-    let worker = telemetry::spawn(&background, telemetry::Task::Worker, worker::run(
+    let worker = worker::run(
         state.store.clone(),
         state.catalog.clone(),
         state.config.clock.clone(),
         state.config.settle_interval,
         worker_stopped.clone(),
-    ));
+    );
+    let worker = telemetry::spawn(&background, Task::Worker, worker);
     // Webhook delivery runs beside the worker: its sends are network IO, not transactions.
-    let deliveries = telemetry::spawn(&background, telemetry::Task::WebhookDelivery, delivery::run(
+    let deliveries = delivery::run(
         state.store.clone(),
         Arc::new(state.config.webhooks.clone()),
         state.config.clock.clone(),
         worker_stopped.clone(),
-    ));
+    );
+    let deliveries = telemetry::spawn(&background, Task::WebhookDelivery, deliveries);
     // Auto top-up charges saved cards: network IO too, so it runs beside the worker as well.
-    let auto_top_ups = telemetry::spawn(&background, telemetry::Task::AutoTopUp, auto_top_up::run(
+    let auto_top_ups = auto_top_up::run(
         state.store.clone(),
         state.providers.clone(),
         state.config.clock.clone(),
         state.config.top_up_expiry,
         state.config.settle_interval,
         worker_stopped.clone(),
-    ));
+    );
+    let auto_top_ups = telemetry::spawn(&background, Task::AutoTopUp, auto_top_ups);
     let upkeep = tokio::spawn(telemetry::upkeep(worker_stopped));
     let result = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
     let _ = stop_worker.send(true);

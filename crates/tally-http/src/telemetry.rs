@@ -57,7 +57,8 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
                 .and_then(|builder| {
-                    builder.set_buckets_for_metric(Matcher::Full("tally_sqlite_commit_round_jobs".into()), ROUND_BUCKETS)
+                    builder
+                        .set_buckets_for_metric(Matcher::Full("tally_sqlite_commit_round_jobs".into()), ROUND_BUCKETS)
                 })
                 .expect("the buckets are not empty");
             let recorder = builder.build_recorder();
@@ -185,8 +186,15 @@ pub async fn record_request(request: Request, next: Next) -> Response {
 
 /// The request log: a span per request carrying its method, route and id (so every line
 /// logged while handling it names them), and one line when the response is ready.
-pub type RequestTrace =
-    TraceLayer<SharedClassifier<ServerErrorsAsFailures>, RequestSpan, (), RequestLog, DefaultOnBodyChunk, DefaultOnEos, ()>;
+pub type RequestTrace = TraceLayer<
+    SharedClassifier<ServerErrorsAsFailures>,
+    RequestSpan,
+    (),
+    RequestLog,
+    DefaultOnBodyChunk,
+    DefaultOnEos,
+    (),
+>;
 
 pub fn request_trace() -> RequestTrace {
     // No line when a request starts, and none for a 5xx on top of the response line: the
@@ -205,7 +213,7 @@ impl<B> MakeSpan<B> for RequestSpan {
         // query string or path may carry a token (billing-portal links, checkout pages).
         tracing::error_span!(
             "request",
-            method = method_label(request.method()),
+            method = %method_label(request.method()),
             route = %route_of(request),
             request_id = %request_id,
         )

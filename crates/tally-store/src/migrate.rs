@@ -23,10 +23,12 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 6, name: "webhooks", sql: include_str!("migrate_webhooks.sql") },
     Migration { version: 91, name: "top_up_payments", sql: include_str!("migrate_top_up_payments.sql") },
     Migration { version: 100, name: "connected_accounts", sql: include_str!("migrate_connected_accounts.sql") },
+    Migration { version: 102, name: "account_state_token", sql: include_str!("migrate_state_token.sql") },
     Migration { version: 92, name: "usage_in_time", sql: include_str!("migrate_usage_in_time.sql") },
     Migration { version: 93, name: "subscription_rules", sql: include_str!("migrate_subscription_rules.sql") },
     Migration { version: 94, name: "job_retries", sql: include_str!("migrate_job_retries.sql") },
     Migration { version: 95, name: "ledger_verification", sql: include_str!("migrate_verification.sql") },
+    Migration { version: 101, name: "unbilled_events", sql: include_str!("migrate_unbilled_events.sql") },
 ];
 
 const FOUNDATION: &str = r#"

@@ -3,7 +3,8 @@
 //! transaction ids, invalid requests, time advancing and explicit settling.
 //!
 //! The test keeps its own model of every account, written from the rules rather than from
-//! the code (burn order, overdraft repaid first, starts and expiries applied in time order),
+//! the code (burn order, refunds taking the newest paid credit first, overdraft repaid first,
+//! starts and expiries applied in time order),
 //! and after every step compares the stored balances and each grant's remainder with it.
 //! After each sequence the ledger must verify, no grant may be below zero, the customer-facing
 //! transactions must add up to the balance, and each balance must equal credits minus debits
@@ -132,13 +133,37 @@ impl ModelAccount {
     }
 
     fn debit(&mut self, amount: Decimal) {
-        self.debited += amount;
-        let mut order: Vec<usize> = (0..self.grants.len())
+        let mut order = self.spendable();
+        order.sort_by_key(|&index| self.grants[index].burn_key());
+        self.take(amount, order);
+    }
+
+    /// A refund gives back what the customer paid: paid credit first, the newest payment
+    /// first; then the other credit in burn order; then debt.
+    fn refund(&mut self, amount: Decimal) {
+        let mut order = self.spendable();
+        order.sort_by_key(|&index| {
+            let grant = &self.grants[index];
+            let paid = grant.purpose_rank == 2;
+            (
+                !paid,
+                if paid { std::cmp::Reverse(Some(grant.created_at)) } else { std::cmp::Reverse(None) },
+                grant.burn_key(),
+            )
+        });
+        self.take(amount, order);
+    }
+
+    fn spendable(&self) -> Vec<usize> {
+        (0..self.grants.len())
             .filter(|&index| {
                 self.grants[index].state == ModelState::Active && self.grants[index].remaining > Decimal::ZERO
             })
-            .collect();
-        order.sort_by_key(|&index| self.grants[index].burn_key());
+            .collect()
+    }
+
+    fn take(&mut self, amount: Decimal, order: Vec<usize>) {
+        self.debited += amount;
         let mut left = amount;
         for index in order {
             let taken = self.grants[index].remaining.min(left);
@@ -449,7 +474,13 @@ impl Run {
             Step::Debit { account, refund, amount } => {
                 let reason = if refund { AdjustmentReason::ExternalRefund } else { AdjustmentReason::Other };
                 let adjustment = self.adjustment(account, reason, -amount);
-                self.accept(Request::Adjust(adjustment), account, |model, _| model.debit(amount));
+                self.accept(Request::Adjust(adjustment), account, |model, _| {
+                    if refund {
+                        model.refund(amount)
+                    } else {
+                        model.debit(amount)
+                    }
+                });
             }
             Step::Charge { account, amount } => {
                 let charge = Charge {

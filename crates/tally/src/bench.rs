@@ -13,15 +13,28 @@
 //!
 //! The client shares the process (and the machine's cores) with the server, so the figures
 //! are for the whole loop: building, sending and parsing requests costs CPU here too.
+//!
+//! Three options change what the run meets: `--hot` sends every request to one customer;
+//! `--grants N` gives each customer's IMG account N open grants and `--history N` stores N
+//! events before the run. Both are made through the store's own operations (adjustments and
+//! event ingestion, as the API makes them) while no server runs, so the ledger stays whole
+//! and the checks after the run count the run's events only.
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use rust_decimal::Decimal;
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::future::Future;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tally_core::asset::AssetCode;
 use tally_core::Mode;
+use tally_store::ops::events::CustomerRef;
+use tally_store::ops::wallet::{Adjustment, AdjustmentReason};
+use tally_store::ops::OpError;
+use tally_store::{DatabaseUrl, Store};
 
 /// Each customer's starting balance, in IMG: far more than a run can spend.
 const FUNDING_IMG: u64 = 1_000_000_000;
@@ -32,6 +45,15 @@ const MAX_CONNECTIONS: usize = 1024;
 /// `POST /events` takes at most this many events (`routes::events::MAX_BATCH`).
 const MAX_BATCH_SIZE: usize = tally_http::routes::events::MAX_BATCH;
 const MAX_DURATION_SECS: u64 = 3600;
+/// Each grant `--grants` makes, in IMG: enough that a run spends few of them to nothing.
+const GRANT_IMG: u64 = 1_000_000;
+/// `--grants` at most: each account stays far below the balance limit (10^15).
+const MAX_GRANTS: usize = 100_000;
+/// `--history` at most: even a single customer's funding covers it.
+const MAX_HISTORY: u64 = 100_000_000;
+/// `--history` stores its events in batches of the API's largest size, this many batches to a
+/// transaction.
+const HISTORY_BATCHES_PER_TRANSACTION: usize = 10;
 
 const IMG_ASSET: &str =
     r#"{"code":"IMG","name":"Image Generation","precision":2,"label":"image","rates":[{"source":"USD","rate":0.10}]}"#;
@@ -72,6 +94,19 @@ pub struct BenchArgs {
     /// Which scenarios to run.
     #[arg(long, value_enum, default_value_t = Scenarios::Both)]
     pub scenario: Scenarios,
+    /// Send every request to one customer (the first) instead of spreading the requests over
+    /// all of them: all traffic on one wallet.
+    #[arg(long)]
+    pub hot: bool,
+    /// Before the run, give each customer's IMG account this many open grants besides its
+    /// funding: promotional credits of 1,000,000 IMG with distinct expiries, 30 days away and
+    /// more, made by the adjustment operation, in one transaction per customer.
+    #[arg(long, default_value_t = 0)]
+    pub grants: usize,
+    /// Before the run, store this many events, spread evenly over the customers and billed as
+    /// the run's are, by the event ingestion operation in transactions of 10,000 events.
+    #[arg(long, default_value_t = 0)]
+    pub history: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -99,7 +134,27 @@ impl BenchArgs {
         if self.requests == Some(0) {
             bail!("--requests must be at least 1");
         }
+        if self.grants > MAX_GRANTS {
+            bail!("--grants must be at most {MAX_GRANTS}");
+        }
+        if self.history > MAX_HISTORY {
+            bail!("--history must be at most {MAX_HISTORY}");
+        }
         Ok(())
+    }
+
+    /// What the run meets, for its first lines.
+    fn describe(&self) -> String {
+        let traffic = if self.hot {
+            "all traffic on one customer".to_owned()
+        } else {
+            format!("traffic spread over {} customers", self.customers)
+        };
+        let grants = match self.grants {
+            0 => "one grant per account (its funding)".to_owned(),
+            count => format!("{count} open grants per account besides its funding"),
+        };
+        format!("{traffic}; {grants}; {} events stored before the run", self.history)
     }
 
     fn scenarios(&self) -> Vec<usize> {
@@ -133,31 +188,39 @@ pub fn run(args: &BenchArgs, database_url: Option<&str>, settle_interval: Durati
         args.duration_secs,
         args.requests.map(|limit| format!(" or {limit} requests")).unwrap_or_default(),
     );
+    println!("  {}", args.describe());
+    let backends = BackendCpu::for_url(&url);
+    let server = Server { store: store.clone(), settle_interval, connections: args.connections, key: Arc::new(key) };
+    let run_id = format!("{:x}", chrono::Utc::now().timestamp_micros());
+    let run_id = run_id.as_str();
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let http_ok = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let base = format!("http://{}", listener.local_addr()?);
-        let config = tally_http::HttpConfig {
-            platform_name: "Tally bench".into(),
-            settle_interval,
-            ..tally_http::HttpConfig::default()
-        };
-        let state = tally_http::AppState::new(store.clone(), config);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(tally_http::serve(listener, state, async {
-            let _ = stopped.await;
-        }));
-        let client = Client {
-            http: reqwest::Client::builder().pool_max_idle_per_host(args.connections).build()?,
-            base,
-            key: Arc::new(key),
-        };
-        let result = drive(&client, args).await;
-        let _ = stop.send(());
-        server.await.context("the server task failed")??;
-        result
-    })?;
+    // The customers are made over HTTP, as a platform makes them.
+    let (customers, stored_at_setup) = runtime.block_on(server.serving(|client| async move {
+        let started = Instant::now();
+        let stored = client.stored_events().await?;
+        let customers = client.set_up(run_id, args.customers).await?;
+        println!(
+            "setup: {} customers subscribed to glitch_images_std and funded with {FUNDING_IMG} IMG each in {:.1} s",
+            customers.len(),
+            started.elapsed().as_secs_f64()
+        );
+        anyhow::Ok((customers, stored))
+    }))?;
+    // Grants and history go in through the store while no server runs, so that nothing a
+    // server keeps in memory can be out of date when the run starts.
+    if args.grants > 0 {
+        seed_grants(&store, &customers, args.grants)?;
+    }
+    if args.history > 0 {
+        seed_history(&store, &customers, run_id, args.history)?;
+    }
+    let customers = Arc::new(customers);
+    let backends = backends.as_ref();
+    let http_ok = runtime.block_on(server.serving(|client| async move {
+        let expected_before = stored_at_setup + args.history;
+        drive(&client, args, run_id, &customers, expected_before, backends).await
+    }))?;
     drop(runtime);
 
     let started = Instant::now();
@@ -177,49 +240,208 @@ pub fn run(args: &BenchArgs, database_url: Option<&str>, settle_interval: Durati
     Ok(http_ok && report.problems.is_empty())
 }
 
-/// `url` with the password of its user information, if any, masked: the URL is printed.
-fn without_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    match rest.split_once('@') {
-        Some((user_information, host)) if user_information.contains(':') => {
-            let user = user_information.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}")
-        }
-        _ => url.to_owned(),
+/// Starts servers over the bench's store, one for each phase that talks HTTP.
+struct Server {
+    store: Arc<Store>,
+    settle_interval: Duration,
+    connections: usize,
+    key: Arc<String>,
+}
+
+impl Server {
+    /// Serves on `127.0.0.1:0` while `work` runs with a client of it, then stops the server
+    /// (waiting for its background tasks) and returns what `work` returned.
+    async fn serving<T, Work: Future<Output = anyhow::Result<T>>>(
+        &self,
+        work: impl FnOnce(Client) -> Work,
+    ) -> anyhow::Result<T> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let config = tally_http::HttpConfig {
+            platform_name: "Tally bench".into(),
+            settle_interval: self.settle_interval,
+            ..tally_http::HttpConfig::default()
+        };
+        let state = tally_http::AppState::new(self.store.clone(), config);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(tally_http::serve(listener, state, async {
+            let _ = stopped.await;
+        }));
+        let client = Client {
+            http: reqwest::Client::builder().pool_max_idle_per_host(self.connections).build()?,
+            base,
+            key: self.key.clone(),
+        };
+        let result = work(client).await;
+        let _ = stop.send(());
+        server.await.context("the server task failed")??;
+        result
     }
 }
 
-/// Sets up the catalog and customers, runs the scenarios and checks the outcome over HTTP.
-async fn drive(client: &Client, args: &BenchArgs) -> anyhow::Result<bool> {
-    let stored_before = client.stored_events().await?;
+/// Gives each customer's `default:IMG` account `count` open promotional grants, each by a
+/// credit adjustment (a transaction, a ledger entry and a grant, as `POST .../wallet/
+/// adjustments` makes them), all of one customer in one database transaction.
+fn seed_grants(store: &Store, customers: &[String], count: usize) -> anyhow::Result<()> {
     let started = Instant::now();
-    let run_id = format!("{:x}", chrono::Utc::now().timestamp_micros());
-    let customers = Arc::new(client.set_up(&run_id, args.customers).await?);
+    let asset = AssetCode::parse("IMG").map_err(|error| anyhow!("IMG: {error:?}"))?;
+    for (index, customer) in customers.iter().enumerate() {
+        let now = chrono::Utc::now();
+        let adjustments: Vec<Adjustment> = (0..count)
+            .map(|grant| Adjustment {
+                transaction_id: format!("bench-grant-{index}-{grant}"),
+                account_name: "default".into(),
+                asset: asset.clone(),
+                amount: Decimal::from(GRANT_IMG),
+                description: Some("Bench grant".into()),
+                reason: AdjustmentReason::Gift,
+                effective_at: None,
+                // Distinct, so that the burn order must sort them; far enough away not to
+                // fall due during a run.
+                expires_at: Some(now + chrono::Duration::days(30) + chrono::Duration::seconds(grant as i64)),
+                metadata: Default::default(),
+            })
+            .collect();
+        store
+            .write(|conn| tally_store::ops::wallet::adjust_many(conn, Mode::Test, customer, &adjustments, now))
+            .map_err(|error| anyhow!("cannot make the grants of customer {customer}: {error:?}"))?;
+    }
     println!(
-        "setup: {} customers subscribed to glitch_images_std and funded with {FUNDING_IMG} IMG each in {:.1} s",
+        "grants: {count} grants of {GRANT_IMG} IMG made on each of {} accounts in {:.1} s",
         customers.len(),
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// Stores `total` events spread evenly over `customers`, through the event ingestion
+/// operation exactly as `POST /events` calls it (the same bodies as the run sends, parsed by
+/// the same parser), in batches of the API's largest size, several to a transaction. One
+/// thread per CPU, each with its own customers, so that transactions never wait for each
+/// other's customer locks.
+fn seed_history(store: &Arc<Store>, customers: &[String], run_id: &str, total: u64) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let catalog = tally_http::catalog::CatalogCache::default();
+    let threads = std::thread::available_parallelism().map_or(1, |count| count.get()).min(customers.len());
+    let stored = AtomicU64::new(0);
+    let last_report = std::sync::Mutex::new(Instant::now());
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let mut workers = Vec::with_capacity(threads);
+        for thread in 0..threads {
+            let (catalog, stored, last_report) = (&catalog, &stored, &last_report);
+            workers.push(scope.spawn(move || -> anyhow::Result<()> {
+                // This thread's batches: (customer's index, first sequence, size).
+                let mut batches: Vec<(usize, u64, usize)> = Vec::new();
+                for index in (thread..customers.len()).step_by(threads) {
+                    let share = history_share(total, customers.len(), index);
+                    let largest = MAX_BATCH_SIZE as u64;
+                    let mut sequence = 0;
+                    while sequence * largest < share {
+                        let size = (share - sequence * largest).min(largest);
+                        batches.push((index, sequence, size as usize));
+                        sequence += 1;
+                    }
+                }
+                for chunk in batches.chunks(HISTORY_BATCHES_PER_TRANSACTION) {
+                    let now = chrono::Utc::now();
+                    let occurred_at = now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+                    let mut parsed = Vec::with_capacity(chunk.len());
+                    for &(index, sequence, size) in chunk {
+                        let prefix = format!("{run_id}-history-{index}");
+                        let body = events_body(&customers[index], &prefix, sequence, size, &occurred_at);
+                        let request: tally_http::routes::events::UsageRequest = serde_json::from_str(&body)?;
+                        let events = tally_http::routes::events::parse_events(&request.events, Some(now))
+                            .map_err(|error| anyhow!("the bench's events do not parse: {error:?}"))?;
+                        parsed.push((CustomerRef::Id(customers[index].clone()), events));
+                    }
+                    let billed = store
+                        .write(|conn| -> Result<usize, OpError> {
+                            let mut billed = 0;
+                            for (customer, events) in &parsed {
+                                let report =
+                                    tally_store::ops::events::ingest(conn, Mode::Test, customer, events, catalog, now)?;
+                                billed += report.billed.get("IMG").map_or(0, |(count, _)| *count);
+                            }
+                            Ok(billed)
+                        })
+                        .map_err(|error| anyhow!("cannot store the history: {error:?}"))?;
+                    let expected: usize = chunk.iter().map(|&(_, _, size)| size).sum();
+                    if billed != expected {
+                        bail!("history: {billed} of {expected} events of a transaction were billed");
+                    }
+                    let done = stored.fetch_add(billed as u64, Ordering::Relaxed) + billed as u64;
+                    let mut last = last_report.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    if last.elapsed() >= Duration::from_secs(10) {
+                        *last = Instant::now();
+                        println!("history: {done} of {total} events stored ({:.0} s)", started.elapsed().as_secs_f64());
+                    }
+                }
+                Ok(())
+            }));
+        }
+        for worker in workers {
+            worker.join().map_err(|_| anyhow!("a history thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "history: {total} events stored and billed over {} customers in {seconds:.1} s ({:.0} events/s)",
+        customers.len(),
+        total as f64 / seconds.max(1e-9)
+    );
+    Ok(())
+}
+
+/// How many of `total` history events the customer at `index` of `customers` gets.
+fn history_share(total: u64, customers: usize, index: usize) -> u64 {
+    let customers = customers as u64;
+    total / customers + u64::from((index as u64) < total % customers)
+}
+
+/// `url` with its password, if any, masked: the URL is printed.
+fn without_password(url: &str) -> String {
+    crate::config::redact_database_url(url)
+}
+
+/// Runs the scenarios and checks the outcome over HTTP: the events the server acknowledged,
+/// the events stored and the IMG billed during the run must agree. `expected_before` is how
+/// many events should be stored when it starts (those of earlier runs on this database and
+/// the `--history`).
+async fn drive(
+    client: &Client,
+    args: &BenchArgs,
+    run_id: &str,
+    customers: &Arc<Vec<String>>,
+    expected_before: u64,
+    backends: Option<&BackendCpu>,
+) -> anyhow::Result<bool> {
+    let stored_before = client.stored_events().await?;
+    let mut clean = stored_before == expected_before;
+    if !clean {
+        println!("MISMATCH: {stored_before} events stored before the run, {expected_before} expected");
+    }
+    let mut available_before = Vec::with_capacity(customers.len());
+    for customer in customers.iter() {
+        available_before.push(client.available_img(customer).await?);
+    }
 
     let mut acknowledged: u64 = 0;
-    let mut clean = true;
     for batch_size in args.scenarios() {
-        let report = run_scenario(client, args, &run_id, &customers, batch_size).await;
-        report.print(batch_size);
+        let report = run_scenario(client, args, run_id, customers, batch_size, backends).await;
+        report.print(batch_size, backends);
         acknowledged += report.events;
         clean &= report.errors == 0;
     }
 
     let stored = client.stored_events().await? - stored_before;
     let mut billed = Decimal::ZERO;
-    for customer in customers.iter() {
-        billed += Decimal::from(FUNDING_IMG) - client.available_img(customer).await?;
+    for (customer, before) in customers.iter().zip(available_before) {
+        billed += before - client.available_img(customer).await?;
     }
     let agree = Decimal::from(stored) == billed && stored == acknowledged;
     println!(
-        "events: {acknowledged} acknowledged, {stored} stored, {billed} IMG billed: {}",
+        "events of the run: {acknowledged} acknowledged, {stored} stored, {billed} IMG billed: {}",
         if agree { "they agree" } else { "MISMATCH" }
     );
     Ok(clean && agree)
@@ -238,10 +460,12 @@ struct ScenarioReport {
     events_per_second: Vec<u64>,
     /// CPU time the whole process (server and client) used during the run, where known.
     cpu: Option<Duration>,
+    /// CPU time PostgreSQL's backends serving the bench's database used, where measured.
+    database_cpu: Option<Duration>,
 }
 
 impl ScenarioReport {
-    fn print(&self, batch_size: usize) {
+    fn print(&self, batch_size: usize, backends: Option<&BackendCpu>) {
         let seconds = self.elapsed.as_secs_f64();
         let name = if batch_size == 1 { "single events".to_owned() } else { format!("batches of {batch_size}") };
         println!(
@@ -267,13 +491,31 @@ impl ScenarioReport {
             percentile(0.99),
             percentile(1.0)
         );
+        let per_event = |cpu: Duration| cpu.as_secs_f64() * 1e6 / self.events.max(1) as f64;
         if let Some(cpu) = self.cpu {
+            let whose = match backends {
+                None => "this process: server, client and SQLite",
+                Some(_) => "this process: server and client, not PostgreSQL",
+            };
             println!(
-                "  CPU (server and client): {:.2} cores busy, {:.0} µs per event, {:.0} µs per request",
+                "  CPU ({whose}): {:.2} cores busy, {:.0} µs per event, {:.0} µs per request",
                 cpu.as_secs_f64() / seconds,
-                cpu.as_secs_f64() * 1e6 / self.events.max(1) as f64,
+                per_event(cpu),
                 cpu.as_secs_f64() * 1e6 / self.requests.max(1) as f64,
             );
+        }
+        match (backends, self.database_cpu) {
+            (Some(backends), Some(cpu)) => println!(
+                "  CPU (PostgreSQL's backends serving {}; its shared background processes not counted): \
+                 {:.2} cores busy, {:.0} µs per event",
+                backends.database,
+                cpu.as_secs_f64() / seconds,
+                per_event(cpu),
+            ),
+            (Some(backends), None) => {
+                println!("  CPU of PostgreSQL: not measured (no backend serving {} in /proc)", backends.database)
+            }
+            (None, _) => {}
         }
         let mut trend = String::new();
         for count in &self.events_per_second {
@@ -315,7 +557,9 @@ async fn run_scenario(
     run_id: &str,
     customers: &Arc<Vec<String>>,
     batch_size: usize,
+    backends: Option<&BackendCpu>,
 ) -> ScenarioReport {
+    let database_cpu_before = backends.map(BackendCpu::sample);
     let cpu_before = process_cpu_time();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration_secs);
@@ -329,11 +573,13 @@ async fn run_scenario(
         let budget = budget.clone();
         let prefix = format!("{run_id}-{batch_size}-{connection}");
         let occurred_at = occurred_at.clone();
+        let hot = args.hot;
         tasks.spawn(async move {
             let mut report = ConnectionReport::default();
             let mut sequence: u64 = 0;
             while Instant::now() < deadline && take_one(&budget) {
-                let customer = &customers[(connection + sequence as usize) % customers.len()];
+                let customer =
+                    if hot { &customers[0] } else { &customers[(connection + sequence as usize) % customers.len()] };
                 let body = events_body(customer, &prefix, sequence, batch_size, &occurred_at);
                 sequence += 1;
                 let sent = Instant::now();
@@ -368,6 +614,7 @@ async fn run_scenario(
         latencies_us: Vec::new(),
         events_per_second: Vec::new(),
         cpu: None,
+        database_cpu: None,
     };
     while let Some(joined) = tasks.join_next().await {
         let report = match joined {
@@ -394,20 +641,91 @@ async fn run_scenario(
     }
     total.elapsed = started.elapsed();
     total.cpu = process_cpu_time().zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
+    total.database_cpu = backends.zip(database_cpu_before).and_then(|(backends, before)| backends.used_since(&before));
     total
 }
 
 /// The user and system CPU time this process has used, from `/proc/self/stat` (Linux only).
 fn process_cpu_time() -> Option<Duration> {
-    /// `/proc` counts in clock ticks of 1/100 s (`USER_HZ`, fixed by the kernel's ABI).
-    const TICKS_PER_SECOND: u64 = 100;
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let ticks = cpu_ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
+    Some(Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND))
+}
+
+/// `/proc` counts CPU time in clock ticks of 1/100 s (`USER_HZ`, fixed by the kernel's ABI).
+const TICKS_PER_SECOND: u64 = 100;
+
+/// User and system CPU time, in ticks, from the text of a `/proc/PID/stat` file.
+fn cpu_ticks(stat: &str) -> Option<u64> {
     // Fields after the command name (which may hold spaces) start with the state, field 3;
     // user time and system time are fields 14 and 15.
     let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
     let user: u64 = fields.next()?.parse().ok()?;
     let system: u64 = fields.next()?.parse().ok()?;
-    Some(Duration::from_millis((user + system) * 1000 / TICKS_PER_SECOND))
+    Some(user + system)
+}
+
+/// The PostgreSQL backends serving one database, when that server runs on this machine: found
+/// in `/proc` by the title PostgreSQL gives them (`postgres: [CLUSTER: ]USER DATABASE
+/// HOST(PORT) STATE`). The server's shared processes (WAL writer, checkpointer, background
+/// writer) also work for other databases, so they are not counted; nor is a backend that
+/// exits during a scenario (the bench's pool keeps its connections open).
+struct BackendCpu {
+    database: String,
+}
+
+impl BackendCpu {
+    /// For a `postgres://` URL naming its database; `None` for SQLite.
+    fn for_url(url: &str) -> Option<BackendCpu> {
+        let DatabaseUrl::Postgres(url) = DatabaseUrl::parse(url).ok()? else {
+            return None;
+        };
+        let after_scheme = url.split_once("://")?.1;
+        let path = after_scheme.split_once('/')?.1;
+        let database = path.split(['?', '#']).next()?.to_owned();
+        (!database.is_empty()).then_some(BackendCpu { database })
+    }
+
+    /// CPU ticks used so far by each backend serving the database, by process id.
+    fn sample(&self) -> HashMap<u32, u64> {
+        let mut ticks = HashMap::new();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return ticks;
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(title) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            if !self.serves(&String::from_utf8_lossy(&title)) {
+                continue;
+            }
+            if let Some(used) = std::fs::read_to_string(entry.path().join("stat")).ok().as_deref().and_then(cpu_ticks) {
+                ticks.insert(pid, used);
+            }
+        }
+        ticks
+    }
+
+    fn serves(&self, title: &str) -> bool {
+        let Some(rest) = title.strip_prefix("postgres:") else {
+            return false;
+        };
+        let words: Vec<&str> = rest.split(|c: char| c.is_whitespace() || c == '\0').filter(|w| !w.is_empty()).collect();
+        words.windows(2).any(|pair| pair[0] == self.database && (pair[1].ends_with(')') || pair[1] == "[local]"))
+    }
+
+    /// CPU time the backends used since `before`; `None` when none was found.
+    fn used_since(&self, before: &HashMap<u32, u64>) -> Option<Duration> {
+        let after = self.sample();
+        if after.is_empty() {
+            return None;
+        }
+        let ticks: u64 =
+            after.iter().map(|(pid, used)| used.saturating_sub(before.get(pid).copied().unwrap_or(0))).sum();
+        Some(Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND))
+    }
 }
 
 /// Takes one request from the budget; false once it is spent.
@@ -528,19 +846,87 @@ impl Client {
 mod tests {
     use super::*;
 
-    /// Not a measurement (nothing here depends on speed): a short run, bounded by a count of
-    /// requests, must end with every check passed.
-    #[test]
-    fn a_short_run_passes_its_checks() {
-        let args = BenchArgs {
+    /// A run small enough for a test: bounded by a count of requests, never by time.
+    fn short() -> BenchArgs {
+        BenchArgs {
             customers: 3,
             connections: 4,
             batch_size: 5,
             duration_secs: MAX_DURATION_SECS,
             requests: Some(20),
             scenario: Scenarios::Both,
+            hot: false,
+            grants: 0,
+            history: 0,
+        }
+    }
+
+    /// Not a measurement (nothing here depends on speed): a short run, bounded by a count of
+    /// requests, must end with every check passed.
+    #[test]
+    fn a_short_run_passes_its_checks() {
+        assert!(run(&short(), None, Duration::from_millis(100)).unwrap());
+    }
+
+    /// Every request on one customer: its wallet takes all the debits, and they still add up.
+    #[test]
+    fn a_short_hot_run_passes_its_checks() {
+        assert!(run(&BenchArgs { hot: true, ..short() }, None, Duration::from_millis(100)).unwrap());
+    }
+
+    /// Accounts with many grants: made through the adjustment operation, they keep the ledger
+    /// whole, and the run's billing is counted from the balances the grants left.
+    #[test]
+    fn a_short_run_over_many_grants_passes_its_checks() {
+        assert!(run(&BenchArgs { grants: 7, ..short() }, None, Duration::from_millis(100)).unwrap());
+    }
+
+    /// Events stored before the run: exactly as many as asked (checked over HTTP before the
+    /// run), billed (the ledger verifies), and not counted as the run's.
+    #[test]
+    fn a_short_run_over_a_history_passes_its_checks() {
+        // 2,501 over 3 customers: a customer's share spans batches of 1,000 and a partial one.
+        assert!(run(&BenchArgs { history: 2_501, ..short() }, None, Duration::from_millis(100)).unwrap());
+    }
+
+    /// The same options on PostgreSQL, in a database of its own, with its backends' CPU
+    /// measured. Skipped when no PostgreSQL answers, unless TALLY_REQUIRE_POSTGRES=1.
+    #[test]
+    fn a_short_run_with_every_option_passes_its_checks_on_postgres() {
+        let base = std::env::var("TALLY_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+        let mut admin = match postgres::Client::connect(&format!("{base}/postgres"), postgres::NoTls) {
+            Ok(admin) => admin,
+            Err(error) if std::env::var("TALLY_REQUIRE_POSTGRES").as_deref() != Ok("1") => {
+                eprintln!("skipped: no PostgreSQL at {base}: {error}");
+                return;
+            }
+            Err(error) => panic!("no PostgreSQL at {base}: {error}"),
         };
-        assert!(run(&args, None, Duration::from_millis(100)).unwrap());
+        let name = format!("tally_bench_test_{:x}", chrono::Utc::now().timestamp_micros());
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        let args = BenchArgs { hot: true, grants: 7, history: 1_001, ..short() };
+        let outcome = run(&args, Some(&format!("{base}/{name}")), Duration::from_millis(100));
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).unwrap();
+        assert!(outcome.unwrap());
+    }
+
+    #[test]
+    fn history_is_shared_out_exactly() {
+        let shares: Vec<u64> = (0..3).map(|index| history_share(2_501, 3, index)).collect();
+        assert_eq!(shares, [834, 834, 833]);
+        assert_eq!(history_share(2, 3, 2), 0);
+    }
+
+    #[test]
+    fn postgres_backends_are_told_by_their_title() {
+        let backends = BackendCpu::for_url("postgres://postgres@127.0.0.1:5432/tally_bench?sslmode=disable").unwrap();
+        assert_eq!(backends.database, "tally_bench");
+        assert!(backends.serves("postgres: 15/main: postgres tally_bench 127.0.0.1(43210) idle\0\0"));
+        assert!(backends.serves("postgres: bench tally_bench [local] COMMIT"));
+        assert!(!backends.serves("postgres: 15/main: postgres tally_bench_2 127.0.0.1(43210) idle"));
+        assert!(!backends.serves("postgres: 15/main: checkpointer"));
+        assert!(BackendCpu::for_url("sqlite:///tmp/bench.db").is_none());
     }
 
     #[test]

@@ -377,7 +377,10 @@ mod tests {
     #[test]
     fn database_passwords_never_show() {
         assert_eq!(redact_database_url("postgres://tally:s3cret@db:5432/tally"), "postgres://tally:***@db:5432/tally");
-        assert_eq!(redact_database_url("postgresql://a:b:c@db/x?sslmode=require"), "postgresql://a:***@db/x?sslmode=require");
+        assert_eq!(
+            redact_database_url("postgresql://a:b:c@db/x?sslmode=require"),
+            "postgresql://a:***@db/x?sslmode=require"
+        );
         assert_eq!(
             redact_database_url("postgres://db/tally?user=tally&password=s3cret"),
             "postgres://db/tally?user=tally&password=***"

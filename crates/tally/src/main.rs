@@ -82,7 +82,9 @@ fn main() -> anyhow::Result<()> {
     };
     let overrides = Overrides { listen, database_url: cli.database_url.clone(), log_format: cli.log_format.clone() };
     let config = Config::load(cli.config.as_deref(), &overrides)?;
-    init_logging(&config)?;
+    // The bench's server would log each of its many thousand requests: it keeps only warnings.
+    let request_log = if matches!(cli.command, Command::Bench(_)) { ",tally_http::telemetry=warn" } else { "" };
+    init_logging(&config, request_log)?;
     match cli.command {
         Command::Serve { .. } => serve(&config),
         Command::Migrate => {
@@ -112,8 +114,9 @@ fn main() -> anyhow::Result<()> {
 
 /// Log lines go to stderr, as text (coloured only on a terminal, and never with NO_COLOR set)
 /// or as one JSON object per line. A request's lines carry its span: method, route, request id.
-fn init_logging(config: &Config) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log).context("invalid log filter")?;
+fn init_logging(config: &Config, extra_directives: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("{}{extra_directives}", config.log))
+        .context("invalid log filter")?;
     let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match config.log_format()? {
         LogFormat::Text => {

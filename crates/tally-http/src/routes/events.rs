@@ -12,10 +12,10 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use tally_core::pricing::{EventData, EventValue};
-use tally_store::ops::events::{self as event_ops, CustomerRef, NewCost, NewEvent, VendorRef};
+use tally_store::ops::events::{self as event_ops, CustomerRef, NewCost, NewEvent, UnbilledCode, VendorRef};
 use tally_store::ops::stats::{profitability, Scope};
-use tally_store::ops::OpError;
-use tally_store::repo::events::{self as event_repo, EventFilter, StoredEvent};
+use tally_store::ops::{FieldError, OpError};
+use tally_store::repo::events::{self as event_repo, EventFilter, StoredEvent, UnbilledReason as StoredUnbilledReason};
 use utoipa::ToSchema;
 
 /// The most events one `POST /events` may carry.
@@ -189,7 +189,8 @@ fn parse_cost(checker: &mut Checker, prefix: &str, cost: &CostDataIn) -> Option<
 }
 
 #[utoipa::path(post, path = "/events", tag = "Events", request_body = UsageRequest,
-    responses((status = 204, description = "Every event is stored (or was already): priced and debited."), (status = 422)))]
+    responses((status = 204, description = "Every event is stored (or was already): priced and debited, or stored unbilled \
+        with the reason when it cannot be priced."), (status = 409), (status = 422)))]
 pub async fn send_usage(
     State(state): State<AppState>,
     auth: Auth,
@@ -228,9 +229,39 @@ pub struct ListEventsItem {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fee_currency: Option<String>,
     pub has_fees: bool,
+    /// `billed` (the event has fees) or `unbilled` (stored without fees: see `unbilled_reason`).
+    pub billing_status: BillingStatus,
+    /// Why the event was not billed; absent when it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unbilled_reason: Option<UnbilledReason>,
 }
 
 page_type!(PageListEventsItem, ListEventsItem);
+
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BillingStatus {
+    Billed,
+    Unbilled,
+}
+
+/// Why an event was stored without fees.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct UnbilledReason {
+    /// `no_subscription`, `no_matching_price`, `no_matching_dimension`, `missing_volume`,
+    /// `invalid_volume` or `invalid_price`.
+    pub code: String,
+    pub message: String,
+}
+
+fn billing(unbilled: Option<StoredUnbilledReason>) -> (BillingStatus, Option<UnbilledReason>) {
+    match unbilled {
+        None => (BillingStatus::Billed, None),
+        Some(StoredUnbilledReason { code, message }) => {
+            (BillingStatus::Unbilled, Some(UnbilledReason { code, message }))
+        }
+    }
+}
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EventFee {
@@ -274,11 +305,17 @@ pub struct GetEventResponse {
     pub customer_id: String,
     pub created_at: Timestamp,
     pub fees: Vec<EventFee>,
+    /// `billed` (the event has fees) or `unbilled` (stored without fees: see `unbilled_reason`).
+    pub billing_status: BillingStatus,
+    /// Why the event was not billed; absent when it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unbilled_reason: Option<UnbilledReason>,
     /// The event's profitability in USD.
     pub stats: crate::routes::vendors::ProfitabilityStats,
 }
 
 fn list_item((event, external_id): (StoredEvent, Option<String>)) -> ListEventsItem {
+    let (billing_status, unbilled_reason) = billing(event.unbilled);
     ListEventsItem {
         id: event.id,
         customer_id: event.customer_id,
@@ -291,6 +328,8 @@ fn list_item((event, external_id): (StoredEvent, Option<String>)) -> ListEventsI
         total_fees: event.total_fees.map(Amount),
         fee_currency: event.fee_currency,
         has_fees: event.has_fees,
+        billing_status,
+        unbilled_reason,
     }
 }
 
@@ -298,7 +337,9 @@ fn list_item((event, external_id): (StoredEvent, Option<String>)) -> ListEventsI
     params(("offset" = Option<i64>, Query), ("limit" = Option<i64>, Query), ("event_id" = Option<String>, Query),
            ("customer_id" = Option<String>, Query), ("customer_external_id" = Option<String>, Query), ("subject" = Option<String>, Query),
            ("period_from" = Option<String>, Query), ("period_to" = Option<String>, Query),
-           ("event_types" = Option<String>, Query, description = "Comma-separated event types."), ("has_fees" = Option<bool>, Query)),
+           ("event_types" = Option<String>, Query, description = "Comma-separated event types."), ("has_fees" = Option<bool>, Query),
+           ("billing_status" = Option<String>, Query, description = "`billed` or `unbilled`."),
+           ("unbilled_reason" = Option<String>, Query, description = "Unbilled events with this reason code only.")),
     responses((status = 200, body = PageListEventsItem)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -318,6 +359,31 @@ pub async fn list(
             .map(|types| types.split(',').map(|kind| kind.trim().to_owned()).filter(|kind| !kind.is_empty()).collect())
             .unwrap_or_default(),
         has_fees: query.bool("has_fees"),
+        billed: match query.string("billing_status").as_deref() {
+            None => None,
+            Some("billed") => Some(true),
+            Some("unbilled") => Some(false),
+            Some(_) => {
+                query
+                    .errors
+                    .push(FieldError { field: "billing_status".into(), message: "must be billed or unbilled".into() });
+                None
+            }
+        },
+        unbilled_reason: match query.string("unbilled_reason") {
+            None => None,
+            Some(code) => match UnbilledCode::parse(&code) {
+                Some(code) => Some(code.as_str().to_owned()),
+                None => {
+                    let codes: Vec<&str> = UnbilledCode::ALL.iter().map(|code| code.as_str()).collect();
+                    query.errors.push(FieldError {
+                        field: "unbilled_reason".into(),
+                        message: format!("must be one of {}", codes.join(", ")),
+                    });
+                    None
+                }
+            },
+        },
     };
     query.finish()?;
     let (events, total) = state.read(move |conn| Ok(event_repo::list(conn, auth.mode, &filter, page)?)).await?;
@@ -374,6 +440,7 @@ pub async fn get(
             }
         })
         .collect();
+    let (billing_status, unbilled_reason) = billing(event.unbilled);
     Ok(Json(GetEventResponse {
         id: event.id,
         event_type: event.event_type,
@@ -385,6 +452,8 @@ pub async fn get(
         customer_id: event.customer_id,
         created_at: event.created_at.into(),
         fees,
+        billing_status,
+        unbilled_reason,
         stats: crate::routes::vendors::stats_view(stats),
     }))
 }

@@ -154,6 +154,8 @@ pub struct CalculatedFee {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SimulateUsageResponse {
     pub fees: Vec<CalculatedFee>,
+    /// One per event that would be stored unbilled: its id, its type, the reason's code (as
+    /// `GET /events/{id}` gives it in `unbilled_reason.code`) and why.
     pub warnings: Vec<String>,
 }
 

@@ -29,8 +29,7 @@ pub struct CreateWebhookDestinationRequest {
     pub url: String,
     /// Topics to receive; `["*"]` (the default) for all.
     pub topics: Option<Vec<String>>,
-    /// Receive connected accounts' events instead of the platform's. Accepted and stored, but
-    /// Tally has no connected accounts yet, so such a destination receives nothing but tests.
+    /// Receive connected accounts' events instead of the platform's (docs/platforms.md).
     pub connect: Option<bool>,
 }
 

@@ -8,17 +8,25 @@
 //! subscriptions were active on when it occurred (the history kept by
 //! `repo::subscriptions::record_history`), rated with the customer's tier counters of the
 //! period containing `occurred_at`, stored with its fees, and each fee is debited, at arrival,
-//! from the default account of its asset with a ledger entry. Any invalid event refuses the
-//! whole batch (nothing is stored) with an error per event. Events no price matches are
-//! stored without fees. A price listing several assets bills the event in each of them.
+//! from the default account of its asset with a ledger entry. A price listing several assets
+//! bills the event in each of them.
+//!
+//! Only a malformed batch is refused whole (nothing is stored), with an error per event: the
+//! edge refuses what it cannot parse, this module an id repeated in the batch, an unknown
+//! vendor, and a fee past the limits on amounts. An event that is well formed but cannot be
+//! priced (no subscription when it occurred, no price for its type, no dimensional entry for
+//! it, a volume missing or unreadable) is stored unbilled, with an [`UnbilledCode`] and a
+//! message, and sends `event.unbilled`: as Credyt says, unmatched usage events are accepted but
+//! not billed. An event is priced whole or not at all: when one of the prices its type matches
+//! cannot price it, it gets no fee from any, and moves no tier counter.
 
 use super::products::Catalog;
 use super::subscriptions::active_versions;
 use super::wallet::{debit, json_number, open_account, record, save_account, RESERVED_TRANSACTION_PREFIX};
-use super::{FieldError, OpError};
+use super::{webhooks, FieldError, OpError};
 use crate::conn::Conn;
 use crate::ids;
-use crate::repo::events::{self, StoredCost, StoredEvent, StoredFee};
+use crate::repo::events::{self, StoredCost, StoredEvent, StoredFee, UnbilledReason};
 use crate::repo::subscriptions::{self as subscription_repo, ActiveInterval};
 use crate::repo::transactions::Transaction;
 use crate::repo::wallets::{Account, AccountKey, GrantOrigin};
@@ -30,7 +38,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use tally_core::catalog::ProductVersion;
 use tally_core::ledger::SystemAccount;
-use tally_core::pricing::{self, EventData, Usage, UsagePrice};
+use tally_core::pricing::{self, EventData, RatingError, Usage, UsagePrice};
 use tally_core::wallet::AccountState;
 use tally_core::Mode;
 
@@ -171,6 +179,8 @@ pub struct IngestReport {
     pub stored: usize,
     pub duplicates: usize,
     pub fees: usize,
+    /// Of the stored events, how many were stored unbilled.
+    pub unbilled: usize,
     /// Fees of the stored events by asset: how many, and their sum (for metrics).
     pub billed: BTreeMap<String, (usize, Decimal)>,
 }
@@ -184,21 +194,95 @@ pub struct RatedFee {
     pub volume_field: Option<String>,
 }
 
-/// Rates one event against every usage price of `versions` for its type, reading and
-/// advancing the tier counters through `counter`.
+/// Why a stored event owes no fee: a stable code, for filters and alerts (`as_str` is what the
+/// API shows and stores).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UnbilledCode {
+    /// No subscription of the customer was active at the event's `occurred_at`.
+    NoSubscription,
+    /// Subscriptions were active then, but no usage price of their versions has the event's type.
+    NoMatchingPrice,
+    /// A price has the event's type, but none of its dimensional entries matches the event.
+    NoMatchingDimension,
+    /// A price reads a volume field the event does not carry.
+    MissingVolume,
+    /// The volume field is not a number, is negative, or has more digits than an amount may.
+    InvalidVolume,
+    /// The price cannot rate the event (two of its dimensional entries match it equally).
+    InvalidPrice,
+}
+
+impl UnbilledCode {
+    pub const ALL: [UnbilledCode; 6] = [
+        UnbilledCode::NoSubscription,
+        UnbilledCode::NoMatchingPrice,
+        UnbilledCode::NoMatchingDimension,
+        UnbilledCode::MissingVolume,
+        UnbilledCode::InvalidVolume,
+        UnbilledCode::InvalidPrice,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnbilledCode::NoSubscription => "no_subscription",
+            UnbilledCode::NoMatchingPrice => "no_matching_price",
+            UnbilledCode::NoMatchingDimension => "no_matching_dimension",
+            UnbilledCode::MissingVolume => "missing_volume",
+            UnbilledCode::InvalidVolume => "invalid_volume",
+            UnbilledCode::InvalidPrice => "invalid_price",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<UnbilledCode> {
+        UnbilledCode::ALL.into_iter().find(|code| code.as_str() == text)
+    }
+}
+
+/// Why one event is not billed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unbilled {
+    pub code: UnbilledCode,
+    pub message: String,
+}
+
+/// What rating one event came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rating {
+    /// Priced by every price its type matches (at least one fee).
+    Billed(Vec<RatedFee>),
+    /// Well formed but not priceable: stored without fees.
+    Unbilled(Unbilled),
+    /// A fee past the limits on amounts: the batch is refused, with this message.
+    Refused(String),
+}
+
+/// Rates one event against every usage price of `versions` for its type, reading the tier
+/// counters through `counter` and handing the advanced ones to `store_counter`, which the
+/// caller keeps only when the event is billed: an event is priced whole or not at all.
 pub fn rate_event(
     versions: &[Arc<ProductVersion>],
     event: &NewEvent,
     counter: &mut dyn FnMut(&UsagePrice, i64) -> Result<Usage, OpError>,
     store_counter: &mut dyn FnMut(&UsagePrice, i64, Usage),
-) -> Result<Vec<RatedFee>, Result<String, OpError>> {
+) -> Result<Rating, OpError> {
+    if versions.is_empty() {
+        return Ok(Rating::Unbilled(Unbilled {
+            code: UnbilledCode::NoSubscription,
+            message: "no subscription of the customer was active at the event's occurred_at".into(),
+        }));
+    }
     let mut rated = Vec::new();
+    let mut matched = false;
     for version in versions {
         for price in version.usage_prices.iter().filter(|price| price.event_type == event.event_type) {
+            matched = true;
             let period =
                 pricing::period_start(price.tier_period, event.occurred_at).map_or(0, |start| start.timestamp_micros());
-            let before = counter(price, period).map_err(Err)?;
-            let fees = pricing::rate(price, &event.data, &before).map_err(|error| Ok(error.to_string()))?;
+            let before = counter(price, period)?;
+            let fees = match pricing::rate(price, &event.data, &before) {
+                Ok(fees) => fees,
+                Err(error) => return Ok(not_priced(version, price, error)),
+            };
             if let Some(first) = fees.first() {
                 store_counter(price, period, first.usage_after);
             }
@@ -210,7 +294,38 @@ pub fn rate_event(
             }));
         }
     }
-    Ok(rated)
+    if !matched {
+        return Ok(Rating::Unbilled(Unbilled {
+            code: UnbilledCode::NoMatchingPrice,
+            message: format!(
+                "no usage price of the product versions the customer was subscribed to at the event's occurred_at \
+                 has event_type {:?}",
+                event.event_type
+            ),
+        }));
+    }
+    Ok(Rating::Billed(rated))
+}
+
+/// What a price's refusal to rate an event means for the event. A fee past the limits on
+/// amounts refuses the batch: storing the event unbilled would silently drop money the price
+/// says is owed. Everything else is about this event's data or the price's definition, and
+/// must not stop the customer's other usage from being billed.
+fn not_priced(version: &ProductVersion, price: &UsagePrice, error: RatingError) -> Rating {
+    let code = match &error {
+        RatingError::MissingVolume { .. } => UnbilledCode::MissingVolume,
+        RatingError::VolumeNotNumber { .. }
+        | RatingError::NegativeVolume { .. }
+        | RatingError::VolumeOutOfRange { .. } => UnbilledCode::InvalidVolume,
+        RatingError::NoMatchingDimension { .. } => UnbilledCode::NoMatchingDimension,
+        RatingError::InvalidPrice(_) => UnbilledCode::InvalidPrice,
+        RatingError::TooLarge | RatingError::FeeTooLarge { .. } => return Rating::Refused(error.to_string()),
+    };
+    let message = format!(
+        "price {:?} ({}) of product {} version {}: {error}",
+        price.name, price.id, version.product_code, version.version
+    );
+    Rating::Unbilled(Unbilled { code, message })
 }
 
 pub fn ingest(
@@ -266,7 +381,7 @@ pub fn ingest(
     let mut parsed_versions: HashMap<(String, i64), Arc<ProductVersion>> = HashMap::new();
     let mut vendor_ids: HashMap<VendorRef, String> = HashMap::new();
     let mut counters: HashMap<(String, i64), Usage> = HashMap::new();
-    let mut rated_events: Vec<(&NewEvent, Vec<RatedFee>, String)> = Vec::with_capacity(fresh.len());
+    let mut rated_events: Vec<Priced> = Vec::with_capacity(fresh.len());
     for (index, event, hash) in fresh {
         for (cost_index, cost) in event.costs.iter().enumerate() {
             if let Err(message) = resolve_vendor(conn, mode, &cost.vendor, &mut vendor_ids)? {
@@ -284,27 +399,39 @@ pub fn ingest(
         let mut pending_counters: Vec<((String, i64), Usage)> = Vec::new();
         let mut keep =
             |price: &UsagePrice, period: i64, usage: Usage| pending_counters.push(((price.id.clone(), period), usage));
-        match rate_event(&versions, event, &mut load, &mut keep) {
-            Ok(fees) => rated_events.push((event, fees, hash)),
-            Err(Ok(message)) => errors.push(FieldError { field: format!("events[{index}]"), message }),
-            Err(Err(error)) => return Err(error),
+        match rate_event(&versions, event, &mut load, &mut keep)? {
+            Rating::Billed(fees) => {
+                counters.extend(pending_counters);
+                rated_events.push(Priced { event, fees, unbilled: None, hash });
+            }
+            Rating::Unbilled(unbilled) => {
+                rated_events.push(Priced { event, fees: Vec::new(), unbilled: Some(unbilled), hash })
+            }
+            Rating::Refused(message) => errors.push(FieldError { field: format!("events[{index}]"), message }),
         }
-        counters.extend(pending_counters);
     }
     if !errors.is_empty() {
         return Err(OpError::Invalid(errors));
     }
     // The rows that can clash with another customer's batch go in first, in id order, so two
     // batches sharing ids wait for each other instead of deadlocking.
-    let mut by_id: Vec<&(&NewEvent, Vec<RatedFee>, String)> = rated_events.iter().collect();
-    by_id.sort_by(|left, right| left.0.id.cmp(&right.0.id));
-    for (event, fees, hash) in by_id {
-        insert_event(conn, mode, &customer_id, event, fees, hash, now)?;
+    let mut by_id: Vec<&Priced> = rated_events.iter().collect();
+    by_id.sort_by(|left, right| left.event.id.cmp(&right.event.id));
+    let mut unbilled_events: HashMap<&str, StoredEvent> = HashMap::new();
+    for priced in by_id {
+        let stored = insert_event(conn, mode, &customer_id, priced, now)?;
+        if stored.unbilled.is_some() {
+            unbilled_events.insert(priced.event.id.as_str(), stored);
+        }
     }
     let mut accounts: HashMap<String, (Account, AccountState)> = HashMap::new();
-    for (event, fees, _) in &rated_events {
+    for Priced { event, fees, .. } in &rated_events {
         store_fees_and_costs(conn, mode, &customer_id, event, fees, &vendor_ids, &mut accounts, now)
             .map_err(|error| name_the_event(error, batch, event))?;
+        if let Some(stored) = unbilled_events.get(event.id.as_str()) {
+            webhooks::event_unbilled(conn, mode, stored, now)?;
+            report.unbilled += 1;
+        }
         report.stored += 1;
         report.fees += fees.len();
         for rated in fees {
@@ -320,6 +447,14 @@ pub fn ingest(
         events::put_counter(conn, &customer_id, price_id, *period, usage)?;
     }
     Ok(report)
+}
+
+/// One fresh event of a batch, rated: its fees, or why it has none.
+struct Priced<'batch> {
+    event: &'batch NewEvent,
+    fees: Vec<RatedFee>,
+    unbilled: Option<Unbilled>,
+    hash: String,
 }
 
 /// A fee the wallet refuses (one that would take the debt past its limit) names the event
@@ -421,11 +556,10 @@ fn insert_event(
     conn: &mut dyn Conn,
     mode: Mode,
     customer_id: &str,
-    event: &NewEvent,
-    fees: &[RatedFee],
-    content_hash: &str,
+    priced: &Priced,
     now: DateTime<Utc>,
-) -> Result<(), OpError> {
+) -> Result<StoredEvent, OpError> {
+    let Priced { event, fees, unbilled, hash: content_hash } = priced;
     let single_asset = fees
         .first()
         .map(|first| first.fee.asset.clone())
@@ -443,7 +577,10 @@ fn insert_event(
         total_fees: single_asset.as_ref().map(|_| fees.iter().map(|rated| rated.fee.amount).sum()),
         fee_currency: single_asset,
         created_at: now,
-        content_hash: content_hash.to_owned(),
+        content_hash: content_hash.clone(),
+        unbilled: unbilled
+            .as_ref()
+            .map(|unbilled| UnbilledReason { code: unbilled.code.as_str().into(), message: unbilled.message.clone() }),
     };
     // Under the customer's lock the id was free; only another customer's batch, committed
     // while this one ran, can have taken it since.
@@ -452,7 +589,8 @@ fn insert_event(
             conflict(vec![format!("event id {} was just stored by another customer's event", event.id)])
         }
         other => other.into(),
-    })
+    })?;
+    Ok(stored)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -576,7 +714,9 @@ fn store_fee(
 pub type Simulation = (Vec<(String, RatedFee)>, Vec<String>);
 
 /// Prices `batch` against one product version as a brand-new customer would be priced, and
-/// changes nothing. Returns the fees and a warning for every event that produced none.
+/// changes nothing. Returns the fees and a warning for every event that would be stored
+/// unbilled, naming the event and the reason's code; only a fee past the limits on amounts
+/// refuses the simulation, as it would refuse the batch.
 pub fn simulate(version: &Arc<ProductVersion>, batch: &[NewEvent]) -> Result<Simulation, OpError> {
     let versions = vec![version.clone()];
     let mut counters: HashMap<(String, i64), Usage> = HashMap::new();
@@ -591,16 +731,19 @@ pub fn simulate(version: &Arc<ProductVersion>, batch: &[NewEvent]) -> Result<Sim
         let mut updates = Vec::new();
         let mut keep =
             |price: &UsagePrice, period: i64, usage: Usage| updates.push(((price.id.clone(), period), usage));
-        match rate_event(&versions, event, &mut load, &mut keep) {
-            Ok(rated) if rated.is_empty() => warnings.push(format!(
-                "event {} ({}): no price of this product matches its event type",
-                event.id, event.event_type
+        match rate_event(&versions, event, &mut load, &mut keep)? {
+            Rating::Billed(rated) => {
+                fees.extend(rated.into_iter().map(|fee| (event.id.clone(), fee)));
+                counters.extend(updates);
+            }
+            Rating::Unbilled(Unbilled { code, message }) => warnings.push(format!(
+                "event {} ({}) would not be billed ({}): {message}",
+                event.id,
+                event.event_type,
+                code.as_str()
             )),
-            Ok(rated) => fees.extend(rated.into_iter().map(|fee| (event.id.clone(), fee))),
-            Err(Ok(message)) => errors.push(FieldError { field: format!("events[{index}]"), message }),
-            Err(Err(error)) => return Err(error),
+            Rating::Refused(message) => errors.push(FieldError { field: format!("events[{index}]"), message }),
         }
-        counters.extend(updates);
     }
     if !errors.is_empty() {
         return Err(OpError::Invalid(errors));

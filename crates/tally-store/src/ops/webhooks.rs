@@ -18,12 +18,15 @@
 //! - `credit_grant.expired`: expiry settlement in `ops::wallet::open_account`;
 //! - `subscription.activated`: `ops::subscriptions::activate`;
 //! - `top_up.succeeded`, `top_up.failed`, `auto_top_up.failed`: the top-up operations, through
-//!   [`top_up`] and [`auto_top_up_failed`].
+//!   [`top_up`] and [`auto_top_up_failed`];
+//! - `event.unbilled`: `ops::events::ingest`, once per usage event stored unbilled (a replay
+//!   stores nothing, so sends nothing).
 
 use super::OpError;
 use crate::conn::Conn;
 use crate::ids;
 use crate::repo::customers::Customer;
+use crate::repo::events::StoredEvent;
 use crate::repo::subscriptions::{Subscription, SubscriptionStatus};
 use crate::repo::transactions::Transaction;
 use crate::repo::wallets::{Account, AccountKey};
@@ -49,10 +52,11 @@ pub enum Topic {
     TopUpSucceeded,
     TopUpFailed,
     AutoTopUpFailed,
+    EventUnbilled,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 8] = [
+    pub const ALL: [Topic; 9] = [
         Topic::CustomerCreated,
         Topic::SubscriptionActivated,
         Topic::TransactionCompleted,
@@ -61,6 +65,7 @@ impl Topic {
         Topic::TopUpSucceeded,
         Topic::TopUpFailed,
         Topic::AutoTopUpFailed,
+        Topic::EventUnbilled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -73,6 +78,7 @@ impl Topic {
             Topic::TopUpSucceeded => "top_up.succeeded",
             Topic::TopUpFailed => "top_up.failed",
             Topic::AutoTopUpFailed => "auto_top_up.failed",
+            Topic::EventUnbilled => "event.unbilled",
         }
     }
 
@@ -465,6 +471,30 @@ pub fn auto_top_up_failed(
     emit(conn, mode, Topic::AutoTopUpFailed, || data, Some(&failure.customer_id), now).map(drop)
 }
 
+fn event_unbilled_data(event: &StoredEvent) -> Value {
+    let reason = event.unbilled.as_ref();
+    json!({
+        "id": event.id,
+        "customer_id": event.customer_id,
+        "event_type": event.event_type,
+        "subject": event.subject,
+        "occurred_at": timestamp(event.occurred_at),
+        "billing_status": "unbilled",
+        "unbilled_reason": reason.map(|reason| json!({ "code": reason.code, "message": reason.message })),
+        "created_at": timestamp(event.created_at),
+    })
+}
+
+/// `event.unbilled`: a usage event was stored without fees (its `unbilled` says why).
+pub fn event_unbilled(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    event: &StoredEvent,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    emit(conn, mode, Topic::EventUnbilled, || event_unbilled_data(event), Some(&event.customer_id), now).map(drop)
+}
+
 /// A made-up but well-formed `data` for `topic`, for test sends: the same fields a real event
 /// carries, with ids no real resource has.
 pub fn sample_data(topic: Topic, now: DateTime<Utc>) -> Value {
@@ -527,6 +557,27 @@ pub fn sample_data(topic: Topic, now: DateTime<Utc>) -> Value {
             "available": number(Decimal::new(50, 2)), "amount": number(Decimal::new(2000, 2)), "currency": "USD",
             "failure_reason": "the saved payment method was declined", "top_up_id": null,
             "failed_at": timestamp(now),
+        }),
+        Topic::EventUnbilled => event_unbilled_data(&StoredEvent {
+            id: "sample-event-1".into(),
+            customer_id: customer_id.to_owned(),
+            event_type: "completion".into(),
+            occurred_at: now,
+            subject: Some("sample".into()),
+            description: None,
+            data: "{}".into(),
+            costs: "[]".into(),
+            has_fees: false,
+            total_fees: None,
+            fee_currency: None,
+            created_at: now,
+            content_hash: String::new(),
+            unbilled: Some(crate::repo::events::UnbilledReason {
+                code: "missing_volume".into(),
+                message: "price \"Tokens\" (prc_test00000000000000000000) of product sample version 1: the event \
+                          has no `tokens` field, which this price reads as its volume"
+                    .into(),
+            }),
         }),
     }
 }

@@ -23,10 +23,8 @@ pub struct Backlog {
 pub fn read(conn: &mut dyn Conn) -> Result<Backlog, StoreError> {
     let grants = conn.query_one("SELECT MIN(next_due_at) FROM wallet_accounts", &[])?.opt_time(0)?;
     let subscriptions = conn.query_one("SELECT MIN(next_action_at) FROM subscriptions", &[])?.opt_time(0)?;
-    let webhooks = conn.query_one(
-        "SELECT COUNT(*), MIN(next_attempt_at) FROM webhook_deliveries WHERE status = 'pending'",
-        &[],
-    )?;
+    let webhooks =
+        conn.query_one("SELECT COUNT(*), MIN(next_attempt_at) FROM webhook_deliveries WHERE status = 'pending'", &[])?;
     Ok(Backlog {
         grants_due_since: grants,
         subscriptions_due_since: subscriptions,

@@ -29,6 +29,15 @@ pub struct StoredEvent {
     /// The hash of the event's content (`ops::events::content_hash`); empty for events stored
     /// before it was recorded.
     pub content_hash: String,
+    /// Why the event owes no fee (`None` when it is billed, that is when it has fees).
+    pub unbilled: Option<UnbilledReason>,
+}
+
+/// Why a stored event was not billed: a stable code (`ops::events::UnbilledCode`) and words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnbilledReason {
+    pub code: String,
+    pub message: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -74,8 +83,8 @@ pub fn existing(conn: &mut dyn Conn, mode: Mode, ids: &[&str]) -> Result<HashMap
 pub fn insert(conn: &mut dyn Conn, mode: Mode, event: &StoredEvent) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO usage_events (mode, id, customer_id, event_type, occurred_at, subject, description, data, costs, has_fees,
-                                   total_fees, fee_currency, created_at, content_hash)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                                   total_fees, fee_currency, created_at, content_hash, unbilled_reason, unbilled_message)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         params![
             mode.as_str(),
             &event.id,
@@ -90,7 +99,9 @@ pub fn insert(conn: &mut dyn Conn, mode: Mode, event: &StoredEvent) -> Result<()
             event.total_fees,
             event.fee_currency.clone(),
             event.created_at,
-            &event.content_hash
+            &event.content_hash,
+            event.unbilled.as_ref().map(|reason| reason.code.clone()),
+            event.unbilled.as_ref().map(|reason| reason.message.clone())
         ],
     )?;
     Ok(())
@@ -125,7 +136,8 @@ pub fn insert_fee(conn: &mut dyn Conn, mode: Mode, fee: &StoredFee) -> Result<()
 
 const EVENT_COLUMNS: &str =
     "e.id, e.customer_id, e.event_type, e.occurred_at, e.subject, e.description, e.data, e.costs, e.has_fees, \
-                             e.total_fees, e.fee_currency, e.created_at, c.external_id, e.content_hash";
+                             e.total_fees, e.fee_currency, e.created_at, c.external_id, e.content_hash, \
+                             e.unbilled_reason, e.unbilled_message";
 
 fn event_from_row(row: &crate::Row) -> Result<(StoredEvent, Option<String>), StoreError> {
     Ok((
@@ -143,6 +155,10 @@ fn event_from_row(row: &crate::Row) -> Result<(StoredEvent, Option<String>), Sto
             fee_currency: row.opt_text(10)?,
             created_at: row.time(11)?,
             content_hash: row.text(13)?,
+            unbilled: match row.opt_text(14)? {
+                Some(code) => Some(UnbilledReason { code, message: row.opt_text(15)?.unwrap_or_default() }),
+                None => None,
+            },
         },
         row.opt_text(12)?,
     ))
@@ -201,6 +217,10 @@ pub struct EventFilter {
     pub period_to: Option<DateTime<Utc>>,
     pub event_types: Vec<String>,
     pub has_fees: Option<bool>,
+    /// `Some(true)` for billed events only, `Some(false)` for unbilled ones only.
+    pub billed: Option<bool>,
+    /// Unbilled events with this reason code only.
+    pub unbilled_reason: Option<String>,
 }
 
 /// An event and its customer's external id.
@@ -234,6 +254,14 @@ pub fn list(
     }
     if let Some(has_fees) = filter.has_fees {
         query.and("e.has_fees = ?", has_fees);
+    }
+    match filter.billed {
+        Some(true) => query.and_sql("e.unbilled_reason IS NULL"),
+        Some(false) => query.and_sql("e.unbilled_reason IS NOT NULL"),
+        None => {}
+    }
+    if let Some(reason) = &filter.unbilled_reason {
+        query.and("e.unbilled_reason = ?", reason);
     }
     query.and_in("e.event_type", &filter.event_types);
     let from = "usage_events e JOIN customers c ON c.id = e.customer_id";

@@ -213,7 +213,6 @@ pub enum VerifiedTable {
 /// A wallet account's stored balances.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredAccount {
-    pub mode: String,
     pub key: AccountKey,
     pub available: Decimal,
     pub pending_in: Decimal,
@@ -226,7 +225,7 @@ pub fn accounts_after(
     after: Option<&AccountKey>,
     chunk: i64,
 ) -> Result<Vec<StoredAccount>, StoreError> {
-    let columns = "mode, customer_id, name, asset, available, pending_in, debt";
+    let columns = "customer_id, name, asset, available, pending_in, debt";
     let rows = match after {
         None => conn.query(
             &format!("SELECT {columns} FROM wallet_accounts ORDER BY customer_id, name, asset LIMIT $1"),
@@ -243,11 +242,10 @@ pub fn accounts_after(
     rows.iter()
         .map(|row| {
             Ok(StoredAccount {
-                mode: row.text(0)?,
-                key: AccountKey { customer_id: row.text(1)?, name: row.text(2)?, asset: row.text(3)? },
-                available: row.decimal(4)?,
-                pending_in: row.decimal(5)?,
-                debt: row.decimal(6)?,
+                key: AccountKey { customer_id: row.text(0)?, name: row.text(1)?, asset: row.text(2)? },
+                available: row.decimal(3)?,
+                pending_in: row.decimal(4)?,
+                debt: row.decimal(5)?,
             })
         })
         .collect()

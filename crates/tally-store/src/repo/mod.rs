@@ -8,6 +8,7 @@ pub mod backlog;
 pub mod connected_accounts;
 pub mod customers;
 pub mod events;
+pub mod grant_cache;
 pub mod idempotency;
 pub mod job_retries;
 pub mod ledger;
@@ -64,6 +65,11 @@ impl Filter {
     pub fn and(&mut self, condition: &str, value: impl Into<crate::conn::Value>) {
         self.values.push(value.into());
         self.conditions.push(condition.replace('?', &format!("${}", self.values.len())));
+    }
+
+    /// A condition that takes no value.
+    pub fn and_sql(&mut self, condition: &str) {
+        self.conditions.push(condition.to_owned());
     }
 
     /// `column IN (…)` over `values`; nothing when `values` is empty.

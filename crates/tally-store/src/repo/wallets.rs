@@ -1,5 +1,6 @@
 //! Wallet accounts and their credit grants.
 
+use super::grant_cache;
 use super::{Filter, Page};
 use crate::conn::Conn;
 use crate::{params, StoreError};
@@ -51,14 +52,23 @@ fn account_from_row(row: &crate::Row) -> Result<Account, StoreError> {
 /// Loads an account with its open grants, locking it for the rest of the transaction.
 pub fn load_for_update(conn: &mut dyn Conn, key: &AccountKey) -> Result<Option<Account>, StoreError> {
     let sql = format!(
-        "SELECT {ACCOUNT_COLUMNS} FROM wallet_accounts WHERE customer_id = $1 AND name = $2 AND asset = $3{}",
+        "SELECT {ACCOUNT_COLUMNS}, state_token FROM wallet_accounts WHERE customer_id = $1 AND name = $2 AND asset = $3{}",
         conn.for_update()
     );
     let Some(row) = conn.query_optional(&sql, params![&key.customer_id, &key.name, &key.asset])? else {
         return Ok(None);
     };
     let mut account = account_from_row(&row)?;
-    account.state.grants = open_grants(conn, key)?;
+    let token = row.int(8)?;
+    account.state.grants = match grant_cache::get(key, token) {
+        Some(grants) => grants,
+        None => {
+            let mut grants = open_grants(conn, key)?;
+            grants.sort_by(Grant::burn_order);
+            grant_cache::put(key, token, grants.iter().cloned());
+            grants
+        }
+    };
     Ok(Some(account))
 }
 
@@ -80,9 +90,22 @@ pub fn save(
     account: &Account,
     new_grant_origin: &GrantOrigin,
 ) -> Result<(), StoreError> {
+    save_issuing(conn, mode, before, account, &|_| new_grant_origin)
+}
+
+/// [`save`] for a change that issued several grants of different origins: `origin_of` gives
+/// each new grant's.
+pub fn save_issuing<'origin>(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    before: &AccountState,
+    account: &Account,
+    origin_of: &dyn Fn(&Grant) -> &'origin GrantOrigin,
+) -> Result<(), StoreError> {
     let state = &account.state;
+    let token = grant_cache::new_token();
     conn.execute(
-        "UPDATE wallet_accounts SET available = $4, pending_in = $5, debt = $6, next_due_at = $7
+        "UPDATE wallet_accounts SET available = $4, pending_in = $5, debt = $6, next_due_at = $7, state_token = $8
          WHERE customer_id = $1 AND name = $2 AND asset = $3",
         params![
             &account.key.customer_id,
@@ -91,16 +114,22 @@ pub fn save(
             state.available,
             state.pending_in,
             state.debt,
-            state.next_due_at()
+            state.next_due_at(),
+            token
         ],
     )?;
+    // By id, so that saving an account with thousands of grants stays linear.
+    let loaded: std::collections::HashMap<&str, &Grant> =
+        before.grants.iter().map(|grant| (grant.id.as_str(), grant)).collect();
     for grant in &state.grants {
-        match before.grants.iter().find(|old| old.id == grant.id) {
-            None => insert_grant(conn, mode, &account.key, grant, new_grant_origin)?,
-            Some(old) if old != grant => update_grant(conn, grant)?,
+        match loaded.get(grant.id.as_str()) {
+            None => insert_grant(conn, mode, &account.key, grant, origin_of(grant))?,
+            Some(old) if *old != grant => update_grant(conn, grant)?,
             Some(_) => {}
         }
     }
+    // What a load under this token would read: the open grants, in burn order.
+    grant_cache::put(&account.key, token, state.grants.iter().filter(|grant| is_open(grant)).cloned());
     Ok(())
 }
 

@@ -1,14 +1,18 @@
 //! Compatibility with the official Python SDK, `credyt-api==0.2.0`: every `test_*.py` in
 //! `tests/sdk/` (wallets in `test_sdk.py`; products, subscriptions, events, vendors, stats and
-//! top-ups in `test_sdk_usage.py`) drives one live server through it.
+//! top-ups in `test_sdk_usage.py`; connected accounts, webhooks and the billing portal in
+//! `test_sdk_platforms.py`, which also checks that all 54 operations of the SDK were called)
+//! drives one live server through it, on each backend.
 //!
 //! The SDK lives in a virtual environment at `target/sdk-venv`, made on first use and reused
 //! while it still imports the SDK. Installing needs the network: when pip fails this test
 //! fails and says why, unless TALLY_SKIP_SDK=1, which skips it.
 
-use crate::harness::{Backend, TestApp};
+use crate::harness::TestApp;
+use crate::on_both_backends;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Mutex;
 
 const SDK_REQUIREMENT: &str = "credyt-api==0.2.0";
 /// Succeeds only when the environment holds the pinned SDK and pytest.
@@ -30,8 +34,11 @@ fn run(command: &mut Command) -> Result<Output, String> {
     command.output().map_err(|error| format!("cannot run {command:?}: {error}"))
 }
 
-/// The virtual environment's python, with the SDK and pytest installed in it.
+/// The virtual environment's python, with the SDK and pytest installed in it. One test at a
+/// time makes or checks it.
 fn sdk_python() -> Result<PathBuf, String> {
+    static MAKING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = MAKING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let venv = workspace_root().join("target/sdk-venv");
     let python = venv.join("bin/python");
     if python.exists() && run(Command::new(&python).args(["-c", IMPORT_CHECK]))?.status.success() {
@@ -66,8 +73,7 @@ fn sdk_python() -> Result<PathBuf, String> {
     Ok(python)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_official_python_sdk_drives_the_api() {
+async fn the_official_python_sdk_drives_the_api(app: TestApp) {
     if std::env::var("TALLY_SKIP_SDK").is_ok_and(|value| value == "1") {
         eprintln!("SDK compatibility NOT RUN: TALLY_SKIP_SDK=1");
         return;
@@ -75,7 +81,6 @@ async fn the_official_python_sdk_drives_the_api() {
     let python = tokio::task::spawn_blocking(sdk_python).await.unwrap().unwrap_or_else(|problem| {
         panic!("the Python SDK compatibility test cannot run: {problem}\nset TALLY_SKIP_SDK=1 to skip it")
     });
-    let app = TestApp::spawn(Backend::Sqlite).await.expect("sqlite is embedded");
     // pytest collects every test_*.py in the directory.
     let suite = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk");
     let mut pytest = Command::new(python);
@@ -93,3 +98,5 @@ async fn the_official_python_sdk_drives_the_api() {
     eprintln!("{}", String::from_utf8_lossy(&output.stdout));
     app.assert_ledger_agrees().await;
 }
+
+on_both_backends!(the_official_python_sdk_drives_the_api);

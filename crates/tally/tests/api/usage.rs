@@ -67,6 +67,8 @@ async fn seed_product_bills_one_img_per_image(app: TestApp) {
     assert_eq!(app.balances(&customer, "default:IMG").await.0, "7");
     let unmatched = app.get("/events/chat-1").await.expect(200);
     assert_eq!(unmatched.body["fees"], json!([]));
+    assert_eq!(unmatched.body["billing_status"], "unbilled");
+    assert_eq!(unmatched.body["unbilled_reason"]["code"], "no_matching_price", "{}", unmatched.body);
 
     let listed = app.get(&format!("/events?customer_id={customer}")).await.expect(200);
     assert_eq!(listed.body["total_count"], 4);
@@ -207,10 +209,14 @@ async fn tiered_volume_dimensions_fees_and_entitlements(app: TestApp) {
     assert_eq!(c2.body["fees"][0]["dimensions"]["model"], "large");
     assert_eq!(c2.body["fees"][0]["input_volume"].to_string(), "600");
 
-    // A missing volume refuses the batch.
+    // A missing volume does not refuse the batch: the event is stored unbilled, and says why.
     let missing = json!({"customer_id": customer, "events": [{"id": "c4", "event_type": "completion", "occurred_at": now, "data": {"model": "small"}}]});
-    let refused = app.post("/events", missing).await.expect(422);
-    assert!(refused.body["errors"]["events[0]"].is_array(), "{}", refused.body);
+    app.post("/events", missing).await.expect(204);
+    let c4 = app.get("/events/c4").await.expect(200);
+    assert_eq!(c4.body["fees"], json!([]));
+    assert_eq!(c4.body["billing_status"], "unbilled");
+    assert_eq!(c4.body["unbilled_reason"]["code"], "missing_volume", "{}", c4.body);
+    assert_eq!(app.balances(&customer, "default:USD").await.0, "6.0495");
 
     // Promotion credit burned first: the 2.5 grant is spent.
     let grants =

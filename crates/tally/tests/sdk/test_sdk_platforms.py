@@ -185,7 +185,9 @@ class Receiver:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with receiver.lock:
-                    receiver.received.setdefault(self.path.strip("/"), []).append(({k.lower(): v for k, v in self.headers.items()}, body))
+                    receiver.received.setdefault(self.path.strip("/"), []).append(
+                        ({k.lower(): v for k, v in self.headers.items()}, body)
+                    )
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -363,7 +365,9 @@ def test_a_connected_account_bills_with_its_own_assets_products_and_stats(
     # The same asset code, product code and customer external id in the platform and in the
     # connected account are unrelated things with their own rates and prices.
     code, product_code, external_id = unique_code("TOK"), unique("renders"), unique("fan")
-    client.assets.create({"code": code, "name": "Platform tokens", "precision": 2, "rates": [{"source": "USD", "rate": 0.1}]})
+    client.assets.create(
+        {"code": code, "name": "Platform tokens", "precision": 2, "rates": [{"source": "USD", "rate": 0.1}]}
+    )
     studio_asset = models.CreateAssetRequest(
         code=code,
         name="Studio tokens",
@@ -397,7 +401,10 @@ def test_a_connected_account_bills_with_its_own_assets_products_and_stats(
     wallet.create_adjustment(customer, funded, **at)
     gpu = vendors.create_vendor({"name": "GPU Cloud", "external_id": unique("gpu")}, **at)
     render_ids = [unique("render") for _ in range(3)]
-    costs = [[{"id": unique("cost"), "vendor_id": gpu.id, "amount": amount, "category": "gpu"}] for amount in (0.03, 0.02, 0.01)]
+    costs = [
+        [{"id": unique("cost"), "vendor_id": gpu.id, "amount": amount, "category": "gpu"}]
+        for amount in (0.03, 0.02, 0.01)
+    ]
     events = [
         {"id": event_id, "event_type": "render", "occurred_at": now().isoformat(), "costs": cost}
         for event_id, cost in zip(render_ids, costs)
@@ -462,7 +469,11 @@ def test_a_connected_account_bills_with_its_own_assets_products_and_stats(
 
     # The connected account's changes go to `connect` destinations only, naming the account.
     (own_id, _), (connect_id, connect_secret) = destinations["own"], destinations["connect"]
-    theirs = [item for item in logged(hooks, connect_id) if customer in (item["data"].get("id"), item["data"].get("customer_id"))]
+    theirs = [
+        item
+        for item in logged(hooks, connect_id)
+        if customer in (item["data"].get("id"), item["data"].get("customer_id"))
+    ]
     assert [item["topic"] for item in theirs].count("customer.created") == 1
     transactions = {item["data"]["id"]: item for item in theirs if item["topic"] == "transaction.completed"}
     assert funded["transaction_id"] in transactions and len(transactions) == 4
@@ -512,8 +523,12 @@ def test_webhook_destinations_are_made_read_listed_changed_tested_and_deleted(
     assert {created.id, destinations["own"][0], destinations["connect"][0]} <= set(ids)
     assert all(isinstance(item, models.WebhookDestinationWithoutSecret) for item in listed.items_property)
     assert not [item for item in raw_list["items"] if "secret" in item], "a list never shows secrets"
-    assert [item.id for item in hooks.list_webhook_destinations(connect=True).items_property] == [destinations["connect"][0]]
-    assert created.id in [item.id for item in hooks.list_webhook_destinations(connect=False, enabled=True).items_property]
+    assert [item.id for item in hooks.list_webhook_destinations(connect=True).items_property] == [
+        destinations["connect"][0]
+    ]
+    assert created.id in [
+        item.id for item in hooks.list_webhook_destinations(connect=False, enabled=True).items_property
+    ]
     assert created.id not in [item.id for item in hooks.list_webhook_destinations(enabled=False).items_property]
 
     change = models.UpdateWebhookDestinationRequest(topics=["transaction.completed", "customer.created"], enabled=False)
@@ -557,7 +572,11 @@ def test_webhook_destinations_are_made_read_listed_changed_tested_and_deleted(
 
     [item] = eventually("the test event logged as delivered", delivered)
     _, _, envelope = receiver.event("lifecycle", sent.id)
-    assert (item["destination_id"], item["topic"], item["data"]) == (created.id, "transaction.completed", envelope["data"])
+    assert (item["destination_id"], item["topic"], item["data"]) == (
+        created.id,
+        "transaction.completed",
+        envelope["data"],
+    )
     assert item["metadata"]["attempts"] == 1 and item["metadata"]["last_status_code"] == 200
     page, raw_page, _ = with_raw(hooks.list_events, destination_id=created.id)
     assert isinstance(page, models.CursorPageWebhookEventListItem)
@@ -603,9 +622,13 @@ def test_webhook_destinations_are_made_read_listed_changed_tested_and_deleted(
     assert len(logged(hooks, created.id)) == 3
 
 
-def test_connected_test_sends_go_to_connect_destinations_naming_the_account(live_client, hooks, receiver, studio, destinations):
+def test_connected_test_sends_go_to_connect_destinations_naming_the_account(
+    live_client, hooks, receiver, studio, destinations
+):
     (connect_id, connect_secret), (own_id, _) = destinations["connect"], destinations["own"]
-    sent, raw, status = with_raw(hooks.test_connected_webhook_destination, connect_id, "transaction.completed", studio, None)
+    sent, raw, status = with_raw(
+        hooks.test_connected_webhook_destination, connect_id, "transaction.completed", studio, None
+    )
     assert status == 202
     assert isinstance(sent, models.TestWebhookResponse) and raw == {"id": sent.id}
     headers, body, envelope = receiver.event("connect", sent.id)
@@ -624,8 +647,12 @@ def test_connected_test_sends_go_to_connect_destinations_naming_the_account(live
     assert to_all.id not in [item["id"] for item in logged(hooks, own_id)]
 
     not_found(lambda: hooks.test_connected_webhook_destinations("customer.created", "acc_doesnotexist", None))
-    not_found(lambda: hooks.test_connected_webhook_destination(connect_id, "customer.created", "acc_doesnotexist", None))
-    not_found(lambda: live_client.webhooks.webhooks.test_connected_webhook_destinations("customer.created", studio, None))
+    not_found(
+        lambda: hooks.test_connected_webhook_destination(connect_id, "customer.created", "acc_doesnotexist", None)
+    )
+    not_found(
+        lambda: live_client.webhooks.webhooks.test_connected_webhook_destinations("customer.created", studio, None)
+    )
     with pytest.raises(HttpResponseError) as invalid:
         hooks.test_connected_webhook_destinations("no.such.topic", studio, None)
     assert invalid.value.status_code == 422
@@ -644,9 +671,13 @@ def open_portal(link):
 def test_portal_sessions_open_the_portal_of_the_platform_or_of_a_connected_account(client, wallet, studio):
     at = inside(studio)
     code = unique_code("CRD")
-    client.assets.create({"code": code, "name": "Studio credits", "precision": 2, "rates": [{"source": "USD", "rate": 0.5}]}, **at)
+    client.assets.create(
+        {"code": code, "name": "Studio credits", "precision": 2, "rates": [{"source": "USD", "rate": 0.5}]}, **at
+    )
     customer = client.customers.create({"name": "Portal fan"}, **at).id
-    wallet.create_adjustment(customer, {"transaction_id": unique("fund"), "asset": code, "amount": 7.25, "reason": "gift"}, **at)
+    wallet.create_adjustment(
+        customer, {"transaction_id": unique("fund"), "asset": code, "amount": 7.25, "reason": "gift"}, **at
+    )
     wallet.create_charge(customer, {"transaction_id": unique("charge"), "asset": code, "amount": 0.5}, **at)
     assert raw_of(wallet.get_account, customer, "default:" + code, **at)["available"] == Decimal("6.75")
 
@@ -672,7 +703,11 @@ def test_portal_sessions_open_the_portal_of_the_platform_or_of_a_connected_accou
 
     platform_customer = client.customers.create({"name": "Platform portal fan"}).id
     own = client.billing_portal.create_portal_session(
-        {"customer_id": platform_customer, "return_url": "https://platform.example/back", "failure_url": "https://platform.example/failed"}
+        {
+            "customer_id": platform_customer,
+            "return_url": "https://platform.example/back",
+            "failure_url": "https://platform.example/failed",
+        }
     )
     _, page = open_portal(own.redirect_url)
     assert "Glitch Studio" not in page and "Studio credits" not in page
@@ -687,7 +722,11 @@ def sdk_operations():
     for class_name, klass in vars(_operations).items():
         if inspect.isclass(klass) and class_name.endswith("Operations"):
             group = class_name[: -len("Operations")]
-            found |= {f"{group}.{name}" for name, member in vars(klass).items() if inspect.isfunction(member) and not name.startswith("_")}
+            found |= {
+                f"{group}.{name}"
+                for name, member in vars(klass).items()
+                if inspect.isfunction(member) and not name.startswith("_")
+            }
     return found
 
 

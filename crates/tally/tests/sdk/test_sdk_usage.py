@@ -919,7 +919,7 @@ def test_a_fee_paid_in_advance_waits_for_its_top_up(client, wallet):
     assert (account["available"], account["pending_in"]) == (0, 0)
 
 
-def test_a_failed_top_up_credits_nothing(client, wallet):
+def test_a_failed_top_up_credits_nothing_until_its_money_arrives(client, wallet):
     customer = client.customers.create({"name": unique("declined")}).id
     initiated = client.top_ups.initiate(
         {

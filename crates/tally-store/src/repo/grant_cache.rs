@@ -1,0 +1,79 @@
+//! The open grants of recently saved accounts, kept in memory so that a write to an account
+//! with thousands of grants does not read them all again.
+//!
+//! Correctness never rests on the cache. Every save writes a fresh random `state_token` to
+//! the account's row, in the same transaction as the grants it changed, and files the open
+//! grants under that token. A load reads the row (it must, to lock it) and uses the cached
+//! grants only when the row's token is the one they were filed under. A transaction that rolls
+//! back leaves the old token in the row, so its cached grants are never used; another server
+//! (PostgreSQL) writes its own tokens, which this cache has never seen. Tokens are random, so
+//! a token that appears in the row was written by exactly one save. Anyone who edits grants
+//! by hand must reset the token (`UPDATE wallet_accounts SET state_token = 0`): zero is never
+//! cached.
+
+use super::wallets::AccountKey;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use tally_core::wallet::Grant;
+
+/// The most grants the cache holds over all accounts; past it, it starts over. About 200
+/// bytes each.
+const MAX_GRANTS: usize = 200_000;
+/// Accounts with fewer open grants than this are cheaper to read than to clone and check:
+/// the cache keeps only larger ones.
+const MIN_GRANTS: usize = 8;
+
+struct Entry {
+    token: i64,
+    grants: Vec<Grant>,
+}
+
+#[derive(Default)]
+struct Cache {
+    entries: HashMap<AccountKey, Entry>,
+    grants: usize,
+}
+
+fn cache() -> std::sync::MutexGuard<'static, Cache> {
+    static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
+    CACHE.get_or_init(Default::default).lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A new token for a save: random and never zero.
+pub fn new_token() -> i64 {
+    loop {
+        let token = rand::random::<i64>();
+        if token != 0 {
+            return token;
+        }
+    }
+}
+
+/// The open grants filed under `token` for `key`, in burn order.
+pub fn get(key: &AccountKey, token: i64) -> Option<Vec<Grant>> {
+    if token == 0 {
+        return None;
+    }
+    let cache = cache();
+    let entry = cache.entries.get(key)?;
+    (entry.token == token).then(|| entry.grants.clone())
+}
+
+/// Files `grants` (the account's open grants, in burn order) under `token`, replacing what
+/// was filed for `key`.
+pub fn put(key: &AccountKey, token: i64, grants: impl Iterator<Item = Grant>) {
+    let grants: Vec<Grant> = grants.collect();
+    let mut cache = cache();
+    if let Some(old) = cache.entries.remove(key) {
+        cache.grants -= old.grants.len();
+    }
+    if token == 0 || grants.len() < MIN_GRANTS {
+        return;
+    }
+    if cache.grants + grants.len() > MAX_GRANTS {
+        cache.entries.clear();
+        cache.grants = 0;
+    }
+    cache.grants += grants.len();
+    cache.entries.insert(key.clone(), Entry { token, grants });
+}
