@@ -338,8 +338,22 @@ fn check_collection(
 }
 
 /// Whether a price's fee must be paid before its subscription starts.
+/// Whether an explicit `collection` asks for the fee before the subscription starts.
 fn pays_first(collection: &Option<CollectionIn>) -> bool {
     collection.as_ref().and_then(|collection| collection.timing.as_deref()) == Some("in_advance")
+}
+
+/// Whether the fee must be paid before the subscription starts. An explicit `collection`
+/// says so itself. Without one, a recurring fee in a fiat currency is paid first, as Credyt
+/// documents for its `glitch_pro` example: a subscription whose customer's balance cannot pay
+/// it waits for a payment instead of overdrawing the wallet (when the balance covers it, it is
+/// charged from the balance at once, as before). One-time fees and fees in custom assets,
+/// which no card can pay, are debited as any charge.
+fn fee_paid_first(collection: &Option<CollectionIn>, billing: &FixedBilling, in_fiat: bool) -> bool {
+    match collection {
+        Some(_) => pays_first(collection),
+        None => matches!(billing, FixedBilling::Recurring { .. }) && in_fiat,
+    }
 }
 
 fn decimal(value: Option<Amount>) -> Option<rust_decimal::Decimal> {
@@ -558,13 +572,14 @@ fn fixed_prices(
         }
         if let (Some(asset), Some(billing)) = (asset, billing) {
             assets.push((field, asset.to_string()));
+            let pay_first = fee_paid_first(&price.collection, &billing, asset.is_currency());
             out.push(FixedPrice {
                 id: id.to_owned(),
                 name: name.clone(),
                 asset: asset.to_string(),
                 amount: amount.normalize(),
                 billing,
-                pay_first: pays_first(&price.collection),
+                pay_first,
             });
         }
     }

@@ -215,6 +215,7 @@ pub fn router(state: AppState) -> Router {
         .route("/top-ups/{top_up_id}", get(topups::get))
         .route("/test-helpers/top-ups/{top_up_id}/succeed", post(topups::test_succeed))
         .route("/test-helpers/top-ups/{top_up_id}/fail", post(topups::test_fail))
+        .route("/checkout/complete", get(topups::checkout_complete))
         .route("/checkout/{top_up_id}", get(topups::checkout).post(topups::pay))
         .route("/billing-portal/sessions", post(routes::portal::create_portal_session))
         .merge(portal::router())

@@ -136,7 +136,6 @@ pub async fn create(
     let now = state.now();
     let catalog = state.catalog.clone();
     let requests = request.subscriptions.clone().unwrap_or_default();
-    let requests_inside = requests.clone();
     let (customer_id, created, due) = state
         .write(move |conn| {
             let customer = customer_ops::create(conn, auth.mode, &new, now)?;
@@ -146,10 +145,7 @@ pub async fn create(
                 let prefix = format!("subscriptions[{index}].");
                 let made = subscription_ops::create(conn, auth.mode, &customer.id, subscription, catalog.as_ref(), now)
                     .map_err(|error| prefix_fields(error, &prefix))?;
-                due.push((
-                    index,
-                    payments_due(conn, auth.mode, &made, catalog.as_ref(), &requests_inside[index], &prefix)?,
-                ));
+                due.push((index, payments_due(conn, auth.mode, &made, catalog.as_ref())?));
                 created.push(made);
             }
             Ok((customer.id, created, due))

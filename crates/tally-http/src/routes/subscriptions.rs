@@ -151,26 +151,19 @@ pub fn subscription_view(
 /// What a newly created subscription still needs paid: `(subscription id, [(currency, amount)])`.
 pub type PaymentsDue = Vec<(String, Vec<(String, rust_decimal::Decimal)>)>;
 
-/// Inside the creating transaction: what each waiting subscription needs paid. Refuses (and so
-/// rolls everything back) when a payment is needed but the request gave no URLs to return to.
+/// Inside the creating transaction: what each waiting subscription needs paid. A request
+/// without `return_url`/`failure_url` sends the payer to Tally's own "payment complete" page
+/// (`GET /checkout/complete`) instead.
 pub fn payments_due(
     conn: &mut dyn Conn,
     mode: Mode,
     subscription: &Subscription,
     catalog: &dyn Catalog,
-    request: &CreateCustomerSubscription,
-    prefix: &str,
 ) -> Result<PaymentsDue, OpError> {
     if subscription.status != tally_store::repo::subscriptions::SubscriptionStatus::ActionRequired {
         return Ok(Vec::new());
     }
     let due = subscription_ops::payment_due(conn, mode, subscription, catalog)?;
-    if request.return_url.is_none() || request.failure_url.is_none() {
-        return Err(OpError::invalid(
-            format!("{prefix}return_url"),
-            "return_url and failure_url are required when a fee must be paid before the subscription starts",
-        ));
-    }
     Ok(vec![(subscription.id.clone(), due)])
 }
 
@@ -199,8 +192,8 @@ pub async fn start_payments(
                 asset: None,
                 exchange_rate: None,
                 credit_expires_at: None,
-                return_url: request.return_url.clone().unwrap_or_default(),
-                failure_url: request.failure_url.clone().unwrap_or_default(),
+                return_url: request.return_url.clone().unwrap_or_else(|| format!("{public}/checkout/complete")),
+                failure_url: request.failure_url.clone().unwrap_or_else(|| format!("{public}/checkout/complete")),
                 description: Some("Subscription fee".into()),
                 metadata: Default::default(),
                 origin: "subscription".into(),
@@ -247,7 +240,7 @@ pub async fn create(
                     }
                 }
             };
-            let due = payments_due(conn, auth.mode, &subscription, catalog.as_ref(), &request_copy, "")?;
+            let due = payments_due(conn, auth.mode, &subscription, catalog.as_ref())?;
             Ok((subscription, due))
         })
         .await?;

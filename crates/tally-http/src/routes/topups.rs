@@ -518,6 +518,13 @@ fn redirect_or_page(branding: &Branding, top_up: &TopUp) -> Response {
     }
 }
 
+/// Where a payer lands after paying a subscription's fee when the platform gave no
+/// `return_url` of its own.
+pub async fn checkout_complete(State(state): State<AppState>) -> Response {
+    let body = "<h1>Thank you</h1><p>Your payment is being processed. You can close this page.</p>";
+    Html(page(&state.branding, "Payment", body)).into_response()
+}
+
 /// The test provider's checkout page. Opening it moves the top-up to `pending`.
 pub async fn checkout(
     State(state): State<AppState>,

@@ -63,4 +63,49 @@ async fn a_volume_rate_per_package_size_is_prorated(app: TestApp) {
     app.assert_ledger_agrees().await;
 }
 
-on_both_backends!(a_volume_rate_per_package_size_is_prorated);
+/// A plan with a recurring fee in USD and no `collection`, as Credyt's `glitch_pro` example.
+fn pro_plan(code: &str, collection: Option<serde_json::Value>) -> serde_json::Value {
+    let mut fee = json!({
+        "name": "Pro monthly", "type": "fixed",
+        "billing_model": {"type": "recurring", "recurring": {"interval": "month"}},
+        "pricing": [{"asset": "USD", "values": [{"unit_price": 20}]}]
+    });
+    if let Some(collection) = collection {
+        fee["collection"] = collection;
+    }
+    json!({"name": "Glitch Pro", "code": code, "publish": true, "prices": [fee]})
+}
+
+async fn a_recurring_fee_the_balance_cannot_pay_waits_for_payment(app: TestApp) {
+    app.post("/products", pro_plan("glitch_pro", None)).await.expect(201);
+    let request = json!({"products": [{"code": "glitch_pro"}], "return_url": "https://platform.example/welcome",
+        "failure_url": "https://platform.example/sorry"});
+
+    // An empty wallet: the subscription waits for a payment and nothing is debited.
+    let poor = app.customer("Poor").await;
+    let waiting = app.post(&format!("/customers/{poor}/subscriptions"), request.clone()).await.expect(201);
+    assert_eq!(waiting.body["status"], "action_required", "{}", waiting.body);
+    assert_eq!(waiting.body["required_actions"][0]["type"], "payment");
+    assert!(waiting.body["required_actions"][0]["redirect_url"].as_str().unwrap().contains("/checkout/"));
+    assert_eq!(app.balances(&poor, "default:USD").await, ("0".into(), "20".into(), "0".into()), "no overdraft");
+
+    // A balance that covers the fee: charged from it at once.
+    let rich = app.customer("Rich").await;
+    app.fund(&rich, "USD", "50", "fund").await;
+    let started = app.post(&format!("/customers/{rich}/subscriptions"), request.clone()).await.expect(201);
+    assert_eq!(started.body["status"], "active");
+    assert_eq!(app.balances(&rich, "default:USD").await.0, "30");
+
+    // An explicit collection keeps its meaning: from the balance, without `in_advance`, the fee
+    // is debited like any charge.
+    let arrears = json!({"type": "balance"});
+    app.post("/products", pro_plan("glitch_pro_arrears", Some(arrears))).await.expect(201);
+    let trusted = app.customer("Trusted").await;
+    let request = json!({"products": [{"code": "glitch_pro_arrears"}]});
+    let started = app.post(&format!("/customers/{trusted}/subscriptions"), request).await.expect(201);
+    assert_eq!(started.body["status"], "active");
+    assert_eq!(app.balances(&trusted, "default:USD").await.0, "-20");
+    app.assert_ledger_agrees().await;
+}
+
+on_both_backends!(a_volume_rate_per_package_size_is_prorated, a_recurring_fee_the_balance_cannot_pay_waits_for_payment);

@@ -338,9 +338,16 @@ const PRO_PLAN: &str = r#"{
 async fn a_fee_that_must_be_paid_first_waits_for_payment(app: TestApp) {
     app.post("/products", body(PRO_PLAN)).await.expect(201);
     let customer = app.customer("Pro").await;
-    // No URLs to come back to: refused whole, nothing stored.
-    app.post(&format!("/customers/{customer}/subscriptions"), json!({"products": [{"code": "pro"}]})).await.expect(422);
-    assert_eq!(app.get(&format!("/customers/{customer}")).await.body["subscriptions"], json!([]));
+    // Without URLs of its own, the payer comes back to Tally's "payment complete" page.
+    let bare = app.customer("Pro without URLs").await;
+    let waiting = app.post(&format!("/customers/{bare}/subscriptions"), json!({"products": [{"code": "pro"}]})).await;
+    let waiting = waiting.expect(201);
+    assert_eq!(waiting.body["status"], "action_required", "{}", waiting.body);
+    let link = waiting.body["required_actions"][0]["redirect_url"].as_str().unwrap().to_owned();
+    let (status, location, _) = pay(&link, "4242424242424242").await;
+    assert_eq!((status, location.as_deref()), (303, Some(format!("{}/checkout/complete", app.base).as_str())));
+    let landing = reqwest::get(format!("{}/checkout/complete", app.base)).await.unwrap();
+    assert_eq!(landing.status(), 200);
 
     let request = json!({"products": [{"code": "pro"}], "return_url": "https://platform.example/welcome", "failure_url": "https://platform.example/sorry"});
     let waiting = app.post(&format!("/customers/{customer}/subscriptions"), request.clone()).await.expect(201);
