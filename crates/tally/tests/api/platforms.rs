@@ -101,11 +101,20 @@ struct Made {
 /// Creates one of everything in `account` (the platform when `None`), the same codes every
 /// time, so that only the partition keeps them apart.
 async fn make_everything(app: &TestApp, account: Option<&str>, rate: &str, event_id: &str) -> Made {
+    make_everything_with(app, &app.test_key, account, rate, event_id).await
+}
+
+/// [`make_everything`] with `key`. Live mode has no payment provider in tests, so its top-up
+/// is refused (503) and `Made::top_up` is empty.
+async fn make_everything_with(app: &TestApp, key: &str, account: Option<&str>, rate: &str, event_id: &str) -> Made {
+    let call = |account: Option<&str>, method: Method, path: &str, payload: Option<Value>| {
+        let (account, path) = (account.map(str::to_owned), path.to_owned());
+        async move { call_with_key(app, key, account.as_deref(), method, &path, payload).await }
+    };
     let asset: Value = body(&IMG.replace("0.10", rate));
-    call(app, account, Method::POST, "/assets", Some(asset)).await.expect(201);
-    let product = call(app, account, Method::POST, "/products", Some(body(GLITCH_IMAGES))).await.expect(201);
+    call(account, Method::POST, "/assets", Some(asset)).await.expect(201);
+    let product = call(account, Method::POST, "/products", Some(body(GLITCH_IMAGES))).await.expect(201);
     let customer = call(
-        app,
         account,
         Method::POST,
         "/customers",
@@ -115,28 +124,39 @@ async fn make_everything(app: &TestApp, account: Option<&str>, rate: &str, event
     .expect(201);
     let customer = customer.body["id"].as_str().unwrap().to_owned();
     let adjustment = json!({"transaction_id": format!("fund-{event_id}"), "asset": "IMG", "amount": 10, "reason": "gift"});
-    call(app, account, Method::POST, &format!("/customers/{customer}/wallet/adjustments"), Some(adjustment))
+    call(account, Method::POST, &format!("/customers/{customer}/wallet/adjustments"), Some(adjustment))
         .await
         .expect(201);
     let usage = json!({"customer_id": customer, "events": [{"id": event_id, "event_type": "image_generated",
         "occurred_at": chrono::Utc::now().to_rfc3339()}]});
-    call(app, account, Method::POST, "/events", Some(usage)).await.expect(204);
-    let vendor = call(app, account, Method::POST, "/vendors", Some(json!({"name": "GPU cloud", "external_id": "gpu"})))
+    call(account, Method::POST, "/events", Some(usage)).await.expect(204);
+    let vendor = call(account, Method::POST, "/vendors", Some(json!({"name": "GPU cloud", "external_id": "gpu"})))
         .await
         .expect(201);
     let top_up = json!({"customer_id": customer, "amount": 5, "currency": "USD", "destination": {"asset": "IMG"},
         "return_url": "https://platform.example/ok", "failure_url": "https://platform.example/failed"});
-    let top_up = call(app, account, Method::POST, "/top-ups", Some(top_up)).await.expect(201);
+    let top_up = call(account, Method::POST, "/top-ups", Some(top_up)).await;
+    let top_up = match top_up.status.as_u16() {
+        201 => top_up.body["id"].as_str().unwrap().to_owned(),
+        status => {
+            assert_eq!((key == app.live_key, status), (true, 503), "{}", top_up.text);
+            String::new()
+        }
+    };
     Made {
         customer,
         product: product.body["id"].as_str().unwrap().to_owned(),
         vendor: vendor.body["id"].as_str().unwrap().to_owned(),
-        top_up: top_up.body["id"].as_str().unwrap().to_owned(),
+        top_up,
     }
 }
 
 /// Every route family, read from `from`, sees nothing of what `made` holds.
 async fn sees_nothing_of(app: &TestApp, from: Option<&str>, made: &Made, event_id: &str) {
+    sees_nothing_of_with(app, &app.test_key, from, made, event_id).await
+}
+
+async fn sees_nothing_of_with(app: &TestApp, key: &str, from: Option<&str>, made: &Made, event_id: &str) {
     let customer = &made.customer;
     for path in [
         format!("/customers/{customer}"),
@@ -148,30 +168,30 @@ async fn sees_nothing_of(app: &TestApp, from: Option<&str>, made: &Made, event_i
         format!("/products/{}", made.product),
         format!("/products/{}/subscribers", made.product),
         format!("/vendors/{}", made.vendor),
-        format!("/top-ups/{}", made.top_up),
+        format!("/top-ups/{}", if made.top_up.is_empty() { "top_none" } else { &made.top_up }),
         format!("/events/{event_id}"),
     ] {
-        let reply = call(app, from, Method::GET, &path, None).await;
+        let reply = call_with_key(app, key, from, Method::GET, &path, None).await;
         assert_eq!(reply.status, 404, "GET {path} from {from:?} leaked: {}", reply.text);
     }
     let lists = ["/customers", "/products", "/vendors", "/events", "/customers/stats"];
     for path in lists {
-        let reply = call(app, from, Method::GET, path, None).await.expect(200);
+        let reply = call_with_key(app, key, from, Method::GET, path, None).await.expect(200);
         assert!(!reply.text.contains(customer.as_str()), "GET {path} from {from:?} leaked {customer}");
         assert!(!reply.text.contains(made.product.as_str()), "GET {path} from {from:?} leaked {}", made.product);
         assert!(!reply.text.contains(made.vendor.as_str()), "GET {path} from {from:?} leaked {}", made.vendor);
     }
-    let events = call(app, from, Method::GET, "/events", None).await.expect(200);
+    let events = call_with_key(app, key, from, Method::GET, "/events", None).await.expect(200);
     assert!(!events.text.contains(event_id), "GET /events from {from:?} leaked {event_id}");
     // Writes that name the other's customer fail without touching it.
     let adjustment = json!({"transaction_id": "cross", "asset": "IMG", "amount": 1, "reason": "gift"});
-    call(app, from, Method::POST, &format!("/customers/{customer}/wallet/adjustments"), Some(adjustment))
+    call_with_key(app, key, from, Method::POST, &format!("/customers/{customer}/wallet/adjustments"), Some(adjustment))
         .await
         .expect(404);
     let portal = json!({"customer_id": customer, "return_url": "https://platform.example/back",
         "failure_url": "https://platform.example/failed"});
     // A customer named in a body is a field error, as for any unknown customer.
-    let refused = call(app, from, Method::POST, "/billing-portal/sessions", Some(portal)).await.expect(422);
+    let refused = call_with_key(app, key, from, Method::POST, "/billing-portal/sessions", Some(portal)).await.expect(422);
     assert!(refused.text.contains("no customer"), "{}", refused.text);
 }
 
@@ -317,7 +337,25 @@ async fn a_connected_accounts_top_up_is_paid_and_credited_in_it(app: TestApp) {
     app.assert_ledger_agrees().await;
 }
 
+/// The same partition in live mode: a live key's connected accounts and its platform see
+/// nothing of each other, nor of test mode.
+async fn nothing_leaks_in_live_mode_either(app: TestApp) {
+    let live = app.live_key.clone();
+    let created = call_with_key(&app, &live, None, Method::POST, "/accounts", Some(json!({"name": "Live studio"})));
+    let studio = created.await.expect(201).body["id"].as_str().unwrap().to_owned();
+    let platform = make_everything_with(&app, &live, None, "0.10", "evt-live-platform").await;
+    let inside = make_everything_with(&app, &live, Some(&studio), "0.20", "evt-live-studio").await;
+    sees_nothing_of_with(&app, &live, None, &inside, "evt-live-studio").await;
+    sees_nothing_of_with(&app, &live, Some(&studio), &platform, "evt-live-platform").await;
+    // Test mode sees neither.
+    sees_nothing_of(&app, None, &platform, "evt-live-platform").await;
+    sees_nothing_of(&app, None, &inside, "evt-live-studio").await;
+    call(&app, Some(&studio), Method::GET, "/customers", None).await.expect(404);
+    app.assert_ledger_agrees().await;
+}
+
 on_both_backends!(
+    nothing_leaks_in_live_mode_either,
     a_connected_accounts_top_up_is_paid_and_credited_in_it,
     a_connected_accounts_portal_shows_its_own_name_and_assets,
     connected_accounts_are_created_listed_and_found,
