@@ -17,6 +17,13 @@ impl Clock {
         Utc::now() + chrono::Duration::microseconds(self.offset_micros.load(Ordering::SeqCst))
     }
 
+    /// A clock that reads `start` now and runs on from there: `tally demo` makes its history
+    /// days in the past through the API this way. Once made, it too only moves forward.
+    pub fn starting_at(start: DateTime<Utc>) -> Clock {
+        let offset = (start - Utc::now()).num_microseconds().unwrap_or(0);
+        Clock { offset_micros: Arc::new(AtomicI64::new(offset)) }
+    }
+
     /// Moves this clock (and every clone of it) forward by `by`. Time never goes back, so a
     /// negative duration is ignored.
     pub fn advance(&self, by: chrono::Duration) {

@@ -7,7 +7,9 @@ pub mod catalog;
 pub mod check;
 pub mod clock;
 pub mod delivery;
+pub mod docs;
 pub mod error;
+pub mod export;
 pub mod extract;
 pub mod html;
 pub mod limits;
@@ -194,6 +196,7 @@ pub fn router(state: AppState) -> Router {
         .route("/customers/stats", get(vendors::list_customer_stats))
         .route("/customers/{customer_id}", get(customers::get).patch(customers::update))
         .route("/customers/{customer_id}/stats", get(vendors::customer_stats))
+        .route("/customers/{customer_id}/events.csv", get(export::customer_events_csv))
         .route("/vendors", post(vendors::create).get(vendors::list))
         .route("/vendors/{vendor_id}", get(vendors::get))
         .route("/vendors/{vendor_id}/stats", get(vendors::vendor_stats))
@@ -236,7 +239,10 @@ pub fn router(state: AppState) -> Router {
         .route("/customers/{customer_id}/wallet/{account_id}", get(wallet::get_account))
         .route("/customers/{customer_id}/wallet/{account_id}/grants", get(wallet::list_grants))
         .route("/customers/{customer_id}/wallet/{account_id}/transactions", get(wallet::list_transactions))
+        .merge(docs::router())
         .fallback(|| async { ApiError::NotFound("no such endpoint; see /openapi.json".into()) })
+        // A path that exists, asked with a method it does not take: 405 problem+json (with Allow).
+        .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(limits::MAX_BODY_BYTES))
         // On every route and the fallback: a body or query string no handler could read is a 400.
         .layer(axum::middleware::from_fn(extract::check_encodings))
@@ -247,6 +253,8 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(telemetry::health))
         .route("/ready", get(telemetry::ready))
         .route("/metrics", get(telemetry::scrape))
+        // Again for the probes, added after the first call.
+        .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::from_fn(telemetry::request_id))
         .with_state(state)
 }

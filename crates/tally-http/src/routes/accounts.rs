@@ -27,7 +27,7 @@ pub struct AccountContext {
     pub name: String,
 }
 
-#[utoipa::path(get, path = "/accounts/self", tag = "Accounts", responses((status = 200, body = AccountContext)))]
+#[utoipa::path(get, path = "/accounts/self", operation_id = "get_account_context", tag = "Accounts", responses((status = 200, body = AccountContext)))]
 pub async fn get_self(State(state): State<AppState>, auth: Auth) -> Result<Json<AccountContext>, ApiError> {
     let environment = auth.mode.environment();
     let (account_id, name) = match auth.mode.connected_account() {

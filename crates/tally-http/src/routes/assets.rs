@@ -177,7 +177,7 @@ fn parse_new_asset(request: &CreateAssetRequest) -> Result<NewAsset, ApiError> {
     })
 }
 
-#[utoipa::path(post, path = "/assets", tag = "Assets", request_body = CreateAssetRequest,
+#[utoipa::path(post, path = "/assets", operation_id = "create_asset", tag = "Assets", request_body = CreateAssetRequest,
     responses((status = 201, body = CreateAssetResponse), (status = 409), (status = 422)))]
 pub async fn create(
     State(state): State<AppState>,
@@ -190,7 +190,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(CreateAssetResponse { code: asset.code, created_at: asset.created_at.into() })))
 }
 
-#[utoipa::path(get, path = "/assets", tag = "Assets", params(("offset" = Option<i64>, Query), ("limit" = Option<i64>, Query)),
+#[utoipa::path(get, path = "/assets", operation_id = "list_assets", tag = "Assets", params(("offset" = Option<i64>, Query), ("limit" = Option<i64>, Query)),
     responses((status = 200, body = PageListAssetsItem)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -217,7 +217,7 @@ fn path_code(code: &str) -> Result<AssetCode, ApiError> {
     AssetCode::parse(code).map_err(|_| ApiError::NotFound(format!("asset {code} not found")))
 }
 
-#[utoipa::path(get, path = "/assets/{assetCode}", tag = "Assets", params(("assetCode" = String, Path)),
+#[utoipa::path(get, path = "/assets/{assetCode}", operation_id = "get_asset", tag = "Assets", params(("assetCode" = String, Path)),
     responses((status = 200, body = GetAssetResponse), (status = 404)))]
 pub async fn get(
     State(state): State<AppState>,
@@ -286,7 +286,7 @@ fn asset_response(asset: KnownAsset, rate_rows: Vec<asset_repo::RateRow>) -> Get
     }
 }
 
-#[utoipa::path(post, path = "/assets/{assetCode}/rates", tag = "Assets", params(("assetCode" = String, Path)),
+#[utoipa::path(post, path = "/assets/{assetCode}/rates", operation_id = "add_asset_rate", tag = "Assets", params(("assetCode" = String, Path)),
     request_body = AddAssetRateRequest, responses((status = 204), (status = 404), (status = 422)))]
 pub async fn add_rate(
     State(state): State<AppState>,
@@ -310,7 +310,7 @@ pub async fn add_rate(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(post, path = "/assets/{assetCode}/quote", tag = "Assets", params(("assetCode" = String, Path)),
+#[utoipa::path(post, path = "/assets/{assetCode}/quote", operation_id = "quote_asset", tag = "Assets", params(("assetCode" = String, Path)),
     request_body = QuoteAssetRequest, responses((status = 200, body = QuoteAssetResponse), (status = 404), (status = 422)))]
 pub async fn quote(
     State(state): State<AppState>,

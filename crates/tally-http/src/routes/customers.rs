@@ -110,7 +110,7 @@ fn summary((customer, active_subscription_count): (Customer, i64)) -> CustomerSu
     }
 }
 
-#[utoipa::path(post, path = "/customers", tag = "Customers", request_body = CreateCustomerRequest,
+#[utoipa::path(post, path = "/customers", operation_id = "create_customer", tag = "Customers", request_body = CreateCustomerRequest,
     responses((status = 201, body = CreateCustomerResponse), (status = 409), (status = 422)))]
 pub async fn create(
     State(state): State<AppState>,
@@ -168,7 +168,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(response)))
 }
 
-#[utoipa::path(get, path = "/customers", tag = "Customers",
+#[utoipa::path(get, path = "/customers", operation_id = "list_customers", tag = "Customers",
     params(("offset" = Option<i64>, Query), ("limit" = Option<i64>, Query), ("customer_id" = Option<String>, Query),
            ("external_id" = Option<String>, Query), ("email" = Option<String>, Query), ("name" = Option<String>, Query),
            ("status" = Option<String>, Query, description = "active: with an active subscription; inactive: without one")),
@@ -209,7 +209,7 @@ pub async fn list(
     Ok(Json(PageCustomerSummary::new(customers.into_iter().map(summary).collect(), total, page)))
 }
 
-#[utoipa::path(get, path = "/customers/{customerId}", tag = "Customers", params(("customerId" = String, Path)),
+#[utoipa::path(get, path = "/customers/{customerId}", operation_id = "get_customer", tag = "Customers", params(("customerId" = String, Path)),
     responses((status = 200, body = GetCustomerResponse), (status = 404)))]
 pub async fn get(
     State(state): State<AppState>,
@@ -243,7 +243,7 @@ pub async fn get(
     }))
 }
 
-#[utoipa::path(patch, path = "/customers/{customerId}", tag = "Customers", params(("customerId" = String, Path)),
+#[utoipa::path(patch, path = "/customers/{customerId}", operation_id = "update_customer", tag = "Customers", params(("customerId" = String, Path)),
     request_body = UpdateCustomerRequest, responses((status = 204), (status = 404), (status = 409), (status = 422)))]
 pub async fn update(
     State(state): State<AppState>,

@@ -188,7 +188,7 @@ fn parse_cost(checker: &mut Checker, prefix: &str, cost: &CostDataIn) -> Option<
     })
 }
 
-#[utoipa::path(post, path = "/events", tag = "Events", request_body = UsageRequest,
+#[utoipa::path(post, path = "/events", operation_id = "send_usage", tag = "Events", request_body = UsageRequest,
     responses((status = 204, description = "Every event is stored (or was already): priced and debited, or stored unbilled \
         with the reason when it cannot be priced."), (status = 409), (status = 422)))]
 pub async fn send_usage(
@@ -333,7 +333,7 @@ fn list_item((event, external_id): (StoredEvent, Option<String>)) -> ListEventsI
     }
 }
 
-#[utoipa::path(get, path = "/events", tag = "Events",
+#[utoipa::path(get, path = "/events", operation_id = "list_events", tag = "Events",
     params(("offset" = Option<i64>, Query), ("limit" = Option<i64>, Query), ("event_id" = Option<String>, Query),
            ("customer_id" = Option<String>, Query), ("customer_external_id" = Option<String>, Query), ("subject" = Option<String>, Query),
            ("period_from" = Option<String>, Query), ("period_to" = Option<String>, Query),
@@ -394,7 +394,7 @@ fn detail_number(detail: &serde_json::Value, field: &str) -> Option<Amount> {
     detail.get(field).and_then(|value| parse_decimal(&value.to_string())).map(Amount)
 }
 
-#[utoipa::path(get, path = "/events/{eventId}", tag = "Events", params(("eventId" = String, Path)),
+#[utoipa::path(get, path = "/events/{eventId}", operation_id = "get_event", tag = "Events", params(("eventId" = String, Path)),
     responses((status = 200, body = GetEventResponse), (status = 404)))]
 pub async fn get(
     State(state): State<AppState>,

@@ -32,7 +32,7 @@ pub struct CreateSessionResponse {
     pub expires_at: Timestamp,
 }
 
-#[utoipa::path(post, path = "/billing-portal/sessions", tag = "BillingPortal", request_body = CreateSessionRequest,
+#[utoipa::path(post, path = "/billing-portal/sessions", operation_id = "create_portal_session", tag = "BillingPortal", request_body = CreateSessionRequest,
     responses((status = 200, body = CreateSessionResponse), (status = 422)))]
 pub async fn create_portal_session(
     State(state): State<AppState>,

@@ -213,7 +213,7 @@ fn created(product: &Product, version: &Version) -> CreateProductResponse {
     }
 }
 
-#[utoipa::path(post, path = "/products", tag = "Products", request_body = CreateProductRequest,
+#[utoipa::path(post, path = "/products", operation_id = "create_product", tag = "Products", request_body = CreateProductRequest,
     responses((status = 201, body = CreateProductResponse), (status = 409), (status = 422)))]
 pub async fn create(
     State(state): State<AppState>,
@@ -236,7 +236,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(created(&product, &version))))
 }
 
-#[utoipa::path(post, path = "/products/{productId}", tag = "Products", params(("productId" = String, Path)),
+#[utoipa::path(post, path = "/products/{productId}", operation_id = "create_product_version", tag = "Products", params(("productId" = String, Path)),
     request_body = CreateProductVersionRequest,
     responses((status = 201, body = CreateProductResponse), (status = 404), (status = 409), (status = 422)))]
 pub async fn create_version(
@@ -258,7 +258,7 @@ pub async fn create_version(
     Ok((StatusCode::CREATED, Json(created(&product, &version))))
 }
 
-#[utoipa::path(get, path = "/products", tag = "Products",
+#[utoipa::path(get, path = "/products", operation_id = "list_products", tag = "Products",
     params(("offset" = Option<i64>, Query), ("limit" = Option<i64>, Query), ("code" = Option<String>, Query)),
     responses((status = 200, body = PageGetProductDataResponse)))]
 pub async fn list(
@@ -283,7 +283,7 @@ fn stored_definition(version: &Version) -> Result<Definition, ApiError> {
         .map_err(|error| ApiError::Internal(format!("stored product definition: {error}")))
 }
 
-#[utoipa::path(get, path = "/products/{productId}", tag = "Products", params(("productId" = String, Path)),
+#[utoipa::path(get, path = "/products/{productId}", operation_id = "get_product", tag = "Products", params(("productId" = String, Path)),
     responses((status = 200, body = GetProductResponse), (status = 404)))]
 pub async fn get(
     State(state): State<AppState>,
@@ -336,7 +336,7 @@ fn version_ref(text: &str) -> Result<VersionRef, ApiError> {
     }
 }
 
-#[utoipa::path(get, path = "/products/{productId}/{version}", tag = "Products",
+#[utoipa::path(get, path = "/products/{productId}/{version}", operation_id = "get_product_version", tag = "Products",
     params(("productId" = String, Path), ("version" = String, Path, description = "A version number or `default`.")),
     responses((status = 200, body = GetProductVersionResponse), (status = 404)))]
 pub async fn get_version(
@@ -361,7 +361,7 @@ pub async fn get_version(
     }))
 }
 
-#[utoipa::path(patch, path = "/products/{productId}/{version}", tag = "Products",
+#[utoipa::path(patch, path = "/products/{productId}/{version}", operation_id = "update_product_version", tag = "Products",
     params(("productId" = String, Path), ("version" = String, Path)), request_body = UpdateProductVersionRequest,
     responses((status = 204), (status = 404), (status = 409)))]
 pub async fn update_version(
@@ -379,7 +379,7 @@ pub async fn update_version(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(delete, path = "/products/{productId}/{version}", tag = "Products",
+#[utoipa::path(delete, path = "/products/{productId}/{version}", operation_id = "archive_product_version", tag = "Products",
     params(("productId" = String, Path), ("version" = String, Path)), responses((status = 204), (status = 404), (status = 409)))]
 pub async fn archive_version(
     State(state): State<AppState>,
@@ -391,7 +391,7 @@ pub async fn archive_version(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(delete, path = "/products/{productId}", tag = "Products", params(("productId" = String, Path)),
+#[utoipa::path(delete, path = "/products/{productId}", operation_id = "delete_product", tag = "Products", params(("productId" = String, Path)),
     responses((status = 204), (status = 404)))]
 pub async fn delete(
     State(state): State<AppState>,
@@ -403,7 +403,7 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(get, path = "/products/{productId}/subscribers", tag = "Products",
+#[utoipa::path(get, path = "/products/{productId}/subscribers", operation_id = "get_product_subscribers", tag = "Products",
     params(("productId" = String, Path), ("offset" = Option<i64>, Query), ("limit" = Option<i64>, Query)),
     responses((status = 200, body = PageProductSubscriberResponse), (status = 404)))]
 pub async fn subscribers(
@@ -440,7 +440,7 @@ pub async fn subscribers(
     Ok(Json(PageProductSubscriberResponse::new(items, total, page)))
 }
 
-#[utoipa::path(post, path = "/products/{productId}/{version}/simulate-usage", tag = "Products",
+#[utoipa::path(post, path = "/products/{productId}/{version}/simulate-usage", operation_id = "simulate_usage", tag = "Products",
     params(("productId" = String, Path), ("version" = String, Path)), request_body = SimulateUsageRequest,
     responses((status = 200, body = SimulateUsageResponse), (status = 404), (status = 422)))]
 pub async fn simulate_usage(

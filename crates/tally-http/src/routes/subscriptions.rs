@@ -206,7 +206,7 @@ pub async fn start_payments(
     Ok(())
 }
 
-#[utoipa::path(post, path = "/customers/{customerId}/subscriptions", tag = "Customers",
+#[utoipa::path(post, path = "/customers/{customerId}/subscriptions", operation_id = "create_subscription", tag = "Customers",
     params(("customerId" = String, Path), ("Idempotency-Key" = Option<String>, Header,
         description = "Makes the request safe to retry: a retry with the same key returns the subscription the first request made and creates nothing; the same key with a different request is a 409.")),
     request_body = CreateCustomerSubscription,
@@ -250,7 +250,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
-#[utoipa::path(patch, path = "/customers/{customerId}/subscriptions/{subscriptionId}", tag = "Customers",
+#[utoipa::path(patch, path = "/customers/{customerId}/subscriptions/{subscriptionId}", operation_id = "update_subscription", tag = "Customers",
     params(("customerId" = String, Path), ("subscriptionId" = String, Path)), request_body = UpdateCustomerSubscriptionRequest,
     responses((status = 204), (status = 404), (status = 422)))]
 pub async fn update(
@@ -274,7 +274,7 @@ pub async fn update(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(patch, path = "/customers/{customerId}/subscriptions/{subscriptionId}/products/{productId}", tag = "Customers",
+#[utoipa::path(patch, path = "/customers/{customerId}/subscriptions/{subscriptionId}/products/{productId}", operation_id = "update_subscription_product", tag = "Customers",
     params(("customerId" = String, Path), ("subscriptionId" = String, Path), ("productId" = String, Path)),
     request_body = UpdateCustomerSubscriptionProductRequest, responses((status = 204), (status = 404), (status = 422)))]
 pub async fn update_product(

@@ -315,7 +315,7 @@ fn replayed_response(top_up: TopUp) -> Result<InitiateTopUpResponse, ApiError> {
     }
 }
 
-#[utoipa::path(post, path = "/top-ups", tag = "TopUps", request_body = InitiateTopUpRequest,
+#[utoipa::path(post, path = "/top-ups", operation_id = "initiate_top_up", tag = "TopUps", request_body = InitiateTopUpRequest,
     params(("Idempotency-Key" = Option<String>, Header,
         description = "Makes the request safe to retry: a retry with the same key returns the first answer and creates nothing; the same key with a different request is a 409.")),
     responses((status = 201, body = InitiateTopUpResponse), (status = 409), (status = 422), (status = 503)))]
@@ -378,7 +378,7 @@ pub async fn initiate(
     Ok((StatusCode::CREATED, Json(initiated_response(top_up))))
 }
 
-#[utoipa::path(get, path = "/top-ups/{topUpId}", tag = "TopUps", params(("topUpId" = String, Path)),
+#[utoipa::path(get, path = "/top-ups/{topUpId}", operation_id = "get_top_up", tag = "TopUps", params(("topUpId" = String, Path)),
     responses((status = 200, body = GetTopUpResponse), (status = 404)))]
 pub async fn get(
     State(state): State<AppState>,
@@ -400,7 +400,7 @@ fn test_mode_only(auth: &crate::extract::Auth) -> Result<(), ApiError> {
     }
 }
 
-#[utoipa::path(post, path = "/test-helpers/top-ups/{topUpId}/succeed", tag = "TopUps", params(("topUpId" = String, Path)),
+#[utoipa::path(post, path = "/test-helpers/top-ups/{topUpId}/succeed", operation_id = "succeed_test_top_up", tag = "TopUps", params(("topUpId" = String, Path)),
     responses((status = 200, body = GetTopUpResponse), (status = 404), (status = 409)))]
 pub async fn test_succeed(
     State(state): State<AppState>,
@@ -419,7 +419,7 @@ pub async fn test_succeed(
     Ok(Json(top_up_view(settled.top_up)))
 }
 
-#[utoipa::path(post, path = "/test-helpers/top-ups/{topUpId}/fail", tag = "TopUps", params(("topUpId" = String, Path)),
+#[utoipa::path(post, path = "/test-helpers/top-ups/{topUpId}/fail", operation_id = "fail_test_top_up", tag = "TopUps", params(("topUpId" = String, Path)),
     responses((status = 200, body = GetTopUpResponse), (status = 404), (status = 409)))]
 pub async fn test_fail(
     State(state): State<AppState>,

@@ -146,7 +146,7 @@ fn day(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d").to_string()
 }
 
-#[utoipa::path(post, path = "/vendors", tag = "Vendors", request_body = CreateVendorRequest,
+#[utoipa::path(post, path = "/vendors", operation_id = "create_vendor", tag = "Vendors", request_body = CreateVendorRequest,
     responses((status = 201, body = CreateVendorResponse), (status = 409), (status = 422)))]
 pub async fn create(
     State(state): State<AppState>,
@@ -163,7 +163,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(CreateVendorResponse { id: vendor.id, created_at: vendor.created_at.into() })))
 }
 
-#[utoipa::path(get, path = "/vendors", tag = "Vendors",
+#[utoipa::path(get, path = "/vendors", operation_id = "list_vendors", tag = "Vendors",
     params(("offset" = Option<i64>, Query), ("limit" = Option<i64>, Query), ("external_id" = Option<String>, Query)),
     responses((status = 200, body = PageVendorSummary)))]
 pub async fn list(
@@ -179,7 +179,7 @@ pub async fn list(
     Ok(Json(PageVendorSummary::new(vendors.into_iter().map(vendor_view).collect(), total, page)))
 }
 
-#[utoipa::path(get, path = "/vendors/{vendorId}", tag = "Vendors", params(("vendorId" = String, Path)),
+#[utoipa::path(get, path = "/vendors/{vendorId}", operation_id = "get_vendor", tag = "Vendors", params(("vendorId" = String, Path)),
     responses((status = 200, body = VendorSummary), (status = 404)))]
 pub async fn get(
     State(state): State<AppState>,
@@ -190,7 +190,7 @@ pub async fn get(
     Ok(Json(vendor_view(vendor)))
 }
 
-#[utoipa::path(get, path = "/vendors/{vendorId}/stats", tag = "Vendors",
+#[utoipa::path(get, path = "/vendors/{vendorId}/stats", operation_id = "get_vendor_stats", tag = "Vendors",
     params(("vendorId" = String, Path), ("period_from" = Option<String>, Query), ("period_to" = Option<String>, Query),
            ("category" = Option<String>, Query), ("currency" = Option<String>, Query)),
     responses((status = 200, body = VendorStats), (status = 404)))]
@@ -223,7 +223,7 @@ pub async fn vendor_stats(
     }))
 }
 
-#[utoipa::path(get, path = "/customers/{customerId}/stats", tag = "Customers",
+#[utoipa::path(get, path = "/customers/{customerId}/stats", operation_id = "get_customer_stats", tag = "Customers",
     params(("customerId" = String, Path), ("period_from" = Option<String>, Query), ("period_to" = Option<String>, Query), ("currency" = Option<String>, Query)),
     responses((status = 200, body = ProfitabilityStats), (status = 404)))]
 pub async fn customer_stats(
@@ -245,7 +245,7 @@ pub async fn customer_stats(
     Ok(Json(stats_view(result)))
 }
 
-#[utoipa::path(get, path = "/customers/stats", tag = "Customers",
+#[utoipa::path(get, path = "/customers/stats", operation_id = "list_customer_stats", tag = "Customers",
     params(("offset" = Option<i64>, Query), ("limit" = Option<i64>, Query), ("period_from" = Option<String>, Query),
            ("period_to" = Option<String>, Query), ("currency" = Option<String>, Query)),
     responses((status = 200, body = CustomerStatsPage)))]

@@ -151,7 +151,7 @@ fn account_key(customer_id: &str, account: &str) -> Result<AccountKey, ApiError>
     Ok(AccountKey { customer_id: customer_id.to_owned(), name, asset: asset.to_string() })
 }
 
-#[utoipa::path(get, path = "/customers/{customerId}/wallet", tag = "Wallets", params(("customerId" = String, Path)),
+#[utoipa::path(get, path = "/customers/{customerId}/wallet", operation_id = "get_customer_wallet", tag = "Wallets", params(("customerId" = String, Path)),
     responses((status = 200, body = GetWalletResponse), (status = 404)))]
 pub async fn get_wallet(
     State(state): State<AppState>,
@@ -163,7 +163,7 @@ pub async fn get_wallet(
     Ok(Json(GetWalletResponse { accounts: accounts.into_iter().map(account_view).collect() }))
 }
 
-#[utoipa::path(get, path = "/customers/{customerId}/wallet/{accountId}", tag = "Wallets",
+#[utoipa::path(get, path = "/customers/{customerId}/wallet/{accountId}", operation_id = "get_wallet_account", tag = "Wallets",
     params(("customerId" = String, Path), ("accountId" = String, Path)),
     responses((status = 200, body = WalletAccount), (status = 404)))]
 pub async fn get_account(
@@ -225,7 +225,7 @@ fn parse_adjustment(request: &CreateAdjustmentRequest) -> Result<Adjustment, Api
     })
 }
 
-#[utoipa::path(post, path = "/customers/{customerId}/wallet/adjustments", tag = "Wallets", params(("customerId" = String, Path)),
+#[utoipa::path(post, path = "/customers/{customerId}/wallet/adjustments", operation_id = "create_adjustment", tag = "Wallets", params(("customerId" = String, Path)),
     request_body = CreateAdjustmentRequest,
     responses((status = 201, body = TransactionCreated), (status = 404), (status = 409), (status = 422)))]
 pub async fn create_adjustment(
@@ -291,7 +291,7 @@ fn parse_charge(request: &CreateChargeRequest) -> Result<Charge, ApiError> {
     })
 }
 
-#[utoipa::path(post, path = "/customers/{customerId}/wallet/charges", tag = "Wallets", params(("customerId" = String, Path)),
+#[utoipa::path(post, path = "/customers/{customerId}/wallet/charges", operation_id = "create_charge", tag = "Wallets", params(("customerId" = String, Path)),
     request_body = CreateChargeRequest,
     responses((status = 201, body = TransactionCreated), (status = 404), (status = 409), (status = 422)))]
 pub async fn create_charge(
@@ -325,7 +325,7 @@ fn transaction_view(transaction: Transaction) -> GetTransactionResponse {
     }
 }
 
-#[utoipa::path(get, path = "/customers/{customerId}/wallet/transactions/{transactionId}", tag = "Wallets",
+#[utoipa::path(get, path = "/customers/{customerId}/wallet/transactions/{transactionId}", operation_id = "get_transaction", tag = "Wallets",
     params(("customerId" = String, Path), ("transactionId" = String, Path)),
     responses((status = 200, body = GetTransactionResponse), (status = 404)))]
 pub async fn get_transaction(
@@ -340,7 +340,7 @@ pub async fn get_transaction(
         .ok_or_else(|| ApiError::NotFound("transaction not found".into()))
 }
 
-#[utoipa::path(get, path = "/customers/{customerId}/wallet/{accountId}/transactions", tag = "Wallets",
+#[utoipa::path(get, path = "/customers/{customerId}/wallet/{accountId}/transactions", operation_id = "list_transactions", tag = "Wallets",
     params(("customerId" = String, Path), ("accountId" = String, Path), ("offset" = Option<i64>, Query), ("limit" = Option<i64>, Query)),
     responses((status = 200, body = PageTransaction), (status = 404)))]
 pub async fn list_transactions(
@@ -403,7 +403,7 @@ fn grant_view(grant: Grant, now: chrono::DateTime<chrono::Utc>) -> CreditGrantIt
     }
 }
 
-#[utoipa::path(get, path = "/customers/{customerId}/wallet/{accountId}/grants", tag = "Wallets",
+#[utoipa::path(get, path = "/customers/{customerId}/wallet/{accountId}/grants", operation_id = "get_credit_grants", tag = "Wallets",
     params(("customerId" = String, Path), ("accountId" = String, Path), ("offset" = Option<i64>, Query), ("limit" = Option<i64>, Query),
            ("purpose" = Option<String>, Query), ("exclude_expired" = Option<bool>, Query),
            ("effective_from" = Option<String>, Query), ("effective_to" = Option<String>, Query),

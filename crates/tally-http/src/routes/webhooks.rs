@@ -416,7 +416,7 @@ fn event_item(delivery: DeliveryView) -> WebhookEventListItem {
     }
 }
 
-#[utoipa::path(get, path = "/webhooks/events", operation_id = "list_events", tag = "Webhooks",
+#[utoipa::path(get, path = "/webhooks/events", operation_id = "list_webhook_events", tag = "Webhooks",
     params(("limit" = Option<i64>, Query), ("next" = Option<String>, Query), ("prev" = Option<String>, Query),
            ("destination_id" = Option<String>, Query), ("status" = Option<String>, Query, description = "pending, delivered (Success) or failed, in any case"),
            ("time_gte" = Option<String>, Query), ("time_lte" = Option<String>, Query)),

@@ -134,12 +134,12 @@ pub fn insert_fee(conn: &mut dyn Conn, mode: Mode, fee: &StoredFee) -> Result<()
     Ok(())
 }
 
-const EVENT_COLUMNS: &str =
+pub(crate) const EVENT_COLUMNS: &str =
     "e.id, e.customer_id, e.event_type, e.occurred_at, e.subject, e.description, e.data, e.costs, e.has_fees, \
                              e.total_fees, e.fee_currency, e.created_at, c.external_id, e.content_hash, \
                              e.unbilled_reason, e.unbilled_message";
 
-fn event_from_row(row: &crate::Row) -> Result<(StoredEvent, Option<String>), StoreError> {
+pub(crate) fn event_from_row(row: &crate::Row) -> Result<(StoredEvent, Option<String>), StoreError> {
     Ok((
         StoredEvent {
             id: row.text(0)?,

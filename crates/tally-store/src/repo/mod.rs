@@ -8,6 +8,7 @@ pub mod backlog;
 pub mod connected_accounts;
 pub mod customers;
 pub mod events;
+pub mod export;
 pub mod grant_cache;
 pub mod idempotency;
 pub mod job_retries;

@@ -57,10 +57,10 @@ pub fn insert(conn: &mut dyn Conn, mode: tally_core::Mode, transaction: &Transac
     Ok(())
 }
 
-const COLUMNS: &str =
+pub(crate) const COLUMNS: &str =
     "customer_id, id, kind, account_name, asset, amount, description, metadata, request_hash, detail, created_at, executed_at";
 
-fn from_row(row: &crate::Row) -> Result<Transaction, StoreError> {
+pub(crate) fn from_row(row: &crate::Row) -> Result<Transaction, StoreError> {
     Ok(Transaction {
         customer_id: row.text(0)?,
         id: row.text(1)?,
