@@ -22,7 +22,7 @@
 
 use super::products::Catalog;
 use super::subscriptions::active_versions;
-use super::wallet::{debit, json_number, open_account, record, save_account, RESERVED_TRANSACTION_PREFIX};
+use super::wallet::{debit, json_number, open_account, record_numbered, save_account, RESERVED_TRANSACTION_PREFIX};
 use super::{webhooks, FieldError, OpError};
 use crate::conn::Conn;
 use crate::ids;
@@ -424,9 +424,9 @@ pub fn ingest(
             unbilled_events.insert(priced.event.id.as_str(), stored);
         }
     }
-    let mut accounts: HashMap<String, (Account, AccountState)> = HashMap::new();
+    let mut writes = BatchWrites::default();
     for Priced { event, fees, .. } in &rated_events {
-        store_fees_and_costs(conn, mode, &customer_id, event, fees, &vendor_ids, &mut accounts, now)
+        store_fees_and_costs(conn, mode, &customer_id, event, fees, &vendor_ids, &mut writes, now)
             .map_err(|error| name_the_event(error, batch, event))?;
         if let Some(stored) = unbilled_events.get(event.id.as_str()) {
             webhooks::event_unbilled(conn, mode, stored, now)?;
@@ -440,7 +440,7 @@ pub fn ingest(
             billed.1 += rated.fee.amount;
         }
     }
-    for (account, loaded) in accounts.values() {
+    for (account, loaded) in writes.accounts.values() {
         save_account(conn, mode, loaded, account, &GrantOrigin::default(), now)?;
     }
     for ((price_id, period), usage) in &counters {
@@ -552,6 +552,19 @@ fn resolve_vendor(
     })
 }
 
+/// What a batch reads once and then keeps, instead of asking the database again for every fee.
+#[derive(Default)]
+struct BatchWrites {
+    /// The accounts the batch debits, by asset: opened (loaded, locked, settled) on first use,
+    /// saved once at the end.
+    accounts: HashMap<String, (Account, AccountState)>,
+    /// The number the customer's next transaction takes. Opening an account can write
+    /// transactions of its own (expiries), so it is read again after each opening.
+    next_sequence: Option<i64>,
+    /// The platform's enabled webhook destinations, read at the first fee.
+    destinations: Option<Vec<crate::repo::webhooks::Destination>>,
+}
+
 fn insert_event(
     conn: &mut dyn Conn,
     mode: Mode,
@@ -601,11 +614,11 @@ fn store_fees_and_costs(
     event: &NewEvent,
     fees: &[RatedFee],
     vendor_ids: &HashMap<VendorRef, String>,
-    accounts: &mut HashMap<String, (Account, AccountState)>,
+    writes: &mut BatchWrites,
     now: DateTime<Utc>,
 ) -> Result<(), OpError> {
     for (line, rated) in fees.iter().enumerate() {
-        store_fee(conn, mode, customer_id, event, rated, line as i64, accounts, now)?;
+        store_fee(conn, mode, customer_id, event, rated, line as i64, writes, now)?;
     }
     for (line, cost) in event.costs.iter().enumerate() {
         let vendor_id = vendor_ids.get(&cost.vendor).cloned().unwrap_or_default();
@@ -637,7 +650,7 @@ fn store_fee(
     event: &NewEvent,
     rated: &RatedFee,
     line: i64,
-    accounts: &mut HashMap<String, (Account, AccountState)>,
+    writes: &mut BatchWrites,
     now: DateTime<Utc>,
 ) -> Result<(), OpError> {
     let fee = &rated.fee;
@@ -676,11 +689,20 @@ fn store_fee(
         return Ok(());
     }
     let key = AccountKey { customer_id: customer_id.to_owned(), name: "default".into(), asset: fee.asset.clone() };
-    if !accounts.contains_key(&fee.asset) {
+    if !writes.accounts.contains_key(&fee.asset) {
         let opened = open_account(conn, mode, &key, now)?;
-        accounts.insert(fee.asset.clone(), opened);
+        writes.accounts.insert(fee.asset.clone(), opened);
+        writes.next_sequence = None;
     }
-    let (account, _) = accounts.get_mut(&fee.asset).expect("opened above");
+    let sequence = match writes.next_sequence {
+        Some(sequence) => sequence,
+        None => crate::repo::transactions::next_sequence(conn, customer_id)?,
+    };
+    writes.next_sequence = Some(sequence + 1);
+    if writes.destinations.is_none() {
+        writes.destinations = Some(crate::repo::webhooks::enabled_destinations(conn, mode.platform())?);
+    }
+    let (account, _) = writes.accounts.get_mut(&fee.asset).expect("opened above");
     let postings = debit(&mut account.state, fee.amount, SystemAccount::Revenue)?;
     let transaction = Transaction {
         customer_id: customer_id.to_owned(),
@@ -707,7 +729,8 @@ fn store_fee(
         created_at: now,
         executed_at: Some(now),
     };
-    record(conn, mode, &key, &transaction, &postings, now)
+    let destinations = writes.destinations.as_deref().unwrap_or_default();
+    record_numbered(conn, mode, &key, &transaction, &postings, sequence, destinations, now)
 }
 
 /// Fees by the id of the event that owes them, and a warning per event that owes none.

@@ -495,6 +495,35 @@ pub(crate) fn record(
     Ok(())
 }
 
+/// [`record`] for a writer of many transactions in one go (a batch of usage events): the
+/// transaction takes number `sequence`, and its webhook goes to `destinations`, the enabled
+/// destinations the writer read once for the batch.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn record_numbered(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    key: &AccountKey,
+    transaction: &Transaction,
+    postings: &[tally_core::ledger::Posting],
+    sequence: i64,
+    destinations: &[crate::repo::webhooks::Destination],
+    now: DateTime<Utc>,
+) -> Result<(), OpError> {
+    let header = EntryHeader {
+        mode,
+        account: key,
+        kind: &transaction.kind,
+        transaction_id: Some(&transaction.id),
+        grant_id: None,
+        effective_at: now,
+        created_at: now,
+    };
+    ledger::append(conn, &header, postings)?;
+    transactions::insert_numbered(conn, mode, transaction, sequence)?;
+    super::webhooks::transaction_completed_to(conn, mode, destinations, transaction, now)?;
+    Ok(())
+}
+
 /// Saves an account after a change (see `wallets::save`) and tells webhooks when its available
 /// balance ran out. Every change to an account is saved through here (`adjust_many` does the
 /// same with a grant origin of its own for each grant it issues).

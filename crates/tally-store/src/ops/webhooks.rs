@@ -103,13 +103,28 @@ pub fn emit(
     customer_id: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<String, StoreError> {
+    let destinations = repo::enabled_destinations(conn, mode.platform())?;
+    emit_to(conn, mode, &destinations, topic, data, customer_id, now)
+}
+
+/// [`emit`] to `enabled`, the platform's enabled destinations as
+/// `repo::enabled_destinations` read them in this transaction (a batch reads them once).
+pub fn emit_to(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    enabled: &[Destination],
+    topic: Topic,
+    data: impl FnOnce() -> Value,
+    customer_id: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<String, StoreError> {
     // A connected account's events go to the platform's destinations that asked for
     // connected accounts' events (`connect: true`), and are kept with them, under the
     // platform's mode, naming the account; the platform's own go to the others.
     let account = mode.connected_account();
     let platform = mode.platform();
-    let destinations: Vec<Destination> = repo::enabled_destinations(conn, platform)?
-        .into_iter()
+    let destinations: Vec<&Destination> = enabled
+        .iter()
         .filter(|destination| destination.connect == account.is_some() && destination.wants(topic.as_str()))
         .collect();
     if destinations.is_empty() {
@@ -297,8 +312,20 @@ pub fn transaction_completed(
     transaction: &Transaction,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    let destinations = repo::enabled_destinations(conn, mode.platform())?;
+    transaction_completed_to(conn, mode, &destinations, transaction, now)
+}
+
+/// [`transaction_completed`] to destinations already read in this transaction.
+pub fn transaction_completed_to(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    enabled: &[Destination],
+    transaction: &Transaction,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
     let data = || transaction_data(transaction);
-    emit(conn, mode, Topic::TransactionCompleted, data, Some(&transaction.customer_id), now).map(drop)
+    emit_to(conn, mode, enabled, Topic::TransactionCompleted, data, Some(&transaction.customer_id), now).map(drop)
 }
 
 /// `wallet.balance_depleted` when `available` went from above zero (as `before`) to zero or

@@ -65,22 +65,39 @@ pub fn append(conn: &mut dyn Conn, header: &EntryHeader, postings: &[Posting]) -
             ],
         )?
         .int(0)?;
+    // One statement for all of the entry's postings (usually two or three).
+    let mut sql = String::from(
+        "INSERT INTO ledger_postings (entry_id, line, account, bucket, grant_id, amount, mode, customer_id) VALUES ",
+    );
+    let mut values = Vec::with_capacity(postings.len() * 8);
     for (line, posting) in postings.iter().enumerate() {
-        conn.execute(
-            "INSERT INTO ledger_postings (entry_id, line, account, bucket, grant_id, amount, mode, customer_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            params![
-                entry_id,
-                line as i64,
-                account_text(posting.account),
-                posting.bucket.as_str(),
-                posting.grant_id.clone(),
-                posting.amount,
-                header.mode.as_str(),
-                &header.account.customer_id
-            ],
-        )?;
+        let first = line * 8;
+        if line > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!(
+            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+            first + 1,
+            first + 2,
+            first + 3,
+            first + 4,
+            first + 5,
+            first + 6,
+            first + 7,
+            first + 8
+        ));
+        values.extend_from_slice(params![
+            entry_id,
+            line as i64,
+            account_text(posting.account),
+            posting.bucket.as_str(),
+            posting.grant_id.clone(),
+            posting.amount,
+            header.mode.as_str(),
+            &header.account.customer_id
+        ]);
     }
+    conn.execute(&sql, &values)?;
     Ok(())
 }
 

@@ -28,11 +28,24 @@ pub struct Transaction {
 }
 
 pub fn insert(conn: &mut dyn Conn, mode: tally_core::Mode, transaction: &Transaction) -> Result<(), StoreError> {
-    // Callers hold the customer's lock, so the next number cannot be taken twice.
-    let sequence = conn.count(
-        "SELECT COALESCE(MAX(sequence), 0) + 1 FROM transactions WHERE customer_id = $1",
-        params![&transaction.customer_id],
-    )?;
+    let sequence = next_sequence(conn, &transaction.customer_id)?;
+    insert_numbered(conn, mode, transaction, sequence)
+}
+
+/// The number the customer's next transaction takes. Callers hold the customer's lock, so
+/// it cannot be taken twice; a caller inserting several in a row may count on from it, as
+/// long as nothing else inserts one of the customer's transactions in between.
+pub fn next_sequence(conn: &mut dyn Conn, customer_id: &str) -> Result<i64, StoreError> {
+    conn.count("SELECT COALESCE(MAX(sequence), 0) + 1 FROM transactions WHERE customer_id = $1", params![customer_id])
+}
+
+/// Inserts `transaction` as the customer's transaction number `sequence`.
+pub fn insert_numbered(
+    conn: &mut dyn Conn,
+    mode: tally_core::Mode,
+    transaction: &Transaction,
+    sequence: i64,
+) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO transactions (mode, customer_id, id, sequence, kind, account_name, asset, amount, description, metadata,
                                    request_hash, detail, created_at, executed_at)
