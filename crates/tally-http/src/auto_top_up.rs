@@ -33,6 +33,43 @@ const CHARGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often expired portal links and sessions are deleted.
 const PURGE_EVERY: Duration = Duration::from_secs(60 * 60);
 
+/// The time a pass works at. A pass can wait long for the database (behind other writers, for
+/// a connection) while the accounts it will claim keep changing, so each step reads the time
+/// afresh, inside its transaction once it holds its claim: an account is never topped up, and
+/// no failure dated, at an instant older than the balance the pass acted on (a rate that came
+/// into force meanwhile would otherwise seem missing and the attempt fail). The server's
+/// passes read its clock; [`PassTime::at`] fixes the instant of every step (tests).
+#[derive(Clone)]
+pub struct PassTime(Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>);
+
+impl PassTime {
+    /// Every step at `at`.
+    pub fn at(at: DateTime<Utc>) -> PassTime {
+        PassTime(Arc::new(move || at))
+    }
+
+    /// Each step at what `now` answers when the step reads the time.
+    pub fn reading(now: impl Fn() -> DateTime<Utc> + Send + Sync + 'static) -> PassTime {
+        PassTime(Arc::new(now))
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        (self.0)()
+    }
+}
+
+impl From<DateTime<Utc>> for PassTime {
+    fn from(at: DateTime<Utc>) -> PassTime {
+        PassTime::at(at)
+    }
+}
+
+impl From<crate::clock::Clock> for PassTime {
+    fn from(clock: crate::clock::Clock) -> PassTime {
+        PassTime::reading(move || clock.now())
+    }
+}
+
 /// Runs the job every `interval` until `stop` turns true.
 pub async fn run(
     store: Arc<Store>,
@@ -44,12 +81,12 @@ pub async fn run(
 ) {
     let mut last_purge: Option<Instant> = None;
     loop {
-        let now = clock.now();
-        if let Err(error) = run_due(&store, &providers, top_up_expiry, now).await {
+        if let Err(error) = run_due(&store, &providers, top_up_expiry, clock.clone()).await {
             tracing::warn!(%error, "auto top-up failed; will retry");
         }
         if last_purge.is_none_or(|at| at.elapsed() >= PURGE_EVERY) {
             last_purge = Some(Instant::now());
+            let now = clock.now();
             let purge_store = store.clone();
             let purged =
                 tokio::task::spawn_blocking(move || purge_store.write(|conn| portal_ops::purge_expired(conn, now)));
@@ -69,43 +106,46 @@ pub async fn run(
     }
 }
 
-/// One pass at `now`: frees accounts whose in-flight top-up ended, then starts, charges and
-/// records the top-ups of accounts that are due. An account whose step fails with an error
-/// waits to be retried (`worker::Retries`) and the pass goes on with the others.
+/// One pass at `time` (see [`PassTime`]): frees accounts whose in-flight top-up ended, then
+/// starts, charges and records the top-ups of accounts that are due. An account whose step
+/// fails with an error waits to be retried (`worker::Retries`) and the pass goes on with the
+/// others.
 pub async fn run_due(
     store: &Arc<Store>,
     providers: &Providers,
     top_up_expiry: Duration,
-    now: DateTime<Utc>,
+    time: impl Into<PassTime>,
 ) -> Result<Pass, OpError> {
-    let settle_store = store.clone();
+    let time = time.into();
+    let top_up_expiry = chrono::Duration::from_std(top_up_expiry).unwrap_or(chrono::Duration::hours(24));
+    let (settle_store, settle_time) = (store.clone(), time.clone());
     let mut pass = blocking(move || {
         drain(
             &settle_store,
             job_retries::AUTO_TOP_UP_SETTLE,
             BATCH,
-            now,
-            |conn| auto_ops::claim_settled(conn, now),
-            |conn, ClaimedAccount(mode, key)| auto_ops::settle(conn, *mode, key, now),
+            settle_time.now(),
+            |conn| auto_ops::claim_settled(conn, settle_time.now()),
+            |conn, ClaimedAccount(mode, key)| auto_ops::settle(conn, *mode, key, settle_time.now()),
         )
     })
     .await?;
-    let expires_at = now + chrono::Duration::from_std(top_up_expiry).unwrap_or(chrono::Duration::hours(24));
-    let load_store = store.clone();
-    let mut retries = blocking(move || Retries::load(&load_store, job_retries::AUTO_TOP_UP, now)).await?;
+    let (load_store, load_time) = (store.clone(), time.clone());
+    let mut retries = blocking(move || Retries::load(&load_store, job_retries::AUTO_TOP_UP, load_time.now())).await?;
     while pass.claimed < 2 * BATCH {
         let names = providers.clone();
-        let claim_store = store.clone();
+        let (claim_store, claim_time) = (store.clone(), time.clone());
         let (step, returned) = blocking(move || {
             let provider_for = |mode| names.for_mode(mode).map(|provider| provider.name());
-            let step =
-                retries.attempt(&claim_store, &mut |conn| auto_ops::claim_due(conn, now), &mut |conn,
-                                                                                                ClaimedAccount(
-                    mode,
-                    key,
-                )| {
-                    auto_ops::start(conn, *mode, key, now, expires_at, &provider_for)
-                });
+            let step = retries.attempt(
+                &claim_store,
+                &mut |conn| auto_ops::claim_due(conn, claim_time.now()),
+                &mut |conn, ClaimedAccount(mode, key)| {
+                    // Read under the claim: no earlier than the balance that made the account due.
+                    let now = claim_time.now();
+                    auto_ops::start(conn, *mode, key, now, now + top_up_expiry, &provider_for)
+                },
+            );
             Ok((step, retries))
         })
         .await?;
@@ -135,10 +175,12 @@ pub async fn run_due(
         if let ChargeResult::Unknown { reason } = &result {
             tracing::warn!(top_up = %charge.top_up_id, %reason, "an auto top-up's payment has an unknown outcome; waiting for the provider");
         }
-        let record_store = store.clone();
+        let (record_store, record_time) = (store.clone(), time.clone());
         let top_up_id = charge.top_up_id.clone();
-        let recorded =
-            blocking(move || record_store.write(|conn| auto_ops::record_outcome(conn, &charge, &result, now))).await;
+        let recorded = blocking(move || {
+            record_store.write(|conn| auto_ops::record_outcome(conn, &charge, &result, record_time.now()))
+        })
+        .await;
         // The account stays in flight: the top-up's own end (a provider notification, or its
         // expiry) frees it later. The other accounts go on.
         if let Err(error) = recorded {

@@ -26,7 +26,7 @@ async fn reference() -> Html<&'static str> {
     Html(REFERENCE_PAGE)
 }
 
-const REFERENCE_PAGE: &str = r#"<!doctype html>
+const REFERENCE_PAGE: &str = r##"<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -51,7 +51,7 @@ window.ui = SwaggerUIBundle({
 </script>
 </body>
 </html>
-"#;
+"##;
 
 /// One of Swagger UI's files.
 async fn asset(Path(file): Path<String>) -> Response {

@@ -136,8 +136,17 @@ pub const INTERNAL: ProblemKind = ProblemKind {
 };
 
 /// Every kind of problem Tally answers, in status order.
-pub const PROBLEM_KINDS: [&ProblemKind; 9] =
-    [&MALFORMED, &UNAUTHORIZED, &NOT_FOUND, &METHOD_NOT_ALLOWED, &CONFLICT, &TOO_LARGE, &VALIDATION, &UNAVAILABLE, &INTERNAL];
+pub const PROBLEM_KINDS: [&ProblemKind; 9] = [
+    &MALFORMED,
+    &UNAUTHORIZED,
+    &NOT_FOUND,
+    &METHOD_NOT_ALLOWED,
+    &CONFLICT,
+    &TOO_LARGE,
+    &VALIDATION,
+    &UNAVAILABLE,
+    &INTERNAL,
+];
 
 #[derive(Serialize)]
 struct Problem<'a> {

@@ -178,8 +178,12 @@ impl RowWriter {
                 self.csv.write_record(&texts).expect("writing to memory");
             }
             Format::Jsonl => {
-                let object: Map<String, Value> =
-                    self.columns.iter().map(|column| (*column).to_owned()).zip(cells.into_iter().map(Cell::json)).collect();
+                let object: Map<String, Value> = self
+                    .columns
+                    .iter()
+                    .map(|column| (*column).to_owned())
+                    .zip(cells.into_iter().map(Cell::json))
+                    .collect();
                 let line = serde_json::to_string(&object).expect("a JSON object serialises");
                 self.lines.extend_from_slice(line.as_bytes());
                 self.lines.push(b'\n');

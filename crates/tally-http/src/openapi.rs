@@ -1,13 +1,14 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations and the request and
 //! response types. `docs/openapi.json` is the checked-in copy; a test fails when they differ.
 
+use crate::error::{ProblemKind, PROBLEM_KINDS, VALIDATION};
 use crate::routes::{
     accounts, assets, customers, events, portal, products, subscriptions, topups, vendors, wallet, webhooks,
 };
-use crate::error::{ProblemKind, PROBLEM_KINDS, VALIDATION};
 use axum::http::header;
 use axum::response::IntoResponse;
 use std::collections::BTreeMap;
+use utoipa::openapi::path::ParameterIn;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, Ref, RefOr, Response};
 use utoipa::{Modify, OpenApi, ToSchema};
@@ -130,8 +131,17 @@ impl Modify for Problems {
                 &mut item.trace,
             ];
             for operation in operations.into_iter().flatten() {
+                // A JSON body can have the wrong shape, and any query value can be too long or
+                // not the type it names (`extract.rs`): either is a 422.
+                let takes_input = operation.request_body.is_some()
+                    || operation
+                        .parameters
+                        .iter()
+                        .flatten()
+                        .any(|parameter| parameter.parameter_in == ParameterIn::Query);
                 let responses = &mut operation.responses.responses;
-                for kind in EVERY_OPERATION {
+                let validated = takes_input.then_some(&VALIDATION);
+                for kind in EVERY_OPERATION.into_iter().chain(validated) {
                     responses.entry(kind.status.as_str().to_owned()).or_insert_with(|| RefOr::T(Response::new("")));
                 }
                 for (status, response) in responses.iter_mut() {

@@ -386,17 +386,42 @@ fn settle_savepoint(connection: &rusqlite::Connection, succeeded: bool) -> Resul
 /// instead of spilling to a temporary file.
 fn connect(path: &Path) -> Result<rusqlite::Connection, StoreError> {
     let connection = rusqlite::Connection::open(path).map_err(database)?;
+    connection.busy_timeout(BUSY_TIMEOUT).map_err(database)?;
+    use_write_ahead_log(&connection)?;
     connection
         .execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = FULL;
+            "PRAGMA synchronous = FULL;
              PRAGMA foreign_keys = ON;
-             PRAGMA busy_timeout = 10000;
              PRAGMA temp_store = MEMORY;",
         )
         .map_err(database)?;
     connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
     Ok(connection)
+}
+
+/// How long a statement waits for another connection's lock before it fails as busy.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Puts the database in WAL mode. Switching a file that is not in WAL mode yet (a new one)
+/// takes an exclusive lock, and SQLite fails that switch at once with "database is locked",
+/// ignoring the busy timeout, when another connection holds a lock on the file: several
+/// processes opening one new database together (`tally migrate` or `tally serve` started at
+/// once) collide there. The connection that lost waits for the lock like any writer does,
+/// honouring the busy timeout (`BEGIN IMMEDIATE`, rolled back at once), and asks again; by
+/// then the winner has switched the file, and asking for WAL mode again changes nothing.
+fn use_write_ahead_log(connection: &rusqlite::Connection) -> Result<(), StoreError> {
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get::<_, String>(0)) {
+            Ok(_) => return Ok(()),
+            Err(rusqlite::Error::SqliteFailure(failure, _))
+                if failure.code == rusqlite::ErrorCode::DatabaseBusy && Instant::now() < deadline =>
+            {
+                connection.execute_batch("BEGIN IMMEDIATE; ROLLBACK;").map_err(database)?;
+            }
+            Err(error) => return Err(database(error)),
+        }
+    }
 }
 
 /// Runs a read transaction.
@@ -695,6 +720,34 @@ mod tests {
         assert!(results[1].is_err(), "the panic reaches its caller");
         assert!(results[2].as_ref().unwrap().is_ok());
         assert_eq!(rows(&backend), vec![1, 3]);
+    }
+
+    /// Several servers or `tally migrate` runs started together open one new file at once:
+    /// each of them must open it (SQLite fails the switch to WAL mode of a connection that
+    /// collides with another's at once, without waiting for the busy timeout).
+    #[test]
+    fn connections_opened_at_once_on_a_new_file_all_open_it_in_wal_mode() {
+        const OPENERS: usize = 8;
+        for _ in 0..150 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("new.db");
+            let together = std::sync::Barrier::new(OPENERS);
+            let opened: Vec<Result<String, StoreError>> = std::thread::scope(|scope| {
+                let openers: Vec<_> = (0..OPENERS)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            together.wait();
+                            let connection = connect(&path)?;
+                            connection.query_row("PRAGMA journal_mode", [], |row| row.get(0)).map_err(database)
+                        })
+                    })
+                    .collect();
+                openers.into_iter().map(|opener| opener.join().unwrap()).collect()
+            });
+            for mode in opened {
+                assert_eq!(mode.expect("open the new file"), "wal");
+            }
+        }
     }
 
     #[test]

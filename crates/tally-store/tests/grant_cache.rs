@@ -43,7 +43,9 @@ fn a_rolled_back_save_is_never_served_from_the_cache() {
     store.migrate().unwrap();
     let now = Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0).unwrap();
     let customer = store
-        .write(|conn| customer_ops::create(conn, Mode::Test, &NewCustomer { name: "Cache".into(), ..NewCustomer::default() }, now))
+        .write(|conn| {
+            customer_ops::create(conn, Mode::Test, &NewCustomer { name: "Cache".into(), ..NewCustomer::default() }, now)
+        })
         .unwrap()
         .id;
     // Enough grants for the cache to keep the account, each expiring at its own time.

@@ -285,7 +285,8 @@ impl Server {
 fn seed_grants(store: &Store, customers: &[String], count: usize) -> anyhow::Result<()> {
     let started = Instant::now();
     let asset = AssetCode::parse("IMG").map_err(|error| anyhow!("IMG: {error:?}"))?;
-    for (index, customer) in customers.iter().enumerate() {
+    on_threads(customers.len(), |index| {
+        let customer = &customers[index];
         let now = chrono::Utc::now();
         let adjustments: Vec<Adjustment> = (0..count)
             .map(|grant| Adjustment {
@@ -305,7 +306,8 @@ fn seed_grants(store: &Store, customers: &[String], count: usize) -> anyhow::Res
         store
             .write(|conn| tally_store::ops::wallet::adjust_many(conn, Mode::Test, customer, &adjustments, now))
             .map_err(|error| anyhow!("cannot make the grants of customer {customer}: {error:?}"))?;
-    }
+        Ok(())
+    })?;
     println!(
         "grants: {count} grants of {GRANT_IMG} IMG made on each of {} accounts in {:.1} s",
         customers.len(),
@@ -316,71 +318,53 @@ fn seed_grants(store: &Store, customers: &[String], count: usize) -> anyhow::Res
 
 /// Stores `total` events spread evenly over `customers`, through the event ingestion
 /// operation exactly as `POST /events` calls it (the same bodies as the run sends, parsed by
-/// the same parser), in batches of the API's largest size, several to a transaction. One
-/// thread per CPU, each with its own customers, so that transactions never wait for each
-/// other's customer locks.
-fn seed_history(store: &Arc<Store>, customers: &[String], run_id: &str, total: u64) -> anyhow::Result<()> {
+/// the same parser), in batches of the API's largest size, several to a transaction.
+fn seed_history(store: &Store, customers: &[String], run_id: &str, total: u64) -> anyhow::Result<()> {
     let started = Instant::now();
     let catalog = tally_http::catalog::CatalogCache::default();
-    let threads = std::thread::available_parallelism().map_or(1, |count| count.get()).min(customers.len());
     let stored = AtomicU64::new(0);
     let last_report = std::sync::Mutex::new(Instant::now());
-    std::thread::scope(|scope| -> anyhow::Result<()> {
-        let mut workers = Vec::with_capacity(threads);
-        for thread in 0..threads {
-            let (catalog, stored, last_report) = (&catalog, &stored, &last_report);
-            workers.push(scope.spawn(move || -> anyhow::Result<()> {
-                // This thread's batches: (customer's index, first sequence, size).
-                let mut batches: Vec<(usize, u64, usize)> = Vec::new();
-                for index in (thread..customers.len()).step_by(threads) {
-                    let share = history_share(total, customers.len(), index);
-                    let largest = MAX_BATCH_SIZE as u64;
-                    let mut sequence = 0;
-                    while sequence * largest < share {
-                        let size = (share - sequence * largest).min(largest);
-                        batches.push((index, sequence, size as usize));
-                        sequence += 1;
+    let largest = MAX_BATCH_SIZE as u64;
+    on_threads(customers.len(), |index| {
+        // This customer's batches: (first sequence, size).
+        let share = history_share(total, customers.len(), index);
+        let batches: Vec<(u64, usize)> = (0..share.div_ceil(largest))
+            .map(|sequence| (sequence, (share - sequence * largest).min(largest) as usize))
+            .collect();
+        let customer = CustomerRef::Id(customers[index].clone());
+        let prefix = format!("{run_id}-history-{index}");
+        for chunk in batches.chunks(HISTORY_BATCHES_PER_TRANSACTION) {
+            let now = chrono::Utc::now();
+            let occurred_at = now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            let mut parsed = Vec::with_capacity(chunk.len());
+            for &(sequence, size) in chunk {
+                let body = events_body(&customers[index], &prefix, sequence, size, &occurred_at);
+                let request: tally_http::routes::events::UsageRequest = serde_json::from_str(&body)?;
+                let events = tally_http::routes::events::parse_events(&request.events, Some(now))
+                    .map_err(|error| anyhow!("the bench's events do not parse: {error:?}"))?;
+                parsed.push(events);
+            }
+            let billed = store
+                .write(|conn| -> Result<usize, OpError> {
+                    let mut billed = 0;
+                    for events in &parsed {
+                        let report =
+                            tally_store::ops::events::ingest(conn, Mode::Test, &customer, events, &catalog, now)?;
+                        billed += report.billed.get("IMG").map_or(0, |(count, _)| *count);
                     }
-                }
-                for chunk in batches.chunks(HISTORY_BATCHES_PER_TRANSACTION) {
-                    let now = chrono::Utc::now();
-                    let occurred_at = now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-                    let mut parsed = Vec::with_capacity(chunk.len());
-                    for &(index, sequence, size) in chunk {
-                        let prefix = format!("{run_id}-history-{index}");
-                        let body = events_body(&customers[index], &prefix, sequence, size, &occurred_at);
-                        let request: tally_http::routes::events::UsageRequest = serde_json::from_str(&body)?;
-                        let events = tally_http::routes::events::parse_events(&request.events, Some(now))
-                            .map_err(|error| anyhow!("the bench's events do not parse: {error:?}"))?;
-                        parsed.push((CustomerRef::Id(customers[index].clone()), events));
-                    }
-                    let billed = store
-                        .write(|conn| -> Result<usize, OpError> {
-                            let mut billed = 0;
-                            for (customer, events) in &parsed {
-                                let report =
-                                    tally_store::ops::events::ingest(conn, Mode::Test, customer, events, catalog, now)?;
-                                billed += report.billed.get("IMG").map_or(0, |(count, _)| *count);
-                            }
-                            Ok(billed)
-                        })
-                        .map_err(|error| anyhow!("cannot store the history: {error:?}"))?;
-                    let expected: usize = chunk.iter().map(|&(_, _, size)| size).sum();
-                    if billed != expected {
-                        bail!("history: {billed} of {expected} events of a transaction were billed");
-                    }
-                    let done = stored.fetch_add(billed as u64, Ordering::Relaxed) + billed as u64;
-                    let mut last = last_report.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                    if last.elapsed() >= Duration::from_secs(10) {
-                        *last = Instant::now();
-                        println!("history: {done} of {total} events stored ({:.0} s)", started.elapsed().as_secs_f64());
-                    }
-                }
-                Ok(())
-            }));
-        }
-        for worker in workers {
-            worker.join().map_err(|_| anyhow!("a history thread panicked"))??;
+                    Ok(billed)
+                })
+                .map_err(|error| anyhow!("cannot store the history: {error:?}"))?;
+            let expected: usize = chunk.iter().map(|&(_, size)| size).sum();
+            if billed != expected {
+                bail!("history: {billed} of {expected} events of a transaction were billed");
+            }
+            let done = stored.fetch_add(billed as u64, Ordering::Relaxed) + billed as u64;
+            let mut last = last_report.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if last.elapsed() >= Duration::from_secs(10) {
+                *last = Instant::now();
+                println!("history: {done} of {total} events stored ({:.0} s)", started.elapsed().as_secs_f64());
+            }
         }
         Ok(())
     })?;
@@ -391,6 +375,20 @@ fn seed_history(store: &Arc<Store>, customers: &[String], run_id: &str, total: u
         total as f64 / seconds.max(1e-9)
     );
     Ok(())
+}
+
+/// Runs `work` for each of `count` customers (by index), on one thread per CPU, each thread
+/// with customers of its own: on PostgreSQL the threads' transactions then never wait for
+/// each other's customer locks (on SQLite they share the one writer).
+fn on_threads(count: usize, work: impl Fn(usize) -> anyhow::Result<()> + Sync) -> anyhow::Result<()> {
+    let threads = std::thread::available_parallelism().map_or(1, |cpus| cpus.get()).min(count).max(1);
+    std::thread::scope(|scope| {
+        let work = &work;
+        let workers: Vec<_> = (0..threads)
+            .map(|thread| scope.spawn(move || (thread..count).step_by(threads).try_for_each(work)))
+            .collect();
+        workers.into_iter().try_for_each(|worker| worker.join().map_err(|_| anyhow!("a setup thread panicked"))?)
+    })
 }
 
 /// How many of `total` history events the customer at `index` of `customers` gets.

@@ -1,8 +1,11 @@
 //! The `tally` command: configuration and the commands behind the CLI. `main.rs` only parses
 //! arguments and calls in here, so tests can drive the same code.
 
+pub mod backup;
 pub mod bench;
 pub mod config;
+pub mod demo;
+pub mod export;
 
 use anyhow::{bail, Context};
 use config::redact_database_url;

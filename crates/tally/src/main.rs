@@ -47,6 +47,34 @@ enum Command {
     /// Measure event ingestion over HTTP against an in-process server. Uses a fresh temporary
     /// SQLite database unless --database is given on the command line.
     Bench(tally::bench::BenchArgs),
+    /// Fill a new, empty database with a week of test-mode data (an asset, a product,
+    /// customers with top-ups and usage) and print a test API key and a billing-portal link.
+    Demo {
+        /// The address `tally serve` will listen on, which the printed links point at (unless
+        /// public_url is set).
+        #[arg(long, env = "TALLY_LISTEN")]
+        listen: Option<String>,
+    },
+    /// Copy the SQLite database into one file, consistently, even while servers write to it.
+    /// For PostgreSQL use pg_dump (docs/operations.md).
+    Backup {
+        /// The backup file to write.
+        path: PathBuf,
+        /// Replace the file at PATH if there is one.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Copy a backup made by `tally backup` into the configured SQLite database. Stop the
+    /// servers that use it first.
+    Restore {
+        /// The backup file to read.
+        path: PathBuf,
+        /// Replace the configured database when it is not empty.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write usage events or wallet transactions of one mode as CSV or JSON Lines.
+    Export(tally::export::ExportArgs),
 }
 
 #[derive(Subcommand)]
@@ -77,13 +105,18 @@ fn main() -> anyhow::Result<()> {
     let database_on_command_line = matches.value_source("database_url") == Some(ValueSource::CommandLine);
     let cli = Cli::from_arg_matches(&matches)?;
     let listen = match &cli.command {
-        Command::Serve { listen } => listen.clone(),
+        Command::Serve { listen } | Command::Demo { listen } => listen.clone(),
         _ => None,
     };
     let overrides = Overrides { listen, database_url: cli.database_url.clone(), log_format: cli.log_format.clone() };
     let config = Config::load(cli.config.as_deref(), &overrides)?;
-    // The bench's server would log each of its many thousand requests: it keeps only warnings.
-    let request_log = if matches!(cli.command, Command::Bench(_)) { ",tally_http::telemetry=warn" } else { "" };
+    // The bench's server would log each of its many thousand requests, the demo's its few
+    // hundred: they keep only warnings.
+    let request_log = if matches!(cli.command, Command::Bench(_) | Command::Demo { .. }) {
+        ",tally_http::telemetry=warn"
+    } else {
+        ""
+    };
     init_logging(&config, request_log)?;
     match cli.command {
         Command::Serve { .. } => serve(&config),
@@ -99,6 +132,27 @@ fn main() -> anyhow::Result<()> {
         Command::Ledger(LedgerCommand::Verify) => verify(&config),
         Command::Config => {
             print!("{}", tally::config::DEFAULT_FILE);
+            Ok(())
+        }
+        Command::Demo { .. } => demo(&config),
+        Command::Backup { path, force } => {
+            let copied = tally::backup::backup(&config.database_url, &path, force)?;
+            eprintln!(
+                "backed up {} to {} ({} pages, {} bytes) in {:.1?}",
+                redact_database_url(&config.database_url),
+                path.display(),
+                copied.pages,
+                copied.bytes,
+                copied.elapsed
+            );
+            Ok(())
+        }
+        Command::Restore { path, force } => restore(&config, &path, force),
+        Command::Export(args) => {
+            let store = tally::open_existing_store(&config.database_url)?;
+            if let Some(rows) = tally::export::run(&store, &args)? {
+                eprintln!("exported {rows} rows");
+            }
             Ok(())
         }
         Command::Bench(args) => {
@@ -249,4 +303,65 @@ fn verify(config: &Config) -> anyhow::Result<()> {
         println!("... and {} more mismatches", report.unlisted_problems);
     }
     std::process::exit(1);
+}
+
+fn demo(config: &Config) -> anyhow::Result<()> {
+    let shown = redact_database_url(&config.database_url);
+    let store = tally::open_store(&config.database_url)?;
+    let public = tally::demo::public_base(&config.public_url, &config.listen);
+    let demo = tally::demo::run(store, &shown, &public, &config.platform_name)?;
+    let defaults = Config::default();
+    let mut serve_flags = String::new();
+    if config.database_url != defaults.database_url {
+        serve_flags.push_str(&format!(" --database {shown}"));
+    }
+    if config.listen != defaults.listen {
+        serve_flags.push_str(&format!(" --listen {}", config.listen));
+    }
+    println!("Made a week of test-mode data in {shown}:");
+    println!(
+        "  asset IMG (image credits at 0.10 USD each), product glitch_images_std (1 IMG per image_generated event)"
+    );
+    println!(
+        "  {} customers, subscribed and topped up through the test payment provider, with {} usage events over 6 days:",
+        demo.customers.len(),
+        demo.events
+    );
+    for (id, name, external_id, balance) in &demo.customers {
+        println!("    {id}  {name:<15} {external_id:<10} balance {balance}");
+    }
+    println!();
+    println!("Test API key (shown once; Tally keeps only its hash):");
+    println!("  {}", demo.key);
+    println!();
+    println!("Start the server:");
+    println!("  tally serve{serve_flags}");
+    println!("Then open {}'s billing portal within 10 minutes (the link works once):", demo.portal_customer);
+    println!("  {}", demo.portal_link);
+    println!("And ask the API:");
+    println!("  curl -s {}/customers -H \"X-CREDYT-API-KEY: {}\"", public_of(&demo.portal_link), demo.key);
+    Ok(())
+}
+
+/// The scheme and host of a link Tally made.
+fn public_of(link: &str) -> &str {
+    link.split_once("/portal/").map_or(link, |(base, _)| base)
+}
+
+fn restore(config: &Config, path: &std::path::Path, force: bool) -> anyhow::Result<()> {
+    let copied = tally::backup::restore(&config.database_url, path, force)?;
+    let shown = redact_database_url(&config.database_url);
+    eprintln!(
+        "restored {} into {shown} ({} pages, {} bytes) in {:.1?}",
+        path.display(),
+        copied.pages,
+        copied.bytes,
+        copied.elapsed
+    );
+    let store = tally_store::Store::open(&tally_store::DatabaseUrl::parse(&config.database_url)?)?;
+    let counts = store.read(tally_store::repo::export::row_counts)?;
+    let counts: Vec<String> = counts.iter().map(|(table, count)| format!("{table} {count}")).collect();
+    eprintln!("rows: {}", counts.join(", "));
+    eprintln!("check it with `tally ledger verify`; `tally serve` applies any migration newer than the backup");
+    Ok(())
 }

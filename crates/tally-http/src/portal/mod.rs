@@ -599,13 +599,19 @@ async fn start_top_up(
         .filter(|_| page.options.iter().any(|option| option.value() == form.option.trim().to_ascii_uppercase()));
     let Some((asset, currency)) = offered else {
         page.errors.push("Choose what to buy.".into());
-        return html(StatusCode::UNPROCESSABLE_ENTITY, pages::top_ups(&state.branding_for(session.mode).await, &session, &page));
+        return html(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            pages::top_ups(&state.branding_for(session.mode).await, &session, &page),
+        );
     };
     let amount = match parse_payment(&form.amount, &currency) {
         Ok(amount) => amount,
         Err(message) => {
             page.errors.push(message);
-            return html(StatusCode::UNPROCESSABLE_ENTITY, pages::top_ups(&state.branding_for(session.mode).await, &session, &page));
+            return html(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                pages::top_ups(&state.branding_for(session.mode).await, &session, &page),
+            );
         }
     };
     let public = public_url(&state, &headers);
@@ -633,11 +639,17 @@ async fn start_top_up(
         },
         Err(ApiError::Invalid(fields)) => {
             page.errors.extend(fields.into_iter().map(|field| field.message));
-            html(StatusCode::UNPROCESSABLE_ENTITY, pages::top_ups(&state.branding_for(session.mode).await, &session, &page))
+            html(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                pages::top_ups(&state.branding_for(session.mode).await, &session, &page),
+            )
         }
         Err(ApiError::Unavailable(message)) => {
             page.errors.push(format!("Payments are unavailable right now: {message}"));
-            html(StatusCode::SERVICE_UNAVAILABLE, pages::top_ups(&state.branding_for(session.mode).await, &session, &page))
+            html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                pages::top_ups(&state.branding_for(session.mode).await, &session, &page),
+            )
         }
         Err(error) => failure(&state, error),
     }
@@ -846,7 +858,10 @@ async fn save_auto_top_up(
             let entry = &mut page.accounts[index];
             entry.errors = fields.into_iter().map(|field| pages::field_message(&field)).collect();
             entry.typed = Some(form);
-            html(StatusCode::UNPROCESSABLE_ENTITY, pages::auto_top_up(&state.branding_for(session.mode).await, &session, &page))
+            html(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                pages::auto_top_up(&state.branding_for(session.mode).await, &session, &page),
+            )
         }
         Err(Err(error)) => failure(&state, error),
     }

@@ -189,7 +189,10 @@ pub async fn list(
             Some("active") => Some(true),
             Some("inactive") => Some(false),
             Some(_) => {
-                query.errors.push(tally_store::ops::FieldError { field: "status".into(), message: "must be active or inactive".into() });
+                query.errors.push(tally_store::ops::FieldError {
+                    field: "status".into(),
+                    message: "must be active or inactive".into(),
+                });
                 None
             }
         },

@@ -578,9 +578,8 @@ pub async fn pay(State(state): State<AppState>, Path(id): Path<String>, Form(for
         Some(Err(reason)) => {
             let message = reason.clone();
             match state.write(move |conn| topup_ops::fail(conn, mode, &id, &message, false, now)).await {
-                Ok(failed) => {
-                    (StatusCode::PAYMENT_REQUIRED, Html(checkout_page(&branding, &failed, Some(&reason)))).into_response()
-                }
+                Ok(failed) => (StatusCode::PAYMENT_REQUIRED, Html(checkout_page(&branding, &failed, Some(&reason))))
+                    .into_response(),
                 Err(error) => error.into_response(),
             }
         }

@@ -165,5 +165,8 @@ pub const COUNTED_TABLES: [&str; 10] = [
 
 /// The number of rows of each of [`COUNTED_TABLES`], of every mode.
 pub fn row_counts(conn: &mut dyn Conn) -> Result<Vec<(&'static str, i64)>, StoreError> {
-    COUNTED_TABLES.iter().map(|table| Ok((*table, conn.count(&format!("SELECT COUNT(*) FROM {table}"), &[])?))).collect()
+    COUNTED_TABLES
+        .iter()
+        .map(|table| Ok((*table, conn.count(&format!("SELECT COUNT(*) FROM {table}"), &[])?)))
+        .collect()
 }

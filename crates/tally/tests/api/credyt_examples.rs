@@ -44,7 +44,8 @@ async fn a_volume_rate_per_package_size_is_prorated(app: TestApp) {
         "occurred_at": now, "data": {"input_tokens": 2000, "output_tokens": 300}}]});
     app.post("/events", usage).await.expect(204);
     let event = app.get("/events/chat-1").await.expect(200);
-    let fees: Vec<String> = event.body["fees"].as_array().unwrap().iter().map(|fee| fee["amount"].to_string()).collect();
+    let fees: Vec<String> =
+        event.body["fees"].as_array().unwrap().iter().map(|fee| fee["amount"].to_string()).collect();
     // 2,000 × 1.25 / 1,000,000 = 0.0025 and 300 × 10 / 1,000,000 = 0.003, exactly.
     assert_eq!(fees, vec!["0.0025", "0.003"], "{}", event.body);
     assert_eq!(app.balances(&customer, "default:USD").await.0, "0.9945");

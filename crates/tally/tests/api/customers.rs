@@ -95,7 +95,10 @@ async fn list_by_subscription_status(app: TestApp) {
     app.post("/assets", crate::harness::body(asset)).await.expect(201);
     app.post("/products", crate::harness::body(tally::bench::GLITCH_IMAGES)).await.expect(201);
     let subscribed = app
-        .post("/customers", json!({"name": "Subscribed", "subscriptions": [{"products": [{"code": "glitch_images_std"}]}]}))
+        .post(
+            "/customers",
+            json!({"name": "Subscribed", "subscriptions": [{"products": [{"code": "glitch_images_std"}]}]}),
+        )
         .await
         .expect(201);
     let subscribed = subscribed.body["id"].as_str().unwrap().to_owned();

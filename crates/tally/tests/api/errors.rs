@@ -211,7 +211,55 @@ async fn balances_have_a_limit(app: TestApp) {
     app.assert_ledger_agrees().await;
 }
 
+/// A path asked with a method it does not take is a 405 problem+json, with the methods it
+/// takes in `Allow`, on the API and on the probes alike; and it changes nothing.
+async fn a_method_a_path_does_not_take_is_405(app: TestApp) {
+    for (method, path, allowed) in [
+        (Method::DELETE, "/customers", "GET,HEAD,POST"),
+        (Method::PUT, "/customers/cus_nope", "GET,HEAD,PATCH"),
+        (Method::POST, "/openapi.json", "GET,HEAD"),
+        (Method::POST, "/health", "GET,HEAD"),
+        (Method::DELETE, "/docs", "GET,HEAD"),
+    ] {
+        let reply = app.raw(method.clone(), path, r#"{"name": "Ada"}"#).await;
+        assert_eq!(reply.status, 405, "{method} {path}: {}", reply.text);
+        assert_eq!(reply.content_type(), "application/problem+json", "{method} {path}");
+        assert_eq!(reply.body["status"], 405);
+        assert_eq!(reply.body["type"], "/docs/errors#method-not-allowed");
+        let mut methods: Vec<&str> = reply.headers["allow"].to_str().unwrap().split(',').map(str::trim).collect();
+        methods.sort_unstable();
+        assert_eq!(methods.join(","), allowed, "{method} {path}");
+    }
+    assert_eq!(app.get("/customers").await.body["total_count"], 0);
+}
+
+/// Every problem `type` is a link that answers: the errors page, with an anchor for each kind,
+/// and the errors Tally answers point to it.
+async fn problem_types_are_links_that_resolve(app: TestApp) {
+    let mut seen = Vec::new();
+    for kind in tally_http::error::PROBLEM_KINDS {
+        let type_uri = kind.type_uri();
+        let (page, anchor) = type_uri.split_once('#').unwrap();
+        let reply = app.client.get(format!("{}{page}", app.base)).send().await.unwrap();
+        assert_eq!(reply.status(), 200, "{type_uri}");
+        assert!(reply.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+        let html = reply.text().await.unwrap();
+        assert!(html.contains(&format!("id=\"{anchor}\"")), "{type_uri} has no anchor on {page}");
+        assert!(html.contains(&kind.status.as_u16().to_string()), "{type_uri}");
+        seen.push(type_uri);
+    }
+    for (path, status) in [("/nothing-here", 404), ("/customers?limit=0", 422), ("/customers?limit=%zz", 400)] {
+        let reply = app.get(path).await.expect(status);
+        let type_uri = reply.body["type"].as_str().unwrap().to_owned();
+        assert!(seen.contains(&type_uri), "{path}: {type_uri}");
+    }
+    let unauthorized = app.call(Method::GET, "/customers", None, None).await.expect(401);
+    assert_eq!(unauthorized.body["type"], "/docs/errors#unauthorized");
+}
+
 on_both_backends!(
+    a_method_a_path_does_not_take_is_405,
+    problem_types_are_links_that_resolve,
     malformed_json_is_400,
     wrong_types_are_422_with_the_field_path,
     not_found_and_bodies_too_large,

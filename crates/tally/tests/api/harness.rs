@@ -280,7 +280,11 @@ impl TestApp {
 
     /// Waits until `check` holds, looking again every 20 ms, and fails the test after 30 s.
     /// For effects of the background worker: move `clock` first, then wait for the effect.
-    pub async fn eventually<F: std::future::Future<Output = bool>>(&self, what: &str, mut check: impl FnMut() -> F) -> bool {
+    pub async fn eventually<F: std::future::Future<Output = bool>>(
+        &self,
+        what: &str,
+        mut check: impl FnMut() -> F,
+    ) -> bool {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while !check().await {
             assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");

@@ -5,6 +5,8 @@ mod harness;
 
 mod assets;
 mod auth;
+mod commands;
+mod crash;
 mod credyt_examples;
 mod customers;
 mod errors;

@@ -9,7 +9,8 @@ use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use tally::bench::GLITCH_IMAGES;
 
-const IMG: &str = r#"{"code":"IMG","name":"Image Generation","precision":2,"label":"image","rates":[{"source":"USD","rate":0.10}]}"#;
+const IMG: &str =
+    r#"{"code":"IMG","name":"Image Generation","precision":2,"label":"image","rates":[{"source":"USD","rate":0.10}]}"#;
 
 /// A request with the test key, acting in connected account `account` when one is given.
 async fn call(app: &TestApp, account: Option<&str>, method: Method, path: &str, payload: Option<Value>) -> Reply {
@@ -60,7 +61,15 @@ async fn connected_accounts_are_created_listed_and_found(app: TestApp) {
 
     // An external id is unique per environment; live has accounts of its own.
     app.post("/accounts", json!({"name": "Again", "external_id": "studio-1"})).await.expect(409);
-    let live = call_with_key(&app, &app.live_key, None, Method::POST, "/accounts", Some(json!({"name": "Live studio", "external_id": "studio-1"}))).await;
+    let live = call_with_key(
+        &app,
+        &app.live_key,
+        None,
+        Method::POST,
+        "/accounts",
+        Some(json!({"name": "Live studio", "external_id": "studio-1"})),
+    )
+    .await;
     let live_id = live.expect(201).body["id"].as_str().unwrap().to_owned();
     call_with_key(&app, &app.live_key, None, Method::GET, &format!("/accounts/{studio}"), None).await.expect(404);
     app.get(&format!("/accounts/{live_id}")).await.expect(404);
@@ -123,7 +132,8 @@ async fn make_everything_with(app: &TestApp, key: &str, account: Option<&str>, r
     .await
     .expect(201);
     let customer = customer.body["id"].as_str().unwrap().to_owned();
-    let adjustment = json!({"transaction_id": format!("fund-{event_id}"), "asset": "IMG", "amount": 10, "reason": "gift"});
+    let adjustment =
+        json!({"transaction_id": format!("fund-{event_id}"), "asset": "IMG", "amount": 10, "reason": "gift"});
     call(account, Method::POST, &format!("/customers/{customer}/wallet/adjustments"), Some(adjustment))
         .await
         .expect(201);
@@ -191,7 +201,8 @@ async fn sees_nothing_of_with(app: &TestApp, key: &str, from: Option<&str>, made
     let portal = json!({"customer_id": customer, "return_url": "https://platform.example/back",
         "failure_url": "https://platform.example/failed"});
     // A customer named in a body is a field error, as for any unknown customer.
-    let refused = call_with_key(app, key, from, Method::POST, "/billing-portal/sessions", Some(portal)).await.expect(422);
+    let refused =
+        call_with_key(app, key, from, Method::POST, "/billing-portal/sessions", Some(portal)).await.expect(422);
     assert!(refused.text.contains("no customer"), "{}", refused.text);
 }
 
@@ -209,9 +220,10 @@ async fn nothing_leaks_between_the_platform_and_its_connected_accounts(app: Test
             .expect(200);
         assert_eq!(quote.body["destination_amount"].to_string(), destination_amount, "{account:?}");
     }
-    let own = call(&app, Some(&first), Method::GET, &format!("/customers/{}/wallet/default:IMG", in_first.customer), None)
-        .await
-        .expect(200);
+    let own =
+        call(&app, Some(&first), Method::GET, &format!("/customers/{}/wallet/default:IMG", in_first.customer), None)
+            .await
+            .expect(200);
     assert_eq!(own.body["available"].to_string(), "9", "funded 10, one image billed");
 
     // Both directions, every pair.
@@ -323,15 +335,17 @@ async fn a_connected_accounts_top_up_is_paid_and_credited_in_it(app: TestApp) {
     assert!(page.text().await.unwrap().contains("Glitch Studio"), "the checkout shows the account's name");
     let (path, query) = link.split_once('?').unwrap();
     let token = query.trim_start_matches("token=");
-    let paid = client.post(path).form(&[("token", token), ("card_number", "4242 4242 4242 4242")]).send().await.unwrap();
+    let paid =
+        client.post(path).form(&[("token", token), ("card_number", "4242 4242 4242 4242")]).send().await.unwrap();
     assert_eq!(paid.status(), 303);
 
     let view = call(&app, Some(&studio), Method::GET, &format!("/top-ups/{id}"), None).await.expect(200);
     assert_eq!(view.body["status"], "succeeded");
     // 10 funded − 1 image, then 5 USD at 0.20 = 25 IMG: 34.
-    let wallet = call(&app, Some(&studio), Method::GET, &format!("/customers/{}/wallet/default:IMG", made.customer), None)
-        .await
-        .expect(200);
+    let wallet =
+        call(&app, Some(&studio), Method::GET, &format!("/customers/{}/wallet/default:IMG", made.customer), None)
+            .await
+            .expect(200);
     assert_eq!(wallet.body["available"].to_string(), "34", "{}", wallet.body);
     app.get(&format!("/top-ups/{id}")).await.expect(404);
     app.assert_ledger_agrees().await;

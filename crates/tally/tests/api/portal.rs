@@ -10,14 +10,15 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use tally_core::Mode;
+use tally_http::auto_top_up::PassTime;
 use tally_http::payments::{
     BoxFuture, ChargeOutcome, Checkout, CheckoutRequest, OffSessionCharge, PaymentError, PaymentProvider, Providers,
 };
 use tally_store::ops::auto_top_up::{self as auto_ops, Settings};
 use tally_store::ops::portal as portal_ops;
-use tally_store::repo::auto_top_ups;
 use tally_store::repo::topups::{self as topup_repo, PaymentMethod};
 use tally_store::repo::wallets::AccountKey;
+use tally_store::repo::{auto_top_ups, job_retries};
 
 const VIDMIN: &str = r#"{"code":"VIDMIN","name":"Video minutes","precision":2,"label":"video minutes","symbol":"⏰","rates":[{"source":"USD","rate":0.10}]}"#;
 
@@ -470,6 +471,32 @@ async fn pass_at(app: &TestApp, providers: &Providers, now: DateTime<Utc>) -> ta
     tally_http::auto_top_up::run_due(&app.store, providers, std::time::Duration::from_secs(86_400), now).await.unwrap()
 }
 
+/// Waits until the server's own job has topped `customer`'s minutes up to `available`. An
+/// attempt that failed instead (counted on the setting, or an error waiting in `job_retries`)
+/// fails the test at once, saying why, rather than after the wait for its retry.
+async fn wait_for_auto_top_up(app: &TestApp, customer: &str, available: &str) {
+    app.eventually(&format!("the auto top-up brings the minutes to {available}"), || async {
+        let attempt = setting(app, customer).await;
+        assert_eq!(attempt.failures, 0, "the auto top-up failed: {:?}", attempt.last_error);
+        let (store, item) = (app.store.clone(), auto_top_ups::item_id(&minutes_key(customer)));
+        let errors = tokio::task::spawn_blocking(move || {
+            store.read(|conn| {
+                let mut errors = Vec::new();
+                for job in [job_retries::AUTO_TOP_UP, job_retries::AUTO_TOP_UP_SETTLE] {
+                    errors.extend(job_retries::get(conn, job, &item)?.map(|(_, _, error)| format!("{job}: {error}")));
+                }
+                Ok::<_, tally_store::StoreError>(errors)
+            })
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(errors.is_empty(), "the auto top-up job failed on the account: {errors:?}");
+        app.balances(customer, "default:VIDMIN").await.0 == available
+    })
+    .await;
+}
+
 async fn auto_top_up_credits_once_when_usage_crosses_the_threshold(app: TestApp) {
     catalog(&app).await;
     let ada = customer_with_minutes(&app, "Ada", "60").await;
@@ -480,10 +507,7 @@ async fn auto_top_up_credits_once_when_usage_crosses_the_threshold(app: TestApp)
     assert_eq!(pass_at(&app, &providers, app.clock.now()).await.claimed, 0, "60 is not below 50: nothing happens");
     assert!(auto_top_ups_of(&app, &ada).await.is_empty());
     generate_clips(&app, &ada, "clip", 6).await; // 60 - 12 = 48 < 50
-    app.eventually("the auto top-up credits 100 minutes", || async {
-        app.balances(&ada, "default:VIDMIN").await.0 == "148"
-    })
-    .await;
+    wait_for_auto_top_up(&app, &ada, "148").await;
     // More passes, now and later, start nothing more: the balance is above the threshold.
     for later in [0, 1, 24] {
         assert_eq!(pass_at(&app, &providers, app.clock.now() + Duration::hours(later)).await.claimed, 0);
@@ -495,6 +519,71 @@ async fn auto_top_up_credits_once_when_usage_crosses_the_threshold(app: TestApp)
     assert_eq!((saved.in_flight_top_up_id, saved.failures, saved.enabled), (None, 0, true));
     assert_eq!(app.balances(&ada, "default:VIDMIN").await, ("148".into(), "0".into(), "0".into()));
     app.assert_ledger_agrees().await;
+}
+
+/// A server whose background jobs pass once as it starts, then wait a day: only the test's own
+/// passes of the auto top-up job act.
+async fn quiet_app(backend: Backend) -> Option<TestApp> {
+    let database = tokio::task::spawn_blocking(move || TestDatabase::create(backend)).await.unwrap()?;
+    let quiet = |mut state: tally_http::AppState| {
+        let day = std::time::Duration::from_secs(86_400);
+        state.config = Arc::new(tally_http::HttpConfig { settle_interval: day, ..(*state.config).clone() });
+        state
+    };
+    Some(TestApp::spawn_with_state(Arc::new(database), backend, test_webhook_config(), quiet).await)
+}
+
+/// A pass of the auto top-up job can wait long for the database (on a busy server) while the
+/// accounts it acts on change: it makes an account's top-up at the time it claims the account,
+/// never at the earlier instant the pass began. Here the pass begins before the asset has any
+/// rate and claims the account once it is below its threshold; at the time the pass began, no
+/// rate was in force, and the attempt failed and waited a minute to be retried.
+async fn a_pass_that_waited_tops_up_at_the_time_it_claims(backend: Backend) {
+    let Some(app) = quiet_app(backend).await else { return };
+    let began = app.clock.now();
+    app.clock.advance(Duration::seconds(1));
+    catalog(&app).await;
+    let ada = customer_with_minutes(&app, "Ada", "60").await;
+    let card = save_card(&app, &ada, "4242424242424242").await;
+    configure(&app, &ada, &card, 50).await;
+    generate_clips(&app, &ada, "clip", 6).await; // 60 - 12 = 48 < 50
+    let fell_below = app.clock.now();
+    // The pass's first reading of the time is `began`; its later readings are the server's now,
+    // as when its first reading was taken long before the database let it go on.
+    let readings = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let clock = app.clock.clone();
+    let time = PassTime::reading(move || {
+        if readings.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            began
+        } else {
+            clock.now()
+        }
+    });
+    let day = std::time::Duration::from_secs(86_400);
+    let pass = tally_http::auto_top_up::run_due(&app.store, &Providers::default(), day, time).await.unwrap();
+    assert_eq!(pass.failed, 0);
+    let attempt = setting(&app, &ada).await;
+    assert_eq!((attempt.failures, attempt.last_error, attempt.retry_at), (0, None, None));
+    assert_eq!(app.balances(&ada, "default:VIDMIN").await, ("148".into(), "0".into(), "0".into()));
+    let made = auto_top_ups_of(&app, &ada).await;
+    assert_eq!(made.len(), 1);
+    assert_eq!(made[0].status.as_str(), "succeeded");
+    assert!(
+        made[0].created_at >= fell_below,
+        "made at {}, before the balance fell at {fell_below}",
+        made[0].created_at
+    );
+    app.assert_ledger_agrees().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_that_waited_tops_up_at_the_time_it_claims_sqlite() {
+    a_pass_that_waited_tops_up_at_the_time_it_claims(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_that_waited_tops_up_at_the_time_it_claims_postgres() {
+    a_pass_that_waited_tops_up_at_the_time_it_claims(Backend::Postgres).await;
 }
 
 async fn declined_auto_top_ups_back_off_then_turn_off(app: TestApp) {

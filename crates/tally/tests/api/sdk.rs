@@ -5,7 +5,7 @@
 //! drives one live server through it, on each backend.
 //!
 //! The SDK lives in a virtual environment at `target/sdk-venv`, made on first use and reused
-//! while it still imports the SDK. Installing needs the network: when pip fails this test
+//! while it still imports the SDK (and openapi-spec-validator, which `openapi.rs` runs). Installing needs the network: when pip fails this test
 //! fails and says why, unless TALLY_SKIP_SDK=1, which skips it.
 
 use crate::harness::TestApp;
@@ -15,14 +15,17 @@ use std::process::{Command, Output};
 use std::sync::Mutex;
 
 const SDK_REQUIREMENT: &str = "credyt-api==0.2.0";
-/// Succeeds only when the environment holds the pinned SDK and pytest.
-const IMPORT_CHECK: &str = "import credytapi, pytest, sys; sys.exit(credytapi.__version__ != '0.2.0')";
+/// Validates the OpenAPI document (`openapi.rs`).
+const VALIDATOR_REQUIREMENT: &str = "openapi-spec-validator";
+/// Succeeds only when the environment holds the pinned SDK, pytest and the validator.
+const IMPORT_CHECK: &str =
+    "import credytapi, pytest, openapi_spec_validator, sys; sys.exit(credytapi.__version__ != '0.2.0')";
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
 }
 
-fn show(output: &Output) -> String {
+pub(crate) fn show(output: &Output) -> String {
     format!(
         "--- stdout\n{}\n--- stderr\n{}",
         String::from_utf8_lossy(&output.stdout),
@@ -34,9 +37,9 @@ fn run(command: &mut Command) -> Result<Output, String> {
     command.output().map_err(|error| format!("cannot run {command:?}: {error}"))
 }
 
-/// The virtual environment's python, with the SDK and pytest installed in it. One test at a
-/// time makes or checks it.
-fn sdk_python() -> Result<PathBuf, String> {
+/// The virtual environment's python, with the SDK, pytest and openapi-spec-validator
+/// installed in it. One test at a time makes or checks it.
+pub(crate) fn sdk_python() -> Result<PathBuf, String> {
     static MAKING: Mutex<()> = Mutex::new(());
     let _one_at_a_time = MAKING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let venv = workspace_root().join("target/sdk-venv");
@@ -62,10 +65,11 @@ fn sdk_python() -> Result<PathBuf, String> {
         "60",
         SDK_REQUIREMENT,
         "pytest",
+        VALIDATOR_REQUIREMENT,
     ]))?;
     if !installed.status.success() {
         return Err(format!(
-            "pip could not install {SDK_REQUIREMENT} and pytest into {} (is there network access to PyPI?)\n{}",
+            "pip could not install {SDK_REQUIREMENT}, pytest and {VALIDATOR_REQUIREMENT} into {} (is there network access to PyPI?)\n{}",
             venv.display(),
             show(&installed)
         ));
