@@ -480,19 +480,9 @@ pub(crate) fn record(
     postings: &[tally_core::ledger::Posting],
     now: DateTime<Utc>,
 ) -> Result<(), OpError> {
-    let header = EntryHeader {
-        mode,
-        account: key,
-        kind: &transaction.kind,
-        transaction_id: Some(&transaction.id),
-        grant_id: None,
-        effective_at: now,
-        created_at: now,
-    };
-    ledger::append(conn, &header, postings)?;
-    transactions::insert(conn, mode, transaction)?;
-    super::webhooks::transaction_completed(conn, mode, transaction, now)?;
-    Ok(())
+    let sequence = transactions::next_sequence(conn, &transaction.customer_id)?;
+    let destinations = crate::repo::webhooks::enabled_destinations(conn, mode.platform())?;
+    record_numbered(conn, mode, key, transaction, postings, sequence, &destinations, now)
 }
 
 /// [`record`] for a writer of many transactions in one go (a batch of usage events): the
