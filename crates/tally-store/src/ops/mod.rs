@@ -55,3 +55,31 @@ pub fn request_hash(canonical: &str) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(Sha256::digest(canonical.as_bytes()))
 }
+
+/// What an earlier request with Idempotency-Key `key` (in `scope`) made: its id when the key
+/// was used before for the same request (`request_hash`), a 409 when it was used for another,
+/// `None` for a key not seen yet. `what` names the resource in the message.
+pub(crate) fn replayed_resource(
+    conn: &mut dyn crate::conn::Conn,
+    mode: tally_core::Mode,
+    scope: &str,
+    key: &str,
+    request_hash: &str,
+    what: &str,
+) -> Result<Option<String>, OpError> {
+    let Some(record) = crate::repo::idempotency::get(conn, mode, scope, key)? else {
+        return Ok(None);
+    };
+    if record.request_hash != request_hash {
+        return Err(OpError::Conflict(format!(
+            "the Idempotency-Key {key:?} was already used with a different request; use a new key for a new {what}"
+        )));
+    }
+    Ok(Some(record.resource_id))
+}
+
+/// The error when an idempotency record names a resource that is gone: Tally never deletes
+/// what such a record names, so the store is not as Tally wrote it.
+pub(crate) fn vanished_resource(key: &str, what: &str, id: &str) -> crate::StoreError {
+    crate::StoreError::Corrupt(format!("idempotency key {key:?} names {what} {id} that does not exist"))
+}

@@ -191,18 +191,10 @@ pub fn create_once(
 ) -> Result<Created, OpError> {
     // The customer's lock serialises retries of one request, so the second finds the first's key.
     customers::get_for_update(conn, mode, customer_id)?.ok_or_else(|| super::customers::not_found(customer_id))?;
-    if let Some(record) = idempotency::get(conn, mode, IDEMPOTENCY_SCOPE, key)? {
-        if record.request_hash != request_hash {
-            return Err(OpError::Conflict(format!(
-                "the Idempotency-Key {key:?} was already used with a different request; use a new key for a new subscription"
-            )));
-        }
-        let subscription = subscriptions::get(conn, mode, &record.resource_id)?.ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "idempotency key {key:?} names subscription {} that does not exist",
-                record.resource_id
-            ))
-        })?;
+    let made_before = super::replayed_resource(conn, mode, IDEMPOTENCY_SCOPE, key, request_hash, "subscription")?;
+    if let Some(id) = made_before {
+        let subscription =
+            subscriptions::get(conn, mode, &id)?.ok_or_else(|| super::vanished_resource(key, "subscription", &id))?;
         return Ok(Created::Replay(subscription));
     }
     let subscription = create(conn, mode, customer_id, new, catalog, now)?;

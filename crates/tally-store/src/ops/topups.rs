@@ -204,18 +204,8 @@ pub fn initiate_once(
     // The customer's lock serialises retries of one request, so the second finds the first's key.
     customers::get_for_update(conn, mode, &new.customer_id)?;
     let request_hash = super::request_hash(&new.canonical());
-    if let Some(record) = idempotency::get(conn, mode, IDEMPOTENCY_SCOPE, key)? {
-        if record.request_hash != request_hash {
-            return Err(OpError::Conflict(format!(
-                "the Idempotency-Key {key:?} was already used with a different request; use a new key for a new top-up"
-            )));
-        }
-        let top_up = topups::get(conn, mode, &record.resource_id)?.ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "idempotency key {key:?} names top-up {} that does not exist",
-                record.resource_id
-            ))
-        })?;
+    if let Some(id) = super::replayed_resource(conn, mode, IDEMPOTENCY_SCOPE, key, &request_hash, "top-up")? {
+        let top_up = topups::get(conn, mode, &id)?.ok_or_else(|| super::vanished_resource(key, "top-up", &id))?;
         return Ok(Initiated::Replay(top_up));
     }
     let top_up = initiate(conn, mode, new, provider, expires_at, now)?;
