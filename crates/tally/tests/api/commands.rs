@@ -6,16 +6,17 @@
 
 use crate::harness::{body, Backend, TestApp, TestDatabase};
 use crate::on_both_backends;
+use crate::server_process::{free_port, ServerProcess};
 use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tally::bench::GLITCH_IMAGES;
 use tally_store::{DatabaseUrl, Store};
 
@@ -88,58 +89,11 @@ async fn verify_with_cli(database_url: &str) {
     assert!(String::from_utf8_lossy(&output.stdout).contains("ledger OK"));
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A `tally serve` process, killed if the test fails before it stops it.
-struct ServerProcess {
-    child: Child,
-    base: String,
-    log: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl ServerProcess {
-    async fn start(database_url: &str, port: u16) -> ServerProcess {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("server.log");
-        let child = tally_command(database_url, dir.path())
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start tally serve");
-        let mut server = ServerProcess { child, base: format!("http://127.0.0.1:{port}"), log, _dir: dir };
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = server.child.try_wait().unwrap() {
-                panic!("tally serve exited early ({status}):\n{}", server.log());
-            }
-            let health = client.get(format!("{}/health", server.base)).send().await;
-            if health.is_ok_and(|reply| reply.status() == StatusCode::OK) {
-                return server;
-            }
-            assert!(Instant::now() < deadline, "tally serve did not become healthy:\n{}", server.log());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// Starts `tally serve` on the database at `port` and waits until it answers.
+async fn start_server(database_url: &str, port: u16) -> ServerProcess {
+    let mut server = ServerProcess::start(port, |dir| tally_command(database_url, dir));
+    server.wait_until_answering(&reqwest::Client::new(), "/health").await;
+    server
 }
 
 /// The first whitespace-separated word of `text` that `matches`.
@@ -182,7 +136,7 @@ async fn demo_fills_a_new_database(backend: Backend) {
         word(&stdout, |word| word.contains("/portal/enter?token=")).expect("a portal link is printed").to_owned();
     assert!(link.starts_with(&format!("http://{listen}/")), "the link points at the server to start: {link}");
 
-    let mut server = ServerProcess::start(&database.url, port).await;
+    let mut server = start_server(&database.url, port).await;
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let get = |path: String| {
         let (client, key, base) = (client.clone(), key.clone(), server.base.clone());
@@ -224,7 +178,7 @@ async fn demo_fills_a_new_database(backend: Backend) {
     let portal = client.get(format!("{}/portal", server.base)).header("cookie", cookie).send().await.unwrap();
     assert_eq!(portal.status(), StatusCode::OK);
     assert!(portal.text().await.unwrap().contains("Image Generation"), "the portal shows the IMG wallet");
-    server.stop();
+    server.end();
 
     verify_with_cli(&database.url).await;
     let again = tally(&database.url, &["demo"]).await;

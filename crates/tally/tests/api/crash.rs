@@ -15,12 +15,13 @@
 //! and reaped when it ends, passed or failed.
 
 use crate::harness::{Backend, TestDatabase};
+use crate::server_process::{free_port, ServerProcess};
 use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -58,6 +59,13 @@ fn tally_command(database_url: &str, dir: &Path) -> Command {
     command
 }
 
+/// Starts `tally serve` on the database and waits until it is ready.
+async fn start_server(database_url: &str, client: &reqwest::Client) -> ServerProcess {
+    let mut server = ServerProcess::start(free_port(), |dir| tally_command(database_url, dir));
+    server.wait_until_answering(client, "/ready").await;
+    server
+}
+
 /// Runs `tally ARGS` to its end and returns its standard output; fails the test unless it
 /// exits 0.
 fn tally(database_url: &str, args: &[&str]) -> String {
@@ -75,83 +83,6 @@ fn tally(database_url: &str, args: &[&str]) -> String {
 
 /// A `tally serve` process on a port of its own. Dropping it kills and reaps the process, so
 /// none outlives the test, even one that fails.
-struct Server {
-    child: Child,
-    base: String,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    async fn start(database_url: &str, client: &reqwest::Client) -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("server.log");
-        let child = tally_command(database_url, dir.path())
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start tally serve");
-        let mut server = Server { child, base: format!("http://127.0.0.1:{port}"), log, _dir: dir };
-        server.wait_until_ready(client).await;
-        server
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Polls `/ready` (database reachable, schema current) until it answers 200.
-    async fn wait_until_ready(&mut self, client: &reqwest::Client) {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("tally serve exited early ({status}):\n{}", self.log());
-            }
-            let ready = client.get(format!("{}/ready", self.base)).send().await;
-            if ready.is_ok_and(|reply| reply.status() == StatusCode::OK) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "tally serve did not become ready:\n{}", self.log());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGKILL, then reaps the process.
-    fn kill(&mut self) {
-        self.child.kill().expect("SIGKILL the server");
-        let status = self.child.wait().expect("reap the server");
-        assert!(!status.success(), "the server was killed, not stopped: {status}");
-    }
-
-    /// SIGTERM, then waits for a graceful exit with status 0 and a log without errors.
-    async fn stop(&mut self) {
-        let signalled = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
-        assert!(signalled.success(), "could not signal the server");
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "tally serve exited with {status} on SIGTERM:\n{}", self.log());
-                let log = self.log();
-                assert!(!log.contains("ERROR"), "the restarted server logged errors:\n{log}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "tally serve did not stop on SIGTERM");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 #[derive(Clone)]
 struct Api {
     http: reqwest::Client,
@@ -319,7 +250,7 @@ async fn set_up(api: &Api) -> Vec<String> {
 
 /// Runs the round's clients against `server` and kills it once the round's count of
 /// acknowledged requests is reached. Returns every request sent.
-async fn load_until_killed(api: &Api, server: &mut Server, round: Arc<Round>) -> Vec<Sent> {
+async fn load_until_killed(api: &Api, server: &mut ServerProcess, round: Arc<Round>) -> Vec<Sent> {
     let mut clients = tokio::task::JoinSet::new();
     for client in 0..CLIENTS {
         clients.spawn(client_loop(api.clone(), round.clone(), client));
@@ -407,7 +338,7 @@ async fn kill_under_load_and_recover(backend: Backend) {
     .await
     .unwrap();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
-    let mut server = Server::start(&url, &http).await;
+    let mut server = start_server(&url, &http).await;
     let mut api = Api { http: http.clone(), base: server.base.clone(), key };
     let customers = set_up(&api).await;
     // Stamped once, after the subscriptions started (usage is priced as it occurred): a
@@ -427,7 +358,7 @@ async fn kill_under_load_and_recover(backend: Backend) {
             killed: AtomicBool::new(false),
         });
         let sent = load_until_killed(&api, &mut server, round.clone()).await;
-        server = Server::start(&url, &http).await;
+        server = start_server(&url, &http).await;
         api.base = server.base.clone();
         events = check_recovery(&api, &round, &sent, events, &url).await;
     }

@@ -17,6 +17,7 @@ mod operations;
 mod platforms;
 mod portal;
 mod sdk;
+mod server_process;
 mod stripe;
 mod subscriptions;
 mod top_up_input;

@@ -7,6 +7,7 @@
 //! settlement must have happened once, and `tally ledger verify` must pass.
 
 use crate::harness::{Backend, TestApp, TestDatabase};
+use crate::server_process::{free_port, ServerProcess};
 use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use serde_json::Value;
@@ -56,75 +57,14 @@ struct Endpoint {
     key: String,
 }
 
-/// A `tally serve` process. Killed outright if the test fails before it stops it.
-struct ServerProcess {
-    child: Child,
-    endpoint: Endpoint,
-    log: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl ServerProcess {
-    fn start(database_url: &str) -> ServerProcess {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("server.log");
-        let child = tally_command(database_url, dir.path())
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            // The workers race each other for due settlements every 50 ms.
-            .env("TALLY_SETTLE_INTERVAL_MS", "50")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start tally serve");
-        let endpoint = Endpoint { base: format!("http://127.0.0.1:{port}"), key: String::new() };
-        ServerProcess { child, endpoint, log, _dir: dir }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn wait_until_healthy(&mut self, client: &reqwest::Client) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("tally serve exited early ({status}):\n{}", self.log());
-            }
-            let health = client.get(format!("{}/health", self.endpoint.base)).send().await;
-            if health.is_ok_and(|reply| reply.status() == StatusCode::OK) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "tally serve did not become healthy:\n{}", self.log());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Sends SIGTERM and waits for a graceful exit with status 0.
-    async fn stop(&mut self) {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
-        assert!(status.success(), "could not signal the server");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "tally serve exited with {status} on SIGTERM:\n{}", self.log());
-                let log = self.log();
-                assert!(!log.contains("ERROR"), "the server logged errors:\n{log}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "tally serve did not stop within 30 s of SIGTERM");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// Starts `tally serve` on the database, its workers racing each other for due
+/// settlements every 50 ms. Does not wait.
+fn start_server(database_url: &str) -> ServerProcess {
+    ServerProcess::start(free_port(), |dir| {
+        let mut command = tally_command(database_url, dir);
+        command.env("TALLY_SETTLE_INTERVAL_MS", "50");
+        command
+    })
 }
 
 /// A reply as the workload checks it.
@@ -405,10 +345,10 @@ async fn two_server_processes_on_one_postgres_database_stay_exact() {
     };
     let url = database.url.clone();
     // Both start at once on an empty database: they race to migrate it.
-    let mut servers = [ServerProcess::start(&url), ServerProcess::start(&url)];
+    let mut servers = [start_server(&url), start_server(&url)];
     let client = reqwest::Client::new();
     for server in &mut servers {
-        server.wait_until_healthy(&client).await;
+        server.wait_until_answering(&client, "/health").await;
     }
     let store = {
         let url = url.clone();
@@ -431,7 +371,7 @@ async fn two_server_processes_on_one_postgres_database_stay_exact() {
     })
     .await
     .unwrap();
-    let endpoints = servers.each_ref().map(|server| Endpoint { key: key.clone(), ..server.endpoint.clone() });
+    let endpoints = servers.each_ref().map(|server| Endpoint { key: key.clone(), base: server.base.clone() });
 
     let customer = drive("PostgreSQL", endpoints.clone(), store.clone()).await;
     wait_for_workers(store.clone()).await;

@@ -7,12 +7,12 @@
 
 use crate::harness::{body, test_webhook_config, Backend, TestApp, TestDatabase};
 use crate::on_both_backends;
+use crate::server_process::{free_port, ServerProcess};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 const TALLY: &str = env!("CARGO_BIN_EXE_tally");
 
@@ -291,72 +291,14 @@ async fn admin_commands_refuse_a_database_tally_did_not_make(app: TestApp) {
 }
 
 /// A `tally serve` process writing its log to a file; killed when dropped.
-struct ServerProcess {
-    child: Child,
-    base: String,
-    log: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl ServerProcess {
-    fn start(database_url: &str, args: &[&str]) -> ServerProcess {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("server.log");
-        let child = bare_command(dir.path())
-            .env("TALLY_LOG", "info")
-            // The database comes the way hosting platforms give it.
-            .env("DATABASE_URL", database_url)
-            .args(args)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start tally serve");
-        ServerProcess { child, base: format!("http://127.0.0.1:{port}"), log, _dir: dir }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits until `condition` holds of the server's log, for at most 60 s.
-    async fn wait_for_log(&mut self, what: &str, condition: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let log = self.log();
-            if condition(&log) {
-                return log;
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("tally serve exited ({status}) before {what}:\n{log}");
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}:\n{log}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn wait_until_ready(&mut self, client: &reqwest::Client) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("tally serve exited early ({status}):\n{}", self.log());
-            }
-            let ready = client.get(format!("{}/ready", self.base)).send().await;
-            if ready.is_ok_and(|reply| reply.status() == StatusCode::OK) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "tally serve did not become ready:\n{}", self.log());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts `tally serve` with `args`, the database given as hosting platforms give it
+/// (`DATABASE_URL`), logging at info.
+fn start_server(database_url: &str, args: &[&str]) -> ServerProcess {
+    ServerProcess::start(free_port(), |dir| {
+        let mut command = bare_command(dir);
+        command.env("TALLY_LOG", "info").env("DATABASE_URL", database_url).args(args);
+        command
+    })
 }
 
 /// With `--log-format json` each request is one JSON line naming its method, route template,
@@ -371,9 +313,9 @@ async fn json_request_logs_carry_the_request_id_and_no_secret() {
     let (user_info, host) = rest.split_once('@').expect("the test URL names a user");
     let user = user_info.split(':').next().unwrap();
     let with_password = format!("{scheme}://{user}:hunter2-secret@{host}");
-    let mut server = ServerProcess::start(&with_password, &["--log-format", "json"]);
+    let mut server = start_server(&with_password, &["--log-format", "json"]);
     let client = reqwest::Client::new();
-    server.wait_until_ready(&client).await;
+    server.wait_until_answering(&client, "/ready").await;
     let reply = client
         .get(format!("{}/customers/cust_missing", server.base))
         .header("X-CREDYT-API-KEY", "key_test_unknown")
@@ -404,9 +346,9 @@ async fn json_request_logs_carry_the_request_id_and_no_secret() {
 async fn text_request_logs_have_no_colour_codes_off_a_terminal() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("tally.db").display());
-    let mut server = ServerProcess::start(&url, &[]);
+    let mut server = start_server(&url, &[]);
     let client = reqwest::Client::new();
-    server.wait_until_ready(&client).await;
+    server.wait_until_answering(&client, "/ready").await;
     let reply = client
         .get(format!("{}/openapi.json", server.base))
         .header("X-Request-Id", "text-trace-1")
