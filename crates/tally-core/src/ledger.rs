@@ -24,6 +24,10 @@ pub enum SystemAccount {
     /// The other side of money on its way in: a top-up being paid shows in the wallet's
     /// `pending_in` against this account until it lands or fails.
     Incoming,
+    /// Where held money waits: a hold moves its amount out of the wallet's `available` into
+    /// this account (the wallet's `pending_out` bucket), and a capture or release brings it
+    /// back before the fee, if any, is debited as usual.
+    Held,
 }
 
 impl SystemAccount {
@@ -33,6 +37,7 @@ impl SystemAccount {
             SystemAccount::Revenue => "revenue",
             SystemAccount::Expired => "expired",
             SystemAccount::Incoming => "incoming",
+            SystemAccount::Held => "held",
         }
     }
 
@@ -42,16 +47,23 @@ impl SystemAccount {
             "revenue" => Some(SystemAccount::Revenue),
             "expired" => Some(SystemAccount::Expired),
             "incoming" => Some(SystemAccount::Incoming),
+            "held" => Some(SystemAccount::Held),
             _ => None,
         }
     }
 }
 
-/// A wallet balance is split in buckets: what can be spent now, and what is promised later.
+/// A wallet balance is split in buckets: what can be spent now, what is promised later, and
+/// what is held for a capture to come.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Bucket {
     Available,
     PendingIn,
+    /// Money on its way out: held (see `AccountState::hold`). Its postings are the wallet's
+    /// side of `system:held`, so they are negative while money is held: the account's
+    /// `pending_out` is minus their sum, and its `available` is the sum of its `available`
+    /// and `pending_out` postings. They never name a grant.
+    PendingOut,
 }
 
 impl Bucket {
@@ -59,6 +71,7 @@ impl Bucket {
         match self {
             Bucket::Available => "available",
             Bucket::PendingIn => "pending_in",
+            Bucket::PendingOut => "pending_out",
         }
     }
 
@@ -66,6 +79,7 @@ impl Bucket {
         match text {
             "available" => Some(Bucket::Available),
             "pending_in" => Some(Bucket::PendingIn),
+            "pending_out" => Some(Bucket::PendingOut),
             _ => None,
         }
     }

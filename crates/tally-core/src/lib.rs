@@ -13,6 +13,7 @@ pub mod ledger;
 pub mod money;
 pub mod pricing;
 pub mod rate;
+pub mod revenue;
 pub mod wallet;
 
 pub use chrono::{DateTime, Utc};

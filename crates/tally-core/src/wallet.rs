@@ -6,7 +6,8 @@
 //! recompute the state from the postings alone.
 //!
 //! Invariants, checked by property tests:
-//! - `available = Σ remaining of active grants − debt`, `pending_in = Σ remaining of pending grants`;
+//! - `available = Σ remaining of active grants − debt − pending_out`, `pending_in = Σ remaining
+//!   of pending grants`, `pending_out = Σ what open holds still hold`;
 //! - no grant's remaining is ever below zero, and debt is never below zero;
 //! - every returned set of postings sums to zero;
 //! - `available + pending_in` stays below [`max_balance`] and `debt` below it too: a credit or
@@ -120,6 +121,9 @@ impl Grant {
 pub struct AccountState {
     pub available: Decimal,
     pub pending_in: Decimal,
+    /// What open holds reserve (see [`AccountState::hold`]): taken out of `available`, not out
+    /// of any grant, so grants keep burning and expiring as they would.
+    pub pending_out: Decimal,
     /// The overdraft: how far debits went past the grants. Repaid first by later credits.
     pub debt: Decimal,
     /// Grants that are pending, or active with something remaining. Others may be omitted.
@@ -153,6 +157,9 @@ pub enum WalletError {
     /// The account's debt would reach 10^15.
     #[error("would take the account's debt to {0} or more: an account's debt stays below {0}")]
     DebtLimit(Decimal),
+    /// A release of more than the account holds (`pending_out`): stored state Tally did not write.
+    #[error("would release more than the account holds")]
+    NotHeld,
 }
 
 /// Checked arithmetic on balances. With every amount and balance inside the documented limits
@@ -179,9 +186,10 @@ impl AccountState {
             .min()
     }
 
-    /// What the account holds: `available + pending_in`. It stays below [`max_balance`].
+    /// What the account holds: `available + pending_in + pending_out`. It stays below
+    /// [`max_balance`].
     pub fn held(&self) -> Result<Decimal, WalletError> {
-        plus(self.available, self.pending_in)
+        plus(plus(self.available, self.pending_in)?, self.pending_out)
     }
 
     /// Refuses a credit of `amount` that would take what the account holds to the limit.
@@ -338,6 +346,40 @@ impl AccountState {
         }
         self.available = after;
         Ok(postings)
+    }
+
+    /// Holds `amount` (> 0) for a capture to come: moves it from `available` to `pending_out`.
+    /// A hold reserves an amount of the account, not particular grants: grants keep their
+    /// remainders (a capture burns them in burn order then), and keep expiring on their own
+    /// schedule, which may take `available` below zero while money is held; nothing is ever
+    /// counted both as available and as held. Refused with [`WalletError::InsufficientFunds`],
+    /// changing nothing, when `available` would go below `-overdraft_limit` (`None`: no
+    /// limit), and with [`WalletError::DebtLimit`] as a debit would be.
+    pub fn hold(&mut self, amount: Decimal, overdraft_limit: Option<Decimal>) -> Result<Vec<Posting>, WalletError> {
+        let after = minus(self.available, amount)?;
+        if after <= -max_balance() {
+            return Err(WalletError::DebtLimit(max_balance()));
+        }
+        if let Some(limit) = overdraft_limit {
+            if after < -limit {
+                return Err(WalletError::InsufficientFunds);
+            }
+        }
+        self.pending_out = plus(self.pending_out, amount)?;
+        self.available = after;
+        Ok(vec![Posting::wallet(Bucket::PendingOut, None, -amount), Posting::system(SystemAccount::Held, amount)])
+    }
+
+    /// Gives `amount` (> 0, at most `pending_out`) of held money back to `available`: a
+    /// release, or the first half of a capture, which then debits the fee as usual.
+    pub fn release_hold(&mut self, amount: Decimal) -> Result<Vec<Posting>, WalletError> {
+        let left = minus(self.pending_out, amount)?;
+        if left < Decimal::ZERO {
+            return Err(WalletError::NotHeld);
+        }
+        self.pending_out = left;
+        self.available = plus(self.available, amount)?;
+        Ok(vec![Posting::wallet(Bucket::PendingOut, None, amount), Posting::system(SystemAccount::Held, -amount)])
     }
 
     /// Shows `amount` (> 0) in `pending_in` while it is being paid for (a top-up in flight).

@@ -16,7 +16,7 @@
 //! why delivery is at least once and receivers deduplicate by event id.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,6 +49,9 @@ pub struct WebhookConfig {
     pub retry_for: Duration,
     /// The most sends in flight at once, per server.
     pub batch: usize,
+    /// How long webhook events are kept once every delivery of them is over (delivered or
+    /// failed); then each pass deletes a batch of them (`webhook_repo::prune`).
+    pub retention: Duration,
 }
 
 impl Default for WebhookConfig {
@@ -71,6 +74,7 @@ impl Default for WebhookConfig {
             ],
             retry_for: minutes(24 * 60),
             batch: 50,
+            retention: minutes(30 * 24 * 60),
         }
     }
 }
@@ -154,6 +158,8 @@ pub async fn run(
 ) {
     let client = client(&config);
     let mut in_flight = tokio::task::JoinSet::new();
+    // Retention runs every tenth pass, or at once again while it finds full batches.
+    let mut next_prune = std::time::Instant::now();
     loop {
         while in_flight.try_join_next().is_some() {}
         let free = config.batch.max(1).saturating_sub(in_flight.len());
@@ -166,6 +172,10 @@ pub async fn run(
             })
         };
         let filled = free > 0 && claimed.len() == free;
+        if std::time::Instant::now() >= next_prune {
+            let full = prune(&store, &config, clock.now()).await;
+            next_prune = std::time::Instant::now() + if full { Duration::ZERO } else { config.interval * 10 };
+        }
         for delivery in claimed {
             let (store, client, config, clock) = (store.clone(), client.clone(), config.clone(), clock.clone());
             in_flight.spawn(async move { deliver(&store, &client, &config, &clock, delivery).await });
@@ -183,6 +193,36 @@ pub async fn run(
         }
     }
     while in_flight.join_next().await.is_some() {}
+}
+
+/// Webhook events deleted per pass by retention: small, so that the write stays short.
+const PRUNE_BATCH: i64 = 200;
+
+/// Deletes a batch of webhook events past `config.retention` whose deliveries are all over,
+/// with their deliveries and attempts (`webhook_repo::prune`). A failure is logged and tried
+/// again later. Returns whether the batch was full (more may be waiting).
+async fn prune(store: &Arc<Store>, config: &WebhookConfig, now: DateTime<Utc>) -> bool {
+    let Some(before) = chrono::Duration::from_std(config.retention).ok().and_then(|age| now.checked_sub_signed(age)) else {
+        return false;
+    };
+    let store = store.clone();
+    let outcome =
+        tokio::task::spawn_blocking(move || store.write(|conn| webhook_repo::prune(conn, before, PRUNE_BATCH))).await;
+    match outcome {
+        Ok(Ok(0)) => false,
+        Ok(Ok(deleted)) => {
+            tracing::debug!(deleted, "deleted old webhook events");
+            deleted >= PRUNE_BATCH as u64
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "deleting old webhook events failed; will retry");
+            false
+        }
+        Err(error) => {
+            tracing::warn!(%error, "the webhook retention task failed; will retry");
+            false
+        }
+    }
 }
 
 /// Claims up to `limit` due deliveries and leases them for the send's timeout and a margin.

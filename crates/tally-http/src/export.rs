@@ -207,7 +207,7 @@ fn csv_writer() -> csv::Writer<Vec<u8>> {
 /// The body of a streamed export: chunks a producer task sends through a bounded channel, so
 /// a slow client slows the reads instead of filling memory, and a client that goes away
 /// stops them.
-struct Chunks(tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>);
+pub(crate) struct Chunks(pub(crate) tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>);
 
 impl futures_core::Stream for Chunks {
     type Item = Result<Bytes, std::io::Error>;

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tally_store::ops::FieldError;
-use tally_store::repo::{api_keys, Page};
+use tally_store::repo::{api_keys, Cursor, Keys, Page, Window};
 
 /// Who a request acts for: the mode of the API key that authenticated it, narrowed to one
 /// connected account when the request names one in `X-CREDYT-ACCOUNT`.
@@ -228,25 +228,16 @@ pub fn decode_query(query: &str) -> Result<Vec<(String, String)>, String> {
 
 fn decode_component(text: &str) -> Result<String, String> {
     let bytes = text.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        match bytes[index] {
-            b'+' => decoded.push(b' '),
-            b'%' => {
-                let hex = bytes.get(index + 1..index + 3).and_then(|pair| std::str::from_utf8(pair).ok());
-                let byte = hex
-                    .filter(|pair| pair.bytes().all(|digit| digit.is_ascii_hexdigit()))
-                    .and_then(|pair| u8::from_str_radix(pair, 16).ok())
-                    .ok_or_else(|| format!("the query string is not valid percent-encoding: `%…` in {text:?}"))?;
-                decoded.push(byte);
-                index += 2;
-            }
-            other => decoded.push(other),
-        }
-        index += 1;
+    let stray = bytes.iter().enumerate().any(|(index, byte)| {
+        *byte == b'%' && !bytes.get(index + 1..index + 3).is_some_and(|pair| pair.iter().all(u8::is_ascii_hexdigit))
+    });
+    if stray {
+        return Err(format!("the query string is not valid percent-encoding: `%…` in {text:?}"));
     }
-    String::from_utf8(decoded).map_err(|_| format!("the query string does not decode to UTF-8 text: {text:?}"))
+    percent_encoding::percent_decode_str(&text.replace('+', " "))
+        .decode_utf8()
+        .map(|decoded| decoded.into_owned())
+        .map_err(|_| format!("the query string does not decode to UTF-8 text: {text:?}"))
 }
 
 /// Refuses, before any handler runs, a request no handler could read as meant: a body in a
@@ -341,6 +332,33 @@ impl QueryParams {
             self.error("limit", "must be from 1 to 100");
         }
         Page { offset: offset.max(0), limit: limit.clamp(1, limits::MAX_PAGE_SIZE) }
+    }
+
+    /// [`QueryParams::page`], or a keyset page: `next` or `prev`, a cursor a page of this list
+    /// (`keys`) gave out, instead of `offset`. `include_total=true` asks for an exact
+    /// `total_count` however many rows match (otherwise counting stops past
+    /// `repo::COUNT_LIMIT`).
+    pub fn window(&mut self, keys: &Keys) -> Window {
+        let offset_given = self.values.contains_key("offset");
+        let page = self.page();
+        let exact_total = self.bool("include_total").unwrap_or(false);
+        let mut cursor = None;
+        for (name, direction) in [("next", 'n'), ("prev", 'p')] {
+            let Some(text) = self.values.get(name).map(|text| text.trim().to_owned()).filter(|text| !text.is_empty()) else {
+                continue;
+            };
+            if cursor.is_some() {
+                self.error(name, "give next or prev, not both");
+            } else if offset_given {
+                self.error("offset", "give offset or a cursor (next or prev), not both");
+            } else {
+                match (text.len() <= 4096).then(|| Cursor::decode(&text, direction, keys)).flatten() {
+                    Some(decoded) => cursor = Some(decoded),
+                    None => self.error(name, "is not a cursor this list gave out"),
+                }
+            }
+        }
+        Window { page, cursor, exact_total }
     }
 
     /// Fails with every problem found, if any.

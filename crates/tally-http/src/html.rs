@@ -82,7 +82,17 @@ details summary{cursor:pointer;color:var(--accent);margin:.25rem 0}
 .pager{display:flex;justify-content:space-between;margin-top:.75rem}
 .field-error{color:#991b1b;font-size:.9rem;margin:.25rem 0 0}
 .status-succeeded{color:#166534}.status-failed,.status-expired{color:#991b1b}
-@media (max-width:600px){main{padding:.75rem}.balance{font-size:1.3rem}th.optional,td.optional{display:none}.portal-nav{padding:.4rem .75rem}.portal-nav .back{margin-left:0}}
+button.secondary{background:#fff;color:#374151;border:1px solid #d1d5db}.presets{display:flex;flex-wrap:wrap;align-items:center;gap:.5rem;margin-top:.5rem}.presets button{margin:0;background:#fff;color:var(--accent);border:1px solid var(--accent)}.cards{list-style:none;padding:0}.saved-card{display:flex;flex-wrap:wrap;justify-content:space-between;align-items:center;gap:.5rem}.saved-card .actions{display:flex;gap:.5rem}.saved-card button,form.inline button{margin:0;padding:.35rem .75rem;font-size:.9rem}form.inline{display:inline}
+.grants{list-style:none;padding:0;margin:.5rem 0 0;font-size:.9rem;color:#374151}.grants li{padding:.15rem 0}
+.owed{background:#fef2f2;color:#991b1b;border:1px solid #fecaca;border-radius:8px;padding:.5rem .75rem}.owed .button{margin:.5rem 0 0;display:block;text-align:center}.card.overdrawn{border-color:#fca5a5}
+.chart .grid-line{stroke:#f3f4f6}.chart .axis-label{font-size:11px;fill:#6b7280}.chart rect{cursor:pointer}.chart-value{display:block;min-height:1.4rem;font-weight:500}
+.series-0{fill:var(--accent);background:var(--accent)}.series-1{fill:#f59e0b;background:#f59e0b}.series-2{fill:#10b981;background:#10b981}.series-3{fill:#6366f1;background:#6366f1}.series-4{fill:#ec4899;background:#ec4899}.series-5{fill:#64748b;background:#64748b}
+.legend{list-style:none;padding:0;margin:.25rem 0;display:flex;flex-wrap:wrap;gap:.25rem 1rem;font-size:.9rem}.swatch{display:inline-block;width:.8rem;height:.8rem;border-radius:2px;margin-right:.35rem;vertical-align:-1px}
+.filters .download{margin-left:1rem}
+@media (max-width:600px){main{padding:.75rem}.balance{font-size:1.3rem}th.optional,td.optional{display:none}
+table.stack thead{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}table.stack tr{display:block;padding:.5rem 0;border-bottom:1px solid #e5e7eb}
+table.stack td{display:flex;justify-content:space-between;gap:1rem;border:0;padding:.15rem .25rem;text-align:right}table.stack td::before{content:attr(data-label);font-weight:500;color:#6b7280;text-align:left}
+table.stack td.amount{font-weight:600}.portal-nav{padding:.4rem .75rem}.portal-nav .back{margin-left:0}}
 "#;
 
 /// Logo URLs Tally shows: http(s), a path on Tally itself, or an inline image. Anything else

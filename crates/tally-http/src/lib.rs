@@ -50,6 +50,13 @@ pub struct HttpConfig {
     pub portal_logo_url: Option<String>,
     /// The accent colour of customer-facing pages, `#rgb` or `#rrggbb`.
     pub portal_accent_color: Option<String>,
+    /// Origins allowed to frame the billing portal and checkout (`frame-ancestors`); empty:
+    /// none may.
+    pub portal_frame_ancestors: Vec<String>,
+    /// The platform's site, linked from the portal's "link not valid" page.
+    pub portal_home_url: Option<String>,
+    /// How long holds last by default and at most (`hold_expiry_seconds`, `hold_max_expiry_seconds`).
+    pub holds: tally_store::ops::holds::HoldLimits,
     /// Where "now" comes from: the system, moved forward only by tests.
     pub clock: clock::Clock,
     /// When set, `GET /metrics` requires `Authorization: Bearer` with this token.
@@ -66,6 +73,9 @@ impl Default for HttpConfig {
             webhooks: WebhookConfig::default(),
             portal_logo_url: None,
             portal_accent_color: None,
+            portal_frame_ancestors: Vec::new(),
+            portal_home_url: None,
+            holds: tally_store::ops::holds::HoldLimits::default(),
             clock: clock::Clock::default(),
             metrics_token: None,
         }
@@ -170,6 +180,28 @@ impl AppState {
         let store = self.store.clone();
         blocking(move || store.write(work)).await
     }
+
+    /// Runs `work` in a write transaction that is always rolled back, and answers what it
+    /// answered: what a change would do, with nothing of it kept (a dry run).
+    pub async fn rehearse<R: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut dyn Conn) -> Result<R, OpError> + Send + 'static,
+    ) -> Result<R, ApiError> {
+        /// The outcome of the work, carried out of the transaction as its error so that the
+        /// transaction rolls back.
+        struct RolledBack<R>(Result<R, OpError>);
+        impl<R> From<tally_store::StoreError> for RolledBack<R> {
+            fn from(error: tally_store::StoreError) -> RolledBack<R> {
+                RolledBack(Err(error.into()))
+            }
+        }
+        let store = self.store.clone();
+        blocking(move || match store.write(|conn| Err::<std::convert::Infallible, _>(RolledBack(work(conn)))) {
+            Ok(never) => match never {},
+            Err(RolledBack(outcome)) => outcome,
+        })
+        .await
+    }
 }
 
 async fn blocking<R: Send + 'static>(
@@ -191,6 +223,7 @@ pub fn router(state: AppState) -> Router {
         .route("/assets", post(assets::create).get(assets::list))
         .route("/assets/{code}", get(assets::get))
         .route("/assets/{code}/rates", post(assets::add_rate))
+        .route("/assets/{code}/top-up", axum::routing::put(assets::set_top_up))
         .route("/assets/{code}/quote", post(assets::quote))
         .route("/customers", post(customers::create).get(customers::list))
         .route("/customers/stats", get(vendors::list_customer_stats))
@@ -219,9 +252,8 @@ pub fn router(state: AppState) -> Router {
         .route("/test-helpers/top-ups/{top_up_id}/succeed", post(topups::test_succeed))
         .route("/test-helpers/top-ups/{top_up_id}/fail", post(topups::test_fail))
         .route("/checkout/complete", get(topups::checkout_complete))
-        .route("/checkout/{top_up_id}", get(topups::checkout).post(topups::pay))
         .route("/billing-portal/sessions", post(routes::portal::create_portal_session))
-        .merge(portal::router())
+        .merge(portal::router(&state))
         .route("/payments/stripe/webhook", post(routes::stripe_webhook::receive))
         .route("/webhooks", post(webhooks::create).get(webhooks::list))
         .route("/webhooks/events", get(webhooks::list_events))
@@ -231,10 +263,16 @@ pub fn router(state: AppState) -> Router {
         .route("/webhooks/{webhook_id}/test/{topic}/{account_id}", post(webhooks::test_one_connected))
         .route("/webhooks/test/{topic}/{account_id}", post(webhooks::test_all_connected))
         .route("/events", post(events::send_usage).get(events::list))
+        .route("/events/rebill", post(events::rebill))
         .route("/events/{event_id}", get(events::get))
+        .route("/reports/revenue", get(routes::reports::revenue_report))
         .route("/customers/{customer_id}/wallet", get(wallet::get_wallet))
         .route("/customers/{customer_id}/wallet/adjustments", post(wallet::create_adjustment))
         .route("/customers/{customer_id}/wallet/charges", post(wallet::create_charge))
+        .route("/customers/{customer_id}/wallet/holds", post(routes::holds::create).get(routes::holds::list))
+        .route("/customers/{customer_id}/wallet/holds/{hold_id}", get(routes::holds::get))
+        .route("/customers/{customer_id}/wallet/holds/{hold_id}/capture", post(routes::holds::capture))
+        .route("/customers/{customer_id}/wallet/holds/{hold_id}/release", post(routes::holds::release))
         .route("/customers/{customer_id}/wallet/transactions/{transaction_id}", get(wallet::get_transaction))
         .route("/customers/{customer_id}/wallet/{account_id}", get(wallet::get_account))
         .route("/customers/{customer_id}/wallet/{account_id}/grants", get(wallet::list_grants))

@@ -3,7 +3,7 @@
 
 use crate::error::{ProblemKind, PROBLEM_KINDS, VALIDATION};
 use crate::routes::{
-    accounts, assets, customers, events, portal, products, subscriptions, topups, vendors, wallet, webhooks,
+    accounts, holds, assets, customers, events, portal, products, reports, subscriptions, topups, vendors, wallet, webhooks,
 };
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -18,19 +18,21 @@ use utoipa::{Modify, OpenApi, ToSchema};
     info(title = "Tally API", description = "Tally: a self-hostable, Credyt-compatible real-time usage billing engine."),
     paths(
         accounts::get_self, accounts::create, accounts::list, accounts::get,
-        assets::create, assets::list, assets::get, assets::add_rate, assets::quote,
+        assets::create, assets::list, assets::get, assets::add_rate, assets::quote, assets::set_top_up,
         customers::create, customers::list, customers::get, customers::update,
         wallet::get_wallet, wallet::get_account, wallet::create_adjustment, wallet::create_charge,
         wallet::get_transaction, wallet::list_transactions, wallet::list_grants,
+        holds::create, holds::list, holds::get, holds::capture, holds::release,
         subscriptions::create, subscriptions::update, subscriptions::update_product,
         products::create, products::list, products::get, products::create_version, products::get_version,
         products::update_version, products::archive_version, products::delete, products::subscribers, products::simulate_usage,
-        events::send_usage, events::list, events::get,
+        events::send_usage, events::list, events::get, events::rebill,
         topups::initiate, topups::get, topups::test_succeed, topups::test_fail,
         portal::create_portal_session,
         vendors::create, vendors::list, vendors::get, vendors::vendor_stats, vendors::customer_stats, vendors::list_customer_stats,
         webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::delete, webhooks::test_one,
         webhooks::test_all, webhooks::list_events, webhooks::test_one_connected, webhooks::test_all_connected,
+        reports::revenue_report,
     ),
     components(schemas(ProblemDetails, ValidationProblem)),
     modifiers(&Security, &Problems),

@@ -131,14 +131,38 @@ macro_rules! page_type {
         #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
         pub struct $name {
             pub items: Vec<$item>,
+            /// Exact up to 10 000 (or with `include_total=true`); past it, a lower bound.
             pub total_count: i64,
             pub limit: i64,
             pub offset: i64,
+            /// Pass as `next` for the following page (keyset paging); absent on the last.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub next: Option<String>,
+            /// Pass as `prev` for the preceding page; absent on the first.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub prev: Option<String>,
         }
 
         impl $name {
             pub fn new(items: Vec<$item>, total_count: i64, page: tally_store::repo::Page) -> $name {
-                $name { items, total_count, limit: page.limit, offset: page.offset }
+                $name { items, total_count, limit: page.limit, offset: page.offset, next: None, prev: None }
+            }
+
+            /// The page `listing` holds, read for `window` of the list ordered by `keys`.
+            pub fn listed<T>(
+                listing: tally_store::repo::Listing<T>,
+                window: &tally_store::repo::Window,
+                keys: &tally_store::repo::Keys,
+                item: impl FnMut(T) -> $item,
+            ) -> $name {
+                $name {
+                    items: listing.items.into_iter().map(item).collect(),
+                    total_count: listing.total,
+                    limit: window.page.limit,
+                    offset: if window.cursor.is_some() { 0 } else { window.page.offset },
+                    next: listing.next.map(|cursor| cursor.encode(keys)),
+                    prev: listing.prev.map(|cursor| cursor.encode(keys)),
+                }
             }
         }
     };

@@ -43,7 +43,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 use tally_core::Mode;
-use tally_store::ops::{subscriptions, topups, wallet, OpError};
+use tally_store::ops::{holds, subscriptions, topups, wallet, OpError};
 use tally_store::repo::topups::{self as topup_repo, TopUpStatus};
 use tally_store::repo::{job_retries, subscriptions as subscription_repo, wallets};
 use tally_store::{Conn, Store};
@@ -68,6 +68,7 @@ pub async fn run(
                 ("renewing due subscriptions", renew_due(&pass_store, pass_catalog.as_ref(), now)),
                 ("settling due grants", settle_due(&pass_store, now)),
                 ("expiring unpaid top-ups", expire_top_ups(&pass_store, now)),
+                ("expiring holds", expire_holds(&pass_store, now)),
             ];
             let mut more = false;
             for (job, outcome) in jobs {
@@ -289,5 +290,19 @@ pub fn expire_top_ups(store: &Store, now: DateTime<Utc>) -> Result<Pass, OpError
             let top_up = topups::expire_if_window_closed(conn, *mode, id, now)?;
             Ok(top_up.status == TopUpStatus::Expired && top_up.completed_at == Some(now))
         },
+    )
+}
+
+/// Releases what open holds still hold once their `expires_at` passed, one customer per
+/// transaction: the customer with the most overdue hold is claimed and each of their holds
+/// then due is expired (`hold.expired`).
+pub fn expire_holds(store: &Store, now: DateTime<Utc>) -> Result<Pass, OpError> {
+    drain(
+        store,
+        job_retries::EXPIRE_HOLDS,
+        BATCH,
+        now,
+        |conn| Ok(claimed(tally_store::repo::holds::claim_expired(conn, now)?)),
+        |conn, Claimed(mode, customer_id)| holds::expire_due(conn, *mode, customer_id, now),
     )
 }

@@ -8,6 +8,7 @@ pub mod ids;
 pub mod migrate;
 pub mod ops;
 pub mod postgres;
+pub mod postgres_tls;
 pub mod repo;
 pub mod sqlite;
 

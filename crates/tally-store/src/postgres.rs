@@ -1,4 +1,4 @@
-//! The PostgreSQL backend: a bounded pool of connections, each keeping the statements it has
+//! The PostgreSQL backend: a bounded pool of connections (r2d2), each keeping the statements it has
 //! prepared; read-committed transactions in which writers lock the rows they change
 //! (`SELECT … FOR UPDATE`); and migrations under a session advisory lock so that several
 //! servers starting at once apply each one once.
@@ -16,8 +16,7 @@ use crate::StoreError;
 use postgres::error::SqlState;
 use postgres::types::{IsNull, ToSql, Type};
 use std::collections::HashMap;
-use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The advisory lock key migrations run under ("tally" in ASCII).
 const MIGRATION_LOCK: i64 = 0x74616c6c79;
@@ -37,16 +36,44 @@ const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_CACHED_STATEMENTS: usize = 512;
 
 pub struct PostgresBackend {
-    url: String,
+    /// Taken out only by `drop`, which closes the connections on a plain thread.
+    pool: Option<r2d2::Pool<Connector>>,
     max_connections: usize,
-    pool: Mutex<Pool>,
-    returned: Condvar,
 }
 
-struct Pool {
-    idle: Vec<Connection>,
-    /// Connections that exist, idle or checked out.
-    open: usize,
+/// Opens connections for r2d2, the pool: the URL for the driver and the TLS it asked for
+/// (`postgres_tls`). A connection is returned to the pool unless it broke or the thread is
+/// unwinding from a panic (the connection may be inside a transaction); then it is closed and
+/// its slot freed, so a failure never leaks a slot.
+struct Connector(crate::postgres_tls::Connector);
+
+impl Connector {
+    fn open(&self) -> Result<Connection, postgres::Error> {
+        let client = match &self.0.tls {
+            Some(tls) => postgres::Client::connect(&self.0.url, tls.clone()),
+            None => postgres::Client::connect(&self.0.url, postgres::NoTls),
+        }?;
+        Ok(Connection { client, statements: HashMap::new(), broken: false, used: false })
+    }
+}
+
+impl r2d2::ManageConnection for Connector {
+    type Connection = Connection;
+    type Error = postgres::Error;
+
+    fn connect(&self) -> Result<Connection, postgres::Error> {
+        self.open()
+    }
+
+    /// Not asked on checkout (`test_on_check_out(false)`): `begin` finds a dead connection at
+    /// `BEGIN`, which costs no extra round trip.
+    fn is_valid(&self, connection: &mut Connection) -> Result<(), postgres::Error> {
+        connection.client.batch_execute("")
+    }
+
+    fn has_broken(&self, connection: &mut Connection) -> bool {
+        connection.broken || connection.client.is_closed() || std::thread::panicking()
+    }
 }
 
 /// One connection and the statements prepared on it, by SQL text. Prepared statements belong
@@ -56,38 +83,11 @@ struct Connection {
     statements: HashMap<String, postgres::Statement>,
     /// Set when an error showed the connection is unusable: it is then closed, not pooled.
     broken: bool,
+    /// Has begun a transaction before; a connection that has not is fresh from `connect`.
+    used: bool,
 }
 
-/// A connection taken from the pool. Dropping it returns it, unless it broke or the thread
-/// is unwinding from a panic (the connection may be inside a transaction), in which case it
-/// is closed and its pool slot freed, so a failure never leaks a slot.
-struct Checkout<'a> {
-    backend: &'a PostgresBackend,
-    connection: Option<Connection>,
-    /// Made for this checkout rather than taken idle from the pool.
-    fresh: bool,
-}
-
-impl Checkout<'_> {
-    fn connection(&mut self) -> &mut Connection {
-        self.connection.as_mut().expect("a checkout holds its connection until dropped")
-    }
-}
-
-impl Drop for Checkout<'_> {
-    fn drop(&mut self) {
-        let Some(connection) = self.connection.take() else { return };
-        let reusable = !connection.broken && !connection.client.is_closed() && !std::thread::panicking();
-        let mut pool = self.backend.lock_pool();
-        if reusable {
-            pool.idle.push(connection);
-        } else {
-            pool.open -= 1;
-        }
-        drop(pool);
-        self.backend.returned.notify_one();
-    }
-}
+type Checkout = r2d2::PooledConnection<Connector>;
 
 impl PostgresBackend {
     /// Opens a pool of `TALLY_POSTGRES_POOL_SIZE` connections (16 when unset) and connects
@@ -97,14 +97,19 @@ impl PostgresBackend {
     }
 
     pub fn open_with_pool_size(url: &str, max_connections: usize) -> Result<PostgresBackend, StoreError> {
-        let backend = PostgresBackend {
-            url: url.to_owned(),
-            max_connections: max_connections.clamp(1, MAX_POOL_SIZE),
-            pool: Mutex::new(Pool { idle: Vec::new(), open: 0 }),
-            returned: Condvar::new(),
-        };
-        drop(backend.checkout()?);
-        Ok(backend)
+        let connector = Connector(crate::postgres_tls::connector(url)?);
+        let max_connections = max_connections.clamp(1, MAX_POOL_SIZE);
+        // r2d2 retries a failing connect until its timeout; a wrong URL should fail at once.
+        let first = connector.open().map_err(cannot_connect)?;
+        let pool = r2d2::Pool::builder()
+            .max_size(max_connections as u32)
+            .min_idle(Some(0))
+            .test_on_check_out(false)
+            .connection_timeout(CHECKOUT_TIMEOUT)
+            .error_handler(Box::new(LogConnectErrors))
+            .build_unchecked(connector);
+        std::thread::spawn(move || drop(first)).join().ok();
+        Ok(PostgresBackend { pool: Some(pool), max_connections })
     }
 
     pub fn pool_size(&self) -> usize {
@@ -113,69 +118,47 @@ impl PostgresBackend {
 
     /// Connections open (idle or in use), and idle ones, for metrics.
     pub fn connections(&self) -> (usize, usize) {
-        let pool = self.lock_pool();
-        (pool.open, pool.idle.len())
+        let state = self.pool().state();
+        (state.connections as usize, state.idle_connections as usize)
     }
 
-    fn lock_pool(&self) -> MutexGuard<'_, Pool> {
-        self.pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn pool(&self) -> &r2d2::Pool<Connector> {
+        self.pool.as_ref().expect("the pool lives until the backend is dropped")
     }
 
     /// Takes an idle connection, or opens one while the pool has room, or waits for one.
-    fn checkout(&self) -> Result<Checkout<'_>, StoreError> {
-        let deadline = Instant::now() + CHECKOUT_TIMEOUT;
-        let mut pool = self.lock_pool();
-        loop {
-            if let Some(connection) = pool.idle.pop() {
-                if connection.client.is_closed() {
-                    pool.open -= 1;
-                    continue;
-                }
-                return Ok(Checkout { backend: self, connection: Some(connection), fresh: false });
-            }
-            if pool.open < self.max_connections {
-                pool.open += 1;
-                drop(pool);
-                return match postgres::Client::connect(&self.url, postgres::NoTls) {
-                    Ok(client) => Ok(Checkout {
-                        backend: self,
-                        connection: Some(Connection { client, statements: HashMap::new(), broken: false }),
-                        fresh: true,
-                    }),
-                    Err(error) => {
-                        self.lock_pool().open -= 1;
-                        self.returned.notify_one();
-                        Err(StoreError::Database(format!("cannot connect to PostgreSQL: {}", describe(&error))))
-                    }
-                };
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(StoreError::Database(format!(
+    fn checkout(&self) -> Result<Checkout, StoreError> {
+        self.pool().get().map_err(|error| {
+            // r2d2 gives the last connect error, if connecting is what failed.
+            let error = error.to_string();
+            if error.contains("timed out waiting for connection:") {
+                StoreError::Database(format!("cannot connect to PostgreSQL: {error}"))
+            } else {
+                StoreError::Database(format!(
                     "all {} PostgreSQL connections of this server stayed busy for {} s; raise \
                      TALLY_POSTGRES_POOL_SIZE (see docs/scaling.md) or look for a slow transaction",
                     self.max_connections,
                     CHECKOUT_TIMEOUT.as_secs()
-                )));
+                ))
             }
-            pool = self.returned.wait_timeout(pool, deadline - now).unwrap_or_else(|poisoned| poisoned.into_inner()).0;
-        }
+        })
     }
 
     /// Checks out a connection and opens a transaction on it. A pooled connection may have
     /// died while idle, which PostgreSQL reveals only when it is used; nothing has happened
     /// yet at `BEGIN`, so such a connection is dropped and the next one tried. A fresh
     /// connection that cannot begin is the answer.
-    fn begin(&self, begin: &str) -> Result<Checkout<'_>, StoreError> {
+    fn begin(&self, begin: &str) -> Result<Checkout, StoreError> {
         loop {
             let mut checkout = self.checkout()?;
-            let connection = checkout.connection();
+            let connection = &mut *checkout;
+            let fresh = !std::mem::replace(&mut connection.used, true);
             match connection.client.batch_execute(begin) {
                 Ok(()) => return Ok(checkout),
                 Err(error) => {
                     // Whatever failed, this connection's state is unknown: do not pool it.
                     connection.broken = true;
-                    if checkout.fresh || !breaks_connection(&error) {
+                    if fresh || !breaks_connection(&error) {
                         return Err(connection_lost_or(error, "before the transaction began; nothing was written"));
                     }
                     tracing::debug!(error = %describe(&error), "dropped a pooled PostgreSQL connection that had died while idle");
@@ -190,7 +173,7 @@ impl PostgresBackend {
         work: impl FnOnce(&mut dyn Conn) -> Result<R, E>,
     ) -> Result<R, E> {
         let mut checkout = self.begin(begin)?;
-        run_in_transaction(checkout.connection(), work)
+        run_in_transaction(&mut checkout, work)
     }
 
     pub fn write<R, E: From<StoreError>>(&self, work: impl FnOnce(&mut dyn Conn) -> Result<R, E>) -> Result<R, E> {
@@ -206,7 +189,7 @@ impl PostgresBackend {
     /// this process die meanwhile, its session ends and PostgreSQL releases the lock.
     pub fn migrate(&self) -> Result<Vec<i64>, StoreError> {
         let mut checkout = self.checkout()?;
-        let connection = checkout.connection();
+        let connection = &mut *checkout;
         let locked = connection.client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]);
         if let Err(error) = locked {
             connection.broken = true;
@@ -231,8 +214,8 @@ impl Drop for PostgresBackend {
     /// The synchronous driver blocks when a connection closes, which panics on an async
     /// runtime's thread; the store may be dropped there, so connections close on a plain one.
     fn drop(&mut self) {
-        let idle = std::mem::take(&mut self.pool.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner()).idle);
-        let _ = std::thread::spawn(move || drop(idle)).join();
+        let pool = self.pool.take();
+        let _ = std::thread::spawn(move || drop(pool)).join();
     }
 }
 
@@ -435,6 +418,21 @@ fn read_row(row: &postgres::Row) -> Result<Row, StoreError> {
         values.push(value.unwrap_or(Value::Null));
     }
     Ok(Row(values))
+}
+
+fn cannot_connect(error: postgres::Error) -> StoreError {
+    StoreError::Database(format!("cannot connect to PostgreSQL: {}", describe(&error)))
+}
+
+/// Connect failures happen on r2d2's threads; they are logged here, and the last one is also
+/// the answer to a checkout that timed out waiting.
+#[derive(Debug)]
+struct LogConnectErrors;
+
+impl r2d2::HandleError<postgres::Error> for LogConnectErrors {
+    fn handle_error(&self, error: postgres::Error) {
+        tracing::warn!(error = %describe(&error), "cannot open a PostgreSQL connection");
+    }
 }
 
 fn database(error: postgres::Error) -> StoreError {

@@ -1,7 +1,13 @@
-//! Settings from the config file, the environment and flags (in rising precedence).
+//! Settings from the config file, the environment and flags (in rising precedence), layered
+//! by figment: each setting is a field of [`Config`] and a line of the default file, and is
+//! read from the file, from `TALLY_<NAME>` and (for three of them) from a flag with no further
+//! code.
 
 use anyhow::Context;
-use serde::Deserialize;
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// The commented default config file, also printed by `tally config`.
@@ -19,13 +25,35 @@ pub struct Config {
     pub metrics_token: String,
     pub public_url: String,
     pub top_up_expiry_seconds: u64,
+    pub hold_expiry_seconds: u64,
+    pub hold_max_expiry_seconds: u64,
     pub webhook_interval_ms: u64,
     pub webhook_timeout_ms: u64,
+    pub webhook_retention_days: u64,
     pub portal_logo_url: String,
     pub portal_accent_color: String,
+    pub portal_frame_ancestors: String,
+    pub portal_home_url: String,
     pub stripe_secret_key: String,
     pub stripe_webhook_secret: String,
     pub stripe_api_base: String,
+}
+
+impl Config {
+    /// How long holds last by default and at most: at least a minute each, and the default
+    /// no longer than the maximum.
+    pub fn hold_limits(&self) -> anyhow::Result<tally_store::ops::holds::HoldLimits> {
+        let (default, max) = (self.hold_expiry_seconds, self.hold_max_expiry_seconds);
+        if default < 60 || max < 60 {
+            anyhow::bail!("hold_expiry_seconds and hold_max_expiry_seconds must be at least 60");
+        }
+        if default > max {
+            anyhow::bail!("hold_expiry_seconds ({default}) must not be above hold_max_expiry_seconds ({max})");
+        }
+        // Capped at a century, far below where a duration could overflow.
+        let seconds = |value: u64| chrono::Duration::seconds(value.min(100 * 365 * 86_400) as i64);
+        Ok(tally_store::ops::holds::HoldLimits { default_expiry: seconds(default), max_expiry: seconds(max) })
+    }
 }
 
 impl Default for Config {
@@ -35,10 +63,13 @@ impl Default for Config {
 }
 
 /// Values given on the command line or in the environment (clap reads both).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub database_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<String>,
 }
 
@@ -55,79 +86,60 @@ impl Config {
         overrides: &Overrides,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> anyhow::Result<Config> {
-        let mut config = Config::default();
         let implicit = Path::new("tally.toml");
         let file = path.or_else(|| implicit.exists().then_some(implicit));
+        let mut figment = Figment::from(Toml::string(DEFAULT_FILE));
         if let Some(file) = file {
-            let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-            let partial: PartialConfig =
-                toml::from_str(&text).with_context(|| format!("{} is not a valid Tally config", file.display()))?;
-            partial.apply(&mut config);
+            // Figment takes a missing file for an empty one; one named by --config must exist.
+            std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?;
+            figment = figment.merge(Toml::file(file));
         }
         let env = |name: &str| env(name).filter(|value| !value.is_empty());
-        // The variables hosting platforms set, below Tally's own (TALLY_DATABASE_URL and
-        // TALLY_LISTEN arrive as overrides) and above the file.
+        // The variables hosting platforms set, below Tally's own and above the file.
+        let mut platform = Dict::new();
         if let Some(value) = env("DATABASE_URL") {
-            config.database_url = value;
+            platform.insert("database_url".into(), value.into());
         }
         if let Some(value) = env("PORT") {
             let port: u16 = value.trim().parse().context("PORT must be a port number (0 to 65535)")?;
-            config.listen = format!("0.0.0.0:{port}");
+            platform.insert("listen".into(), format!("0.0.0.0:{port}").into());
         }
-        if let Some(value) = env("TALLY_PLATFORM_NAME") {
-            config.platform_name = value;
-        }
-        if let Some(value) = env("TALLY_SETTLE_INTERVAL_MS") {
-            config.settle_interval_ms = value.parse().context("TALLY_SETTLE_INTERVAL_MS must be a whole number")?;
-        }
-        if let Some(value) = env("TALLY_LOG") {
-            config.log = value;
-        }
-        if let Some(value) = env("TALLY_LOG_FORMAT") {
-            config.log_format = value;
-        }
-        if let Some(value) = env("TALLY_METRICS_TOKEN") {
-            config.metrics_token = value;
-        }
-        if let Some(value) = env("TALLY_PUBLIC_URL") {
-            config.public_url = value;
-        }
-        if let Some(value) = env("TALLY_TOP_UP_EXPIRY_SECONDS") {
-            config.top_up_expiry_seconds =
-                value.parse().context("TALLY_TOP_UP_EXPIRY_SECONDS must be a whole number")?;
-        }
-        if let Some(value) = env("TALLY_WEBHOOK_INTERVAL_MS") {
-            config.webhook_interval_ms = value.parse().context("TALLY_WEBHOOK_INTERVAL_MS must be a whole number")?;
-        }
-        if let Some(value) = env("TALLY_WEBHOOK_TIMEOUT_MS") {
-            config.webhook_timeout_ms = value.parse().context("TALLY_WEBHOOK_TIMEOUT_MS must be a whole number")?;
-        }
-        if let Some(value) = env("TALLY_STRIPE_SECRET_KEY") {
-            config.stripe_secret_key = value;
-        }
-        if let Some(value) = env("TALLY_STRIPE_WEBHOOK_SECRET") {
-            config.stripe_webhook_secret = value;
-        }
-        if let Some(value) = env("TALLY_STRIPE_API_BASE") {
-            config.stripe_api_base = value;
-        }
-        if let Some(value) = env("TALLY_PORTAL_LOGO_URL") {
-            config.portal_logo_url = value;
-        }
-        if let Some(value) = env("TALLY_PORTAL_ACCENT_COLOR") {
-            config.portal_accent_color = value;
-        }
-        if let Some(listen) = &overrides.listen {
-            config.listen = listen.clone();
-        }
-        if let Some(database_url) = &overrides.database_url {
-            config.database_url = database_url.clone();
-        }
-        if let Some(log_format) = &overrides.log_format {
-            config.log_format = log_format.clone();
-        }
+        let config: Config = figment
+            .merge(Variables { name: "platform variables", values: platform })
+            .merge(Variables { name: "TALLY_ variables", values: tally_variables(&env) })
+            .merge(Serialized::defaults(overrides))
+            .extract_lossy()
+            .map_err(|error| anyhow::anyhow!("invalid setting: {error}"))?;
         config.log_format()?;
         Ok(config)
+    }
+}
+
+/// `TALLY_<NAME>` for every setting the default file has (so TALLY_CONFIG and the test
+/// variables are not taken for settings). An empty variable counts as unset.
+fn tally_variables(env: &dyn Fn(&str) -> Option<String>) -> Dict {
+    let defaults: toml::Table = toml::from_str(DEFAULT_FILE).expect("the default config file parses");
+    defaults
+        .keys()
+        .filter_map(|name| Some((name.clone(), Value::from(env(&format!("TALLY_{}", name.to_ascii_uppercase()))?))))
+        .collect()
+}
+
+/// Settings read from environment variables: text, which `extract_lossy` turns into numbers
+/// where a setting is one.
+struct Variables {
+    name: &'static str,
+    values: Dict,
+}
+
+impl Provider for Variables {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.name)
+            .interpolater(|_, path| format!("TALLY_{}", path.join("_").to_ascii_uppercase()))
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.values.clone()))
     }
 }
 
@@ -150,6 +162,20 @@ impl Config {
     }
 
     /// The metrics token, `None` when /metrics is open.
+    /// The origins allowed to frame the portal: `https://…` or `http://…` origins only, so
+    /// that nothing else reaches the Content-Security-Policy header.
+    pub fn portal_frame_ancestors(&self) -> anyhow::Result<Vec<String>> {
+        self.portal_frame_ancestors
+            .split_whitespace()
+            .map(|origin| {
+                let valid = (origin.starts_with("https://") || origin.starts_with("http://"))
+                    && origin.chars().all(|c| c.is_ascii_alphanumeric() || ":/.-*".contains(c));
+                anyhow::ensure!(valid, "portal_frame_ancestors: {origin:?} is not an http(s) origin");
+                Ok(origin.trim_end_matches('/').to_owned())
+            })
+            .collect()
+    }
+
     pub fn metrics_token(&self) -> Option<String> {
         Some(self.metrics_token.trim().to_owned()).filter(|token| !token.is_empty())
     }
@@ -215,80 +241,6 @@ impl Config {
             api_base: api_base.to_owned(),
             timeout: tally_http::payments::stripe::DEFAULT_TIMEOUT,
         }))
-    }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PartialConfig {
-    listen: Option<String>,
-    database_url: Option<String>,
-    platform_name: Option<String>,
-    settle_interval_ms: Option<u64>,
-    log: Option<String>,
-    log_format: Option<String>,
-    metrics_token: Option<String>,
-    public_url: Option<String>,
-    top_up_expiry_seconds: Option<u64>,
-    webhook_interval_ms: Option<u64>,
-    webhook_timeout_ms: Option<u64>,
-    portal_logo_url: Option<String>,
-    portal_accent_color: Option<String>,
-    stripe_secret_key: Option<String>,
-    stripe_webhook_secret: Option<String>,
-    stripe_api_base: Option<String>,
-}
-
-impl PartialConfig {
-    fn apply(self, config: &mut Config) {
-        if let Some(value) = self.listen {
-            config.listen = value;
-        }
-        if let Some(value) = self.database_url {
-            config.database_url = value;
-        }
-        if let Some(value) = self.platform_name {
-            config.platform_name = value;
-        }
-        if let Some(value) = self.settle_interval_ms {
-            config.settle_interval_ms = value;
-        }
-        if let Some(value) = self.log {
-            config.log = value;
-        }
-        if let Some(value) = self.log_format {
-            config.log_format = value;
-        }
-        if let Some(value) = self.metrics_token {
-            config.metrics_token = value;
-        }
-        if let Some(value) = self.public_url {
-            config.public_url = value;
-        }
-        if let Some(value) = self.top_up_expiry_seconds {
-            config.top_up_expiry_seconds = value;
-        }
-        if let Some(value) = self.webhook_interval_ms {
-            config.webhook_interval_ms = value;
-        }
-        if let Some(value) = self.webhook_timeout_ms {
-            config.webhook_timeout_ms = value;
-        }
-        if let Some(value) = self.portal_logo_url {
-            config.portal_logo_url = value;
-        }
-        if let Some(value) = self.portal_accent_color {
-            config.portal_accent_color = value;
-        }
-        if let Some(value) = self.stripe_secret_key {
-            config.stripe_secret_key = value;
-        }
-        if let Some(value) = self.stripe_webhook_secret {
-            config.stripe_webhook_secret = value;
-        }
-        if let Some(value) = self.stripe_api_base {
-            config.stripe_api_base = value;
-        }
     }
 }
 
@@ -361,6 +313,29 @@ mod tests {
         let config = load_with(Some(&path), &Overrides::default(), &[]).unwrap();
         assert_eq!((config.database_url.as_str(), config.listen.as_str()), ("sqlite://file.db", "127.0.0.1:9000"));
         assert!(load_with(None, &Overrides::default(), &[("PORT", "http")]).is_err(), "a PORT that is no port");
+    }
+
+    #[test]
+    fn hold_expiry_defaults_to_a_day_at_most_a_week_and_the_default_never_passes_the_maximum() {
+        let limits = Config::default().hold_limits().unwrap();
+        assert_eq!((limits.default_expiry, limits.max_expiry), (chrono::Duration::days(1), chrono::Duration::days(7)));
+        let env = [("TALLY_HOLD_EXPIRY_SECONDS", "600"), ("TALLY_HOLD_MAX_EXPIRY_SECONDS", "3600")];
+        let limits = load_with(None, &Overrides::default(), &env).unwrap().hold_limits().unwrap();
+        assert_eq!((limits.default_expiry, limits.max_expiry), (chrono::Duration::minutes(10), chrono::Duration::hours(1)));
+        let env = [("TALLY_HOLD_EXPIRY_SECONDS", "7200"), ("TALLY_HOLD_MAX_EXPIRY_SECONDS", "3600")];
+        assert!(load_with(None, &Overrides::default(), &env).unwrap().hold_limits().is_err());
+    }
+
+    #[test]
+    fn every_setting_reads_its_tally_variable_and_a_bad_value_names_it() {
+        let env = [("TALLY_SETTLE_INTERVAL_MS", "250"), ("TALLY_PLATFORM_NAME", "Glitch"), ("TALLY_METRICS_TOKEN", "12345")];
+        let config = load_with(None, &Overrides::default(), &env).unwrap();
+        assert_eq!(config.settle_interval_ms, 250);
+        assert_eq!((config.platform_name.as_str(), config.metrics_token.as_str()), ("Glitch", "12345"));
+        let error = load_with(None, &Overrides::default(), &[("TALLY_WEBHOOK_TIMEOUT_MS", "soon")]).unwrap_err();
+        assert!(error.to_string().contains("TALLY_WEBHOOK_TIMEOUT_MS"), "{error}");
+        let unrelated = [("TALLY_POSTGRES_POOL_SIZE", "4"), ("TALLY_CONFIG", "x.toml"), ("TALLY_LOG", "")];
+        assert_eq!(load_with(None, &Overrides::default(), &unrelated).unwrap(), Config::default());
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! pays them), and usage events. So that the history spans several days, the server's clock
 //! starts six days in the past while the customers are set up, then returns to the present;
 //! the events are then sent back-dated over those days (inside the API's 7-day grace
-//! window), priced as they occurred and paid as they arrive.
+//! window), priced as they occurred and paid as they arrive. Last, an upscale of a factor no
+//! price knows is stored unbilled, and billed by a rebill once a new version prices it.
 
 use crate::bench::GLITCH_IMAGES;
 use anyhow::{anyhow, bail, Context};
@@ -53,6 +54,12 @@ const CUSTOMERS: [DemoCustomer; 3] = [
         images_per_day: 4,
     },
 ];
+
+/// An upscaling product whose version 1 prices the `2x` factor only; version 2 adds `8x`.
+const UPSCALE: &str = r#"{"name":"Glitch Upscale","code":"glitch_upscale","publish":true,"prices":[{"name":"Upscale",
+  "type":"usage_based","billing_model":{"type":"real_time"},
+  "usage_calculation":{"event_type":"image_upscaled","usage_type":"unit","billable_dimensions":["factor"]},
+  "pricing":[{"asset":"IMG","values":[{"dimensions":{"factor":"2x"},"values":[{"unit_price":1}]}]}]}]}"#;
 
 /// The first customer tops up again halfway through the week.
 const SECOND_TOP_UP_USD: u32 = 10;
@@ -179,6 +186,14 @@ async fn populate(
             api.post_events(json!({"customer_id": id, "events": batch})).await?;
         }
     }
+    // A long job (a video render): hold an estimate, capture what it used, release the rest.
+    let holds = format!("/customers/{}/wallet/holds", ids[0]);
+    let render = json!({"transaction_id": "demo-render-1", "asset": "IMG", "amount": 20, "description": "Video render"});
+    api.post(&holds, render).await?;
+    api.post(&format!("{holds}/demo-render-1/capture"), json!({"amount": 12, "transaction_id": "demo-render-1-used"}))
+        .await?;
+    api.send(reqwest::Method::POST, &format!("{holds}/demo-render-1/release"), None).await?;
+    events += rebill_scene(api, &ids[0], clock.now()).await?;
     let mut customers = Vec::new();
     for (id, customer) in ids.iter().zip(&CUSTOMERS) {
         let account = api.get(&format!("/customers/{id}/wallet/default:IMG")).await?;
@@ -197,6 +212,33 @@ async fn populate(
         .await?;
     let link = session["redirect_url"].as_str().ok_or_else(|| anyhow!("no portal link: {session}"))?.to_owned();
     Ok((customers, events, link))
+}
+
+/// An `8x` upscale is stored unbilled (`no_matching_dimension`); version 2 prices it, the
+/// subscription moves there, and a rebill bills the event. Returns the events it sent.
+async fn rebill_scene(api: &Api, customer_id: &str, now: chrono::DateTime<chrono::Utc>) -> anyhow::Result<usize> {
+    let time = tally_http::types::format_timestamp;
+    let mut product: Value = serde_json::from_str(UPSCALE)?;
+    let product_id = api.post("/products", product.clone()).await?["id"].as_str().unwrap_or_default().to_owned();
+    let subscription =
+        api.post(&format!("/customers/{customer_id}/subscriptions"), json!({"products": [{"id": product_id}]})).await?;
+    let event = json!({"id": "demo-upscale-1", "event_type": "image_upscaled", "data": {"factor": "8x"},
+                       "occurred_at": time(now)});
+    api.post_events(json!({"customer_id": customer_id, "events": [event]})).await?;
+    if let Some(values) = product["prices"][0]["pricing"][0]["values"].as_array_mut() {
+        values.push(json!({"dimensions": {"factor": "8x"}, "values": [{"unit_price": 1}]}));
+    }
+    api.post(&format!("/products/{product_id}"), json!({"prices": product["prices"], "publish": true})).await?;
+    let subscription_id = subscription["id"].as_str().unwrap_or_default();
+    let moved = format!("/customers/{customer_id}/subscriptions/{subscription_id}/products/{product_id}");
+    api.send(reqwest::Method::PATCH, &moved, Some(json!({"version": 2}))).await?;
+    let hour = chrono::Duration::hours(1);
+    let period = json!({"customer_id": customer_id, "period_from": time(now - hour), "period_to": time(now + hour)});
+    let report = api.post("/events/rebill", period).await?;
+    if report["events_billed"] != 1 {
+        bail!("the rebill did not bill the upscale: {report}");
+    }
+    Ok(1)
 }
 
 struct Api {

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod export;
+pub mod report;
 
 use anyhow::{bail, Context};
 use config::redact_database_url;
@@ -23,6 +24,41 @@ pub fn open_store(database_url: &str) -> anyhow::Result<Arc<Store>> {
         tracing::info!(?applied, "applied migrations");
     }
     Ok(Arc::new(store))
+}
+
+/// `tally migrate --status`: every migration of this build and of the database, with where it
+/// stands, as lines of text, and whether the database is exactly current (every migration
+/// applied, none changed since, none unknown to this build). Reads only: a missing SQLite file
+/// is refused as the administrative commands refuse it, never created.
+pub fn migration_status(database_url: &str) -> anyhow::Result<(Vec<String>, bool)> {
+    use tally_store::migrate::MigrationState;
+    let url = DatabaseUrl::parse(database_url)?;
+    let shown = redact_database_url(database_url);
+    if let DatabaseUrl::Sqlite(path) = &url {
+        if !path.is_file() {
+            bail!("no Tally database at {} (database URL {shown})", path.display());
+        }
+    }
+    let store = Store::open(&url).with_context(|| format!("cannot open the database at {shown}"))?;
+    let Some(lines) = store.read(tally_store::migrate::status).with_context(|| format!("cannot read {shown}"))? else {
+        bail!("the database at {shown} holds no Tally schema: every migration is pending; `tally migrate` applies them");
+    };
+    let at = |at: &chrono::DateTime<chrono::Utc>| at.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+    let mut current = true;
+    let mut out = vec![format!("{:>7}  {:<28}  {}", "version", "name", "state")];
+    for line in &lines {
+        let state = match &line.state {
+            MigrationState::Applied { at: when } => format!("applied {}", at(when)),
+            MigrationState::Pending => "PENDING".to_owned(),
+            MigrationState::Changed { at: when, .. } => {
+                format!("CHANGED since it was applied {} (checksum differs)", at(when))
+            }
+            MigrationState::Unknown { at: when } => format!("UNKNOWN to this build, applied {}", at(when)),
+        };
+        current &= matches!(line.state, MigrationState::Applied { .. });
+        out.push(format!("{:>7}  {:<28}  {state}", line.version, line.name));
+    }
+    Ok((out, current))
 }
 
 /// Opens a database that Tally has already made, for the administrative commands, without

@@ -35,7 +35,12 @@ enum Command {
         listen: Option<String>,
     },
     /// Apply database migrations and exit.
-    Migrate,
+    Migrate {
+        /// Only list every migration and whether the database applied it (changes nothing).
+        /// Exits 1 unless every migration is applied unchanged.
+        #[arg(long)]
+        status: bool,
+    },
     /// Manage API keys.
     #[command(subcommand, name = "api-keys")]
     ApiKeys(ApiKeyCommand),
@@ -75,6 +80,16 @@ enum Command {
     },
     /// Write usage events or wallet transactions of one mode as CSV or JSON Lines.
     Export(tally::export::ExportArgs),
+    /// Finance reports from the ledger.
+    #[command(subcommand)]
+    Report(ReportCommand),
+}
+
+#[derive(Subcommand)]
+enum ReportCommand {
+    /// Deferred revenue, recognition, breakage and refunds per asset, currency and period
+    /// (as GET /reports/revenue).
+    Revenue(tally::report::RevenueArgs),
 }
 
 #[derive(Subcommand)]
@@ -120,7 +135,17 @@ fn main() -> anyhow::Result<()> {
     init_logging(&config, request_log)?;
     match cli.command {
         Command::Serve { .. } => serve(&config),
-        Command::Migrate => {
+        Command::Migrate { status: true } => {
+            let (lines, current) = tally::migration_status(&config.database_url)?;
+            for line in lines {
+                println!("{line}");
+            }
+            if !current {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Migrate { status: false } => {
             let store = tally::open_store(&config.database_url)?;
             drop(store);
             eprintln!("migrations are up to date");
@@ -154,6 +179,10 @@ fn main() -> anyhow::Result<()> {
                 eprintln!("exported {rows} rows");
             }
             Ok(())
+        }
+        Command::Report(ReportCommand::Revenue(args)) => {
+            let store = tally::open_existing_store(&config.database_url)?;
+            tally::report::run(&store, &args, &mut std::io::stdout().lock())
         }
         Command::Bench(args) => {
             let database_url = cli.database_url.as_deref().filter(|_| database_on_command_line);
@@ -190,13 +219,17 @@ fn serve(config: &Config) -> anyhow::Result<()> {
         settle_interval: Duration::from_millis(config.settle_interval_ms.max(10)),
         public_url: Some(config.public_url.clone()).filter(|url| !url.is_empty()),
         top_up_expiry: Duration::from_secs(config.top_up_expiry_seconds.max(60)),
+        holds: config.hold_limits()?,
         webhooks: tally_http::WebhookConfig {
             interval: Duration::from_millis(config.webhook_interval_ms.max(10)),
             timeout: Duration::from_millis(config.webhook_timeout_ms.max(100)),
+            retention: Duration::from_secs(config.webhook_retention_days.max(1) * 24 * 60 * 60),
             ..tally_http::WebhookConfig::default()
         },
         portal_logo_url: Some(config.portal_logo_url.clone()).filter(|url| !url.is_empty()),
         portal_accent_color: Some(config.portal_accent_color.clone()).filter(|color| !color.is_empty()),
+        portal_frame_ancestors: config.portal_frame_ancestors()?,
+        portal_home_url: Some(config.portal_home_url.trim().to_owned()).filter(|url| !url.is_empty()),
         clock: tally_http::clock::Clock::default(),
         metrics_token: config.metrics_token(),
     };
@@ -277,7 +310,7 @@ fn verify(config: &Config) -> anyhow::Result<()> {
     let store = tally::open_existing_store(&config.database_url)?;
     let report = store.read(tally_store::ops::ledger::verify)?;
     println!(
-        "checked {} entries ({} postings), {} accounts, {} grants, {} transactions, {} events ({} fees), {} top-ups",
+        "checked {} entries ({} postings), {} accounts, {} grants, {} transactions, {} events ({} fees), {} top-ups, {} rollup rows",
         report.entries,
         report.postings,
         report.accounts,
@@ -285,7 +318,8 @@ fn verify(config: &Config) -> anyhow::Result<()> {
         report.transactions,
         report.events,
         report.fees,
-        report.top_ups
+        report.top_ups,
+        report.rollups
     );
     for ((mode, asset, account), balance) in &report.system_balances {
         println!("system:{account} {asset} ({mode}): {balance}");
@@ -340,6 +374,12 @@ fn demo(config: &Config) -> anyhow::Result<()> {
     println!("  {}", demo.portal_link);
     println!("And ask the API:");
     println!("  curl -s {}/customers -H \"X-CREDYT-API-KEY: {}\"", public_of(&demo.portal_link), demo.key);
+    let week_ago = (chrono::Utc::now() - chrono::Duration::days(7)).format("%Y-%m-%d");
+    let today = chrono::Utc::now().format("%Y-%m-%d");
+    println!("Deferred revenue, recognised usage and breakage of the credits bought (also GET /reports/revenue):");
+    let database_flag =
+        if config.database_url != defaults.database_url { format!(" --database {shown}") } else { String::new() };
+    println!("  tally report revenue{database_flag} --mode test --from {week_ago} --to {today} --group-by day");
     Ok(())
 }
 

@@ -176,6 +176,13 @@ enum Step {
     Debit { amount_cents: i64 },
     Refund { amount_cents: i64 },
     Advance { hours: i64 },
+    /// Holds an amount (with overdraft allowed or not).
+    Hold { amount_cents: i64, allow_overdraft: bool },
+    /// Captures from the oldest open hold: `amount_cents`, of which what the hold still holds
+    /// comes out of it and the rest is debited beyond it.
+    Capture { amount_cents: i64 },
+    /// Releases what the oldest open hold still holds.
+    Release,
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -191,6 +198,10 @@ fn step() -> impl Strategy<Value = Step> {
         (1i64..100_000).prop_map(|amount_cents| Step::Debit { amount_cents }),
         (1i64..100_000).prop_map(|amount_cents| Step::Refund { amount_cents }),
         (0i64..30).prop_map(|hours| Step::Advance { hours }),
+        (1i64..100_000, any::<bool>())
+            .prop_map(|(amount_cents, allow_overdraft)| Step::Hold { amount_cents, allow_overdraft }),
+        (1i64..100_000).prop_map(|amount_cents| Step::Capture { amount_cents }),
+        Just(Step::Release),
     ]
 }
 
@@ -199,6 +210,7 @@ fn step() -> impl Strategy<Value = Step> {
 struct Replayed {
     available: Decimal,
     pending_in: Decimal,
+    pending_out: Decimal,
     debt: Decimal,
     per_grant: std::collections::HashMap<String, Decimal>,
 }
@@ -221,6 +233,11 @@ impl Replayed {
                     *self.per_grant.entry(id.clone()).or_default() += posting.amount;
                 }
                 (Bucket::PendingIn, None) => panic!("pending postings always name a grant"),
+                (Bucket::PendingOut, None) => {
+                    self.available += posting.amount;
+                    self.pending_out -= posting.amount;
+                }
+                (Bucket::PendingOut, Some(_)) => panic!("held postings never name a grant"),
             }
         }
     }
@@ -232,6 +249,8 @@ proptest! {
         let mut state = AccountState::default();
         let mut replayed = Replayed::default();
         let mut now = t0();
+        // What each open hold still holds, oldest first.
+        let mut holds: Vec<Decimal> = Vec::new();
         for (number, step) in steps.into_iter().enumerate() {
             for settlement in state.settle(now).unwrap() {
                 replayed.apply(&settlement.postings);
@@ -265,13 +284,49 @@ proptest! {
                     prop_assert_eq!(other_before - other_after, (Decimal::new(amount_cents, 2) - paid_before).max(Decimal::ZERO).min(other_before));
                 }
                 Step::Advance { hours } => now += Duration::hours(hours),
+                Step::Hold { amount_cents, allow_overdraft } => {
+                    let amount = Decimal::new(amount_cents, 2);
+                    let before = state.clone();
+                    let limit = if allow_overdraft { None } else { Some(Decimal::ZERO) };
+                    match state.hold(amount, limit) {
+                        Ok(postings) => {
+                            replayed.apply(&postings);
+                            holds.push(amount);
+                        }
+                        Err(error) => {
+                            prop_assert_eq!(error, WalletError::InsufficientFunds);
+                            prop_assert!(before.available < amount && !allow_overdraft);
+                            prop_assert_eq!(&state, &before, "a refused hold changes nothing");
+                        }
+                    }
+                }
+                Step::Capture { amount_cents } => {
+                    if !holds.is_empty() {
+                        let amount = Decimal::new(amount_cents, 2);
+                        let from_hold = amount.min(holds[0]);
+                        replayed.apply(&state.release_hold(from_hold).unwrap());
+                        replayed.apply(&state.debit(amount, SystemAccount::Revenue, None).unwrap());
+                        holds[0] -= from_hold;
+                        if holds[0].is_zero() {
+                            holds.remove(0);
+                        }
+                    }
+                }
+                Step::Release => {
+                    if !holds.is_empty() {
+                        let left = holds.remove(0);
+                        replayed.apply(&state.release_hold(left).unwrap());
+                    }
+                }
             }
             prop_assert!(state.debt >= Decimal::ZERO);
             prop_assert!(state.grants.iter().all(|grant| grant.remaining >= Decimal::ZERO));
             let active: Decimal = state.grants.iter().filter(|g| g.state == GrantState::Active).map(|g| g.remaining).sum();
             let pending: Decimal = state.grants.iter().filter(|g| g.state == GrantState::Pending).map(|g| g.remaining).sum();
-            prop_assert_eq!(state.available, active - state.debt);
+            prop_assert_eq!(state.available, active - state.debt - state.pending_out);
             prop_assert_eq!(state.pending_in, pending);
+            prop_assert_eq!(state.pending_out, holds.iter().copied().sum::<Decimal>());
+            prop_assert_eq!(replayed.pending_out, state.pending_out);
             prop_assert_eq!(replayed.available, state.available);
             prop_assert_eq!(replayed.pending_in, state.pending_in);
             prop_assert_eq!(replayed.debt, state.debt);
@@ -282,4 +337,27 @@ proptest! {
             prop_assert!(state.debt.is_zero() || active.is_zero());
         }
     }
+}
+
+/// A hold reserves an amount of the account, not grants: a grant that expires under an open
+/// hold takes its whole remainder out of `available` (which goes below zero), the hold keeps
+/// what it held, and a capture then burns what grants remain and owes the rest as debt.
+/// Nothing is counted twice: released, the account is exactly where it would be without
+/// the hold.
+#[test]
+fn grant_expiry_under_a_hold_neither_loses_nor_double_counts_money() {
+    let mut state = AccountState::default();
+    state.credit(grant("promo", Purpose::Promotion, "100", 0, Some(1)), SystemAccount::Issuance, t0()).unwrap();
+    state.hold(d("80"), Some(Decimal::ZERO)).unwrap();
+    assert_eq!((state.available, state.pending_out), (d("20"), d("80")));
+    assert_eq!(state.hold(d("20.01"), Some(Decimal::ZERO)), Err(WalletError::InsufficientFunds));
+    state.settle(t0() + Duration::hours(2)).unwrap();
+    assert_eq!((state.available, state.pending_out, state.debt), (d("-80"), d("80"), d("0")));
+    // Capture 30: out of the hold, then burnt like usage; no grant remains, so it is debt.
+    state.release_hold(d("30")).unwrap();
+    state.debit(d("30"), SystemAccount::Revenue, None).unwrap();
+    assert_eq!((state.available, state.pending_out, state.debt), (d("-80"), d("50"), d("30")));
+    state.release_hold(d("50")).unwrap();
+    assert_eq!((state.available, state.pending_out, state.debt), (d("-30"), d("0"), d("30")));
+    assert_eq!(state.release_hold(d("0.01")), Err(WalletError::NotHeld));
 }

@@ -2,6 +2,7 @@
 //! own checkout page and test cards; live mode uses a real provider (Stripe) and never the
 //! test one.
 
+pub mod checkout;
 pub mod stripe;
 pub mod test_provider;
 
@@ -84,6 +85,28 @@ pub trait PaymentProvider: Send + Sync {
         &'a self,
         request: &'a OffSessionCharge,
     ) -> BoxFuture<'a, Result<ChargeOutcome, PaymentError>>;
+    /// Closes a checkout the customer gave up (`reference` from [`Checkout`]), so that it takes
+    /// no payment if the provider can stop it. The test provider's page checks the top-up.
+    fn cancel_checkout<'a>(&'a self, _reference: &'a str) -> BoxFuture<'a, Result<(), PaymentError>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// Forgets a saved card at the provider, so that it can never be charged.
+    fn remove_card<'a>(&'a self, _card: &'a SavedCard) -> BoxFuture<'a, Result<(), PaymentError>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// Makes a saved card the customer's default at the provider.
+    fn set_default_card<'a>(&'a self, _card: &'a SavedCard) -> BoxFuture<'a, Result<(), PaymentError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// A saved card as a provider knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SavedCard {
+    /// The provider's payment method (`pm_…`).
+    pub payment_method: String,
+    /// The provider's customer it is attached to (`cus_…`).
+    pub provider_customer: Option<String>,
 }
 
 /// The provider for each mode.

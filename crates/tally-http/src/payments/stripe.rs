@@ -8,8 +8,10 @@
 //! What Stripe's events do to top-ups lives in `routes::stripe_webhook`; this module knows the
 //! protocol, not the store.
 
-use super::{BoxFuture, ChargeOutcome, Checkout, CheckoutRequest, OffSessionCharge, PaymentError, PaymentProvider};
-use hmac::{Hmac, Mac};
+use super::{
+    BoxFuture, ChargeOutcome, Checkout, CheckoutRequest, OffSessionCharge, PaymentError, PaymentProvider, SavedCard,
+};
+use hmac::{Hmac, KeyInit, Mac};
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
@@ -548,6 +550,53 @@ impl PaymentProvider for StripeProvider {
                 Err(error) => Err(error.into_payment_error()),
             }
         })
+    }
+
+    /// `POST /v1/checkout/sessions/{id}/expire`. A session that is already complete or
+    /// expired cannot be expired: Stripe says so with a 400, which is no failure here (a
+    /// payment it took is credited when its event arrives).
+    fn cancel_checkout<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<(), PaymentError>> {
+        Box::pin(async move {
+            let path = format!("/v1/checkout/sessions/{}/expire", stripe_id(reference)?);
+            match self.post_form::<serde_json::Value>(&path, &format!("expire_{reference}"), &[]).await {
+                Ok(_) | Err(CallError::Status { status: 400, .. }) => Ok(()),
+                Err(error) => Err(error.into_payment_error()),
+            }
+        })
+    }
+
+    /// `POST /v1/payment_methods/{id}/detach`: a detached payment method cannot be charged.
+    fn remove_card<'a>(&'a self, card: &'a SavedCard) -> BoxFuture<'a, Result<(), PaymentError>> {
+        Box::pin(async move {
+            let path = format!("/v1/payment_methods/{}/detach", stripe_id(&card.payment_method)?);
+            match self.post_form::<serde_json::Value>(&path, &format!("detach_{}", card.payment_method), &[]).await {
+                Ok(_) => Ok(()),
+                // Already detached (or deleted in the Dashboard): nothing left to charge.
+                Err(CallError::Status { status: 400 | 404, .. }) => Ok(()),
+                Err(error) => Err(error.into_payment_error()),
+            }
+        })
+    }
+
+    /// `POST /v1/customers/{id}` with `invoice_settings[default_payment_method]`.
+    fn set_default_card<'a>(&'a self, card: &'a SavedCard) -> BoxFuture<'a, Result<(), PaymentError>> {
+        Box::pin(async move {
+            let Some(customer) = &card.provider_customer else { return Ok(()) };
+            let path = format!("/v1/customers/{}", stripe_id(customer)?);
+            let form = [("invoice_settings[default_payment_method]", card.payment_method.clone())];
+            let key = format!("default_{}_{}", customer, card.payment_method);
+            self.post_form::<Customer>(&path, &key, &form).await.map_err(CallError::into_payment_error)?;
+            Ok(())
+        })
+    }
+}
+
+/// A Stripe id as it may go into a URL path.
+fn stripe_id(id: &str) -> Result<&str, PaymentError> {
+    if !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        Ok(id)
+    } else {
+        Err(PaymentError::Refused(format!("{id:?} is not a Stripe id")))
     }
 }
 

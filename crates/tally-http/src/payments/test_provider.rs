@@ -15,6 +15,17 @@ pub const DECLINED_CARD: &str = "4000000000000002";
 
 pub struct TestProvider;
 
+/// The card a test checkout saves for `number` (a succeeding test card).
+pub fn saved_card(number: &str) -> tally_store::ops::topups::NewPaymentMethod {
+    let digits: String = number.chars().filter(char::is_ascii_digit).collect();
+    tally_store::ops::topups::NewPaymentMethod {
+        provider_reference: format!("pm_test_card_{digits}"),
+        provider_customer: None,
+        brand: Some("visa".into()),
+        last4: Some(digits[digits.len().saturating_sub(4)..].to_owned()),
+    }
+}
+
 /// What a test card does, or `None` for a number that is no test card.
 pub fn card_outcome(number: &str) -> Option<Result<(), String>> {
     let digits: String = number.chars().filter(char::is_ascii_digit).collect();

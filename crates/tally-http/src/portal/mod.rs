@@ -14,10 +14,16 @@
 //! Every POST carries the session's CSRF token (compared in constant time) and is refused
 //! with 403 without it. Pages work without JavaScript; one small script (`/portal/portal.js`)
 //! only fetches the live quote on the top-up form. Every page is sent with a strict Content
-//! Security Policy, `no-store` caching and framing forbidden.
+//! Security Policy and `no-store` caching; framing is forbidden unless the server's
+//! `portal_frame_ancestors` allows origins (see `edges.rs`).
 
+mod activity;
+mod edges;
 pub mod format;
+pub mod locale;
+mod overview;
 mod pages;
+mod pay;
 
 use crate::error::ApiError;
 use crate::routes::topups::{constant_time_eq, public_url, start};
@@ -61,10 +67,11 @@ const CHART_DAYS: i64 = 30;
 /// Custom assets offered on the top-up form (the first ones the platform made).
 const MAX_TOP_UP_ASSETS: i64 = 100;
 
+/// The policy of every page, before `frame-ancestors`, which `edges::frame_headers` adds.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; \
-     style-src 'unsafe-inline'; img-src https: http: data:; base-uri 'none'; frame-ancestors 'none'";
+     style-src 'unsafe-inline'; img-src https: http: data:; base-uri 'none'; form-action 'self' https: http:";
 
-pub fn router() -> Router<AppState> {
+pub fn router(state: &AppState) -> Router<AppState> {
     Router::new()
         .route("/portal/enter", get(enter))
         .route("/portal", get(home))
@@ -73,6 +80,14 @@ pub fn router() -> Router<AppState> {
         .route("/portal/auto-top-up", get(auto_top_up).post(save_auto_top_up))
         .route("/portal/quote", get(quote))
         .route("/portal/portal.js", get(script))
+        .route("/portal/activity", get(activity::activity))
+        .route("/portal/activity.csv", get(activity::activity_csv))
+        .route("/portal/view.js", get(locale::view_script))
+        .merge(pay::router())
+        .route("/checkout/{top_up_id}", get(crate::payments::checkout::show).post(crate::payments::checkout::pay))
+        .route("/checkout/{top_up_id}/cancel", axum::routing::post(crate::payments::checkout::cancel))
+        .route("/portal/{*rest}", axum::routing::any(edges::not_found))
+        .layer(axum::middleware::map_response_with_state(edges::Framing::of(&state.config), edges::frame_headers))
 }
 
 /// A page with the portal's security headers.
@@ -84,8 +99,6 @@ fn html(status: StatusCode, body: String) -> Response {
 
 fn secure_headers(headers: &mut HeaderMap) {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
-    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
 }
@@ -135,14 +148,21 @@ impl FromRequestParts<AppState> for Session {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Session, Response> {
-        let ended = || html(StatusCode::UNAUTHORIZED, pages::ended(&state.branding));
+        let ended =
+            |back: Option<String>| html(StatusCode::UNAUTHORIZED, edges::ended(&state.branding, back.as_deref()));
         let Some(token) = cookie_value(&parts.headers, COOKIE_NAME).filter(|token| is_token(token)) else {
-            return Err(ended());
+            return Err(ended(None));
         };
         let now = state.now();
-        match state.read(move |conn| portal_ops::session(conn, &token, now)).await {
-            Ok(Some(session)) => Ok(Session(session)),
-            Ok(None) => Err(ended()),
+        let found = state
+            .read(move |conn| match portal_ops::session(conn, &token, now)? {
+                Some(session) => Ok(Ok(session)),
+                None => Ok(Err(portal_ops::session_return_url(conn, &token)?)),
+            })
+            .await;
+        match found {
+            Ok(Ok(session)) => Ok(Session(session)),
+            Ok(Err(back)) => Err(ended(back)),
             Err(error) => Err(failure(state, error)),
         }
     }
@@ -171,7 +191,8 @@ pub struct EnterQuery {
 /// Swaps a portal link for a session cookie, once.
 async fn enter(State(state): State<AppState>, headers: HeaderMap, Query(query): Query<EnterQuery>) -> Response {
     let token = query.token.unwrap_or_default();
-    let invalid = || html(StatusCode::FORBIDDEN, pages::invalid_link(&state.branding));
+    let invalid =
+        || html(StatusCode::FORBIDDEN, edges::invalid_link(&state.branding, state.config.portal_home_url.as_deref()));
     if !is_token(&token) {
         return invalid();
     }
@@ -182,9 +203,17 @@ async fn enter(State(state): State<AppState>, headers: HeaderMap, Query(query): 
     };
     let mut response = match outcome {
         Ok(entered) => {
-            let secure = if public_url(&state, &headers).starts_with("https://") { "; Secure" } else { "" };
+            let https = public_url(&state, &headers).starts_with("https://");
+            // Inside a platform's frame the cookie is a third-party one: only SameSite=None
+            // (which browsers take only with Secure) travels there, partitioned by the
+            // embedding site. CSRF tokens protect the forms either way.
+            let same_site = match (https, state.config.portal_frame_ancestors.is_empty()) {
+                (true, false) => "None; Secure; Partitioned",
+                (true, true) => "Lax; Secure",
+                (false, _) => "Lax",
+            };
             let cookie = format!(
-                "{COOKIE_NAME}={}; Path=/portal; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
+                "{COOKIE_NAME}={}; Path=/portal; Max-Age={}; HttpOnly; SameSite={same_site}",
                 entered.token,
                 SESSION_VALIDITY_MINUTES * 60
             );
@@ -195,8 +224,12 @@ async fn enter(State(state): State<AppState>, headers: HeaderMap, Query(query): 
             response
         }
         Err(Refusal::Unknown) => return invalid(),
-        Err(Refusal::Expired { failure_url } | Refusal::Used { failure_url }) => {
-            Redirect::to(&failure_url).into_response()
+        Err(Refusal::Expired { failure_url }) => {
+            Redirect::to(&edges::with_reason(&failure_url, "expired")).into_response()
+        }
+        Err(Refusal::Used { failure_url }) => Redirect::to(&edges::with_reason(&failure_url, "used")).into_response(),
+        Err(Refusal::Invalid { failure_url }) => {
+            Redirect::to(&edges::with_reason(&failure_url, "invalid")).into_response()
         }
     };
     // The link's token must not travel on in a Referer header.
@@ -300,7 +333,15 @@ pub struct Overview {
     pub accounts: Vec<(Account, AssetLook)>,
     pub month_start: NaiveDate,
     pub month_spend: Vec<(AssetLook, Decimal)>,
-    pub charts: Vec<DailySpend>,
+    /// Spend per product per day of the customer's calendar, plan fees apart.
+    pub charts: Vec<overview::ProductChart>,
+    pub plans: Vec<overview::Plan>,
+    /// Whether a subscription is active, so that included credit renews.
+    pub renewing: bool,
+    /// The "pay now" link of each overdrawn account, by account id.
+    pub pay_now: HashMap<String, String>,
+    pub viewer: locale::Viewer,
+    pub now: DateTime<Utc>,
     pub recent_usage: Vec<UsageLine>,
     pub usage_count: i64,
     pub recent_top_ups: Vec<TopUpLine>,
@@ -355,10 +396,15 @@ fn load_overview(
     session: &PortalSession,
     returned: bool,
     now: DateTime<Utc>,
+    catalog: &dyn tally_store::ops::products::Catalog,
+    viewer: locale::Viewer,
 ) -> Result<Overview, OpError> {
     let (mode, customer_id) = (session.mode, session.customer_id.as_str());
-    let accounts = wallet_repo::list_for_customer(conn, customer_id)?;
-    let today = now.date_naive();
+    let mut accounts = wallet_repo::list_for_customer(conn, customer_id)?;
+    for account in &mut accounts {
+        account.state.grants = wallet_repo::open_grants_in_burn_order(conn, &account.key)?;
+    }
+    let today = viewer.local_day(now);
     let month_start = today.with_day(1).unwrap_or(today);
     let since = day_start(month_start.min(today - Duration::days(CHART_DAYS - 1)));
     let spend = portal_repo::spend_since(conn, mode, customer_id, since)?;
@@ -381,8 +427,24 @@ fn load_overview(
                 .flat_map(|top_up| [top_up.asset.clone(), top_up.currency.clone()]),
         );
     let looks = looks(conn, mode, codes.collect::<Vec<_>>())?;
-    let (month_spend, charts) = summarize_spend(&spend, &looks, today);
+    let (month_spend, _) = summarize_spend(&spend, &looks, today);
     let recent_usage = usage_lines(conn, mode, recent_fees, &looks)?;
+    let charts = overview::product_charts(conn, mode, customer_id, &viewer, now, &looks)?;
+    let look_one = |conn: &mut dyn Conn, code: &str| -> Result<AssetLook, OpError> {
+        let found = self::looks(conn, mode, [code.to_owned()])?;
+        Ok(look_of(&found, code))
+    };
+    let plans = overview::plans(conn, mode, customer_id, catalog, &look_one, &viewer)?;
+    let renewing = plans.iter().any(|plan| plan.status == tally_store::repo::subscriptions::SubscriptionStatus::Active);
+    let pay_now = if accounts.iter().any(|account| account.state.available < Decimal::ZERO) {
+        let options = top_up_options(conn, mode, &accounts, now)?;
+        accounts
+            .iter()
+            .filter_map(|account| overview::pay_now_link(account, &options).map(|link| (account_id(&account.key), link)))
+            .collect()
+    } else {
+        HashMap::new()
+    };
     Ok(Overview {
         accounts: accounts
             .into_iter()
@@ -394,6 +456,11 @@ fn load_overview(
         month_start,
         month_spend,
         charts,
+        plans,
+        renewing,
+        pay_now,
+        viewer,
+        now,
         recent_usage,
         usage_count,
         recent_top_ups: top_up_lines(recent_top_ups, &looks),
@@ -408,13 +475,18 @@ pub struct HomeQuery {
     pub checkout: Option<String>,
 }
 
-async fn home(State(state): State<AppState>, Session(session): Session, Query(query): Query<HomeQuery>) -> Response {
+async fn home(
+    State(state): State<AppState>,
+    Session(session): Session,
+    viewer: locale::Viewer,
+    Query(query): Query<HomeQuery>,
+) -> Response {
     if let Err(error) = settle_if_due(&state, &session).await {
         return failure(&state, error);
     }
     let returned = query.checkout.is_some();
-    let (loaded, now) = (session.clone(), state.now());
-    match state.read(move |conn| load_overview(conn, &loaded, returned, now)).await {
+    let (loaded, now, catalog) = (session.clone(), state.now(), state.catalog.clone());
+    match state.read(move |conn| load_overview(conn, &loaded, returned, now, catalog.as_ref(), viewer)).await {
         Ok(overview) => html(StatusCode::OK, pages::home(&state.branding_for(session.mode).await, &session, &overview)),
         Err(error) => failure(&state, error),
     }
@@ -442,7 +514,12 @@ impl<T> Paged<T> {
     }
 }
 
-async fn usage(State(state): State<AppState>, Session(session): Session, Query(query): Query<PageQuery>) -> Response {
+async fn usage(
+    State(state): State<AppState>,
+    Session(session): Session,
+    viewer: locale::Viewer,
+    Query(query): Query<PageQuery>,
+) -> Response {
     let page = page_number(&query);
     let loaded = session.clone();
     let result = state
@@ -454,7 +531,9 @@ async fn usage(State(state): State<AppState>, Session(session): Session, Query(q
         })
         .await;
     match result {
-        Ok(paged) => html(StatusCode::OK, pages::usage(&state.branding_for(session.mode).await, &session, &paged)),
+        Ok(paged) => {
+            html(StatusCode::OK, pages::usage(&state.branding_for(session.mode).await, &session, &viewer, &paged))
+        }
         Err(error) => failure(&state, error),
     }
 }
@@ -465,6 +544,9 @@ pub struct TopUpOption {
     pub asset: AssetLook,
     pub currency: AssetLook,
     pub rate: ExchangeRate,
+    /// One-click amounts and the least one may pay, in `currency` (the asset's `top_up`).
+    pub presets: Vec<Decimal>,
+    pub minimum: Option<Decimal>,
 }
 
 impl TopUpOption {
@@ -483,20 +565,24 @@ fn top_up_options(
 ) -> Result<Vec<TopUpOption>, OpError> {
     let held: BTreeSet<&str> = accounts.iter().map(|account| account.key.asset.as_str()).collect();
     let mut options = Vec::new();
-    let (assets, _) = asset_repo::list(conn, mode, Page { offset: 0, limit: MAX_TOP_UP_ASSETS })?;
+    let assets = asset_repo::list(conn, mode, &Page { offset: 0, limit: MAX_TOP_UP_ASSETS }.into())?.items;
     for asset in assets {
         let mut schedules: BTreeMap<String, Vec<rate::ScheduledRate>> = BTreeMap::new();
         for row in asset_repo::rates(conn, mode, &asset.code)? {
             schedules.entry(row.source).or_default().push(row.scheduled);
         }
+        let settings = crate::routes::assets::parse_top_up(asset.top_up.as_deref()).unwrap_or_default();
         let look = AssetLook::of(&KnownAsset::Custom(asset));
         for (source, schedule) in schedules {
+            let setting = settings.get(&source).cloned().unwrap_or_default();
             let Some(entry) = rate::in_force(&schedule, now) else { continue };
             let Some(minor_units) = tally_core::currency::minor_units(&source) else { continue };
             options.push(TopUpOption {
                 asset: look.clone(),
                 currency: AssetLook::of(&KnownAsset::Currency { code: source, minor_units }),
                 rate: entry.rate,
+                presets: setting.preset_amounts.iter().map(|amount| amount.0).collect(),
+                minimum: setting.minimum_amount.map(|amount| amount.0),
             });
         }
     }
@@ -509,6 +595,8 @@ fn top_up_options(
                     asset: look.clone(),
                     currency: look,
                     rate: ExchangeRate::Rate(Decimal::ONE),
+                    presets: Vec::new(),
+                    minimum: None,
                 });
             }
         }
@@ -524,6 +612,10 @@ pub struct TopUpPage {
     pub chosen: String,
     pub amount: String,
     pub errors: Vec<String>,
+    /// Whether the card paid with is kept for automatic top-ups (the customer may say no).
+    pub save_card: bool,
+    /// A top-up of the history just cancelled.
+    pub cancelled: Option<String>,
 }
 
 async fn load_top_up_page(state: &AppState, session: &PortalSession, page: i64) -> Result<TopUpPage, ApiError> {
@@ -543,14 +635,36 @@ async fn load_top_up_page(state: &AppState, session: &PortalSession, page: i64) 
                 history: Paged { items: top_up_lines(top_ups, &looks), page, total },
                 amount: String::new(),
                 errors: Vec::new(),
+                save_card: true,
+                cancelled: None,
             })
         })
         .await
 }
 
-async fn top_ups(State(state): State<AppState>, Session(session): Session, Query(query): Query<PageQuery>) -> Response {
-    match load_top_up_page(&state, &session, page_number(&query)).await {
-        Ok(page) => html(StatusCode::OK, pages::top_ups(&state.branding_for(session.mode).await, &session, &page)),
+#[derive(Debug, Deserialize)]
+pub struct TopUpsQuery {
+    pub page: Option<String>,
+    pub cancelled: Option<String>,
+    /// Prefilled choice and amount, as an overdrawn balance's "pay now" link sends them.
+    pub option: Option<String>,
+    pub amount: Option<String>,
+}
+
+async fn top_ups(
+    State(state): State<AppState>,
+    Session(session): Session,
+    Query(query): Query<TopUpsQuery>,
+) -> Response {
+    match load_top_up_page(&state, &session, page_number(&PageQuery { page: query.page })).await {
+        Ok(mut page) => {
+            page.cancelled = query.cancelled.filter(|id| page.history.items.iter().any(|line| &line.top_up.id == id));
+            if let Some(option) = query.option.filter(|option| page.options.iter().any(|offered| &offered.value() == option)) {
+                page.chosen = option;
+            }
+            page.amount = query.amount.filter(|amount| parse_decimal(amount).is_some()).unwrap_or(page.amount);
+            html(StatusCode::OK, pay::top_ups(&state.branding_for(session.mode).await, &session, &page))
+        }
         Err(error) => failure(&state, error),
     }
 }
@@ -561,6 +675,10 @@ pub struct TopUpForm {
     pub csrf: String,
     pub option: String,
     pub amount: String,
+    /// A preset button: `OPTION|AMOUNT`, which overrides `option` and `amount`.
+    pub preset: String,
+    /// The "save this card" checkbox: present when ticked.
+    pub save_card: Option<String>,
 }
 
 fn parse_option(value: &str) -> Option<(AssetCode, AssetCode)> {
@@ -579,6 +697,16 @@ fn parse_payment(text: &str, currency: &AssetCode) -> Result<Decimal, String> {
     Ok(amount)
 }
 
+/// Refuses an amount under the option's minimum, saying what the minimum is.
+fn check_minimum(amount: Decimal, minimum: Option<&(Decimal, AssetLook)>) -> Result<Decimal, String> {
+    match minimum {
+        Some((minimum, currency)) if amount < *minimum => {
+            Err(format!("The minimum top-up is {}.", currency.amount(*minimum)))
+        }
+        _ => Ok(amount),
+    }
+}
+
 /// Starts a top-up from the form and sends the customer to the payment page.
 async fn start_top_up(
     State(state): State<AppState>,
@@ -593,24 +721,35 @@ async fn start_top_up(
         Ok(page) => page,
         Err(error) => return failure(&state, error),
     };
+    let mut form = form;
+    if let Some((option, amount)) = form.preset.split_once('|') {
+        (form.option, form.amount) = (option.to_owned(), amount.to_owned());
+    }
     page.chosen = form.option.clone();
     page.amount = form.amount.clone();
+    page.save_card = form.save_card.is_some();
     let offered = parse_option(&form.option)
         .filter(|_| page.options.iter().any(|option| option.value() == form.option.trim().to_ascii_uppercase()));
     let Some((asset, currency)) = offered else {
         page.errors.push("Choose what to buy.".into());
         return html(
             StatusCode::UNPROCESSABLE_ENTITY,
-            pages::top_ups(&state.branding_for(session.mode).await, &session, &page),
+            pay::top_ups(&state.branding_for(session.mode).await, &session, &page),
         );
     };
-    let amount = match parse_payment(&form.amount, &currency) {
+    let minimum = page
+        .options
+        .iter()
+        .find(|option| option.value() == form.option.trim().to_ascii_uppercase())
+        .and_then(|option| option.minimum.map(|minimum| (minimum, option.currency.clone())));
+    let amount = match parse_payment(&form.amount, &currency).and_then(|amount| check_minimum(amount, minimum.as_ref()))
+    {
         Ok(amount) => amount,
         Err(message) => {
             page.errors.push(message);
             return html(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                pages::top_ups(&state.branding_for(session.mode).await, &session, &page),
+                pay::top_ups(&state.branding_for(session.mode).await, &session, &page),
             );
         }
     };
@@ -629,7 +768,7 @@ async fn start_top_up(
         description: None,
         metadata: Metadata::new(),
         origin: "portal".into(),
-        save_payment_method: true,
+        save_payment_method: page.save_card,
         subscription_id: None,
     };
     match start(&state, session.mode, new, public).await {
@@ -641,14 +780,14 @@ async fn start_top_up(
             page.errors.extend(fields.into_iter().map(|field| field.message));
             html(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                pages::top_ups(&state.branding_for(session.mode).await, &session, &page),
+                pay::top_ups(&state.branding_for(session.mode).await, &session, &page),
             )
         }
         Err(ApiError::Unavailable(message)) => {
             page.errors.push(format!("Payments are unavailable right now: {message}"));
             html(
                 StatusCode::SERVICE_UNAVAILABLE,
-                pages::top_ups(&state.branding_for(session.mode).await, &session, &page),
+                pay::top_ups(&state.branding_for(session.mode).await, &session, &page),
             )
         }
         Err(error) => failure(&state, error),
@@ -682,11 +821,23 @@ async fn quote(State(state): State<AppState>, Session(session): Session, Query(q
         .read(move |conn| {
             let quote = asset_ops::quote(conn, mode, &asset, &currency, amount, now)?;
             let known = asset_ops::find(conn, mode, &asset)?;
-            Ok((quote, known))
+            let minimum = match &known {
+                Some(KnownAsset::Custom(custom)) => crate::routes::assets::parse_top_up(custom.top_up.as_deref())
+                    .and_then(|settings| settings.get(currency.as_str()).and_then(|setting| setting.minimum_amount))
+                    .map(|minimum| {
+                        let minor_units = currency.currency_minor_units().unwrap_or(2);
+                        (minimum.0, AssetLook::of(&KnownAsset::Currency { code: currency.to_string(), minor_units }))
+                    }),
+                _ => None,
+            };
+            Ok((quote, known, minimum))
         })
         .await;
     match result {
-        Ok((quote, Some(known))) => {
+        Ok((_, Some(_), Some(minimum))) if check_minimum(amount, Some(&minimum)).is_err() => {
+            refuse(check_minimum(amount, Some(&minimum)).err().unwrap_or_default())
+        }
+        Ok((quote, Some(known), _)) => {
             let look = AssetLook::of(&known);
             let mut response = Json(serde_json::json!({
                 "asset": look.code,
@@ -699,7 +850,7 @@ async fn quote(State(state): State<AppState>, Session(session): Session, Query(q
             response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             response
         }
-        Ok((_, None)) => refuse("That asset no longer exists.".into()),
+        Ok((_, None, _)) => refuse("That asset no longer exists.".into()),
         Err(ApiError::Invalid(fields)) => {
             refuse(fields.into_iter().map(|field| field.message).collect::<Vec<_>>().join("; "))
         }

@@ -1,10 +1,11 @@
 //! The portal's pages as HTML. Every value from the database or the customer is escaped
 //! here, once, on its way into markup.
 
-use super::format::{date_time, spend_chart, AssetLook};
-use super::{account_id, AutoAccount, AutoPage, Overview, Paged, TopUpLine, TopUpPage, UsageLine};
+use super::format::{date_time, AssetLook};
+use super::locale::Viewer;
+use super::overview;
+use super::{account_id, AutoAccount, AutoPage, Overview, Paged, TopUpLine, UsageLine};
 use crate::html::{escape, page_with, Branding};
-use rust_decimal::Decimal;
 use tally_core::Environment;
 use tally_store::ops::assets::KnownAsset;
 use tally_store::ops::auto_top_up::MAX_FAILURES;
@@ -13,11 +14,13 @@ use tally_store::repo::portal::PortalSession;
 use tally_store::repo::topups::{PaymentMethod, TopUpStatus};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Tab {
+pub(super) enum Tab {
     Overview,
     Usage,
     TopUp,
     Auto,
+    Cards,
+    Activity,
 }
 
 fn nav(branding: &Branding, session: &PortalSession, current: Tab) -> String {
@@ -30,49 +33,31 @@ fn nav(branding: &Branding, session: &PortalSession, current: Tab) -> String {
         Environment::Live => "",
     };
     format!(
-        r#"<nav class="portal-nav" aria-label="Billing portal">{}{}{}{}{badge}<a class="back" href="{}">&larr; Back to {}</a></nav>"#,
+        r#"<nav class="portal-nav" aria-label="Billing portal">{}{}{}{}{}{}{badge}<a class="back" href="{}">&larr; Back to {}</a></nav>"#,
         link(Tab::Overview, "/portal", "Overview"),
         link(Tab::Usage, "/portal/usage", "Usage"),
+        link(Tab::Activity, "/portal/activity", "Activity"),
         link(Tab::TopUp, "/portal/top-ups", "Top up"),
         link(Tab::Auto, "/portal/auto-top-up", "Auto top-up"),
+        link(Tab::Cards, "/portal/cards", "Cards"),
         escape(&session.return_url),
         escape(&branding.name),
     )
 }
 
-fn portal_page(branding: &Branding, session: &PortalSession, current: Tab, title: &str, body: &str) -> String {
+pub(super) fn portal_page(branding: &Branding, session: &PortalSession, current: Tab, title: &str, body: &str) -> String {
     let script = match current {
         Tab::TopUp => r#"<script src="/portal/portal.js" defer></script>"#,
-        Tab::Overview | Tab::Usage | Tab::Auto => "",
+        Tab::Overview | Tab::Usage | Tab::Auto | Tab::Cards | Tab::Activity => "",
     };
-    page_with(branding, title, &nav(branding, session, current), body, script)
+    // Every page: the time zone cookie and the charts' values on tap (`locale::VIEW_SCRIPT`).
+    let script = format!(r#"{script}<script src="/portal/view.js" defer></script>"#);
+    page_with(branding, title, &nav(branding, session, current), body, &script)
 }
 
 /// A page with a heading and one message, for errors and dead ends.
 pub fn message(branding: &Branding, title: &str, text: &str) -> String {
     page_with(branding, title, "", &format!("<h1>{}</h1><p>{}</p>", escape(title), escape(text)), "")
-}
-
-pub fn ended(branding: &Branding) -> String {
-    message(
-        branding,
-        "Your session has ended",
-        &format!(
-            "Billing portal sessions last an hour. Go back to {} and open the billing portal again.",
-            branding.name
-        ),
-    )
-}
-
-pub fn invalid_link(branding: &Branding) -> String {
-    message(
-        branding,
-        "This link is not valid",
-        &format!(
-            "Billing portal links work once, for a few minutes. Go back to {} and open the billing portal again.",
-            branding.name
-        ),
-    )
 }
 
 /// A field error as the customer reads it.
@@ -91,57 +76,12 @@ pub fn field_message(field: &FieldError) -> String {
     }
 }
 
-fn errors_box(errors: &[String]) -> String {
+pub(super) fn errors_box(errors: &[String]) -> String {
     if errors.is_empty() {
         return String::new();
     }
     let items: String = errors.iter().map(|error| format!("<li>{}</li>", escape(error))).collect();
     format!(r#"<div class="error" role="alert"><ul>{items}</ul></div>"#)
-}
-
-/// A balance as big text: the asset's symbol (decorative), the number, the unit.
-fn balance(look: &AssetLook, value: Decimal) -> String {
-    let sign = if value < Decimal::ZERO { "-" } else { "" };
-    if look.is_currency {
-        return format!(r#"<span class="amount-text">{}</span>"#, escape(&look.amount(value)));
-    }
-    let symbol = look
-        .symbol
-        .as_deref()
-        .map(|symbol| format!(r#"<span class="symbol" aria-hidden="true">{}</span>"#, escape(symbol)))
-        .unwrap_or_default();
-    format!(
-        r#"{symbol}<span class="amount-text">{sign}{}<span class="unit">{}</span></span>"#,
-        escape(&look.number(value)),
-        escape(&look.label)
-    )
-}
-
-fn account_cards(overview: &Overview) -> String {
-    if overview.accounts.is_empty() {
-        return r#"<p class="muted">No balances yet. <a href="/portal/top-ups">Top up</a> to get started.</p>"#.into();
-    }
-    let cards: String = overview
-        .accounts
-        .iter()
-        .map(|(account, look)| {
-            let key = &account.key;
-            let name = if key.name == "default" { String::new() } else { format!(" · {}", escape(&key.name)) };
-            let pending = if account.state.pending_in.is_zero() {
-                String::new()
-            } else {
-                format!(" · {} pending", escape(&look.amount(account.state.pending_in)))
-            };
-            let state = if account.state.available < Decimal::ZERO { "owed" } else { "available" };
-            format!(
-                r#"<div class="card" data-account="{id}"><h2>{asset}</h2><p class="balance">{balance}</p><p class="muted">{state}{name}{pending}</p></div>"#,
-                id = escape(&account_id(key)),
-                asset = escape(&look.name),
-                balance = balance(look, account.state.available),
-            )
-        })
-        .collect();
-    format!(r#"<div class="grid">{cards}</div>"#)
 }
 
 fn returned_notice(line: &TopUpLine) -> String {
@@ -170,6 +110,7 @@ fn returned_notice(line: &TopUpLine) -> String {
 }
 
 pub fn home(branding: &Branding, session: &PortalSession, overview: &Overview) -> String {
+    let viewer = &overview.viewer;
     let notice = overview.returned_from.as_ref().map(returned_notice).unwrap_or_default();
     let month: String = if overview.month_spend.is_empty() {
         r#"<p class="muted">Nothing spent yet this month.</p>"#.into()
@@ -181,7 +122,7 @@ pub fn home(branding: &Branding, session: &PortalSession, overview: &Overview) -
                 format!(
                     r#"<li><span>{}</span><strong>{}</strong></li>"#,
                     escape(&look.name),
-                    escape(&look.amount(*total))
+                    escape(&viewer.amount(look, *total))
                 )
             })
             .collect();
@@ -190,26 +131,44 @@ pub fn home(branding: &Branding, session: &PortalSession, overview: &Overview) -
     let charts: String = if overview.charts.is_empty() {
         r#"<p class="muted">No usage in the last 30 days.</p>"#.into()
     } else {
-        overview.charts.iter().map(|chart| format!(r#"<div class="card">{}</div>"#, spend_chart(chart))).collect()
+        overview
+            .charts
+            .iter()
+            .map(|chart| format!(r#"<div class="card">{}</div>"#, overview::product_chart(viewer, chart)))
+            .collect()
+    };
+    let accounts: String = if overview.accounts.is_empty() {
+        r#"<p class="muted">No balances yet. <a href="/portal/top-ups">Top up</a> to get started.</p>"#.into()
+    } else {
+        let cards: String = overview
+            .accounts
+            .iter()
+            .map(|(account, look)| {
+                let pay_now = overview.pay_now.get(&account_id(&account.key)).map(String::as_str);
+                overview::account_card(viewer, account, look, pay_now, overview.renewing, overview.now)
+            })
+            .collect();
+        format!(r#"<div class="grid">{cards}</div>"#)
     };
     let body = format!(
         r#"{notice}<h1>Your balances</h1>{accounts}
-<p><a class="button" href="/portal/top-ups">Top up</a></p>
+<p><a class="button" href="/portal/top-ups">Top up</a></p>{plans}
 <h2>Spent this month <span class="muted">(since {since})</span></h2>{month}
 <h2>Spend over the last 30 days</h2>{charts}
-<h2>Recent usage</h2>{usage}<p><a href="/portal/usage">All usage ({usage_count})</a></p>
-<h2>Recent top-ups</h2>{top_ups}<p><a href="/portal/top-ups">All top-ups ({top_up_count})</a></p>"#,
-        accounts = account_cards(overview),
-        since = escape(&overview.month_start.format("%B %-d").to_string()),
-        usage = usage_table(&overview.recent_usage),
+<h2>Recent usage</h2>{usage}<p><a href="/portal/usage">All usage ({usage_count})</a> · <a href="/portal/activity">All activity</a></p>
+<h2>Recent top-ups</h2>{top_ups}<p><a href="/portal/top-ups">All top-ups ({top_up_count})</a></p>{zone}"#,
+        zone = viewer.zone_note(),
+        plans = overview::plan_cards(viewer, &overview.plans, overview.now),
+        since = escape(&viewer.day_month(overview.month_start)),
+        usage = usage_table(viewer, &overview.recent_usage),
         usage_count = overview.usage_count,
-        top_ups = top_up_table(&overview.recent_top_ups),
+        top_ups = top_up_table(viewer, &overview.recent_top_ups),
         top_up_count = overview.top_up_count,
     );
     portal_page(branding, session, Tab::Overview, "Billing", &body)
 }
 
-fn usage_table(lines: &[UsageLine]) -> String {
+fn usage_table(viewer: &Viewer, lines: &[UsageLine]) -> String {
     if lines.is_empty() {
         return r#"<p class="muted">No usage yet.</p>"#.into();
     }
@@ -217,21 +176,21 @@ fn usage_table(lines: &[UsageLine]) -> String {
         .iter()
         .map(|line| {
             format!(
-                r#"<tr><td class="optional">{when}</td><td>{product}</td><td class="optional">{subject}</td><td>{description}</td><td class="amount">{amount}</td></tr>"#,
-                when = escape(&date_time(line.when)),
+                r#"<tr><td data-label="When">{when}</td><td data-label="Product">{product}</td><td data-label="Subject">{subject}</td><td data-label="Description">{description}</td><td data-label="Amount" class="amount">{amount}</td></tr>"#,
+                when = escape(&viewer.date_time(line.when)),
                 product = escape(line.product.as_deref().unwrap_or("—")),
                 subject = escape(line.subject.as_deref().unwrap_or("—")),
                 description = escape(line.fee.description.as_deref().unwrap_or("")),
-                amount = escape(&line.look.amount(line.fee.amount)),
+                amount = escape(&viewer.amount(&line.look, line.fee.amount)),
             )
         })
         .collect();
     format!(
-        r#"<div class="card table-wrap"><table><caption class="sr-only">Usage, newest first</caption><thead><tr><th scope="col" class="optional">When</th><th scope="col">Product</th><th scope="col" class="optional">Subject</th><th scope="col">Description</th><th scope="col" class="amount">Amount</th></tr></thead><tbody>{rows}</tbody></table></div>"#
+        r#"<div class="card table-wrap"><table class="stack"><caption class="sr-only">Usage, newest first</caption><thead><tr><th scope="col">When</th><th scope="col">Product</th><th scope="col">Subject</th><th scope="col">Description</th><th scope="col" class="amount">Amount</th></tr></thead><tbody>{rows}</tbody></table></div>"#
     )
 }
 
-fn top_up_table(lines: &[TopUpLine]) -> String {
+fn top_up_table(viewer: &Viewer, lines: &[TopUpLine]) -> String {
     if lines.is_empty() {
         return r#"<p class="muted">No top-ups yet.</p>"#.into();
     }
@@ -251,21 +210,21 @@ fn top_up_table(lines: &[TopUpLine]) -> String {
                 .map(|reason| format!(r#"<br><span class="muted">{}</span>"#, escape(reason)))
                 .unwrap_or_default();
             format!(
-                r#"<tr data-top-up="{id}"><td class="optional">{when}</td><td class="amount">{paid}</td><td class="amount">{bought}</td><td class="status-{status}">{status}{reason}</td><td class="optional">{how}</td></tr>"#,
+                r#"<tr data-top-up="{id}"><td data-label="When">{when}</td><td data-label="Paid" class="amount">{paid}</td><td data-label="Received" class="amount">{bought}</td><td data-label="Status" class="status-{status}">{status}{reason}</td><td data-label="How">{how}</td></tr>"#,
                 id = escape(&top_up.id),
-                when = escape(&date_time(top_up.created_at)),
-                paid = escape(&line.currency.amount(top_up.amount)),
-                bought = escape(&line.asset.amount(top_up.asset_amount)),
+                when = escape(&viewer.date_time(top_up.created_at)),
+                paid = escape(&viewer.amount(&line.currency, top_up.amount)),
+                bought = escape(&viewer.amount(&line.asset, top_up.asset_amount)),
                 status = escape(top_up.status.as_str()),
             )
         })
         .collect();
     format!(
-        r#"<div class="card table-wrap"><table><caption class="sr-only">Top-ups, newest first</caption><thead><tr><th scope="col" class="optional">When</th><th scope="col" class="amount">Paid</th><th scope="col" class="amount">Received</th><th scope="col">Status</th><th scope="col" class="optional">How</th></tr></thead><tbody>{rows}</tbody></table></div>"#
+        r#"<div class="card table-wrap"><table class="stack"><caption class="sr-only">Top-ups, newest first</caption><thead><tr><th scope="col">When</th><th scope="col" class="amount">Paid</th><th scope="col" class="amount">Received</th><th scope="col">Status</th><th scope="col">How</th></tr></thead><tbody>{rows}</tbody></table></div>"#
     )
 }
 
-fn pager<T>(base: &str, paged: &Paged<T>) -> String {
+pub(super) fn pager<T>(base: &str, paged: &Paged<T>) -> String {
     let newer = if paged.page > 1 {
         format!(r#"<a href="{base}?page={}">&larr; Newer</a>"#, paged.page - 1)
     } else {
@@ -279,74 +238,18 @@ fn pager<T>(base: &str, paged: &Paged<T>) -> String {
     format!(r#"<nav class="pager" aria-label="Pages">{newer}{older}</nav>"#)
 }
 
-pub fn usage(branding: &Branding, session: &PortalSession, paged: &Paged<UsageLine>) -> String {
+pub fn usage(branding: &Branding, session: &PortalSession, viewer: &Viewer, paged: &Paged<UsageLine>) -> String {
     let body = format!(
-        r#"<h1>Usage</h1><p class="muted">Everything charged to your balances, newest first ({total} in all).</p>{table}{pager}"#,
+        r#"<h1>Usage</h1><p class="muted">Everything charged to your balances, newest first ({total} in all).</p>{table}{pager}{zone}"#,
+        zone = viewer.zone_note(),
         total = paged.total,
-        table = usage_table(&paged.items),
+        table = usage_table(viewer, &paged.items),
         pager = pager("/portal/usage", paged),
     );
     portal_page(branding, session, Tab::Usage, "Usage", &body)
 }
 
-pub fn top_ups(branding: &Branding, session: &PortalSession, page: &TopUpPage) -> String {
-    let form = if page.options.is_empty() {
-        r#"<p class="muted">There is nothing to buy here yet.</p>"#.to_owned()
-    } else {
-        let chosen = page.chosen.trim().to_ascii_uppercase();
-        let options: String = page
-            .options
-            .iter()
-            .map(|option| {
-                let value = option.value();
-                let selected = if value == chosen { " selected" } else { "" };
-                format!(
-                    r#"<option value="{value}"{selected}>{name} ({code}), paid in {currency}</option>"#,
-                    value = escape(&value),
-                    name = escape(&option.asset.name),
-                    code = escape(&option.asset.code),
-                    currency = escape(&option.currency.code),
-                )
-            })
-            .collect();
-        let rates: Vec<String> = page
-            .options
-            .iter()
-            .filter(|option| !option.asset.is_currency)
-            .map(|option| {
-                format!(
-                    "1 {} buys {} {}",
-                    option.currency.code,
-                    option.rate.inverse_rate().normalize(),
-                    option.asset.label
-                )
-            })
-            .collect();
-        let invalid = if page.errors.is_empty() { "" } else { r#" aria-invalid="true""# };
-        format!(
-            r#"<form id="top-up-form" class="card" method="post" action="/portal/top-ups">
-<input type="hidden" name="csrf" value="{csrf}">{errors}
-<div class="fields"><div><label for="option">What to buy</label><select id="option" name="option">{options}</select></div>
-<div><label for="amount">Amount to pay</label><input id="amount" name="amount" inputmode="decimal" autocomplete="off" required placeholder="10.00" value="{amount}"{invalid} aria-describedby="quote rates"></div></div>
-<output id="quote" class="quote" for="option amount" aria-live="polite"></output>
-<p id="rates" class="muted">{rates}You pay on the next page; your card is saved for automatic top-ups.</p>
-<button type="submit">Continue to payment</button></form>"#,
-            csrf = escape(&session.csrf_token),
-            errors = errors_box(&page.errors),
-            amount = escape(&page.amount),
-            rates =
-                if rates.is_empty() { String::new() } else { format!("Rates now: {}. ", escape(&rates.join("; "))) },
-        )
-    };
-    let body = format!(
-        r#"<h1>Top up</h1>{form}<h2>Top-up history</h2>{history}{pager}"#,
-        history = top_up_table(&page.history.items),
-        pager = pager("/portal/top-ups", &page.history),
-    );
-    portal_page(branding, session, Tab::TopUp, "Top up", &body)
-}
-
-fn method_label(method: &PaymentMethod) -> String {
+pub(super) fn method_label(method: &PaymentMethod) -> String {
     let brand = method.brand.as_deref().map(capitalize).unwrap_or_else(|| "Card".into());
     match method.last4.as_deref() {
         Some(last4) => format!("{brand} ending {last4}"),

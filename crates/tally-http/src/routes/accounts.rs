@@ -99,20 +99,22 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/accounts", tag = "Accounts", operation_id = "list_accounts",
-    params(("offset" = Option<i64>, Query), ("limit" = Option<i64>, Query), ("external_id" = Option<String>, Query)),
+    params(("offset" = Option<i64>, Query), ("limit" = Option<i64>, Query), ("next" = Option<String>, Query), ("prev" = Option<String>, Query), ("include_total" = Option<bool>, Query), ("external_id" = Option<String>, Query)),
     responses((status = 200, body = PageConnectedAccount)))]
 pub async fn list(
     State(state): State<AppState>,
     auth: Auth,
     mut query: QueryParams,
 ) -> Result<Json<PageConnectedAccount>, ApiError> {
-    let page = query.page();
+    let window = query.window(&account_repo::LIST_KEYS);
     let external_id = query.string("external_id");
     query.finish()?;
     let environment = auth.mode.environment();
-    let (accounts, total) =
-        state.read(move |conn| Ok(account_repo::list(conn, environment, external_id.as_deref(), page)?)).await?;
-    Ok(Json(PageConnectedAccount::new(accounts.into_iter().map(account_view).collect(), total, page)))
+    let read_window = window.clone();
+    let listing = state
+        .read(move |conn| Ok(account_repo::list(conn, environment, external_id.as_deref(), &read_window)?))
+        .await?;
+    Ok(Json(PageConnectedAccount::listed(listing, &window, &account_repo::LIST_KEYS, account_view)))
 }
 
 #[utoipa::path(get, path = "/accounts/{accountId}", tag = "Accounts", operation_id = "get_account",

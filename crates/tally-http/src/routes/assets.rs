@@ -8,6 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use tally_core::asset::{self, AssetCode};
 use tally_core::rate::{self as rates, ExchangeRate};
 use tally_store::ops::assets::{self as asset_ops, KnownAsset, NewAsset, NewRate};
@@ -29,6 +30,63 @@ pub struct CreateAssetRequest {
     pub label: Option<String>,
     pub symbol: Option<String>,
     pub rates: Option<Vec<StartingExchangeRate>>,
+    /// Tally extension: what the billing portal's top-up form offers, per currency paid.
+    pub top_up: Option<BTreeMap<String, TopUpSettings>>,
+}
+
+/// Tally extension (not in Credyt's asset model): the billing portal's top-up form for an
+/// asset bought with one currency. Amounts are in that currency, what the customer pays.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+pub struct TopUpSettings {
+    /// Amounts offered as one-click choices, at most 6.
+    #[serde(default)]
+    pub preset_amounts: Vec<Amount>,
+    /// The least one top-up from the portal may pay; smaller ones are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_amount: Option<Amount>,
+}
+
+/// At most this many preset amounts per currency.
+pub const MAX_PRESET_AMOUNTS: usize = 6;
+
+/// Checks top-up settings: ISO currencies, positive amounts payable in their currency.
+pub fn check_top_up(checker: &mut Checker, settings: &BTreeMap<String, TopUpSettings>) {
+    if settings.len() > MAX_STARTING_RATES {
+        checker.error("top_up", format!("at most {MAX_STARTING_RATES} currencies"));
+    }
+    for (currency, entry) in settings {
+        let field = format!("top_up.{currency}");
+        let Some(places) = AssetCode::parse(currency).ok().and_then(|code| code.currency_minor_units()) else {
+            checker.error(field, "must be keyed by an ISO 4217 currency");
+            continue;
+        };
+        if entry.preset_amounts.len() > MAX_PRESET_AMOUNTS {
+            checker.error(format!("{field}.preset_amounts"), format!("at most {MAX_PRESET_AMOUNTS} amounts"));
+        }
+        let amounts = entry
+            .preset_amounts
+            .iter()
+            .enumerate()
+            .map(|(index, amount)| (format!("{field}.preset_amounts[{index}]"), *amount));
+        for (name, amount) in
+            amounts.chain(entry.minimum_amount.map(|amount| (format!("{field}.minimum_amount"), amount)))
+        {
+            let value = checker.positive(&name, amount);
+            if value.scale() > places {
+                checker.error(name, format!("{currency} amounts take at most {places} decimal places"));
+            }
+        }
+    }
+}
+
+/// The stored form of top-up settings (`None` when there are none).
+pub fn top_up_text(settings: Option<&BTreeMap<String, TopUpSettings>>) -> Option<String> {
+    settings.filter(|settings| !settings.is_empty()).and_then(|settings| serde_json::to_string(settings).ok())
+}
+
+/// Top-up settings as stored; text that no longer parses reads as none.
+pub fn parse_top_up(text: Option<&str>) -> Option<BTreeMap<String, TopUpSettings>> {
+    text.and_then(|text| serde_json::from_str(text).ok())
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -68,6 +126,9 @@ pub struct GetAssetResponse {
     pub kind: String,
     pub rates: Vec<AssetRates>,
     pub created_at: Timestamp,
+    /// Tally extension: the billing portal's top-up settings, when the asset has any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_up: Option<BTreeMap<String, TopUpSettings>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -166,6 +227,9 @@ fn parse_new_asset(request: &CreateAssetRequest) -> Result<NewAsset, ApiError> {
             parsed_rates.push((source, exchange));
         }
     }
+    if let Some(settings) = &request.top_up {
+        check_top_up(&mut checker, settings);
+    }
     checker.finish()?;
     Ok(NewAsset {
         code: code.expect("checked"),
@@ -174,6 +238,7 @@ fn parse_new_asset(request: &CreateAssetRequest) -> Result<NewAsset, ApiError> {
         label,
         symbol: request.symbol.clone(),
         rates: parsed_rates,
+        top_up: top_up_text(request.top_up.as_ref()),
     })
 }
 
@@ -190,27 +255,25 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(CreateAssetResponse { code: asset.code, created_at: asset.created_at.into() })))
 }
 
-#[utoipa::path(get, path = "/assets", operation_id = "list_assets", tag = "Assets", params(("offset" = Option<i64>, Query), ("limit" = Option<i64>, Query)),
+#[utoipa::path(get, path = "/assets", operation_id = "list_assets", tag = "Assets", params(("offset" = Option<i64>, Query), ("limit" = Option<i64>, Query), ("next" = Option<String>, Query), ("prev" = Option<String>, Query), ("include_total" = Option<bool>, Query)),
     responses((status = 200, body = PageListAssetsItem)))]
 pub async fn list(
     State(state): State<AppState>,
     auth: Auth,
     mut query: QueryParams,
 ) -> Result<Json<PageListAssetsItem>, ApiError> {
-    let page = query.page();
+    let window = query.window(&asset_repo::LIST_KEYS);
     query.finish()?;
-    let (assets, total) = state.read(move |conn| Ok(asset_repo::list(conn, auth.mode, page)?)).await?;
-    let items = assets
-        .into_iter()
-        .map(|asset| ListAssetsItem {
+    let read_window = window.clone();
+    let listing = state.read(move |conn| Ok(asset_repo::list(conn, auth.mode, &read_window)?)).await?;
+    let page = PageListAssetsItem::listed(listing, &window, &asset_repo::LIST_KEYS, |asset| ListAssetsItem {
             code: asset.code,
             name: asset.name,
             precision: asset.precision,
             label: asset.label,
             symbol: asset.symbol,
-        })
-        .collect();
-    Ok(Json(PageListAssetsItem::new(items, total, page)))
+        });
+    Ok(Json(page))
 }
 
 fn path_code(code: &str) -> Result<AssetCode, ApiError> {
@@ -272,6 +335,7 @@ fn asset_response(asset: KnownAsset, rate_rows: Vec<asset_repo::RateRow>) -> Get
             kind: "custom".to_owned(),
             rates,
             created_at: asset.created_at.into(),
+            top_up: parse_top_up(asset.top_up.as_deref()),
         },
         KnownAsset::Currency { code, minor_units } => GetAssetResponse {
             name: code.clone(),
@@ -282,8 +346,34 @@ fn asset_response(asset: KnownAsset, rate_rows: Vec<asset_repo::RateRow>) -> Get
             kind: "fiat".to_owned(),
             rates,
             created_at: Timestamp(chrono::DateTime::UNIX_EPOCH),
+            top_up: None,
         },
     }
+}
+
+#[utoipa::path(put, path = "/assets/{assetCode}/top-up", operation_id = "set_asset_top_up", tag = "Assets", params(("assetCode" = String, Path)),
+    request_body = BTreeMap<String, TopUpSettings>, responses((status = 200, body = GetAssetResponse), (status = 404), (status = 422)))]
+/// Tally extension: replaces what the billing portal's top-up form offers for a custom asset,
+/// keyed by the currency paid. `{}` removes every setting.
+pub async fn set_top_up(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(code): Path<String>,
+    JsonBody(request): JsonBody<BTreeMap<String, TopUpSettings>>,
+) -> Result<Json<GetAssetResponse>, ApiError> {
+    let code = path_code(&code)?;
+    let mut checker = Checker::default();
+    check_top_up(&mut checker, &request);
+    checker.finish()?;
+    let text = top_up_text(Some(&request));
+    let (asset, rows) = state
+        .write(move |conn| {
+            let asset = asset_ops::set_top_up(conn, auth.mode, &code, text.as_deref())?;
+            let rows = asset_repo::rates(conn, auth.mode, &asset.code)?;
+            Ok((asset, rows))
+        })
+        .await?;
+    Ok(Json(asset_response(KnownAsset::Custom(asset), rows)))
 }
 
 #[utoipa::path(post, path = "/assets/{assetCode}/rates", operation_id = "add_asset_rate", tag = "Assets", params(("assetCode" = String, Path)),

@@ -18,6 +18,7 @@ use tally_store::ops::subscriptions as subscription_ops;
 use tally_store::ops::OpError;
 use tally_store::repo::customers::{self as customer_repo, Customer, CustomerFilter};
 use tally_store::repo::subscriptions as subscription_repo;
+use tally_store::repo::Listing;
 use utoipa::ToSchema;
 
 /// Names a nested request's fields by their place in the outer request.
@@ -169,8 +170,8 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/customers", operation_id = "list_customers", tag = "Customers",
-    params(("offset" = Option<i64>, Query), ("limit" = Option<i64>, Query), ("customer_id" = Option<String>, Query),
-           ("external_id" = Option<String>, Query), ("email" = Option<String>, Query), ("name" = Option<String>, Query),
+    params(("offset" = Option<i64>, Query), ("limit" = Option<i64>, Query), ("next" = Option<String>, Query), ("prev" = Option<String>, Query), ("include_total" = Option<bool>, Query), ("customer_id" = Option<String>, Query),
+           ("external_id" = Option<String>, Query), ("email" = Option<String>, Query, description = "exact, in any case"), ("name" = Option<String>, Query, description = "a prefix of the name, in any case"),
            ("status" = Option<String>, Query, description = "active: with an active subscription; inactive: without one")),
     responses((status = 200, body = PageCustomerSummary), (status = 422)))]
 pub async fn list(
@@ -178,7 +179,7 @@ pub async fn list(
     auth: Auth,
     mut query: QueryParams,
 ) -> Result<Json<PageCustomerSummary>, ApiError> {
-    let page = query.page();
+    let window = query.window(&customer_repo::LIST_KEYS);
     let filter = CustomerFilter {
         customer_id: query.string("customer_id"),
         external_id: query.string("external_id"),
@@ -198,18 +199,19 @@ pub async fn list(
         },
     };
     query.finish()?;
-    let (customers, total) = state
+    let read_window = window.clone();
+    let listing = state
         .read(move |conn| {
-            let (customers, total) = customer_repo::list(conn, auth.mode, &filter, page)?;
-            let mut counted = Vec::with_capacity(customers.len());
-            for customer in customers {
+            let listing = customer_repo::list(conn, auth.mode, &filter, &read_window)?;
+            let mut counted = Vec::with_capacity(listing.items.len());
+            for customer in listing.items {
                 let count = subscription_repo::active_count(conn, &customer.id)?;
                 counted.push((customer, count));
             }
-            Ok((counted, total))
+            Ok(Listing { items: counted, total: listing.total, next: listing.next, prev: listing.prev })
         })
         .await?;
-    Ok(Json(PageCustomerSummary::new(customers.into_iter().map(summary).collect(), total, page)))
+    Ok(Json(PageCustomerSummary::listed(listing, &window, &customer_repo::LIST_KEYS, summary)))
 }
 
 #[utoipa::path(get, path = "/customers/{customerId}", operation_id = "get_customer", tag = "Customers", params(("customerId" = String, Path)),

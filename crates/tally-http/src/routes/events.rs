@@ -11,8 +11,9 @@ use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use tally_core::pricing::{EventData, EventValue};
+use tally_core::pricing::EventData;
 use tally_store::ops::events::{self as event_ops, CustomerRef, NewCost, NewEvent, UnbilledCode, VendorRef};
+use tally_store::ops::rebill::{self as rebill_ops, RebillReport};
 use tally_store::ops::stats::{profitability, Scope};
 use tally_store::ops::{FieldError, OpError};
 use tally_store::repo::events::{self as event_repo, EventFilter, StoredEvent, UnbilledReason as StoredUnbilledReason};
@@ -68,6 +69,12 @@ pub struct UsageEventIn {
     #[schema(value_type = Option<Object>)]
     pub data: Option<serde_json::Map<String, serde_json::Value>>,
     pub costs: Option<Vec<CostDataIn>>,
+    /// A hold of the customer (its `transaction_id`) to capture this event's fees from: the
+    /// fees on the hold's account are captured from it, the others debited as usual. A hold
+    /// the customer does not have, or that is closed or past its `expires_at`, refuses the
+    /// batch (422).
+    #[serde(default)]
+    pub hold_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -115,12 +122,8 @@ fn parse_event(checker: &mut Checker, index: usize, event: &UsageEventIn, now: O
     for (key, value) in &raw_data {
         let field = format!("{prefix}.data.{key}");
         let parsed = match value {
-            serde_json::Value::String(text) if text.chars().count() <= MAX_DESCRIPTION_CHARS => {
-                Some(EventValue::Text(text.clone()))
-            }
-            serde_json::Value::Bool(flag) => Some(EventValue::Bool(*flag)),
-            serde_json::Value::Number(number) => parse_decimal(&number.to_string()).map(EventValue::Number),
-            _ => None,
+            serde_json::Value::String(text) if text.chars().count() > MAX_DESCRIPTION_CHARS => None,
+            _ => event_ops::event_value(value),
         };
         match parsed {
             Some(value) => {
@@ -148,6 +151,7 @@ fn parse_event(checker: &mut Checker, index: usize, event: &UsageEventIn, now: O
         data_json: serde_json::Value::Object(raw_data).to_string(),
         costs_json: serde_json::to_string(&costs).unwrap_or_else(|_| "[]".into()),
         costs: parsed_costs,
+        hold_id: event.hold_id.as_deref().map(|hold_id| checker.client_id(&format!("{prefix}.hold_id"), hold_id)),
     }
 }
 
@@ -334,7 +338,7 @@ fn list_item((event, external_id): (StoredEvent, Option<String>)) -> ListEventsI
 }
 
 #[utoipa::path(get, path = "/events", operation_id = "list_events", tag = "Events",
-    params(("offset" = Option<i64>, Query), ("limit" = Option<i64>, Query), ("event_id" = Option<String>, Query),
+    params(("offset" = Option<i64>, Query), ("limit" = Option<i64>, Query), ("next" = Option<String>, Query), ("prev" = Option<String>, Query), ("include_total" = Option<bool>, Query), ("event_id" = Option<String>, Query),
            ("customer_id" = Option<String>, Query), ("customer_external_id" = Option<String>, Query), ("subject" = Option<String>, Query),
            ("period_from" = Option<String>, Query), ("period_to" = Option<String>, Query),
            ("event_types" = Option<String>, Query, description = "Comma-separated event types."), ("has_fees" = Option<bool>, Query),
@@ -346,7 +350,7 @@ pub async fn list(
     auth: Auth,
     mut query: QueryParams,
 ) -> Result<Json<PageListEventsItem>, ApiError> {
-    let page = query.page();
+    let window = query.window(&event_repo::LIST_KEYS);
     let filter = EventFilter {
         event_id: query.string("event_id"),
         customer_id: query.string("customer_id"),
@@ -386,8 +390,9 @@ pub async fn list(
         },
     };
     query.finish()?;
-    let (events, total) = state.read(move |conn| Ok(event_repo::list(conn, auth.mode, &filter, page)?)).await?;
-    Ok(Json(PageListEventsItem::new(events.into_iter().map(list_item).collect(), total, page)))
+    let read_window = window.clone();
+    let listing = state.read(move |conn| Ok(event_repo::list(conn, auth.mode, &filter, &read_window)?)).await?;
+    Ok(Json(PageListEventsItem::listed(listing, &window, &event_repo::LIST_KEYS, list_item)))
 }
 
 fn detail_number(detail: &serde_json::Value, field: &str) -> Option<Amount> {
@@ -456,4 +461,214 @@ pub async fn get(
         unbilled_reason,
         stats: crate::routes::vendors::stats_view(stats),
     }))
+}
+
+/// The longest period one `POST /events/rebill` may cover.
+pub const MAX_REBILL_PERIOD_DAYS: i64 = 31;
+/// How many unbilled events one `POST /events/rebill` looks at, unless `limit` says otherwise.
+pub const DEFAULT_REBILL_LIMIT: usize = 100;
+/// The most event types one `POST /events/rebill` may name.
+pub const MAX_REBILL_EVENT_TYPES: usize = 100;
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RebillRequest {
+    /// Only this customer's events.
+    pub customer_id: Option<String>,
+    /// Only events of these types.
+    pub event_types: Option<Vec<String>>,
+    /// Inclusive lower bound on the events' `occurred_at`.
+    pub period_from: Timestamp,
+    /// Exclusive upper bound on the events' `occurred_at`: after `period_from`, at most 31 days
+    /// after it.
+    pub period_to: Timestamp,
+    /// Report what a rebill would bill, and bill nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// How many unbilled events to look at, oldest first: 1 to 1000 (default 100).
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous answer, to go on after the events it looked at.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RebillResponse {
+    pub dry_run: bool,
+    /// The unbilled events looked at (an event a concurrent rebill billed first is not).
+    pub events_examined: usize,
+    pub events_billed: usize,
+    pub events_still_unbilled: usize,
+    /// The fees billed, per currency.
+    pub fees: Vec<RebillTotal>,
+    /// The events billed, oldest first, with their fees.
+    pub billed: Vec<RebilledEvent>,
+    /// The events still unbilled, oldest first, with their reason now.
+    pub still_unbilled: Vec<StillUnbilledEvent>,
+    /// Whether the range holds more unbilled events after these: send again with `cursor`.
+    pub has_more: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RebillTotal {
+    pub currency: String,
+    /// How many fees.
+    pub count: usize,
+    pub amount: Amount,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RebilledEvent {
+    pub id: String,
+    pub customer_id: String,
+    pub event_type: String,
+    pub occurred_at: Timestamp,
+    /// The sum of the fees, when they are all in one asset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_fees: Option<Amount>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fee_currency: Option<String>,
+    pub fees: Vec<RebilledFee>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RebilledFee {
+    pub product_id: String,
+    pub product_code: String,
+    pub product_version: i64,
+    pub price_id: String,
+    pub price_name: String,
+    pub currency: String,
+    pub amount: Amount,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StillUnbilledEvent {
+    pub id: String,
+    pub customer_id: String,
+    pub event_type: String,
+    pub occurred_at: Timestamp,
+    pub unbilled_reason: UnbilledReason,
+}
+
+/// A cursor names the last event a page looked at: its `occurred_at` in microseconds and id.
+fn rebill_cursor(cursor: &event_repo::EventCursor) -> String {
+    format!("{}:{}", cursor.occurred_at.timestamp_micros(), cursor.id)
+}
+
+fn parse_rebill_cursor(text: &str) -> Option<event_repo::EventCursor> {
+    let (micros, id) = text.split_once(':')?;
+    let occurred_at = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+    (!id.is_empty()).then(|| event_repo::EventCursor { occurred_at, id: id.to_owned() })
+}
+
+#[utoipa::path(post, path = "/events/rebill", operation_id = "rebill_events", tag = "Events", request_body = RebillRequest,
+    responses((status = 200, body = RebillResponse, description = "The unbilled events looked at: those billed now, with \
+        their fees, and those still unbilled, with their reason. A dry run reports the same and bills nothing."),
+        (status = 422)))]
+pub async fn rebill(
+    State(state): State<AppState>,
+    auth: Auth,
+    JsonBody(request): JsonBody<RebillRequest>,
+) -> Result<Json<RebillResponse>, ApiError> {
+    let mut checker = Checker::default();
+    let (period_from, period_to) = (request.period_from.0, request.period_to.0);
+    if period_to <= period_from {
+        checker.error("period_to", "must be after period_from");
+    } else if period_to - period_from > Duration::days(MAX_REBILL_PERIOD_DAYS) {
+        checker.error("period_to", format!("must be at most {MAX_REBILL_PERIOD_DAYS} days after period_from"));
+    }
+    let limit = match request.limit {
+        None => DEFAULT_REBILL_LIMIT,
+        Some(limit) if (1..=MAX_BATCH as i64).contains(&limit) => limit as usize,
+        Some(_) => {
+            checker.error("limit", format!("must be from 1 to {MAX_BATCH}"));
+            DEFAULT_REBILL_LIMIT
+        }
+    };
+    let customer_id = checker.opt_text("customer_id", request.customer_id.as_deref(), MAX_TEXT_CHARS);
+    let types = request.event_types.unwrap_or_default();
+    if types.len() > MAX_REBILL_EVENT_TYPES {
+        checker.error("event_types", format!("at most {MAX_REBILL_EVENT_TYPES} event types"));
+    }
+    let event_types = types
+        .iter()
+        .enumerate()
+        .map(|(index, kind)| checker.text(&format!("event_types[{index}]"), kind, MAX_TEXT_CHARS))
+        .collect();
+    let after = match request.cursor.as_deref() {
+        None => None,
+        Some(text) => {
+            let cursor = parse_rebill_cursor(text);
+            if cursor.is_none() {
+                checker.error("cursor", "is not a next_cursor this endpoint answered");
+            }
+            cursor
+        }
+    };
+    checker.finish()?;
+    let scan = event_repo::UnbilledScan { customer_id, event_types, period_from, period_to, after };
+    let catalog = state.catalog.clone();
+    let now = state.now();
+    let work = move |conn: &mut dyn tally_store::Conn| {
+        rebill_ops::rebill(conn, auth.mode, &scan, limit, catalog.as_ref(), now)
+    };
+    let report = if request.dry_run { state.rehearse(work).await? } else { state.write(work).await? };
+    Ok(Json(rebill_view(report, request.dry_run)))
+}
+
+fn rebill_view(report: RebillReport, dry_run: bool) -> RebillResponse {
+    let billed: Vec<RebilledEvent> = report
+        .billed
+        .into_iter()
+        .map(|(event, fees)| RebilledEvent {
+            id: event.id,
+            customer_id: event.customer_id,
+            event_type: event.event_type,
+            occurred_at: event.occurred_at.into(),
+            total_fees: event.total_fees.map(Amount),
+            fee_currency: event.fee_currency,
+            fees: fees
+                .into_iter()
+                .map(|rated| RebilledFee {
+                    product_id: rated.version.product_id.clone(),
+                    product_code: rated.version.product_code.clone(),
+                    product_version: rated.version.version,
+                    price_id: rated.fee.price_id,
+                    price_name: rated.price_name,
+                    currency: rated.fee.asset,
+                    amount: Amount(rated.fee.amount),
+                })
+                .collect(),
+        })
+        .collect();
+    let still_unbilled: Vec<StillUnbilledEvent> = report
+        .still_unbilled
+        .into_iter()
+        .filter_map(|event| {
+            let StoredUnbilledReason { code, message } = event.unbilled?;
+            Some(StillUnbilledEvent {
+                id: event.id,
+                customer_id: event.customer_id,
+                event_type: event.event_type,
+                occurred_at: event.occurred_at.into(),
+                unbilled_reason: UnbilledReason { code, message },
+            })
+        })
+        .collect();
+    RebillResponse {
+        dry_run,
+        events_examined: report.examined,
+        events_billed: billed.len(),
+        events_still_unbilled: still_unbilled.len(),
+        fees: report
+            .totals
+            .into_iter()
+            .map(|(currency, (count, amount))| RebillTotal { currency, count, amount: Amount(amount) })
+            .collect(),
+        billed,
+        still_unbilled,
+        has_more: report.next.is_some(),
+        next_cursor: report.next.as_ref().map(rebill_cursor),
+    }
 }

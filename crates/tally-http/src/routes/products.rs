@@ -259,23 +259,22 @@ pub async fn create_version(
 }
 
 #[utoipa::path(get, path = "/products", operation_id = "list_products", tag = "Products",
-    params(("offset" = Option<i64>, Query), ("limit" = Option<i64>, Query), ("code" = Option<String>, Query)),
+    params(("offset" = Option<i64>, Query), ("limit" = Option<i64>, Query), ("next" = Option<String>, Query), ("prev" = Option<String>, Query), ("include_total" = Option<bool>, Query), ("code" = Option<String>, Query)),
     responses((status = 200, body = PageGetProductDataResponse)))]
 pub async fn list(
     State(state): State<AppState>,
     auth: Auth,
     mut query: QueryParams,
 ) -> Result<Json<PageGetProductDataResponse>, ApiError> {
-    let page = query.page();
+    let window = query.window(&product_repo::LIST_KEYS);
     let code = query.string("code");
     query.finish()?;
-    let (products, total) =
-        state.read(move |conn| Ok(product_repo::list(conn, auth.mode, code.as_deref(), page)?)).await?;
-    let items = products
-        .into_iter()
-        .map(|product| GetProductDataResponse { id: product.id, code: product.code, name: product.name })
-        .collect();
-    Ok(Json(PageGetProductDataResponse::new(items, total, page)))
+    let read_window = window.clone();
+    let listing =
+        state.read(move |conn| Ok(product_repo::list(conn, auth.mode, code.as_deref(), &read_window)?)).await?;
+    Ok(Json(PageGetProductDataResponse::listed(listing, &window, &product_repo::LIST_KEYS, |product| {
+        GetProductDataResponse { id: product.id, code: product.code, name: product.name }
+    })))
 }
 
 fn stored_definition(version: &Version) -> Result<Definition, ApiError> {
@@ -404,7 +403,7 @@ pub async fn delete(
 }
 
 #[utoipa::path(get, path = "/products/{productId}/subscribers", operation_id = "get_product_subscribers", tag = "Products",
-    params(("productId" = String, Path), ("offset" = Option<i64>, Query), ("limit" = Option<i64>, Query)),
+    params(("productId" = String, Path), ("offset" = Option<i64>, Query), ("limit" = Option<i64>, Query), ("next" = Option<String>, Query), ("prev" = Option<String>, Query), ("include_total" = Option<bool>, Query)),
     responses((status = 200, body = PageProductSubscriberResponse), (status = 404)))]
 pub async fn subscribers(
     State(state): State<AppState>,
@@ -412,19 +411,18 @@ pub async fn subscribers(
     Path(product_id): Path<String>,
     mut query: QueryParams,
 ) -> Result<Json<PageProductSubscriberResponse>, ApiError> {
-    let page = query.page();
+    let window = query.window(&subscription_repo::SUBSCRIBER_KEYS);
     query.finish()?;
     let product_id_for_response = product_id.clone();
-    let (subscribers, total) = state
+    let read_window = window.clone();
+    let listing = state
         .read(move |conn| {
             product_repo::get(conn, auth.mode, &product_id)?.ok_or_else(|| product_ops::not_found(&product_id))?;
-            Ok(subscription_repo::subscribers(conn, &product_id, page)?)
+            Ok(subscription_repo::subscribers(conn, &product_id, &read_window)?)
         })
         .await?;
     let product_id_of_page = product_id_for_response;
-    let items = subscribers
-        .into_iter()
-        .map(|subscriber| ProductSubscriberResponse {
+    let page = PageProductSubscriberResponse::listed(listing, &window, &subscription_repo::SUBSCRIBER_KEYS, |subscriber| ProductSubscriberResponse {
             customer_id: subscriber.customer_id,
             customer_name: subscriber.customer_name,
             external_id: subscriber.external_id,
@@ -435,9 +433,8 @@ pub async fn subscribers(
             renews_at: subscriber.renews_at.map(Timestamp),
             product_rate_plan_id: product_id_of_page.clone(),
             version: subscriber.version,
-        })
-        .collect::<Vec<_>>();
-    Ok(Json(PageProductSubscriberResponse::new(items, total, page)))
+        });
+    Ok(Json(page))
 }
 
 #[utoipa::path(post, path = "/products/{productId}/{version}/simulate-usage", operation_id = "simulate_usage", tag = "Products",

@@ -1,15 +1,15 @@
 use crate::check::Checker;
 use crate::error::ApiError;
 use crate::extract::{Auth, JsonBody};
-use crate::html::{escape, page, Branding};
+use crate::html::page;
 use crate::limits::MAX_DESCRIPTION_CHARS;
 use crate::payments::{test_provider, CheckoutRequest, PaymentProvider};
 use crate::types::{Amount, Timestamp};
 use crate::AppState;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::{Form, Json};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -433,89 +433,9 @@ pub async fn test_fail(
     Ok(Json(top_up_view(top_up)))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct CheckoutQuery {
-    pub token: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct CheckoutForm {
-    pub token: String,
-    pub card_number: String,
-}
-
-/// Loads a test-mode top-up (the platform's or a connected account's) whose checkout token
-/// matches, with its mode and the look of its pages, or answers a plain 404 page.
-async fn checkout_top_up(state: &AppState, id: String, token: &str) -> Result<(Mode, TopUp, Branding), Response> {
-    let found =
-        state.read(move |conn| Ok(topup_repo::get_any_mode(conn, &id)?)).await.map_err(IntoResponse::into_response)?;
-    match found {
-        Some((mode, top_up))
-            if mode.environment() == Environment::Test
-                && top_up.provider == "test"
-                && constant_time_eq(top_up.checkout_token.as_bytes(), token.as_bytes()) =>
-        {
-            let branding = state.branding_for(mode).await;
-            Ok((mode, top_up, branding))
-        }
-        _ => Err((
-            StatusCode::NOT_FOUND,
-            Html(page(&state.branding, "Not found", "<h1>This checkout link is not valid.</h1>")),
-        )
-            .into_response()),
-    }
-}
-
+/// Whether two secrets are equal, in a time that does not depend on where they differ.
 pub fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
-    left.len() == right.len() && left.iter().zip(right).fold(0u8, |diff, (a, b)| diff | (a ^ b)) == 0
-}
-
-fn checkout_page(branding: &Branding, top_up: &TopUp, error: Option<&str>) -> String {
-    let notice = error
-        .map(|message| format!(r#"<div class="error" role="alert">{}</div>"#, escape(message)))
-        .unwrap_or_default();
-    let body = if top_up.status.is_open() {
-        format!(
-            r#"<h1>Pay {amount} {currency}</h1>{notice}
-<div class="card"><p>You receive <strong>{asset_amount} {asset}</strong>.</p>
-<form method="post" action="/checkout/{id}">
-<input type="hidden" name="token" value="{token}">
-<label for="card_number">Card number</label>
-<input id="card_number" name="card_number" inputmode="numeric" autocomplete="cc-number" required placeholder="4242 4242 4242 4242">
-<button type="submit">Pay {amount} {currency}</button></form>
-<p class="muted">Test mode: 4242 4242 4242 4242 succeeds, 4000 0000 0000 0002 is declined.</p></div>
-<p><a href="{failure_url}">Cancel and go back</a></p>"#,
-            amount = escape(&top_up.amount.to_string()),
-            currency = escape(&top_up.currency),
-            asset_amount = escape(&top_up.asset_amount.to_string()),
-            asset = escape(&top_up.asset),
-            id = escape(&top_up.id),
-            token = escape(&top_up.checkout_token),
-            failure_url = escape(&top_up.failure_url),
-        )
-    } else {
-        let link = if top_up.status == tally_store::repo::topups::TopUpStatus::Succeeded {
-            &top_up.return_url
-        } else {
-            &top_up.failure_url
-        };
-        format!(
-            r#"<h1>Top-up {status}</h1>{notice}<p><a class="button" href="{link}">Continue</a></p>"#,
-            status = escape(top_up.status.as_str()),
-            link = escape(link),
-        )
-    };
-    page(branding, "Checkout", &body)
-}
-
-/// Sends the customer back to the top-up's `return_url`, or, should that not make a valid
-/// `Location` header (a URL stored before URLs were checked as they are now), shows the outcome
-/// page with its link instead of failing.
-fn redirect_or_page(branding: &Branding, top_up: &TopUp) -> Response {
-    match axum::http::HeaderValue::from_str(&top_up.return_url) {
-        Ok(location) => (StatusCode::SEE_OTHER, [(axum::http::header::LOCATION, location)]).into_response(),
-        Err(_) => Html(checkout_page(branding, top_up, None)).into_response(),
-    }
+    subtle::ConstantTimeEq::ct_eq(left, right).into()
 }
 
 /// Where a payer lands after paying a subscription's fee when the platform gave no
@@ -523,74 +443,4 @@ fn redirect_or_page(branding: &Branding, top_up: &TopUp) -> Response {
 pub async fn checkout_complete(State(state): State<AppState>) -> Response {
     let body = "<h1>Thank you</h1><p>Your payment is being processed. You can close this page.</p>";
     Html(page(&state.branding, "Payment", body)).into_response()
-}
-
-/// The test provider's checkout page. Opening it moves the top-up to `pending`.
-pub async fn checkout(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    Query(query): Query<CheckoutQuery>,
-) -> Response {
-    let (mode, top_up, branding) = match checkout_top_up(&state, id, query.token.as_deref().unwrap_or_default()).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
-    let id = top_up.id.clone();
-    let now = state.now();
-    let top_up = match state.write(move |conn| topup_ops::mark_pending(conn, mode, &id, now)).await {
-        Ok(top_up) => top_up,
-        Err(error) => return error.into_response(),
-    };
-    Html(checkout_page(&branding, &top_up, None)).into_response()
-}
-
-/// Pays with a test card: the succeeding card credits the wallet and returns the customer to
-/// `return_url`; the declined card fails the top-up and says so.
-pub async fn pay(State(state): State<AppState>, Path(id): Path<String>, Form(form): Form<CheckoutForm>) -> Response {
-    let (mode, top_up, branding) = match checkout_top_up(&state, id, &form.token).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
-    let now = state.now();
-    let id = top_up.id.clone();
-    let top_up = match state.write(move |conn| topup_ops::expire_if_window_closed(conn, mode, &id, now)).await {
-        Ok(top_up) => top_up,
-        Err(error) => return error.into_response(),
-    };
-    if !top_up.status.is_open() {
-        return Html(checkout_page(&branding, &top_up, None)).into_response();
-    }
-    let id = top_up.id.clone();
-    match test_provider::card_outcome(&form.card_number) {
-        Some(Ok(())) => {
-            let digits: String = form.card_number.chars().filter(char::is_ascii_digit).collect();
-            let method = NewPaymentMethod {
-                provider_reference: format!("pm_test_card_{digits}"),
-                provider_customer: None,
-                brand: Some("visa".into()),
-                last4: Some(digits[digits.len().saturating_sub(4)..].to_owned()),
-            };
-            match state.write(move |conn| topup_ops::succeed(conn, mode, &id, Some(&method), now)).await {
-                Ok(settled) => redirect_or_page(&branding, &settled.top_up),
-                Err(error) => error.into_response(),
-            }
-        }
-        Some(Err(reason)) => {
-            let message = reason.clone();
-            match state.write(move |conn| topup_ops::fail(conn, mode, &id, &message, false, now)).await {
-                Ok(failed) => (StatusCode::PAYMENT_REQUIRED, Html(checkout_page(&branding, &failed, Some(&reason))))
-                    .into_response(),
-                Err(error) => error.into_response(),
-            }
-        }
-        None => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Html(checkout_page(
-                &branding,
-                &top_up,
-                Some("That is not a test card. Use 4242 4242 4242 4242 or 4000 0000 0000 0002."),
-            )),
-        )
-            .into_response(),
-    }
 }

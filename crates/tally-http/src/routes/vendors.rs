@@ -164,19 +164,20 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/vendors", operation_id = "list_vendors", tag = "Vendors",
-    params(("offset" = Option<i64>, Query), ("limit" = Option<i64>, Query), ("external_id" = Option<String>, Query)),
+    params(("offset" = Option<i64>, Query), ("limit" = Option<i64>, Query), ("next" = Option<String>, Query), ("prev" = Option<String>, Query), ("include_total" = Option<bool>, Query), ("external_id" = Option<String>, Query)),
     responses((status = 200, body = PageVendorSummary)))]
 pub async fn list(
     State(state): State<AppState>,
     auth: Auth,
     mut query: QueryParams,
 ) -> Result<Json<PageVendorSummary>, ApiError> {
-    let page = query.page();
+    let window = query.window(&vendor_repo::LIST_KEYS);
     let external_id = query.string("external_id");
     query.finish()?;
-    let (vendors, total) =
-        state.read(move |conn| Ok(vendor_repo::list(conn, auth.mode, external_id.as_deref(), page)?)).await?;
-    Ok(Json(PageVendorSummary::new(vendors.into_iter().map(vendor_view).collect(), total, page)))
+    let read_window = window.clone();
+    let listing =
+        state.read(move |conn| Ok(vendor_repo::list(conn, auth.mode, external_id.as_deref(), &read_window)?)).await?;
+    Ok(Json(PageVendorSummary::listed(listing, &window, &vendor_repo::LIST_KEYS, vendor_view)))
 }
 
 #[utoipa::path(get, path = "/vendors/{vendorId}", operation_id = "get_vendor", tag = "Vendors", params(("vendorId" = String, Path)),
@@ -262,7 +263,8 @@ pub async fn list_customer_stats(
         .read(move |conn| {
             let all = Scope { customer_id: None, event_id: None, from: Some(from), to: Some(to) };
             let summary = stats::profitability(conn, auth.mode, &all, &currency)?;
-            let (customers, total) = customer_repo::list(conn, auth.mode, &CustomerFilter::default(), page)?;
+            let listing = customer_repo::list(conn, auth.mode, &CustomerFilter::default(), &page.into())?;
+            let (customers, total) = (listing.items, listing.total);
             let mut items = Vec::with_capacity(customers.len());
             for customer in customers {
                 let scope = Scope { customer_id: Some(customer.id.clone()), ..all.clone() };

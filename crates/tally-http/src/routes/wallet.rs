@@ -123,7 +123,7 @@ fn account_view(account: Account) -> WalletAccount {
         asset: account.key.asset,
         available: account.state.available.into(),
         pending_in: account.state.pending_in.into(),
-        pending_out: account.pending_out.into(),
+        pending_out: account.state.pending_out.into(),
     }
 }
 
@@ -341,7 +341,7 @@ pub async fn get_transaction(
 }
 
 #[utoipa::path(get, path = "/customers/{customerId}/wallet/{accountId}/transactions", operation_id = "list_transactions", tag = "Wallets",
-    params(("customerId" = String, Path), ("accountId" = String, Path), ("offset" = Option<i64>, Query), ("limit" = Option<i64>, Query)),
+    params(("customerId" = String, Path), ("accountId" = String, Path), ("offset" = Option<i64>, Query), ("limit" = Option<i64>, Query), ("next" = Option<String>, Query), ("prev" = Option<String>, Query), ("include_total" = Option<bool>, Query)),
     responses((status = 200, body = PageTransaction), (status = 404)))]
 pub async fn list_transactions(
     State(state): State<AppState>,
@@ -349,17 +349,18 @@ pub async fn list_transactions(
     Path((customer_id, account)): Path<(String, String)>,
     mut query: QueryParams,
 ) -> Result<Json<PageTransaction>, ApiError> {
-    let page = query.page();
+    let window = query.window(&transaction_repo::LIST_KEYS);
     query.finish()?;
     settle_then_check(&state, auth.mode, &customer_id).await?;
     let key = account_key(&customer_id, &account)?;
-    let (items, total) = state
+    let read_window = window.clone();
+    let listing = state
         .read(move |conn| {
             require_account(conn, &key, &account)?;
-            Ok(transaction_repo::list_for_account(conn, &key.customer_id, &key.name, &key.asset, page)?)
+            Ok(transaction_repo::list_for_account(conn, &key.customer_id, &key.name, &key.asset, &read_window)?)
         })
         .await?;
-    Ok(Json(PageTransaction::new(items.into_iter().map(transaction_view).collect(), total, page)))
+    Ok(Json(PageTransaction::listed(listing, &window, &transaction_repo::LIST_KEYS, transaction_view)))
 }
 
 /// Lists of an account's contents answer 404 for an account that does not exist, as reading
@@ -404,7 +405,7 @@ fn grant_view(grant: Grant, now: chrono::DateTime<chrono::Utc>) -> CreditGrantIt
 }
 
 #[utoipa::path(get, path = "/customers/{customerId}/wallet/{accountId}/grants", operation_id = "get_credit_grants", tag = "Wallets",
-    params(("customerId" = String, Path), ("accountId" = String, Path), ("offset" = Option<i64>, Query), ("limit" = Option<i64>, Query),
+    params(("customerId" = String, Path), ("accountId" = String, Path), ("offset" = Option<i64>, Query), ("limit" = Option<i64>, Query), ("next" = Option<String>, Query), ("prev" = Option<String>, Query), ("include_total" = Option<bool>, Query),
            ("purpose" = Option<String>, Query), ("exclude_expired" = Option<bool>, Query),
            ("effective_from" = Option<String>, Query), ("effective_to" = Option<String>, Query),
            ("expired_from" = Option<String>, Query), ("expired_to" = Option<String>, Query)),
@@ -415,7 +416,7 @@ pub async fn list_grants(
     Path((customer_id, account)): Path<(String, String)>,
     mut query: QueryParams,
 ) -> Result<Json<PageCreditGrantItem>, ApiError> {
-    let page = query.page();
+    let window = query.window(&wallet_repo::GRANT_KEYS);
     let purpose = query.string("purpose");
     let purpose = purpose.and_then(|text| {
         let parsed = Purpose::parse(&text);
@@ -439,11 +440,12 @@ pub async fn list_grants(
     query.finish()?;
     settle_then_check(&state, auth.mode, &customer_id).await?;
     let key = account_key(&customer_id, &account)?;
-    let (grants, total) = state
+    let read_window = window.clone();
+    let listing = state
         .read(move |conn| {
             require_account(conn, &key, &account)?;
-            Ok(wallet_repo::list_grants(conn, &key, &filter, page)?)
+            Ok(wallet_repo::list_grants(conn, &key, &filter, &read_window)?)
         })
         .await?;
-    Ok(Json(PageCreditGrantItem::new(grants.into_iter().map(|grant| grant_view(grant, now)).collect(), total, page)))
+    Ok(Json(PageCreditGrantItem::listed(listing, &window, &wallet_repo::GRANT_KEYS, |grant| grant_view(grant, now))))
 }

@@ -21,6 +21,8 @@ pub struct NewAsset {
     pub label: Option<String>,
     pub symbol: Option<String>,
     pub rates: Vec<(AssetCode, ExchangeRate)>,
+    /// The billing portal's top-up settings, as JSON the HTTP layer checked (a Tally extension).
+    pub top_up: Option<String>,
 }
 
 pub fn create(conn: &mut dyn Conn, mode: Mode, new: &NewAsset, now: DateTime<Utc>) -> Result<Asset, OpError> {
@@ -54,6 +56,7 @@ pub fn create(conn: &mut dyn Conn, mode: Mode, new: &NewAsset, now: DateTime<Utc
         precision: new.precision,
         label: new.label.clone().unwrap_or_else(|| new.code.to_string()),
         symbol: new.symbol.clone(),
+        top_up: new.top_up.clone(),
         created_at: now,
     };
     // Another request may have created the code since the check above.
@@ -107,6 +110,13 @@ pub fn find_custom(conn: &mut dyn Conn, mode: Mode, code: &AssetCode) -> Result<
         )),
         None => Err(OpError::NotFound(format!("asset {code} not found"))),
     }
+}
+
+/// Replaces a custom asset's top-up settings (JSON the HTTP layer checked).
+pub fn set_top_up(conn: &mut dyn Conn, mode: Mode, code: &AssetCode, top_up: Option<&str>) -> Result<Asset, OpError> {
+    let asset = find_custom(conn, mode, code)?;
+    assets::set_top_up(conn, mode, &asset.code, top_up)?;
+    Ok(Asset { top_up: top_up.map(str::to_owned), ..asset })
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -23,9 +23,11 @@
 use super::products::Catalog;
 use super::subscriptions::active_versions;
 use super::wallet::{debit, json_number, open_account, record_numbered, save_account, RESERVED_TRANSACTION_PREFIX};
-use super::{webhooks, FieldError, OpError};
+use super::{holds, webhooks, FieldError, OpError};
+use crate::repo::holds::Hold;
 use crate::conn::Conn;
 use crate::ids;
+use crate::repo::rollups::Rollups;
 use crate::repo::events::{self, StoredCost, StoredEvent, StoredFee, UnbilledReason};
 use crate::repo::subscriptions::{self as subscription_repo, ActiveInterval};
 use crate::repo::transactions::Transaction;
@@ -38,7 +40,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use tally_core::catalog::ProductVersion;
 use tally_core::ledger::SystemAccount;
-use tally_core::pricing::{self, EventData, RatingError, Usage, UsagePrice};
+use tally_core::pricing::{self, EventData, EventValue, RatingError, Usage, UsagePrice};
 use tally_core::wallet::AccountState;
 use tally_core::Mode;
 
@@ -80,10 +82,23 @@ pub struct NewEvent {
     /// `costs` as JSON, to store and show back.
     pub costs_json: String,
     pub costs: Vec<NewCost>,
+    /// A hold of the customer this event's fees are captured from (see `ops::holds`), for
+    /// the fees on the hold's account.
+    pub hold_id: Option<String>,
 }
 
 impl NewEvent {
+    /// [`content_hash`] of the event, and of its `hold_id` when it names one (so events
+    /// without one hash as they always did).
     pub fn content_hash(&self) -> String {
+        let hash = self.content_hash_without_hold();
+        match &self.hold_id {
+            None => hash,
+            Some(hold_id) => super::request_hash(&format!("{hash}|hold_id={hold_id}")),
+        }
+    }
+
+    fn content_hash_without_hold(&self) -> String {
         content_hash(
             &self.event_type,
             self.occurred_at,
@@ -92,6 +107,42 @@ impl NewEvent {
             &self.data_json,
             &self.costs_json,
         )
+    }
+}
+
+/// One value of an event's `data` as rating reads it: a string, a boolean or a number, read
+/// exactly from its text; `None` for anything else (an object, a list, `null`, a number past
+/// the limits on amounts). The edge refuses an event holding a `None`, so every stored event's
+/// `data` reads back whole.
+pub fn event_value(value: &serde_json::Value) -> Option<EventValue> {
+    match value {
+        serde_json::Value::String(text) => Some(EventValue::Text(text.clone())),
+        serde_json::Value::Bool(flag) => Some(EventValue::Bool(*flag)),
+        serde_json::Value::Number(number) => tally_core::money::parse_exact(number.to_string().trim()).map(EventValue::Number),
+        serde_json::Value::Null | serde_json::Value::Array(_) | serde_json::Value::Object(_) => None,
+    }
+}
+
+impl NewEvent {
+    /// A stored event as rating reads it. Its costs were stored with it and are left out.
+    pub(crate) fn from_stored(stored: &StoredEvent) -> NewEvent {
+        let data = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&stored.data)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|(key, value)| event_value(value).map(|value| (key.clone(), value)))
+            .collect();
+        NewEvent {
+            id: stored.id.clone(),
+            event_type: stored.event_type.clone(),
+            occurred_at: stored.occurred_at,
+            subject: stored.subject.clone(),
+            description: stored.description.clone(),
+            data,
+            data_json: stored.data.clone(),
+            costs_json: stored.costs.clone(),
+            costs: Vec::new(),
+            hold_id: None,
+        }
     }
 }
 
@@ -378,9 +429,8 @@ pub fn ingest(
     active_versions(conn, mode, &customer_id, catalog, now)?;
     let earliest = fresh.iter().map(|(_, event, _)| event.occurred_at).min().unwrap_or(now);
     let history = subscription_repo::history_since(conn, mode, &customer_id, earliest)?;
-    let mut parsed_versions: HashMap<(String, i64), Arc<ProductVersion>> = HashMap::new();
+    let mut pricer = Pricer::new(&customer_id, history, catalog);
     let mut vendor_ids: HashMap<VendorRef, String> = HashMap::new();
-    let mut counters: HashMap<(String, i64), Usage> = HashMap::new();
     let mut rated_events: Vec<Priced> = Vec::with_capacity(fresh.len());
     for (index, event, hash) in fresh {
         for (cost_index, cost) in event.costs.iter().enumerate() {
@@ -388,28 +438,15 @@ pub fn ingest(
                 errors.push(FieldError { field: format!("events[{index}].costs[{cost_index}].vendor_id"), message });
             }
         }
-        let versions = versions_at(conn, mode, &history, event.occurred_at, catalog, &mut parsed_versions)?;
-        let mut load = |price: &UsagePrice, period: i64| -> Result<Usage, OpError> {
-            let key = (price.id.clone(), period);
-            if let Some(usage) = counters.get(&key) {
-                return Ok(*usage);
-            }
-            Ok(events::counter(conn, &customer_id, &price.id, period)?)
-        };
-        let mut pending_counters: Vec<((String, i64), Usage)> = Vec::new();
-        let mut keep =
-            |price: &UsagePrice, period: i64, usage: Usage| pending_counters.push(((price.id.clone(), period), usage));
-        match rate_event(&versions, event, &mut load, &mut keep)? {
-            Rating::Billed(fees) => {
-                counters.extend(pending_counters);
-                rated_events.push(Priced { event, fees, unbilled: None, hash });
-            }
+        match pricer.rate(conn, mode, event)? {
+            Rating::Billed(fees) => rated_events.push(Priced { event, fees, unbilled: None, hash }),
             Rating::Unbilled(unbilled) => {
                 rated_events.push(Priced { event, fees: Vec::new(), unbilled: Some(unbilled), hash })
             }
             Rating::Refused(message) => errors.push(FieldError { field: format!("events[{index}]"), message }),
         }
     }
+    let holds = open_holds(conn, mode, &customer_id, batch, &rated_events, now, &mut errors)?;
     if !errors.is_empty() {
         return Err(OpError::Invalid(errors));
     }
@@ -424,7 +461,7 @@ pub fn ingest(
             unbilled_events.insert(priced.event.id.as_str(), stored);
         }
     }
-    let mut writes = BatchWrites::default();
+    let mut writes = BatchWrites { holds, ..BatchWrites::default() };
     for Priced { event, fees, .. } in &rated_events {
         store_fees_and_costs(conn, mode, &customer_id, event, fees, &vendor_ids, &mut writes, now)
             .map_err(|error| name_the_event(error, batch, event))?;
@@ -440,13 +477,60 @@ pub fn ingest(
             billed.1 += rated.fee.amount;
         }
     }
-    for (account, loaded) in writes.accounts.values() {
-        save_account(conn, mode, loaded, account, &GrantOrigin::default(), now)?;
-    }
-    for ((price_id, period), usage) in &counters {
-        events::put_counter(conn, &customer_id, price_id, *period, usage)?;
-    }
+    writes.save_accounts(conn, mode, now)?;
+    pricer.save_counters(conn)?;
     Ok(report)
+}
+
+/// Rates one customer's events as they occurred, each against the product versions of the
+/// subscription intervals containing its `occurred_at`, and keeps the tier counters it moves
+/// in memory until [`Pricer::save_counters`] writes each once: ingestion and rebilling both
+/// rate through it, so an event is priced the same whichever bills it.
+pub(crate) struct Pricer<'a> {
+    customer_id: &'a str,
+    /// The customer's subscription intervals reaching back to the earliest event to rate.
+    history: Vec<ActiveInterval>,
+    catalog: &'a dyn Catalog,
+    parsed_versions: HashMap<(String, i64), Arc<ProductVersion>>,
+    /// Tier counters after the events billed so far, by price id and period start.
+    counters: HashMap<(String, i64), Usage>,
+}
+
+impl<'a> Pricer<'a> {
+    pub(crate) fn new(customer_id: &'a str, history: Vec<ActiveInterval>, catalog: &'a dyn Catalog) -> Pricer<'a> {
+        Pricer { customer_id, history, catalog, parsed_versions: HashMap::new(), counters: HashMap::new() }
+    }
+
+    /// Rates `event`; its tier counters move only when it is billed.
+    pub(crate) fn rate(&mut self, conn: &mut dyn Conn, mode: Mode, event: &NewEvent) -> Result<Rating, OpError> {
+        let versions =
+            versions_at(conn, mode, &self.history, event.occurred_at, self.catalog, &mut self.parsed_versions)?;
+        let counters = &self.counters;
+        let customer_id = self.customer_id;
+        let mut load = |price: &UsagePrice, period: i64| -> Result<Usage, OpError> {
+            let key = (price.id.clone(), period);
+            if let Some(usage) = counters.get(&key) {
+                return Ok(*usage);
+            }
+            Ok(events::counter(conn, customer_id, &price.id, period)?)
+        };
+        let mut pending_counters: Vec<((String, i64), Usage)> = Vec::new();
+        let mut keep =
+            |price: &UsagePrice, period: i64, usage: Usage| pending_counters.push(((price.id.clone(), period), usage));
+        let rating = rate_event(&versions, event, &mut load, &mut keep)?;
+        if let Rating::Billed(_) = rating {
+            self.counters.extend(pending_counters);
+        }
+        Ok(rating)
+    }
+
+    /// Writes every tier counter the billed events moved.
+    pub(crate) fn save_counters(&self, conn: &mut dyn Conn) -> Result<(), OpError> {
+        for ((price_id, period), usage) in &self.counters {
+            events::put_counter(conn, self.customer_id, price_id, *period, usage)?;
+        }
+        Ok(())
+    }
 }
 
 /// One fresh event of a batch, rated: its fees, or why it has none.
@@ -554,7 +638,7 @@ fn resolve_vendor(
 
 /// What a batch reads once and then keeps, instead of asking the database again for every fee.
 #[derive(Default)]
-struct BatchWrites {
+pub(crate) struct BatchWrites {
     /// The accounts the batch debits, by asset: opened (loaded, locked, settled) on first use,
     /// saved once at the end.
     accounts: HashMap<String, (Account, AccountState)>,
@@ -563,6 +647,31 @@ struct BatchWrites {
     next_sequence: Option<i64>,
     /// The platform's enabled webhook destinations, read at the first fee.
     destinations: Option<Vec<crate::repo::webhooks::Destination>>,
+    /// The batch's fees and costs per rollup key, written once per key at the end.
+    rollups: Rollups,
+    /// The open holds the batch's events name, by id: their fees are captured from them.
+    holds: HashMap<String, Hold>,
+}
+
+impl BatchWrites {
+    /// Saves each account the batch debited, once, and adds the batch's fees and costs to the
+    /// rollups, once per key. Every writer of fees through [`store_fees`] calls it last.
+    pub(crate) fn save_accounts(&mut self, conn: &mut dyn Conn, mode: Mode, now: DateTime<Utc>) -> Result<(), OpError> {
+        for (account, loaded) in self.accounts.values() {
+            save_account(conn, mode, loaded, account, &GrantOrigin::default(), now)?;
+        }
+        self.rollups.write(conn)?;
+        Ok(())
+    }
+}
+
+/// The sum of an event's fees and their asset, when they are all in one asset.
+pub(crate) fn fee_total(fees: &[RatedFee]) -> (Option<Decimal>, Option<String>) {
+    let single_asset = fees
+        .first()
+        .map(|first| first.fee.asset.clone())
+        .filter(|asset| fees.iter().all(|rated| &rated.fee.asset == asset));
+    (single_asset.as_ref().map(|_| fees.iter().map(|rated| rated.fee.amount).sum()), single_asset)
 }
 
 fn insert_event(
@@ -573,10 +682,7 @@ fn insert_event(
     now: DateTime<Utc>,
 ) -> Result<StoredEvent, OpError> {
     let Priced { event, fees, unbilled, hash: content_hash } = priced;
-    let single_asset = fees
-        .first()
-        .map(|first| first.fee.asset.clone())
-        .filter(|asset| fees.iter().all(|rated| &rated.fee.asset == asset));
+    let (total_fees, fee_currency) = fee_total(fees);
     let stored = StoredEvent {
         id: event.id.clone(),
         customer_id: customer_id.to_owned(),
@@ -587,8 +693,8 @@ fn insert_event(
         data: event.data_json.clone(),
         costs: event.costs_json.clone(),
         has_fees: !fees.is_empty(),
-        total_fees: single_asset.as_ref().map(|_| fees.iter().map(|rated| rated.fee.amount).sum()),
-        fee_currency: single_asset,
+        total_fees,
+        fee_currency,
         created_at: now,
         content_hash: content_hash.clone(),
         unbilled: unbilled
@@ -617,9 +723,7 @@ fn store_fees_and_costs(
     writes: &mut BatchWrites,
     now: DateTime<Utc>,
 ) -> Result<(), OpError> {
-    for (line, rated) in fees.iter().enumerate() {
-        store_fee(conn, mode, customer_id, event, rated, line as i64, writes, now)?;
-    }
+    store_fees(conn, mode, customer_id, event, fees, writes, now)?;
     for (line, cost) in event.costs.iter().enumerate() {
         let vendor_id = vendor_ids.get(&cost.vendor).cloned().unwrap_or_default();
         events::insert_cost(
@@ -638,6 +742,25 @@ fn store_fees_and_costs(
                 occurred_at: event.occurred_at,
             },
         )?;
+        let vendor_id = vendor_ids.get(&cost.vendor).map(String::as_str).unwrap_or_default();
+        let category = cost.category.as_deref();
+        writes.rollups.cost(mode, customer_id, event.occurred_at, vendor_id, category, &cost.currency, cost.amount);
+    }
+    Ok(())
+}
+
+/// Stores an event's fees and debits each, at `now`, from the default account of its asset.
+pub(crate) fn store_fees(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    customer_id: &str,
+    event: &NewEvent,
+    fees: &[RatedFee],
+    writes: &mut BatchWrites,
+    now: DateTime<Utc>,
+) -> Result<(), OpError> {
+    for (line, rated) in fees.iter().enumerate() {
+        store_fee(conn, mode, customer_id, event, rated, line as i64, writes, now)?;
     }
     Ok(())
 }
@@ -685,6 +808,8 @@ fn store_fee(
             created_at: now,
         },
     )?;
+    let product_id = &rated.version.product_id;
+    writes.rollups.usage_fee(mode, customer_id, event.occurred_at, &fee.asset, product_id, &fee.price_id, fee.amount);
     if fee.amount.is_zero() {
         return Ok(());
     }
@@ -703,7 +828,32 @@ fn store_fee(
         writes.destinations = Some(crate::repo::webhooks::enabled_destinations(conn, mode.platform())?);
     }
     let (account, _) = writes.accounts.get_mut(&fee.asset).expect("opened above");
-    let postings = debit(&mut account.state, fee.amount, SystemAccount::Revenue)?;
+    // A fee on the account of the hold its event names is captured from the hold; any other
+    // fee is debited as usual (and an event without a hold costs nothing more).
+    let hold = match &event.hold_id {
+        None => None,
+        Some(hold_id) => writes.holds.get_mut(hold_id).filter(|hold| hold.key() == key),
+    };
+    let (postings, captured) = match hold {
+        None => (debit(&mut account.state, fee.amount, SystemAccount::Revenue)?, None),
+        Some(hold) => {
+            let (from_hold, postings) = holds::capture_from(conn, mode, hold, &mut account.state, fee.amount, now)?;
+            (postings, Some((hold.clone(), from_hold)))
+        }
+    };
+    let mut detail = serde_json::json!({
+        "event_id": event.id,
+        "event_type": event.event_type,
+        "subject": event.subject,
+        "product_id": rated.version.product_id,
+        "product_name": rated.version.product_name,
+        "price_id": fee.price_id,
+    });
+    if let (Some((hold, from_hold)), Some(map)) = (&captured, detail.as_object_mut()) {
+        if let Some(parts) = holds::capture_detail(hold, *from_hold, fee.amount - from_hold).as_object() {
+            map.extend(parts.clone());
+        }
+    }
     let transaction = Transaction {
         customer_id: customer_id.to_owned(),
         id: format!("{RESERVED_TRANSACTION_PREFIX}event_{}_{line}", event.id),
@@ -717,20 +867,49 @@ fn store_fee(
             .or_else(|| Some(format!("{}: {}", rated.version.product_name, rated.price_name))),
         metadata: Metadata::new(),
         request_hash: String::new(),
-        detail: serde_json::json!({
-            "event_id": event.id,
-            "event_type": event.event_type,
-            "subject": event.subject,
-            "product_id": rated.version.product_id,
-            "product_name": rated.version.product_name,
-            "price_id": fee.price_id,
-        })
-        .to_string(),
+        detail: detail.to_string(),
         created_at: now,
         executed_at: Some(now),
     };
     let destinations = writes.destinations.as_deref().unwrap_or_default();
-    record_numbered(conn, mode, &key, &transaction, &postings, sequence, destinations, now)
+    record_numbered(conn, mode, &key, &transaction, &postings, sequence, destinations, now)?;
+    if let Some((hold, from_hold)) = &captured {
+        let capture = Some((&transaction, *from_hold, fee.amount - from_hold));
+        webhooks::hold_changed(conn, mode, webhooks::Topic::HoldCaptured, hold, capture, now)?;
+    }
+    Ok(())
+}
+
+/// The open holds the fresh events of a batch name, by id; an event naming a hold the
+/// customer does not have, or one that is closed or past its `expires_at`, is an error of the
+/// batch (which then changes nothing). Reads nothing for a batch whose events name no hold.
+fn open_holds(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    customer_id: &str,
+    batch: &[NewEvent],
+    fresh: &[Priced],
+    now: DateTime<Utc>,
+    errors: &mut Vec<FieldError>,
+) -> Result<HashMap<String, Hold>, OpError> {
+    let mut found: HashMap<String, Hold> = HashMap::new();
+    for priced in fresh {
+        let Some(hold_id) = &priced.event.hold_id else { continue };
+        if found.contains_key(hold_id) {
+            continue;
+        }
+        let field = format!("events[{}].hold_id", batch.iter().position(|event| event.id == priced.event.id).unwrap_or(0));
+        match crate::repo::holds::get(conn, mode, customer_id, hold_id)? {
+            None => errors.push(FieldError { field, message: format!("the customer has no hold {hold_id}") }),
+            Some(hold) => match holds::require_open(&hold, now) {
+                Ok(()) => {
+                    found.insert(hold_id.clone(), hold);
+                }
+                Err(error) => errors.push(FieldError { field, message: error.to_string() }),
+            },
+        }
+    }
+    Ok(found)
 }
 
 /// Fees by the id of the event that owes them, and a warning per event that owes none.

@@ -16,14 +16,23 @@
 //!   the wallet to revenue through its own transaction;
 //! - every top-up's state agrees with its entries: open ones hold their amount in `pending_in`,
 //!   failed or expired ones released it, succeeded ones were credited exactly once;
+//! - every account's `pending_out` equals its postings and what its open holds still hold;
+//!   every hold's entries (`tally_hold_{id}`) held its amount once and gave back exactly what
+//!   it says was captured and released, and per mode and asset `held` equals what open holds
+//!   hold;
 //! - per mode and asset, each system account's balance is reported, and `incoming` equals
-//!   what open top-ups hold.
+//!   what open top-ups hold;
+//! - every rollup (`repo::rollups`: per customer and hour, per mode and day, per vendor and
+//!   day) equals the sum and count of the fees and costs it totals.
 //!
 //! Verification streams: each pass reads its rows in key order, a chunk at a time
 //! (`repo::ledger`), so memory stays bounded by a chunk, one account's grants and the number of
 //! assets, not by the size of the ledger.
 
+mod rollups;
+
 use crate::conn::Conn;
+use crate::repo::holds::{self, Hold, HoldStatus};
 use crate::repo::ledger::{self, PostingLine, VerifiedTable};
 use crate::repo::wallets::AccountKey;
 use crate::StoreError;
@@ -45,6 +54,9 @@ pub struct VerifyReport {
     pub events: usize,
     pub fees: usize,
     pub top_ups: usize,
+    /// Rollup rows checked (per customer, plus platform-wide totals).
+    pub rollups: usize,
+    pub holds: usize,
     /// The balance of each system account, by (mode, asset, account), from the postings.
     pub system_balances: BTreeMap<(String, String, String), Decimal>,
     /// Each mismatch, in words (the first [`MAX_LISTED_PROBLEMS`]). Empty when the books agree.
@@ -81,6 +93,13 @@ pub fn verify_in_chunks(conn: &mut dyn Conn, chunk: i64) -> Result<VerifyReport,
     verify_events(conn, &mut report, chunk)?;
     let held = verify_top_ups(conn, &mut report, chunk)?;
     verify_incoming(&mut report, &held);
+    let held = verify_holds(conn, &mut report, chunk)?;
+    verify_held(&mut report, &held);
+    rollups::verify_rollups(conn, &mut report, chunk)?;
+    let stray = ledger::stray_fee_periods(conn)?;
+    if stray > 0 {
+        report.problem(format!("{stray} plan fee periods name no fee entry, or end before they start"));
+    }
     Ok(report)
 }
 
@@ -105,12 +124,13 @@ fn is_system(posting: &PostingLine, account: SystemAccount) -> bool {
 }
 
 /// What a wallet transaction moves, from the wallet's side: the opposite of what its system
-/// postings take, leaving out `incoming` (money on its way in is not yet the wallet's).
+/// postings take, leaving out `incoming` (money on its way in is not yet the wallet's) and
+/// `held` (held money is still the customer's until a capture debits it as a fee).
 fn moved_by<'a>(postings: impl IntoIterator<Item = &'a PostingLine>) -> Decimal {
-    -sum_of(
-        postings,
-        |posting| matches!(posting.account, LedgerAccount::System(account) if account != SystemAccount::Incoming),
-    )
+    -sum_of(postings, |posting| {
+        matches!(posting.account, LedgerAccount::System(account)
+            if account != SystemAccount::Incoming && account != SystemAccount::Held)
+    })
 }
 
 /// Every entry balances; system balances per asset; entries that move money have a transaction.
@@ -162,6 +182,7 @@ fn verify_entries(conn: &mut dyn Conn, report: &mut VerifyReport, chunk: i64) ->
 struct Derived {
     available: Decimal,
     pending_in: Decimal,
+    pending_out: Decimal,
     debt: Decimal,
 }
 
@@ -184,6 +205,7 @@ fn verify_accounts(conn: &mut dyn Conn, report: &mut VerifyReport, chunk: i64) -
             let checks = [
                 ("available", account.available, derived.available),
                 ("pending_in", account.pending_in, derived.pending_in),
+                ("pending_out", account.pending_out, derived.pending_out),
                 ("debt", account.debt, derived.debt),
             ];
             for (field, stored, from_ledger) in checks {
@@ -193,6 +215,10 @@ fn verify_accounts(conn: &mut dyn Conn, report: &mut VerifyReport, chunk: i64) -
             }
             if account.debt < Decimal::ZERO {
                 report.problem(format!("{name}: debt is negative ({})", account.debt));
+            }
+            let open_holds: Decimal = holds::open_for_account(conn, &account.key)?.iter().map(Hold::remaining).sum();
+            if account.pending_out != open_holds {
+                report.problem(format!("{name}: pending_out is {} but its open holds hold {open_holds}", account.pending_out));
             }
             verify_grants(conn, report, &account.key, &mut per_grant)?;
             for grant_id in per_grant.keys() {
@@ -250,6 +276,15 @@ fn account_postings(
                     derived.available += posting.amount;
                     per_grant.entry(grant_id).or_default().0 += posting.amount;
                 }
+                // Held money: out of `available`, into `pending_out`. It never names a grant; one
+                // that does is counted against the grant, which then disagrees and is reported.
+                (Bucket::PendingOut, grant_id) => {
+                    derived.available += posting.amount;
+                    derived.pending_out -= posting.amount;
+                    if let Some(grant_id) = grant_id {
+                        per_grant.entry(grant_id).or_default().0 += posting.amount;
+                    }
+                }
                 (Bucket::PendingIn, grant_id) => {
                     derived.pending_in += posting.amount;
                     if let Some(grant_id) = grant_id {
@@ -303,6 +338,13 @@ fn verify_grants(
         }
         if &grant.amount != amount {
             report.problem(format!("grant {id}: amount is {} but the ledger issued {amount}", grant.amount));
+        }
+        // The revenue report values the grant at the cost basis the ledger recorded.
+        if grant.cost_basis != grant.issued_cost_basis {
+            report.problem(format!(
+                "grant {id}: cost basis is {:?} but the ledger issued it at {:?}",
+                grant.cost_basis, grant.issued_cost_basis
+            ));
         }
         let entries: BTreeSet<i64> = run.iter().filter_map(|line| line.issuing_entry).collect();
         let issued_by_entry: Decimal = -run.iter().filter_map(|line| line.issuance).sum::<Decimal>();
@@ -527,6 +569,91 @@ fn verify_incoming(report: &mut VerifyReport, held: &BTreeMap<(String, String), 
         let open = held.get(&(mode.clone(), asset.clone())).copied().unwrap_or_default();
         if incoming != -open {
             report.problem(format!("{mode} {asset}: system:incoming is {incoming} but open top-ups hold {open}"));
+        }
+    }
+}
+
+/// Every hold against its ledger entries (`tally_hold_{id}`): one `hold` entry moved its
+/// amount from the wallet's `pending_out` to `held`; its `hold_capture` entries gave back what
+/// it says was captured, and its `hold_release` or `hold_expiry` entry what it says was
+/// released; its status agrees with what it still holds. Returns what open holds hold, by
+/// (mode, asset).
+fn verify_holds(
+    conn: &mut dyn Conn,
+    report: &mut VerifyReport,
+    chunk: i64,
+) -> Result<BTreeMap<(String, String), Decimal>, StoreError> {
+    let mut open: BTreeMap<(String, String), Decimal> = BTreeMap::new();
+    let mut after: Option<(String, String)> = None;
+    loop {
+        let rows = holds::with_postings_after(conn, after.as_ref().map(|(customer, id)| (customer.as_str(), id.as_str())), chunk)?;
+        if rows.is_empty() {
+            break;
+        }
+        for run in runs(rows, |line| (line.hold.customer_id.clone(), line.hold.id.clone())) {
+            report.holds += 1;
+            let (mode, hold) = (&run[0].mode, &run[0].hold);
+            after = Some((hold.customer_id.clone(), hold.id.clone()));
+            let name = format!("hold {} of {}", hold.id, hold.customer_id);
+            // What each kind of entry moved into `system:held`, and whether every one of its
+            // postings was the wallet's pending_out mirrored by held.
+            let mut moved: BTreeMap<&str, Decimal> = BTreeMap::new();
+            let mut mirrored = Decimal::ZERO;
+            for (kind, account, bucket, amount) in run.iter().filter_map(|line| line.posting.as_ref()) {
+                match (account.as_str(), bucket.as_str()) {
+                    ("system:held", _) => *moved.entry(kind.as_str()).or_default() += *amount,
+                    ("wallet", "pending_out") => mirrored += *amount,
+                    _ => report.problem(format!("{name}: its {kind} entry posts to {account} ({bucket})")),
+                }
+            }
+            let total: Decimal = moved.values().copied().sum();
+            if total != -mirrored {
+                report.problem(format!("{name}: its entries move {total} into held but {mirrored} out of pending_out"));
+            }
+            let of = |kind: &str| moved.get(kind).copied().unwrap_or_default();
+            let checks = [
+                ("held", hold.amount, of("hold")),
+                ("captured", hold.captured, -of("hold_capture")),
+                ("released", hold.released, -of("hold_release") - of("hold_expiry")),
+            ];
+            for (what, stored, from_ledger) in checks {
+                if stored != from_ledger {
+                    report.problem(format!("{name}: {what} {stored} but its ledger entries say {from_ledger}"));
+                }
+            }
+            let remaining = hold.remaining();
+            let right = match hold.status {
+                HoldStatus::Held => remaining > Decimal::ZERO,
+                HoldStatus::Captured => remaining.is_zero() && hold.released.is_zero(),
+                HoldStatus::Released | HoldStatus::Expired => remaining.is_zero(),
+            };
+            if !right || hold.captured < Decimal::ZERO || hold.released < Decimal::ZERO {
+                report.problem(format!(
+                    "{name} is {} but holds {remaining} (amount {}, captured {}, released {})",
+                    hold.status.as_str(),
+                    hold.amount,
+                    hold.captured,
+                    hold.released
+                ));
+            }
+            if hold.status == HoldStatus::Held {
+                *open.entry((mode.clone(), hold.asset.clone())).or_default() += remaining;
+            }
+        }
+    }
+    Ok(open)
+}
+
+/// Per mode and asset, `held` equals what open holds hold.
+fn verify_held(report: &mut VerifyReport, open: &BTreeMap<(String, String), Decimal>) {
+    let mut assets: BTreeSet<(String, String)> = open.keys().cloned().collect();
+    assets.extend(report.system_balances.keys().map(|(mode, asset, _)| (mode.clone(), asset.clone())));
+    for (mode, asset) in assets {
+        let key = (mode.clone(), asset.clone(), SystemAccount::Held.as_str().to_owned());
+        let held = report.system_balances.get(&key).copied().unwrap_or_default();
+        let holding = open.get(&(mode.clone(), asset.clone())).copied().unwrap_or_default();
+        if held != holding {
+            report.problem(format!("{mode} {asset}: system:held is {held} but open holds hold {holding}"));
         }
     }
 }

@@ -76,6 +76,10 @@ pub enum Refusal {
     Used {
         failure_url: String,
     },
+    /// The link exists but can no longer open the portal: its customer is gone.
+    Invalid {
+        failure_url: String,
+    },
 }
 
 /// Swaps a link for a session, once. Any later use, and any use after the link's validity,
@@ -89,6 +93,9 @@ pub fn enter(conn: &mut dyn Conn, token: &str, now: DateTime<Utc>) -> Result<Res
     }
     if link.expires_at <= now {
         return Ok(Err(Refusal::Expired { failure_url: link.failure_url }));
+    }
+    if customers::get(conn, link.mode, &link.customer_id)?.is_none() {
+        return Ok(Err(Refusal::Invalid { failure_url: link.failure_url }));
     }
     // The row lock (PostgreSQL) or the single writer (SQLite) already serialises first uses;
     // the conditional update makes the rule hold even without either.
@@ -112,6 +119,11 @@ pub fn enter(conn: &mut dyn Conn, token: &str, now: DateTime<Utc>) -> Result<Res
 /// The live session a cookie's token names, if any.
 pub fn session(conn: &mut dyn Conn, token: &str, now: DateTime<Utc>) -> Result<Option<PortalSession>, OpError> {
     Ok(portal::live_session(conn, &hash_key(token), now)?)
+}
+
+/// Where an ended (or live) session's customer goes back to, by its cookie's token.
+pub fn session_return_url(conn: &mut dyn Conn, token: &str) -> Result<Option<String>, OpError> {
+    Ok(portal::session_return_url(conn, &hash_key(token))?)
 }
 
 /// Deletes links and sessions long expired. Returns how many rows went.

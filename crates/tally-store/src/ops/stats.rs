@@ -13,11 +13,12 @@
 
 use super::OpError;
 use crate::conn::{Conn, Value};
-use crate::repo::assets;
+use crate::repo::{assets, rollups};
 use crate::StoreError;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use std::collections::HashMap;
+use std::ops::Range;
 use tally_core::money::round_display;
 use tally_core::rate::{self, ScheduledRate};
 use tally_core::Mode;
@@ -47,6 +48,18 @@ struct Valuer {
 }
 
 impl Valuer {
+    fn schedule(&mut self, conn: &mut dyn Conn, mode: Mode, asset: &str) -> Result<&[ScheduledRate], StoreError> {
+        if !self.schedules.contains_key(asset) {
+            let schedule = assets::rates(conn, mode, asset)?
+                .into_iter()
+                .filter(|row| row.source == self.currency)
+                .map(|row| row.scheduled)
+                .collect();
+            self.schedules.insert(asset.to_owned(), schedule);
+        }
+        Ok(&self.schedules[asset])
+    }
+
     fn value(
         &mut self,
         conn: &mut dyn Conn,
@@ -58,16 +71,86 @@ impl Valuer {
         if asset == self.currency {
             return Ok(Some(amount));
         }
-        if !self.schedules.contains_key(asset) {
-            let schedule = assets::rates(conn, mode, asset)?
-                .into_iter()
-                .filter(|row| row.source == self.currency)
-                .map(|row| row.scheduled)
-                .collect();
-            self.schedules.insert(asset.to_owned(), schedule);
-        }
-        let schedule = &self.schedules[asset];
+        let schedule = self.schedule(conn, mode, asset)?;
         Ok(rate::in_force(schedule, at).and_then(|entry| entry.rate.value_in_source(amount)))
+    }
+
+    /// The value of `total`, the sum of the fees in `asset` of one whole period `[start,
+    /// end)` (of the customer, or of the whole mode). A period the asset's rate changes in is
+    /// valued fee by fee, reading its fees; any other at the one rate in force throughout.
+    fn value_total(
+        &mut self,
+        conn: &mut dyn Conn,
+        mode: Mode,
+        customer_id: Option<&str>,
+        (asset, start, end): (&str, DateTime<Utc>, DateTime<Utc>),
+        total: Decimal,
+    ) -> Result<Decimal, StoreError> {
+        if asset == self.currency {
+            return Ok(total);
+        }
+        let schedule = self.schedule(conn, mode, asset)?;
+        let changes_within = |at: Option<DateTime<Utc>>| at.is_some_and(|at| start < at && at < end);
+        if !schedule.iter().any(|entry| changes_within(Some(entry.valid_from)) || changes_within(entry.valid_to)) {
+            let value = rate::in_force(schedule, start).and_then(|entry| entry.rate.value_in_source(total));
+            return Ok(value.unwrap_or_default());
+        }
+        let mut value = Decimal::ZERO;
+        for (fee_asset, amount, at) in rollups::fees_between(conn, mode, customer_id, start, end)? {
+            if fee_asset == asset {
+                value += self.value(conn, mode, asset, amount, at)?.unwrap_or_default();
+            }
+        }
+        Ok(value)
+    }
+}
+
+/// How a period falls on the rollups' periods of `size` microseconds (hours, days): the whole
+/// ones in it, read from the rollups, and the parts at its edges (period, from, to), read from
+/// the fees and costs themselves.
+struct Spans {
+    size: i64,
+    whole: Range<i64>,
+    parts: Vec<(i64, DateTime<Utc>, DateTime<Utc>)>,
+}
+
+impl Spans {
+    fn of(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>, size: i64) -> Spans {
+        let start = |period: i64| rollups::period_start(period, size);
+        let starts_period = |at: DateTime<Utc>| start(rollups::period_of(at, size)) == at;
+        let first = from.map_or(i64::MIN, |from| rollups::period_of(from, size) + i64::from(!starts_period(from)));
+        let end = to.map_or(i64::MAX, |to| rollups::period_of(to, size));
+        let mut parts = Vec::new();
+        if let Some(from) = from.filter(|from| !starts_period(*from)) {
+            let period = rollups::period_of(from, size);
+            let part_end = start(period + 1);
+            parts.push((period, from, to.map_or(part_end, |to| to.min(part_end))));
+        }
+        if let Some(to) = to.filter(|to| !starts_period(*to)) {
+            let period = rollups::period_of(to, size);
+            if parts.first().is_none_or(|(first, _, _)| *first != period) {
+                parts.push((period, from.map_or(start(period), |from| from.max(start(period))), to));
+            }
+        }
+        parts.retain(|(_, from, to)| from < to);
+        Spans { size, whole: first..end.max(first), parts }
+    }
+
+    fn bounds(&self, period: i64) -> (DateTime<Utc>, DateTime<Utc>) {
+        (rollups::period_start(period, self.size), rollups::period_start(period + 1, self.size))
+    }
+
+    /// Whether the part `[from, to)` of `period` is read directly (it is at most half of it),
+    /// or as the whole period less the rest (`false`): either way as few rows as can be.
+    fn read_directly(&self, period: i64, from: DateTime<Utc>, to: DateTime<Utc>) -> bool {
+        let (start, end) = self.bounds(period);
+        (to - from) * 2 <= end - start
+    }
+
+    /// The rest of `period` outside `[from, to)`, where it is not empty.
+    fn rest(&self, period: i64, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+        let (start, end) = self.bounds(period);
+        [(start, from), (to, end)].into_iter().filter(|(from, to)| from < to).collect()
     }
 }
 
@@ -93,7 +176,78 @@ fn scope_sql(scope: &Scope, mode: Mode, table: &str) -> (String, Vec<Value>) {
     (conditions.join(" AND "), values)
 }
 
+/// Revenue and costs in `scope`. One event's are read from its fees and costs; a customer's
+/// or the whole mode's from the rollups for whole hours and from the fees and costs for the
+/// parts of hours at the period's edges (less than an hour each), which comes to the same
+/// exact amounts.
 pub fn profitability(conn: &mut dyn Conn, mode: Mode, scope: &Scope, currency: &str) -> Result<Profitability, OpError> {
+    if scope.event_id.is_some() {
+        return event_profitability(conn, mode, scope, currency);
+    }
+    let gross_revenue = revenue(conn, mode, scope, currency)?;
+    let total_costs = costs(conn, mode, scope, currency)?;
+    Ok(summarise(gross_revenue, total_costs, currency))
+}
+
+/// Usage fees in `scope` valued in `currency`, from the hourly rollups.
+fn revenue(conn: &mut dyn Conn, mode: Mode, scope: &Scope, currency: &str) -> Result<Decimal, OpError> {
+    let mut valuer = Valuer { currency: currency.to_owned(), schedules: HashMap::new() };
+    let customer_id = scope.customer_id.as_deref();
+    let spans = Spans::of(scope.from, scope.to, rollups::MICROS_PER_HOUR);
+    let totals = |conn: &mut dyn Conn, periods: Range<i64>| match customer_id {
+        Some(customer_id) => rollups::customer_usage_hours(conn, mode, customer_id, periods),
+        None => rollups::usage_hours(conn, mode, periods),
+    };
+    let mut gross_revenue = Decimal::ZERO;
+    let mut wholes = vec![spans.whole.clone()];
+    let mut rests = Vec::new();
+    for (period, from, to) in &spans.parts {
+        if spans.read_directly(*period, *from, *to) {
+            for (asset, amount, at) in rollups::fees_between(conn, mode, customer_id, *from, *to)? {
+                gross_revenue += valuer.value(conn, mode, &asset, amount, at)?.unwrap_or_default();
+            }
+        } else {
+            wholes.push(*period..*period + 1);
+            rests.extend(spans.rest(*period, *from, *to));
+        }
+    }
+    for periods in wholes.into_iter().filter(|periods| !periods.is_empty()) {
+        for (asset, period, total) in totals(conn, periods)? {
+            let (start, end) = spans.bounds(period);
+            gross_revenue += valuer.value_total(conn, mode, customer_id, (&asset, start, end), total)?;
+        }
+    }
+    for (from, to) in rests {
+        for (asset, amount, at) in rollups::fees_between(conn, mode, customer_id, from, to)? {
+            gross_revenue -= valuer.value(conn, mode, &asset, amount, at)?.unwrap_or_default();
+        }
+    }
+    Ok(gross_revenue)
+}
+
+/// Vendor costs in `scope` in `currency`, from the hourly rollups.
+fn costs(conn: &mut dyn Conn, mode: Mode, scope: &Scope, currency: &str) -> Result<Decimal, OpError> {
+    let customer_id = scope.customer_id.as_deref();
+    let spans = Spans::of(scope.from, scope.to, rollups::MICROS_PER_HOUR);
+    let mut total_costs = Decimal::ZERO;
+    if !spans.whole.is_empty() {
+        total_costs += rollups::cost_total(conn, mode, customer_id, currency, spans.whole.clone())?;
+    }
+    for (day, from, to) in &spans.parts {
+        if spans.read_directly(*day, *from, *to) {
+            total_costs += rollups::costs_between(conn, mode, customer_id, currency, *from, *to)?;
+            continue;
+        }
+        total_costs += rollups::cost_total(conn, mode, customer_id, currency, *day..*day + 1)?;
+        for (from, to) in spans.rest(*day, *from, *to) {
+            total_costs -= rollups::costs_between(conn, mode, customer_id, currency, from, to)?;
+        }
+    }
+    Ok(total_costs)
+}
+
+/// One event's revenue and costs, from its own fees and costs.
+fn event_profitability(conn: &mut dyn Conn, mode: Mode, scope: &Scope, currency: &str) -> Result<Profitability, OpError> {
     let mut valuer = Valuer { currency: currency.to_owned(), schedules: HashMap::new() };
     let (condition, values) = scope_sql(scope, mode, "f");
     let fees =
@@ -131,7 +285,8 @@ pub fn summarise(gross_revenue: Decimal, total_costs: Decimal, currency: &str) -
     }
 }
 
-/// A vendor's costs in a period by category, in `currency`.
+/// A vendor's costs in a period by category, in `currency`: whole hours from the rollups,
+/// the parts of hours at the period's edges from the costs themselves.
 pub fn vendor_costs(
     conn: &mut dyn Conn,
     vendor_id: &str,
@@ -140,19 +295,41 @@ pub fn vendor_costs(
     category: Option<&str>,
     currency: &str,
 ) -> Result<(Decimal, Vec<(String, Decimal)>), OpError> {
-    let mut by_category: Vec<(String, Decimal)> = Vec::new();
-    let mut total = Decimal::ZERO;
-    for (cost_category, amount, cost_currency) in crate::repo::vendors::costs(conn, vendor_id, from, to)? {
-        let name = cost_category.unwrap_or_else(|| "uncategorized".to_owned());
-        if cost_currency != currency || category.is_some_and(|wanted| wanted != name) {
+    // (category, amount, how many costs): a category is reported when it has costs in the
+    // period, even costs that add up to zero.
+    let mut sums: Vec<(String, Decimal, i64)> = Vec::new();
+    let spans = Spans::of(Some(from), Some(to), rollups::MICROS_PER_HOUR);
+    if !spans.whole.is_empty() {
+        sums.extend(rollups::vendor_costs(conn, vendor_id, currency, spans.whole.clone())?);
+    }
+    for (day, from, to) in &spans.parts {
+        if spans.read_directly(*day, *from, *to) {
+            sums.extend(rollups::vendor_costs_between(conn, vendor_id, currency, *from, *to)?);
             continue;
         }
-        total += amount;
-        match by_category.iter_mut().find(|(existing, _)| *existing == name) {
-            Some((_, sum)) => *sum += amount,
-            None => by_category.push((name, amount)),
+        sums.extend(rollups::vendor_costs(conn, vendor_id, currency, *day..*day + 1)?);
+        for (from, to) in spans.rest(*day, *from, *to) {
+            let rest = rollups::vendor_costs_between(conn, vendor_id, currency, from, to)?;
+            sums.extend(rest.into_iter().map(|(name, amount, count)| (name, -amount, -count)));
         }
     }
+    let mut by_category: Vec<(String, Decimal, i64)> = Vec::new();
+    for (cost_category, amount, count) in sums {
+        // Costs without a category are stored with an empty one (the API refuses empty ones).
+        let name = if cost_category.is_empty() { "uncategorized".to_owned() } else { cost_category };
+        if category.is_some_and(|wanted| wanted != name) {
+            continue;
+        }
+        match by_category.iter_mut().find(|(existing, _, _)| *existing == name) {
+            Some((_, sum, costs)) => {
+                *sum += amount;
+                *costs += count;
+            }
+            None => by_category.push((name, amount, count)),
+        }
+    }
+    by_category.retain(|(_, _, count)| *count > 0);
     by_category.sort_by(|left, right| left.0.cmp(&right.0));
-    Ok((total.normalize(), by_category.into_iter().map(|(name, sum)| (name, sum.normalize())).collect()))
+    let total: Decimal = by_category.iter().map(|(_, sum, _)| *sum).sum();
+    Ok((total.normalize(), by_category.into_iter().map(|(name, sum, _)| (name, sum.normalize())).collect()))
 }

@@ -295,7 +295,12 @@ fn activate(
     subscription.started_at.get_or_insert(at);
     // Events that occurred from `at` on are priced by these versions (a late start counts from `at`).
     subscriptions::record_history(conn, subscription, at)?;
-    collect_fixed_fees(conn, mode, subscription, &versions, at, fees, now)?;
+    // The period the recurring fees pay for ends where the cycle computed below renews.
+    let period_end = match subscription.renews_at {
+        Some(renews_at) if renews_at > at => Some(renews_at),
+        Some(_) | None => next_renewal(&versions, at, at),
+    };
+    collect_fixed_fees(conn, mode, subscription, &versions, at, period_end, fees, now)?;
     let periods = subscriptions::entitlement_periods(conn, &subscription.id)?;
     for version in &versions {
         for index in 0..version.entitlements.len() {
@@ -361,13 +366,16 @@ fn next_renewal(
     interval.next_period_end(anchor, count, after)
 }
 
-/// Debits the fixed fees `due` at `at`.
+/// Debits the fixed fees `due` at `at`. A recurring fee pays for the period to `period_end`,
+/// which the ledger records beside its entry (the revenue report recognises it over that time).
+#[allow(clippy::too_many_arguments)]
 fn collect_fixed_fees(
     conn: &mut dyn Conn,
     mode: Mode,
     subscription: &Subscription,
     versions: &[Arc<ProductVersion>],
     at: DateTime<Utc>,
+    period_end: Option<DateTime<Utc>>,
     due: FeesDue,
     now: DateTime<Utc>,
 ) -> Result<(), OpError> {
@@ -410,6 +418,11 @@ fn collect_fixed_fees(
                 executed_at: Some(at),
             };
             record(conn, mode, &key, &transaction, &postings, now)?;
+            if let (FixedBilling::Recurring { .. }, Some(until)) = (price.billing, period_end) {
+                if until > at {
+                    crate::repo::ledger::record_fee_period(conn, mode, &key.customer_id, &transaction.id, at, until)?;
+                }
+            }
         }
     }
     Ok(())
@@ -454,7 +467,7 @@ fn grant_entitlement(
     };
     let postings =
         account.state.credit(grant, SystemAccount::Issuance, now).map_err(|error| wallet_error(error, "products"))?;
-    let origin = GrantOrigin { transaction_id: Some(transaction_id.clone()), cost_basis: None };
+    let origin = GrantOrigin { transaction_id: Some(transaction_id.clone()), ..GrantOrigin::default() };
     save_account(conn, mode, &loaded, &account, &origin, now)?;
     let transaction = Transaction {
         customer_id: subscription.customer_id.clone(),
@@ -555,9 +568,10 @@ fn run_active_action(
 ) -> Result<(), OpError> {
     let versions = versions(conn, mode, subscription, catalog)?;
     if subscription.renews_at == Some(due_at) {
-        collect_fixed_fees(conn, mode, subscription, &versions, due_at, FeesDue::RENEWAL, now)?;
         let anchor = *subscription.renewal_anchor_at.get_or_insert(due_at);
-        subscription.renews_at = next_renewal(&versions, anchor, due_at);
+        let period_end = next_renewal(&versions, anchor, due_at);
+        collect_fixed_fees(conn, mode, subscription, &versions, due_at, period_end, FeesDue::RENEWAL, now)?;
+        subscription.renews_at = period_end;
     }
     for period in subscriptions::entitlement_periods(conn, &subscription.id)? {
         if period.next_refresh_at != Some(due_at) {

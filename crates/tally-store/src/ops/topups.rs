@@ -394,7 +394,11 @@ pub fn succeed(
     );
     let transaction_id = format!("{RESERVED_TRANSACTION_PREFIX}top_up_{}", top_up.id);
     let cost_basis = top_up.amount.checked_div(top_up.asset_amount).map(|basis| basis.normalize());
-    let origin = GrantOrigin { transaction_id: Some(transaction_id.clone()), cost_basis };
+    let origin = GrantOrigin {
+        transaction_id: Some(transaction_id.clone()),
+        cost_basis,
+        cost_currency: Some(top_up.currency.clone()),
+    };
     save_account(conn, mode, &loaded, &account, &origin, now)?;
     let transaction = Transaction {
         customer_id: top_up.customer_id.clone(),
@@ -431,23 +435,36 @@ pub fn succeed(
     }
     // The customer asked to keep the card (for auto top-up): remember it.
     let payment_method = match method.filter(|_| top_up.save_payment_method) {
-        Some(method) => {
-            let saved = PaymentMethod {
-                id: ids::new_id("pm"),
-                customer_id: top_up.customer_id.clone(),
-                provider: top_up.provider.clone(),
-                provider_reference: method.provider_reference.clone(),
-                provider_customer: method.provider_customer.clone(),
-                brand: method.brand.clone(),
-                last4: method.last4.clone(),
-                created_at: now,
-            };
-            topups::insert_payment_method(conn, mode, &saved)?;
-            Some(saved)
-        }
+        Some(method) => Some(save_card(conn, mode, &top_up.customer_id, &top_up.provider, method, now)?),
         None => None,
     };
     Ok(Settled { top_up, credited: true, late, payment_method })
+}
+
+/// Saves a card for the customer; the first card they have becomes their default.
+pub fn save_card(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    customer_id: &str,
+    provider: &str,
+    method: &NewPaymentMethod,
+    now: DateTime<Utc>,
+) -> Result<PaymentMethod, OpError> {
+    let saved = PaymentMethod {
+        id: ids::new_id("pm"),
+        customer_id: customer_id.to_owned(),
+        provider: provider.to_owned(),
+        provider_reference: method.provider_reference.clone(),
+        provider_customer: method.provider_customer.clone(),
+        brand: method.brand.clone(),
+        last4: method.last4.clone(),
+        created_at: now,
+    };
+    topups::insert_payment_method(conn, mode, &saved)?;
+    if topups::default_payment_method(conn, customer_id)?.is_none() {
+        topups::set_default_payment_method(conn, mode, customer_id, &saved.id)?;
+    }
+    Ok(saved)
 }
 
 /// The payment failed (or the top-up expired): release `pending_in`. Final.

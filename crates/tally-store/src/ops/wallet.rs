@@ -165,7 +165,7 @@ pub fn adjust(
         asset: asset.code().to_owned(),
     };
     let (mut account, loaded) = open_account(conn, mode, &key, now)?;
-    let mut origin = GrantOrigin { transaction_id: Some(adjustment.transaction_id.clone()), cost_basis: None };
+    let mut origin = GrantOrigin { transaction_id: Some(adjustment.transaction_id.clone()), ..GrantOrigin::default() };
     let postings = match credit_purpose {
         Some(purpose) => {
             let grant = adjustment_grant(adjustment, purpose, now);
@@ -231,7 +231,7 @@ pub fn adjust_many(
             return Err(OpError::invalid("amount", "every adjustment of a batch must be a credit"));
         };
         let grant = adjustment_grant(adjustment, purpose, now);
-        let origin = GrantOrigin { transaction_id: Some(adjustment.transaction_id.clone()), cost_basis: None };
+        let origin = GrantOrigin { transaction_id: Some(adjustment.transaction_id.clone()), ..GrantOrigin::default() };
         origins.insert(grant.id.clone(), origin);
         let postings =
             account.state.credit(grant, SystemAccount::Issuance, now).map_err(|error| wallet_error(error, "amount"))?;
@@ -392,6 +392,7 @@ pub(crate) fn wallet_error(error: WalletError, field: &str) -> OpError {
     match error {
         WalletError::InsufficientFunds => OpError::Conflict(error.to_string()),
         WalletError::BalanceLimit(_) | WalletError::DebtLimit(_) => OpError::invalid(field, error.to_string()),
+        WalletError::NotHeld => OpError::Store(StoreError::Corrupt(error.to_string())),
     }
 }
 

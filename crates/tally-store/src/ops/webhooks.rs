@@ -20,13 +20,17 @@
 //! - `top_up.succeeded`, `top_up.failed`, `auto_top_up.failed`: the top-up operations, through
 //!   [`top_up`] and [`auto_top_up_failed`];
 //! - `event.unbilled`: `ops::events::ingest`, once per usage event stored unbilled (a replay
-//!   stores nothing, so sends nothing).
+//!   stores nothing, so sends nothing);
+//! - `hold.created`, `hold.captured`, `hold.released`, `hold.expired`: `ops::holds`, through
+//!   [`hold_changed`] (`hold.captured` once per capture, also for each usage fee captured
+//!   from a hold).
 
 use super::OpError;
 use crate::conn::Conn;
 use crate::ids;
 use crate::repo::customers::Customer;
 use crate::repo::events::StoredEvent;
+use crate::repo::holds::{Hold, HoldStatus};
 use crate::repo::subscriptions::{Subscription, SubscriptionStatus};
 use crate::repo::transactions::Transaction;
 use crate::repo::wallets::{Account, AccountKey};
@@ -53,10 +57,14 @@ pub enum Topic {
     TopUpFailed,
     AutoTopUpFailed,
     EventUnbilled,
+    HoldCreated,
+    HoldCaptured,
+    HoldReleased,
+    HoldExpired,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 9] = [
+    pub const ALL: [Topic; 13] = [
         Topic::CustomerCreated,
         Topic::SubscriptionActivated,
         Topic::TransactionCompleted,
@@ -66,6 +74,10 @@ impl Topic {
         Topic::TopUpFailed,
         Topic::AutoTopUpFailed,
         Topic::EventUnbilled,
+        Topic::HoldCreated,
+        Topic::HoldCaptured,
+        Topic::HoldReleased,
+        Topic::HoldExpired,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -79,6 +91,10 @@ impl Topic {
             Topic::TopUpFailed => "top_up.failed",
             Topic::AutoTopUpFailed => "auto_top_up.failed",
             Topic::EventUnbilled => "event.unbilled",
+            Topic::HoldCreated => "hold.created",
+            Topic::HoldCaptured => "hold.captured",
+            Topic::HoldReleased => "hold.released",
+            Topic::HoldExpired => "hold.expired",
         }
     }
 
@@ -522,6 +538,48 @@ pub fn event_unbilled(
     emit(conn, mode, Topic::EventUnbilled, || event_unbilled_data(event), Some(&event.customer_id), now).map(drop)
 }
 
+/// A hold as `GET /customers/{id}/wallet/holds/{hold_id}` shows it, and for `hold.captured`
+/// the capture: its fee transaction, and how much came from the hold and beyond it.
+fn hold_data(hold: &Hold, capture: Option<(&Transaction, Decimal, Decimal)>) -> Value {
+    let mut data = json!({
+        "id": hold.id,
+        "customer_id": hold.customer_id,
+        "account_id": account_id(&hold.account_name, &hold.asset),
+        "asset": hold.asset,
+        "status": hold.status.as_str(),
+        "amount": number(hold.amount),
+        "captured": number(hold.captured),
+        "released": number(hold.released),
+        "held": number(hold.remaining()),
+        "description": hold.description,
+        "metadata": hold.metadata,
+        "expires_at": timestamp(hold.expires_at),
+        "created_at": timestamp(hold.created_at),
+        "closed_at": hold.closed_at.map(timestamp),
+    });
+    if let Some((transaction, from_hold, beyond_hold)) = capture {
+        data["capture"] = json!({
+            "transaction_id": transaction.id,
+            "amount": number(-transaction.amount),
+            "from_hold": number(from_hold),
+            "beyond_hold": number(beyond_hold),
+        });
+    }
+    data
+}
+
+/// `hold.created`, `hold.captured` (with the capture), `hold.released` or `hold.expired`.
+pub fn hold_changed(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    topic: Topic,
+    hold: &Hold,
+    capture: Option<(&Transaction, Decimal, Decimal)>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    emit(conn, mode, topic, || hold_data(hold, capture), Some(&hold.customer_id), now).map(drop)
+}
+
 /// A made-up but well-formed `data` for `topic`, for test sends: the same fields a real event
 /// carries, with ids no real resource has.
 pub fn sample_data(topic: Topic, now: DateTime<Utc>) -> Value {
@@ -552,6 +610,24 @@ pub fn sample_data(topic: Topic, now: DateTime<Utc>) -> Value {
         failure_reason: failure_reason.map(str::to_owned),
         transaction_id: (status == "succeeded").then(|| "tally_topup_top_test00000000000000000000".to_owned()),
         created_at: now,
+    };
+    let hold = |status: HoldStatus, captured: i64, released: i64| Hold {
+        customer_id: customer_id.to_owned(),
+        id: "render-job-1".into(),
+        account_name: "default".into(),
+        asset: "USD".into(),
+        amount: Decimal::new(500, 2),
+        captured: Decimal::new(captured, 2),
+        released: Decimal::new(released, 2),
+        status,
+        allow_overdraft: false,
+        description: Some("Video render".into()),
+        metadata: Default::default(),
+        request_hash: String::new(),
+        expires_at: now + chrono::Duration::days(1),
+        created_at: now,
+        updated_at: now,
+        closed_at: (status != HoldStatus::Held).then_some(now),
     };
     match topic {
         Topic::CustomerCreated => json!({
@@ -585,6 +661,13 @@ pub fn sample_data(topic: Topic, now: DateTime<Utc>) -> Value {
             "failure_reason": "the saved payment method was declined", "top_up_id": null,
             "failed_at": timestamp(now),
         }),
+        Topic::HoldCreated => hold_data(&hold(HoldStatus::Held, 0, 0), None),
+        Topic::HoldCaptured => {
+            let capture = Transaction { id: "capture-1".into(), amount: Decimal::new(-320, 2), ..transaction.clone() };
+            hold_data(&hold(HoldStatus::Held, 320, 0), Some((&capture, Decimal::new(320, 2), Decimal::ZERO)))
+        }
+        Topic::HoldReleased => hold_data(&hold(HoldStatus::Released, 320, 180), None),
+        Topic::HoldExpired => hold_data(&hold(HoldStatus::Expired, 0, 500), None),
         Topic::EventUnbilled => event_unbilled_data(&StoredEvent {
             id: "sample-event-1".into(),
             customer_id: customer_id.to_owned(),

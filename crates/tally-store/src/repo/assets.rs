@@ -1,6 +1,6 @@
 //! Custom assets and their exchange-rate schedules.
 
-use super::Page;
+use super::{Filter, Keys, Listing, Window};
 use crate::conn::Conn;
 use crate::{params, StoreError};
 use chrono::{DateTime, Utc};
@@ -15,6 +15,9 @@ pub struct Asset {
     pub precision: u32,
     pub label: String,
     pub symbol: Option<String>,
+    /// What the billing portal's top-up form offers (a Tally extension): JSON kept as the
+    /// HTTP layer wrote it, or `None`.
+    pub top_up: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -26,13 +29,13 @@ pub struct RateRow {
 
 pub fn insert(conn: &mut dyn Conn, mode: Mode, asset: &Asset) -> Result<(), StoreError> {
     conn.execute(
-        "INSERT INTO assets (mode, code, name, precision, label, symbol, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        params![mode.as_str(), &asset.code, &asset.name, asset.precision as i64, &asset.label, asset.symbol.clone(), asset.created_at],
+        "INSERT INTO assets (mode, code, name, precision, label, symbol, created_at, top_up) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        params![mode.as_str(), &asset.code, &asset.name, asset.precision as i64, &asset.label, asset.symbol.clone(), asset.created_at, asset.top_up.clone()],
     )?;
     Ok(())
 }
 
-const COLUMNS: &str = "code, name, precision, label, symbol, created_at";
+const COLUMNS: &str = "code, name, precision, label, symbol, created_at, top_up";
 
 fn from_row(row: &crate::Row) -> Result<Asset, StoreError> {
     Ok(Asset {
@@ -42,7 +45,17 @@ fn from_row(row: &crate::Row) -> Result<Asset, StoreError> {
         label: row.text(3)?,
         symbol: row.opt_text(4)?,
         created_at: row.time(5)?,
+        top_up: row.opt_text(6)?,
     })
+}
+
+/// Replaces an asset's top-up settings; false when there is no such asset.
+pub fn set_top_up(conn: &mut dyn Conn, mode: Mode, code: &str, top_up: Option<&str>) -> Result<bool, StoreError> {
+    let changed = conn.execute(
+        "UPDATE assets SET top_up = $3 WHERE mode = $1 AND code = $2",
+        params![mode.as_str(), code, top_up.map(str::to_owned)],
+    )?;
+    Ok(changed > 0)
 }
 
 pub fn get(conn: &mut dyn Conn, mode: Mode, code: &str) -> Result<Option<Asset>, StoreError> {
@@ -55,17 +68,11 @@ pub fn get(conn: &mut dyn Conn, mode: Mode, code: &str) -> Result<Option<Asset>,
     .transpose()
 }
 
-pub fn list(conn: &mut dyn Conn, mode: Mode, page: Page) -> Result<(Vec<Asset>, i64), StoreError> {
-    let total = conn.count("SELECT COUNT(*) FROM assets WHERE mode = $1", params![mode.as_str()])?;
-    let items = conn
-        .query(
-            &format!("SELECT {COLUMNS} FROM assets WHERE mode = $1 ORDER BY code LIMIT $2 OFFSET $3"),
-            params![mode.as_str(), page.limit, page.offset],
-        )?
-        .iter()
-        .map(from_row)
-        .collect::<Result<_, _>>()?;
-    Ok((items, total))
+/// The order of `GET /assets`: by code.
+pub const LIST_KEYS: Keys = Keys { tag: "assets", columns: &["code"], kinds: "t", descending: false };
+
+pub fn list(conn: &mut dyn Conn, mode: Mode, window: &Window) -> Result<Listing<Asset>, StoreError> {
+    Filter::new("mode = ?", mode.as_str()).page(conn, "assets", COLUMNS, &LIST_KEYS, window, from_row)
 }
 
 /// Writes one rate of `asset_code` bought with `source` (its `sequence` is assigned here).

@@ -77,8 +77,9 @@ pub fn for_customer(conn: &mut dyn Conn, mode: Mode, customer_id: &str) -> Resul
 pub fn put(conn: &mut dyn Conn, setting: &AutoTopUp) -> Result<(), StoreError> {
     conn.execute(
         &format!(
-            "INSERT INTO auto_top_ups ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+            "INSERT INTO auto_top_ups ({COLUMNS}, maybe_due) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $5)
              ON CONFLICT (customer_id, account_name, asset) DO UPDATE SET enabled = excluded.enabled,
+               maybe_due = excluded.maybe_due,
                threshold = excluded.threshold, amount = excluded.amount, currency = excluded.currency,
                payment_method_id = excluded.payment_method_id, failures = excluded.failures,
                retry_at = excluded.retry_at, in_flight_top_up_id = excluded.in_flight_top_up_id,
@@ -115,47 +116,77 @@ pub fn item_id(key: &AccountKey) -> String {
 /// [`item_id`] in SQL, for the auto top-up row `t`.
 const ITEM_SQL: &str = "t.customer_id || '/' || t.account_name || ':' || t.asset";
 
-/// Claims, for the background worker, one account whose auto top-up is due at `now`: enabled,
-/// past its back-off, with nothing in flight, not waiting to be retried after an error, and
-/// `available` below the threshold. Returns its mode and account, having locked the customer
-/// (the lock every wallet change takes first), skipping customers other transactions hold
-/// (PostgreSQL).
-///
-/// Balances are exact decimal text, which SQL cannot compare portably: `CAST(… AS NUMERIC)`
-/// is exact on PostgreSQL but a double on SQLite, where 300000000000000 and
-/// 300000000000000.01 are the same number. So SQL only narrows the candidates, with `<=`
-/// (rounding to a double never turns `a < b` into `a > b`, so no account below its threshold
-/// is left out), and the comparison that decides is made here, exactly, in `Decimal`.
-pub fn claim_due(conn: &mut dyn Conn, now: DateTime<Utc>) -> Result<Option<(Mode, AccountKey)>, StoreError> {
-    let sql = format!(
-        "SELECT t.mode, t.customer_id, t.account_name, t.asset, a.available, t.threshold FROM auto_top_ups t
-         JOIN wallet_accounts a ON a.customer_id = t.customer_id AND a.name = t.account_name AND a.asset = t.asset
-         WHERE t.enabled = 1 AND t.in_flight_top_up_id IS NULL AND (t.retry_at IS NULL OR t.retry_at <= $1)
-           AND t.payment_method_id IS NOT NULL
-           AND CAST(a.available AS NUMERIC) <= CAST(t.threshold AS NUMERIC){}
+/// The claim's candidates: settings flagged `maybe_due` (through their partial index, so the
+/// claim never reads the accounts that are above their threshold), enabled, past their
+/// back-off, with nothing in flight and not waiting to be retried after an error.
+pub fn claim_candidates_sql() -> String {
+    format!(
+        "SELECT t.mode, t.customer_id, t.account_name, t.asset, t.threshold FROM auto_top_ups t
+         WHERE t.maybe_due = 1 AND t.enabled = 1 AND t.in_flight_top_up_id IS NULL
+           AND (t.retry_at IS NULL OR t.retry_at <= $1) AND t.payment_method_id IS NOT NULL{}
          ORDER BY t.updated_at, t.customer_id, t.account_name, t.asset LIMIT $2 OFFSET $3",
         super::job_retries::not_waiting(super::job_retries::AUTO_TOP_UP, ITEM_SQL)
-    );
+    )
+}
+
+/// Claims, for the background worker, one account whose auto top-up is due at `now`: one of
+/// [`claim_candidates_sql`] whose `available` is below the threshold. Returns its mode and
+/// account, having locked the customer (the lock every wallet change takes first), skipping
+/// customers other transactions hold (PostgreSQL).
+///
+/// Balances are exact decimal text, which SQL cannot compare portably, so the comparison that
+/// decides is made here, exactly, in `Decimal`, on the balance read under the customer's lock.
+/// A candidate found not below its threshold has its flag cleared, under that same lock, so
+/// that no balance change can slip between the read and the clearing.
+pub fn claim_due(conn: &mut dyn Conn, now: DateTime<Utc>) -> Result<Option<(Mode, AccountKey)>, StoreError> {
+    let sql = claim_candidates_sql();
     let lock = format!("SELECT id FROM customers WHERE id = $1{}", conn.skip_locked());
     let mut offset = 0;
     loop {
         let rows = conn.query(&sql, params![now, CLAIM_PAGE, offset])?;
+        let mut cleared = 0;
         for row in &rows {
-            if row.decimal(4)? >= row.decimal(5)? {
-                continue;
-            }
+            let threshold = row.decimal(4)?;
             let Some((mode, key)) = claimed(Some(row.clone()))? else {
                 continue;
             };
-            if conn.query_optional(&lock, params![&key.customer_id])?.is_some() {
+            if conn.query_optional(&lock, params![&key.customer_id])?.is_none() {
+                continue;
+            }
+            let available = conn.query_optional(
+                "SELECT available FROM wallet_accounts WHERE customer_id = $1 AND name = $2 AND asset = $3",
+                params![&key.customer_id, &key.name, &key.asset],
+            )?;
+            let Some(available) = available else {
+                continue;
+            };
+            if available.decimal(0)? < threshold {
                 return Ok(Some((mode, key)));
             }
+            conn.execute(
+                "UPDATE auto_top_ups SET maybe_due = 0 WHERE customer_id = $1 AND account_name = $2 AND asset = $3",
+                params![&key.customer_id, &key.name, &key.asset],
+            )?;
+            cleared += 1;
         }
         if (rows.len() as i64) < CLAIM_PAGE {
             return Ok(None);
         }
-        offset += CLAIM_PAGE;
+        offset += CLAIM_PAGE - cleared;
     }
+}
+
+/// Flags the account's auto top-up (if it has one, enabled) as maybe due, when `available`
+/// is at or under its threshold. Called whenever a balance drops. The SQL comparison may be
+/// a double's (SQLite): rounding never turns `a < b` into `a > b`, so it errs towards the flag.
+pub fn flag_if_low(conn: &mut dyn Conn, key: &AccountKey, available: Decimal) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE auto_top_ups SET maybe_due = 1
+         WHERE customer_id = $1 AND account_name = $2 AND asset = $3 AND maybe_due = 0 AND enabled = 1
+           AND CAST(CAST($4 AS TEXT) AS NUMERIC) <= CAST(threshold AS NUMERIC)",
+        params![&key.customer_id, &key.name, &key.asset, available],
+    )?;
+    Ok(())
 }
 
 /// Claims one account whose in-flight top-up has ended (settled by a provider notification, or

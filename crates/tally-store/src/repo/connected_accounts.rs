@@ -2,7 +2,7 @@
 //! This table only names them; their data lives under their own [`Mode`], so it is
 //! partitioned by the same `mode` column that keeps test and live apart.
 
-use super::{metadata_from_text, metadata_to_text, Filter, Metadata, Page};
+use super::{metadata_from_text, metadata_to_text, Filter, Metadata};
 use crate::conn::Conn;
 use crate::{params, StoreError};
 use chrono::{DateTime, Utc};
@@ -69,15 +69,19 @@ pub fn find_by_external_id(
     .transpose()
 }
 
+/// The order of `GET /accounts`: oldest first.
+pub const LIST_KEYS: super::Keys =
+    super::Keys { tag: "accounts", columns: &["created_at", "id"], kinds: "it", descending: false };
+
 pub fn list(
     conn: &mut dyn Conn,
     environment: Environment,
     external_id: Option<&str>,
-    page: Page,
-) -> Result<(Vec<ConnectedAccount>, i64), StoreError> {
+    window: &super::Window,
+) -> Result<super::Listing<ConnectedAccount>, StoreError> {
     let mut query = Filter::new("environment = ?", environment.as_str());
     if let Some(external_id) = external_id {
         query.and("external_id = ?", external_id);
     }
-    query.page(conn, "connected_accounts", COLUMNS, "created_at, id", page, from_row)
+    query.page(conn, "connected_accounts", COLUMNS, &LIST_KEYS, window, from_row)
 }

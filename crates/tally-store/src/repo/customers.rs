@@ -1,6 +1,6 @@
 //! Customers.
 
-use super::{metadata_from_text, metadata_to_text, Filter, Metadata, Page};
+use super::{metadata_from_text, metadata_to_text, Filter, Keys, Listing, Metadata, Window};
 use crate::conn::Conn;
 use crate::{params, StoreError};
 use chrono::{DateTime, Utc};
@@ -84,14 +84,17 @@ pub fn find_by_external_id(conn: &mut dyn Conn, mode: Mode, external_id: &str) -
     .transpose()
 }
 
-/// Filters match exactly, except `email` (case-insensitive) and `name` (case-insensitive
-/// substring).
+/// The order of `GET /customers`: oldest first.
+pub const LIST_KEYS: Keys = Keys { tag: "customers", columns: &["created_at", "id"], kinds: "it", descending: false };
+
+/// Filters match exactly, except `email` (case-insensitive) and `name` (a case-insensitive
+/// prefix). Both are served by indexes on `lower(email)` and `lower(name)`.
 pub fn list(
     conn: &mut dyn Conn,
     mode: Mode,
     filter: &CustomerFilter,
-    page: Page,
-) -> Result<(Vec<Customer>, i64), StoreError> {
+    window: &Window,
+) -> Result<Listing<Customer>, StoreError> {
     let mut query = Filter::new("mode = ?", mode.as_str());
     if let Some(id) = &filter.customer_id {
         query.and("id = ?", id);
@@ -103,8 +106,12 @@ pub fn list(
         query.and("lower(email) = lower(?)", email);
     }
     if let Some(name) = &filter.name {
-        let pattern =
-            format!("%{}%", name.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+        // A range on `lower(name)` (byte order: the prefix, up to the prefix followed by the
+        // greatest character) that the index serves; LIKE then keeps exactly the prefix's rows.
+        let prefix = name.to_lowercase();
+        let pattern = format!("{}%", prefix.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+        query.and("lower(name) >= ?", prefix.clone());
+        query.and("lower(name) < ?", format!("{prefix}{}", char::MAX));
         query.and("lower(name) LIKE ? ESCAPE '\\'", pattern);
     }
     if let Some(active) = filter.active {
@@ -113,7 +120,7 @@ pub fn list(
         let comparison = if active { "> ?" } else { "= ?" };
         query.and(&format!("{active_subscriptions} {comparison}"), 0_i64);
     }
-    query.page(conn, "customers", COLUMNS, "created_at, id", page, from_row)
+    query.page(conn, "customers", COLUMNS, &LIST_KEYS, window, from_row)
 }
 
 pub fn update(conn: &mut dyn Conn, mode: Mode, customer: &Customer, now: DateTime<Utc>) -> Result<(), StoreError> {

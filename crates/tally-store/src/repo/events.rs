@@ -1,6 +1,6 @@
 //! Usage events, their fees and costs, and the per-price usage counters that tiering reads.
 
-use super::{Filter, Page};
+use super::{Filter, Keys, Listing, Window};
 use crate::conn::{Conn, Value};
 use crate::{params, StoreError};
 use chrono::{DateTime, Utc};
@@ -226,13 +226,16 @@ pub struct EventFilter {
 /// An event and its customer's external id.
 pub type EventWithCustomer = (StoredEvent, Option<String>);
 
+/// The order of `GET /events`: newest first, by `occurred_at`, then id.
+pub const LIST_KEYS: Keys = Keys { tag: "events", columns: &["e.occurred_at", "e.id"], kinds: "it", descending: true };
+
 /// Events newest first (by `occurred_at`, then id).
 pub fn list(
     conn: &mut dyn Conn,
     mode: Mode,
     filter: &EventFilter,
-    page: Page,
-) -> Result<(Vec<EventWithCustomer>, i64), StoreError> {
+    window: &Window,
+) -> Result<Listing<EventWithCustomer>, StoreError> {
     let mut query = Filter::new("e.mode = ?", mode.as_str());
     if let Some(id) = &filter.event_id {
         query.and("e.id = ?", id);
@@ -265,7 +268,7 @@ pub fn list(
     }
     query.and_in("e.event_type", &filter.event_types);
     let from = "usage_events e JOIN customers c ON c.id = e.customer_id";
-    query.page(conn, from, EVENT_COLUMNS, "e.occurred_at DESC, e.id DESC", page, event_from_row)
+    query.page(conn, from, EVENT_COLUMNS, &LIST_KEYS, window, event_from_row)
 }
 
 pub fn counter(conn: &mut dyn Conn, customer_id: &str, price_id: &str, period_start: i64) -> Result<Usage, StoreError> {
@@ -324,6 +327,108 @@ pub fn insert_cost(conn: &mut dyn Conn, mode: Mode, cost: &StoredCost) -> Result
             cost.amount,
             &cost.currency,
             cost.occurred_at
+        ],
+    )?;
+    Ok(())
+}
+
+/// Where a scan of unbilled events resumes: after this event, in `occurred_at`, then id, order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventCursor {
+    pub occurred_at: DateTime<Utc>,
+    pub id: String,
+}
+
+/// Which unbilled events a rebill looks at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnbilledScan {
+    pub customer_id: Option<String>,
+    pub event_types: Vec<String>,
+    /// Inclusive lower bound on `occurred_at`.
+    pub period_from: DateTime<Utc>,
+    /// Exclusive upper bound on `occurred_at`.
+    pub period_to: DateTime<Utc>,
+    pub after: Option<EventCursor>,
+}
+
+/// Up to `limit` unbilled events of `scan`, oldest first (by `occurred_at`, then id): each
+/// one's id and customer. Reads without locking: [`lock_unbilled`] reads them again under the
+/// customer's lock before anything bills them.
+pub fn unbilled_in_range(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    scan: &UnbilledScan,
+    limit: i64,
+) -> Result<Vec<(EventCursor, String)>, StoreError> {
+    let mut query = Filter::new("mode = ?", mode.as_str());
+    query.and_sql("unbilled_reason IS NOT NULL");
+    query.and("occurred_at >= ?", scan.period_from);
+    query.and("occurred_at < ?", scan.period_to);
+    if let Some(customer_id) = &scan.customer_id {
+        query.and("customer_id = ?", customer_id);
+    }
+    query.and_in("event_type", &scan.event_types);
+    if let Some(after) = &scan.after {
+        query.values.push(after.occurred_at.into());
+        query.values.push(after.id.as_str().into());
+        let (at, id) = (query.values.len() - 1, query.values.len());
+        query.conditions.push(format!("(occurred_at > ${at} OR (occurred_at = ${at} AND id > ${id}))"));
+    }
+    query.values.push(limit.into());
+    let sql = format!(
+        "SELECT id, occurred_at, customer_id FROM usage_events WHERE {} ORDER BY occurred_at, id LIMIT ${}",
+        query.conditions.join(" AND "),
+        query.values.len()
+    );
+    conn.query(&sql, &query.values)?
+        .iter()
+        .map(|row| Ok((EventCursor { id: row.text(0)?, occurred_at: row.time(1)? }, row.text(2)?)))
+        .collect()
+}
+
+/// The events among `ids` of one customer that are still unbilled, oldest first, locked on
+/// PostgreSQL until the transaction ends. Called under the customer's lock, which every
+/// writer of an event's billing holds, so what it reads is what is billed.
+pub fn lock_unbilled(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    customer_id: &str,
+    ids: &[String],
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let mut found = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(500) {
+        let placeholders: Vec<String> = (0..chunk.len()).map(|index| format!("${}", index + 3)).collect();
+        let mut values: Vec<Value> = vec![mode.as_str().into(), customer_id.into()];
+        values.extend(chunk.iter().map(|id| Value::from(id.as_str())));
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM usage_events e JOIN customers c ON c.id = e.customer_id
+             WHERE e.mode = $1 AND e.customer_id = $2 AND e.unbilled_reason IS NOT NULL AND e.id IN ({})
+             ORDER BY e.occurred_at, e.id{}",
+            placeholders.join(", "),
+            conn.for_update()
+        );
+        for row in conn.query(&sql, &values)? {
+            found.push(event_from_row(&row)?.0);
+        }
+    }
+    found.sort_by(|left, right| (left.occurred_at, &left.id).cmp(&(right.occurred_at, &right.id)));
+    Ok(found)
+}
+
+/// Writes an event's billing: its fee totals and its reason for being unbilled, if any.
+pub fn set_billing(conn: &mut dyn Conn, mode: Mode, event: &StoredEvent) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE usage_events SET has_fees = $3, total_fees = $4, fee_currency = $5, unbilled_reason = $6,
+                                 unbilled_message = $7
+         WHERE mode = $1 AND id = $2",
+        params![
+            mode.as_str(),
+            &event.id,
+            event.has_fees,
+            event.total_fees,
+            event.fee_currency.clone(),
+            event.unbilled.as_ref().map(|reason| reason.code.clone()),
+            event.unbilled.as_ref().map(|reason| reason.message.clone())
         ],
     )?;
     Ok(())

@@ -11,6 +11,7 @@ use std::collections::HashSet;
 pub const SETTLE_GRANTS: &str = "settle_grants";
 pub const RENEW_SUBSCRIPTIONS: &str = "renew_subscriptions";
 pub const EXPIRE_TOP_UPS: &str = "expire_top_ups";
+pub const EXPIRE_HOLDS: &str = "expire_holds";
 pub const AUTO_TOP_UP: &str = "auto_top_up";
 pub const AUTO_TOP_UP_SETTLE: &str = "auto_top_up_settle";
 

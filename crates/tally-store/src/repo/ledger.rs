@@ -1,7 +1,7 @@
 //! The append-only ledger: entries and their postings, and the record of each grant issued.
 //! Nothing here updates or deletes.
 
-use super::wallets::AccountKey;
+use super::wallets::{AccountKey, GrantOrigin};
 use crate::conn::{Conn, Row};
 use crate::{params, StoreError};
 use chrono::{DateTime, Utc};
@@ -30,10 +30,11 @@ fn account_text(account: LedgerAccount) -> &'static str {
         LedgerAccount::System(SystemAccount::Revenue) => "system:revenue",
         LedgerAccount::System(SystemAccount::Expired) => "system:expired",
         LedgerAccount::System(SystemAccount::Incoming) => "system:incoming",
+        LedgerAccount::System(SystemAccount::Held) => "system:held",
     }
 }
 
-fn parse_account(text: &str) -> Option<LedgerAccount> {
+pub(crate) fn parse_account(text: &str) -> Option<LedgerAccount> {
     match text {
         "wallet" => Some(LedgerAccount::Wallet),
         other => other.strip_prefix("system:").and_then(SystemAccount::parse).map(LedgerAccount::System),
@@ -107,24 +108,60 @@ pub fn record_grant(
     mode: Mode,
     account: &AccountKey,
     grant: &Grant,
-    transaction_id: Option<&str>,
+    origin: &GrantOrigin,
 ) -> Result<(), StoreError> {
+    // A cost basis is kept only with its currency: the revenue report values grants by both.
+    let (cost_basis, cost_currency) = match (origin.cost_basis, &origin.cost_currency) {
+        (Some(basis), Some(currency)) => (Some(basis), Some(currency.clone())),
+        _ => (None, None),
+    };
     conn.execute(
-        "INSERT INTO ledger_grants (grant_id, mode, customer_id, account_name, asset, transaction_id, purpose, amount, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "INSERT INTO ledger_grants (grant_id, mode, customer_id, account_name, asset, transaction_id, purpose, amount, created_at,
+                                    cost_basis, cost_currency)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         params![
             &grant.id,
             mode.as_str(),
             &account.customer_id,
             &account.name,
             &account.asset,
-            transaction_id,
+            origin.transaction_id.clone(),
             grant.purpose.as_str(),
             grant.amount,
-            grant.created_at
+            grant.created_at,
+            cost_basis,
+            cost_currency
         ],
     )?;
     Ok(())
+}
+
+/// Records the period a recurring plan fee pays for, in the transaction that collects it.
+pub fn record_fee_period(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    customer_id: &str,
+    transaction_id: &str,
+    service_from: DateTime<Utc>,
+    service_until: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO ledger_fee_periods (mode, customer_id, transaction_id, service_from, service_until)
+         VALUES ($1, $2, $3, $4, $5)",
+        params![mode.as_str(), customer_id, transaction_id, service_from, service_until],
+    )?;
+    Ok(())
+}
+
+/// Fee periods that name no fee entry of their customer, or end before they start.
+pub fn stray_fee_periods(conn: &mut dyn Conn) -> Result<i64, StoreError> {
+    conn.count(
+        "SELECT COUNT(*) FROM ledger_fee_periods f
+         WHERE f.service_until <= f.service_from
+            OR NOT EXISTS (SELECT 1 FROM ledger_entries e WHERE e.customer_id = f.customer_id
+                           AND e.transaction_id = f.transaction_id AND e.kind = 'fee')",
+        &[],
+    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -175,32 +212,62 @@ pub struct EntryLine {
 }
 
 /// Entries with id above `after`, in id order, with their postings in line order.
+///
+/// Two ordered range scans on primary keys, merged here: the chunk's entries (with the
+/// transaction that records each), then the postings whose entry ids fall in the chunk's
+/// range. A join of the two let PostgreSQL hash or sort all of `ledger_postings` for every
+/// chunk; this reads each posting once, in the order it is stored by.
 pub fn entries_after(conn: &mut dyn Conn, after: i64, chunk: i64) -> Result<Vec<EntryLine>, StoreError> {
-    conn.query(
-        &format!(
-            "SELECT e.id, e.mode, e.customer_id, e.asset, e.kind, t.id, {POSTING_COLUMNS}
-             FROM (SELECT id, mode, customer_id, asset, kind, transaction_id, grant_id FROM ledger_entries
-                   WHERE id > $1 ORDER BY id LIMIT $2) e
-             LEFT JOIN transactions t ON t.customer_id = e.customer_id
-                  AND t.id = COALESCE(e.transaction_id, 'tally_expiry_' || e.grant_id)
-             LEFT JOIN ledger_postings p ON p.customer_id = e.customer_id AND p.entry_id = e.id
-             ORDER BY e.id, p.line"
-        ),
+    let entries = conn.query(
+        "SELECT e.id, e.mode, e.customer_id, e.asset, e.kind, t.id
+         FROM (SELECT id, mode, customer_id, asset, kind, transaction_id, grant_id FROM ledger_entries
+               WHERE id > $1 ORDER BY id LIMIT $2) e
+         LEFT JOIN transactions t ON t.customer_id = e.customer_id
+              AND t.id = COALESCE(e.transaction_id, 'tally_expiry_' || e.grant_id)
+         ORDER BY e.id",
         params![after, chunk],
-    )?
-    .iter()
-    .map(|row| {
-        Ok(EntryLine {
+    )?;
+    let Some(last) = entries.last().map(|row| row.int(0)).transpose()? else {
+        return Ok(Vec::new());
+    };
+    let postings = conn.query(
+        &format!(
+            "SELECT p.entry_id, p.customer_id, {POSTING_COLUMNS} FROM ledger_postings p
+             WHERE p.entry_id > $1 AND p.entry_id <= $2 ORDER BY p.entry_id, p.line"
+        ),
+        params![after, last],
+    )?;
+    let mut postings = postings.iter().peekable();
+    let mut lines = Vec::with_capacity(entries.len() * 3);
+    for row in &entries {
+        let line = EntryLine {
             entry_id: row.int(0)?,
             mode: row.text(1)?,
             customer_id: row.text(2)?,
             asset: row.text(3)?,
             kind: row.text(4)?,
             has_transaction: row.opt_text(5)?.is_some(),
-            posting: posting_at(row, 6)?,
-        })
-    })
-    .collect()
+            posting: None,
+        };
+        let mut found = false;
+        while let Some(posting) = postings.peek() {
+            let entry_id = posting.int(0)?;
+            if entry_id > line.entry_id {
+                break;
+            }
+            // A posting counts for its entry only when it carries the entry's customer, as
+            // the join this replaced required.
+            if entry_id == line.entry_id && posting.text(1)? == line.customer_id {
+                lines.push(EntryLine { posting: posting_at(posting, 2)?, ..line.clone() });
+                found = true;
+            }
+            postings.next();
+        }
+        if !found {
+            lines.push(line);
+        }
+    }
+    Ok(lines)
 }
 
 /// How many postings there are in all, joined to an entry or not.
@@ -233,6 +300,7 @@ pub struct StoredAccount {
     pub key: AccountKey,
     pub available: Decimal,
     pub pending_in: Decimal,
+    pub pending_out: Decimal,
     pub debt: Decimal,
 }
 
@@ -242,7 +310,7 @@ pub fn accounts_after(
     after: Option<&AccountKey>,
     chunk: i64,
 ) -> Result<Vec<StoredAccount>, StoreError> {
-    let columns = "customer_id, name, asset, available, pending_in, debt";
+    let columns = "customer_id, name, asset, available, pending_in, debt, pending_out";
     let rows = match after {
         None => conn.query(
             &format!("SELECT {columns} FROM wallet_accounts ORDER BY customer_id, name, asset LIMIT $1"),
@@ -263,6 +331,7 @@ pub fn accounts_after(
                 available: row.decimal(3)?,
                 pending_in: row.decimal(4)?,
                 debt: row.decimal(5)?,
+                pending_out: row.decimal(6)?,
             })
         })
         .collect()
@@ -314,13 +383,17 @@ pub struct GrantLine {
     pub issuance: Option<Decimal>,
     /// That entry's id, to tell two entries apart.
     pub issuing_entry: Option<i64>,
+    /// The grant row's cost basis, and the one the ledger recorded at its issue.
+    pub cost_basis: Option<Decimal>,
+    pub issued_cost_basis: Option<Decimal>,
 }
 
 /// The grants of one account, ordered by id, each once per issuance posting of its making
 /// entry (or once, without one).
 pub fn account_grants(conn: &mut dyn Conn, account: &AccountKey) -> Result<Vec<GrantLine>, StoreError> {
     conn.query(
-        "SELECT g.id, g.purpose, g.amount, g.remaining, g.state, l.purpose, l.amount, e.id, p.amount
+        "SELECT g.id, g.purpose, g.amount, g.remaining, g.state, l.purpose, l.amount, e.id, p.amount,
+                g.cost_basis, l.cost_basis
          FROM grants g
          LEFT JOIN ledger_grants l ON l.grant_id = g.id
          LEFT JOIN ledger_entries e ON e.customer_id = g.customer_id AND e.transaction_id = l.transaction_id
@@ -344,6 +417,8 @@ pub fn account_grants(conn: &mut dyn Conn, account: &AccountKey) -> Result<Vec<G
             issued,
             issuing_entry: row.opt_int(7)?,
             issuance: row.opt_decimal(8)?,
+            cost_basis: row.opt_decimal(9)?,
+            issued_cost_basis: row.opt_decimal(10)?,
         })
     })
     .collect()

@@ -1,6 +1,7 @@
 //! Every line of SQL Tally runs. Functions take an open transaction (`&mut dyn Conn`) and
 //! plain records; they do no business logic and no JSON beyond (de)serialising metadata.
 
+pub mod activity;
 pub mod api_keys;
 pub mod assets;
 pub mod auto_top_ups;
@@ -10,11 +11,14 @@ pub mod customers;
 pub mod events;
 pub mod export;
 pub mod grant_cache;
+pub mod holds;
 pub mod idempotency;
 pub mod job_retries;
 pub mod ledger;
 pub mod portal;
 pub mod products;
+pub mod revenue;
+pub mod rollups;
 pub mod subscriptions;
 pub mod topups;
 pub mod transactions;
@@ -31,6 +35,96 @@ use std::collections::BTreeMap;
 pub struct Page {
     pub offset: i64,
     pub limit: i64,
+}
+
+/// How a listing orders its rows and how its keyset cursors look: `columns` (all `NOT NULL`,
+/// the last one unique) in one direction, and a `tag` naming the listing so that a cursor given
+/// out by one endpoint is refused by another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keys {
+    pub tag: &'static str,
+    pub columns: &'static [&'static str],
+    /// One letter per column: `i` an integer, `t` text.
+    pub kinds: &'static str,
+    pub descending: bool,
+}
+
+/// Where a keyset page starts: after (`next`) or before (`prev`) the row with these key values.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cursor {
+    After(Vec<crate::conn::Value>),
+    Before(Vec<crate::conn::Value>),
+}
+
+impl Cursor {
+    /// Opaque to clients: the hex of `n` or `p`, the listing's tag and the key values as JSON.
+    pub fn encode(&self, keys: &Keys) -> String {
+        let (direction, values) = match self {
+            Cursor::After(values) => ("n", values),
+            Cursor::Before(values) => ("p", values),
+        };
+        let values: Vec<serde_json::Value> = values
+            .iter()
+            .map(|value| match value {
+                crate::conn::Value::Int(number) => serde_json::Value::from(*number),
+                crate::conn::Value::Text(text) => serde_json::Value::from(text.as_str()),
+                crate::conn::Value::Null => serde_json::Value::Null,
+            })
+            .collect();
+        hex::encode(serde_json::json!([direction, keys.tag, values]).to_string())
+    }
+
+    /// The cursor `text` encodes, when it is one `keys`' listing gave out for `direction`
+    /// (`n` for `next`, `p` for `prev`).
+    pub fn decode(text: &str, direction: char, keys: &Keys) -> Option<Cursor> {
+        let json: serde_json::Value = serde_json::from_slice(&hex::decode(text).ok()?).ok()?;
+        let parts = json.as_array()?;
+        if parts.len() != 3 || parts[0].as_str()? != direction.to_string() || parts[1].as_str()? != keys.tag {
+            return None;
+        }
+        let raw = parts[2].as_array()?;
+        if raw.len() != keys.columns.len() {
+            return None;
+        }
+        let values = raw
+            .iter()
+            .zip(keys.kinds.chars())
+            .map(|(value, kind)| match kind {
+                'i' => value.as_i64().map(crate::conn::Value::Int),
+                _ => value.as_str().map(|text| crate::conn::Value::Text(text.to_owned())),
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(if direction == 'n' { Cursor::After(values) } else { Cursor::Before(values) })
+    }
+}
+
+/// What a listing request asks for: a page by `offset`, or by a keyset `cursor` (then `offset`
+/// is not used), and whether `total` must be exact however many rows match.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Window {
+    pub page: Page,
+    pub cursor: Option<Cursor>,
+    pub exact_total: bool,
+}
+
+impl From<Page> for Window {
+    fn from(page: Page) -> Window {
+        Window { page, cursor: None, exact_total: false }
+    }
+}
+
+/// Counting stops here unless the request asks for an exact total: counting every row of a
+/// large table cannot stay fast. Past it, `total` is a lower bound above this number.
+pub const COUNT_LIMIT: i64 = 10_000;
+
+/// One page of a listing: its items, how many rows match (exact up to [`COUNT_LIMIT`], or when
+/// asked), and the cursors of the neighbouring pages, when there are rows there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listing<T> {
+    pub items: Vec<T>,
+    pub total: i64,
+    pub next: Option<Cursor>,
+    pub prev: Option<Cursor>,
 }
 
 pub type Metadata = BTreeMap<String, String>;
@@ -84,26 +178,84 @@ impl Filter {
         self.conditions.push(format!("{column} IN ({})", placeholders.join(", ")));
     }
 
-    /// Counts the matching rows of `from` and reads one page of `columns` in `order`.
+    /// Counts the matching rows of `from` (see [`COUNT_LIMIT`]) and reads one page of
+    /// `columns` in the order of `keys`, from the window's offset or cursor.
     pub fn page<T>(
-        mut self,
+        self,
         conn: &mut dyn Conn,
         from: &str,
         columns: &str,
-        order: &str,
-        page: Page,
+        keys: &Keys,
+        window: &Window,
         read: impl Fn(&crate::Row) -> Result<T, StoreError>,
-    ) -> Result<(Vec<T>, i64), StoreError> {
+    ) -> Result<Listing<T>, StoreError> {
         let condition = self.conditions.join(" AND ");
-        let total = conn.count(&format!("SELECT COUNT(*) FROM {from} WHERE {condition}"), &self.values)?;
-        let limit = self.values.len() + 1;
-        self.values.push(page.limit.into());
-        self.values.push(page.offset.into());
+        let mut total = if window.exact_total {
+            conn.count(&format!("SELECT COUNT(*) FROM {from} WHERE {condition}"), &self.values)?
+        } else {
+            conn.count(
+                &format!("SELECT COUNT(*) FROM (SELECT 1 FROM {from} WHERE {condition} LIMIT {}) counted", COUNT_LIMIT + 1),
+                &self.values,
+            )?
+        };
+        let key_list = keys.columns.join(", ");
+        // Rows after a position in the listing's order: smaller keys when it descends.
+        let after = |values: &mut Vec<crate::conn::Value>, key: &[crate::conn::Value], later: bool| -> String {
+            let start = values.len() + 1;
+            values.extend(key.iter().cloned());
+            let placeholders: Vec<String> = (0..key.len()).map(|index| format!("${}", start + index)).collect();
+            let comparison = if later == keys.descending { "<" } else { ">" };
+            format!("({key_list}) {comparison} ({})", placeholders.join(", "))
+        };
+        let backward = matches!(window.cursor, Some(Cursor::Before(_)));
+        let mut values = self.values.clone();
+        let page_condition = match &window.cursor {
+            None => String::new(),
+            Some(Cursor::After(key)) => format!(" AND {}", after(&mut values, key, true)),
+            Some(Cursor::Before(key)) => format!(" AND {}", after(&mut values, key, false)),
+        };
+        let direction = if keys.descending != backward { "DESC" } else { "ASC" };
+        let order: Vec<String> = keys.columns.iter().map(|column| format!("{column} {direction}")).collect();
+        let offset = if window.cursor.is_none() { window.page.offset } else { 0 };
         let sql = format!(
-            "SELECT {columns} FROM {from} WHERE {condition} ORDER BY {order} LIMIT ${limit} OFFSET ${}",
-            limit + 1
+            "SELECT {columns}, {key_list} FROM {from} WHERE {condition}{page_condition} ORDER BY {} LIMIT {} OFFSET {offset}",
+            order.join(", "),
+            window.page.limit + 1
         );
-        let items = conn.query(&sql, &self.values)?.iter().map(read).collect::<Result<_, _>>()?;
-        Ok((items, total))
+        let rows = conn.query(&sql, &values)?;
+        let more = rows.len() as i64 > window.page.limit;
+        let mut items = Vec::new();
+        let mut row_keys = Vec::new();
+        for row in rows.iter().take(window.page.limit as usize) {
+            items.push(read(row)?);
+            row_keys.push(row.0[row.0.len() - keys.columns.len()..].to_vec());
+        }
+        if backward {
+            items.reverse();
+            row_keys.reverse();
+        }
+        let mut exists = |key: &[crate::conn::Value], later: bool| -> Result<bool, StoreError> {
+            let mut values = self.values.clone();
+            let sql = format!("SELECT 1 FROM {from} WHERE {condition} AND {} LIMIT 1", after(&mut values, key, later));
+            Ok(conn.query_optional(&sql, &values)?.is_some())
+        };
+        let (next, prev) = match (&window.cursor, row_keys.first(), row_keys.last()) {
+            (_, None, _) | (_, _, None) => (None, None),
+            (None, Some(first), Some(last)) => {
+                (more.then(|| Cursor::After(last.clone())), (offset > 0).then(|| Cursor::Before(first.clone())))
+            }
+            (Some(Cursor::After(_)), Some(first), Some(last)) => (
+                more.then(|| Cursor::After(last.clone())),
+                exists(first, false)?.then(|| Cursor::Before(first.clone())),
+            ),
+            (Some(Cursor::Before(_)), Some(first), Some(last)) => (
+                exists(last, true)?.then(|| Cursor::After(last.clone())),
+                more.then(|| Cursor::Before(first.clone())),
+            ),
+        };
+        if !window.exact_total && total > COUNT_LIMIT {
+            total = total.max(offset + items.len() as i64 + i64::from(more));
+        }
+        Ok(Listing { items, total, next, prev })
     }
 }

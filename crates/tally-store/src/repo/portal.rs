@@ -105,6 +105,14 @@ pub fn insert_session(conn: &mut dyn Conn, session: &PortalSession) -> Result<()
     Ok(())
 }
 
+/// Where the session whose token hashes to `token_hash` sends the customer back to, live or
+/// ended (until it is purged): the "session ended" page links there.
+pub fn session_return_url(conn: &mut dyn Conn, token_hash: &str) -> Result<Option<String>, StoreError> {
+    conn.query_optional("SELECT return_url FROM portal_sessions WHERE token_hash = $1", params![token_hash])?
+        .map(|row| row.text(0))
+        .transpose()
+}
+
 /// The session whose token hashes to `token_hash`, if it has not expired at `now`.
 pub fn live_session(
     conn: &mut dyn Conn,
@@ -188,56 +196,33 @@ pub fn fees(conn: &mut dyn Conn, mode: Mode, customer_id: &str, page: Page) -> R
 /// Microseconds in a UTC day: instants divided by this are days since the Unix epoch.
 pub const MICROS_PER_DAY: i64 = 86_400_000_000;
 
-/// Equal fees of one day: `count` fees of `spent` each, in `asset`, on UTC day `day` (days
-/// since the Unix epoch).
+/// Fees of one day: `count` times `spent` in `asset`, on UTC day `day` (days since the Unix
+/// epoch). Read from the rollups, a group is a day's total of one source, product and price,
+/// with a `count` of 1.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpendGroup {
     pub asset: String,
-    /// What one fee took from the wallet (positive).
+    /// What the fees took from the wallet (positive).
     pub spent: Decimal,
     pub day: i64,
     pub count: i64,
 }
 
-/// Everything a customer spent on fees from `since` on, as groups of equal fees per day:
-/// usage-event fees dated by when their event occurred, charges and subscription fees by
-/// when they were made. Every fee counts, however many there are: the database only counts
-/// equal amounts (amounts are exact decimal text, which SQL cannot add exactly) and the
-/// caller multiplies and adds them exactly.
+/// Everything a customer spent on fees from the day of `since` on, per day: usage-event fees
+/// dated by when their event occurred, charges and subscription fees by when they were made.
+/// Read from the rollups (`repo::rollups::customer_spend`, which also splits it by product
+/// and price), so it costs the same however many fees there are.
 pub fn spend_since(
     conn: &mut dyn Conn,
     mode: Mode,
     customer_id: &str,
     since: DateTime<Utc>,
 ) -> Result<Vec<SpendGroup>, StoreError> {
-    let event_fees = conn.query(
-        &format!(
-            "SELECT asset, amount, occurred_at / {MICROS_PER_DAY}, COUNT(*) FROM event_fees
-             WHERE customer_id = $1 AND mode = $2 AND occurred_at >= $3
-             GROUP BY asset, amount, occurred_at / {MICROS_PER_DAY}"
-        ),
-        params![customer_id, mode.as_str(), since],
-    )?;
-    // Fees that came from usage events are counted above, by when their event occurred. The
-    // condition on `id` is the one of the partial index `transactions_other_fees`, spelled
-    // the same so that both databases use it.
-    let other_fees = conn.query(
-        &format!(
-            "SELECT asset, amount, created_at / {MICROS_PER_DAY}, COUNT(*) FROM transactions
-             WHERE customer_id = $1 AND kind = 'fee' AND substr(id, 1, 12) <> 'tally_event_' AND mode = $2
-                   AND created_at >= $3
-             GROUP BY asset, amount, created_at / {MICROS_PER_DAY}"
-        ),
-        params![customer_id, mode.as_str(), since],
-    )?;
-    let group = |row: &crate::Row, sign: Decimal| {
-        Ok(SpendGroup { asset: row.text(0)?, spent: row.decimal(1)? * sign, day: row.int(2)?, count: row.int(3)? })
-    };
-    event_fees
-        .iter()
-        .map(|row| group(row, Decimal::ONE))
-        .chain(other_fees.iter().map(|row| group(row, Decimal::NEGATIVE_ONE)))
-        .collect()
+    let from_hour = super::rollups::day_of(since) * 24;
+    Ok(super::rollups::customer_spend(conn, mode, customer_id, from_hour)?
+        .into_iter()
+        .map(|hour| SpendGroup { asset: hour.asset, spent: hour.spent, day: hour.hour.div_euclid(24), count: 1 })
+        .collect())
 }
 
 /// When each of the named usage events occurred (events not found are left out).

@@ -2,7 +2,7 @@
 //! the JSON the API speaks; the HTTP layer parses it (and caches the parsed form: versions
 //! never change once written).
 
-use super::{Filter, Page};
+use super::Filter;
 use crate::conn::Conn;
 use crate::{params, StoreError};
 use chrono::{DateTime, Utc};
@@ -129,17 +129,21 @@ pub fn find_by_code(conn: &mut dyn Conn, mode: Mode, code: &str) -> Result<Optio
     .transpose()
 }
 
+/// The order of `GET /products`: oldest first.
+pub const LIST_KEYS: super::Keys =
+    super::Keys { tag: "products", columns: &["created_at", "id"], kinds: "it", descending: false };
+
 pub fn list(
     conn: &mut dyn Conn,
     mode: Mode,
     code: Option<&str>,
-    page: Page,
-) -> Result<(Vec<Product>, i64), StoreError> {
+    window: &super::Window,
+) -> Result<super::Listing<Product>, StoreError> {
     let mut query = Filter::new("mode = ?", mode.as_str());
     if let Some(code) = code {
         query.and("code = ?", code);
     }
-    query.page(conn, "products", COLUMNS, "created_at, id", page, from_row)
+    query.page(conn, "products", COLUMNS, &LIST_KEYS, window, from_row)
 }
 
 pub fn insert_version(conn: &mut dyn Conn, mode: Mode, version: &Version) -> Result<(), StoreError> {

@@ -1,6 +1,6 @@
 //! Subscriptions: a customer's pins on product versions, and when their next action is due.
 
-use super::Page;
+use super::{Filter, Keys, Listing, Window};
 use crate::conn::Conn;
 use crate::{params, StoreError};
 use chrono::{DateTime, Utc};
@@ -226,19 +226,14 @@ pub struct Subscriber {
     pub version: i64,
 }
 
-pub fn subscribers(conn: &mut dyn Conn, product_id: &str, page: Page) -> Result<(Vec<Subscriber>, i64), StoreError> {
-    let total = conn.count("SELECT COUNT(*) FROM subscription_products WHERE product_id = $1", params![product_id])?;
-    let rows = conn.query(
-        "SELECT c.id, c.name, c.external_id, c.email, s.id, s.status, s.started_at, s.starts_at, s.renews_at, p.version
-         FROM subscription_products p
-         JOIN subscriptions s ON s.id = p.subscription_id
-         JOIN customers c ON c.id = p.customer_id
-         WHERE p.product_id = $1 ORDER BY s.created_at, s.id LIMIT $2 OFFSET $3",
-        params![product_id, page.limit, page.offset],
-    )?;
-    let items = rows
-        .iter()
-        .map(|row| {
+/// The order of a product's subscribers: by subscription, oldest first (ids sort by creation).
+pub const SUBSCRIBER_KEYS: Keys =
+    Keys { tag: "subscribers", columns: &["p.subscription_id"], kinds: "t", descending: false };
+
+pub fn subscribers(conn: &mut dyn Conn, product_id: &str, window: &Window) -> Result<Listing<Subscriber>, StoreError> {
+    let from = "subscription_products p JOIN subscriptions s ON s.id = p.subscription_id JOIN customers c ON c.id = p.customer_id";
+    let columns = "c.id, c.name, c.external_id, c.email, s.id, s.status, s.started_at, s.starts_at, s.renews_at, p.version";
+    Filter::new("p.product_id = ?", product_id).page(conn, from, columns, &SUBSCRIBER_KEYS, window, |row| {
             Ok(Subscriber {
                 customer_id: row.text(0)?,
                 customer_name: row.text(1)?,
@@ -251,9 +246,7 @@ pub fn subscribers(conn: &mut dyn Conn, product_id: &str, page: Page) -> Result<
                 renews_at: row.opt_time(8)?,
                 version: row.int(9)?,
             })
-        })
-        .collect::<Result<_, StoreError>>()?;
-    Ok((items, total))
+    })
 }
 
 /// Whether any subscription ever pinned the product (then it can only be archived).

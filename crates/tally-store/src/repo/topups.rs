@@ -311,11 +311,11 @@ pub fn insert_payment_method(conn: &mut dyn Conn, mode: Mode, method: &PaymentMe
     Ok(())
 }
 
-/// A customer's saved payment methods, newest first.
+/// A customer's saved payment methods (not removed ones): the default first, then newest first.
 pub fn payment_methods(conn: &mut dyn Conn, customer_id: &str) -> Result<Vec<PaymentMethod>, StoreError> {
     conn.query(
         "SELECT id, customer_id, provider, provider_reference, provider_customer, brand, last4, created_at FROM payment_methods
-         WHERE customer_id = $1 ORDER BY created_at DESC, id DESC",
+         WHERE customer_id = $1 AND removed_at IS NULL ORDER BY is_default DESC, created_at DESC, id DESC",
         params![customer_id],
     )?
     .iter()
@@ -332,6 +332,53 @@ pub fn payment_methods(conn: &mut dyn Conn, customer_id: &str) -> Result<Vec<Pay
         })
     })
     .collect()
+}
+
+/// The id of the customer's default card, if one of their saved cards is.
+pub fn default_payment_method(conn: &mut dyn Conn, customer_id: &str) -> Result<Option<String>, StoreError> {
+    conn.query_optional(
+        "SELECT id FROM payment_methods WHERE customer_id = $1 AND removed_at IS NULL AND is_default = 1",
+        params![customer_id],
+    )?
+    .map(|row| row.text(0))
+    .transpose()
+}
+
+/// Makes `id` the customer's one default card; false when it is not one of their saved cards.
+pub fn set_default_payment_method(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    customer_id: &str,
+    id: &str,
+) -> Result<bool, StoreError> {
+    let chosen = conn.execute(
+        "UPDATE payment_methods SET is_default = 1 WHERE id = $1 AND mode = $2 AND customer_id = $3 AND removed_at IS NULL",
+        params![id, mode.as_str(), customer_id],
+    )?;
+    if chosen == 0 {
+        return Ok(false);
+    }
+    conn.execute(
+        "UPDATE payment_methods SET is_default = 0 WHERE mode = $1 AND customer_id = $2 AND id <> $3 AND is_default = 1",
+        params![mode.as_str(), customer_id, id],
+    )?;
+    Ok(true)
+}
+
+/// Removes a saved card: it is never listed or charged again. False when it is not one of the
+/// customer's saved cards.
+pub fn remove_payment_method(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    customer_id: &str,
+    id: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let removed = conn.execute(
+        "UPDATE payment_methods SET removed_at = $4, is_default = 0 WHERE id = $1 AND mode = $2 AND customer_id = $3 AND removed_at IS NULL",
+        params![id, mode.as_str(), customer_id, now],
+    )?;
+    Ok(removed > 0)
 }
 
 /// The open top-ups made to pay for a subscription, newest first.

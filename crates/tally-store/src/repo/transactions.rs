@@ -1,7 +1,7 @@
 //! Wallet transactions: the customer-facing record of each adjustment, charge and expiry,
 //! keyed by the client's transaction id, which is also the idempotency key.
 
-use super::{metadata_from_text, metadata_to_text, Metadata, Page};
+use super::{metadata_from_text, metadata_to_text, Filter, Keys, Listing, Metadata, Window};
 use crate::conn::Conn;
 use crate::{params, StoreError};
 use chrono::{DateTime, Utc};
@@ -67,6 +67,16 @@ pub fn insert_numbered(
             transaction.executed_at
         ],
     )?;
+    // Every fee transaction passes here: those that did not come from a usage event (whose
+    // fees a batch adds to the rollups itself, once per key) are added to the rollups now.
+    if super::rollups::is_other_fee(&transaction.kind, &transaction.id) {
+        let (product_id, price_id) = super::rollups::product_and_price(&transaction.detail);
+        let mut rollups = super::rollups::Rollups::default();
+        let (customer_id, asset) = (&transaction.customer_id, &transaction.asset);
+        let (id, at) = (&transaction.id, transaction.created_at);
+        rollups.other_fee(mode, customer_id, id, at, asset, &product_id, &price_id, -transaction.amount);
+        rollups.write(conn)?;
+    }
     Ok(())
 }
 
@@ -100,28 +110,19 @@ pub fn get(conn: &mut dyn Conn, customer_id: &str, id: &str) -> Result<Option<Tr
     .transpose()
 }
 
+/// The order of an account's transactions: newest first.
+pub const LIST_KEYS: Keys = Keys { tag: "transactions", columns: &["sequence"], kinds: "i", descending: true };
+
 /// An account's transactions, newest first.
 pub fn list_for_account(
     conn: &mut dyn Conn,
     customer_id: &str,
     account_name: &str,
     asset: &str,
-    page: Page,
-) -> Result<(Vec<Transaction>, i64), StoreError> {
-    let total = conn.count(
-        "SELECT COUNT(*) FROM transactions WHERE customer_id = $1 AND account_name = $2 AND asset = $3",
-        params![customer_id, account_name, asset],
-    )?;
-    let items = conn
-        .query(
-            &format!(
-                "SELECT {COLUMNS} FROM transactions WHERE customer_id = $1 AND account_name = $2 AND asset = $3
-                 ORDER BY sequence DESC LIMIT $4 OFFSET $5"
-            ),
-            params![customer_id, account_name, asset, page.limit, page.offset],
-        )?
-        .iter()
-        .map(from_row)
-        .collect::<Result<_, _>>()?;
-    Ok((items, total))
+    window: &Window,
+) -> Result<Listing<Transaction>, StoreError> {
+    let mut query = Filter::new("customer_id = ?", customer_id);
+    query.and("account_name = ?", account_name);
+    query.and("asset = ?", asset);
+    query.page(conn, "transactions", COLUMNS, &LIST_KEYS, window, from_row)
 }

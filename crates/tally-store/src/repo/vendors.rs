@@ -1,6 +1,6 @@
 //! Vendors: who a platform pays for the work behind usage (model providers, GPU clouds).
 
-use super::{Filter, Page};
+use super::Filter;
 use crate::conn::Conn;
 use crate::{params, StoreError};
 use chrono::{DateTime, Utc};
@@ -49,17 +49,21 @@ pub fn find_by_external_id(conn: &mut dyn Conn, mode: Mode, external_id: &str) -
     .transpose()
 }
 
+/// The order of `GET /vendors`: oldest first.
+pub const LIST_KEYS: super::Keys =
+    super::Keys { tag: "vendors", columns: &["created_at", "id"], kinds: "it", descending: false };
+
 pub fn list(
     conn: &mut dyn Conn,
     mode: Mode,
     external_id: Option<&str>,
-    page: Page,
-) -> Result<(Vec<Vendor>, i64), StoreError> {
+    window: &super::Window,
+) -> Result<super::Listing<Vendor>, StoreError> {
     let mut query = Filter::new("mode = ?", mode.as_str());
     if let Some(external_id) = external_id {
         query.and("external_id = ?", external_id);
     }
-    query.page(conn, "vendors", COLUMNS, "created_at, id", page, from_row)
+    query.page(conn, "vendors", COLUMNS, &LIST_KEYS, window, from_row)
 }
 
 /// A vendor's costs in a period, as (category, amount, currency) rows.

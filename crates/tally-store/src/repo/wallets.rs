@@ -1,7 +1,7 @@
 //! Wallet accounts and their credit grants.
 
 use super::grant_cache;
-use super::{Filter, Page};
+use super::Filter;
 use crate::conn::Conn;
 use crate::{params, StoreError};
 use chrono::{DateTime, Utc};
@@ -21,7 +21,6 @@ pub struct AccountKey {
 pub struct Account {
     pub key: AccountKey,
     pub state: AccountState,
-    pub pending_out: Decimal,
     pub created_at: DateTime<Utc>,
 }
 
@@ -31,6 +30,8 @@ pub struct GrantOrigin {
     pub transaction_id: Option<String>,
     /// Fiat paid per unit, for paid grants bought through a top-up.
     pub cost_basis: Option<Decimal>,
+    /// The currency of `cost_basis` (the top-up's).
+    pub cost_currency: Option<String>,
 }
 
 const ACCOUNT_COLUMNS: &str = "customer_id, name, asset, available, pending_in, pending_out, debt, created_at";
@@ -41,10 +42,10 @@ fn account_from_row(row: &crate::Row) -> Result<Account, StoreError> {
         state: AccountState {
             available: row.decimal(3)?,
             pending_in: row.decimal(4)?,
+            pending_out: row.decimal(5)?,
             debt: row.decimal(6)?,
             grants: Vec::new(),
         },
-        pending_out: row.decimal(5)?,
         created_at: row.time(7)?,
     })
 }
@@ -105,8 +106,8 @@ pub fn save_issuing<'origin>(
     let state = &account.state;
     let token = grant_cache::new_token();
     conn.execute(
-        "UPDATE wallet_accounts SET available = $4, pending_in = $5, debt = $6, next_due_at = $7, state_token = $8
-         WHERE customer_id = $1 AND name = $2 AND asset = $3",
+        "UPDATE wallet_accounts SET available = $4, pending_in = $5, debt = $6, next_due_at = $7, state_token = $8,
+         pending_out = $9 WHERE customer_id = $1 AND name = $2 AND asset = $3",
         params![
             &account.key.customer_id,
             &account.key.name,
@@ -115,9 +116,13 @@ pub fn save_issuing<'origin>(
             state.pending_in,
             state.debt,
             state.next_due_at(),
-            token
+            token,
+            state.pending_out
         ],
     )?;
+    if state.available < before.available {
+        super::auto_top_ups::flag_if_low(conn, &account.key, state.available)?;
+    }
     // By id, so that saving an account with thousands of grants stays linear.
     let loaded: std::collections::HashMap<&str, &Grant> =
         before.grants.iter().map(|grant| (grant.id.as_str(), grant)).collect();
@@ -173,7 +178,7 @@ fn insert_grant(
         ],
     )?;
     // The ledger keeps its own note of the issue, which `ledger verify` checks the row against.
-    super::ledger::record_grant(conn, mode, key, grant, origin.transaction_id.as_deref())
+    super::ledger::record_grant(conn, mode, key, grant, origin)
 }
 
 fn update_grant(conn: &mut dyn Conn, grant: &Grant) -> Result<(), StoreError> {
@@ -210,6 +215,13 @@ fn open_grants(conn: &mut dyn Conn, key: &AccountKey) -> Result<Vec<Grant>, Stor
     .iter()
     .map(grant_from_row)
     .collect()
+}
+
+/// An account's open grants in burn order, for reading (the billing portal's balance cards).
+pub fn open_grants_in_burn_order(conn: &mut dyn Conn, key: &AccountKey) -> Result<Vec<Grant>, StoreError> {
+    let mut grants = open_grants(conn, key)?;
+    grants.sort_by(Grant::burn_order);
+    Ok(grants)
 }
 
 pub fn get(conn: &mut dyn Conn, key: &AccountKey) -> Result<Option<Account>, StoreError> {
@@ -280,12 +292,16 @@ pub struct GrantFilter {
 }
 
 /// Grants of one account, newest first. Range filters are inclusive of `from`, exclusive of `to`.
+/// The order of the grants list: newest first.
+pub const GRANT_KEYS: super::Keys =
+    super::Keys { tag: "grants", columns: &["created_at", "id"], kinds: "it", descending: true };
+
 pub fn list_grants(
     conn: &mut dyn Conn,
     key: &AccountKey,
     filter: &GrantFilter,
-    page: Page,
-) -> Result<(Vec<Grant>, i64), StoreError> {
+    window: &super::Window,
+) -> Result<super::Listing<Grant>, StoreError> {
     let mut query = Filter::new("customer_id = ?", &key.customer_id);
     query.and("account_name = ?", &key.name);
     query.and("asset = ?", &key.asset);
@@ -307,7 +323,7 @@ pub fn list_grants(
     if let Some(at) = filter.expired_to {
         query.and("expires_at < ?", at);
     }
-    query.page(conn, "grants", GRANT_COLUMNS, "created_at DESC, id DESC", page, grant_from_row)
+    query.page(conn, "grants", GRANT_COLUMNS, &GRANT_KEYS, window, grant_from_row)
 }
 
 /// Every grant in the database, for `ledger verify`.

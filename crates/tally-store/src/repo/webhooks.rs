@@ -500,6 +500,37 @@ pub fn list_deliveries(
     Ok(DeliveryPage { items, has_older, has_newer })
 }
 
+/// The retention query: up to `$2` webhook events created before `$1` none of whose
+/// deliveries is still pending, oldest first (through `webhook_events_by_created`).
+pub const PRUNE_CANDIDATES_SQL: &str = "SELECT e.id FROM webhook_events e WHERE e.created_at < $1
+     AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id AND d.status = 'pending')
+     ORDER BY e.created_at LIMIT $2";
+
+/// Deletes up to `limit` webhook events created before `before` whose deliveries are all over
+/// (delivered, or failed for good), with their deliveries and their attempts. Returns how many
+/// events it deleted.
+pub fn prune(conn: &mut dyn Conn, before: DateTime<Utc>, limit: i64) -> Result<u64, StoreError> {
+    let ids: Vec<Value> = conn
+        .query(PRUNE_CANDIDATES_SQL, params![before, limit])?
+        .iter()
+        .map(|row| row.text(0).map(Value::from))
+        .collect::<Result<_, _>>()?;
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let placeholders: Vec<String> = (1..=ids.len()).map(|index| format!("${index}")).collect();
+    let list = placeholders.join(", ");
+    conn.execute(
+        &format!(
+            "DELETE FROM webhook_attempts WHERE delivery_sequence IN
+             (SELECT sequence FROM webhook_deliveries WHERE event_id IN ({list}))"
+        ),
+        &ids,
+    )?;
+    conn.execute(&format!("DELETE FROM webhook_deliveries WHERE event_id IN ({list})"), &ids)?;
+    conn.execute(&format!("DELETE FROM webhook_events WHERE id IN ({list})"), &ids)
+}
+
 /// Every attempt of one delivery, in order, for tests and diagnostics.
 pub fn attempts(conn: &mut dyn Conn, sequence: i64) -> Result<Vec<Attempt>, StoreError> {
     conn.query(

@@ -152,6 +152,10 @@ async fn demo_fills_a_new_database(backend: Backend) {
     let (status, text) = get("/events?billing_status=unbilled".into()).await;
     assert_eq!(status, StatusCode::OK, "{text}");
     assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["total_count"], 0, "every demo event is billed");
+    // The upscale stored unbilled was billed by a rebill, on the version that prices it.
+    let (status, text) = get("/events/demo-upscale-1".into()).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["fees"][0]["product_version"], 2, "{text}");
     for customer in customers["items"].as_array().unwrap() {
         let id = customer["id"].as_str().unwrap();
         let (status, text) = get(format!("/customers/{id}/wallet")).await;
@@ -543,4 +547,83 @@ async fn customer_events_csv(app: TestApp) {
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
 }
 
-on_both_backends!(export_writes_every_row_once, customer_events_csv);
+on_both_backends!(export_writes_every_row_once, customer_events_csv, migrate_status_reports_and_checksums_guard);
+
+// ---------------------------------------------------------------------------------------
+// tally migrate --status
+
+/// `tally migrate --status` lists every migration as applied and exits 0 on a current
+/// database; a migration whose recorded checksum differs from this build's text is shown as
+/// CHANGED, exits 1, and a server refuses to start on that database; one the build does not
+/// know is UNKNOWN and refused too.
+async fn migrate_status_reports_and_checksums_guard(app: TestApp) {
+    let url = app.database.url.clone();
+    let output = tally(&url, &["migrate", "--status"]).await;
+    assert_success(&output, "tally migrate --status");
+    let listed = String::from_utf8_lossy(&output.stdout).to_string();
+    for migration in tally_store::migrate::MIGRATIONS {
+        let line = listed.lines().find(|line| line.split_whitespace().next() == Some(&migration.version.to_string()));
+        let line = line.unwrap_or_else(|| panic!("migration {} not listed:\n{listed}", migration.version));
+        assert!(line.contains(migration.name) && line.contains("applied"), "{line}");
+    }
+
+    let store = app.store.clone();
+    let first = tally_store::migrate::MIGRATIONS[0].version;
+    let tamper = move |sql: &'static str| {
+        let store = store.clone();
+        async move {
+            tokio::task::spawn_blocking(move || store.write(|conn| conn.execute(sql, &[]).map(drop)))
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    tamper("UPDATE tally_migrations SET checksum = 'edited' WHERE version = 1").await;
+    let output = tally(&url, &["migrate", "--status"]).await;
+    assert!(!output.status.success(), "a changed migration is not current");
+    let listed = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(listed.lines().any(|line| line.trim_start().starts_with(&format!("{first} ")) && line.contains("CHANGED")), "{listed}");
+    let output = tally(&url, &["migrate"]).await;
+    assert_failure(&output, "tally migrate on a changed migration", "was changed after this database applied it");
+
+    tamper("UPDATE tally_migrations SET checksum = NULL WHERE version = 1").await;
+    assert_success(&tally(&url, &["migrate"]).await, "a missing checksum is recorded, not refused");
+    tamper("INSERT INTO tally_migrations (version, name, applied_at, checksum) VALUES (99999, 'from_the_future', 0, 'x')").await;
+    let output = tally(&url, &["migrate", "--status"]).await;
+    assert!(String::from_utf8_lossy(&output.stdout).contains("UNKNOWN"), "{}", String::from_utf8_lossy(&output.stdout));
+    assert_failure(&tally(&url, &["migrate"]).await, "tally migrate on a newer database", "does not have");
+}
+
+
+// ---------------------------------------------------------------------------------------
+// tally bench
+
+/// `tally bench` runs both scenarios to their request budget on a temporary SQLite store and
+/// prints its figures, latency percentiles included, with no request failing. (It measures;
+/// this only checks that it runs and reports, never how fast.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_runs_and_prints_its_figures() {
+    let output = tokio::task::spawn_blocking(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = Command::new(TALLY);
+        command
+            .args(["bench", "--customers", "3", "--connections", "2", "--batch-size", "5", "--requests", "8"])
+            .args(["--duration-secs", "600"])
+            .current_dir(dir.path())
+            .env_remove("TALLY_CONFIG")
+            .env_remove("TALLY_DATABASE_URL")
+            .env_remove("DATABASE_URL")
+            .env("TALLY_LOG", "warn")
+            .stdin(Stdio::null());
+        command.output().expect("run tally bench")
+    })
+    .await
+    .unwrap();
+    assert_success(&output, "tally bench");
+    let printed = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(printed.contains("batches of 5: 8 requests, 40 events"), "{printed}");
+    assert!(printed.contains("single events: 8 requests, 8 events"), "{printed}");
+    assert_eq!(printed.matches("latency: p50 ").count(), 2, "{printed}");
+    assert!(!printed.contains("ERRORS") && !printed.contains("MISMATCH"), "{printed}");
+    assert!(printed.contains("events of the run: 48 acknowledged, 48 stored, 48 IMG billed: they agree"), "{printed}");
+}

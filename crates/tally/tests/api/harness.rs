@@ -320,6 +320,7 @@ pub fn test_webhook_config() -> tally_http::WebhookConfig {
         retry_delays: vec![millis(100), millis(200), millis(300), millis(400)],
         retry_for: millis(0),
         batch: 50,
+        retention: std::time::Duration::from_secs(30 * 24 * 60 * 60),
     }
 }
 

@@ -160,6 +160,8 @@ async fn known_ids(app: &TestApp) -> BTreeMap<&'static str, String> {
     let event = json!({"customer_id": customer, "events": [{"id": "known-event", "event_type": "image_generated",
         "occurred_at": chrono::Utc::now().to_rfc3339(), "data": {}}]});
     app.post("/events", event).await.expect(204);
+    let hold = json!({"transaction_id": "known-hold", "asset": "IMG", "amount": 1});
+    app.post(&format!("/customers/{customer}/wallet/holds"), hold).await.expect(201);
     let top_up = id(app
         .post(
             "/top-ups",
@@ -184,6 +186,7 @@ async fn known_ids(app: &TestApp) -> BTreeMap<&'static str, String> {
         ("transactionId", "known-transaction".to_owned()),
         ("topUpId", top_up),
         ("eventId", "known-event".to_owned()),
+        ("holdId", "known-hold".to_owned()),
         ("vendorId", vendor),
         ("webhookId", webhook),
         ("topic", "top_up.succeeded".to_owned()),

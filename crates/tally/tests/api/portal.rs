@@ -161,7 +161,7 @@ async fn portal_link_opens_once_with_a_scoped_cookie(app: TestApp) {
 
     // Replay: the link worked once; now it lands on the failure URL and sets nothing.
     let (status, location, cookie_again, _) = open_link(&url).await;
-    assert_eq!((status, location.as_deref(), cookie_again), (303, Some(FAILURE_URL), None));
+    assert_eq!((status, location.as_deref(), cookie_again), (303, Some(&*format!("{FAILURE_URL}?reason=used")), None));
     // Forged: no link is known, so there is no failure URL to trust: a plain page.
     let forged = format!("{}/portal/enter?token={}", app.base, "ab".repeat(32));
     let (status, location, _, page) = open_link(&forged).await;
@@ -210,7 +210,7 @@ async fn expired_links_land_on_the_failure_url(app: TestApp) {
     .await
     .unwrap();
     let (status, location, cookie, _) = open_link(&format!("{}/portal/enter?token={}", app.base, old.token)).await;
-    assert_eq!((status, location.as_deref(), cookie), (303, Some(FAILURE_URL), None));
+    assert_eq!((status, location.as_deref(), cookie), (303, Some(&*format!("{FAILURE_URL}?reason=expired")), None));
 
     // At the boundary: good one second before ten minutes, gone at ten.
     let store = app.store.clone();
@@ -390,17 +390,21 @@ async fn spend_is_exact_for_any_number_of_fees_and_dated_by_occurrence(app: Test
         month.contains("<strong>42,000.37 video minutes</strong>"),
         "21,000 clips of 2 minutes and a 0.37 charge this month; the late clip was last month's: {month}"
     );
-    let day = |at: DateTime<Utc>, amount: &str| {
-        format!(r#"<tr><td>{}</td><td class="amount">{amount} video minutes</td></tr>"#, at.format("%b %-d"))
+    let day = |at: DateTime<Utc>, product: &str, amount: &str| {
+        format!(
+            r#"<tr><td data-label="Day">{}</td><td data-label="Product">{product}</td><td data-label="Spent" class="amount">{amount} video minutes</td></tr>"#,
+            at.format("%b %-d")
+        )
     };
-    assert!(page.contains(&day(app.clock.now(), "42,000.37")), "today's spend, exact: {page}");
-    assert!(page.contains(&day(occurred, "2.00")), "the late clip on the day it occurred: {page}");
-    assert!(page.contains("Video minutes: 42,002.37 video minutes over 30 days"), "{page}");
+    assert!(page.contains(&day(app.clock.now(), "Glitch Video", "42,000.00")), "today's spend, exact: {page}");
+    assert!(page.contains(&day(app.clock.now(), "Other charges", "0.37")), "the charge, apart: {page}");
+    assert!(page.contains(&day(occurred, "Glitch Video", "2.00")), "the late clip on the day it occurred: {page}");
+    assert!(page.contains("Video minutes: 42,002.37 video minutes of usage over 30 days"), "{page}");
     let (_, usage, _) = portal(&app, Method::GET, "/portal/usage", Some(&cookie), &[]).await;
     let first_line = usage.split("<tbody>").nth(1).unwrap().split("</tr>").next().unwrap();
     assert!(
         first_line.contains("Rendered last month")
-            && first_line.contains(&occurred.format("%Y-%m-%d %H:%M UTC").to_string()),
+            && first_line.contains(&occurred.format("%b %-d, %Y, %-I:%M %p").to_string()),
         "the newest usage line shows when it occurred: {first_line}"
     );
 }
@@ -807,3 +811,7 @@ on_both_backends!(
 );
 
 mod browser;
+mod reconcile;
+mod reconcile_browser;
+mod browser_pay;
+mod pay;

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use reqwest::Method;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
@@ -67,6 +67,12 @@ struct FakeState {
     requests: Arc<Mutex<Vec<Recorded>>>,
     /// Answers already given, by idempotency key: Stripe replays them.
     replies: Arc<Mutex<HashMap<String, Value>>>,
+    /// Payment methods detached from their customer: Stripe refuses to charge them.
+    detached: Arc<Mutex<Vec<String>>>,
+    /// Checkout Sessions expired through the API.
+    expired: Arc<Mutex<Vec<String>>>,
+    /// Each customer's `invoice_settings.default_payment_method`.
+    defaults: Arc<Mutex<HashMap<String, String>>>,
 }
 
 /// A local server speaking the parts of Stripe's API that Tally uses.
@@ -216,6 +222,16 @@ async fn create_payment_intent(
                    "payment_intent": intent}),
         )
     };
+    if let Some(method) = field(&form, "payment_method") {
+        if state.detached.lock().unwrap().iter().any(|detached| detached == method) {
+            // As Stripe answers for a payment method no longer attached to the customer.
+            return stripe_error(
+                StatusCode::BAD_REQUEST,
+                json!({"type": "invalid_request_error", "code": "resource_missing", "param": "payment_method",
+                       "message": format!("The PaymentMethod {method} does not belong to the Customer you supplied.")}),
+            );
+        }
+    }
     match field(&form, "payment_method") {
         Some(DECLINED_METHOD) => card_error("card_declined", "Your card was declined."),
         Some(AUTHENTICATION_METHOD) => {
@@ -251,6 +267,72 @@ async fn get_payment_intent(
     Json(json!({"id": id, "object": "payment_intent", "status": "succeeded", "payment_method": method})).into_response()
 }
 
+/// `POST /v1/checkout/sessions/{id}/expire`: an open session expires; any other is a 400.
+async fn expire_session(State(state): State<FakeState>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    record(&state, "POST", &format!("/v1/checkout/sessions/{id}/expire"), None, &headers, Vec::new());
+    if let Some(refused) = refuse_wrong_key(&headers) {
+        return refused;
+    }
+    let mut expired = state.expired.lock().unwrap();
+    if expired.contains(&id) {
+        return stripe_error(
+            StatusCode::BAD_REQUEST,
+            json!({"type": "invalid_request_error",
+                   "message": format!("Only Checkout Sessions with a status in [\"open\"] can be expired. This Checkout Session has a status of \"expired\".")}),
+        );
+    }
+    expired.push(id.clone());
+    Json(json!({"id": id, "object": "checkout.session", "status": "expired", "payment_status": "unpaid", "url": null}))
+        .into_response()
+}
+
+/// `POST /v1/payment_methods/{id}/detach`: the method leaves its customer; twice is a 400.
+async fn detach_payment_method(State(state): State<FakeState>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    record(&state, "POST", &format!("/v1/payment_methods/{id}/detach"), None, &headers, Vec::new());
+    if let Some(refused) = refuse_wrong_key(&headers) {
+        return refused;
+    }
+    let mut detached = state.detached.lock().unwrap();
+    if detached.contains(&id) {
+        return stripe_error(
+            StatusCode::BAD_REQUEST,
+            json!({"type": "invalid_request_error",
+                   "message": "The payment method you provided is not attached to a customer so detachment is impossible."}),
+        );
+    }
+    detached.push(id.clone());
+    Json(json!({"id": id, "object": "payment_method", "type": "card", "customer": null,
+                "card": {"brand": "visa", "last4": "4242"}}))
+    .into_response()
+}
+
+/// `POST /v1/customers/{id}`: records `invoice_settings[default_payment_method]`.
+async fn update_customer(
+    State(state): State<FakeState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    record(&state, "POST", &format!("/v1/customers/{id}"), None, &headers, form.clone());
+    if let Some(refused) = refuse_wrong_key(&headers) {
+        return refused;
+    }
+    let chosen = field(&form, "invoice_settings[default_payment_method]").map(str::to_owned);
+    if let Some(method) = &chosen {
+        if state.detached.lock().unwrap().contains(method) {
+            return stripe_error(
+                StatusCode::BAD_REQUEST,
+                json!({"type": "invalid_request_error", "param": "invoice_settings[default_payment_method]",
+                       "message": format!("No such PaymentMethod: '{method}'")}),
+            );
+        }
+        state.defaults.lock().unwrap().insert(id.clone(), method.clone());
+    }
+    let default = state.defaults.lock().unwrap().get(&id).cloned();
+    Json(json!({"id": id, "object": "customer", "invoice_settings": {"default_payment_method": default}}))
+        .into_response()
+}
+
 impl FakeStripe {
     async fn start() -> FakeStripe {
         let state = FakeState::default();
@@ -258,6 +340,9 @@ impl FakeStripe {
             .route("/v1/checkout/sessions", post(create_session))
             .route("/v1/payment_intents", post(create_payment_intent))
             .route("/v1/payment_intents/{id}", get(get_payment_intent))
+            .route("/v1/checkout/sessions/{id}/expire", post(expire_session))
+            .route("/v1/payment_methods/{id}/detach", post(detach_payment_method))
+            .route("/v1/customers/{id}", post(update_customer))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -877,7 +962,136 @@ async fn stripe_refusals_fail_the_top_up(app: TestApp) {
     app.assert_ledger_agrees().await;
 }
 
+/// A request in the live-mode billing portal: (status, body, Location).
+async fn live_portal(
+    app: &TestApp,
+    cookie: &str,
+    method: Method,
+    path: &str,
+    form: &[(&str, &str)],
+) -> (u16, String, Option<String>) {
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let mut request = client.request(method.clone(), format!("{}{path}", app.base)).header("cookie", cookie);
+    if method == Method::POST {
+        request = request.form(form);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let location = response.headers().get("location").map(|value| value.to_str().unwrap().to_owned());
+    (status, response.text().await.unwrap(), location)
+}
+
+async fn saved_cards_and_cancelled_checkouts_reach_stripe(app: TestApp) {
+    let fake = FakeStripe::start().await;
+    let (app, state) = with_provider(app, fake.provider()).await;
+    let customer = live_customer(&app, "Saver").await;
+    let started =
+        tally_http::routes::topups::start(&state, Mode::Live, top_up_request(&customer, "20", true), app.base.clone())
+            .await
+            .expect("the checkout starts");
+    let mut session = session_object(started.provider_reference.as_deref().unwrap(), &started.id, 2000, "paid");
+    session["customer"] = json!("cus_test_saver");
+    deliver_signed(&app, &event("checkout.session.completed", session)).await.expect(200);
+
+    // The live-mode portal.
+    let link = live(
+        &app,
+        Method::POST,
+        "/billing-portal/sessions",
+        Some(&json!({"customer_id": customer,
+        "return_url": "https://platform.example/account", "failure_url": "https://platform.example/failed"})),
+    )
+    .await
+    .expect(200);
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let entered = client.get(link.body["redirect_url"].as_str().unwrap()).send().await.unwrap();
+    let cookie = entered.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let (status, page, _) = live_portal(&app, &cookie, Method::GET, "/portal/cards", &[]).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Visa ending 4242") && !page.contains("Test mode"), "{page}");
+    let csrf = page.split(r#"name="csrf" value=""#).nth(1).unwrap()[..64].to_owned();
+    let card = page.split(r#"data-card=""#).nth(1).unwrap().split('"').next().unwrap().to_owned();
+
+    // Default: the Stripe customer's invoice_settings.default_payment_method.
+    let (status, _, _) =
+        live_portal(&app, &cookie, Method::POST, &format!("/portal/cards/{card}/default"), &[("csrf", &csrf)]).await;
+    assert_eq!(status, 303);
+    let sent = fake.requests().pop().unwrap();
+    assert_eq!((sent.method.as_str(), sent.path.as_str()), ("POST", "/v1/customers/cus_test_saver"));
+    assert_eq!(sent.field("invoice_settings[default_payment_method]"), SAVED_METHOD);
+    assert_eq!(fake.state.defaults.lock().unwrap().get("cus_test_saver").map(String::as_str), Some(SAVED_METHOD));
+
+    // A portal top-up, cancelled from the history: its Checkout Session is expired at Stripe.
+    let (_, page, _) = live_portal(&app, &cookie, Method::GET, "/portal/top-ups", &[]).await;
+    assert!(page.contains(r#"value="USD:USD""#), "{page}");
+    let form = [("csrf", csrf.as_str()), ("option", "USD:USD"), ("amount", "12")];
+    let (status, _, location) = live_portal(&app, &cookie, Method::POST, "/portal/top-ups", &form).await;
+    assert_eq!(status, 303);
+    assert!(location.unwrap().starts_with("https://checkout.stripe.com/"));
+    let opened = fake.requests().pop().unwrap();
+    assert!(!opened.has("payment_intent_data[setup_future_usage]"), "not ticked: the card is not saved");
+    let store = app.store.clone();
+    let id = customer.clone();
+    let portal_top_up = tokio::task::spawn_blocking(move || {
+        store
+            .read(|conn| topup_repo::for_customer(conn, &id, tally_store::repo::Page { offset: 0, limit: 10 }))
+            .unwrap()
+            .0
+    })
+    .await
+    .unwrap()
+    .into_iter()
+    .find(|top_up| top_up.origin == "portal")
+    .unwrap();
+    let session_id = portal_top_up.provider_reference.clone().unwrap();
+    let (status, _, _) = live_portal(
+        &app,
+        &cookie,
+        Method::POST,
+        &format!("/portal/top-ups/{}/cancel", portal_top_up.id),
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let sent = fake.requests().pop().unwrap();
+    assert_eq!(
+        (sent.method.as_str(), sent.path.as_str()),
+        ("POST", &*format!("/v1/checkout/sessions/{session_id}/expire"))
+    );
+    assert_eq!(top_up_status(&app, &portal_top_up.id).await["status"], "expired");
+    assert_eq!(live_balances(&app, &customer, "default:USD").await, ("20".into(), "0".into()));
+    // Money Stripe reports received all the same is credited, once.
+    let late = event("checkout.session.completed", session_object(&session_id, &portal_top_up.id, 1200, "paid"));
+    deliver_signed(&app, &late).await.expect(200);
+    deliver_signed(&app, &late).await.expect(200);
+    assert_eq!(live_balances(&app, &customer, "default:USD").await, ("32".into(), "0".into()));
+
+    // Removing the card detaches it at Stripe; it is gone from the portal and from auto top-up.
+    let (status, _, _) =
+        live_portal(&app, &cookie, Method::POST, &format!("/portal/cards/{card}/remove"), &[("csrf", &csrf)]).await;
+    assert_eq!(status, 303);
+    let sent = fake.requests().pop().unwrap();
+    assert_eq!(
+        (sent.method.as_str(), sent.path.as_str()),
+        ("POST", &*format!("/v1/payment_methods/{SAVED_METHOD}/detach"))
+    );
+    let (_, page, _) = live_portal(&app, &cookie, Method::GET, "/portal/cards", &[]).await;
+    assert!(page.contains("No saved cards"), "{page}");
+    // Were the detached method charged anyway, Stripe would refuse it.
+    let charge = OffSessionCharge {
+        top_up_id: "top_detached".into(),
+        amount: Decimal::from(5),
+        currency: "USD".into(),
+        payment_method: SAVED_METHOD.into(),
+        provider_customer: Some("cus_test_saver".into()),
+        description: "after removal".into(),
+    };
+    assert!(fake.provider().charge_off_session(&charge).await.is_err(), "a detached card cannot be charged");
+    app.assert_ledger_agrees().await;
+}
+
 on_both_backends!(
+    saved_cards_and_cancelled_checkouts_reach_stripe,
     checkout_sessions_open_and_webhooks_credit_once,
     paid_sessions_save_the_card_for_auto_top_up,
     forged_and_stale_webhooks_change_nothing,

@@ -35,6 +35,16 @@ async fn pay(redirect_url: &str, card: &str) -> (u16, Option<String>, String) {
     (status, location, response.text().await.unwrap())
 }
 
+/// Presses the checkout's "Cancel and go back": the top-up ends, the customer goes to its
+/// `failure_url`.
+async fn cancel(redirect_url: &str) {
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let (path, query) = redirect_url.split_once('?').unwrap();
+    let token = query.trim_start_matches("token=");
+    let response = client.post(format!("{path}/cancel")).form(&[("token", token)]).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 303);
+}
+
 async fn top_up_lifecycle_with_the_succeeding_card(app: TestApp) {
     let customer = setup(&app).await;
     let created = app.post("/top-ups", top_up(&customer, "10")).await.expect(201);
@@ -75,16 +85,19 @@ async fn top_up_lifecycle_with_the_succeeding_card(app: TestApp) {
     app.assert_ledger_agrees().await;
 }
 
-async fn declined_card_fails_the_top_up(app: TestApp) {
+async fn declined_card_leaves_the_top_up_open_until_cancelled(app: TestApp) {
     let customer = setup(&app).await;
     let created = app.post("/top-ups", top_up(&customer, "3")).await.expect(201);
     let id = created.body["id"].as_str().unwrap().to_owned();
     let (status, _, html) = pay(created.body["redirect_url"].as_str().unwrap(), "4000 0000 0000 0002").await;
     assert_eq!(status, 402);
     assert!(html.contains("Your card was declined."), "{html}");
+    // The customer may try another card on the same page; here they give up instead.
+    assert_eq!(app.get(&format!("/top-ups/{id}")).await.expect(200).body["status"], "pending");
+    cancel(created.body["redirect_url"].as_str().unwrap()).await;
     let view = app.get(&format!("/top-ups/{id}")).await.expect(200);
-    assert_eq!(view.body["status"], "failed");
-    assert!(view.body["failure_reason"].as_str().unwrap().contains("declined"));
+    assert_eq!(view.body["status"], "expired");
+    assert_eq!(view.body["failure_reason"], "cancelled by the customer");
     assert_eq!(app.balances(&customer, "default:IMG").await, ("0".into(), "0".into(), "0".into()));
     // The checkout of a failed top-up takes no payment.
     let (status, _, _) = pay(created.body["redirect_url"].as_str().unwrap(), "4242424242424242").await;
@@ -395,13 +408,16 @@ async fn a_waiting_subscription_always_offers_a_live_payment_link(app: TestApp) 
     app.post("/products", body(PRO_PLAN)).await.expect(201);
     let request = json!({"products": [{"code": "pro"}], "return_url": "https://platform.example/welcome",
                          "failure_url": "https://platform.example/sorry"});
-    // The card is declined: the link is dead, and reading the customer gives a fresh one.
+    // The card is declined and the customer gives up: the link is dead, and reading the
+    // customer gives a fresh one.
     let customer = app.customer("Declined").await;
     let waiting = app.post(&format!("/customers/{customer}/subscriptions"), request.clone()).await.expect(201);
     let first = waiting.body["required_actions"][0]["redirect_url"].as_str().unwrap().to_owned();
     let (status, _, _) = pay(&first, "4000000000000002").await;
     assert_eq!(status, 402);
-    assert_eq!(status_of(&app, &top_up_id_of(&first)).await, "failed");
+    assert_eq!(status_of(&app, &top_up_id_of(&first)).await, "pending", "a decline leaves the link live");
+    cancel(&first).await;
+    assert_eq!(status_of(&app, &top_up_id_of(&first)).await, "expired");
     let fresh = payment_link(&app, &customer).await;
     assert_ne!(fresh, first, "a new link replaces the failed one");
     assert_eq!(payment_link(&app, &customer).await, fresh, "reading again shows the same live link");
@@ -443,7 +459,7 @@ on_both_backends!(
     idempotency_keys_make_retries_safe,
     client_urls_must_be_absolute_http_urls,
     top_up_lifecycle_with_the_succeeding_card,
-    declined_card_fails_the_top_up,
+    declined_card_leaves_the_top_up_open_until_cancelled,
     test_helpers_override_and_rounding,
     top_up_validation,
     unpaid_top_ups_expire,

@@ -5,7 +5,7 @@ use crate::harness::{body, test_webhook_config, TestApp};
 use crate::on_both_backends;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use reqwest::Method;
 use serde_json::{json, Value};
 use sha2::Sha256;

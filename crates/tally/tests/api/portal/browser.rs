@@ -32,8 +32,8 @@ fn screenshot_dir() -> PathBuf {
 }
 
 /// Chromium under chromedriver, stopped when dropped.
-struct Browser {
-    client: Client,
+pub(super) struct Browser {
+    pub(super) client: Client,
     driver: Child,
     _profile: tempfile::TempDir,
 }
@@ -48,6 +48,11 @@ impl Drop for Browser {
 impl Browser {
     /// `None` when the browser is missing and TALLY_SKIP_BROWSER=1.
     async fn start() -> Option<Browser> {
+        Browser::start_in_zone(None).await
+    }
+
+    /// [`Browser::start`] with the browser's time zone set (`TZ`), such as `Asia/Tokyo`.
+    pub(super) async fn start_in_zone(zone: Option<&str>) -> Option<Browser> {
         let missing: Vec<&str> =
             [CHROMIUM, CHROMEDRIVER].into_iter().filter(|path| !Path::new(path).exists()).collect();
         if !missing.is_empty() {
@@ -62,7 +67,11 @@ impl Browser {
             );
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let driver = Command::new(CHROMEDRIVER)
+        let mut command = Command::new(CHROMEDRIVER);
+        if let Some(zone) = zone {
+            command.env("TZ", zone);
+        }
+        let driver = command
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -74,29 +83,29 @@ impl Browser {
         Some(browser)
     }
 
-    async fn goto(&self, url: &str) {
+    pub(super) async fn goto(&self, url: &str) {
         self.client.goto(url).await.unwrap_or_else(|error| panic!("cannot open {url}: {error}"));
     }
 
-    async fn text(&self, css: &str) -> String {
+    pub(super) async fn text(&self, css: &str) -> String {
         self.element(css).await.text().await.unwrap()
     }
 
-    async fn element(&self, css: &str) -> fantoccini::elements::Element {
+    pub(super) async fn element(&self, css: &str) -> fantoccini::elements::Element {
         match self.client.wait().at_most(Duration::from_secs(30)).for_element(Locator::Css(css)).await {
             Ok(element) => element,
             Err(error) => panic!("no element matches {css}: {error}\n{}", self.body().await),
         }
     }
 
-    async fn body(&self) -> String {
+    pub(super) async fn body(&self) -> String {
         match self.client.find(Locator::Css("body")).await {
             Ok(body) => body.text().await.unwrap_or_default(),
             Err(_) => String::new(),
         }
     }
 
-    async fn path(&self) -> String {
+    pub(super) async fn path(&self) -> String {
         let url = self.client.current_url().await.unwrap();
         match url.query() {
             Some(query) => format!("{}?{query}", url.path()),
@@ -104,11 +113,11 @@ impl Browser {
         }
     }
 
-    async fn script(&self, source: &str) -> Value {
+    pub(super) async fn script(&self, source: &str) -> Value {
         self.client.execute(source, vec![]).await.unwrap()
     }
 
-    async fn press(&self, key: Key) {
+    pub(super) async fn press(&self, key: Key) {
         let keys = KeyActions::new("keyboard".into())
             .then(KeyAction::Down { value: key.into() })
             .then(KeyAction::Up { value: key.into() });
@@ -116,7 +125,7 @@ impl Browser {
     }
 
     /// What has the keyboard focus: its id, else its name, else its text.
-    async fn focused(&self) -> String {
+    pub(super) async fn focused(&self) -> String {
         let value = self
             .script("const e = document.activeElement; return e.id || e.getAttribute('name') || e.textContent.trim();")
             .await;
@@ -124,7 +133,7 @@ impl Browser {
     }
 
     /// Saves the whole page (the window stretched to its height) as `name`.png.
-    async fn shot(&self, name: &str) {
+    pub(super) async fn shot(&self, name: &str) {
         let (width, height) = self.client.get_window_size().await.unwrap();
         let full = self.script("return document.documentElement.scrollHeight;").await.as_u64().unwrap_or(height);
         self.client.set_window_size(width as u32, full.clamp(height, 6000) as u32).await.unwrap();
@@ -145,7 +154,7 @@ impl Browser {
     }
 
     /// Reloads `url` until `css`'s text contains `expected`, for up to 20 seconds.
-    async fn poll_until(&self, url: &str, css: &str, expected: &str) {
+    pub(super) async fn poll_until(&self, url: &str, css: &str, expected: &str) {
         for _ in 0..80 {
             self.goto(url).await;
             if self.text(css).await.contains(expected) {
@@ -250,8 +259,9 @@ async fn billing_portal_in_a_real_browser() {
     browser.element(r#"button[type="submit"]"#).await.click().await.unwrap();
     assert!(browser.text(".error").await.contains("Your card was declined."));
     browser.shot("05-declined-card").await;
-    browser.element("a.button").await.click().await.unwrap();
-    assert!(browser.text(".error").await.contains("did not go through: Your card was declined."));
+    // The customer could try another card on the same page; here they cancel instead.
+    browser.element(r#"form[action$="/cancel"] button"#).await.click().await.unwrap();
+    assert!(browser.text(".error").await.contains("did not go through: cancelled by the customer"));
     assert!(browser.text(minutes).await.contains("118.00"), "a declined card adds nothing");
     browser.shot("06-after-decline").await;
 
@@ -319,12 +329,14 @@ async fn billing_portal_in_a_real_browser() {
     let keys = KeyActions::new("typing".into()).then(KeyAction::Down { value: '7' }).then(KeyAction::Up { value: '7' });
     browser.client.perform_actions(keys).await.unwrap();
     browser.press(Key::Tab).await;
+    assert_eq!(browser.focused().await, "save_card", "then whether to save the card");
+    browser.press(Key::Tab).await;
     assert_eq!(browser.focused().await, "Continue to payment", "then the submit button");
     browser.shot("14-keyboard-focus").await;
     browser.press(Key::Enter).await;
     browser.element("#card_number").await;
     assert!(browser.path().await.starts_with("/checkout/top_"), "Enter sends the form");
-    assert!(browser.body().await.contains("Pay 7 USD"));
+    assert!(browser.body().await.contains("Pay $7.00"));
 
     browser.client.clone().close().await.unwrap();
     app.assert_ledger_agrees().await;
