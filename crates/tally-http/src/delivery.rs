@@ -202,7 +202,8 @@ const PRUNE_BATCH: i64 = 200;
 /// with their deliveries and attempts (`webhook_repo::prune`). A failure is logged and tried
 /// again later. Returns whether the batch was full (more may be waiting).
 async fn prune(store: &Arc<Store>, config: &WebhookConfig, now: DateTime<Utc>) -> bool {
-    let Some(before) = chrono::Duration::from_std(config.retention).ok().and_then(|age| now.checked_sub_signed(age)) else {
+    let Some(before) = chrono::Duration::from_std(config.retention).ok().and_then(|age| now.checked_sub_signed(age))
+    else {
         return false;
     };
     let store = store.clone();

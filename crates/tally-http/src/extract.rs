@@ -344,7 +344,8 @@ impl QueryParams {
         let exact_total = self.bool("include_total").unwrap_or(false);
         let mut cursor = None;
         for (name, direction) in [("next", 'n'), ("prev", 'p')] {
-            let Some(text) = self.values.get(name).map(|text| text.trim().to_owned()).filter(|text| !text.is_empty()) else {
+            let Some(text) = self.values.get(name).map(|text| text.trim().to_owned()).filter(|text| !text.is_empty())
+            else {
                 continue;
             };
             if cursor.is_some() {

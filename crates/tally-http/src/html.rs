@@ -92,7 +92,7 @@ button.secondary{background:#fff;color:#374151;border:1px solid #d1d5db}.presets
 @media (max-width:600px){main{padding:.75rem}.balance{font-size:1.3rem}th.optional,td.optional{display:none}
 table.stack thead{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}table.stack tr{display:block;padding:.5rem 0;border-bottom:1px solid #e5e7eb}
 table.stack td{display:flex;justify-content:space-between;gap:1rem;border:0;padding:.15rem .25rem;text-align:right}table.stack td::before{content:attr(data-label);font-weight:500;color:#6b7280;text-align:left}
-table.stack td.amount{font-weight:600}.portal-nav{padding:.4rem .75rem}.portal-nav .back{margin-left:0}}
+table.stack td.amount{font-weight:600}table.stack td:empty{display:none}.portal-nav{padding:.4rem .75rem}.portal-nav .back{margin-left:0}}
 "#;
 
 /// Logo URLs Tally shows: http(s), a path on Tally itself, or an inline image. Anything else

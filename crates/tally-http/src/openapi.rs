@@ -3,7 +3,8 @@
 
 use crate::error::{ProblemKind, PROBLEM_KINDS, VALIDATION};
 use crate::routes::{
-    accounts, holds, assets, customers, events, portal, products, reports, subscriptions, topups, vendors, wallet, webhooks,
+    accounts, assets, customers, events, holds, portal, products, reports, subscriptions, topups, vendors, wallet,
+    webhooks,
 };
 use axum::http::header;
 use axum::response::IntoResponse;

@@ -225,12 +225,19 @@ pub struct Applied {
 /// Where one migration stands in a database.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MigrationState {
-    Applied { at: chrono::DateTime<chrono::Utc> },
+    Applied {
+        at: chrono::DateTime<chrono::Utc>,
+    },
     Pending,
     /// Applied from a different text than this build's.
-    Changed { at: chrono::DateTime<chrono::Utc>, recorded: String },
+    Changed {
+        at: chrono::DateTime<chrono::Utc>,
+        recorded: String,
+    },
     /// Applied by another build; this one does not know it.
-    Unknown { at: chrono::DateTime<chrono::Utc> },
+    Unknown {
+        at: chrono::DateTime<chrono::Utc>,
+    },
 }
 
 /// One line of `tally migrate --status`.
@@ -261,7 +268,12 @@ fn applied(conn: &mut dyn Conn) -> Result<Vec<Applied>, StoreError> {
     conn.query(sql, &[])?
         .iter()
         .map(|row| {
-            Ok(Applied { version: row.int(0)?, name: row.text(1)?, applied_at: row.time(2)?, checksum: row.opt_text(3)? })
+            Ok(Applied {
+                version: row.int(0)?,
+                name: row.text(1)?,
+                applied_at: row.time(2)?,
+                checksum: row.opt_text(3)?,
+            })
         })
         .collect()
 }
@@ -349,7 +361,9 @@ pub fn apply(conn: &mut dyn Conn) -> Result<Vec<i64>, StoreError> {
         }
     }
     let mut newly_applied = Vec::new();
-    for migration in MIGRATIONS.iter().filter(|migration| recorded.iter().all(|record| record.version != migration.version)) {
+    for migration in
+        MIGRATIONS.iter().filter(|migration| recorded.iter().all(|record| record.version != migration.version))
+    {
         for statement in render(migration.sql, conn.dialect()).split(';') {
             if !statement.trim().is_empty() {
                 conn.execute(statement, &[])?;

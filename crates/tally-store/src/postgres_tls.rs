@@ -233,8 +233,8 @@ mod tests {
 
     #[test]
     fn the_verifying_modes_reach_tokio_postgres_as_require_without_sslrootcert() {
-        let connector = connector("postgres://u@localhost/db?sslmode=verify-ca&sslrootcert=system&application_name=t")
-            .unwrap();
+        let connector =
+            connector("postgres://u@localhost/db?sslmode=verify-ca&sslrootcert=system&application_name=t").unwrap();
         assert_eq!(connector.mode, SslMode::VerifyCa);
         assert_eq!(connector.url, "postgres://u@localhost/db?application_name=t&sslmode=require");
         assert!(connector.tls.is_some());
@@ -243,7 +243,10 @@ mod tests {
     #[test]
     fn no_sslmode_means_prefer_and_disable_means_no_tls() {
         let preferred = connector("postgres://u@localhost/db").unwrap();
-        assert_eq!((preferred.mode, preferred.url.as_str()), (SslMode::Prefer, "postgres://u@localhost/db?sslmode=prefer"));
+        assert_eq!(
+            (preferred.mode, preferred.url.as_str()),
+            (SslMode::Prefer, "postgres://u@localhost/db?sslmode=prefer")
+        );
         assert!(preferred.tls.is_some());
         let disabled = connector("postgres://u@localhost/db?sslmode=disable").unwrap();
         assert!(disabled.tls.is_none());

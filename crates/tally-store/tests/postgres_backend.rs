@@ -271,7 +271,8 @@ fn claims_pass_over_customers_another_server_holds() {
 #[test]
 fn sslmode_encrypts_and_verifies_as_libpq_does() {
     let Some(database) = Database::create() else { return };
-    let certificate = std::env::var("TALLY_TEST_POSTGRES_CA").unwrap_or_else(|_| "/etc/ssl/certs/ssl-cert-snakeoil.pem".into());
+    let certificate =
+        std::env::var("TALLY_TEST_POSTGRES_CA").unwrap_or_else(|_| "/etc/ssl/certs/ssl-cert-snakeoil.pem".into());
     let offers_tls = database.open().read(|conn| conn.query("SHOW ssl", &[])).unwrap()[0].text(0).unwrap() == "on";
     if !offers_tls || !std::path::Path::new(&certificate).exists() {
         eprintln!("TLS NOT TESTED: the server does not offer TLS or {certificate} is missing");
@@ -279,9 +280,8 @@ fn sslmode_encrypts_and_verifies_as_libpq_does() {
     }
     let encrypted = |url: &str| -> Result<bool, StoreError> {
         let store = Store::open(&DatabaseUrl::parse(url).unwrap())?;
-        let count = store.read(|conn| {
-            conn.count("SELECT COUNT(*) FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl", &[])
-        })?;
+        let count = store
+            .read(|conn| conn.count("SELECT COUNT(*) FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl", &[]))?;
         Ok(count == 1)
     };
     let on = |host: &str, query: &str| {
@@ -291,7 +291,10 @@ fn sslmode_encrypts_and_verifies_as_libpq_does() {
     let trusted = format!("sslrootcert={certificate}");
     assert!(!encrypted(&on("127.0.0.1", "sslmode=disable")).unwrap(), "disable talks in the clear");
     assert!(encrypted(&on("127.0.0.1", "sslmode=require")).unwrap(), "require encrypts");
-    assert!(encrypted(&on("127.0.0.1", &format!("sslmode=verify-ca&{trusted}"))).unwrap(), "verify-ca ignores the name");
+    assert!(
+        encrypted(&on("127.0.0.1", &format!("sslmode=verify-ca&{trusted}"))).unwrap(),
+        "verify-ca ignores the name"
+    );
     assert!(encrypted(&on("localhost", &format!("sslmode=verify-full&{trusted}"))).unwrap(), "verify-full, right name");
 
     let refused = encrypted(&on("127.0.0.1", &format!("sslmode=verify-full&{trusted}")));

@@ -20,8 +20,8 @@
 //! event ingestion, as the API makes them) while no server runs, so the ledger stays whole
 //! and the checks after the run count the run's events only.
 
-use hdrhistogram::Histogram;
 use anyhow::{anyhow, bail, Context};
+use hdrhistogram::Histogram;
 use rust_decimal::Decimal;
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -844,7 +844,7 @@ impl Client {
 
     /// Test-mode events stored, all customers together.
     async fn stored_events(&self) -> anyhow::Result<u64> {
-        let page = self.expect(reqwest::Method::GET, "/events?limit=1", None, &[200]).await?;
+        let page = self.expect(reqwest::Method::GET, "/events?limit=1&include_total=true", None, &[200]).await?;
         page["total_count"].as_u64().context("GET /events answered without a total_count")
     }
 

@@ -134,8 +134,7 @@ struct Variables {
 
 impl Provider for Variables {
     fn metadata(&self) -> Metadata {
-        Metadata::named(self.name)
-            .interpolater(|_, path| format!("TALLY_{}", path.join("_").to_ascii_uppercase()))
+        Metadata::named(self.name).interpolater(|_, path| format!("TALLY_{}", path.join("_").to_ascii_uppercase()))
     }
 
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
@@ -321,14 +320,16 @@ mod tests {
         assert_eq!((limits.default_expiry, limits.max_expiry), (chrono::Duration::days(1), chrono::Duration::days(7)));
         let env = [("TALLY_HOLD_EXPIRY_SECONDS", "600"), ("TALLY_HOLD_MAX_EXPIRY_SECONDS", "3600")];
         let limits = load_with(None, &Overrides::default(), &env).unwrap().hold_limits().unwrap();
-        assert_eq!((limits.default_expiry, limits.max_expiry), (chrono::Duration::minutes(10), chrono::Duration::hours(1)));
+        let expected = (chrono::Duration::minutes(10), chrono::Duration::hours(1));
+        assert_eq!((limits.default_expiry, limits.max_expiry), expected);
         let env = [("TALLY_HOLD_EXPIRY_SECONDS", "7200"), ("TALLY_HOLD_MAX_EXPIRY_SECONDS", "3600")];
         assert!(load_with(None, &Overrides::default(), &env).unwrap().hold_limits().is_err());
     }
 
     #[test]
     fn every_setting_reads_its_tally_variable_and_a_bad_value_names_it() {
-        let env = [("TALLY_SETTLE_INTERVAL_MS", "250"), ("TALLY_PLATFORM_NAME", "Glitch"), ("TALLY_METRICS_TOKEN", "12345")];
+        let env =
+            [("TALLY_SETTLE_INTERVAL_MS", "250"), ("TALLY_PLATFORM_NAME", "Glitch"), ("TALLY_METRICS_TOKEN", "12345")];
         let config = load_with(None, &Overrides::default(), &env).unwrap();
         assert_eq!(config.settle_interval_ms, 250);
         assert_eq!((config.platform_name.as_str(), config.metrics_token.as_str()), ("Glitch", "12345"));

@@ -188,12 +188,12 @@ async fn populate(
     }
     // A long job (a video render): hold an estimate, capture what it used, release the rest.
     let holds = format!("/customers/{}/wallet/holds", ids[0]);
-    let render = json!({"transaction_id": "demo-render-1", "asset": "IMG", "amount": 20, "description": "Video render"});
+    let render = json!({"transaction_id": "demo-render-1", "asset": "IMG", "amount": 20, "description": "Render"});
     api.post(&holds, render).await?;
     api.post(&format!("{holds}/demo-render-1/capture"), json!({"amount": 12, "transaction_id": "demo-render-1-used"}))
         .await?;
     api.send(reqwest::Method::POST, &format!("{holds}/demo-render-1/release"), None).await?;
-    events += rebill_scene(api, &ids[0], clock.now()).await?;
+    events += rebill_scene(api, &ids[0], clock).await?;
     let mut customers = Vec::new();
     for (id, customer) in ids.iter().zip(&CUSTOMERS) {
         let account = api.get(&format!("/customers/{id}/wallet/default:IMG")).await?;
@@ -216,12 +216,13 @@ async fn populate(
 
 /// An `8x` upscale is stored unbilled (`no_matching_dimension`); version 2 prices it, the
 /// subscription moves there, and a rebill bills the event. Returns the events it sent.
-async fn rebill_scene(api: &Api, customer_id: &str, now: chrono::DateTime<chrono::Utc>) -> anyhow::Result<usize> {
+async fn rebill_scene(api: &Api, customer_id: &str, clock: &tally_http::clock::Clock) -> anyhow::Result<usize> {
     let time = tally_http::types::format_timestamp;
     let mut product: Value = serde_json::from_str(UPSCALE)?;
     let product_id = api.post("/products", product.clone()).await?["id"].as_str().unwrap_or_default().to_owned();
     let subscription =
         api.post(&format!("/customers/{customer_id}/subscriptions"), json!({"products": [{"id": product_id}]})).await?;
+    let now = clock.now();
     let event = json!({"id": "demo-upscale-1", "event_type": "image_upscaled", "data": {"factor": "8x"},
                        "occurred_at": time(now)});
     api.post_events(json!({"customer_id": customer_id, "events": [event]})).await?;

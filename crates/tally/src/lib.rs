@@ -41,7 +41,9 @@ pub fn migration_status(database_url: &str) -> anyhow::Result<(Vec<String>, bool
     }
     let store = Store::open(&url).with_context(|| format!("cannot open the database at {shown}"))?;
     let Some(lines) = store.read(tally_store::migrate::status).with_context(|| format!("cannot read {shown}"))? else {
-        bail!("the database at {shown} holds no Tally schema: every migration is pending; `tally migrate` applies them");
+        bail!(
+            "the database at {shown} holds no Tally schema: every migration is pending; `tally migrate` applies them"
+        );
     };
     let at = |at: &chrono::DateTime<chrono::Utc>| at.format("%Y-%m-%d %H:%M:%S UTC").to_string();
     let mut current = true;

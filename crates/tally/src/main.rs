@@ -310,7 +310,7 @@ fn verify(config: &Config) -> anyhow::Result<()> {
     let store = tally::open_existing_store(&config.database_url)?;
     let report = store.read(tally_store::ops::ledger::verify)?;
     println!(
-        "checked {} entries ({} postings), {} accounts, {} grants, {} transactions, {} events ({} fees), {} top-ups, {} rollup rows",
+        "checked {} entries ({} postings), {} accounts, {} grants, {} transactions, {} events ({} fees), {} top-ups, {} rollup rows, {} holds",
         report.entries,
         report.postings,
         report.accounts,
@@ -319,7 +319,8 @@ fn verify(config: &Config) -> anyhow::Result<()> {
         report.events,
         report.fees,
         report.top_ups,
-        report.rollups
+        report.rollups,
+        report.holds
     );
     for ((mode, asset, account), balance) in &report.system_balances {
         println!("system:{account} {asset} ({mode}): {balance}");

@@ -169,19 +169,17 @@ fn grants_starting_together_repay_the_overdraft_in_burn_order() {
     assert_eq!((state.available, state.debt), (d("25"), d("0")));
 }
 
-/// One step of a random history.
+/// One step of a random history. `Hold` holds an amount (with overdraft allowed or not);
+/// `Capture` captures from the oldest open hold (what it still holds comes out of it, the rest
+/// is debited beyond it); `Release` releases what the oldest open hold still holds.
 #[derive(Debug, Clone)]
 enum Step {
     Credit { purpose: u8, amount_cents: i64, starts_in_hours: i64, lasts_hours: Option<i64> },
     Debit { amount_cents: i64 },
     Refund { amount_cents: i64 },
     Advance { hours: i64 },
-    /// Holds an amount (with overdraft allowed or not).
     Hold { amount_cents: i64, allow_overdraft: bool },
-    /// Captures from the oldest open hold: `amount_cents`, of which what the hold still holds
-    /// comes out of it and the rest is debited beyond it.
     Capture { amount_cents: i64 },
-    /// Releases what the oldest open hold still holds.
     Release,
 }
 

@@ -7,7 +7,7 @@ use super::test_provider;
 use crate::html::{escape, page, page_with, Branding};
 use crate::portal::format::AssetLook;
 use crate::routes::topups::constant_time_eq;
-use crate::AppState;
+use crate::{ApiError, AppState};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -127,13 +127,19 @@ fn checkout_page(found: &Found, error: Option<&str>) -> String {
             token = escape(&top_up.checkout_token),
         )
     } else {
-        let (title, link) = match top_up.status {
-            TopUpStatus::Succeeded => (format!("Paid {paid}"), &top_up.return_url),
-            TopUpStatus::Failed => (format!("Payment of {paid} failed"), &top_up.failure_url),
-            TopUpStatus::Expired => (format!("Payment of {paid} cancelled or expired"), &top_up.failure_url),
-            TopUpStatus::Initiated | TopUpStatus::Pending => (format!("Pay {paid}"), &top_up.failure_url),
+        let (title, outcome, link) = match top_up.status {
+            TopUpStatus::Succeeded => ("Top-up succeeded", format!("You paid {paid}."), &top_up.return_url),
+            TopUpStatus::Failed => ("Top-up failed", format!("{paid} was not charged."), &top_up.failure_url),
+            TopUpStatus::Expired if top_up.failure_reason.as_deref() == Some(CANCELLED_REASON) => {
+                ("Top-up cancelled", format!("{paid} was not charged."), &top_up.failure_url)
+            }
+            TopUpStatus::Expired => ("Top-up expired", format!("{paid} was not charged."), &top_up.failure_url),
+            TopUpStatus::Initiated | TopUpStatus::Pending => ("Top-up open", String::new(), &top_up.failure_url),
         };
-        format!(r#"<h1>{title}</h1>{notice}<p><a class="button" href="{link}">Continue</a></p>"#, link = escape(link),)
+        format!(
+            r#"<h1>{title}</h1>{notice}<p>{outcome}</p><p><a class="button" href="{link}">Continue</a></p>"#,
+            link = escape(link),
+        )
     };
     page_with(branding, "Checkout", badge, &body, "")
 }
@@ -205,15 +211,12 @@ pub async fn pay(State(state): State<AppState>, Path(id): Path<String>, Form(for
     }
 }
 
-/// The customer gives up: the top-up expires now (money that arrives later is still
-/// credited) and they go to its `failure_url`.
-pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>, Form(form): Form<CheckoutForm>) -> Response {
-    let mut found = match find(&state, id, &form.token).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
-    let (mode, id, now) = (found.mode, found.top_up.id.clone(), state.now());
-    let ended = state
+/// Ends an open top-up because its customer gave up: it expires now with
+/// [`CANCELLED_REASON`] (money that arrives later is still credited). One that already ended
+/// is answered as it is.
+pub async fn end_by_customer(state: &AppState, mode: Mode, id: String) -> Result<TopUp, ApiError> {
+    let now = state.now();
+    state
         .write(move |conn| {
             let top_up = topup_ops::expire_if_window_closed(conn, mode, &id, now)?;
             if top_up.status.is_open() {
@@ -221,8 +224,17 @@ pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>, Form(
             }
             Ok(top_up)
         })
-        .await;
-    found.top_up = match ended {
+        .await
+}
+
+/// The customer gives up: the top-up expires now (money that arrives later is still
+/// credited) and they go to its `failure_url`.
+pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>, Form(form): Form<CheckoutForm>) -> Response {
+    let mut found = match find(&state, id, &form.token).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    found.top_up = match end_by_customer(&state, found.mode, found.top_up.id.clone()).await {
         Ok(top_up) => top_up,
         Err(error) => return error.into_response(),
     };

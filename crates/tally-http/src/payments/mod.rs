@@ -43,6 +43,22 @@ pub struct Checkout {
     pub redirect_url: String,
 }
 
+/// A hosted page where a customer saves a card without paying (Stripe Checkout in setup mode).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CardSetupRequest {
+    /// Tally's customer, and the mode it lives in: the provider's notification names them.
+    pub customer_id: String,
+    pub mode: Mode,
+    pub customer_email: Option<String>,
+    /// The provider's customer the customer's saved cards are kept on, when they have one.
+    pub provider_customer: Option<String>,
+    /// A fresh id for this attempt: the provider's idempotency key.
+    pub setup_id: String,
+    /// Where the provider sends the customer after saving the card / after giving up.
+    pub success_url: String,
+    pub cancel_url: String,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct OffSessionCharge {
     pub top_up_id: String,
@@ -89,6 +105,11 @@ pub trait PaymentProvider: Send + Sync {
     /// no payment if the provider can stop it. The test provider's page checks the top-up.
     fn cancel_checkout<'a>(&'a self, _reference: &'a str) -> BoxFuture<'a, Result<(), PaymentError>> {
         Box::pin(async { Ok(()) })
+    }
+    /// Starts a hosted page where the customer saves a card without paying. Only Stripe has
+    /// one: the test provider's cards are added on the portal's own form.
+    fn start_card_setup<'a>(&'a self, _request: &'a CardSetupRequest) -> BoxFuture<'a, Result<Checkout, PaymentError>> {
+        Box::pin(async { Err(PaymentError::Refused("this provider saves cards only on the portal's own form".into())) })
     }
     /// Forgets a saved card at the provider, so that it can never be charged.
     fn remove_card<'a>(&'a self, _card: &'a SavedCard) -> BoxFuture<'a, Result<(), PaymentError>> {

@@ -1,4 +1,5 @@
 //! The `stripe` payment provider, for live mode: top-ups through Stripe Checkout Sessions,
+//! cards saved without paying through setup-mode Checkout Sessions (and their SetupIntents),
 //! off-session charges of saved cards (auto top-up) through PaymentIntents, and the
 //! verification of the signatures on Stripe's webhook events. It speaks Stripe's documented
 //! HTTP API directly: form-encoded requests, the secret key as a bearer token, and the top-up
@@ -9,7 +10,8 @@
 //! protocol, not the store.
 
 use super::{
-    BoxFuture, ChargeOutcome, Checkout, CheckoutRequest, OffSessionCharge, PaymentError, PaymentProvider, SavedCard,
+    BoxFuture, CardSetupRequest, ChargeOutcome, Checkout, CheckoutRequest, OffSessionCharge, PaymentError,
+    PaymentProvider, SavedCard,
 };
 use hmac::{Hmac, KeyInit, Mac};
 use rust_decimal::prelude::ToPrimitive;
@@ -195,6 +197,10 @@ pub struct Card {
     pub brand: Option<String>,
     #[serde(default)]
     pub last4: Option<String>,
+    #[serde(default)]
+    pub exp_month: Option<u32>,
+    #[serde(default)]
+    pub exp_year: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -224,6 +230,11 @@ pub struct CheckoutSession {
     pub customer: Option<Expandable<Customer>>,
     #[serde(default)]
     pub payment_intent: Option<Expandable<PaymentIntent>>,
+    /// `payment`, or `setup` for a session that only saves a card.
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub setup_intent: Option<Expandable<SetupIntent>>,
     /// `paid`, `unpaid` or `no_payment_required`.
     #[serde(default)]
     pub payment_status: Option<String>,
@@ -236,9 +247,30 @@ pub struct CheckoutSession {
 impl CheckoutSession {
     /// The top-up this session pays for, as Tally named it when creating the session.
     pub fn top_up_id(&self) -> Option<&str> {
-        self.client_reference_id
-            .as_deref()
-            .or_else(|| self.metadata.as_ref().and_then(|metadata| metadata.get("top_up_id")).map(String::as_str))
+        self.client_reference_id.as_deref().or_else(|| self.metadata_value("top_up_id"))
+    }
+
+    pub fn metadata_value(&self, key: &str) -> Option<&str> {
+        self.metadata.as_ref().and_then(|metadata| metadata.get(key)).map(String::as_str)
+    }
+}
+
+/// The parts of a SetupIntent Tally reads: the card a setup-mode session saved.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct SetupIntent {
+    pub id: String,
+    /// `succeeded` once the card is saved; `requires_payment_method`, `canceled`, … otherwise.
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub customer: Option<Expandable<Customer>>,
+    #[serde(default)]
+    pub payment_method: Option<Expandable<PaymentMethodObject>>,
+}
+
+impl HasId for SetupIntent {
+    fn id(&self) -> &str {
+        &self.id
     }
 }
 
@@ -396,6 +428,27 @@ pub fn checkout_form(
     Ok(form)
 }
 
+/// The form fields of `POST /v1/checkout/sessions` for a session that only saves a card
+/// (`mode=setup`) on the Stripe customer `customer`. The metadata names Tally's customer and
+/// mode, which the `checkout.session.completed` event brings back.
+pub fn setup_form(request: &CardSetupRequest, customer: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("mode", "setup".to_owned()),
+        ("customer", customer.to_owned()),
+        // Cards only: auto top-up charges them off-session, which other methods may not allow.
+        ("payment_method_types[]", "card".to_owned()),
+        ("success_url", request.success_url.clone()),
+        ("cancel_url", request.cancel_url.clone()),
+        ("metadata[purpose]", CARD_SETUP_PURPOSE.to_owned()),
+        ("metadata[customer_id]", request.customer_id.clone()),
+        ("metadata[tally_mode]", request.mode.as_str().to_owned()),
+        ("setup_intent_data[metadata][customer_id]", request.customer_id.clone()),
+    ]
+}
+
+/// `metadata[purpose]` of the setup-mode sessions Tally opens.
+pub const CARD_SETUP_PURPOSE: &str = "card_setup";
+
 /// The form fields of `POST /v1/payment_intents` for an off-session charge.
 pub fn off_session_form(request: &OffSessionCharge) -> Result<Vec<(&'static str, String)>, PaymentError> {
     let amount = to_minor_units(request.amount, &request.currency).map_err(PaymentError::Refused)?;
@@ -496,6 +549,28 @@ impl StripeProvider {
         self.send(request).await
     }
 
+    /// `GET /v1/setup_intents/{id}`: the payment method a setup-mode session saved.
+    pub async fn setup_intent(&self, id: &str) -> Result<SetupIntent, PaymentError> {
+        let path = format!("/v1/setup_intents/{}", stripe_id(id)?);
+        self.send(self.client.get(self.url(&path))).await.map_err(CallError::into_payment_error)
+    }
+
+    /// `GET /v1/payment_methods/{id}`: the card's brand, last four digits and expiry.
+    pub async fn payment_method(&self, id: &str) -> Result<PaymentMethodObject, PaymentError> {
+        let path = format!("/v1/payment_methods/{}", stripe_id(id)?);
+        self.send(self.client.get(self.url(&path))).await.map_err(CallError::into_payment_error)
+    }
+
+    /// `POST /v1/customers`: a Stripe customer to keep a customer's cards on.
+    async fn create_customer(&self, request: &CardSetupRequest) -> Result<Customer, PaymentError> {
+        let mut form = vec![("metadata[customer_id]", request.customer_id.clone())];
+        if let Some(email) = &request.customer_email {
+            form.push(("email", email.clone()));
+        }
+        let key = format!("customer_{}", request.setup_id);
+        self.post_form("/v1/customers", &key, &form).await.map_err(CallError::into_payment_error)
+    }
+
     /// Reads a PaymentIntent with its payment method expanded (brand and last four digits).
     pub async fn payment_intent(&self, id: &str) -> Result<PaymentIntent, PaymentError> {
         if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
@@ -548,6 +623,28 @@ impl PaymentProvider for StripeProvider {
                     })
                 }
                 Err(error) => Err(error.into_payment_error()),
+            }
+        })
+    }
+
+    /// A Checkout Session in `mode=setup` on the customer's Stripe customer, created first
+    /// (`POST /v1/customers`) when the customer has none yet.
+    fn start_card_setup<'a>(&'a self, request: &'a CardSetupRequest) -> BoxFuture<'a, Result<Checkout, PaymentError>> {
+        Box::pin(async move {
+            let customer = match &request.provider_customer {
+                Some(customer) => customer.clone(),
+                None => self.create_customer(request).await?.id,
+            };
+            let form = setup_form(request, stripe_id(&customer)?);
+            let session: CheckoutSession = self
+                .post_form("/v1/checkout/sessions", &request.setup_id, &form)
+                .await
+                .map_err(CallError::into_payment_error)?;
+            let redirect_url =
+                session.url.clone().filter(|url| url.starts_with("https://") || url.starts_with("http://"));
+            match redirect_url {
+                Some(redirect_url) => Ok(Checkout { reference: session.id, redirect_url }),
+                None => Err(PaymentError::Unavailable(format!("Stripe's Checkout Session {} has no URL", session.id))),
             }
         })
     }
@@ -762,6 +859,36 @@ mod tests {
         let method = intent.object().unwrap().payment_method.as_ref().unwrap();
         assert_eq!(method.id(), "pm_1");
         assert_eq!(method.object().unwrap().card.as_ref().unwrap().last4.as_deref(), Some("4242"));
+    }
+
+    #[test]
+    fn setup_sessions_save_a_card_on_the_customer_and_charge_nothing() {
+        let request = CardSetupRequest {
+            customer_id: "cust_1".into(),
+            mode: tally_core::Mode::Live,
+            customer_email: Some("buyer@example.com".into()),
+            provider_customer: Some("cus_1".into()),
+            setup_id: "setup_1".into(),
+            success_url: "https://billing.example/portal/cards?added=1".into(),
+            cancel_url: "https://billing.example/portal/cards".into(),
+        };
+        let form = setup_form(&request, "cus_1");
+        let field = |name: &str| form.iter().find(|(key, _)| *key == name).map(|(_, value)| value.as_str());
+        assert_eq!(field("mode"), Some("setup"));
+        assert_eq!(field("customer"), Some("cus_1"));
+        assert_eq!(field("payment_method_types[]"), Some("card"));
+        assert_eq!(field("metadata[purpose]"), Some(CARD_SETUP_PURPOSE));
+        assert_eq!((field("metadata[customer_id]"), field("metadata[tally_mode]")), (Some("cust_1"), Some("live")));
+        assert!(form.iter().all(|(key, _)| !key.starts_with("line_items") && !key.starts_with("payment_intent_data")));
+        let payload = br#"{"id":"evt_2","type":"checkout.session.completed","data":{"object":{"id":"cs_2",
+            "object":"checkout.session","mode":"setup","customer":"cus_1","setup_intent":"seti_1",
+            "payment_status":"no_payment_required","metadata":{"purpose":"card_setup","customer_id":"cust_1"}}}}"#;
+        let session: CheckoutSession = event_object(payload).unwrap();
+        assert_eq!(
+            (session.mode.as_deref(), session.setup_intent.as_ref().map(Expandable::id)),
+            (Some("setup"), Some("seti_1"))
+        );
+        assert_eq!(session.metadata_value("customer_id"), Some("cust_1"));
     }
 
     #[test]

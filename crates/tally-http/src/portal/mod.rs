@@ -134,10 +134,10 @@ fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value.trim().to_owned())
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|cookie| cookie.name() == name)
+        .map(|cookie| cookie.value().to_owned())
 }
 
 /// The portal session of the request's cookie. Without one, the request gets a page saying
@@ -207,18 +207,17 @@ async fn enter(State(state): State<AppState>, headers: HeaderMap, Query(query): 
             // Inside a platform's frame the cookie is a third-party one: only SameSite=None
             // (which browsers take only with Secure) travels there, partitioned by the
             // embedding site. CSRF tokens protect the forms either way.
-            let same_site = match (https, state.config.portal_frame_ancestors.is_empty()) {
-                (true, false) => "None; Secure; Partitioned",
-                (true, true) => "Lax; Secure",
-                (false, _) => "Lax",
-            };
-            let cookie = format!(
-                "{COOKIE_NAME}={}; Path=/portal; Max-Age={}; HttpOnly; SameSite={same_site}",
-                entered.token,
-                SESSION_VALIDITY_MINUTES * 60
-            );
+            let framed = https && !state.config.portal_frame_ancestors.is_empty();
+            let cookie = cookie::Cookie::build((COOKIE_NAME, entered.token))
+                .path("/portal")
+                .max_age(cookie::time::Duration::minutes(SESSION_VALIDITY_MINUTES))
+                .http_only(true)
+                .same_site(if framed { cookie::SameSite::None } else { cookie::SameSite::Lax })
+                .secure(https)
+                .partitioned(framed)
+                .build();
             let mut response = Redirect::to("/portal").into_response();
-            if let Ok(value) = HeaderValue::from_str(&cookie) {
+            if let Ok(value) = HeaderValue::from_str(&cookie.to_string()) {
                 response.headers_mut().insert(header::SET_COOKIE, value);
             }
             response
@@ -440,7 +439,9 @@ fn load_overview(
         let options = top_up_options(conn, mode, &accounts, now)?;
         accounts
             .iter()
-            .filter_map(|account| overview::pay_now_link(account, &options).map(|link| (account_id(&account.key), link)))
+            .filter_map(|account| {
+                overview::pay_now_link(account, &options).map(|link| (account_id(&account.key), link))
+            })
             .collect()
     } else {
         HashMap::new()
@@ -654,16 +655,19 @@ pub struct TopUpsQuery {
 async fn top_ups(
     State(state): State<AppState>,
     Session(session): Session,
+    viewer: locale::Viewer,
     Query(query): Query<TopUpsQuery>,
 ) -> Response {
     match load_top_up_page(&state, &session, page_number(&PageQuery { page: query.page })).await {
         Ok(mut page) => {
             page.cancelled = query.cancelled.filter(|id| page.history.items.iter().any(|line| &line.top_up.id == id));
-            if let Some(option) = query.option.filter(|option| page.options.iter().any(|offered| &offered.value() == option)) {
+            if let Some(option) =
+                query.option.filter(|option| page.options.iter().any(|offered| &offered.value() == option))
+            {
                 page.chosen = option;
             }
             page.amount = query.amount.filter(|amount| parse_decimal(amount).is_some()).unwrap_or(page.amount);
-            html(StatusCode::OK, pay::top_ups(&state.branding_for(session.mode).await, &session, &page))
+            html(StatusCode::OK, pay::top_ups(&state.branding_for(session.mode).await, &session, &viewer, &page))
         }
         Err(error) => failure(&state, error),
     }
@@ -698,10 +702,14 @@ fn parse_payment(text: &str, currency: &AssetCode) -> Result<Decimal, String> {
 }
 
 /// Refuses an amount under the option's minimum, saying what the minimum is.
-fn check_minimum(amount: Decimal, minimum: Option<&(Decimal, AssetLook)>) -> Result<Decimal, String> {
+fn check_minimum(
+    viewer: &locale::Viewer,
+    amount: Decimal,
+    minimum: Option<&(Decimal, AssetLook)>,
+) -> Result<Decimal, String> {
     match minimum {
         Some((minimum, currency)) if amount < *minimum => {
-            Err(format!("The minimum top-up is {}.", currency.amount(*minimum)))
+            Err(format!("The minimum top-up is {}.", viewer.amount(currency, *minimum)))
         }
         _ => Ok(amount),
     }
@@ -711,6 +719,7 @@ fn check_minimum(amount: Decimal, minimum: Option<&(Decimal, AssetLook)>) -> Res
 async fn start_top_up(
     State(state): State<AppState>,
     Session(session): Session,
+    viewer: locale::Viewer,
     headers: HeaderMap,
     Form(form): Form<TopUpForm>,
 ) -> Response {
@@ -734,7 +743,7 @@ async fn start_top_up(
         page.errors.push("Choose what to buy.".into());
         return html(
             StatusCode::UNPROCESSABLE_ENTITY,
-            pay::top_ups(&state.branding_for(session.mode).await, &session, &page),
+            pay::top_ups(&state.branding_for(session.mode).await, &session, &viewer, &page),
         );
     };
     let minimum = page
@@ -742,14 +751,15 @@ async fn start_top_up(
         .iter()
         .find(|option| option.value() == form.option.trim().to_ascii_uppercase())
         .and_then(|option| option.minimum.map(|minimum| (minimum, option.currency.clone())));
-    let amount = match parse_payment(&form.amount, &currency).and_then(|amount| check_minimum(amount, minimum.as_ref()))
+    let amount = match parse_payment(&form.amount, &currency)
+        .and_then(|amount| check_minimum(&viewer, amount, minimum.as_ref()))
     {
         Ok(amount) => amount,
         Err(message) => {
             page.errors.push(message);
             return html(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                pay::top_ups(&state.branding_for(session.mode).await, &session, &page),
+                pay::top_ups(&state.branding_for(session.mode).await, &session, &viewer, &page),
             );
         }
     };
@@ -780,14 +790,14 @@ async fn start_top_up(
             page.errors.extend(fields.into_iter().map(|field| field.message));
             html(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                pay::top_ups(&state.branding_for(session.mode).await, &session, &page),
+                pay::top_ups(&state.branding_for(session.mode).await, &session, &viewer, &page),
             )
         }
         Err(ApiError::Unavailable(message)) => {
             page.errors.push(format!("Payments are unavailable right now: {message}"));
             html(
                 StatusCode::SERVICE_UNAVAILABLE,
-                pay::top_ups(&state.branding_for(session.mode).await, &session, &page),
+                pay::top_ups(&state.branding_for(session.mode).await, &session, &viewer, &page),
             )
         }
         Err(error) => failure(&state, error),
@@ -801,7 +811,12 @@ pub struct QuoteQuery {
 }
 
 /// The live quote for the top-up form: what `amount` of the option's currency buys now.
-async fn quote(State(state): State<AppState>, Session(session): Session, Query(query): Query<QuoteQuery>) -> Response {
+async fn quote(
+    State(state): State<AppState>,
+    Session(session): Session,
+    viewer: locale::Viewer,
+    Query(query): Query<QuoteQuery>,
+) -> Response {
     let refuse = |message: String| {
         let mut response =
             (StatusCode::UNPROCESSABLE_ENTITY, Json(serde_json::json!({ "error": message }))).into_response();
@@ -834,15 +849,15 @@ async fn quote(State(state): State<AppState>, Session(session): Session, Query(q
         })
         .await;
     match result {
-        Ok((_, Some(_), Some(minimum))) if check_minimum(amount, Some(&minimum)).is_err() => {
-            refuse(check_minimum(amount, Some(&minimum)).err().unwrap_or_default())
+        Ok((_, Some(_), Some(minimum))) if check_minimum(&viewer, amount, Some(&minimum)).is_err() => {
+            refuse(check_minimum(&viewer, amount, Some(&minimum)).err().unwrap_or_default())
         }
         Ok((quote, Some(known), _)) => {
             let look = AssetLook::of(&known);
             let mut response = Json(serde_json::json!({
                 "asset": look.code,
                 "asset_amount": look.number(quote.destination_amount),
-                "display": look.amount(quote.destination_amount),
+                "display": viewer.amount(&look, quote.destination_amount),
                 "currency": quote.source,
                 "amount": amount.to_string(),
             }))
@@ -918,13 +933,14 @@ pub struct AutoQuery {
 async fn auto_top_up(
     State(state): State<AppState>,
     Session(session): Session,
+    viewer: locale::Viewer,
     Query(query): Query<AutoQuery>,
 ) -> Response {
     match load_auto_page(&state, &session).await {
         Ok(mut page) => {
             page.saved =
                 query.saved.filter(|saved| page.accounts.iter().any(|entry| &account_id(&entry.account.key) == saved));
-            html(StatusCode::OK, pages::auto_top_up(&state.branding_for(session.mode).await, &session, &page))
+            html(StatusCode::OK, pages::auto_top_up(&state.branding_for(session.mode).await, &session, &viewer, &page))
         }
         Err(error) => failure(&state, error),
     }
@@ -977,6 +993,7 @@ fn parse_auto_form(form: &AutoForm, key: AccountKey) -> Result<Settings, Vec<Fie
 async fn save_auto_top_up(
     State(state): State<AppState>,
     Session(session): Session,
+    viewer: locale::Viewer,
     Form(form): Form<AutoForm>,
 ) -> Response {
     if !csrf_ok(&session, &form.csrf) {
@@ -1011,7 +1028,7 @@ async fn save_auto_top_up(
             entry.typed = Some(form);
             html(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                pages::auto_top_up(&state.branding_for(session.mode).await, &session, &page),
+                pages::auto_top_up(&state.branding_for(session.mode).await, &session, &viewer, &page),
             )
         }
         Err(Err(error)) => failure(&state, error),

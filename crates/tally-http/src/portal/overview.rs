@@ -16,6 +16,7 @@ use tally_core::wallet::{Grant, GrantState, Purpose};
 use tally_store::ops::products::Catalog;
 use tally_store::ops::OpError;
 use tally_store::repo::activity::{self as activity_repo, ProductSpend};
+use tally_store::repo::rollups;
 use tally_store::repo::subscriptions::{self as subscription_repo, SubscriptionStatus};
 use tally_store::repo::wallets::Account;
 use tally_store::Conn;
@@ -132,15 +133,38 @@ pub fn product_charts(
 ) -> Result<Vec<ProductChart>, OpError> {
     let today = viewer.local_day(now);
     let first = today - Duration::days(CHART_DAYS - 1);
-    let offset = viewer.offset_seconds(now);
-    let groups = activity_repo::spend_by_product_since(conn, mode, customer_id, viewer.day_start(first), offset)?;
+    // Hourly totals (`repo::rollups`): an hour falls on the customer's day it starts in,
+    // exact for every zone whose offset is whole hours.
+    let hours = rollups::customer_spend(conn, mode, customer_id, rollups::hour_of(viewer.day_start(first)))?;
+    let mut ids: Vec<String> = hours.iter().map(|hour| hour.product_id.clone()).filter(|id| !id.is_empty()).collect();
+    ids.sort();
+    ids.dedup();
+    let names: HashMap<String, String> = activity_repo::product_names(conn, mode, &ids)?.into_iter().collect();
+    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
+    let groups: Vec<ProductSpend> = hours
+        .into_iter()
+        .map(|hour| {
+            let day = viewer.local_day(rollups::period_start(hour.hour, rollups::MICROS_PER_HOUR));
+            ProductSpend {
+                product: (!hour.product_id.is_empty())
+                    .then(|| names.get(&hour.product_id).cloned().unwrap_or(hour.product_id.clone())),
+                plan_fee: hour.source == rollups::PLAN,
+                asset: hour.asset,
+                spent: hour.spent,
+                day: (day - epoch).num_days(),
+                count: 1,
+            }
+        })
+        .collect();
     Ok(charts_of(&groups, looks, first))
 }
 
 fn charts_of(groups: &[ProductSpend], looks: &HashMap<String, AssetLook>, first: NaiveDate) -> Vec<ProductChart> {
     let days: Vec<NaiveDate> = (0..CHART_DAYS).map(|offset| first + Duration::days(offset)).collect();
     let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
-    let mut by_asset: BTreeMap<&str, (BTreeMap<String, Vec<Decimal>>, Vec<Decimal>)> = BTreeMap::new();
+    /// Per product the spend of each day, and the plan fees of each day.
+    type Days = (BTreeMap<String, Vec<Decimal>>, Vec<Decimal>);
+    let mut by_asset: BTreeMap<&str, Days> = BTreeMap::new();
     for group in groups {
         let day = epoch + Duration::days(group.day);
         let Some(index) = days.iter().position(|candidate| *candidate == day) else { continue };

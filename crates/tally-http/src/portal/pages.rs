@@ -1,7 +1,7 @@
 //! The portal's pages as HTML. Every value from the database or the customer is escaped
 //! here, once, on its way into markup.
 
-use super::format::{date_time, AssetLook};
+use super::format::AssetLook;
 use super::locale::Viewer;
 use super::overview;
 use super::{account_id, AutoAccount, AutoPage, Overview, Paged, TopUpLine, UsageLine};
@@ -45,7 +45,13 @@ fn nav(branding: &Branding, session: &PortalSession, current: Tab) -> String {
     )
 }
 
-pub(super) fn portal_page(branding: &Branding, session: &PortalSession, current: Tab, title: &str, body: &str) -> String {
+pub(super) fn portal_page(
+    branding: &Branding,
+    session: &PortalSession,
+    current: Tab,
+    title: &str,
+    body: &str,
+) -> String {
     let script = match current {
         Tab::TopUp => r#"<script src="/portal/portal.js" defer></script>"#,
         Tab::Overview | Tab::Usage | Tab::Auto | Tab::Cards | Tab::Activity => "",
@@ -84,10 +90,10 @@ pub(super) fn errors_box(errors: &[String]) -> String {
     format!(r#"<div class="error" role="alert"><ul>{items}</ul></div>"#)
 }
 
-fn returned_notice(line: &TopUpLine) -> String {
+fn returned_notice(viewer: &Viewer, line: &TopUpLine) -> String {
     let top_up = &line.top_up;
-    let paid = escape(&line.currency.amount(top_up.amount));
-    let bought = escape(&line.asset.amount(top_up.asset_amount));
+    let paid = escape(&viewer.amount(&line.currency, top_up.amount));
+    let bought = escape(&viewer.amount(&line.asset, top_up.asset_amount));
     match top_up.status {
         TopUpStatus::Succeeded => {
             format!(
@@ -111,7 +117,7 @@ fn returned_notice(line: &TopUpLine) -> String {
 
 pub fn home(branding: &Branding, session: &PortalSession, overview: &Overview) -> String {
     let viewer = &overview.viewer;
-    let notice = overview.returned_from.as_ref().map(returned_notice).unwrap_or_default();
+    let notice = overview.returned_from.as_ref().map(|line| returned_notice(viewer, line)).unwrap_or_default();
     let month: String = if overview.month_spend.is_empty() {
         r#"<p class="muted">Nothing spent yet this month.</p>"#.into()
     } else {
@@ -162,7 +168,7 @@ pub fn home(branding: &Branding, session: &PortalSession, overview: &Overview) -
         since = escape(&viewer.day_month(overview.month_start)),
         usage = usage_table(viewer, &overview.recent_usage),
         usage_count = overview.usage_count,
-        top_ups = top_up_table(viewer, &overview.recent_top_ups),
+        top_ups = top_up_table(viewer, &overview.recent_top_ups, None),
         top_up_count = overview.top_up_count,
     );
     portal_page(branding, session, Tab::Overview, "Billing", &body)
@@ -190,7 +196,9 @@ fn usage_table(viewer: &Viewer, lines: &[UsageLine]) -> String {
     )
 }
 
-fn top_up_table(viewer: &Viewer, lines: &[TopUpLine]) -> String {
+/// Top-ups, newest first. With `csrf` (the top-ups page) an open portal top-up offers Resume
+/// and Cancel; the overview's short list (`None`) has no actions column.
+pub(super) fn top_up_table(viewer: &Viewer, lines: &[TopUpLine], csrf: Option<&str>) -> String {
     if lines.is_empty() {
         return r#"<p class="muted">No top-ups yet.</p>"#.into();
     }
@@ -209,18 +217,30 @@ fn top_up_table(viewer: &Viewer, lines: &[TopUpLine]) -> String {
                 .filter(|_| !top_up.status.is_open())
                 .map(|reason| format!(r#"<br><span class="muted">{}</span>"#, escape(reason)))
                 .unwrap_or_default();
+            let paid = escape(&viewer.amount(&line.currency, top_up.amount));
+            let resumable = top_up.status.is_open() && top_up.origin == "portal";
+            let actions = match (csrf, &top_up.redirect_url) {
+                (Some(csrf), Some(url)) if resumable => format!(
+                    r#"<td data-label="Actions"><a href="{url}" aria-label="Resume the top-up of {paid}">Resume</a> <form class="inline" method="post" action="/portal/top-ups/{id}/cancel"><input type="hidden" name="csrf" value="{csrf}"><button type="submit" class="secondary" aria-label="Cancel the top-up of {paid}">Cancel</button></form></td>"#,
+                    url = escape(url),
+                    id = escape(&top_up.id),
+                ),
+                (Some(_), _) => r#"<td data-label="Actions"></td>"#.to_owned(),
+                (None, _) => String::new(),
+            };
             format!(
-                r#"<tr data-top-up="{id}"><td data-label="When">{when}</td><td data-label="Paid" class="amount">{paid}</td><td data-label="Received" class="amount">{bought}</td><td data-label="Status" class="status-{status}">{status}{reason}</td><td data-label="How">{how}</td></tr>"#,
+                r#"<tr data-top-up="{id}"><td data-label="When">{when}</td><td data-label="Paid" class="amount">{paid}</td><td data-label="Received" class="amount">{bought}</td><td data-label="Status" class="status-{status}">{status}{reason}</td><td data-label="How">{how}</td>{actions}</tr>"#,
                 id = escape(&top_up.id),
                 when = escape(&viewer.date_time(top_up.created_at)),
-                paid = escape(&viewer.amount(&line.currency, top_up.amount)),
                 bought = escape(&viewer.amount(&line.asset, top_up.asset_amount)),
                 status = escape(top_up.status.as_str()),
             )
         })
         .collect();
+    let actions_header =
+        if csrf.is_some() { r#"<th scope="col"><span class="sr-only">Actions</span></th>"# } else { "" };
     format!(
-        r#"<div class="card table-wrap"><table class="stack"><caption class="sr-only">Top-ups, newest first</caption><thead><tr><th scope="col">When</th><th scope="col" class="amount">Paid</th><th scope="col" class="amount">Received</th><th scope="col">Status</th><th scope="col">How</th></tr></thead><tbody>{rows}</tbody></table></div>"#
+        r#"<div class="card table-wrap"><table class="stack"><caption class="sr-only">Top-ups, newest first</caption><thead><tr><th scope="col">When</th><th scope="col" class="amount">Paid</th><th scope="col" class="amount">Received</th><th scope="col">Status</th><th scope="col">How</th>{actions_header}</tr></thead><tbody>{rows}</tbody></table></div>"#
     )
 }
 
@@ -262,7 +282,7 @@ fn capitalize(text: &str) -> String {
     chars.next().map(|first| first.to_uppercase().chain(chars).collect()).unwrap_or_default()
 }
 
-fn auto_status(entry: &AutoAccount, methods: &[PaymentMethod]) -> String {
+fn auto_status(viewer: &Viewer, entry: &AutoAccount, methods: &[PaymentMethod]) -> String {
     let Some(setting) = &entry.setting else {
         return "Off.".into();
     };
@@ -279,8 +299,8 @@ fn auto_status(entry: &AutoAccount, methods: &[PaymentMethod]) -> String {
     let mut status = if setting.enabled {
         format!(
             "On: when available falls below {}, pay {} with your {card}.",
-            entry.look.amount(setting.threshold),
-            currency.amount(setting.amount)
+            viewer.amount(&entry.look, setting.threshold),
+            viewer.amount(&currency, setting.amount)
         )
     } else if setting.failures >= MAX_FAILURES {
         format!("Off: turned off after {} failed attempts in a row.", setting.failures)
@@ -294,12 +314,18 @@ fn auto_status(entry: &AutoAccount, methods: &[PaymentMethod]) -> String {
         status.push_str(&format!(" Last problem: {error}"));
     }
     if let (true, Some(retry_at)) = (setting.enabled, setting.retry_at) {
-        status.push_str(&format!(" Next try after {}.", date_time(retry_at)));
+        status.push_str(&format!(" Next try after {}.", viewer.date_time(retry_at)));
     }
     status
 }
 
-fn auto_form(session: &PortalSession, entry: &AutoAccount, methods: &[PaymentMethod], saved: bool) -> String {
+fn auto_form(
+    session: &PortalSession,
+    viewer: &Viewer,
+    entry: &AutoAccount,
+    methods: &[PaymentMethod],
+    saved: bool,
+) -> String {
     let key = &entry.account.key;
     let id = account_id(key);
     let slug: String = id.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
@@ -361,14 +387,14 @@ fn auto_form(session: &PortalSession, entry: &AutoAccount, methods: &[PaymentMet
             format!(" <span class=\"muted\">({})</span>", escape(&key.name))
         },
         errors = errors_box(&entry.errors),
-        status = escape(&auto_status(entry, methods)),
+        status = escape(&auto_status(viewer, entry, methods)),
         csrf = escape(&session.csrf_token),
         threshold = escape(&threshold),
         amount = escape(&amount),
     )
 }
 
-pub fn auto_top_up(branding: &Branding, session: &PortalSession, page: &AutoPage) -> String {
+pub fn auto_top_up(branding: &Branding, session: &PortalSession, viewer: &Viewer, page: &AutoPage) -> String {
     let forms: String = if page.accounts.is_empty() {
         r#"<p class="muted">You have no balances yet. <a href="/portal/top-ups">Top up</a> first.</p>"#.into()
     } else {
@@ -376,12 +402,19 @@ pub fn auto_top_up(branding: &Branding, session: &PortalSession, page: &AutoPage
             .iter()
             .filter(|entry| !entry.currencies.is_empty())
             .map(|entry| {
-                auto_form(session, entry, &page.methods, page.saved.as_deref() == Some(&account_id(&entry.account.key)))
+                auto_form(
+                    session,
+                    viewer,
+                    entry,
+                    &page.methods,
+                    page.saved.as_deref() == Some(&account_id(&entry.account.key)),
+                )
             })
             .collect()
     };
     let body = format!(
-        r#"<h1>Auto top-up</h1><p class="muted">Keep a balance from running out: when it falls below the amount you set, your saved card is charged and the balance topped up. After {MAX_FAILURES} failed payments in a row auto top-up turns itself off.</p>{forms}"#
+        r#"<h1>Auto top-up</h1><p class="muted">Keep a balance from running out: when it falls below the amount you set, your saved card is charged and the balance topped up. After {MAX_FAILURES} failed payments in a row auto top-up turns itself off.</p>{forms}{zone}"#,
+        zone = viewer.zone_note(),
     );
     portal_page(branding, session, Tab::Auto, "Auto top-up", &body)
 }

@@ -6,16 +6,16 @@
 //! longer exists". Cancelling a top-up closes its checkout at the provider, then expires it;
 //! money a provider reports received afterwards is still credited, as always.
 
+use super::locale::Viewer;
 use super::pages::{errors_box, method_label, pager, portal_page, Tab};
-use super::{csrf_ok, failure, forbidden, html, Session, TopUpLine, TopUpPage};
+use super::{csrf_ok, failure, forbidden, html, Session, TopUpPage};
 use crate::error::ApiError;
 use crate::html::{escape, Branding};
-use crate::payments::checkout::CANCELLED_REASON;
-use crate::payments::{test_provider, SavedCard};
-use crate::portal::format::date_time;
+use crate::payments::{test_provider, CardSetupRequest, SavedCard};
+use crate::routes::topups::public_url;
 use crate::AppState;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
@@ -66,17 +66,7 @@ async fn cancel_top_up(
                 }
             }
         }
-        let now = state.now();
-        let ended = state
-            .write(move |conn| {
-                let top_up = topup_ops::expire_if_window_closed(conn, mode, &id, now)?;
-                if top_up.status.is_open() {
-                    return topup_ops::fail(conn, mode, &id, CANCELLED_REASON, true, now);
-                }
-                Ok(top_up)
-            })
-            .await;
-        if let Err(error) = ended {
+        if let Err(error) = crate::payments::checkout::end_by_customer(&state, mode, id).await {
             return failure(&state, error);
         }
     }
@@ -88,10 +78,28 @@ async fn load_cards(state: &AppState, session: &PortalSession) -> Result<Vec<Pay
     state.read(move |conn| Ok(topup_repo::payment_methods(conn, &customer_id)?)).await
 }
 
-async fn cards(State(state): State<AppState>, Session(session): Session) -> Response {
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct CardsQuery {
+    pub added: Option<String>,
+    pub removed: Option<String>,
+}
+
+async fn cards(
+    State(state): State<AppState>,
+    Session(session): Session,
+    viewer: Viewer,
+    Query(query): Query<CardsQuery>,
+) -> Response {
+    let notice = match (query.added, query.removed) {
+        (Some(_), _) => Some("Card saved."),
+        (None, Some(_)) => Some("Card removed. It will not be charged again."),
+        (None, None) => None,
+    };
     match load_cards(&state, &session).await {
         Ok(methods) => {
-            html(StatusCode::OK, cards_page(&state.branding_for(session.mode).await, &session, &methods, None, &[]))
+            let branding = state.branding_for(session.mode).await;
+            html(StatusCode::OK, cards_page(&branding, &session, &viewer, &methods, notice, &[]))
         }
         Err(error) => failure(&state, error),
     }
@@ -112,24 +120,46 @@ fn saved_card(method: &PaymentMethod) -> SavedCard {
     SavedCard { payment_method: method.provider_reference.clone(), provider_customer: method.provider_customer.clone() }
 }
 
+/// What a customer does to a saved card.
+#[derive(Clone, Copy)]
+enum Change {
+    Remove,
+    MakeDefault,
+}
+
+/// Checks the form's CSRF token and that the card is the customer's, then makes the change at
+/// the card's provider first (so a card Tally no longer lists can no longer be charged there).
+async fn card_at_provider(
+    state: &AppState,
+    session: &PortalSession,
+    id: &str,
+    csrf: &str,
+    change: Change,
+) -> Result<(), Response> {
+    if !csrf_ok(session, csrf) {
+        return Err(forbidden(state));
+    }
+    let method = own_card(state, session, id).await?;
+    if let Some(provider) = state.providers.for_mode(session.mode).filter(|provider| provider.name() == method.provider)
+    {
+        let card = saved_card(&method);
+        let done = match change {
+            Change::Remove => provider.remove_card(&card).await,
+            Change::MakeDefault => provider.set_default_card(&card).await,
+        };
+        done.map_err(|error| failure(state, ApiError::Unavailable(error.to_string())))?;
+    }
+    Ok(())
+}
+
 async fn remove_card(
     State(state): State<AppState>,
     Session(session): Session,
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if !csrf_ok(&session, &form.csrf) {
-        return forbidden(&state);
-    }
-    let method = match own_card(&state, &session, &id).await {
-        Ok(method) => method,
-        Err(response) => return response,
-    };
-    if let Some(provider) = state.providers.for_mode(session.mode).filter(|provider| provider.name() == method.provider)
-    {
-        if let Err(error) = provider.remove_card(&saved_card(&method)).await {
-            return failure(&state, ApiError::Unavailable(error.to_string()));
-        }
+    if let Err(response) = card_at_provider(&state, &session, &id, &form.csrf, Change::Remove).await {
+        return response;
     }
     let (mode, customer_id, now) = (session.mode, session.customer_id.clone(), state.now());
     let removed = state
@@ -156,18 +186,8 @@ async fn make_default(
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if !csrf_ok(&session, &form.csrf) {
-        return forbidden(&state);
-    }
-    let method = match own_card(&state, &session, &id).await {
-        Ok(method) => method,
-        Err(response) => return response,
-    };
-    if let Some(provider) = state.providers.for_mode(session.mode).filter(|provider| provider.name() == method.provider)
-    {
-        if let Err(error) = provider.set_default_card(&saved_card(&method)).await {
-            return failure(&state, ApiError::Unavailable(error.to_string()));
-        }
+    if let Err(response) = card_at_provider(&state, &session, &id, &form.csrf, Change::MakeDefault).await {
+        return response;
     }
     let (mode, customer_id) = (session.mode, session.customer_id.clone());
     match state.write(move |conn| Ok(topup_repo::set_default_payment_method(conn, mode, &customer_id, &id)?)).await {
@@ -177,7 +197,14 @@ async fn make_default(
 }
 
 async fn new_card(State(state): State<AppState>, Session(session): Session) -> Response {
-    html(StatusCode::OK, new_card_page(&state.branding_for(session.mode).await, &session, &[]))
+    let test_cards = test_cards(&state, &session);
+    html(StatusCode::OK, new_card_page(&state.branding_for(session.mode).await, &session, test_cards, &[]))
+}
+
+/// Whether the mode's cards are added on the portal's own form (the test provider's test
+/// cards) rather than on the provider's page (Stripe).
+fn test_cards(state: &AppState, session: &PortalSession) -> bool {
+    state.providers.for_mode(session.mode).is_none_or(|provider| provider.name() == "test")
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -187,18 +214,27 @@ pub struct CardForm {
     pub card_number: String,
 }
 
-/// Saves a test card (test mode). Live mode saves cards when the customer pays a top-up.
-async fn add_card(State(state): State<AppState>, Session(session): Session, Form(form): Form<CardForm>) -> Response {
+/// Saves a test card (test mode), or sends the customer to the provider's page to save one
+/// without paying (Stripe Checkout in setup mode; its webhook saves the card).
+async fn add_card(
+    State(state): State<AppState>,
+    Session(session): Session,
+    headers: HeaderMap,
+    Form(form): Form<CardForm>,
+) -> Response {
     if !csrf_ok(&session, &form.csrf) {
         return forbidden(&state);
     }
     let branding = state.branding_for(session.mode).await;
-    let Some(provider) = state.providers.for_mode(session.mode).filter(|provider| provider.name() == "test") else {
+    let Some(provider) = state.providers.for_mode(session.mode) else {
         let errors =
             ["Cards are saved when you pay a top-up: tick \u{201c}Save this card\u{201d} on the top-up form."
                 .to_owned()];
-        return html(StatusCode::UNPROCESSABLE_ENTITY, new_card_page(&branding, &session, &errors));
+        return html(StatusCode::UNPROCESSABLE_ENTITY, new_card_page(&branding, &session, true, &errors));
     };
+    if provider.name() != "test" {
+        return set_up_card(&state, &session, provider.as_ref(), &public_url(&state, &headers)).await;
+    }
     match test_provider::card_outcome(&form.card_number) {
         Some(Ok(())) => {
             let method = test_provider::saved_card(&form.card_number);
@@ -211,16 +247,66 @@ async fn add_card(State(state): State<AppState>, Session(session): Session, Form
         }
         Some(Err(reason)) => html(
             StatusCode::PAYMENT_REQUIRED,
-            new_card_page(&branding, &session, &[format!("{reason} Try another card.")]),
+            new_card_page(&branding, &session, true, &[format!("{reason} Try another card.")]),
         ),
         None => html(
             StatusCode::UNPROCESSABLE_ENTITY,
-            new_card_page(&branding, &session, &["That is not a test card. Use 4242 4242 4242 4242.".to_owned()]),
+            new_card_page(&branding, &session, true, &["That is not a test card. Use 4242 4242 4242 4242.".to_owned()]),
         ),
     }
 }
 
-fn new_card_page(branding: &Branding, session: &PortalSession, errors: &[String]) -> String {
+/// Opens the provider's page where the customer saves a card without paying, on the provider
+/// customer their other cards are kept on (a new one for their first card), and sends them
+/// there. The card is saved when the provider's notification says it was set up.
+async fn set_up_card(
+    state: &AppState,
+    session: &PortalSession,
+    provider: &dyn crate::payments::PaymentProvider,
+    public: &str,
+) -> Response {
+    let (mode, customer_id, name) = (session.mode, session.customer_id.clone(), provider.name());
+    let found = state
+        .read(move |conn| {
+            let customer = tally_store::repo::customers::get(conn, mode, &customer_id)?;
+            let provider_customer = topup_repo::provider_customer(conn, mode, &customer_id, name)?;
+            Ok((customer, provider_customer))
+        })
+        .await;
+    let (customer, provider_customer) = match found {
+        Ok((Some(customer), provider_customer)) => (customer, provider_customer),
+        Ok((None, _)) => {
+            return failure(state, ApiError::NotFound(format!("customer {} not found", session.customer_id)))
+        }
+        Err(error) => return failure(state, error),
+    };
+    let request = CardSetupRequest {
+        customer_id: customer.id,
+        mode,
+        customer_email: customer.email,
+        provider_customer,
+        setup_id: tally_store::ids::new_id("setup"),
+        success_url: format!("{public}/portal/cards?added=1"),
+        cancel_url: format!("{public}/portal/cards"),
+    };
+    match provider.start_card_setup(&request).await {
+        Ok(checkout) => Redirect::to(&checkout.redirect_url).into_response(),
+        Err(error) => failure(state, ApiError::Unavailable(error.to_string())),
+    }
+}
+
+fn new_card_page(branding: &Branding, session: &PortalSession, test_cards: bool, errors: &[String]) -> String {
+    if !test_cards {
+        let body = format!(
+            r#"<h1>Add a card</h1><form class="card" method="post" action="/portal/cards/new">{errors}
+<input type="hidden" name="csrf" value="{csrf}">
+<p>You enter the card on our payment provider's secure page; nothing is charged. It is saved for automatic top-ups.</p>
+<button type="submit">Continue to add a card</button></form><p><a href="/portal/cards">Back to your cards</a></p>"#,
+            errors = errors_box(errors),
+            csrf = escape(&session.csrf_token),
+        );
+        return portal_page(branding, session, Tab::Cards, "Add a card", &body);
+    }
     let invalid = if errors.is_empty() { "" } else { r#" aria-invalid="true""# };
     let body = format!(
         r#"<h1>Add a card</h1><form class="card" method="post" action="/portal/cards/new">{errors}
@@ -238,6 +324,7 @@ fn new_card_page(branding: &Branding, session: &PortalSession, errors: &[String]
 fn cards_page(
     branding: &Branding,
     session: &PortalSession,
+    viewer: &Viewer,
     methods: &[PaymentMethod],
     notice: Option<&str>,
     errors: &[String],
@@ -265,7 +352,7 @@ fn cards_page(
                     r#"<li class="card saved-card" data-card="{id}"><div><strong>{label}</strong>{default_badge}<br><span class="muted">Saved {when}</span></div><div class="actions">{default_form}<form method="post" action="/portal/cards/{id}/remove"><input type="hidden" name="csrf" value="{csrf}"><button type="submit" class="secondary" aria-label="Remove {label}">Remove</button></form></div></li>"#,
                     default_badge = if is_default { default.as_str() } else { "" },
                     default_form = if is_default { "" } else { default.as_str() },
-                    when = escape(&date_time(method.created_at)),
+                    when = escape(&viewer.date_time(method.created_at)),
                 )
             })
             .collect();
@@ -274,15 +361,16 @@ fn cards_page(
     let notice =
         notice.map(|text| format!(r#"<div class="ok" role="status">{}</div>"#, escape(text))).unwrap_or_default();
     let body = format!(
-        r#"<h1>Saved cards</h1>{notice}{errors}<p class="muted">Auto top-up charges the card you choose for it; the default card is offered first. A removed card is never charged again.</p>{list}<p><a class="button" href="/portal/cards/new">Add a card</a></p>"#,
+        r#"<h1>Saved cards</h1>{notice}{errors}<p class="muted">Auto top-up charges the card you choose for it; the default card is offered first. A removed card is never charged again.</p>{list}<p><a class="button" href="/portal/cards/new">Add a card</a></p>{zone}"#,
         errors = errors_box(errors),
+        zone = viewer.zone_note(),
     );
     portal_page(branding, session, Tab::Cards, "Saved cards", &body)
 }
 
 /// The top-up page: the form, then the history, where an open portal top-up can be resumed
 /// or cancelled.
-pub fn top_ups(branding: &Branding, session: &PortalSession, page: &TopUpPage) -> String {
+pub fn top_ups(branding: &Branding, session: &PortalSession, viewer: &Viewer, page: &TopUpPage) -> String {
     let csrf = escape(&session.csrf_token);
     let form = if page.options.is_empty() {
         r#"<p class="muted">There is nothing to buy here yet.</p>"#.to_owned()
@@ -316,7 +404,7 @@ pub fn top_ups(branding: &Branding, session: &PortalSession, page: &TopUpPage) -
                             r#"<button type="submit" class="preset" name="preset" value="{value}|{amount}" formnovalidate>{shown}</button>"#,
                             value = escape(&option.value()),
                             amount = amount.normalize(),
-                            shown = escape(&option.currency.amount(*amount)),
+                            shown = escape(&viewer.amount(&option.currency, *amount)),
                         )
                     })
                     .collect();
@@ -336,7 +424,7 @@ pub fn top_ups(branding: &Branding, session: &PortalSession, page: &TopUpPage) -
                         "{} paid in {}: at least {}",
                         option.asset.name,
                         option.currency.code,
-                        option.currency.amount(minimum)
+                        viewer.amount(&option.currency, minimum)
                     )
                 })
             })
@@ -382,52 +470,10 @@ pub fn top_ups(branding: &Branding, session: &PortalSession, page: &TopUpPage) -
         .map(|_| r#"<div class="ok" role="status">The top-up was cancelled; nothing was charged.</div>"#)
         .unwrap_or_default();
     let body = format!(
-        r#"<h1>Top up</h1>{form}<h2>Top-up history</h2>{cancelled}{history}{pager}"#,
-        history = history_table(&page.history.items, &csrf),
+        r#"<h1>Top up</h1>{form}<h2>Top-up history</h2>{cancelled}{history}{pager}{zone}"#,
+        history = super::pages::top_up_table(viewer, &page.history.items, Some(&csrf)),
+        zone = viewer.zone_note(),
         pager = pager("/portal/top-ups", &page.history),
     );
     portal_page(branding, session, Tab::TopUp, "Top up", &body)
-}
-
-/// The top-up history with what can still be done about an open portal top-up.
-fn history_table(lines: &[TopUpLine], csrf: &str) -> String {
-    if lines.is_empty() {
-        return r#"<p class="muted">No top-ups yet.</p>"#.into();
-    }
-    let rows: String = lines
-        .iter()
-        .map(|line| {
-            let top_up = &line.top_up;
-            let how = match top_up.origin.as_str() {
-                "auto" => "Automatic",
-                "portal" => "Billing portal",
-                _ => "Platform",
-            };
-            let reason = top_up
-                .failure_reason
-                .as_deref()
-                .filter(|_| !top_up.status.is_open())
-                .map(|reason| format!(r#"<br><span class="muted">{}</span>"#, escape(reason)))
-                .unwrap_or_default();
-            let paid = escape(&line.currency.amount(top_up.amount));
-            let actions = match (&top_up.redirect_url, top_up.status.is_open() && top_up.origin == "portal") {
-                (Some(url), true) => format!(
-                    r#"<a href="{url}" aria-label="Resume the top-up of {paid}">Resume</a> <form class="inline" method="post" action="/portal/top-ups/{id}/cancel"><input type="hidden" name="csrf" value="{csrf}"><button type="submit" class="secondary" aria-label="Cancel the top-up of {paid}">Cancel</button></form>"#,
-                    url = escape(url),
-                    id = escape(&top_up.id),
-                ),
-                _ => String::new(),
-            };
-            format!(
-                r#"<tr data-top-up="{id}"><td class="optional">{when}</td><td class="amount">{paid}</td><td class="amount">{bought}</td><td class="status-{status}">{status}{reason}</td><td class="optional">{how}</td><td>{actions}</td></tr>"#,
-                id = escape(&top_up.id),
-                when = escape(&date_time(top_up.created_at)),
-                bought = escape(&line.asset.amount(top_up.asset_amount)),
-                status = escape(top_up.status.as_str()),
-            )
-        })
-        .collect();
-    format!(
-        r#"<div class="card table-wrap"><table><caption class="sr-only">Top-ups, newest first</caption><thead><tr><th scope="col" class="optional">When</th><th scope="col" class="amount">Paid</th><th scope="col" class="amount">Received</th><th scope="col">Status</th><th scope="col" class="optional">How</th><th scope="col"><span class="sr-only">Actions</span></th></tr></thead><tbody>{rows}</tbody></table></div>"#
-    )
 }

@@ -267,12 +267,12 @@ pub async fn list(
     let read_window = window.clone();
     let listing = state.read(move |conn| Ok(asset_repo::list(conn, auth.mode, &read_window)?)).await?;
     let page = PageListAssetsItem::listed(listing, &window, &asset_repo::LIST_KEYS, |asset| ListAssetsItem {
-            code: asset.code,
-            name: asset.name,
-            precision: asset.precision,
-            label: asset.label,
-            symbol: asset.symbol,
-        });
+        code: asset.code,
+        name: asset.name,
+        precision: asset.precision,
+        label: asset.label,
+        symbol: asset.symbol,
+    });
     Ok(Json(page))
 }
 

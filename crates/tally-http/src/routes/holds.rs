@@ -117,13 +117,17 @@ fn hold_view(hold: Hold) -> HoldOut {
 }
 
 fn replayed_header(replayed: bool) -> [(HeaderName, HeaderValue); 1] {
-    [(HeaderName::from_static("idempotent-replayed"), HeaderValue::from_static(if replayed { "true" } else { "false" }))]
+    [(
+        HeaderName::from_static("idempotent-replayed"),
+        HeaderValue::from_static(if replayed { "true" } else { "false" }),
+    )]
 }
 
 fn client_transaction_id(checker: &mut Checker, field: &str, value: &str) -> String {
     let id = checker.client_id(field, value);
     if id.starts_with(RESERVED_TRANSACTION_PREFIX) {
-        checker.error(field, format!("must not start with {RESERVED_TRANSACTION_PREFIX}, which Tally keeps for itself"));
+        checker
+            .error(field, format!("must not start with {RESERVED_TRANSACTION_PREFIX}, which Tally keeps for itself"));
     }
     id
 }

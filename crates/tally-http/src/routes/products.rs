@@ -422,17 +422,20 @@ pub async fn subscribers(
         })
         .await?;
     let product_id_of_page = product_id_for_response;
-    let page = PageProductSubscriberResponse::listed(listing, &window, &subscription_repo::SUBSCRIBER_KEYS, |subscriber| ProductSubscriberResponse {
-            customer_id: subscriber.customer_id,
-            customer_name: subscriber.customer_name,
-            external_id: subscriber.external_id,
-            email: subscriber.email,
-            subscription_id: subscriber.subscription_id,
-            subscription_status: subscriber.status,
-            started_at: subscriber.started_at.unwrap_or(subscriber.starts_at).into(),
-            renews_at: subscriber.renews_at.map(Timestamp),
-            product_rate_plan_id: product_id_of_page.clone(),
-            version: subscriber.version,
+    let page =
+        PageProductSubscriberResponse::listed(listing, &window, &subscription_repo::SUBSCRIBER_KEYS, |subscriber| {
+            ProductSubscriberResponse {
+                customer_id: subscriber.customer_id,
+                customer_name: subscriber.customer_name,
+                external_id: subscriber.external_id,
+                email: subscriber.email,
+                subscription_id: subscriber.subscription_id,
+                subscription_status: subscriber.status,
+                started_at: subscriber.started_at.unwrap_or(subscriber.starts_at).into(),
+                renews_at: subscriber.renews_at.map(Timestamp),
+                product_rate_plan_id: product_id_of_page.clone(),
+                version: subscriber.version,
+            }
         });
     Ok(Json(page))
 }

@@ -5,6 +5,7 @@
 //! | event | effect |
 //! |---|---|
 //! | `checkout.session.completed`, `payment_status` `paid` | credit the top-up (and save the card when asked) |
+//! | `checkout.session.completed`, `mode` `setup` (the portal's "Add a card") | save the card, once |
 //! | `checkout.session.completed`, unpaid (delayed payment methods) | the top-up goes `pending` and waits, never expiring |
 //! | `checkout.session.async_payment_succeeded` | credit the top-up, even if it had expired meanwhile |
 //! | `checkout.session.async_payment_failed` | the top-up fails |
@@ -22,9 +23,9 @@
 use crate::error::ApiError;
 use crate::payments::stripe::{
     event_object, to_minor_units, verify_signature, CheckoutSession, EventHead, PaymentIntent, StripeProvider,
-    SIGNATURE_TOLERANCE,
+    CARD_SETUP_PURPOSE, SIGNATURE_TOLERANCE,
 };
-use crate::payments::PaymentError;
+use crate::payments::{PaymentError, PaymentProvider, SavedCard};
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -142,6 +143,9 @@ async fn session_completed(
     stripe: &Arc<StripeProvider>,
     session: CheckoutSession,
 ) -> Result<Outcome, ApiError> {
+    if session.mode.as_deref() == Some("setup") {
+        return card_set_up(state, stripe, session).await;
+    }
     let Some((mode, top_up)) = session_top_up(state, &session).await? else {
         return Ok("ignored: no live Stripe top-up for this session");
     };
@@ -167,6 +171,92 @@ async fn session_completed(
         None
     };
     succeed(state, mode, id, method).await
+}
+
+/// A setup-mode session opened by the portal's "Add a card" (live mode) completed: the card
+/// its SetupIntent saved is read from Stripe and saved for the customer named in the session's
+/// metadata, once however many times Stripe delivers the event. The customer's first card
+/// becomes their default, in Tally and on the Stripe customer.
+async fn card_set_up(
+    state: &AppState,
+    stripe: &Arc<StripeProvider>,
+    session: CheckoutSession,
+) -> Result<Outcome, ApiError> {
+    if session.metadata_value("purpose") != Some(CARD_SETUP_PURPOSE) {
+        return Ok("ignored: not a card setup Tally opened");
+    }
+    let mode = session.metadata_value("tally_mode").and_then(Mode::parse).filter(|mode| mode.is_live());
+    let (Some(mode), Some(customer_id)) = (mode, session.metadata_value("customer_id").map(str::to_owned)) else {
+        return Ok("ignored: the card setup names no live customer");
+    };
+    let Some(setup) = &session.setup_intent else {
+        return Ok("ignored: the session has no SetupIntent");
+    };
+    let intent = match stripe.setup_intent(setup.id()).await {
+        Ok(intent) => intent,
+        Err(error) => return stripe_lookup_failed(&session, error),
+    };
+    let Some(method) = intent.payment_method.as_ref().filter(|_| intent.status.as_deref() == Some("succeeded")) else {
+        return Ok("ignored: the SetupIntent saved no card");
+    };
+    let method = match stripe.payment_method(method.id()).await {
+        Ok(method) => method,
+        Err(error) => return stripe_lookup_failed(&session, error),
+    };
+    let provider_customer =
+        session.customer.as_ref().or(intent.customer.as_ref()).map(|customer| customer.id().to_owned());
+    let card = method.card.clone().unwrap_or_default();
+    let new = NewPaymentMethod {
+        provider_reference: method.id.clone(),
+        provider_customer,
+        brand: card.brand,
+        last4: card.last4,
+    };
+    let now = state.now();
+    let saved = state
+        .write(move |conn| {
+            let (saved, is_new) = topup_ops::save_card_once(conn, mode, &customer_id, "stripe", &new, now)?;
+            let is_default = topup_repo::default_payment_method(conn, &customer_id)?.as_deref() == Some(&saved.id);
+            Ok::<_, tally_store::ops::OpError>((saved, is_new, is_default))
+        })
+        .await;
+    let (saved, is_new, is_default) = match saved {
+        Ok(saved) => saved,
+        // No retry would find the customer: answered, so that Stripe stops sending it.
+        Err(ApiError::NotFound(message)) => {
+            tracing::warn!(session = %session.id, %message, "a card setup for a customer Tally does not have");
+            return Ok("ignored: no such customer");
+        }
+        Err(error) => return Err(error),
+    };
+    if is_default {
+        // Said again on a repeated event, so that a first answer lost on the way is made up.
+        let card = SavedCard { payment_method: saved.provider_reference, provider_customer: saved.provider_customer };
+        match stripe.set_default_card(&card).await {
+            Ok(()) => {}
+            Err(PaymentError::Unavailable(message)) => {
+                return Err(ApiError::Unavailable(format!("cannot set the default card at Stripe: {message}")))
+            }
+            Err(PaymentError::Refused(message)) => {
+                tracing::warn!(session = %session.id, %message, "Stripe refused the default card; saved it in Tally only");
+            }
+        }
+    }
+    Ok(if is_new { "card saved" } else { "ignored: the card is already saved" })
+}
+
+/// Stripe could not say which card a setup saved: unreachable, it is asked to retry the event
+/// (a 503); refusing, the event is answered and logged, as a retry would be refused too.
+fn stripe_lookup_failed(session: &CheckoutSession, error: PaymentError) -> Result<Outcome, ApiError> {
+    match error {
+        PaymentError::Unavailable(message) => {
+            Err(ApiError::Unavailable(format!("cannot read the saved card from Stripe: {message}")))
+        }
+        PaymentError::Refused(message) => {
+            tracing::warn!(session = %session.id, %message, "cannot read the card a setup saved; not saved");
+            Ok("ignored: Stripe refused to say which card was saved")
+        }
+    }
 }
 
 /// The card the customer paid with and the Stripe customer it is kept on, for later

@@ -24,11 +24,11 @@ use super::products::Catalog;
 use super::subscriptions::active_versions;
 use super::wallet::{debit, json_number, open_account, record_numbered, save_account, RESERVED_TRANSACTION_PREFIX};
 use super::{holds, webhooks, FieldError, OpError};
-use crate::repo::holds::Hold;
 use crate::conn::Conn;
 use crate::ids;
-use crate::repo::rollups::Rollups;
 use crate::repo::events::{self, StoredCost, StoredEvent, StoredFee, UnbilledReason};
+use crate::repo::holds::Hold;
+use crate::repo::rollups::Rollups;
 use crate::repo::subscriptions::{self as subscription_repo, ActiveInterval};
 use crate::repo::transactions::Transaction;
 use crate::repo::wallets::{Account, AccountKey, GrantOrigin};
@@ -118,7 +118,9 @@ pub fn event_value(value: &serde_json::Value) -> Option<EventValue> {
     match value {
         serde_json::Value::String(text) => Some(EventValue::Text(text.clone())),
         serde_json::Value::Bool(flag) => Some(EventValue::Bool(*flag)),
-        serde_json::Value::Number(number) => tally_core::money::parse_exact(number.to_string().trim()).map(EventValue::Number),
+        serde_json::Value::Number(number) => {
+            tally_core::money::parse_exact(number.to_string().trim()).map(EventValue::Number)
+        }
         serde_json::Value::Null | serde_json::Value::Array(_) | serde_json::Value::Object(_) => None,
     }
 }
@@ -898,7 +900,8 @@ fn open_holds(
         if found.contains_key(hold_id) {
             continue;
         }
-        let field = format!("events[{}].hold_id", batch.iter().position(|event| event.id == priced.event.id).unwrap_or(0));
+        let index = batch.iter().position(|event| event.id == priced.event.id).unwrap_or(0);
+        let field = format!("events[{index}].hold_id");
         match crate::repo::holds::get(conn, mode, customer_id, hold_id)? {
             None => errors.push(FieldError { field, message: format!("the customer has no hold {hold_id}") }),
             Some(hold) => match holds::require_open(&hold, now) {

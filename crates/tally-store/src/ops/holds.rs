@@ -109,12 +109,19 @@ pub fn create(
         Some(at) if at > now + limits.max_expiry => {
             return Err(OpError::invalid(
                 "expires_at",
-                format!("must be at most {} seconds from now (the server's hold_max_expiry_seconds)", limits.max_expiry.num_seconds()),
+                format!(
+                    "must be at most {} seconds from now (the server's hold_max_expiry_seconds)",
+                    limits.max_expiry.num_seconds()
+                ),
             ))
         }
         Some(at) => at,
     };
-    let key = AccountKey { customer_id: customer_id.to_owned(), name: new.account_name.clone(), asset: asset.code().to_owned() };
+    let key = AccountKey {
+        customer_id: customer_id.to_owned(),
+        name: new.account_name.clone(),
+        asset: asset.code().to_owned(),
+    };
     let (mut account, loaded) = open_account(conn, mode, &key, now)?;
     let limit = if new.allow_overdraft { None } else { Some(Decimal::ZERO) };
     let available = account.state.available;
@@ -240,7 +247,11 @@ pub fn capture(
         }
     }
     require_open(&hold, now)?;
-    let asset = require_asset(conn, mode, &AssetCode::parse(&hold.asset).map_err(|error| StoreError::Corrupt(error.to_string()))?)?;
+    let asset = require_asset(
+        conn,
+        mode,
+        &AssetCode::parse(&hold.asset).map_err(|error| StoreError::Corrupt(error.to_string()))?,
+    )?;
     check_precision("amount", capture.amount, asset.code(), asset.precision())?;
     let key = hold.key();
     let (mut account, loaded) = open_account(conn, mode, &key, now)?;
@@ -265,7 +276,14 @@ pub fn capture(
         executed_at: Some(now),
     };
     record(conn, mode, &key, &transaction, &postings, now)?;
-    webhooks::hold_changed(conn, mode, webhooks::Topic::HoldCaptured, &hold, Some((&transaction, from_hold, beyond_hold)), now)?;
+    webhooks::hold_changed(
+        conn,
+        mode,
+        webhooks::Topic::HoldCaptured,
+        &hold,
+        Some((&transaction, from_hold, beyond_hold)),
+        now,
+    )?;
     Ok(CaptureOutcome { hold, transaction, from_hold, beyond_hold, replayed: false })
 }
 
@@ -344,7 +362,13 @@ pub fn expire_due(conn: &mut dyn Conn, mode: Mode, customer_id: &str, now: DateT
 }
 
 /// Gives back what an open hold still holds and closes it as `status` (released or expired).
-fn close(conn: &mut dyn Conn, mode: Mode, hold: &mut Hold, status: HoldStatus, now: DateTime<Utc>) -> Result<(), OpError> {
+fn close(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    hold: &mut Hold,
+    status: HoldStatus,
+    now: DateTime<Utc>,
+) -> Result<(), OpError> {
     let key = hold.key();
     let (mut account, loaded) = open_account(conn, mode, &key, now)?;
     let left = hold.remaining();
@@ -357,7 +381,8 @@ fn close(conn: &mut dyn Conn, mode: Mode, hold: &mut Hold, status: HoldStatus, n
     hold.updated_at = now;
     hold.closed_at = Some(now);
     repo::update(conn, hold)?;
-    let topic = if status == HoldStatus::Expired { webhooks::Topic::HoldExpired } else { webhooks::Topic::HoldReleased };
+    let topic =
+        if status == HoldStatus::Expired { webhooks::Topic::HoldExpired } else { webhooks::Topic::HoldReleased };
     webhooks::hold_changed(conn, mode, topic, hold, None, now)?;
     Ok(())
 }

@@ -218,7 +218,10 @@ fn verify_accounts(conn: &mut dyn Conn, report: &mut VerifyReport, chunk: i64) -
             }
             let open_holds: Decimal = holds::open_for_account(conn, &account.key)?.iter().map(Hold::remaining).sum();
             if account.pending_out != open_holds {
-                report.problem(format!("{name}: pending_out is {} but its open holds hold {open_holds}", account.pending_out));
+                report.problem(format!(
+                    "{name}: pending_out is {} but its open holds hold {open_holds}",
+                    account.pending_out
+                ));
             }
             verify_grants(conn, report, &account.key, &mut per_grant)?;
             for grant_id in per_grant.keys() {
@@ -586,7 +589,11 @@ fn verify_holds(
     let mut open: BTreeMap<(String, String), Decimal> = BTreeMap::new();
     let mut after: Option<(String, String)> = None;
     loop {
-        let rows = holds::with_postings_after(conn, after.as_ref().map(|(customer, id)| (customer.as_str(), id.as_str())), chunk)?;
+        let rows = holds::with_postings_after(
+            conn,
+            after.as_ref().map(|(customer, id)| (customer.as_str(), id.as_str())),
+            chunk,
+        )?;
         if rows.is_empty() {
             break;
         }

@@ -247,7 +247,12 @@ fn costs(conn: &mut dyn Conn, mode: Mode, scope: &Scope, currency: &str) -> Resu
 }
 
 /// One event's revenue and costs, from its own fees and costs.
-fn event_profitability(conn: &mut dyn Conn, mode: Mode, scope: &Scope, currency: &str) -> Result<Profitability, OpError> {
+fn event_profitability(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    scope: &Scope,
+    currency: &str,
+) -> Result<Profitability, OpError> {
     let mut valuer = Valuer { currency: currency.to_owned(), schedules: HashMap::new() };
     let (condition, values) = scope_sql(scope, mode, "f");
     let fees =

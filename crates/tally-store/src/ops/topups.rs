@@ -467,6 +467,27 @@ pub fn save_card(
     Ok(saved)
 }
 
+/// Saves a card a provider reports set up without a payment (Stripe's setup-mode Checkout),
+/// once however often the provider repeats it: a card already saved, or saved and removed
+/// since, is returned as it is (`false`), never saved again. The customer's row is locked so
+/// that two deliveries at once save one card.
+pub fn save_card_once(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    customer_id: &str,
+    provider: &str,
+    method: &NewPaymentMethod,
+    now: DateTime<Utc>,
+) -> Result<(PaymentMethod, bool), OpError> {
+    customers::get_for_update(conn, mode, customer_id)?
+        .ok_or_else(|| OpError::NotFound(format!("customer {customer_id} not found")))?;
+    let reference = &method.provider_reference;
+    if let Some(saved) = topups::payment_method_by_reference(conn, mode, customer_id, provider, reference)? {
+        return Ok((saved, false));
+    }
+    Ok((save_card(conn, mode, customer_id, provider, method, now)?, true))
+}
+
 /// The payment failed (or the top-up expired): release `pending_in`. Final.
 pub fn fail(
     conn: &mut dyn Conn,

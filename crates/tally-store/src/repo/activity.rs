@@ -357,7 +357,8 @@ fn transaction_from_row(row: &crate::Row) -> Result<Movement, StoreError> {
     })
 }
 
-/// Equal fees of one product on one day of the customer's calendar: `count` fees of `spent`.
+/// Fees of one product on one day of the customer's calendar: `count` fees of `spent` each
+/// (or one group's total, with `count` 1).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProductSpend {
     pub asset: String,
@@ -365,110 +366,30 @@ pub struct ProductSpend {
     pub product: Option<String>,
     pub plan_fee: bool,
     pub spent: Decimal,
-    /// Days since the Unix epoch, on the customer's calendar (UTC shifted by `offset_seconds`).
+    /// Days since the Unix epoch, on the customer's calendar.
     pub day: i64,
     pub count: i64,
 }
 
-/// Fees since `since`, grouped by asset, product, amount and day (UTC moved by
-/// `offset_seconds`, the customer's offset from UTC): usage fees by when their event
-/// occurred, plan fees and charges by when they were made. The database counts equal
-/// amounts; the caller multiplies and adds them exactly.
-pub fn spend_by_product_since(
+/// The names of the products `ids` (ids not found are left out).
+pub fn product_names(
     conn: &mut dyn Conn,
     mode: tally_core::Mode,
-    customer_id: &str,
-    since: DateTime<Utc>,
-    offset_seconds: i32,
-) -> Result<Vec<ProductSpend>, StoreError> {
-    let offset = i64::from(offset_seconds) * 1_000_000;
-    let day = super::portal::MICROS_PER_DAY;
-    if let Some(groups) = spend_from_rollups(conn, mode, customer_id, since, offset)? {
-        return Ok(groups);
+    ids: &[String],
+) -> Result<Vec<(String, String)>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
     }
-    let usage = conn.query(
-        &format!(
-            "SELECT f.asset, p.name, f.amount, (f.occurred_at + {offset}) / {day}, COUNT(*)
-             FROM event_fees f LEFT JOIN products p ON p.id = f.product_id
-             WHERE f.customer_id = $1 AND f.mode = $2 AND f.occurred_at >= $3
-             GROUP BY f.asset, p.name, f.amount, (f.occurred_at + {offset}) / {day}"
-        ),
-        crate::params![customer_id, mode.as_str(), since],
-    )?;
-    let other = conn.query(
-        &format!(
-            "SELECT asset, substr(id, 1, 19), amount, (created_at + {offset}) / {day}, COUNT(*) FROM transactions
-             WHERE customer_id = $1 AND kind = 'fee' AND substr(id, 1, 12) <> 'tally_event_' AND mode = $2
-                   AND created_at >= $3
-             GROUP BY asset, substr(id, 1, 19), amount, (created_at + {offset}) / {day}"
-        ),
-        crate::params![customer_id, mode.as_str(), since],
-    )?;
-    let mut groups = Vec::with_capacity(usage.len() + other.len());
-    for row in &usage {
-        groups.push(ProductSpend {
-            asset: row.text(0)?,
-            product: row.opt_text(1)?,
-            plan_fee: false,
-            spent: row.decimal(2)?,
-            day: row.int(3)?,
-            count: row.int(4)?,
-        });
-    }
-    for row in &other {
-        groups.push(ProductSpend {
-            asset: row.text(0)?,
-            product: None,
-            plan_fee: row.text(1)? == "tally_subscription_",
-            spent: -row.decimal(2)?,
-            day: row.int(3)?,
-            count: row.int(4)?,
-        });
-    }
-    Ok(groups)
-}
-
-/// [`spend_by_product_since`] from the hourly rollups (`repo::rollups`), whose cost does not
-/// grow with the number of fees, when the calendar's days are whole hours (`since` starts an
-/// hour and the offset is whole hours); `None` otherwise. Each group is an hour's total
-/// (`count` 1).
-fn spend_from_rollups(
-    conn: &mut dyn Conn,
-    mode: tally_core::Mode,
-    customer_id: &str,
-    since: DateTime<Utc>,
-    offset_micros: i64,
-) -> Result<Option<Vec<ProductSpend>>, StoreError> {
-    use super::rollups::{self, MICROS_PER_HOUR, PLAN, USAGE};
-    if offset_micros % MICROS_PER_HOUR != 0 || since.timestamp_micros() % MICROS_PER_HOUR != 0 {
-        return Ok(None);
-    }
-    let mut names: std::collections::HashMap<String, Option<String>> = std::collections::HashMap::new();
-    let mut groups = Vec::new();
-    for spend in rollups::customer_spend(conn, mode, customer_id, rollups::hour_of(since))? {
-        let usage = spend.source == USAGE;
-        let product = match (usage, names.get(&spend.product_id)) {
-            (false, _) => None,
-            (true, Some(name)) => name.clone(),
-            (true, None) => {
-                let name = conn
-                    .query_optional("SELECT name FROM products WHERE id = $1", crate::params![&spend.product_id])?
-                    .map(|row| row.text(0))
-                    .transpose()?;
-                names.insert(spend.product_id.clone(), name.clone());
-                name
-            }
-        };
-        groups.push(ProductSpend {
-            asset: spend.asset,
-            product,
-            plan_fee: spend.source == PLAN,
-            spent: spend.spent,
-            day: (spend.hour * MICROS_PER_HOUR + offset_micros).div_euclid(super::portal::MICROS_PER_DAY),
-            count: 1,
-        });
-    }
-    Ok(Some(groups))
+    let placeholders: Vec<String> = (0..ids.len()).map(|index| format!("${}", index + 2)).collect();
+    let mut values = vec![Value::from(mode.as_str())];
+    values.extend(ids.iter().map(Value::from));
+    conn.query(
+        &format!("SELECT id, name FROM products WHERE mode = $1 AND id IN ({})", placeholders.join(", ")),
+        &values,
+    )?
+    .iter()
+    .map(|row| Ok((row.text(0)?, row.text(1)?)))
+    .collect()
 }
 
 #[cfg(test)]

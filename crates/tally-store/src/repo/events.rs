@@ -244,7 +244,12 @@ pub fn list(
         query.and("e.customer_id = ?", customer_id);
     }
     if let Some(external_id) = &filter.customer_external_id {
-        query.and("c.external_id = ?", external_id);
+        // The customer first (one row, by its unique index), then its events by theirs.
+        let customer = format!(
+            "e.customer_id = (SELECT c.id FROM customers c WHERE c.mode = '{}' AND c.external_id = ?)",
+            mode.as_str()
+        );
+        query.and(&customer, external_id);
     }
     if let Some(subject) = &filter.subject {
         query.and("e.subject = ?", subject);
@@ -267,8 +272,11 @@ pub fn list(
         query.and("e.unbilled_reason = ?", reason);
     }
     query.and_in("e.event_type", &filter.event_types);
-    let from = "usage_events e JOIN customers c ON c.id = e.customer_id";
-    query.page(conn, from, EVENT_COLUMNS, &LIST_KEYS, window, event_from_row)
+    // No join: counting the matches reads the events' index alone, and only the page's rows
+    // look up their customer's external id.
+    let columns =
+        EVENT_COLUMNS.replace("c.external_id", "(SELECT c.external_id FROM customers c WHERE c.id = e.customer_id)");
+    query.page(conn, "usage_events e", &columns, &LIST_KEYS, window, event_from_row)
 }
 
 pub fn counter(conn: &mut dyn Conn, customer_id: &str, price_id: &str, period_start: i64) -> Result<Usage, StoreError> {
@@ -402,8 +410,7 @@ pub fn lock_unbilled(
         values.extend(chunk.iter().map(|id| Value::from(id.as_str())));
         let sql = format!(
             "SELECT {EVENT_COLUMNS} FROM usage_events e JOIN customers c ON c.id = e.customer_id
-             WHERE e.mode = $1 AND e.customer_id = $2 AND e.unbilled_reason IS NOT NULL AND e.id IN ({})
-             ORDER BY e.occurred_at, e.id{}",
+             WHERE e.mode = $1 AND e.customer_id = $2 AND e.unbilled_reason IS NOT NULL AND e.id IN ({}){}",
             placeholders.join(", "),
             conn.for_update()
         );

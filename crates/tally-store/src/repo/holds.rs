@@ -25,7 +25,8 @@ pub enum HoldStatus {
 }
 
 impl HoldStatus {
-    pub const ALL: [HoldStatus; 4] = [HoldStatus::Held, HoldStatus::Captured, HoldStatus::Released, HoldStatus::Expired];
+    pub const ALL: [HoldStatus; 4] =
+        [HoldStatus::Held, HoldStatus::Captured, HoldStatus::Released, HoldStatus::Expired];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -257,7 +258,7 @@ pub fn with_postings_after(
          ORDER BY h.customer_id, h.id, e.id, p.line",
         columns.join(", ")
     );
-    conn.query(&sql, &values)?
+    conn.query(&sql, values)?
         .iter()
         .map(|row| {
             let posting = match row.opt_text(18)? {

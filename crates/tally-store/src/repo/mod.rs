@@ -194,7 +194,10 @@ impl Filter {
             conn.count(&format!("SELECT COUNT(*) FROM {from} WHERE {condition}"), &self.values)?
         } else {
             conn.count(
-                &format!("SELECT COUNT(*) FROM (SELECT 1 FROM {from} WHERE {condition} LIMIT {}) counted", COUNT_LIMIT + 1),
+                &format!(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM {from} WHERE {condition} LIMIT {}) counted",
+                    COUNT_LIMIT + 1
+                ),
                 &self.values,
             )?
         };
@@ -248,10 +251,9 @@ impl Filter {
                 more.then(|| Cursor::After(last.clone())),
                 exists(first, false)?.then(|| Cursor::Before(first.clone())),
             ),
-            (Some(Cursor::Before(_)), Some(first), Some(last)) => (
-                exists(last, true)?.then(|| Cursor::After(last.clone())),
-                more.then(|| Cursor::Before(first.clone())),
-            ),
+            (Some(Cursor::Before(_)), Some(first), Some(last)) => {
+                (exists(last, true)?.then(|| Cursor::After(last.clone())), more.then(|| Cursor::Before(first.clone())))
+            }
         };
         if !window.exact_total && total > COUNT_LIMIT {
             total = total.max(offset + items.len() as i64 + i64::from(more));

@@ -84,10 +84,12 @@ pub fn to_parts(amount: Decimal) -> Result<(i64, i64, i64), StoreError> {
     if scale > 24 {
         return Err(StoreError::Corrupt(format!("amount {amount} has more than 24 decimal places")));
     }
-    let scaled = amount.mantissa() * 10_i128.pow(24 - scale);
-    let fraction = scaled.rem_euclid(PART * PART);
-    let units = i64::try_from(scaled.div_euclid(PART * PART))
+    // Whole units and the fraction apart, so that no step needs more than 24 digits.
+    let whole = amount.floor().normalize();
+    let units = i64::try_from(whole.mantissa() / 10_i128.pow(whole.scale()))
         .map_err(|_| StoreError::Corrupt(format!("amount {amount} is too large for a rollup")))?;
+    let fraction = amount - whole;
+    let fraction = fraction.mantissa() * 10_i128.pow(24 - fraction.scale());
     Ok((units, (fraction / PART) as i64, (fraction % PART) as i64))
 }
 
@@ -95,7 +97,8 @@ pub fn to_parts(amount: Decimal) -> Result<(i64, i64, i64), StoreError> {
 /// and carry. Exact while the total fits `Decimal`'s 28 significant digits, as every sum of
 /// amounts in Tally must.
 pub fn from_parts(units: i64, pico: i64, yocto: i64) -> Result<Decimal, StoreError> {
-    let out_of_range = || StoreError::Corrupt(format!("rollup total {units} + {pico}e-12 + {yocto}e-24 is out of range"));
+    let out_of_range =
+        || StoreError::Corrupt(format!("rollup total {units} + {pico}e-12 + {yocto}e-24 is out of range"));
     let (yocto, carry) = (i128::from(yocto).rem_euclid(PART), i128::from(yocto).div_euclid(PART));
     let pico = i128::from(pico) + carry;
     let (pico, carry) = (pico.rem_euclid(PART), pico.div_euclid(PART));
@@ -209,9 +212,15 @@ impl Rollups {
         let hour = hour_of(occurred_at);
         let key = (customer_id.to_owned(), mode.as_str().to_owned(), hour, currency.to_owned());
         self.costs.entry(key).or_default().add(amount, 1);
-        let by_vendor =
-            ((vendor_id.to_owned(), hour, category.unwrap_or_default().to_owned(), currency.to_owned()), shard_of(customer_id));
-        self.costs_by_vendor.entry(by_vendor).or_insert_with(|| (mode.as_str().to_owned(), Total::default())).1.add(amount, 1);
+        let by_vendor = (
+            (vendor_id.to_owned(), hour, category.unwrap_or_default().to_owned(), currency.to_owned()),
+            shard_of(customer_id),
+        );
+        self.costs_by_vendor
+            .entry(by_vendor)
+            .or_insert_with(|| (mode.as_str().to_owned(), Total::default()))
+            .1
+            .add(amount, 1);
     }
 
     /// Adds everything gathered to the stored rollups, one statement per key, and forgets it.
@@ -238,11 +247,17 @@ impl Rollups {
         for ((customer_id, mode, hour, currency), total) in std::mem::take(&mut self.costs) {
             let (units, pico, yocto) = to_parts(total.amount)?;
             conn.execute(
-                &upsert("cost_rollups", "mode, customer_id, hour, currency", "customer_id, mode, hour, currency", "cost_count"),
+                &upsert(
+                    "cost_rollups",
+                    "mode, customer_id, hour, currency",
+                    "customer_id, mode, hour, currency",
+                    "cost_count",
+                ),
                 params![mode, customer_id, hour, currency, units, pico, yocto, total.count],
             )?;
         }
-        for (((vendor_id, hour, category, currency), shard), (mode, total)) in std::mem::take(&mut self.costs_by_vendor) {
+        for (((vendor_id, hour, category, currency), shard), (mode, total)) in std::mem::take(&mut self.costs_by_vendor)
+        {
             let (units, pico, yocto) = to_parts(total.amount)?;
             conn.execute(
                 &upsert(
@@ -305,7 +320,11 @@ pub fn customer_usage_hours(
 }
 
 /// Usage fees per (asset, hour) over the hours `hours`, of the whole mode.
-pub fn usage_hours(conn: &mut dyn Conn, mode: Mode, hours: Range<i64>) -> Result<Vec<(String, i64, Decimal)>, StoreError> {
+pub fn usage_hours(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    hours: Range<i64>,
+) -> Result<Vec<(String, i64, Decimal)>, StoreError> {
     conn.query(
         &format!(
             "SELECT asset, hour, {SUMS} FROM fee_rollups_by_mode WHERE mode = $1 AND hour >= $2 AND hour < $3
@@ -501,7 +520,11 @@ impl Rollups {
     pub fn costs_by_vendor(&self) -> BTreeMap<VendorCostKey, (String, Total)> {
         let mut merged: BTreeMap<VendorCostKey, (String, Total)> = BTreeMap::new();
         for ((key, _), (mode, total)) in &self.costs_by_vendor {
-            merged.entry(key.clone()).or_insert_with(|| (mode.clone(), Total::default())).1.add(total.amount, total.count);
+            merged
+                .entry(key.clone())
+                .or_insert_with(|| (mode.clone(), Total::default()))
+                .1
+                .add(total.amount, total.count);
         }
         merged
     }
@@ -512,7 +535,11 @@ impl Rollups {
             self.fees_by_mode.entry(key.clone()).or_default().add(total.amount, total.count);
         }
         for (key, (mode, total)) in &other.costs_by_vendor {
-            self.costs_by_vendor.entry(key.clone()).or_insert_with(|| (mode.clone(), Total::default())).1.add(total.amount, total.count);
+            self.costs_by_vendor
+                .entry(key.clone())
+                .or_insert_with(|| (mode.clone(), Total::default()))
+                .1
+                .add(total.amount, total.count);
         }
     }
 }
@@ -550,10 +577,10 @@ pub fn stored_shared(conn: &mut dyn Conn) -> Result<Rollups, StoreError> {
         ),
         &[],
     )? {
-        stored.fees_by_mode.insert(((row.text(0)?, row.int(1)?, row.text(2)?), 0), Total {
-            amount: total_at(&row, 3)?,
-            count: row.int(6)?,
-        });
+        stored.fees_by_mode.insert(
+            ((row.text(0)?, row.int(1)?, row.text(2)?), 0),
+            Total { amount: total_at(&row, 3)?, count: row.int(6)? },
+        );
     }
     for row in conn.query(
         &format!(
@@ -682,6 +709,8 @@ mod tests {
             ("-0.000000000000000000000001", (-1, E12 - 1, E12 - 1)),
             ("999999999999999.999999999999", (999_999_999_999_999, E12 - 1, 0)),
             ("12.340000000000", (12, 340_000_000_000, 0)),
+            ("-999999999999999.000000000001", (-1_000_000_000_000_000, E12 - 1, 0)),
+            ("999999999999999", (999_999_999_999_999, 0, 0)),
         ] {
             let amount: Decimal = text.parse().unwrap();
             assert_eq!(to_parts(amount).unwrap(), parts, "{text}");

@@ -232,20 +232,21 @@ pub const SUBSCRIBER_KEYS: Keys =
 
 pub fn subscribers(conn: &mut dyn Conn, product_id: &str, window: &Window) -> Result<Listing<Subscriber>, StoreError> {
     let from = "subscription_products p JOIN subscriptions s ON s.id = p.subscription_id JOIN customers c ON c.id = p.customer_id";
-    let columns = "c.id, c.name, c.external_id, c.email, s.id, s.status, s.started_at, s.starts_at, s.renews_at, p.version";
+    let columns =
+        "c.id, c.name, c.external_id, c.email, s.id, s.status, s.started_at, s.starts_at, s.renews_at, p.version";
     Filter::new("p.product_id = ?", product_id).page(conn, from, columns, &SUBSCRIBER_KEYS, window, |row| {
-            Ok(Subscriber {
-                customer_id: row.text(0)?,
-                customer_name: row.text(1)?,
-                external_id: row.opt_text(2)?,
-                email: row.opt_text(3)?,
-                subscription_id: row.text(4)?,
-                status: row.text(5)?,
-                started_at: row.opt_time(6)?,
-                starts_at: row.time(7)?,
-                renews_at: row.opt_time(8)?,
-                version: row.int(9)?,
-            })
+        Ok(Subscriber {
+            customer_id: row.text(0)?,
+            customer_name: row.text(1)?,
+            external_id: row.opt_text(2)?,
+            email: row.opt_text(3)?,
+            subscription_id: row.text(4)?,
+            status: row.text(5)?,
+            started_at: row.opt_time(6)?,
+            starts_at: row.time(7)?,
+            renews_at: row.opt_time(8)?,
+            version: row.int(9)?,
+        })
     })
 }
 

@@ -314,24 +314,69 @@ pub fn insert_payment_method(conn: &mut dyn Conn, mode: Mode, method: &PaymentMe
 /// A customer's saved payment methods (not removed ones): the default first, then newest first.
 pub fn payment_methods(conn: &mut dyn Conn, customer_id: &str) -> Result<Vec<PaymentMethod>, StoreError> {
     conn.query(
-        "SELECT id, customer_id, provider, provider_reference, provider_customer, brand, last4, created_at FROM payment_methods
-         WHERE customer_id = $1 AND removed_at IS NULL ORDER BY is_default DESC, created_at DESC, id DESC",
+        &format!(
+            "SELECT {PAYMENT_METHOD_COLUMNS} FROM payment_methods
+             WHERE customer_id = $1 AND removed_at IS NULL ORDER BY is_default DESC, created_at DESC, id DESC"
+        ),
         params![customer_id],
     )?
     .iter()
-    .map(|row| {
-        Ok(PaymentMethod {
-            id: row.text(0)?,
-            customer_id: row.text(1)?,
-            provider: row.text(2)?,
-            provider_reference: row.text(3)?,
-            provider_customer: row.opt_text(4)?,
-            brand: row.opt_text(5)?,
-            last4: row.opt_text(6)?,
-            created_at: row.time(7)?,
-        })
-    })
+    .map(payment_method_from_row)
     .collect()
+}
+
+const PAYMENT_METHOD_COLUMNS: &str =
+    "id, customer_id, provider, provider_reference, provider_customer, brand, last4, created_at";
+
+fn payment_method_from_row(row: &crate::Row) -> Result<PaymentMethod, StoreError> {
+    Ok(PaymentMethod {
+        id: row.text(0)?,
+        customer_id: row.text(1)?,
+        provider: row.text(2)?,
+        provider_reference: row.text(3)?,
+        provider_customer: row.opt_text(4)?,
+        brand: row.opt_text(5)?,
+        last4: row.opt_text(6)?,
+        created_at: row.time(7)?,
+    })
+}
+
+/// The card `reference` of `provider` the customer saved, removed or not (a provider's
+/// notification repeated after the card was removed must not bring it back).
+pub fn payment_method_by_reference(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    customer_id: &str,
+    provider: &str,
+    reference: &str,
+) -> Result<Option<PaymentMethod>, StoreError> {
+    conn.query_optional(
+        &format!(
+            "SELECT {PAYMENT_METHOD_COLUMNS} FROM payment_methods
+             WHERE mode = $1 AND customer_id = $2 AND provider = $3 AND provider_reference = $4 ORDER BY created_at, id LIMIT 1"
+        ),
+        params![mode.as_str(), customer_id, provider, reference],
+    )?
+    .map(|row| payment_method_from_row(&row))
+    .transpose()
+}
+
+/// The provider's customer (`cus_…`) the customer's newest card of `provider` is kept on,
+/// removed cards included: new cards go on the same one.
+pub fn provider_customer(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    customer_id: &str,
+    provider: &str,
+) -> Result<Option<String>, StoreError> {
+    conn.query_optional(
+        "SELECT provider_customer FROM payment_methods
+         WHERE mode = $1 AND customer_id = $2 AND provider = $3 AND provider_customer IS NOT NULL
+         ORDER BY created_at DESC, id DESC LIMIT 1",
+        params![mode.as_str(), customer_id, provider],
+    )?
+    .map(|row| row.text(0))
+    .transpose()
 }
 
 /// The id of the customer's default card, if one of their saved cards is.

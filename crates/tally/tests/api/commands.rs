@@ -582,18 +582,23 @@ async fn migrate_status_reports_and_checksums_guard(app: TestApp) {
     let output = tally(&url, &["migrate", "--status"]).await;
     assert!(!output.status.success(), "a changed migration is not current");
     let listed = String::from_utf8_lossy(&output.stdout).to_string();
-    assert!(listed.lines().any(|line| line.trim_start().starts_with(&format!("{first} ")) && line.contains("CHANGED")), "{listed}");
+    assert!(
+        listed.lines().any(|line| line.trim_start().starts_with(&format!("{first} ")) && line.contains("CHANGED")),
+        "{listed}"
+    );
     let output = tally(&url, &["migrate"]).await;
     assert_failure(&output, "tally migrate on a changed migration", "was changed after this database applied it");
 
     tamper("UPDATE tally_migrations SET checksum = NULL WHERE version = 1").await;
     assert_success(&tally(&url, &["migrate"]).await, "a missing checksum is recorded, not refused");
-    tamper("INSERT INTO tally_migrations (version, name, applied_at, checksum) VALUES (99999, 'from_the_future', 0, 'x')").await;
+    tamper(
+        "INSERT INTO tally_migrations (version, name, applied_at, checksum) VALUES (99999, 'from_the_future', 0, 'x')",
+    )
+    .await;
     let output = tally(&url, &["migrate", "--status"]).await;
     assert!(String::from_utf8_lossy(&output.stdout).contains("UNKNOWN"), "{}", String::from_utf8_lossy(&output.stdout));
     assert_failure(&tally(&url, &["migrate"]).await, "tally migrate on a newer database", "does not have");
 }
-
 
 // ---------------------------------------------------------------------------------------
 // tally bench

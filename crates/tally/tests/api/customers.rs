@@ -2,7 +2,7 @@
 
 use crate::harness::TestApp;
 use crate::on_both_backends;
-use serde_json::json;
+use serde_json::{json, Value};
 
 async fn create_get_and_update(app: TestApp) {
     let created = app
@@ -66,10 +66,41 @@ async fn list_filters_and_pages(app: TestApp) {
     assert_eq!(by_external.body["items"][0]["name"], "User 7");
     let by_email = app.get("/customers?email=grace@example.com").await.expect(200);
     assert_eq!(by_email.body["items"][0]["name"], "Grace Hopper", "email matches case-insensitively");
-    let by_name = app.get("/customers?name=hopper").await.expect(200);
+    // `name` is a prefix, in any case (issue 12: an index serves it), not a substring.
+    let by_name = app.get("/customers?name=GRACE%20h").await.expect(200);
     assert_eq!(by_name.body["total_count"], 1);
+    assert_eq!(by_name.body["items"][0]["name"], "Grace Hopper");
+    assert_eq!(app.get("/customers?name=hopper").await.expect(200).body["total_count"], 0);
+    assert_eq!(app.get("/customers?name=user%201").await.expect(200).body["total_count"], 11, "User 1, 10 to 19");
     let none = app.get("/customers?name=%25").await.expect(200);
     assert_eq!(none.body["total_count"], 0, "LIKE wildcards in the filter are literal");
+
+    // Keyset pages: `next` walks forward through every customer once, `prev` back.
+    let names = |page: &Value| -> Vec<String> {
+        page["items"].as_array().unwrap().iter().map(|item| item["name"].as_str().unwrap().to_owned()).collect()
+    };
+    let first = app.get("/customers?limit=10").await.expect(200).body;
+    assert!(first.get("prev").is_none(), "the first page has no prev");
+    let next = first["next"].as_str().unwrap();
+    let second = app.get(&format!("/customers?limit=10&next={next}")).await.expect(200).body;
+    assert_eq!(second["offset"], 0);
+    let third =
+        app.get(&format!("/customers?limit=10&next={}", second["next"].as_str().unwrap())).await.expect(200).body;
+    assert!(third.get("next").is_none(), "the last page has no next");
+    let walked: Vec<String> = [&first, &second, &third].iter().flat_map(|page| names(page)).collect();
+    let mut by_offset = Vec::new();
+    for offset in [0, 10, 20] {
+        by_offset.extend(names(&app.get(&format!("/customers?limit=10&offset={offset}")).await.expect(200).body));
+    }
+    assert_eq!(walked, by_offset, "cursors and offsets give the same pages");
+    assert_eq!(walked.len(), 24);
+    let back = app.get(&format!("/customers?limit=10&prev={}", third["prev"].as_str().unwrap())).await.expect(200).body;
+    assert_eq!(names(&back), names(&second), "prev gives the page before");
+    // A cursor belongs to its list and to one direction; with offset it is refused.
+    assert_eq!(app.get(&format!("/events?next={next}")).await.status.as_u16(), 422);
+    assert_eq!(app.get(&format!("/customers?prev={next}")).await.status.as_u16(), 422);
+    assert_eq!(app.get(&format!("/customers?offset=10&next={next}")).await.status.as_u16(), 422);
+    assert_eq!(app.get("/customers?next=zz").await.status.as_u16(), 422);
 }
 
 async fn customer_validation(app: TestApp) {

@@ -91,9 +91,10 @@ async fn a_hold_available_cannot_cover_is_refused_unless_overdraft_is_allowed(ap
     assert_eq!(made.body["allow_overdraft"], true);
     assert_eq!(usd(&app, &customer).await, balances("-15", "25"));
     // Amounts are in the asset's precision: USD has two decimal places.
-    let precise = hold(&app, &customer, r#"{"transaction_id":"fine","asset":"USD","amount":0.001,"allow_overdraft":true}"#)
-        .await
-        .expect(422);
+    let precise =
+        hold(&app, &customer, r#"{"transaction_id":"fine","asset":"USD","amount":0.001,"allow_overdraft":true}"#)
+            .await
+            .expect(422);
     assert!(precise.body["errors"]["amount"][0].as_str().unwrap().contains("2 decimal places"), "{}", precise.text);
     hold(&app, &customer, r#"{"transaction_id":"zero","asset":"USD","amount":0}"#).await.expect(422);
     app.assert_ledger_agrees().await;
@@ -128,7 +129,10 @@ async fn partial_captures_then_release_return_exactly_the_rest(app: TestApp) {
     hold(&app, &customer, r#"{"transaction_id":"render-1","asset":"USD","amount":50}"#).await.expect(201);
     let first = capture(&app, &customer, "render-1", r#"{"amount":12.5,"transaction_id":"cap-1"}"#).await.expect(201);
     assert_eq!(first.body["transaction_id"], "cap-1");
-    assert_eq!((first.body["from_hold"].to_string(), first.body["beyond_hold"].to_string()), ("12.5".into(), "0".into()));
+    assert_eq!(
+        (first.body["from_hold"].to_string(), first.body["beyond_hold"].to_string()),
+        ("12.5".into(), "0".into())
+    );
     assert_eq!(first.body["hold"]["status"], "held");
     assert_eq!(first.body["hold"]["held"].to_string(), "37.5");
     let replay = capture(&app, &customer, "render-1", r#"{"amount":12.5,"transaction_id":"cap-1"}"#).await.expect(201);
@@ -146,7 +150,10 @@ async fn partial_captures_then_release_return_exactly_the_rest(app: TestApp) {
 
     let released = release(&app, &customer, "render-1").await.expect(200);
     assert_eq!(released.body["status"], "released");
-    assert_eq!((released.body["captured"].to_string(), released.body["released"].to_string()), ("19.75".into(), "30.25".into()));
+    assert_eq!(
+        (released.body["captured"].to_string(), released.body["released"].to_string()),
+        ("19.75".into(), "30.25".into())
+    );
     assert_eq!(released.body["held"].to_string(), "0");
     assert_eq!(usd(&app, &customer).await, balances("80.25", "0"));
     // Releasing again changes nothing; capturing from a released hold is a 409.
@@ -169,7 +176,10 @@ async fn a_capture_beyond_the_hold_debits_the_difference_and_says_so(app: TestAp
     assert_eq!(over.body["amount"].to_string(), "25");
     assert_eq!((over.body["from_hold"].to_string(), over.body["beyond_hold"].to_string()), ("6".into(), "19".into()));
     assert_eq!(over.body["hold"]["status"], "captured");
-    assert_eq!((over.body["hold"]["captured"].to_string(), over.body["hold"]["held"].to_string()), ("10".into(), "0".into()));
+    assert_eq!(
+        (over.body["hold"]["captured"].to_string(), over.body["hold"]["held"].to_string()),
+        ("10".into(), "0".into())
+    );
     assert!(over.body["hold"]["closed_at"].is_string());
     // 20 − 4 − 25: past the grants into overdraft, as usage goes.
     assert_eq!(usd(&app, &customer).await, balances("-9", "0"));
@@ -189,9 +199,13 @@ async fn the_worker_releases_holds_at_their_expiry(app: TestApp) {
     let customer = app.customer("Slow").await;
     app.fund(&customer, "USD", "100", "fund-1").await;
     let soon = at(&app, Duration::hours(1));
-    let short = hold(&app, &customer, &format!(r#"{{"transaction_id":"short","asset":"USD","amount":30,"expires_at":"{soon}"}}"#))
-        .await
-        .expect(201);
+    let short = hold(
+        &app,
+        &customer,
+        &format!(r#"{{"transaction_id":"short","asset":"USD","amount":30,"expires_at":"{soon}"}}"#),
+    )
+    .await
+    .expect(201);
     assert_eq!(short.body["expires_at"], soon.as_str());
     let default = hold(&app, &customer, r#"{"transaction_id":"default","asset":"USD","amount":10}"#).await.expect(201);
     let instant = |value: &Value| chrono::DateTime::parse_from_rfc3339(value.as_str().unwrap()).unwrap();
@@ -208,8 +222,10 @@ async fn the_worker_releases_holds_at_their_expiry(app: TestApp) {
     assert_eq!(usd(&app, &customer).await, balances("60", "35"));
 
     app.clock.advance(Duration::hours(2));
-    app.eventually("the short hold expires", || async { get_hold(&app, &customer, "short").await["status"] == "expired" })
-        .await;
+    app.eventually("the short hold expires", || async {
+        get_hold(&app, &customer, "short").await["status"] == "expired"
+    })
+    .await;
     let expired = get_hold(&app, &customer, "short").await;
     assert_eq!((expired["captured"].to_string(), expired["released"].to_string()), ("5".into(), "25".into()));
     assert_eq!(usd(&app, &customer).await, balances("85", "10"));
@@ -218,8 +234,10 @@ async fn the_worker_releases_holds_at_their_expiry(app: TestApp) {
     release(&app, &customer, "short").await.expect(409);
 
     app.clock.advance(Duration::days(1));
-    app.eventually("the default hold expires", || async { get_hold(&app, &customer, "default").await["status"] == "expired" })
-        .await;
+    app.eventually("the default hold expires", || async {
+        get_hold(&app, &customer, "default").await["status"] == "expired"
+    })
+    .await;
     assert_eq!(usd(&app, &customer).await, balances("95", "0"));
     app.assert_ledger_agrees().await;
 }
@@ -294,17 +312,23 @@ async fn usage_events_naming_a_hold_capture_from_it(app: TestApp) {
     app.post("/events", batch).await.expect(204);
     assert_eq!(usd(&app, &customer).await, balances("86", "2"));
     // The next fee takes the 2 left and 2 beyond: the hold is then captured.
-    app.post("/events", json!({"customer_id": customer, "events": [render("e4", Some("job-1"), &now)]})).await.expect(204);
+    app.post("/events", json!({"customer_id": customer, "events": [render("e4", Some("job-1"), &now)]}))
+        .await
+        .expect(204);
     let held = get_hold(&app, &customer, "job-1").await;
     assert_eq!((held["status"].as_str(), held["captured"].to_string()), (Some("captured"), "10".into()));
     assert_eq!(usd(&app, &customer).await, balances("84", "0"));
     let fee = app.get(&format!("/customers/{customer}/wallet/transactions/tally_event_e4_0")).await.expect(200);
     assert_eq!(fee.body["details"]["hold_id"], "job-1");
-    assert_eq!((fee.body["details"]["captured_from_hold"].as_str(), fee.body["details"]["debited_beyond_hold"].as_str()), (Some("2"), Some("2")));
+    assert_eq!(
+        (fee.body["details"]["captured_from_hold"].as_str(), fee.body["details"]["debited_beyond_hold"].as_str()),
+        (Some("2"), Some("2"))
+    );
 
     // A closed hold, or one the customer does not have: the whole batch is refused.
     for (hold_id, words) in [("job-1", "captured"), ("nope", "no hold nope")] {
-        let batch = json!({"customer_id": customer, "events": [render("ok", None, &now), render("bad", Some(hold_id), &now)]});
+        let batch =
+            json!({"customer_id": customer, "events": [render("ok", None, &now), render("bad", Some(hold_id), &now)]});
         let refused = app.post("/events", batch).await.expect(422);
         let message = refused.body["errors"]["events[1].hold_id"][0].as_str().unwrap_or_default();
         assert!(message.contains(words), "{}", refused.text);
@@ -365,7 +389,9 @@ async fn holds_are_listed_by_status_and_read_one_by_one(app: TestApp) {
     let customer = app.customer("Lister").await;
     app.fund(&customer, "USD", "100", "fund-1").await;
     for (id, amount) in [("a", "10"), ("b", "20"), ("c", "30")] {
-        hold(&app, &customer, &format!(r#"{{"transaction_id":"{id}","asset":"USD","amount":{amount}}}"#)).await.expect(201);
+        hold(&app, &customer, &format!(r#"{{"transaction_id":"{id}","asset":"USD","amount":{amount}}}"#))
+            .await
+            .expect(201);
         app.clock.advance(Duration::seconds(1));
     }
     release(&app, &customer, "a").await.expect(200);
@@ -382,7 +408,10 @@ async fn holds_are_listed_by_status_and_read_one_by_one(app: TestApp) {
     assert_eq!(app.get(&format!("{}?status=expired", holds(&customer))).await.expect(200).body["total_count"], 0);
     app.get(&format!("{}?status=open", holds(&customer))).await.expect(422);
     let one = get_hold(&app, &customer, "c").await;
-    assert_eq!((one["amount"].to_string(), one["held"].to_string(), one["status"].as_str()), ("30".into(), "30".into(), Some("held")));
+    assert_eq!(
+        (one["amount"].to_string(), one["held"].to_string(), one["status"].as_str()),
+        ("30".into(), "30".into(), Some("held"))
+    );
     app.get(&format!("{}/nope", holds(&customer))).await.expect(404);
     app.get(&holds("cust_nobody")).await.expect(404);
     // Another customer's hold is not this one's.
@@ -407,7 +436,8 @@ async fn hold_webhooks_are_recorded(app: TestApp) {
         .await
         .expect(201);
     app.clock.advance(Duration::minutes(10));
-    app.eventually("the hold expires", || async { get_hold(&app, &customer, "two").await["status"] == "expired" }).await;
+    app.eventually("the hold expires", || async { get_hold(&app, &customer, "two").await["status"] == "expired" })
+        .await;
     let log = app.get("/webhooks/events?limit=100").await.expect(200);
     let mut seen: Vec<(String, String)> = log.body["models"]
         .as_array()
@@ -457,7 +487,10 @@ async fn ledger_verify_checks_holds(app: TestApp) {
     let clean = tamper_and_verify(&app, "UPDATE holds SET description = 'x' WHERE id = 'a'").await;
     assert!(clean.is_clean(), "{:#?}", clean.problems);
     assert_eq!(clean.holds, 2);
-    assert_eq!(clean.system_balances.get(&("test".into(), "USD".into(), "held".into())).map(|held| held.to_string()), Some("20".into()));
+    assert_eq!(
+        clean.system_balances.get(&("test".into(), "USD".into(), "held".into())).map(|held| held.to_string()),
+        Some("20".into())
+    );
 
     let report = tamper_and_verify(&app, "UPDATE wallet_accounts SET pending_out = '25'").await;
     let problems = report.problems.join("\n");
@@ -466,7 +499,10 @@ async fn ledger_verify_checks_holds(app: TestApp) {
     tamper_and_verify(&app, "UPDATE wallet_accounts SET pending_out = '20'").await;
     let report = tamper_and_verify(&app, "UPDATE holds SET captured = '11' WHERE id = 'a'").await;
     let problems = report.problems.join("\n");
-    assert!(problems.contains("hold a of") && problems.contains("captured 11 but its ledger entries say 10"), "{problems}");
+    assert!(
+        problems.contains("hold a of") && problems.contains("captured 11 but its ledger entries say 10"),
+        "{problems}"
+    );
 }
 
 on_both_backends!(

@@ -810,8 +810,9 @@ on_both_backends!(
     spend_is_exact_for_any_number_of_fees_and_dated_by_occurrence,
 );
 
+mod axe;
 mod browser;
-mod reconcile;
-mod reconcile_browser;
 mod browser_pay;
 mod pay;
+mod reconcile;
+mod reconcile_browser;

@@ -13,13 +13,13 @@ use chrono::{Duration, Utc};
 use serde_json::json;
 use tally_core::wallet::Purpose;
 use tally_core::Mode;
-use tally_store::{Conn, Dialect, Row, Value};
 use tally_store::repo::customers::CustomerFilter;
 use tally_store::repo::events::EventFilter;
 use tally_store::repo::wallets::{AccountKey, GrantFilter};
 use tally_store::repo::webhooks::{Cursor as DeliveryCursor, DeliveryFilter, DeliveryStatus, DestinationFilter};
 use tally_store::repo::{self, Cursor, Page, Window};
 use tally_store::StoreError;
+use tally_store::{Conn, Dialect, Row, Value};
 
 /// Runs every statement on the real connection and keeps its text and parameters.
 struct Recorder<'a> {
@@ -203,8 +203,11 @@ fn plan_problems(conn: &mut dyn Conn, sql: &str, params: &[Value]) -> Result<Vec
             }
         }
         Dialect::Postgres => {
-            let plan: Vec<String> =
-                conn.query(&format!("EXPLAIN {sql}"), params)?.iter().map(|row| row.text(0)).collect::<Result<_, _>>()?;
+            let plan: Vec<String> = conn
+                .query(&format!("EXPLAIN {sql}"), params)?
+                .iter()
+                .map(|row| row.text(0))
+                .collect::<Result<_, _>>()?;
             for line in &plan {
                 let sort = line.trim_start().trim_start_matches("->").trim_start().starts_with("Sort ");
                 if line.contains("Seq Scan") || (sort && !sort_allowed) {
@@ -227,8 +230,10 @@ async fn every_list_and_lookup_query_is_served_by_an_index(app: TestApp) {
         .unwrap()
         .to_owned();
     let events: Vec<_> = (1..=3)
-        .map(|index| json!({"id": format!("e{index}"), "event_type": "call", "subject": "s1",
-                   "occurred_at": app.clock.now().to_rfc3339(), "data": {}}))
+        .map(|index| {
+            json!({"id": format!("e{index}"), "event_type": "call", "subject": "s1",
+                   "occurred_at": app.clock.now().to_rfc3339(), "data": {}})
+        })
         .collect();
     app.post("/events", json!({"customer_id": customer, "events": events})).await.expect(204);
 

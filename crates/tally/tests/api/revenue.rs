@@ -423,4 +423,45 @@ async fn report_revenue_command(app: TestApp) {
     );
 }
 
-on_both_backends!(worked_example, random_histories_reconcile, report_revenue_command);
+/// Runs `sql` behind Tally's back and returns what `ledger verify` then finds.
+async fn tampered(app: &TestApp, sql: &str) -> Vec<String> {
+    let (store, sql) = (app.store.clone(), sql.to_owned());
+    tokio::task::spawn_blocking(move || {
+        store.write(|conn: &mut dyn tally_store::Conn| conn.execute(&sql, &[])).unwrap();
+        store.read(tally_store::ops::ledger::verify).unwrap().problems
+    })
+    .await
+    .unwrap()
+}
+
+/// `ledger verify` checks what the report reads beside the postings: a grant's cost basis
+/// against the ledger's record of its issue, and that each plan fee period names a fee entry.
+async fn verify_checks_what_the_report_reads(app: TestApp) {
+    app.post("/assets", body(CREDITS)).await.expect(201);
+    app.post("/products", body(PLAN)).await.expect(201);
+    let customer = app.customer("Audited").await;
+    top_up(&app, &customer, "10", "CRED", None).await;
+    app.fund(&customer, "USD", "30", "usd-1").await;
+    app.post(&format!("/customers/{customer}/subscriptions"), json!({"products": [{"code": "plan"}]}))
+        .await
+        .expect(201);
+    app.assert_ledger_agrees().await;
+    let problems = tampered(&app, "UPDATE grants SET cost_basis = '0.06' WHERE cost_basis IS NOT NULL").await;
+    assert!(problems.iter().any(|problem| problem.contains("cost basis")), "{problems:?}");
+    tampered(&app, "UPDATE grants SET cost_basis = '0.05' WHERE cost_basis IS NOT NULL").await;
+    app.assert_ledger_agrees().await;
+    let problems = tampered(
+        &app,
+        "INSERT INTO ledger_fee_periods (mode, customer_id, transaction_id, service_from, service_until)
+         VALUES ('test', 'cust_nobody', 'tally_nothing', 1, 2)",
+    )
+    .await;
+    assert!(problems.iter().any(|problem| problem.contains("plan fee periods")), "{problems:?}");
+}
+
+on_both_backends!(
+    worked_example,
+    random_histories_reconcile,
+    report_revenue_command,
+    verify_checks_what_the_report_reads
+);

@@ -92,7 +92,11 @@ async fn traffic(app: &TestApp, customer: &str, vendor: &str, prefix: &str) -> (
         let event = app.get(&format!("/events/{prefix}-{number}")).await.expect(200).body;
         let occurred_at: DateTime<Utc> = event["occurred_at"].as_str().unwrap().parse().unwrap();
         for fee in event["fees"].as_array().unwrap() {
-            fees.push(Line { occurred_at, asset: fee["currency"].as_str().unwrap().into(), amount: decimal(&fee["amount"]) });
+            fees.push(Line {
+                occurred_at,
+                asset: fee["currency"].as_str().unwrap().into(),
+                amount: decimal(&fee["amount"]),
+            });
         }
         for cost in event["costs"].as_array().unwrap() {
             costs.push(Line { occurred_at, asset: "USD".into(), amount: decimal(&cost["amount"]) });
@@ -128,7 +132,10 @@ async fn set_up(app: &TestApp) -> (String, Vec<Line>, Vec<Line>, String, Vec<Lin
 
 async fn stats_from_rollups_equal_the_fees_for_any_period(app: TestApp) {
     let (first, first_fees, first_costs, _, second_fees, second_costs, start) = set_up(&app).await;
-    assert!(first_fees.iter().any(|fee| fee.asset == "TOK" && fee.amount.normalize().scale() > 12), "fees past 12 decimals");
+    assert!(
+        first_fees.iter().any(|fee| fee.asset == "TOK" && fee.amount.normalize().scale() > 12),
+        "fees past 12 decimals"
+    );
     let all_fees: Vec<&Line> = first_fees.iter().chain(&second_fees).collect();
     let all_costs: Vec<&Line> = first_costs.iter().chain(&second_costs).collect();
     let midnight = |day: i64| (start + Duration::days(day)).date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc();
@@ -150,8 +157,10 @@ async fn stats_from_rollups_equal_the_fees_for_any_period(app: TestApp) {
         assert_eq!(decimal(&stats["gross_revenue"]), revenue, "customer revenue from {from} to {to}: {stats}");
         assert_eq!(decimal(&stats["total_costs"]), costs, "customer costs from {from} to {to}");
 
-        let owned_fees: Vec<Line> =
-            all_fees.iter().map(|fee| Line { occurred_at: fee.occurred_at, asset: fee.asset.clone(), amount: fee.amount }).collect();
+        let owned_fees: Vec<Line> = all_fees
+            .iter()
+            .map(|fee| Line { occurred_at: fee.occurred_at, asset: fee.asset.clone(), amount: fee.amount })
+            .collect();
         let owned_costs: Vec<Line> = all_costs
             .iter()
             .map(|cost| Line { occurred_at: cost.occurred_at, asset: cost.asset.clone(), amount: cost.amount })
@@ -176,7 +185,12 @@ async fn stats_from_rollups_equal_the_fees_for_any_period(app: TestApp) {
     .await
     .unwrap();
     let spent = |source: &str, asset: &str| -> Decimal {
-        spend.iter().filter(|row| row.source == source && row.asset == asset).map(|row| row.spent).sum::<Decimal>().normalize()
+        spend
+            .iter()
+            .filter(|row| row.source == source && row.asset == asset)
+            .map(|row| row.spent)
+            .sum::<Decimal>()
+            .normalize()
     };
     let usage_usd: Decimal = first_fees.iter().filter(|fee| fee.asset == "USD").map(|fee| fee.amount).sum();
     let usage_tok: Decimal = first_fees.iter().filter(|fee| fee.asset == "TOK").map(|fee| fee.amount).sum();

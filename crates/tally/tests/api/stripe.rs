@@ -73,6 +73,10 @@ struct FakeState {
     expired: Arc<Mutex<Vec<String>>>,
     /// Each customer's `invoice_settings.default_payment_method`.
     defaults: Arc<Mutex<HashMap<String, String>>>,
+    /// Setup-mode Checkout Sessions, by id, as created (the test completes them).
+    setup_sessions: Arc<Mutex<HashMap<String, Value>>>,
+    /// Each SetupIntent's customer and the card it saves (one new card per SetupIntent).
+    setup_intents: Arc<Mutex<HashMap<String, (String, String)>>>,
 }
 
 /// A local server speaking the parts of Stripe's API that Tally uses.
@@ -154,6 +158,9 @@ async fn create_session(
     if let Some(reply) = replay(&state, &headers) {
         return reply;
     }
+    if field(&form, "mode") == Some("setup") {
+        return create_setup_session(&state, &headers, &form);
+    }
     let unit_amount: i64 = field(&form, "line_items[0][price_data][unit_amount]").unwrap_or("0").parse().unwrap_or(0);
     if unit_amount < 50 {
         return stripe_error(
@@ -185,6 +192,114 @@ async fn create_session(
     });
     remember(&state, &headers, &session);
     Json(session).into_response()
+}
+
+/// A `mode=setup` session: no line items or amount, and a SetupIntent for the card. Stripe
+/// asks for `currency` unless `payment_method_types` is given, and keeps the card on
+/// `customer`.
+fn create_setup_session(state: &FakeState, headers: &HeaderMap, form: &[(String, String)]) -> Response {
+    if field(form, "payment_method_types[]").is_none() && field(form, "currency").is_none() {
+        return stripe_error(
+            StatusCode::BAD_REQUEST,
+            json!({"type": "invalid_request_error", "param": "currency",
+                   "message": "currency is required in setup mode when payment_method_types is not passed."}),
+        );
+    }
+    let Some(customer) = field(form, "customer") else {
+        return stripe_error(
+            StatusCode::BAD_REQUEST,
+            json!({"type": "invalid_request_error", "param": "customer", "message": "Missing customer (fake)."}),
+        );
+    };
+    let id = format!("cs_test_{}", tally_store::ids::new_secret(12));
+    let setup_intent = format!("seti_{}", tally_store::ids::new_secret(12));
+    let card = format!("pm_1Setup{}", tally_store::ids::new_secret(8));
+    state.setup_intents.lock().unwrap().insert(setup_intent.clone(), (customer.to_owned(), card));
+    let metadata: serde_json::Map<String, Value> = form
+        .iter()
+        .filter_map(|(key, value)| {
+            let name = key.strip_prefix("metadata[")?.strip_suffix(']')?;
+            Some((name.to_owned(), json!(value)))
+        })
+        .collect();
+    let session = json!({
+        "id": id,
+        "object": "checkout.session",
+        "url": format!("https://checkout.stripe.com/c/pay/{id}#fidkdWxOYHwnPyd1blpxYHZxWjA0"),
+        "mode": "setup",
+        "status": "open",
+        "payment_status": "no_payment_required",
+        "amount_total": null,
+        "currency": field(form, "currency"),
+        "client_reference_id": field(form, "client_reference_id"),
+        "customer": customer,
+        "payment_intent": null,
+        "setup_intent": setup_intent,
+        "metadata": metadata,
+        "success_url": field(form, "success_url"),
+        "cancel_url": field(form, "cancel_url"),
+        "livemode": false,
+    });
+    state.setup_sessions.lock().unwrap().insert(id, session.clone());
+    remember(state, headers, &session);
+    Json(session).into_response()
+}
+
+/// `POST /v1/customers`.
+async fn create_customer(
+    State(state): State<FakeState>,
+    headers: HeaderMap,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    record(&state, "POST", "/v1/customers", None, &headers, form.clone());
+    if let Some(refused) = refuse_wrong_key(&headers) {
+        return refused;
+    }
+    if let Some(reply) = replay(&state, &headers) {
+        return reply;
+    }
+    let customer = json!({"id": format!("cus_test_{}", tally_store::ids::new_secret(10)), "object": "customer",
+                          "email": field(&form, "email"), "invoice_settings": {"default_payment_method": null}});
+    remember(&state, &headers, &customer);
+    Json(customer).into_response()
+}
+
+/// `GET /v1/setup_intents/{id}`: succeeded, with the card it saved (an id, not expanded).
+async fn get_setup_intent(State(state): State<FakeState>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    record(&state, "GET", &format!("/v1/setup_intents/{id}"), None, &headers, Vec::new());
+    if let Some(refused) = refuse_wrong_key(&headers) {
+        return refused;
+    }
+    let Some((customer, card)) = state.setup_intents.lock().unwrap().get(&id).cloned() else {
+        return stripe_error(
+            StatusCode::NOT_FOUND,
+            json!({"type": "invalid_request_error", "code": "resource_missing", "param": "intent",
+                   "message": format!("No such setupintent: '{id}'")}),
+        );
+    };
+    Json(json!({"id": id, "object": "setup_intent", "status": "succeeded", "usage": "off_session",
+                "customer": customer, "payment_method": card, "livemode": false}))
+    .into_response()
+}
+
+/// `GET /v1/payment_methods/{id}`: a Mastercard ending 4444, attached to its customer.
+async fn get_payment_method(State(state): State<FakeState>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    record(&state, "GET", &format!("/v1/payment_methods/{id}"), None, &headers, Vec::new());
+    if let Some(refused) = refuse_wrong_key(&headers) {
+        return refused;
+    }
+    let customer = state.setup_intents.lock().unwrap().values().find(|(_, card)| *card == id).map(|(c, _)| c.clone());
+    let Some(customer) = customer else {
+        return stripe_error(
+            StatusCode::NOT_FOUND,
+            json!({"type": "invalid_request_error", "code": "resource_missing", "param": "payment_method",
+                   "message": format!("No such PaymentMethod: '{id}'")}),
+        );
+    };
+    Json(json!({"id": id, "object": "payment_method", "type": "card", "customer": customer,
+                "card": {"brand": "mastercard", "last4": "4444", "exp_month": 8, "exp_year": 2031, "funding": "credit"},
+                "livemode": false}))
+    .into_response()
 }
 
 fn payment_intent(id: &str, status: &str, form: &[(String, String)]) -> Value {
@@ -343,6 +458,9 @@ impl FakeStripe {
             .route("/v1/checkout/sessions/{id}/expire", post(expire_session))
             .route("/v1/payment_methods/{id}/detach", post(detach_payment_method))
             .route("/v1/customers/{id}", post(update_customer))
+            .route("/v1/customers", post(create_customer))
+            .route("/v1/setup_intents/{id}", get(get_setup_intent))
+            .route("/v1/payment_methods/{id}", get(get_payment_method))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -1090,7 +1208,181 @@ async fn saved_cards_and_cancelled_checkouts_reach_stripe(app: TestApp) {
     app.assert_ledger_agrees().await;
 }
 
+/// The live portal's cookie and CSRF token for `customer`.
+async fn enter_live_portal(app: &TestApp, customer: &str) -> (String, String) {
+    let link = live(
+        app,
+        Method::POST,
+        "/billing-portal/sessions",
+        Some(&json!({"customer_id": customer,
+        "return_url": "https://platform.example/account", "failure_url": "https://platform.example/failed"})),
+    )
+    .await
+    .expect(200);
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let entered = client.get(link.body["redirect_url"].as_str().unwrap()).send().await.unwrap();
+    let cookie = entered.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let (status, page, _) = live_portal(app, &cookie, Method::GET, "/portal/cards/new", &[]).await;
+    assert_eq!(status, 200, "{page}");
+    let csrf = page.split(r#"name="csrf" value=""#).nth(1).unwrap()[..64].to_owned();
+    (cookie, csrf)
+}
+
+/// "Add a card" in the live portal: opens a setup-mode Checkout Session at the fake and
+/// returns it, as created (what Stripe's `checkout.session.completed` carries).
+async fn add_live_card(app: &TestApp, fake: &FakeStripe, cookie: &str, csrf: &str) -> Value {
+    let (status, _, location) = live_portal(app, cookie, Method::POST, "/portal/cards/new", &[("csrf", csrf)]).await;
+    assert_eq!(status, 303);
+    let location = location.unwrap();
+    let session_id = location.split("/c/pay/").nth(1).unwrap().split('#').next().unwrap().to_owned();
+    assert!(location.starts_with("https://checkout.stripe.com/c/pay/cs_test_"), "{location}");
+    let mut session = fake.state.setup_sessions.lock().unwrap().get(&session_id).cloned().expect("a setup session");
+    session["status"] = json!("complete");
+    session
+}
+
+async fn live_cards(app: &TestApp, customer: &str) -> Vec<topup_repo::PaymentMethod> {
+    let (store, id) = (app.store.clone(), customer.to_owned());
+    tokio::task::spawn_blocking(move || store.read(move |conn| topup_repo::payment_methods(conn, &id)).unwrap())
+        .await
+        .unwrap()
+}
+
+async fn live_cards_are_added_without_paying(app: TestApp) {
+    let fake = FakeStripe::start().await;
+    let (app, state) = with_provider(app, fake.provider()).await;
+    let customer = live_customer(&app, "Adder").await;
+    let (cookie, csrf) = enter_live_portal(&app, &customer).await;
+    let (status, page, _) = live_portal(&app, &cookie, Method::GET, "/portal/cards/new", &[]).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("nothing is charged") && !page.contains("card_number"), "no card number field: {page}");
+
+    // The first card: a Stripe customer is created for it, then the setup-mode session.
+    let session = add_live_card(&app, &fake, &cookie, &csrf).await;
+    let requests = fake.requests();
+    let [created, opened] = &requests[requests.len() - 2..] else { unreachable!() };
+    assert_eq!((created.method.as_str(), created.path.as_str()), ("POST", "/v1/customers"));
+    assert_eq!((created.field("email"), created.field("metadata[customer_id]")), ("buyer@example.com", &*customer));
+    let stripe_customer = session["customer"].as_str().unwrap().to_owned();
+    assert!(stripe_customer.starts_with("cus_test_"));
+    assert_eq!((opened.method.as_str(), opened.path.as_str()), ("POST", "/v1/checkout/sessions"));
+    assert_eq!(opened.field("mode"), "setup");
+    assert_eq!(opened.field("customer"), stripe_customer);
+    assert_eq!(opened.field("payment_method_types[]"), "card");
+    assert!(opened.field("success_url").ends_with("/portal/cards?added=1"), "{:?}", opened.form);
+    assert!(opened.field("cancel_url").ends_with("/portal/cards"), "{:?}", opened.form);
+    assert!(!opened.has("line_items[0][price_data][unit_amount]") && !opened.has("amount"), "nothing to pay");
+    assert_eq!(opened.authorization.as_deref(), Some("Bearer sk_test_tally_fake"));
+    assert!(live_cards(&app, &customer).await.is_empty(), "saved only when Stripe says the card was set up");
+
+    // Stripe's event: Tally reads the SetupIntent, then the card, saves it, and makes it the
+    // default at Stripe too (the customer's first card).
+    let completed = event("checkout.session.completed", session.clone());
+    assert_eq!(deliver_signed(&app, &completed).await.expect(200).body["outcome"], "card saved");
+    let setup_intent = session["setup_intent"].as_str().unwrap();
+    let requests = fake.requests();
+    let calls: Vec<(&str, &str)> =
+        requests[requests.len() - 3..].iter().map(|sent| (sent.method.as_str(), sent.path.as_str())).collect();
+    let cards = live_cards(&app, &customer).await;
+    assert_eq!(cards.len(), 1, "{cards:#?}");
+    let card = &cards[0];
+    assert_eq!(
+        calls,
+        [
+            ("GET", &*format!("/v1/setup_intents/{setup_intent}")),
+            ("GET", &*format!("/v1/payment_methods/{}", card.provider_reference)),
+            ("POST", &*format!("/v1/customers/{stripe_customer}")),
+        ]
+    );
+    assert!(card.provider_reference.starts_with("pm_1Setup"));
+    assert_eq!(
+        (card.provider.as_str(), card.provider_customer.as_deref(), card.brand.as_deref(), card.last4.as_deref()),
+        ("stripe", Some(stripe_customer.as_str()), Some("mastercard"), Some("4444"))
+    );
+    assert_eq!(fake.state.defaults.lock().unwrap().get(&stripe_customer), Some(&card.provider_reference));
+    let (_, page, _) = live_portal(&app, &cookie, Method::GET, "/portal/cards?added=1", &[]).await;
+    assert!(
+        page.contains("Mastercard ending 4444") && page.contains(r#"<span class="badge">Default</span>"#),
+        "{page}"
+    );
+
+    // Stripe delivers again: the card is saved once.
+    assert_eq!(
+        deliver_signed(&app, &completed).await.expect(200).body["outcome"],
+        "ignored: the card is already saved"
+    );
+    assert_eq!(live_cards(&app, &customer).await.len(), 1);
+    // A setup for a customer Tally does not have is answered 200 (a retry would not find it
+    // either) and saves nothing; a test-mode one is not Stripe's to touch.
+    for (key, value, outcome) in [
+        ("customer_id", "cust_nobody", "ignored: no such customer"),
+        ("tally_mode", "test", "ignored: the card setup names no live customer"),
+    ] {
+        let mut stray = session.clone();
+        stray["metadata"][key] = json!(value);
+        let reply = deliver_signed(&app, &event("checkout.session.completed", stray)).await.expect(200);
+        assert_eq!(reply.body["outcome"], outcome);
+    }
+    assert_eq!(live_cards(&app, &customer).await.len(), 1);
+
+    // A second card goes on the same Stripe customer and does not take the default.
+    let second = add_live_card(&app, &fake, &cookie, &csrf).await;
+    assert_eq!(second["customer"].as_str(), Some(stripe_customer.as_str()), "the Stripe customer is reused");
+    assert_eq!(fake.requests().iter().filter(|sent| sent.path == "/v1/customers").count(), 1, "one Stripe customer");
+    let before = fake.requests().len();
+    deliver_signed(&app, &event("checkout.session.completed", second)).await.expect(200);
+    assert!(fake.requests()[before..].iter().all(|sent| sent.method == "GET"), "the default stays the first card");
+    let cards = live_cards(&app, &customer).await;
+    assert_eq!(cards.len(), 2);
+    assert_eq!(cards[0].id, card.id, "the first card stays the default (listed first)");
+
+    // Auto top-up charges the default card off-session: the fake sees the PaymentIntent.
+    let started =
+        tally_http::routes::topups::start(&state, Mode::Live, top_up_request(&customer, "20", false), app.base.clone())
+            .await
+            .unwrap();
+    let paid = session_object(started.provider_reference.as_deref().unwrap(), &started.id, 2000, "paid");
+    deliver_signed(&app, &event("checkout.session.completed", paid)).await.expect(200);
+    assert_eq!(live_cards(&app, &customer).await.len(), 2, "a top-up that does not save the card saves none");
+    let settings = tally_store::ops::auto_top_up::Settings {
+        key: tally_store::repo::wallets::AccountKey {
+            customer_id: customer.clone(),
+            name: "default".into(),
+            asset: "USD".into(),
+        },
+        enabled: true,
+        threshold: Decimal::from(25),
+        amount: Decimal::from(10),
+        currency: AssetCode::parse("USD").unwrap(),
+        payment_method_id: Some(card.id.clone()),
+    };
+    let (store, now) = (app.store.clone(), app.clock.now());
+    tokio::task::spawn_blocking(move || {
+        store.write(|conn| tally_store::ops::auto_top_up::configure(conn, Mode::Live, &settings, now)).unwrap()
+    })
+    .await
+    .unwrap();
+    tally_http::auto_top_up::run_due(&app.store, &state.providers, Duration::from_secs(86_400), app.clock.now())
+        .await
+        .unwrap();
+    app.eventually("the auto top-up credits 10 USD", || async {
+        live_balances(&app, &customer, "default:USD").await == ("30".into(), "0".into())
+    })
+    .await;
+    let charges: Vec<Recorded> = fake
+        .requests()
+        .into_iter()
+        .filter(|sent| sent.method == "POST" && sent.path == "/v1/payment_intents")
+        .collect();
+    assert_eq!(charges.len(), 1, "{charges:#?}");
+    assert_eq!(charges[0].field("payment_method"), card.provider_reference);
+    assert_eq!(charges[0].field("customer"), stripe_customer);
+    assert_eq!((charges[0].field("off_session"), charges[0].field("amount")), ("true", "1000"));
+    app.assert_ledger_agrees().await;
+}
+
 on_both_backends!(
+    live_cards_are_added_without_paying,
     saved_cards_and_cancelled_checkouts_reach_stripe,
     checkout_sessions_open_and_webhooks_credit_once,
     paid_sessions_save_the_card_for_auto_top_up,

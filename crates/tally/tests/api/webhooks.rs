@@ -767,8 +767,72 @@ async fn top_ups_announce_how_they_ended(app: TestApp) {
     app.assert_ledger_agrees().await;
 }
 
+/// Retention (issue 12): 30 days after its event, a delivered event goes, with its deliveries
+/// and attempts; one with a delivery still pending stays, and so do young ones.
+async fn old_finished_events_are_deleted_and_others_kept(app: TestApp) {
+    let receiver = Receiver::start(Answer::Ok).await;
+    destination(&app, &receiver.url, json!(["customer.created"])).await;
+    let old = app.customer("Old").await;
+    let retrying = app.customer("Retrying").await;
+    wait_until_none_pending(&app).await;
+    let about = |customer: &str, items: &[Value]| -> Vec<Value> {
+        items.iter().filter(|item| item["data"].to_string().contains(customer)).cloned().collect()
+    };
+    let all = list_all(&app, "").await;
+    let old_event = about(&old, &all)[0]["id"].as_str().unwrap().to_owned();
+    let retrying_event = about(&retrying, &all)[0]["id"].as_str().unwrap().to_owned();
+    // One delivery still being retried (its next attempt far away), as after a long outage.
+    let store = app.store.clone();
+    let event = retrying_event.clone();
+    tokio::task::spawn_blocking(move || {
+        store.write(|conn| {
+            conn.execute(
+                "UPDATE webhook_deliveries SET status = 'pending', successful_at = NULL, next_attempt_at = $2 WHERE event_id = $1",
+                &[event.as_str().into(), tally_store::Value::Int(32_503_680_000_000_000)],
+            )
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+
+    app.clock.advance(chrono::Duration::days(31));
+    let young = app.customer("Young").await;
+    app.eventually("the old delivered event to be deleted", || async {
+        let all = list_all(&app, "").await;
+        about(&old, &all).is_empty()
+    })
+    .await;
+    let all = list_all(&app, "").await;
+    assert_eq!(about(&retrying, &all).len(), 1, "an event with a pending delivery stays");
+    assert_eq!(about(&young, &all).len(), 1, "a young event stays");
+    let store = app.store.clone();
+    let counts = tokio::task::spawn_blocking(move || {
+        store.read(|conn| {
+            let count = |conn: &mut dyn tally_store::Conn, sql: &str, id: &str| {
+                let params: Vec<tally_store::Value> = if id.is_empty() { Vec::new() } else { vec![id.into()] };
+                conn.query(sql, &params).map(|rows| rows[0].int(0).unwrap())
+            };
+            Ok::<_, tally_store::StoreError>((
+                count(conn, "SELECT COUNT(*) FROM webhook_events WHERE id = $1", &old_event)?,
+                count(conn, "SELECT COUNT(*) FROM webhook_deliveries WHERE event_id = $1", &old_event)?,
+                count(conn, "SELECT COUNT(*) FROM webhook_attempts a JOIN webhook_deliveries d ON d.sequence = a.delivery_sequence WHERE d.event_id = $1", &retrying_event)?,
+                count(conn, "SELECT COUNT(*) FROM webhook_attempts", "")?,
+            ))
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(counts.0, 0, "the old event is gone");
+    assert_eq!(counts.1, 0, "its deliveries are gone");
+    assert_eq!(counts.2, 1, "the kept event keeps its attempt");
+    assert_eq!(counts.3, 2, "only the kept events' attempts remain (the retrying one's and the young one's)");
+}
+
 on_both_backends!(
     top_ups_announce_how_they_ended,
+    old_finished_events_are_deleted_and_others_kept,
     every_topic_arrives_signed,
     a_failing_receiver_gets_the_event_until_it_answers,
     a_receiver_that_never_answers_ends_failed,

@@ -56,7 +56,9 @@ fn compare<K: Ord + Debug, V>(
                 "{what} {key:?}: holds {} in {} rows but they come to {} in {}",
                 have.amount, have.count, want.amount, want.count
             )),
-            None => report.problem(format!("{what} {key:?}: missing, the rows come to {} in {}", want.amount, want.count)),
+            None => {
+                report.problem(format!("{what} {key:?}: missing, the rows come to {} in {}", want.amount, want.count))
+            }
         }
     }
     for (key, value) in stored {

@@ -3,74 +3,19 @@
 //! cancelling a pending top-up, saved cards, and the dead ends (404, link not valid, session
 //! ended). Every page is checked with axe-core at desktop (1366 px) and phone (390 px) widths
 //! and saved as `target/portal-screenshots/pay-{backend}-{page}-{width}.png`.
-//!
-//! axe-core comes from the npm registry at test time, once: `target/axe-core/axe.min.js`
-//! (`npm pack axe-core@4`, else the registry's tarball with curl), then is injected into each
-//! page through WebDriver (which page scripts' Content-Security-Policy does not govern).
 
+use super::axe::{axe_source, violations};
 use super::browser::Browser;
 use super::{catalog, customer_with_minutes, generate_clips, portal_link};
 use crate::harness::{test_webhook_config, Backend, TestApp, TestDatabase};
 use chrono::Duration;
 use reqwest::Method;
 use serde_json::json;
-use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 
 const DESKTOP: (u32, u32) = (1366, 900);
 const PHONE: (u32, u32) = (390, 844);
 const ACCENT: &str = "#0f766e";
-const AXE_VERSION: &str = "4.14.1";
-
-/// axe.min.js, fetched into `target/axe-core/` on first use and kept there.
-fn axe_source() -> String {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/axe-core");
-    let script = dir.join("axe.min.js");
-    if !script.exists() {
-        std::fs::create_dir_all(&dir).unwrap();
-        let tarball = dir.join(format!("axe-core-{AXE_VERSION}.tgz"));
-        if !tarball.exists() {
-            let packed = Command::new("npm")
-                .args(["pack", &format!("axe-core@{AXE_VERSION}"), "--silent"])
-                .current_dir(&dir)
-                .status()
-                .is_ok_and(|status| status.success());
-            if !packed {
-                let url = format!("https://registry.npmjs.org/axe-core/-/axe-core-{AXE_VERSION}.tgz");
-                let fetched = Command::new("curl").args(["-fsSL", "-o"]).arg(&tarball).arg(&url).status();
-                assert!(fetched.is_ok_and(|status| status.success()), "cannot download {url} (npm and curl failed)");
-            }
-        }
-        let unpacked = Command::new("tar")
-            .arg("-xzf")
-            .arg(&tarball)
-            .args(["-C"])
-            .arg(&dir)
-            .args(["--strip-components=1", "package/axe.min.js"])
-            .status();
-        assert!(unpacked.is_ok_and(|status| status.success()), "cannot unpack {}", tarball.display());
-    }
-    std::fs::read_to_string(&script).unwrap()
-}
-
-/// Runs axe-core on the page as it is: its violations, one line each.
-async fn violations(browser: &Browser, axe: &str) -> Vec<String> {
-    browser.client.execute(axe, vec![]).await.expect("axe-core loads");
-    let found = browser
-        .client
-        .execute_async(
-            "const done = arguments[arguments.length - 1]; \
-             axe.run(document, {resultTypes: ['violations']}) \
-               .then(r => done(r.violations.map(v => v.id + ' (' + v.impact + '): ' + v.help + ' at ' + \
-                               v.nodes.slice(0, 3).map(n => n.target.join(' ')).join(', ')))) \
-               .catch(e => done(['axe failed: ' + e]));",
-            vec![],
-        )
-        .await
-        .unwrap();
-    serde_json::from_value(found.clone()).unwrap_or_else(|_| panic!("axe-core answered {found}"))
-}
 
 /// The audit of every page: axe-core and a screenshot at both widths, and no sideways
 /// scrolling on a phone. Problems are gathered so that one run shows them all.
@@ -182,6 +127,11 @@ async fn journey(backend: Backend) {
     browser.goto(&format!("{}/portal/top-ups", app.base)).await;
     assert!(browser.text("tr[data-top-up]").await.contains("pending"));
     audit.page(&browser, "top-up-pending").await;
+    // On a phone the history's rows stack like the other pages' tables, each cell labelled.
+    browser.client.set_window_size(PHONE.0, PHONE.1).await.unwrap();
+    let when = browser.element(r#"tr[data-top-up] td[data-label="When"]"#).await;
+    assert_eq!(when.css_value("display").await.unwrap(), "flex");
+    browser.client.set_window_size(DESKTOP.0, DESKTOP.1).await.unwrap();
     click(&browser, "tr[data-top-up] a").await;
     assert!(browser.text("h1").await.contains("Pay $7.00"), "resumed: {}", browser.body().await);
     browser.goto(&format!("{}/portal/top-ups", app.base)).await;

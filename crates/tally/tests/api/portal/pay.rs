@@ -174,8 +174,9 @@ async fn saved_cards_are_added_made_default_and_removed(app: TestApp) {
     assert_eq!(status, 303);
     let cards = cards_of(&app, &ada).await;
     assert_eq!(cards.iter().map(|card| card.id.as_str()).collect::<Vec<_>>(), [second.as_str()]);
-    let (_, page, _) = portal(&app, Method::GET, "/portal/cards", Some(&cookie), &[]).await;
+    let (_, page, _) = portal(&app, Method::GET, "/portal/cards?removed=1", Some(&cookie), &[]).await;
     assert!(!page.contains(&first), "a removed card is not listed");
+    assert!(page.contains("Card removed. It will not be charged again."), "{page}");
     generate_clips(&app, &ada, "clip", 6).await; // 60 - 12 = 48, under the threshold of 50
     app.eventually("the auto top-up attempt fails", || async { setting(&app, &ada).await.failures == 1 }).await;
     assert_eq!(setting(&app, &ada).await.last_error.as_deref(), Some("the saved payment method no longer exists"));
@@ -214,7 +215,7 @@ async fn another_card_after_a_decline_credits_once(app: TestApp) {
     // Paying again, or the provider reporting it again, credits nothing more.
     let (status, _, page) = checkout_post(&checkout, "", "4242 4242 4242 4242").await;
     assert_eq!(status, 200);
-    assert!(page.contains("Paid $10.00"), "{page}");
+    assert!(page.contains("Top-up succeeded") && page.contains("You paid $10.00."), "{page}");
     app.post(&format!("/test-helpers/top-ups/{}/succeed", top_up.id), json!({})).await.expect(200);
     assert_eq!(app.balances(&ada, "default:VIDMIN").await, ("120".into(), "0".into(), "0".into()));
     let history = app.get(&format!("/customers/{ada}/wallet/default:VIDMIN/transactions")).await.expect(200);
@@ -258,7 +259,7 @@ async fn a_pending_top_up_can_be_resumed_or_cancelled(app: TestApp) {
     // Its checkout takes no payment now.
     let (status, _, page) = checkout_post(&checkout, "", "4242 4242 4242 4242").await;
     assert_eq!(status, 200);
-    assert!(page.contains("cancelled or expired"), "{page}");
+    assert!(page.contains("Top-up cancelled"), "{page}");
     assert_eq!(app.balances(&ada, "default:VIDMIN").await.0, "20");
     // Money the provider reports received is still credited, once.
     app.post(&format!("/test-helpers/top-ups/{id}/succeed"), json!({})).await.expect(200);
@@ -327,6 +328,64 @@ async fn failure_urls_get_a_reason_and_dead_ends_lead_back(app: TestApp) {
     }
 }
 
+/// A GET of a portal page in the customer's zone (Asia/Tokyo, the `tally_tz` cookie) and
+/// language (German, `Accept-Language`).
+async fn in_tokyo_in_german(app: &TestApp, cookie: &str, path: &str) -> String {
+    let response = super::no_redirects()
+        .get(format!("{}{path}", app.base))
+        .header("cookie", format!("{cookie}; tally_tz=Asia/Tokyo"))
+        .header("accept-language", "de-DE,de;q=0.9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200, "{path}");
+    response.text().await.unwrap()
+}
+
+/// The paying pages show times in the customer's zone and amounts and dates in their
+/// language's format, as the other portal pages do; the top-up history stacks on a phone.
+async fn pay_pages_follow_the_customers_zone_and_language(app: TestApp) {
+    catalog(&app).await;
+    let settings = json!({"USD": {"minimum_amount": 5, "preset_amounts": [10, 1234.5]}});
+    app.call(Method::PUT, "/assets/VIDMIN/top-up", Some(&app.test_key), Some(&settings)).await.expect(200);
+    let ada = customer_with_minutes(&app, "Ada", "60").await;
+    // 23:30 UTC: already the next morning in Tokyo (UTC+9, no summer time).
+    let now = app.clock.now();
+    let at = (now.date_naive() + Duration::days(1)).and_hms_opt(23, 30, 0).unwrap().and_utc();
+    app.clock.advance(at - now);
+    let tokyo = |at: chrono::DateTime<chrono::Utc>| (at + Duration::hours(9)).format("%d.%m.%Y, %H:%M").to_string();
+    let cookie = portal_cookie(&app, &ada).await;
+    start_top_up(&app, &cookie, "1234.50", false).await;
+
+    let page = in_tokyo_in_german(&app, &cookie, "/portal/top-ups").await;
+    let row = &page[page.find("<tr data-top-up=").expect("the history lists the top-up")..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(row.contains(&format!(r#"<td data-label="When">{}</td>"#, tokyo(at))), "Tokyo time, German: {row}");
+    assert!(row.contains("<td data-label=\"Paid\" class=\"amount\">1.234,50\u{a0}$</td>"), "{row}");
+    assert!(page.contains(r#"<table class="stack">"#), "the history stacks on a phone: {page}");
+    assert!(page.contains("at least 5,00\u{a0}$"), "the minimum in German: {page}");
+    assert!(page.contains(r#"value="VIDMIN:USD|1234.5""#) && page.contains(">1.234,50\u{a0}$</button>"), "{page}");
+    assert!(page.contains(r#"data-tz="Asia/Tokyo""#), "{page}");
+    // Without the cookie or a language: UTC and en-US.
+    let (_, page, _) = portal(&app, Method::GET, "/portal/top-ups", Some(&cookie), &[]).await;
+    let utc = at.format("%b %-d, %Y, 11:30 PM").to_string();
+    assert!(page.contains(&format!(r#"<td data-label="When">{utc}</td>"#)) && page.contains("$1,234.50"), "{page}");
+
+    // Saved cards: when each was saved.
+    let card = save_card(&app, &ada, "4000000000000002").await;
+    let page = in_tokyo_in_german(&app, &cookie, "/portal/cards").await;
+    assert!(page.contains(&format!("Saved {}", tokyo(at))), "{page}");
+
+    // Auto top-up: a declined card backs off; the next try is in Tokyo time.
+    configure(&app, &ada, &card, 50).await;
+    generate_clips(&app, &ada, "clip", 6).await;
+    app.eventually("the first attempt fails", || async { setting(&app, &ada).await.failures == 1 }).await;
+    let retry_at = setting(&app, &ada).await.retry_at.expect("a failure backs off");
+    let page = in_tokyo_in_german(&app, &cookie, "/portal/auto-top-up").await;
+    assert!(page.contains(&format!("Next try after {}.", tokyo(retry_at))), "{page}");
+    assert!(page.contains("pay 10,00\u{a0}$ with your"), "{page}");
+}
+
 on_both_backends!(
     the_minimum_is_refused_and_presets_pay,
     not_saving_a_card_leaves_none_saved,
@@ -334,6 +393,7 @@ on_both_backends!(
     another_card_after_a_decline_credits_once,
     a_pending_top_up_can_be_resumed_or_cancelled,
     failure_urls_get_a_reason_and_dead_ends_lead_back,
+    pay_pages_follow_the_customers_zone_and_language,
 );
 
 /// Framing follows `portal_frame_ancestors`: none by default; with origins, the policy lists
@@ -359,7 +419,10 @@ async fn framing_follows_the_configuration() {
     let path = link.strip_prefix("https://billing.example").unwrap();
     let (_, _, cookie, _) = open_link(&format!("{}{path}", app.base)).await;
     let cookie = cookie.unwrap();
-    assert!(cookie.contains("SameSite=None; Secure; Partitioned"), "{cookie}");
+    let attributes: Vec<&str> = cookie.split(';').map(str::trim).collect();
+    for attribute in ["SameSite=None", "Secure", "Partitioned", "HttpOnly", "Path=/portal"] {
+        assert!(attributes.contains(&attribute), "{attribute} in {cookie}");
+    }
     let session = cookie.split(';').next().unwrap();
     for page in ["/portal", "/portal/top-ups", "/portal/cards", "/portal/nope"] {
         let (_, _, headers) = portal(&app, Method::GET, page, Some(session), &[]).await;

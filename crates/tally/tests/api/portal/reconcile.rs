@@ -373,6 +373,14 @@ async fn balances_break_down_into_grants_and_overdrawn_accounts_say_what_is_owed
     let renews = format!("{} {}", day(renewal), renewal.year());
     assert!(plan.contains(&format!("Renews {renews} for US$10.00.")), "{plan}");
 
+    // A hold (a long job's reservation) shows on its card and leaves the balance at once.
+    let hold = json!({"transaction_id": "render-job", "asset": "CRED", "amount": 30});
+    app.post(&format!("/customers/{bea}/wallet/holds"), hold).await.expect(201);
+    let (_, home) = page(&app, "/portal", &cookie, &[("accept-language", "en-GB")]).await;
+    let credits = home.split(r#"data-account="default:CRED""#).nth(1).unwrap().split("</div>").next().unwrap();
+    assert!(credits.contains("<li>30 credits on hold</li>"), "{credits}");
+    assert!(credits.contains(r#"<p class="balance">140 credits</p>"#), "{credits}");
+
     // Singular and plural: a one-credit render says "-1 credit".
     renders(&app, &bea, "one", 1, app.clock.now()).await;
     let (_, activity) = page(&app, "/portal/activity?kind=usage", &cookie, &[]).await;

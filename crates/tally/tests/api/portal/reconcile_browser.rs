@@ -1,9 +1,11 @@
 //! Reconciling and reading in a real headless Chromium whose time zone is Asia/Tokyo, on
 //! both backends: the page learns the browser's zone from its script, the balance cards break
 //! down into grants, an overdrawn account's "pay now" fills in the top-up form, the activity
-//! filters, the charts answer a tap, and tables stack on a phone. Every page is saved at
-//! desktop (1366) and phone (390) widths to `target/portal-screenshots/reconcile-*.png`.
+//! filters, the charts answer a tap, and tables stack on a phone. Every page is checked with
+//! axe-core (no violations) and saved at desktop (1366) and phone (390) widths to
+//! `target/portal-screenshots/reconcile-*.png`.
 
+use super::axe::{axe_source, violations};
 use super::browser::Browser;
 use super::reconcile::{charge, plans, renders, subscribed};
 use super::{generate_clips, portal_link};
@@ -17,6 +19,7 @@ const PHONE: (u32, u32) = (390, 844);
 async fn reconcile_in_a_real_browser(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else { return };
     let Some(browser) = Browser::start_in_zone(Some("Asia/Tokyo")).await else { return };
+    let axe = axe_source();
     let prefix = match backend {
         Backend::Sqlite => "reconcile-sqlite",
         Backend::Postgres => "reconcile-postgres",
@@ -61,13 +64,13 @@ async fn reconcile_in_a_real_browser(backend: Backend) {
     assert_eq!(browser.text(r#"figure[data-asset="CRED"] .chart-value"#).await, value);
     let labels = browser.client.find_all(Locator::Css(r#"figure[data-asset="CRED"] .axis-label"#)).await.unwrap();
     assert!(labels.len() >= 5 + 6, "a labelled value axis and a date every five days: {}", labels.len());
-    shots(&browser, prefix, "01-overview").await;
+    shots(&browser, &axe, prefix, "01-overview").await;
 
     // The activity, filtered with its form.
     browser.goto(&format!("{}/portal/activity", app.base)).await;
     let rows = browser.client.find_all(Locator::Css("tr[data-transaction]")).await.unwrap();
     assert!(rows.len() >= 20, "every movement: {}", rows.len());
-    shots(&browser, prefix, "02-activity").await;
+    shots(&browser, &axe, prefix, "02-activity").await;
     browser.element("#kind").await.select_by_value("plan_fee").await.unwrap();
     browser.element(r#"form.filters button[type="submit"]"#).await.click().await.unwrap();
     app.eventually("the filter applies", || async { browser.path().await.contains("kind=plan_fee") }).await;
@@ -76,17 +79,17 @@ async fn reconcile_in_a_real_browser(backend: Backend) {
     assert!(rows[0].text().await.unwrap().contains("-$10.00"));
     let csv = browser.element("a.download").await.attr("href").await.unwrap().unwrap();
     assert!(csv.starts_with("/portal/activity.csv?") && csv.contains("kind=plan_fee"), "{csv}");
-    shots(&browser, prefix, "03-activity-plan-fees").await;
+    shots(&browser, &axe, prefix, "03-activity-plan-fees").await;
 
     browser.goto(&format!("{}/portal/usage", app.base)).await;
-    shots(&browser, prefix, "04-usage").await;
+    shots(&browser, &axe, prefix, "04-usage").await;
 
     // "Pay now" opens the top-up form with what is owed filled in.
     browser.goto(&format!("{}/portal", app.base)).await;
     browser.element(r#"[data-account="default:USD"] a.pay-now"#).await.click().await.unwrap();
     assert_eq!(browser.path().await, "/portal/top-ups?option=USD:USD&amount=10.00");
     assert_eq!(browser.element("#amount").await.prop("value").await.unwrap().as_deref(), Some("10.00"));
-    shots(&browser, prefix, "05-pay-now").await;
+    shots(&browser, &axe, prefix, "05-pay-now").await;
 
     // On a phone, table rows stack: the date and subject stay, each cell labelled.
     browser.client.set_window_size(PHONE.0, PHONE.1).await.unwrap();
@@ -102,10 +105,15 @@ async fn reconcile_in_a_real_browser(backend: Backend) {
     app.assert_ledger_agrees().await;
 }
 
-/// Saves the current page at desktop and phone widths, then goes back to desktop.
-async fn shots(browser: &Browser, prefix: &str, name: &str) {
+/// Audits the current page with axe-core and saves it, at desktop and phone widths, then goes
+/// back to desktop.
+async fn shots(browser: &Browser, axe: &str, prefix: &str, name: &str) {
+    let found = violations(browser, axe).await;
+    assert!(found.is_empty(), "{name} at desktop width: {found:#?}");
     browser.shot(&format!("{prefix}-{name}-desktop")).await;
     browser.client.set_window_size(PHONE.0, PHONE.1).await.unwrap();
+    let found = violations(browser, axe).await;
+    assert!(found.is_empty(), "{name} at phone width: {found:#?}");
     let overflow = browser.script("return document.documentElement.scrollWidth - window.innerWidth;").await;
     assert!(overflow.as_i64().unwrap_or(1) <= 0, "{name} scrolls sideways on a phone by {overflow}px");
     browser.shot(&format!("{prefix}-{name}-phone")).await;
