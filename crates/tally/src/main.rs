@@ -344,7 +344,7 @@ fn demo(config: &Config) -> anyhow::Result<()> {
     let shown = redact_database_url(&config.database_url);
     let store = tally::open_store(&config.database_url)?;
     let public = tally::demo::public_base(&config.public_url, &config.listen);
-    let demo = tally::demo::run(store, &shown, &public, &config.platform_name)?;
+    let demo = tally::demo::run(store.clone(), &shown, &public, &config.platform_name)?;
     let defaults = Config::default();
     let mut serve_flags = String::new();
     if config.database_url != defaults.database_url {
@@ -377,10 +377,21 @@ fn demo(config: &Config) -> anyhow::Result<()> {
     println!("  curl -s {}/customers -H \"X-CREDYT-API-KEY: {}\"", public_of(&demo.portal_link), demo.key);
     let week_ago = (chrono::Utc::now() - chrono::Duration::days(7)).format("%Y-%m-%d");
     let today = chrono::Utc::now().format("%Y-%m-%d");
+    println!();
     println!("Deferred revenue, recognised usage and breakage of the credits bought (also GET /reports/revenue):");
+    let report = tally::report::RevenueArgs {
+        mode: "test".into(),
+        from: week_ago.to_string(),
+        to: today.to_string(),
+        group_by: tally::report::GroupBy::Month,
+        currency: None,
+        asset: None,
+        format: tally::report::ReportFormat::Table,
+    };
+    tally::report::run(&store, &report, &mut std::io::stdout().lock())?;
     let database_flag =
         if config.database_url != defaults.database_url { format!(" --database {shown}") } else { String::new() };
-    println!("  tally report revenue{database_flag} --mode test --from {week_ago} --to {today} --group-by day");
+    println!("By day: tally report revenue{database_flag} --mode test --from {week_ago} --to {today} --group-by day");
     Ok(())
 }
 

@@ -135,6 +135,14 @@ async fn demo_fills_a_new_database(backend: Backend) {
     let link =
         word(&stdout, |word| word.contains("/portal/enter?token=")).expect("a portal link is printed").to_owned();
     assert!(link.starts_with(&format!("http://{listen}/")), "the link points at the server to start: {link}");
+    // The revenue report of the demo's paid credits: a line of IMG bought with USD whose
+    // recognised usage is not zero.
+    let recognised: Vec<&str> = stdout
+        .lines()
+        .filter(|line| line.starts_with("IMG revenue in USD"))
+        .map(|line| line.split_whitespace().rev().nth(3).unwrap())
+        .collect();
+    assert!(recognised.iter().any(|amount| *amount != "0.00"), "recognised on usage: {recognised:?}\n{stdout}");
 
     let mut server = start_server(&database.url, port).await;
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
