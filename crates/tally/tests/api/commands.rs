@@ -6,12 +6,11 @@
 
 use crate::harness::{body, Backend, TestApp, TestDatabase};
 use crate::on_both_backends;
-use crate::server_process::{free_port, ServerProcess};
+use crate::server_process::{free_port, tally_command, ServerProcess, TALLY};
 use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,27 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tally::bench::GLITCH_IMAGES;
 use tally_store::{DatabaseUrl, Store};
-
-const TALLY: &str = env!("CARGO_BIN_EXE_tally");
-
-/// A `tally` command on `database_url`, reading no config file and no database from the
-/// environment, run in `dir`.
-fn tally_command(database_url: &str, dir: &Path) -> Command {
-    let mut command = Command::new(TALLY);
-    command
-        .arg("--database")
-        .arg(database_url)
-        .current_dir(dir)
-        .env_remove("TALLY_CONFIG")
-        .env_remove("TALLY_DATABASE_URL")
-        .env_remove("TALLY_LISTEN")
-        .env_remove("TALLY_PUBLIC_URL")
-        .env_remove("DATABASE_URL")
-        .env_remove("PORT")
-        .env("TALLY_LOG", "warn")
-        .stdin(Stdio::null());
-    command
-}
 
 /// Runs `tally ARGS` on `database_url` (on a blocking thread) and returns its output.
 async fn tally(database_url: &str, args: &[&str]) -> Output {

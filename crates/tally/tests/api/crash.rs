@@ -15,19 +15,15 @@
 //! and reaped when it ends, passed or failed.
 
 use crate::harness::{Backend, TestDatabase};
-use crate::server_process::{free_port, ServerProcess};
+use crate::server_process::{free_port, tally_command, ServerProcess};
 use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::Command;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const TALLY: &str = env!("CARGO_BIN_EXE_tally");
 
 const IMG_ASSET: &str =
     r#"{"code":"IMG","name":"Image Generation","precision":2,"label":"image","rates":[{"source":"USD","rate":0.10}]}"#;
@@ -42,22 +38,6 @@ const BATCH: usize = 10;
 const KILL_AFTER_ACKNOWLEDGED: [usize; 3] = [40, 120, 25];
 /// How long any one wait may take before the test fails (a start, the kill's condition).
 const DEADLINE: Duration = Duration::from_secs(60);
-
-/// A `tally` command that reads no config file and no database from the environment.
-fn tally_command(database_url: &str, dir: &Path) -> Command {
-    let mut command = Command::new(TALLY);
-    command
-        .arg("--database")
-        .arg(database_url)
-        .current_dir(dir)
-        .env_remove("TALLY_CONFIG")
-        .env_remove("TALLY_DATABASE_URL")
-        .env_remove("DATABASE_URL")
-        .env_remove("TALLY_LISTEN")
-        .env_remove("PORT")
-        .env("TALLY_LOG", "warn");
-    command
-}
 
 /// Starts `tally serve` on the database and waits until it is ready.
 async fn start_server(database_url: &str, client: &reqwest::Client) -> ServerProcess {

@@ -7,37 +7,21 @@
 //! settlement must have happened once, and `tally ledger verify` must pass.
 
 use crate::harness::{Backend, TestApp, TestDatabase};
-use crate::server_process::{free_port, ServerProcess};
+use crate::server_process::{free_port, tally_command, ServerProcess};
 use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::str::FromStr;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 use tally_store::{Conn, Store, StoreError};
 
-const TALLY: &str = env!("CARGO_BIN_EXE_tally");
-
 /// Runs the `tally` command against `database_url` and returns its output.
 fn tally(database_url: &str, args: &[&str]) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
     tally_command(database_url, dir.path()).args(args).output().expect("run tally")
-}
-
-/// A `tally` command that reads no config file and no database from the environment.
-fn tally_command(database_url: &str, dir: &Path) -> Command {
-    let mut command = Command::new(TALLY);
-    command
-        .arg("--database")
-        .arg(database_url)
-        .current_dir(dir)
-        .env_remove("TALLY_CONFIG")
-        .env_remove("TALLY_DATABASE_URL")
-        .env("TALLY_LOG", "warn");
-    command
 }
 
 fn assert_success(output: &std::process::Output, what: &str) {

@@ -10,6 +10,45 @@ use std::time::{Duration, Instant};
 /// How long any wait on a server may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(60);
 
+/// The built `tally` binary.
+pub const TALLY: &str = env!("CARGO_BIN_EXE_tally");
+
+/// A `tally` command on `database_url`, run in `dir`, that reads no config file and no
+/// database, address or public URL from the test's environment.
+pub fn tally_command(database_url: &str, dir: &Path) -> Command {
+    let mut command = Command::new(TALLY);
+    command
+        .arg("--database")
+        .arg(database_url)
+        .current_dir(dir)
+        .env_remove("TALLY_CONFIG")
+        .env_remove("TALLY_DATABASE_URL")
+        .env_remove("TALLY_LISTEN")
+        .env_remove("TALLY_PUBLIC_URL")
+        .env_remove("DATABASE_URL")
+        .env_remove("PORT")
+        .env("TALLY_LOG", "warn")
+        .stdin(Stdio::null());
+    command
+}
+
+/// How often a wait on a process looks again.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Asks `ready` until it gives a value, failing with `what` after [`DEADLINE`]. A process
+/// tells nothing when it starts answering, writes a log line or exits, so these waits look
+/// again every `POLL`.
+async fn poll<T>(what: impl Fn() -> String, mut ready: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = ready() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out: {}", what());
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -54,24 +93,29 @@ impl ServerProcess {
                 return;
             }
             assert!(Instant::now() < deadline, "tally serve did not answer {path}:\n{}", self.log());
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(POLL).await;
         }
     }
 
     /// Waits until `condition` holds of the server's log.
     pub async fn wait_for_log(&mut self, what: &str, condition: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let log = self.log();
-            if condition(&log) {
-                return log;
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("tally serve exited ({status}) before {what}:\n{log}");
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}:\n{log}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let child = &mut self.child;
+        let log = &self.log;
+        let read = || std::fs::read_to_string(log).unwrap_or_default();
+        poll(
+            || format!("waiting for {what}:\n{}", read()),
+            || {
+                let log = read();
+                if condition(&log) {
+                    return Some(log);
+                }
+                if let Some(status) = child.try_wait().unwrap() {
+                    panic!("tally serve exited ({status}) before {what}:\n{log}");
+                }
+                None
+            },
+        )
+        .await
     }
 
     /// SIGKILL, then reaps the process; fails the test if it had already exited by itself.
@@ -85,17 +129,11 @@ impl ServerProcess {
     pub async fn stop(&mut self) {
         let signalled = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
         assert!(signalled.success(), "could not signal the server");
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "tally serve exited with {status} on SIGTERM:\n{}", self.log());
-                let log = self.log();
-                assert!(!log.contains("ERROR"), "the server logged errors:\n{log}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "tally serve did not stop on SIGTERM");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let child = &mut self.child;
+        let status = poll(|| "tally serve did not stop on SIGTERM".into(), || child.try_wait().unwrap()).await;
+        assert!(status.success(), "tally serve exited with {status} on SIGTERM:\n{}", self.log());
+        let log = self.log();
+        assert!(!log.contains("ERROR"), "the server logged errors:\n{log}");
     }
 
     /// Ends the process, however it is, without judging how.
