@@ -9,7 +9,6 @@ use crate::on_both_backends;
 use chrono::{DateTime, Duration, Months, Utc};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
-use std::process::{Command, Stdio};
 use std::str::FromStr;
 
 fn decimal(value: &Value) -> Decimal {
@@ -332,22 +331,9 @@ async fn random_histories_reconcile(app: TestApp) {
     app.assert_ledger_agrees().await;
 }
 
-const TALLY: &str = env!("CARGO_BIN_EXE_tally");
-
 fn run_tally(database_url: &str, args: &[&str]) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
-    Command::new(TALLY)
-        .arg("--database")
-        .arg(database_url)
-        .args(args)
-        .current_dir(dir.path())
-        .env_remove("TALLY_CONFIG")
-        .env_remove("TALLY_DATABASE_URL")
-        .env_remove("DATABASE_URL")
-        .env("TALLY_LOG", "warn")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run tally")
+    crate::server_process::tally_command(database_url, dir.path()).args(args).output().expect("run tally")
 }
 
 /// `tally report revenue` prints the API's figures: CSV exact, the table rounded to cents.
