@@ -4,12 +4,13 @@
 //! build downloads nothing), so the pages work with no network and no files beside the binary.
 
 use crate::error::{ApiError, ERRORS_PAGE, PROBLEM_KINDS};
-use crate::{html, AppState};
+use crate::AppState;
 use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
+use maud::{html, Markup};
 use std::sync::{Arc, LazyLock};
 
 pub fn router() -> Router<AppState> {
@@ -72,34 +73,38 @@ async fn asset(Path(file): Path<String>) -> Response {
 }
 
 /// Every kind of problem, each at the anchor its `type` names.
-async fn errors(State(state): State<AppState>) -> Html<String> {
-    let mut rows = String::new();
-    for kind in PROBLEM_KINDS {
-        rows.push_str(&format!(
-            "<tr id=\"{slug}\"><td>{status}</td><td><code>{type_uri}</code></td><td>{title}</td><td>{when}</td></tr>\n",
-            slug = kind.slug,
-            status = kind.status.as_u16(),
-            type_uri = html::escape(&kind.type_uri()),
-            title = html::escape(kind.title),
-            when = code_spans(kind.when),
-        ));
-    }
-    let body = format!(
-        "<h1>Errors</h1>\n<p>Every error is answered as <code>application/problem+json</code> (RFC 9457) with \
-         <code>type</code>, <code>title</code>, <code>status</code> and <code>detail</code>; a 422 adds \
-         <code>errors</code>, which maps each field to what is wrong with its value. A request answered with a \
-         4xx changes nothing. The <code>type</code> is this page at the kind's anchor.</p>\n\
-         <div class=\"card\"><table>\n<tr><th>status</th><th>type</th><th>title</th><th>when</th></tr>\n{rows}\
-         </table></div>\n<p><a href=\"../docs\">API reference</a></p>"
-    );
-    Html(html::page(&state.branding, "Errors", &body))
+async fn errors(State(state): State<AppState>) -> Markup {
+    let body = html! {
+        h1 { "Errors" }
+        p {
+            "Every error is answered as " code { "application/problem+json" } " (RFC 9457) with "
+            code { "type" } ", " code { "title" } ", " code { "status" } " and " code { "detail" }
+            "; a 422 adds " code { "errors" } ", which maps each field to what is wrong with its value. A request \
+             answered with a 4xx changes nothing. The " code { "type" } " is this page at the kind's anchor."
+        }
+        div class="card" {
+            table {
+                tr { th { "status" } th { "type" } th { "title" } th { "when" } }
+                @for kind in PROBLEM_KINDS {
+                    tr id=(kind.slug) {
+                        td { (kind.status.as_u16()) }
+                        td { code { (kind.type_uri()) } }
+                        td { (kind.title) }
+                        td { (code_spans(kind.when)) }
+                    }
+                }
+            }
+        }
+        p { a href="../docs" { "API reference" } }
+    };
+    crate::html::page(&state.branding, "Errors", body)
 }
 
-/// Escapes `text`, marking up its `code` spans.
-fn code_spans(text: &str) -> String {
-    html::escape(text)
-        .split('`')
-        .enumerate()
-        .map(|(index, part)| if index % 2 == 1 { format!("<code>{part}</code>") } else { part.to_owned() })
-        .collect()
+/// `text` with its `code` spans marked up.
+fn code_spans(text: &str) -> Markup {
+    html! {
+        @for (index, part) in text.split('`').enumerate() {
+            @if index.is_multiple_of(2) { (part) } @else { code { (part) } }
+        }
+    }
 }

@@ -1,22 +1,10 @@
-//! Server-rendered HTML for the pages customers see (checkout, billing portal): escaping and
-//! one responsive layout with the platform's branding. No JavaScript framework: every page
-//! works with a keyboard and without scripts, which only enhance (live quotes, charts).
+//! Server-rendered HTML for the pages customers see (checkout, billing portal): one responsive
+//! layout with the platform's branding. Pages are maud templates: checked when Tally compiles,
+//! and every value spliced into them is escaped unless it is marked `PreEscaped` (only the
+//! fixed style sheet is). No JavaScript framework: every page works with a keyboard and
+//! without scripts, which only enhance (live quotes, charts).
 
-/// Escapes text for HTML element content and attribute values.
-pub fn escape(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => escaped.push_str("&amp;"),
-            '<' => escaped.push_str("&lt;"),
-            '>' => escaped.push_str("&gt;"),
-            '"' => escaped.push_str("&quot;"),
-            '\'' => escaped.push_str("&#39;"),
-            other => escaped.push(other),
-        }
-    }
-    escaped
-}
+use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 /// The platform's look.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,29 +89,39 @@ pub fn is_image_url(url: &str) -> bool {
     url.starts_with("https://") || url.starts_with("http://") || url.starts_with('/') || url.starts_with("data:image/")
 }
 
-/// A whole page: branding header, `body` (already-escaped HTML) in the main region.
-pub fn page(branding: &Branding, title: &str, body: &str) -> String {
-    page_with(branding, title, "", body, "")
+/// A whole page: branding header, `body` in the main region.
+pub fn page(branding: &Branding, title: &str, body: Markup) -> Markup {
+    page_with(branding, title, html! {}, body, html! {})
 }
 
-/// A page with `nav` (already-escaped HTML, such as the billing portal's menu) under the
-/// header, and `head_extra` (already-escaped HTML: a script tag) in the head.
-pub fn page_with(branding: &Branding, title: &str, nav: &str, body: &str, head_extra: &str) -> String {
-    let logo = branding
-        .logo_url
-        .as_deref()
-        .filter(|url| is_image_url(url))
-        .map(|url| format!(r#"<img src="{}" alt="">"#, escape(url)))
-        .unwrap_or_default();
-    format!(
-        r##"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title} · {name}</title><style>:root{{--accent:{accent}}}{STYLE}</style>{head_extra}</head>
-<body><a class="skip" href="#main">Skip to content</a><header>{logo}<span class="name">{name}</span></header>{nav}
-<main id="main" tabindex="-1">{body}</main></body></html>"##,
-        title = escape(title),
-        name = escape(&branding.name),
-        accent = safe_color(&branding.accent_color),
-    )
+/// A page with `nav` (such as the billing portal's menu) under the header, and `head_extra`
+/// (script tags) in the head.
+pub fn page_with(branding: &Branding, title: &str, nav: Markup, body: Markup, head_extra: Markup) -> Markup {
+    let logo = branding.logo_url.as_deref().filter(|url| is_image_url(url));
+    // The accent is a checked colour (`safe_color`) and the style sheet fixed text: the only
+    // markup here that is not escaped.
+    let style = format!(":root{{--accent:{}}}{STYLE}", safe_color(&branding.accent_color));
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · " (branding.name) }
+                style { (PreEscaped(style)) }
+                (head_extra)
+            }
+            body {
+                a class="skip" href="#main" { "Skip to content" }
+                header {
+                    @if let Some(url) = logo { img src=(url) alt=""; }
+                    span class="name" { (branding.name) }
+                }
+                (nav)
+                main id="main" tabindex="-1" { (body) }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -132,12 +130,15 @@ mod tests {
 
     #[test]
     fn escaping_and_colours() {
-        assert_eq!(escape(r#"<a href="x">'&'</a>"#), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
+        let named = Branding { name: r#"<script>alert(1)</script>"onmouseover="#.into(), ..Branding::default() };
+        let shown = page(&named, "t", html! {}).into_string();
+        assert!(!shown.contains("<script>alert"), "{shown}");
+        assert!(shown.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;onmouseover="), "{shown}");
         assert_eq!(safe_color("#abc"), "#abc");
         assert_eq!(safe_color("red;}body{display:none"), "#4f46e5");
         assert!(is_image_url("https://cdn.example/logo.png") && is_image_url("data:image/svg+xml,<svg/>"));
         assert!(!is_image_url("javascript:alert(1)"));
         let branded = Branding { logo_url: Some("javascript:alert(1)".into()), ..Branding::default() };
-        assert!(!page(&branded, "t", "").contains("<img"), "an unsafe logo URL is left out");
+        assert!(!page(&branded, "t", html! {}).into_string().contains("<img"), "an unsafe logo URL is left out");
     }
 }

@@ -31,6 +31,21 @@ pub trait Conn {
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError>;
     /// Runs a query and returns every row.
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError>;
+    /// Runs a query and hands its rows to `each` one at a time, as the database returns them,
+    /// instead of collecting them: memory stays one row, however many the query returns. The
+    /// row passed may reuse the previous one's buffers (copy out what outlives the call). The
+    /// backends stream; this default, for wrappers, collects first.
+    fn query_each(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        each: &mut dyn FnMut(&Row) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for row in self.query(sql, params)? {
+            each(&row)?;
+        }
+        Ok(())
+    }
 }
 
 impl dyn Conn + '_ {
@@ -109,6 +124,22 @@ impl Row {
         }
     }
 
+    /// A text column, borrowed (no copy). Integers are refused: use [`text`](Self::text).
+    pub fn str(&self, index: usize) -> Result<&str, StoreError> {
+        match self.get(index)? {
+            Value::Text(text) => Ok(text),
+            _ => Err(corrupt(index, "text")),
+        }
+    }
+
+    /// [`str`](Self::str), or `None` for NULL.
+    pub fn opt_str(&self, index: usize) -> Result<Option<&str>, StoreError> {
+        match self.get(index)? {
+            Value::Null => Ok(None),
+            _ => self.str(index).map(Some),
+        }
+    }
+
     pub fn opt_text(&self, index: usize) -> Result<Option<String>, StoreError> {
         match self.get(index)? {
             Value::Null => Ok(None),
@@ -117,8 +148,12 @@ impl Row {
     }
 
     pub fn decimal(&self, index: usize) -> Result<Decimal, StoreError> {
-        let text = self.text(index)?;
-        Decimal::from_str(&text).map_err(|_| corrupt(index, "a decimal"))
+        let parsed = match self.get(index)? {
+            Value::Text(text) => Decimal::from_str(text),
+            Value::Int(value) => Ok(Decimal::from(*value)),
+            Value::Null => return Err(corrupt(index, "a decimal")),
+        };
+        parsed.map_err(|_| corrupt(index, "a decimal"))
     }
 
     pub fn opt_decimal(&self, index: usize) -> Result<Option<Decimal>, StoreError> {
@@ -147,6 +182,20 @@ impl Row {
 
 fn corrupt(index: usize, expected: &str) -> StoreError {
     StoreError::Corrupt(format!("column {index} is not {expected}"))
+}
+
+impl Value {
+    /// Makes this value `text`, reusing its buffer when it already holds text (streamed rows
+    /// refill one row's values in place).
+    pub(crate) fn set_text(&mut self, text: &str) {
+        match self {
+            Value::Text(buffer) => {
+                buffer.clear();
+                buffer.push_str(text);
+            }
+            other => *other = Value::Text(text.to_owned()),
+        }
+    }
 }
 
 impl From<i64> for Value {

@@ -43,6 +43,8 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 130, name: "portal_activity", sql: include_str!("migrate_portal_activity.sql") },
     Migration { version: 133, name: "asset_top_up", sql: include_str!("migrate_asset_top_up.sql") },
     Migration { version: 134, name: "saved_cards", sql: include_str!("migrate_saved_cards.sql") },
+    Migration { version: 140, name: "card_expiry", sql: include_str!("migrate_card_expiry.sql") },
+    Migration { version: 160, name: "hot_path_indexes", sql: include_str!("migrate_hot_path_indexes.sql") },
     Migration { version: ROLLUPS_VERSION, name: "rollups", sql: include_str!("migrate_rollups.sql") },
     Migration { version: 110, name: "holds", sql: include_str!("migrate_holds.sql") },
 ];

@@ -402,6 +402,71 @@ impl Conn for PostgresConn<'_> {
             Outcome::Changed(_) => Ok(Vec::new()),
         }
     }
+
+    fn query_each(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        each: &mut dyn FnMut(&Row) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.stream(sql, params, each)
+    }
+}
+
+impl PostgresConn<'_> {
+    /// Streams a query's rows to `each` as they arrive (`query_raw`), one row of values
+    /// refilled in place.
+    fn stream(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        each: &mut dyn FnMut(&Row) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        use postgres::fallible_iterator::FallibleIterator;
+        let connection = &mut *self.connection;
+        let statement = connection.statement(sql).map_err(|error| connection.fail(error))?;
+        let bound: Vec<Param> = params.iter().map(Param).collect();
+        let client = &mut connection.client;
+        // The stream's own errors (outer) apart from `each`'s and the rows' (inner).
+        let streamed = (|| -> Result<Result<(), StoreError>, postgres::Error> {
+            let mut rows = client.query_raw(&statement, bound.iter())?;
+            let mut current = Row(Vec::new());
+            while let Some(row) = rows.next()? {
+                if let Err(error) = fill_row(&row, &mut current).and_then(|()| each(&current)) {
+                    return Ok(Err(error));
+                }
+            }
+            Ok(Ok(()))
+        })();
+        match streamed {
+            Ok(result) => result,
+            Err(error) => Err(connection.fail(error)),
+        }
+    }
+}
+
+/// [`read_row`] into `into`, reusing its text buffers.
+fn fill_row(row: &postgres::Row, into: &mut Row) -> Result<(), StoreError> {
+    into.0.resize(row.len(), Value::Null);
+    for (index, column) in row.columns().iter().enumerate() {
+        let slot = &mut into.0[index];
+        let value = match *column.type_() {
+            Type::INT8 => row.try_get::<_, Option<i64>>(index).map(|value| value.map(Value::Int)),
+            Type::INT4 => row.try_get::<_, Option<i32>>(index).map(|value| value.map(|int| Value::Int(int.into()))),
+            Type::INT2 => row.try_get::<_, Option<i16>>(index).map(|value| value.map(|int| Value::Int(int.into()))),
+            Type::BOOL => row.try_get::<_, Option<bool>>(index).map(|value| value.map(|flag| Value::Int(flag.into()))),
+            _ => match row.try_get::<_, Option<&str>>(index).map_err(database)? {
+                Some(text) => {
+                    slot.set_text(text);
+                    continue;
+                }
+                None => Ok(None),
+            },
+        }
+        .map_err(database)?;
+        *slot = value.unwrap_or(Value::Null);
+    }
+    Ok(())
 }
 
 fn read_row(row: &postgres::Row) -> Result<Row, StoreError> {

@@ -517,6 +517,36 @@ impl Conn for SqliteConn<'_> {
         }
         Ok(result)
     }
+
+    fn query_each(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        each: &mut dyn FnMut(&Row) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut statement = self.connection.prepare_cached(&to_sqlite_placeholders(sql)).map_err(database)?;
+        let columns = statement.column_count();
+        let mut rows = statement.query(bind(params)).map_err(database)?;
+        // One row's values, refilled in place for each row.
+        let mut current = Row(vec![Value::Null; columns]);
+        while let Some(row) = rows.next().map_err(database)? {
+            for (index, value) in current.0.iter_mut().enumerate() {
+                match row.get_ref(index).map_err(database)? {
+                    ValueRef::Null => *value = Value::Null,
+                    ValueRef::Integer(int) => *value = Value::Int(int),
+                    ValueRef::Text(bytes) => match std::str::from_utf8(bytes) {
+                        Ok(text) => value.set_text(text),
+                        Err(_) => *value = Value::Text(String::from_utf8_lossy(bytes).into_owned()),
+                    },
+                    ValueRef::Real(_) | ValueRef::Blob(_) => {
+                        return Err(StoreError::Corrupt(format!("column {index} holds a float or blob")))
+                    }
+                }
+            }
+            each(&current)?;
+        }
+        Ok(())
+    }
 }
 
 fn database(error: rusqlite::Error) -> StoreError {

@@ -4,14 +4,15 @@
 //! top-up open, so the customer can try another card on the same page; cancelling ends it.
 
 use super::test_provider;
-use crate::html::{escape, page, page_with, Branding};
+use crate::html::{page, page_with, Branding};
 use crate::portal::format::AssetLook;
 use crate::routes::topups::constant_time_eq;
 use crate::{ApiError, AppState};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::Form;
+use maud::{html, Markup};
 use serde::Deserialize;
 use tally_core::asset::AssetCode;
 use tally_core::{Environment, Mode};
@@ -77,7 +78,10 @@ async fn find(state: &AppState, id: String, token: &str) -> Result<Found, Respon
             page(
                 &state.branding,
                 "Not found",
-                "<h1>This checkout link is not valid.</h1><p>Go back to where you came from and start the payment again.</p>",
+                html! {
+                    h1 { "This checkout link is not valid." }
+                    p { "Go back to where you came from and start the payment again." }
+                },
             ),
         )),
     }
@@ -85,47 +89,52 @@ async fn find(state: &AppState, id: String, token: &str) -> Result<Found, Respon
 
 /// A checkout page with the headers of the portal's pages (no caching, no framing except
 /// where the portal may be framed).
-fn respond(status: StatusCode, body: String) -> Response {
-    let mut response = (status, Html(body)).into_response();
+fn respond(status: StatusCode, body: Markup) -> Response {
+    let mut response = (status, body).into_response();
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response.headers_mut().insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     response
 }
 
-fn checkout_page(found: &Found, error: Option<&str>) -> String {
+fn checkout_page(found: &Found, error: Option<&str>) -> Markup {
     let Found { top_up, asset, currency, branding, .. } = found;
-    let notice = error
-        .map(|message| format!(r#"<div class="error" role="alert">{}</div>"#, escape(message)))
-        .unwrap_or_default();
-    let badge = r#"<nav class="portal-nav" aria-label="Checkout"><span class="badge">Test mode</span></nav>"#;
-    let paid = escape(&currency.amount(top_up.amount));
+    let badge = html! {
+        nav class="portal-nav" aria-label="Checkout" { span class="badge" { "Test mode" } }
+    };
+    let paid = currency.amount(top_up.amount);
     let body = if top_up.status.is_open() {
-        let saving = if top_up.save_payment_method {
-            "<p class=\"muted\">Your card is saved for automatic top-ups; you can remove it in the billing portal.</p>"
-        } else {
-            "<p class=\"muted\">Your card is not saved.</p>"
-        };
-        let invalid = if error.is_some() { r#" aria-invalid="true" aria-describedby="card-error""# } else { "" };
-        let notice = if error.is_some() { notice.replacen("<div ", "<div id=\"card-error\" ", 1) } else { notice };
-        format!(
-            r#"<h1>Pay {paid}</h1>{notice}
-<div class="card"><p>You receive <strong>{bought}</strong>{name}.</p>
-<form method="post" action="/checkout/{id}">
-<input type="hidden" name="token" value="{token}">
-<label for="card_number">Card number</label>
-<input id="card_number" name="card_number" inputmode="numeric" autocomplete="cc-number" required placeholder="4242 4242 4242 4242"{invalid}>
-<button type="submit">Pay {paid}</button></form>{saving}
-<p class="muted">Test mode: 4242 4242 4242 4242 succeeds, 4000 0000 0000 0002 is declined.</p></div>
-<form method="post" action="/checkout/{id}/cancel"><input type="hidden" name="token" value="{token}"><button type="submit" class="secondary">Cancel and go back</button></form>"#,
-            bought = escape(&asset.amount(top_up.asset_amount)),
-            name = if asset.name.eq_ignore_ascii_case(&asset.label) || asset.is_currency {
-                String::new()
-            } else {
-                format!(" of {}", escape(&asset.name))
-            },
-            id = escape(&top_up.id),
-            token = escape(&top_up.checkout_token),
-        )
+        // The asset's name is added when its label does not already say it.
+        let name = !(asset.name.eq_ignore_ascii_case(&asset.label) || asset.is_currency);
+        let action = format!("/checkout/{}", top_up.id);
+        html! {
+            h1 { "Pay " (paid) }
+            @if let Some(message) = error { div id="card-error" class="error" role="alert" { (message) } }
+            div class="card" {
+                p {
+                    "You receive " strong { (asset.amount(top_up.asset_amount)) }
+                    @if name { " of " (asset.name) }
+                    "."
+                }
+                form method="post" action=(action) {
+                    input type="hidden" name="token" value=(top_up.checkout_token);
+                    label for="card_number" { "Card number" }
+                    input id="card_number" name="card_number" inputmode="numeric" autocomplete="cc-number" required
+                        placeholder="4242 4242 4242 4242" aria-invalid=[error.map(|_| "true")]
+                        aria-describedby=[error.map(|_| "card-error")];
+                    button type="submit" { "Pay " (paid) }
+                }
+                @if top_up.save_payment_method {
+                    p class="muted" { "Your card is saved for automatic top-ups; you can remove it in the billing portal." }
+                } @else {
+                    p class="muted" { "Your card is not saved." }
+                }
+                p class="muted" { "Test mode: 4242 4242 4242 4242 succeeds, 4000 0000 0000 0002 is declined." }
+            }
+            form method="post" action={ (action) "/cancel" } {
+                input type="hidden" name="token" value=(top_up.checkout_token);
+                button type="submit" class="secondary" { "Cancel and go back" }
+            }
+        }
     } else {
         let (title, outcome, link) = match top_up.status {
             TopUpStatus::Succeeded => ("Top-up succeeded", format!("You paid {paid}."), &top_up.return_url),
@@ -136,12 +145,14 @@ fn checkout_page(found: &Found, error: Option<&str>) -> String {
             TopUpStatus::Expired => ("Top-up expired", format!("{paid} was not charged."), &top_up.failure_url),
             TopUpStatus::Initiated | TopUpStatus::Pending => ("Top-up open", String::new(), &top_up.failure_url),
         };
-        format!(
-            r#"<h1>{title}</h1>{notice}<p>{outcome}</p><p><a class="button" href="{link}">Continue</a></p>"#,
-            link = escape(link),
-        )
+        html! {
+            h1 { (title) }
+            @if let Some(message) = error { div class="error" role="alert" { (message) } }
+            p { (outcome) }
+            p { a class="button" href=(link) { "Continue" } }
+        }
     };
-    page_with(branding, "Checkout", badge, &body, "")
+    page_with(branding, "Checkout", badge, body, html! {})
 }
 
 /// Sends the customer to `url`, or, should that not make a valid `Location` header (a URL

@@ -203,6 +203,13 @@ pub struct Card {
     pub exp_year: Option<u32>,
 }
 
+impl Card {
+    /// When the card expires (`exp_month`, `exp_year`), if Stripe says.
+    pub fn expiry(&self) -> Option<tally_store::repo::topups::CardExpiry> {
+        tally_store::repo::topups::CardExpiry::of(self.exp_month.map(i64::from), self.exp_year.map(i64::from))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct PaymentMethodObject {
     pub id: String,

@@ -15,6 +15,10 @@ pub const DECLINED_CARD: &str = "4000000000000002";
 
 pub struct TestProvider;
 
+/// When every saved test card expires: a fixed date, as test cards take any future one.
+pub const TEST_CARD_EXPIRY: tally_store::repo::topups::CardExpiry =
+    tally_store::repo::topups::CardExpiry { month: 12, year: 2034 };
+
 /// The card a test checkout saves for `number` (a succeeding test card).
 pub fn saved_card(number: &str) -> tally_store::ops::topups::NewPaymentMethod {
     let digits: String = number.chars().filter(char::is_ascii_digit).collect();
@@ -23,6 +27,7 @@ pub fn saved_card(number: &str) -> tally_store::ops::topups::NewPaymentMethod {
         provider_customer: None,
         brand: Some("visa".into()),
         last4: Some(digits[digits.len().saturating_sub(4)..].to_owned()),
+        expiry: Some(TEST_CARD_EXPIRY),
     }
 }
 

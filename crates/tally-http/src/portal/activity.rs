@@ -7,13 +7,14 @@ use super::locale::Viewer;
 use super::pages::{portal_page, Tab};
 use super::{account_id, failure, html, look_of, looks, Session};
 use crate::export::Chunks;
-use crate::html::{escape, Branding};
+use crate::html::Branding;
 use crate::AppState;
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{Days, NaiveDate};
+use maud::{html, Markup};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -205,51 +206,59 @@ pub async fn activity(
     }
 }
 
-fn select(name: &str, label: &str, chosen: &str, options: &[(String, String)]) -> String {
-    let options: String = std::iter::once((String::new(), "All".to_owned()))
-        .chain(options.iter().cloned())
-        .map(|(value, text)| {
-            let selected = if value == chosen { " selected" } else { "" };
-            format!(r#"<option value="{}"{selected}>{}</option>"#, escape(&value), escape(&text))
-        })
-        .collect();
-    format!(r#"<div><label for="{name}">{label}</label><select id="{name}" name="{name}">{options}</select></div>"#)
+fn select(name: &str, label: &str, chosen: &str, options: &[(String, String)]) -> Markup {
+    html! {
+        div {
+            label for=(name) { (label) }
+            select id=(name) name=(name) {
+                option value="" selected[chosen.is_empty()] { "All" }
+                @for (value, text) in options { option value=(value) selected[value == chosen] { (text) } }
+            }
+        }
+    }
 }
 
 /// The table of movements; rows stack on a phone, each cell labelled.
-pub fn table(viewer: &Viewer, lines: &[ActivityLine]) -> String {
+pub fn table(viewer: &Viewer, lines: &[ActivityLine]) -> Markup {
     if lines.is_empty() {
-        return r#"<p class="muted">No activity matches.</p>"#.into();
+        return html! { p class="muted" { "No activity matches." } };
     }
-    let rows: String = lines
-        .iter()
-        .map(|line| {
-            let movement = &line.movement;
-            let account = if movement.account_name == "default" {
-                line.look.name.clone()
-            } else {
-                format!("{} · {}", line.look.name, movement.account_name)
-            };
-            let subject = line.subject.as_deref().unwrap_or("—");
-            format!(
-                r#"<tr data-transaction="{id}" data-kind="{kind}"><td data-label="When">{when}</td><td data-label="Kind">{label}</td><td data-label="Account">{account}</td><td data-label="What">{what}</td><td data-label="Subject">{subject}</td><td data-label="Amount" class="amount">{amount}</td></tr>"#,
-                id = escape(&movement.transaction_id),
-                kind = movement.category.as_str(),
-                when = escape(&viewer.date_time(movement.at)),
-                label = line.kind_label(),
-                account = escape(&account),
-                what = escape(&line.what()),
-                subject = escape(subject),
-                amount = escape(&viewer.amount(&line.look, movement.amount)),
-            )
-        })
-        .collect();
-    format!(
-        r#"<div class="card table-wrap"><table class="stack"><caption class="sr-only">Activity, newest first</caption><thead><tr><th scope="col">When</th><th scope="col">Kind</th><th scope="col">Account</th><th scope="col">What</th><th scope="col">Subject</th><th scope="col" class="amount">Amount</th></tr></thead><tbody>{rows}</tbody></table></div>"#
-    )
+    html! {
+        div class="card table-wrap" {
+            table class="stack" {
+                caption class="sr-only" { "Activity, newest first" }
+                thead {
+                    tr {
+                        th scope="col" { "When" }
+                        th scope="col" { "Kind" }
+                        th scope="col" { "Account" }
+                        th scope="col" { "What" }
+                        th scope="col" { "Subject" }
+                        th scope="col" class="amount" { "Amount" }
+                    }
+                }
+                tbody {
+                    @for line in lines {
+                        @let movement = &line.movement;
+                        tr data-transaction=(movement.transaction_id) data-kind=(movement.category.as_str()) {
+                            td data-label="When" { (viewer.date_time(movement.at)) }
+                            td data-label="Kind" { (line.kind_label()) }
+                            td data-label="Account" {
+                                (line.look.name)
+                                @if movement.account_name != "default" { " \u{b7} " (movement.account_name) }
+                            }
+                            td data-label="What" { (line.what()) }
+                            td data-label="Subject" { (line.subject.as_deref().unwrap_or("\u{2014}")) }
+                            td data-label="Amount" class="amount" { (viewer.amount(&line.look, movement.amount)) }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
-pub fn render(branding: &Branding, session: &PortalSession, viewer: &Viewer, page: &ActivityPage) -> String {
+pub fn render(branding: &Branding, session: &PortalSession, viewer: &Viewer, page: &ActivityPage) -> Markup {
     let query = &page.query;
     let accounts: Vec<(String, String)> = page
         .accounts
@@ -267,34 +276,38 @@ pub fn render(branding: &Branding, session: &PortalSession, viewer: &Viewer, pag
     let filter_query = query.filter_query();
     let joiner = if filter_query.is_empty() { "" } else { "&" };
     let csv = format!("/portal/activity.csv{}{filter_query}", if filter_query.is_empty() { "" } else { "?" });
-    let newest = if page.first_page {
-        "<span></span>".to_owned()
-    } else {
-        format!(r#"<a href="/portal/activity?{filter_query}">&larr; Newest</a>"#)
+    let body = html! {
+        h1 { "Activity" }
+        p class="muted" { "Every movement of your balances, newest first." }
+        (viewer.zone_note())
+        form class="card filters" method="get" action="/portal/activity" {
+            div class="fields" {
+                (select("account", "Account", &query.account, &accounts))
+                (select("kind", "Kind", &query.kind, &kinds))
+                div { label for="from" { "From" } input type="date" id="from" name="from" value=(query.from.trim()); }
+                div { label for="to" { "To" } input type="date" id="to" name="to" value=(query.to.trim()); }
+            }
+            button type="submit" { "Show" }
+            " "
+            a class="download" href=(csv) download { "Download CSV" }
+        }
+        (table(viewer, &page.lines))
+        nav class="pager" aria-label="Pages" {
+            @if page.first_page {
+                span {}
+            } @else {
+                a href={ "/portal/activity?" (filter_query) } { "\u{2190} Newest" }
+            }
+            @if let Some(cursor) = &page.next {
+                a href={ "/portal/activity?" (filter_query) (joiner) "after=" (cursor.encode()) } rel="next" {
+                    "Older \u{2192}"
+                }
+            } @else {
+                span {}
+            }
+        }
     };
-    let older = match &page.next {
-        Some(cursor) => format!(
-            r#"<a href="/portal/activity?{filter_query}{joiner}after={}" rel="next">Older &rarr;</a>"#,
-            escape(&cursor.encode())
-        ),
-        None => "<span></span>".to_owned(),
-    };
-    let body = format!(
-        r#"<h1>Activity</h1><p class="muted">Every movement of your balances, newest first.</p>{zone}
-<form class="card filters" method="get" action="/portal/activity"><div class="fields">{account}{kind}
-<div><label for="from">From</label><input type="date" id="from" name="from" value="{from}"></div>
-<div><label for="to">To</label><input type="date" id="to" name="to" value="{to}"></div></div>
-<button type="submit">Show</button> <a class="download" href="{csv}" download>Download CSV</a></form>
-{table}<nav class="pager" aria-label="Pages">{newest}{older}</nav>"#,
-        zone = viewer.zone_note(),
-        account = select("account", "Account", &query.account, &accounts),
-        kind = select("kind", "Kind", &query.kind, &kinds),
-        from = escape(query.from.trim()),
-        to = escape(query.to.trim()),
-        csv = escape(&csv),
-        table = table(viewer, &page.lines),
-    );
-    portal_page(branding, session, Tab::Activity, "Activity", &body)
+    portal_page(branding, session, Tab::Activity, "Activity", body)
 }
 
 pub const CSV_COLUMNS: [&str; 12] = [

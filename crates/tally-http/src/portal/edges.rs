@@ -7,12 +7,13 @@
 //! `frame-ancestors` ignore it, so sending `DENY` beside an allow-list would contradict it.
 
 use super::{html, CONTENT_SECURITY_POLICY};
-use crate::html::{escape, page_with, Branding};
+use crate::html::{page_with, Branding};
 use crate::{AppState, HttpConfig};
 use axum::extract::State;
 use axum::http::header::{self, HeaderValue};
 use axum::http::StatusCode;
 use axum::response::Response;
+use maud::{html, Markup};
 
 /// The framing headers of the portal's pages, fixed at start-up from the configuration.
 #[derive(Clone)]
@@ -63,16 +64,20 @@ pub fn with_reason(url: &str, reason: &str) -> String {
     format!("{base}{separator}reason={reason}{fragment}")
 }
 
-/// A dead end: a heading, what happened, and the way back to the platform when known.
-fn dead_end(branding: &Branding, title: &str, text: &str, back: Option<&str>) -> String {
-    let link = back
-        .filter(|url| url.starts_with("https://") || url.starts_with("http://"))
-        .map(|url| format!(r#"<p><a class="button" href="{}">Back to {}</a></p>"#, escape(url), escape(&branding.name)))
-        .unwrap_or_default();
-    page_with(branding, title, "", &format!("<h1>{}</h1><p>{}</p>{link}", escape(title), escape(text)), "")
+/// A dead end: a heading, what happened, the way back to the platform when known, and
+/// `more` (other ways on).
+fn dead_end(branding: &Branding, title: &str, text: &str, back: Option<&str>, more: Markup) -> Markup {
+    let back = back.filter(|url| url.starts_with("https://") || url.starts_with("http://"));
+    let body = html! {
+        h1 { (title) }
+        p { (text) }
+        @if let Some(url) = back { p { a class="button" href=(url) { "Back to " (branding.name) } } }
+        (more)
+    };
+    page_with(branding, title, html! {}, body, html! {})
 }
 
-pub fn ended(branding: &Branding, back: Option<&str>) -> String {
+pub fn ended(branding: &Branding, back: Option<&str>) -> Markup {
     dead_end(
         branding,
         "Your session has ended",
@@ -81,10 +86,11 @@ pub fn ended(branding: &Branding, back: Option<&str>) -> String {
             branding.name
         ),
         back,
+        html! {},
     )
 }
 
-pub fn invalid_link(branding: &Branding, back: Option<&str>) -> String {
+pub fn invalid_link(branding: &Branding, back: Option<&str>) -> Markup {
     dead_end(
         branding,
         "This link is not valid",
@@ -93,6 +99,7 @@ pub fn invalid_link(branding: &Branding, back: Option<&str>) -> String {
             branding.name
         ),
         back,
+        html! {},
     )
 }
 
@@ -105,8 +112,8 @@ pub async fn not_found(State(state): State<AppState>) -> Response {
             "Page not found",
             "The billing portal has no such page. Open its overview, or go back to where you came from.",
             None,
-        )
-        .replace("</main>", r#"<p><a href="/portal">Billing overview</a></p></main>"#),
+            html! { p { a href="/portal" { "Billing overview" } } },
+        ),
     )
 }
 

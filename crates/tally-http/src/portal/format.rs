@@ -1,8 +1,6 @@
-//! How amounts, dates and spend look on the portal's pages: numbers at the asset's precision
-//! with digit grouping, the asset's label or the currency's sign, and a bar chart of daily
-//! spend drawn as inline SVG on the server, with a table beside it for screen readers.
+//! How amounts and dates look on the portal's pages: numbers at the asset's precision with
+//! digit grouping, the asset's label or the currency's sign.
 
-use crate::html::escape;
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use tally_store::ops::assets::KnownAsset;
@@ -114,69 +112,6 @@ pub fn date(at: NaiveDate) -> String {
     at.format("%b %-d").to_string()
 }
 
-/// One asset's spend per day, oldest first, every day of the window present.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DailySpend {
-    pub look: AssetLook,
-    pub days: Vec<(NaiveDate, Decimal)>,
-}
-
-/// Bars of daily spend as inline SVG (decorative to assistive technology, which gets the
-/// table that follows it), plus that table.
-pub fn spend_chart(spend: &DailySpend) -> String {
-    const WIDTH: usize = 600;
-    const HEIGHT: usize = 160;
-    const AXIS: usize = 2;
-    let look = &spend.look;
-    let max = spend.days.iter().map(|(_, amount)| *amount).max().unwrap_or_default();
-    let count = spend.days.len().max(1);
-    let slot = WIDTH as f64 / count as f64;
-    let mut bars = String::new();
-    for (index, (day, amount)) in spend.days.iter().enumerate() {
-        // Floats only place pixels here; amounts shown as text stay exact.
-        let share = if max.is_zero() { 0.0 } else { (*amount / max).to_string().parse::<f64>().unwrap_or(0.0) };
-        let height = (share * (HEIGHT - AXIS) as f64).max(if amount.is_zero() { 0.0 } else { 2.0 });
-        bars.push_str(&format!(
-            r#"<rect x="{x:.1}" y="{y:.1}" width="{w:.1}" height="{height:.1}" rx="2"><title>{label}: {value}</title></rect>"#,
-            x = index as f64 * slot + slot * 0.15,
-            y = (HEIGHT - AXIS) as f64 - height,
-            w = slot * 0.7,
-            label = escape(&date(*day)),
-            value = escape(&look.amount(*amount)),
-        ));
-    }
-    let first = spend.days.first().map(|(day, _)| date(*day)).unwrap_or_default();
-    let last = spend.days.last().map(|(day, _)| date(*day)).unwrap_or_default();
-    let rows: String = spend
-        .days
-        .iter()
-        .filter(|(_, amount)| !amount.is_zero())
-        .map(|(day, amount)| {
-            format!(
-                r#"<tr><td>{}</td><td class="amount">{}</td></tr>"#,
-                escape(&date(*day)),
-                escape(&look.amount(*amount))
-            )
-        })
-        .collect();
-    let total: Decimal = spend.days.iter().map(|(_, amount)| *amount).sum();
-    format!(
-        r#"<figure class="chart"><figcaption>{name}: {total} over 30 days (highest day {max})</figcaption>
-<svg viewBox="0 0 {WIDTH} {HEIGHT}" aria-hidden="true" focusable="false">
-<line x1="0" y1="{axis_y}" x2="{WIDTH}" y2="{axis_y}" class="axis"/>{bars}</svg>
-<div class="ticks" aria-hidden="true"><span>{first}</span><span>{last}</span></div>
-<details><summary>Daily spend of {name} as a table</summary>
-<table><thead><tr><th scope="col">Day</th><th scope="col" class="amount">Spent</th></tr></thead><tbody>{rows}</tbody></table>
-<p class="muted">Days without spend are left out.</p></details></figure>"#,
-        name = escape(&look.name),
-        total = escape(&look.amount(total)),
-        max = escape(&look.amount(max)),
-        axis_y = HEIGHT - AXIS,
-        first = escape(&first),
-        last = escape(&last),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,17 +146,5 @@ mod tests {
         assert_eq!(dollars.amount(d("-0.5")), "-$0.50");
         let francs = AssetLook::of(&KnownAsset::Currency { code: "CHF".into(), minor_units: 2 });
         assert_eq!(francs.amount(d("5")), "5.00 CHF");
-    }
-
-    #[test]
-    fn the_chart_has_a_bar_per_day_and_a_table_of_the_days_with_spend() {
-        let start = NaiveDate::from_ymd_opt(2025, 3, 1).unwrap();
-        let days: Vec<_> = (0..30)
-            .map(|offset| (start + chrono::Days::new(offset), if offset == 4 { d("2.5") } else { Decimal::ZERO }))
-            .collect();
-        let chart = spend_chart(&DailySpend { look: minutes(), days });
-        assert_eq!(chart.matches("<rect").count(), 30);
-        assert_eq!(chart.matches("<tr><td>").count(), 1);
-        assert!(chart.contains("Mar 5") && chart.contains("2.50 video minutes"), "{chart}");
     }
 }

@@ -149,7 +149,8 @@ impl Viewer {
             .and_then(|value| value.to_str().ok())
             .map(Locale::negotiate)
             .unwrap_or_default();
-        let tz = super::cookie_value(headers, TZ_COOKIE).and_then(|text| parse_tz(&text)).unwrap_or(Tz::UTC);
+        let cookies = axum_extra::extract::cookie::CookieJar::from_headers(headers);
+        let tz = cookies.get(TZ_COOKIE).and_then(|cookie| parse_tz(cookie.value())).unwrap_or(Tz::UTC);
         Viewer { locale, tz }
     }
 
@@ -239,8 +240,8 @@ impl Viewer {
 
     /// A note naming the zone times are shown in; the page's script compares it with the
     /// browser's zone.
-    pub fn zone_note(&self) -> String {
-        format!(r#"<p class="muted zone" data-tz="{0}">Times are in {0}.</p>"#, crate::html::escape(self.tz.name()))
+    pub fn zone_note(&self) -> maud::Markup {
+        maud::html! { p class="muted zone" data-tz=(self.tz.name()) { "Times are in " (self.tz.name()) "." } }
     }
 
     /// The customer's day for a `<input type="date">` value.

@@ -33,11 +33,12 @@ use axum::extract::{FromRequestParts, Query, State};
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Form, Json, Router};
-use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
-use format::{AssetLook, DailySpend};
+use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
+use chrono::{DateTime, NaiveDate, Utc};
+use format::AssetLook;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -53,7 +54,7 @@ use tally_store::ops::wallet as wallet_ops;
 use tally_store::ops::{FieldError, OpError};
 use tally_store::repo::assets as asset_repo;
 use tally_store::repo::auto_top_ups::{self as auto_repo, AutoTopUp};
-use tally_store::repo::portal::{self as portal_repo, FeeLine, PortalSession, SpendGroup};
+use tally_store::repo::portal::{self as portal_repo, FeeLine, PortalSession};
 use tally_store::repo::topups::{self as topup_repo, PaymentMethod, TopUp};
 use tally_store::repo::wallets::{self as wallet_repo, Account, AccountKey};
 use tally_store::repo::{Metadata, Page};
@@ -63,7 +64,6 @@ pub const COOKIE_NAME: &str = "tally_portal";
 const PAGE_SIZE: i64 = 20;
 /// The furthest page of a history one may ask for, so that an offset stays bounded.
 const MAX_PAGE: i64 = 10_000;
-const CHART_DAYS: i64 = 30;
 /// Custom assets offered on the top-up form (the first ones the platform made).
 const MAX_TOP_UP_ASSETS: i64 = 100;
 
@@ -91,8 +91,8 @@ pub fn router(state: &AppState) -> Router<AppState> {
 }
 
 /// A page with the portal's security headers.
-fn html(status: StatusCode, body: String) -> Response {
-    let mut response = (status, Html(body)).into_response();
+fn html(status: StatusCode, body: maud::Markup) -> Response {
+    let mut response = (status, body).into_response();
     secure_headers(response.headers_mut());
     response
 }
@@ -129,15 +129,9 @@ fn is_token(text: &str) -> bool {
     text.len() == 64 && text.bytes().all(|byte| byte.is_ascii_hexdigit())
 }
 
-fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(cookie::Cookie::split_parse)
-        .filter_map(Result::ok)
-        .find(|cookie| cookie.name() == name)
-        .map(|cookie| cookie.value().to_owned())
+/// The session token of the request's cookie, if it has the form of one.
+fn session_token(cookies: &CookieJar) -> Option<String> {
+    cookies.get(COOKIE_NAME).map(|cookie| cookie.value().to_owned()).filter(|token| is_token(token))
 }
 
 /// The portal session of the request's cookie. Without one, the request gets a page saying
@@ -150,7 +144,7 @@ impl FromRequestParts<AppState> for Session {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Session, Response> {
         let ended =
             |back: Option<String>| html(StatusCode::UNAUTHORIZED, edges::ended(&state.branding, back.as_deref()));
-        let Some(token) = cookie_value(&parts.headers, COOKIE_NAME).filter(|token| is_token(token)) else {
+        let Some(token) = session_token(&CookieJar::from_headers(&parts.headers)) else {
             return Err(ended(None));
         };
         let now = state.now();
@@ -189,7 +183,12 @@ pub struct EnterQuery {
 }
 
 /// Swaps a portal link for a session cookie, once.
-async fn enter(State(state): State<AppState>, headers: HeaderMap, Query(query): Query<EnterQuery>) -> Response {
+async fn enter(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    cookies: CookieJar,
+    Query(query): Query<EnterQuery>,
+) -> Response {
     let token = query.token.unwrap_or_default();
     let invalid =
         || html(StatusCode::FORBIDDEN, edges::invalid_link(&state.branding, state.config.portal_home_url.as_deref()));
@@ -208,19 +207,14 @@ async fn enter(State(state): State<AppState>, headers: HeaderMap, Query(query): 
             // (which browsers take only with Secure) travels there, partitioned by the
             // embedding site. CSRF tokens protect the forms either way.
             let framed = https && !state.config.portal_frame_ancestors.is_empty();
-            let cookie = cookie::Cookie::build((COOKIE_NAME, entered.token))
+            let cookie = Cookie::build((COOKIE_NAME, entered.token))
                 .path("/portal")
                 .max_age(cookie::time::Duration::minutes(SESSION_VALIDITY_MINUTES))
                 .http_only(true)
-                .same_site(if framed { cookie::SameSite::None } else { cookie::SameSite::Lax })
+                .same_site(if framed { SameSite::None } else { SameSite::Lax })
                 .secure(https)
-                .partitioned(framed)
-                .build();
-            let mut response = Redirect::to("/portal").into_response();
-            if let Ok(value) = HeaderValue::from_str(&cookie.to_string()) {
-                response.headers_mut().insert(header::SET_COOKIE, value);
-            }
-            response
+                .partitioned(framed);
+            (cookies.add(cookie), Redirect::to("/portal")).into_response()
         }
         Err(Refusal::Unknown) => return invalid(),
         Err(Refusal::Expired { failure_url }) => {
@@ -349,47 +343,6 @@ pub struct Overview {
     pub returned_from: Option<TopUpLine>,
 }
 
-fn day_start(day: NaiveDate) -> DateTime<Utc> {
-    Utc.from_utc_datetime(&day.and_hms_opt(0, 0, 0).unwrap_or_default())
-}
-
-/// This month's spend per asset and the last [`CHART_DAYS`] days' spend per asset per day,
-/// from every fee since both windows' start (grouped by day and amount), added exactly.
-fn summarize_spend(
-    groups: &[SpendGroup],
-    looks: &HashMap<String, AssetLook>,
-    today: NaiveDate,
-) -> (Vec<(AssetLook, Decimal)>, Vec<DailySpend>) {
-    let month_start = today.with_day(1).unwrap_or(today);
-    let first_day = today - Duration::days(CHART_DAYS - 1);
-    let mut month: BTreeMap<&str, Decimal> = BTreeMap::new();
-    let mut daily: BTreeMap<&str, BTreeMap<NaiveDate, Decimal>> = BTreeMap::new();
-    for group in groups {
-        let Some(day) = DateTime::from_timestamp(group.day * 86_400, 0).map(|at| at.date_naive()) else { continue };
-        let spent = group.spent * Decimal::from(group.count);
-        if day >= month_start {
-            *month.entry(&group.asset).or_default() += spent;
-        }
-        if day >= first_day {
-            *daily.entry(&group.asset).or_default().entry(day).or_default() += spent;
-        }
-    }
-    let month = month.into_iter().map(|(asset, total)| (look_of(looks, asset), total.normalize())).collect();
-    let charts = daily
-        .into_iter()
-        .map(|(asset, by_day)| DailySpend {
-            look: look_of(looks, asset),
-            days: (0..CHART_DAYS)
-                .map(|offset| {
-                    let day = first_day + Duration::days(offset);
-                    (day, by_day.get(&day).copied().unwrap_or_default().normalize())
-                })
-                .collect(),
-        })
-        .collect();
-    (month, charts)
-}
-
 fn load_overview(
     conn: &mut dyn Conn,
     session: &PortalSession,
@@ -403,10 +356,7 @@ fn load_overview(
     for account in &mut accounts {
         account.state.grants = wallet_repo::open_grants_in_burn_order(conn, &account.key)?;
     }
-    let today = viewer.local_day(now);
-    let month_start = today.with_day(1).unwrap_or(today);
-    let since = day_start(month_start.min(today - Duration::days(CHART_DAYS - 1)));
-    let spend = portal_repo::spend_since(conn, mode, customer_id, since)?;
+    let spend = overview::spend(conn, mode, customer_id, &viewer, now)?;
     let (recent_fees, usage_count) = portal_repo::fees(conn, mode, customer_id, Page { offset: 0, limit: 5 })?;
     let (recent_top_ups, top_up_count) = topup_repo::for_customer(conn, customer_id, Page { offset: 0, limit: 5 })?;
     let returned_from = if returned {
@@ -415,20 +365,13 @@ fn load_overview(
     } else {
         None
     };
-    let codes = accounts
-        .iter()
-        .map(|account| account.key.asset.clone())
-        .chain(spend.iter().map(|group| group.asset.clone()))
-        .chain(
-            recent_top_ups
-                .iter()
-                .chain(&returned_from)
-                .flat_map(|top_up| [top_up.asset.clone(), top_up.currency.clone()]),
-        );
+    let codes = accounts.iter().map(|account| account.key.asset.clone()).chain(spend.assets().cloned()).chain(
+        recent_top_ups.iter().chain(&returned_from).flat_map(|top_up| [top_up.asset.clone(), top_up.currency.clone()]),
+    );
     let looks = looks(conn, mode, codes.collect::<Vec<_>>())?;
-    let (month_spend, _) = summarize_spend(&spend, &looks, today);
+    let month_spend = spend.month.iter().map(|(asset, total)| (look_of(&looks, asset), *total)).collect();
     let recent_usage = usage_lines(conn, mode, recent_fees, &looks)?;
-    let charts = overview::product_charts(conn, mode, customer_id, &viewer, now, &looks)?;
+    let charts = overview::product_charts(&spend, &looks);
     let look_one = |conn: &mut dyn Conn, code: &str| -> Result<AssetLook, OpError> {
         let found = self::looks(conn, mode, [code.to_owned()])?;
         Ok(look_of(&found, code))
@@ -454,7 +397,7 @@ fn load_overview(
                 (account, look)
             })
             .collect(),
-        month_start,
+        month_start: spend.month_start,
         month_spend,
         charts,
         plans,
@@ -1083,51 +1026,15 @@ async fn script() -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::str::FromStr;
-
-    fn fees(asset: &str, spent: &str, count: i64, day: &str) -> SpendGroup {
-        let day = NaiveDate::from_str(day).unwrap();
-        SpendGroup {
-            asset: asset.into(),
-            spent: Decimal::from_str(spent).unwrap(),
-            day: (day - NaiveDate::from_ymd_opt(1970, 1, 1).unwrap()).num_days(),
-            count,
-        }
-    }
-
-    #[test]
-    fn spend_splits_by_month_and_by_day() {
-        let today = NaiveDate::from_ymd_opt(2025, 3, 3).unwrap();
-        let groups = [
-            fees("MIN", "2", 1, "2025-03-03"),
-            fees("MIN", "0.5", 1, "2025-03-03"),
-            fees("MIN", "4", 1, "2025-02-27"),
-            fees("USD", "1.25", 1, "2025-03-01"),
-        ];
-        let (month, charts) = summarize_spend(&groups, &HashMap::new(), today);
-        let month: Vec<_> = month.iter().map(|(look, total)| (look.code.as_str(), total.to_string())).collect();
-        assert_eq!(month, [("MIN", "2.5".to_owned()), ("USD", "1.25".to_owned())], "February is not this month");
-        let minutes = &charts[0];
-        assert_eq!(minutes.days.len(), 30);
-        assert_eq!(minutes.days.last().unwrap(), &(today, Decimal::from_str("2.5").unwrap()));
-        let total: Decimal = minutes.days.iter().map(|(_, amount)| *amount).sum();
-        assert_eq!(total, Decimal::from_str("6.5").unwrap(), "the chart's window reaches into February");
-    }
-
-    #[test]
-    fn equal_fees_multiply_exactly() {
-        let today = NaiveDate::from_ymd_opt(2025, 3, 3).unwrap();
-        let groups =
-            [fees("MIN", "0.000000000001", 1_000_000_007, "2025-03-02"), fees("MIN", "2", 25_000, "2025-03-03")];
-        let (month, _) = summarize_spend(&groups, &HashMap::new(), today);
-        assert_eq!(month[0].1.to_string(), "50000.001000000007");
-    }
 
     #[test]
     fn cookies_and_tokens() {
+        let token = "a".repeat(64);
         let mut headers = HeaderMap::new();
-        headers.insert(header::COOKIE, HeaderValue::from_static("a=1; tally_portal=abc ; b=2"));
-        assert_eq!(cookie_value(&headers, COOKIE_NAME).as_deref(), Some("abc"));
+        headers.insert(header::COOKIE, HeaderValue::from_str(&format!("a=1; tally_portal={token} ; b=2")).unwrap());
+        assert_eq!(session_token(&CookieJar::from_headers(&headers)), Some(token));
+        headers.insert(header::COOKIE, HeaderValue::from_static("tally_portal=abc"));
+        assert_eq!(session_token(&CookieJar::from_headers(&headers)), None, "not a token");
         assert!(!is_token("abc"));
         assert!(is_token(&"a".repeat(64)));
         assert!(!is_token(&"g".repeat(64)));

@@ -7,13 +7,14 @@
 use super::format::AssetLook;
 use super::locale::{plural_label, Viewer};
 use super::{account_id, look_of, TopUpOption};
-use crate::html::escape;
-use chrono::{DateTime, Duration, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, Duration, Months, NaiveDate, Utc};
+use maud::{html, Markup};
 use rust_decimal::{Decimal, RoundingStrategy};
 use std::collections::{BTreeMap, HashMap};
 use tally_core::catalog::{FixedBilling, Interval};
 use tally_core::wallet::{Grant, GrantState, Purpose};
 use tally_store::ops::products::Catalog;
+use tally_store::ops::spend as spend_ops;
 use tally_store::ops::OpError;
 use tally_store::repo::activity::{self as activity_repo, ProductSpend};
 use tally_store::repo::rollups;
@@ -121,42 +122,87 @@ pub fn plans(
     Ok(plans)
 }
 
-/// Spend per product per day of the customer's calendar, the last [`CHART_DAYS`] days to
-/// `today`, added exactly from groups of equal fees.
-pub fn product_charts(
+/// What the customer spent on their own calendar (the `Viewer`'s zone): this month and
+/// each of the last [`CHART_DAYS`] days.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spend {
+    /// The first day of the customer's month.
+    pub month_start: NaiveDate,
+    /// This month's spend per asset, fees of every kind, in asset order.
+    pub month: Vec<(String, Decimal)>,
+    /// The first of the charts' days; the last is today.
+    pub first_day: NaiveDate,
+    /// Spend per asset, product and day of the charts' days, plan fees apart.
+    pub days: Vec<ProductSpend>,
+}
+
+impl Spend {
+    /// Every asset spent in.
+    pub fn assets(&self) -> impl Iterator<Item = &String> {
+        self.month.iter().map(|(asset, _)| asset).chain(self.days.iter().map(|group| &group.asset))
+    }
+}
+
+/// The customer's spend this month and on each of the last [`CHART_DAYS`] days to today,
+/// their month and days starting at midnight in their zone. Exact in any zone, including
+/// those whose offset from UTC is not whole hours (`ops::spend`): three statements, however
+/// many fees.
+pub fn spend(
     conn: &mut dyn Conn,
     mode: tally_core::Mode,
     customer_id: &str,
     viewer: &Viewer,
     now: DateTime<Utc>,
-    looks: &HashMap<String, AssetLook>,
-) -> Result<Vec<ProductChart>, OpError> {
+) -> Result<Spend, OpError> {
     let today = viewer.local_day(now);
-    let first = today - Duration::days(CHART_DAYS - 1);
-    // Hourly totals (`repo::rollups`): an hour falls on the customer's day it starts in,
-    // exact for every zone whose offset is whole hours.
-    let hours = rollups::customer_spend(conn, mode, customer_id, rollups::hour_of(viewer.day_start(first)))?;
-    let mut ids: Vec<String> = hours.iter().map(|hour| hour.product_id.clone()).filter(|id| !id.is_empty()).collect();
+    let month_start = today.with_day(1).unwrap_or(today);
+    let next_month = month_start.checked_add_months(Months::new(1)).unwrap_or(today + Duration::days(1));
+    let first_day = today - Duration::days(CHART_DAYS - 1);
+    let mut days: Vec<NaiveDate> = (0..=CHART_DAYS).map(|offset| first_day + Duration::days(offset)).collect();
+    days.extend([month_start, next_month]);
+    // Each period runs from the start of a day to the start of the next bound's day. (A day a
+    // zone skipped whole starts where the next one does, and drops out.)
+    let mut starts: Vec<(DateTime<Utc>, NaiveDate)> = days.iter().map(|day| (viewer.day_start(*day), *day)).collect();
+    starts.sort();
+    starts.dedup_by_key(|(at, _)| *at);
+    let bounds: Vec<DateTime<Utc>> = starts.iter().map(|(at, _)| *at).collect();
+    let periods = spend_ops::customer_spend(conn, mode, customer_id, &bounds)?;
+    let mut ids: Vec<String> = periods.iter().map(|row| row.product_id.clone()).filter(|id| !id.is_empty()).collect();
     ids.sort();
     ids.dedup();
     let names: HashMap<String, String> = activity_repo::product_names(conn, mode, &ids)?.into_iter().collect();
     let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
-    let groups: Vec<ProductSpend> = hours
-        .into_iter()
-        .map(|hour| {
-            let day = viewer.local_day(rollups::period_start(hour.hour, rollups::MICROS_PER_HOUR));
-            ProductSpend {
-                product: (!hour.product_id.is_empty())
-                    .then(|| names.get(&hour.product_id).cloned().unwrap_or(hour.product_id.clone())),
-                plan_fee: hour.source == rollups::PLAN,
-                asset: hour.asset,
-                spent: hour.spent,
+    let mut month: BTreeMap<String, Decimal> = BTreeMap::new();
+    let mut by_day = Vec::new();
+    for row in periods {
+        let day = starts[row.period].1;
+        if month_start <= day && day < next_month {
+            *month.entry(row.asset.clone()).or_default() += row.spent;
+        }
+        if first_day <= day && day <= today {
+            by_day.push(ProductSpend {
+                product: (!row.product_id.is_empty())
+                    .then(|| names.get(&row.product_id).cloned().unwrap_or(row.product_id.clone())),
+                plan_fee: row.source == rollups::PLAN,
+                asset: row.asset,
+                spent: row.spent,
                 day: (day - epoch).num_days(),
                 count: 1,
-            }
-        })
-        .collect();
-    Ok(charts_of(&groups, looks, first))
+            });
+        }
+    }
+    Ok(Spend {
+        month_start,
+        month: month.into_iter().map(|(asset, total)| (asset, total.normalize())).collect(),
+        first_day,
+        days: by_day,
+    })
+}
+
+/// Spend per product per day of the customer's calendar, the last [`CHART_DAYS`] days to
+/// today.
+pub fn product_charts(spend: &Spend, looks: &HashMap<String, AssetLook>) -> Vec<ProductChart> {
+    charts_of(&spend.days, looks, spend.first_day)
 }
 
 fn charts_of(groups: &[ProductSpend], looks: &HashMap<String, AssetLook>, first: NaiveDate) -> Vec<ProductChart> {
@@ -274,10 +320,9 @@ pub fn account_card(
     pay_now: Option<&str>,
     renewing: bool,
     now: DateTime<Utc>,
-) -> String {
+) -> Markup {
     let key = &account.key;
     let state = &account.state;
-    let name = if key.name == "default" { String::new() } else { format!(" · {}", escape(&key.name)) };
     let mut lines = grant_lines(viewer, look, &state.grants, renewing, now);
     let more = lines.len().saturating_sub(MAX_GRANT_LINES);
     lines.truncate(MAX_GRANT_LINES);
@@ -287,69 +332,55 @@ pub fn account_card(
     if !state.pending_out.is_zero() {
         lines.push(format!("{} on hold", viewer.amount(look, state.pending_out)));
     }
-    let grants: String = lines.iter().map(|line| format!("<li>{}</li>", escape(line))).collect();
-    let grants = if grants.is_empty() { String::new() } else { format!(r#"<ul class="grants">{grants}</ul>"#) };
     let overdrawn = state.available < Decimal::ZERO;
-    let warning = if overdrawn {
-        let pay = pay_now
-            .map(|href| format!(r#" <a class="button pay-now" href="{}">Pay now</a>"#, escape(href)))
-            .unwrap_or_default();
-        format!(
-            r#"<p class="owed" role="alert">Overdrawn: you owe {}.{pay}</p>"#,
-            escape(&viewer.amount(look, -state.available))
-        )
-    } else {
-        String::new()
-    };
-    format!(
-        r#"<div class="card{class}" data-account="{id}"><h2>{asset}</h2><p class="balance">{balance}</p><p class="muted">{status}{name}</p>{warning}{grants}</div>"#,
-        class = if overdrawn { " overdrawn" } else { "" },
-        id = escape(&account_id(key)),
-        asset = escape(&look.name),
-        balance = escape(&viewer.amount(look, state.available)),
-        status = if overdrawn { "owed" } else { "available" },
-    )
+    html! {
+        div.card.overdrawn[overdrawn] data-account=(account_id(key)) {
+            h2 { (look.name) }
+            p class="balance" { (viewer.amount(look, state.available)) }
+            p class="muted" {
+                (if overdrawn { "owed" } else { "available" })
+                @if key.name != "default" { " \u{b7} " (key.name) }
+            }
+            @if overdrawn {
+                p class="owed" role="alert" {
+                    "Overdrawn: you owe " (viewer.amount(look, -state.available)) "."
+                    @if let Some(href) = pay_now { " " a class="button pay-now" href=(href) { "Pay now" } }
+                }
+            }
+            @if !lines.is_empty() { ul class="grants" { @for line in &lines { li { (line) } } } }
+        }
+    }
 }
 
-pub fn plan_cards(viewer: &Viewer, plans: &[Plan], now: DateTime<Utc>) -> String {
-    if plans.is_empty() {
-        return String::new();
+pub fn plan_cards(viewer: &Viewer, plans: &[Plan], now: DateTime<Utc>) -> Markup {
+    let _ = now;
+    let renewal = |plan: &Plan| match plan.renews_at {
+        Some(at) if plan.renewal.is_empty() => format!("Renews {}.", viewer.date(viewer.local_day(at))),
+        Some(at) => format!(
+            "Renews {} for {}.",
+            viewer.date(viewer.local_day(at)),
+            plan.renewal.iter().map(|(look, amount)| viewer.amount(look, *amount)).collect::<Vec<_>>().join(" + ")
+        ),
+        None => String::new(),
+    };
+    let status = |plan: &Plan| match plan.status {
+        SubscriptionStatus::Active => "",
+        SubscriptionStatus::Scheduled => " (starts later)",
+        SubscriptionStatus::ActionRequired => " (waiting for a payment)",
+        SubscriptionStatus::Inactive => " (ended)",
+    };
+    html! {
+        @if !plans.is_empty() {
+            h2 { "Your plan" }
+            @for plan in plans {
+                div class="card plan" {
+                    h3 { (plan.name) (status(plan)) }
+                    @if !plan.includes.is_empty() { ul class="grants" { @for line in &plan.includes { li { (line) } } } }
+                    p class="renewal" { (renewal(plan)) }
+                }
+            }
+        }
     }
-    let cards: String = plans
-        .iter()
-        .map(|plan| {
-            let includes: String = plan.includes.iter().map(|line| format!("<li>{}</li>", escape(line))).collect();
-            let renewal = match plan.renews_at {
-                Some(at) if plan.renewal.is_empty() => format!("Renews {}.", viewer.date(viewer.local_day(at))),
-                Some(at) => format!(
-                    "Renews {} for {}.",
-                    viewer.date(viewer.local_day(at)),
-                    plan.renewal
-                        .iter()
-                        .map(|(look, amount)| viewer.amount(look, *amount))
-                        .collect::<Vec<_>>()
-                        .join(" + ")
-                ),
-                None => String::new(),
-            };
-            let status = match plan.status {
-                SubscriptionStatus::Active => String::new(),
-                SubscriptionStatus::Scheduled => " (starts later)".to_owned(),
-                SubscriptionStatus::ActionRequired => " (waiting for a payment)".to_owned(),
-                SubscriptionStatus::Inactive => " (ended)".to_owned(),
-            };
-            let _ = now;
-            format!(
-                r#"<div class="card plan"><h3>{name}{status}</h3>{includes}<p class="renewal">{renewal}</p></div>"#,
-                name = escape(&plan.name),
-                status = escape(&status),
-                includes =
-                    if includes.is_empty() { String::new() } else { format!(r#"<ul class="grants">{includes}</ul>"#) },
-                renewal = escape(&renewal),
-            )
-        })
-        .collect();
-    format!(r#"<h2>Your plan</h2>{cards}"#)
 }
 
 /// The chart's value axis: a round step so that 4 steps cover `max`.
@@ -379,7 +410,7 @@ fn axis_step(max: Decimal) -> Decimal {
 /// hover (`title`) and, through the page's script, on tap. Plan fees are drawn in their
 /// own row of bars under the usage. The table that follows is the same data for screen
 /// readers and anyone who prefers it.
-pub fn product_chart(viewer: &Viewer, chart: &ProductChart) -> String {
+pub fn product_chart(viewer: &Viewer, chart: &ProductChart) -> Markup {
     const WIDTH: f64 = 640.0;
     const LEFT: f64 = 70.0;
     const TOP: f64 = 10.0;
@@ -395,6 +426,8 @@ pub fn product_chart(viewer: &Viewer, chart: &ProductChart) -> String {
     let top_value = step * Decimal::from(4);
     let plot = HEIGHT - TOP - BOTTOM;
     let slot = (WIDTH - LEFT) / count as f64;
+    // Coordinates to a tenth of a pixel.
+    let px = |value: f64| format!("{value:.1}");
     // The axis names amounts of a currency with its sign; a custom asset's numbers stand
     // alone, its unit named in the caption, so that long labels fit.
     let axis_label = |value: Decimal| {
@@ -412,17 +445,21 @@ pub fn product_chart(viewer: &Viewer, chart: &ProductChart) -> String {
             (amount / top_value).to_string().parse::<f64>().unwrap_or(0.0)
         }
     };
-    let mut svg = String::new();
-    for tick in 0..=4 {
-        let value = step * Decimal::from(tick);
-        let y = TOP + plot - share(value) * plot;
-        svg.push_str(&format!(
-            r#"<line x1="{LEFT}" y1="{y:.1}" x2="{WIDTH}" y2="{y:.1}" class="grid-line"/><text x="{x:.1}" y="{ty:.1}" class="axis-label" text-anchor="end">{label}</text>"#,
-            x = LEFT - 6.0,
-            ty = y + 4.0,
-            label = escape(&axis_label(value)),
-        ));
+    let ticks: Vec<(f64, String)> = (0..=4)
+        .map(|tick| {
+            let value = step * Decimal::from(tick);
+            (TOP + plot - share(value) * plot, axis_label(value))
+        })
+        .collect();
+    /// One bar of one product on one day: series, x, y, height, and what it shows.
+    struct Bar {
+        series: usize,
+        x: f64,
+        y: f64,
+        height: f64,
+        label: String,
     }
+    let mut bars = Vec::new();
     for (index, day) in chart.days.iter().enumerate() {
         let mut base = 0.0;
         for (series, (product, spent)) in chart.products.iter().enumerate() {
@@ -431,59 +468,38 @@ pub fn product_chart(viewer: &Viewer, chart: &ProductChart) -> String {
                 continue;
             }
             let height = (share(amount) * plot).max(2.0);
-            let label = format!("{}: {} {}", viewer.day_month(*day), product, viewer.amount(look, amount));
-            svg.push_str(&format!(
-                r#"<rect class="series-{class}" x="{x:.1}" y="{y:.1}" width="{w:.1}" height="{height:.1}" data-value="{label}"><title>{label}</title></rect>"#,
-                class = series % 6,
-                x = LEFT + index as f64 * slot + slot * 0.15,
-                y = TOP + plot - base - height,
-                w = slot * 0.7,
-                label = escape(&label),
-            ));
+            bars.push(Bar {
+                series: series % 6,
+                x: LEFT + index as f64 * slot + slot * 0.15,
+                y: TOP + plot - base - height,
+                height,
+                label: format!("{}: {} {}", viewer.day_month(*day), product, viewer.amount(look, amount)),
+            });
             base += height;
         }
-        let last = index + 1 == chart.days.len();
-        if index % 5 == 0 || last {
-            svg.push_str(&format!(
-                r#"<text x="{x:.1}" y="{y:.1}" class="axis-label" text-anchor="{anchor}">{label}</text>"#,
-                anchor = if last { "end" } else { "middle" },
-                x = if last { WIDTH } else { LEFT + index as f64 * slot + slot / 2.0 },
-                y = HEIGHT - 6.0,
-                label = escape(&viewer.day_month(*day)),
-            ));
-        }
     }
-    let legend: String = chart
-        .products
+    // A date every five days, and the last day at the right edge.
+    let last = chart.days.len().saturating_sub(1);
+    let dates: Vec<(f64, &str, String)> = chart
+        .days
         .iter()
         .enumerate()
-        .map(|(series, (product, spent))| {
-            format!(
-                r#"<li><span class="swatch series-{}" aria-hidden="true"></span>{}: {}</li>"#,
-                series % 6,
-                escape(product),
-                escape(&viewer.amount(look, spent.iter().copied().sum())),
-            )
+        .filter(|(index, _)| index.is_multiple_of(5) || *index == last)
+        .map(|(index, day)| {
+            let (x, anchor) =
+                if index == last { (WIDTH, "end") } else { (LEFT + index as f64 * slot + slot / 2.0, "middle") };
+            (x, anchor, viewer.day_month(*day))
         })
         .collect();
     let plan_total: Decimal = chart.plan_fees.iter().copied().sum();
-    let plan = if plan_total.is_zero() {
-        String::new()
-    } else {
-        let days: Vec<String> = chart
-            .days
-            .iter()
-            .zip(&chart.plan_fees)
-            .filter(|(_, amount)| !amount.is_zero())
-            .map(|(day, amount)| format!("{} {}", viewer.day_month(*day), viewer.amount(look, *amount)))
-            .collect();
-        format!(
-            r#"<p class="plan-fees">Plan fees, apart from usage: {} ({})</p>"#,
-            escape(&viewer.amount(look, plan_total)),
-            escape(&days.join(", "))
-        )
-    };
-    let rows: String = chart
+    let plan_days: Vec<String> = chart
+        .days
+        .iter()
+        .zip(&chart.plan_fees)
+        .filter(|(_, amount)| !amount.is_zero())
+        .map(|(day, amount)| format!("{} {}", viewer.day_month(*day), viewer.amount(look, *amount)))
+        .collect();
+    let rows: Vec<(NaiveDate, String, Decimal)> = chart
         .days
         .iter()
         .enumerate()
@@ -492,35 +508,67 @@ pub fn product_chart(viewer: &Viewer, chart: &ProductChart) -> String {
                 .products
                 .iter()
                 .filter(move |(_, spent)| !spent[index].is_zero())
-                .map(move |(product, spent)| (index, day, product.clone(), spent[index]))
-                .chain((!chart.plan_fees[index].is_zero()).then(|| (index, day, "Plan fees".to_owned(), chart.plan_fees[index])))
-        })
-        .map(|(_, day, product, amount)| {
-            format!(
-                r#"<tr><td data-label="Day">{}</td><td data-label="Product">{}</td><td data-label="Spent" class="amount">{}</td></tr>"#,
-                escape(&viewer.day_month(*day)),
-                escape(&product),
-                escape(&viewer.amount(look, amount))
-            )
+                .map(move |(product, spent)| (*day, product.clone(), spent[index]))
+                .chain(
+                    (!chart.plan_fees[index].is_zero()).then(|| (*day, "Plan fees".to_owned(), chart.plan_fees[index])),
+                )
         })
         .collect();
     let usage_total: Decimal = totals.iter().copied().sum();
-    format!(
-        r#"<figure class="chart" data-asset="{code}"><figcaption>{name}: {total} of usage over {CHART_DAYS} days{unit}</figcaption>
-<svg viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{name}: daily usage by product; the table below has the same figures">{svg}</svg>
-<output class="chart-value" aria-live="polite"></output><ul class="legend">{legend}</ul>{plan}
-<details><summary>Daily spend of {name} as a table</summary>
-<table class="stack"><thead><tr><th scope="col">Day</th><th scope="col">Product</th><th scope="col" class="amount">Spent</th></tr></thead><tbody>{rows}</tbody></table>
-<p class="muted">Days without spend are left out.</p></details></figure>"#,
-        code = escape(&look.code),
-        name = escape(&look.name),
-        total = escape(&viewer.amount(look, usage_total)),
-        unit = if look.is_currency {
-            String::new()
-        } else {
-            format!(" <span class=\"muted\">(axis in {})</span>", escape(&look.label))
-        },
-    )
+    html! {
+        figure class="chart" data-asset=(look.code) {
+            figcaption {
+                (look.name) ": " (viewer.amount(look, usage_total)) " of usage over " (CHART_DAYS) " days"
+                @if !look.is_currency { " " span class="muted" { "(axis in " (look.label) ")" } }
+            }
+            svg viewBox={ "0 0 " (WIDTH) " " (HEIGHT) } role="img"
+                aria-label={ (look.name) ": daily usage by product; the table below has the same figures" } {
+                @for (y, label) in &ticks {
+                    line x1=(LEFT) y1=(px(*y)) x2=(WIDTH) y2=(px(*y)) class="grid-line" {}
+                    text x=(px(LEFT - 6.0)) y=(px(y + 4.0)) class="axis-label" text-anchor="end" { (label) }
+                }
+                @for bar in &bars {
+                    rect class={ "series-" (bar.series) } x=(px(bar.x)) y=(px(bar.y)) width=(px(slot * 0.7))
+                        height=(px(bar.height)) data-value=(bar.label) { title { (bar.label) } }
+                }
+                @for (x, anchor, label) in &dates {
+                    text x=(px(*x)) y=(px(HEIGHT - 6.0)) class="axis-label" text-anchor=(anchor) { (label) }
+                }
+            }
+            output class="chart-value" aria-live="polite" {}
+            ul class="legend" {
+                @for (series, (product, spent)) in chart.products.iter().enumerate() {
+                    li {
+                        span class={ "swatch series-" (series % 6) } aria-hidden="true" {}
+                        (product) ": " (viewer.amount(look, spent.iter().copied().sum()))
+                    }
+                }
+            }
+            @if !plan_total.is_zero() {
+                p class="plan-fees" {
+                    "Plan fees, apart from usage: " (viewer.amount(look, plan_total)) " (" (plan_days.join(", ")) ")"
+                }
+            }
+            details {
+                summary { "Daily spend of " (look.name) " as a table" }
+                table class="stack" {
+                    thead {
+                        tr { th scope="col" { "Day" } th scope="col" { "Product" } th scope="col" class="amount" { "Spent" } }
+                    }
+                    tbody {
+                        @for (day, product, amount) in &rows {
+                            tr {
+                                td data-label="Day" { (viewer.day_month(*day)) }
+                                td data-label="Product" { (product) }
+                                td data-label="Spent" class="amount" { (viewer.amount(look, *amount)) }
+                            }
+                        }
+                    }
+                }
+                p class="muted" { "Days without spend are left out." }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -564,7 +612,7 @@ mod tests {
         assert_eq!(chart.products.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(), ["Audio", "Video"]);
         assert_eq!(chart.products[1].1[2], d("6"));
         assert_eq!(chart.plan_fees[2], d("10"));
-        let svg = product_chart(&Viewer::default(), chart);
+        let svg = product_chart(&Viewer::default(), chart).into_string();
         assert_eq!(svg.matches("<rect").count(), 2, "two products on one day, plan fees not stacked on usage");
         assert!(svg.contains("Plan fees, apart from usage: 10 CRED"), "{svg}");
     }

@@ -1,11 +1,12 @@
-//! The portal's pages as HTML. Every value from the database or the customer is escaped
-//! here, once, on its way into markup.
+//! The portal's pages as maud templates, which escape every value from the database or the
+//! customer on its way into markup.
 
 use super::format::AssetLook;
 use super::locale::Viewer;
 use super::overview;
 use super::{account_id, AutoAccount, AutoPage, Overview, Paged, TopUpLine, UsageLine};
-use crate::html::{escape, page_with, Branding};
+use crate::html::{page_with, Branding};
+use maud::{html, Markup};
 use tally_core::Environment;
 use tally_store::ops::assets::KnownAsset;
 use tally_store::ops::auto_top_up::MAX_FAILURES;
@@ -23,26 +24,28 @@ pub(super) enum Tab {
     Activity,
 }
 
-fn nav(branding: &Branding, session: &PortalSession, current: Tab) -> String {
-    let link = |tab: Tab, href: &str, text: &str| {
-        let current = if tab == current { r#" aria-current="page""# } else { "" };
-        format!(r#"<a href="{href}"{current}>{text}</a>"#)
+fn nav(branding: &Branding, session: &PortalSession, current: Tab) -> Markup {
+    let tabs = [
+        (Tab::Overview, "/portal", "Overview"),
+        (Tab::Usage, "/portal/usage", "Usage"),
+        (Tab::Activity, "/portal/activity", "Activity"),
+        (Tab::TopUp, "/portal/top-ups", "Top up"),
+        (Tab::Auto, "/portal/auto-top-up", "Auto top-up"),
+        (Tab::Cards, "/portal/cards", "Cards"),
+    ];
+    let test_mode = match session.mode.environment() {
+        Environment::Test => true,
+        Environment::Live => false,
     };
-    let badge = match session.mode.environment() {
-        Environment::Test => r#"<span class="badge">Test mode</span>"#,
-        Environment::Live => "",
-    };
-    format!(
-        r#"<nav class="portal-nav" aria-label="Billing portal">{}{}{}{}{}{}{badge}<a class="back" href="{}">&larr; Back to {}</a></nav>"#,
-        link(Tab::Overview, "/portal", "Overview"),
-        link(Tab::Usage, "/portal/usage", "Usage"),
-        link(Tab::Activity, "/portal/activity", "Activity"),
-        link(Tab::TopUp, "/portal/top-ups", "Top up"),
-        link(Tab::Auto, "/portal/auto-top-up", "Auto top-up"),
-        link(Tab::Cards, "/portal/cards", "Cards"),
-        escape(&session.return_url),
-        escape(&branding.name),
-    )
+    html! {
+        nav class="portal-nav" aria-label="Billing portal" {
+            @for (tab, href, text) in tabs {
+                a href=(href) aria-current=[(tab == current).then_some("page")] { (text) }
+            }
+            @if test_mode { span class="badge" { "Test mode" } }
+            a class="back" href=(session.return_url) { "\u{2190} Back to " (branding.name) }
+        }
+    }
 }
 
 pub(super) fn portal_page(
@@ -50,20 +53,23 @@ pub(super) fn portal_page(
     session: &PortalSession,
     current: Tab,
     title: &str,
-    body: &str,
-) -> String {
-    let script = match current {
-        Tab::TopUp => r#"<script src="/portal/portal.js" defer></script>"#,
-        Tab::Overview | Tab::Usage | Tab::Auto | Tab::Cards | Tab::Activity => "",
+    body: Markup,
+) -> Markup {
+    let quotes = match current {
+        Tab::TopUp => true,
+        Tab::Overview | Tab::Usage | Tab::Auto | Tab::Cards | Tab::Activity => false,
     };
     // Every page: the time zone cookie and the charts' values on tap (`locale::VIEW_SCRIPT`).
-    let script = format!(r#"{script}<script src="/portal/view.js" defer></script>"#);
-    page_with(branding, title, &nav(branding, session, current), body, &script)
+    let scripts = html! {
+        @if quotes { script src="/portal/portal.js" defer {} }
+        script src="/portal/view.js" defer {}
+    };
+    page_with(branding, title, nav(branding, session, current), body, scripts)
 }
 
 /// A page with a heading and one message, for errors and dead ends.
-pub fn message(branding: &Branding, title: &str, text: &str) -> String {
-    page_with(branding, title, "", &format!("<h1>{}</h1><p>{}</p>", escape(title), escape(text)), "")
+pub fn message(branding: &Branding, title: &str, text: &str) -> Markup {
+    page_with(branding, title, html! {}, html! { h1 { (title) } p { (text) } }, html! {})
 }
 
 /// A field error as the customer reads it.
@@ -82,191 +88,218 @@ pub fn field_message(field: &FieldError) -> String {
     }
 }
 
-pub(super) fn errors_box(errors: &[String]) -> String {
-    if errors.is_empty() {
-        return String::new();
+pub(super) fn errors_box(errors: &[String]) -> Markup {
+    html! {
+        @if !errors.is_empty() {
+            div class="error" role="alert" { ul { @for error in errors { li { (error) } } } }
+        }
     }
-    let items: String = errors.iter().map(|error| format!("<li>{}</li>", escape(error))).collect();
-    format!(r#"<div class="error" role="alert"><ul>{items}</ul></div>"#)
 }
 
-fn returned_notice(viewer: &Viewer, line: &TopUpLine) -> String {
+fn returned_notice(viewer: &Viewer, line: &TopUpLine) -> Markup {
     let top_up = &line.top_up;
-    let paid = escape(&viewer.amount(&line.currency, top_up.amount));
-    let bought = escape(&viewer.amount(&line.asset, top_up.asset_amount));
+    let paid = viewer.amount(&line.currency, top_up.amount);
+    let bought = viewer.amount(&line.asset, top_up.asset_amount);
     match top_up.status {
-        TopUpStatus::Succeeded => {
-            format!(
-                r#"<div class="ok" role="status">Thank you: your top-up of {paid} succeeded and {bought} was added.</div>"#
-            )
-        }
-        TopUpStatus::Failed | TopUpStatus::Expired => format!(
-            r#"<div class="error" role="alert">Your top-up of {paid} did not go through: {} <a href="/portal/top-ups">Try again</a></div>"#,
-            escape(top_up.failure_reason.as_deref().unwrap_or("the payment failed."))
-        ),
-        TopUpStatus::Initiated | TopUpStatus::Pending => {
-            let resume = top_up
-                .redirect_url
-                .as_deref()
-                .map(|url| format!(r#" <a href="{}">Return to the payment page</a>."#, escape(url)))
-                .unwrap_or_default();
-            format!(r#"<div class="error" role="status">Your top-up of {paid} has not been paid yet.{resume}</div>"#)
-        }
+        TopUpStatus::Succeeded => html! {
+            div class="ok" role="status" {
+                "Thank you: your top-up of " (paid) " succeeded and " (bought) " was added."
+            }
+        },
+        TopUpStatus::Failed | TopUpStatus::Expired => html! {
+            div class="error" role="alert" {
+                "Your top-up of " (paid) " did not go through: "
+                (top_up.failure_reason.as_deref().unwrap_or("the payment failed.")) " "
+                a href="/portal/top-ups" { "Try again" }
+            }
+        },
+        TopUpStatus::Initiated | TopUpStatus::Pending => html! {
+            div class="error" role="status" {
+                "Your top-up of " (paid) " has not been paid yet."
+                @if let Some(url) = &top_up.redirect_url { " " a href=(url) { "Return to the payment page" } "." }
+            }
+        },
     }
 }
 
-pub fn home(branding: &Branding, session: &PortalSession, overview: &Overview) -> String {
+pub fn home(branding: &Branding, session: &PortalSession, overview: &Overview) -> Markup {
     let viewer = &overview.viewer;
-    let notice = overview.returned_from.as_ref().map(|line| returned_notice(viewer, line)).unwrap_or_default();
-    let month: String = if overview.month_spend.is_empty() {
-        r#"<p class="muted">Nothing spent yet this month.</p>"#.into()
-    } else {
-        let rows: String = overview
-            .month_spend
-            .iter()
-            .map(|(look, total)| {
-                format!(
-                    r#"<li><span>{}</span><strong>{}</strong></li>"#,
-                    escape(&look.name),
-                    escape(&viewer.amount(look, *total))
-                )
-            })
-            .collect();
-        format!(r#"<ul class="card stats">{rows}</ul>"#)
+    let body = html! {
+        @if let Some(line) = &overview.returned_from { (returned_notice(viewer, line)) }
+        h1 { "Your balances" }
+        @if overview.accounts.is_empty() {
+            p class="muted" { "No balances yet. " a href="/portal/top-ups" { "Top up" } " to get started." }
+        } @else {
+            div class="grid" {
+                @for (account, look) in &overview.accounts {
+                    (overview::account_card(
+                        viewer,
+                        account,
+                        look,
+                        overview.pay_now.get(&account_id(&account.key)).map(String::as_str),
+                        overview.renewing,
+                        overview.now,
+                    ))
+                }
+            }
+        }
+        p { a class="button" href="/portal/top-ups" { "Top up" } }
+        (overview::plan_cards(viewer, &overview.plans, overview.now))
+        h2 { "Spent this month " span class="muted" { "(since " (viewer.day_month(overview.month_start)) ")" } }
+        @if overview.month_spend.is_empty() {
+            p class="muted" { "Nothing spent yet this month." }
+        } @else {
+            ul class="card stats" {
+                @for (look, total) in &overview.month_spend {
+                    li { span { (look.name) } strong { (viewer.amount(look, *total)) } }
+                }
+            }
+        }
+        h2 { "Spend over the last 30 days" }
+        @if overview.charts.is_empty() {
+            p class="muted" { "No usage in the last 30 days." }
+        } @else {
+            @for chart in &overview.charts { div class="card" { (overview::product_chart(viewer, chart)) } }
+        }
+        h2 { "Recent usage" }
+        (usage_table(viewer, &overview.recent_usage))
+        p {
+            a href="/portal/usage" { "All usage (" (overview.usage_count) ")" }
+            " \u{b7} "
+            a href="/portal/activity" { "All activity" }
+        }
+        h2 { "Recent top-ups" }
+        (top_up_table(viewer, &overview.recent_top_ups, None))
+        p { a href="/portal/top-ups" { "All top-ups (" (overview.top_up_count) ")" } }
+        (viewer.zone_note())
     };
-    let charts: String = if overview.charts.is_empty() {
-        r#"<p class="muted">No usage in the last 30 days.</p>"#.into()
-    } else {
-        overview
-            .charts
-            .iter()
-            .map(|chart| format!(r#"<div class="card">{}</div>"#, overview::product_chart(viewer, chart)))
-            .collect()
-    };
-    let accounts: String = if overview.accounts.is_empty() {
-        r#"<p class="muted">No balances yet. <a href="/portal/top-ups">Top up</a> to get started.</p>"#.into()
-    } else {
-        let cards: String = overview
-            .accounts
-            .iter()
-            .map(|(account, look)| {
-                let pay_now = overview.pay_now.get(&account_id(&account.key)).map(String::as_str);
-                overview::account_card(viewer, account, look, pay_now, overview.renewing, overview.now)
-            })
-            .collect();
-        format!(r#"<div class="grid">{cards}</div>"#)
-    };
-    let body = format!(
-        r#"{notice}<h1>Your balances</h1>{accounts}
-<p><a class="button" href="/portal/top-ups">Top up</a></p>{plans}
-<h2>Spent this month <span class="muted">(since {since})</span></h2>{month}
-<h2>Spend over the last 30 days</h2>{charts}
-<h2>Recent usage</h2>{usage}<p><a href="/portal/usage">All usage ({usage_count})</a> · <a href="/portal/activity">All activity</a></p>
-<h2>Recent top-ups</h2>{top_ups}<p><a href="/portal/top-ups">All top-ups ({top_up_count})</a></p>{zone}"#,
-        zone = viewer.zone_note(),
-        plans = overview::plan_cards(viewer, &overview.plans, overview.now),
-        since = escape(&viewer.day_month(overview.month_start)),
-        usage = usage_table(viewer, &overview.recent_usage),
-        usage_count = overview.usage_count,
-        top_ups = top_up_table(viewer, &overview.recent_top_ups, None),
-        top_up_count = overview.top_up_count,
-    );
-    portal_page(branding, session, Tab::Overview, "Billing", &body)
+    portal_page(branding, session, Tab::Overview, "Billing", body)
 }
 
-fn usage_table(viewer: &Viewer, lines: &[UsageLine]) -> String {
+fn usage_table(viewer: &Viewer, lines: &[UsageLine]) -> Markup {
     if lines.is_empty() {
-        return r#"<p class="muted">No usage yet.</p>"#.into();
+        return html! { p class="muted" { "No usage yet." } };
     }
-    let rows: String = lines
-        .iter()
-        .map(|line| {
-            format!(
-                r#"<tr><td data-label="When">{when}</td><td data-label="Product">{product}</td><td data-label="Subject">{subject}</td><td data-label="Description">{description}</td><td data-label="Amount" class="amount">{amount}</td></tr>"#,
-                when = escape(&viewer.date_time(line.when)),
-                product = escape(line.product.as_deref().unwrap_or("—")),
-                subject = escape(line.subject.as_deref().unwrap_or("—")),
-                description = escape(line.fee.description.as_deref().unwrap_or("")),
-                amount = escape(&viewer.amount(&line.look, line.fee.amount)),
-            )
-        })
-        .collect();
-    format!(
-        r#"<div class="card table-wrap"><table class="stack"><caption class="sr-only">Usage, newest first</caption><thead><tr><th scope="col">When</th><th scope="col">Product</th><th scope="col">Subject</th><th scope="col">Description</th><th scope="col" class="amount">Amount</th></tr></thead><tbody>{rows}</tbody></table></div>"#
-    )
+    html! {
+        div class="card table-wrap" {
+            table class="stack" {
+                caption class="sr-only" { "Usage, newest first" }
+                thead {
+                    tr {
+                        th scope="col" { "When" }
+                        th scope="col" { "Product" }
+                        th scope="col" { "Subject" }
+                        th scope="col" { "Description" }
+                        th scope="col" class="amount" { "Amount" }
+                    }
+                }
+                tbody {
+                    @for line in lines {
+                        tr {
+                            td data-label="When" { (viewer.date_time(line.when)) }
+                            td data-label="Product" { (line.product.as_deref().unwrap_or("\u{2014}")) }
+                            td data-label="Subject" { (line.subject.as_deref().unwrap_or("\u{2014}")) }
+                            td data-label="Description" { (line.fee.description.as_deref().unwrap_or("")) }
+                            td data-label="Amount" class="amount" { (viewer.amount(&line.look, line.fee.amount)) }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Top-ups, newest first. With `csrf` (the top-ups page) an open portal top-up offers Resume
 /// and Cancel; the overview's short list (`None`) has no actions column.
-pub(super) fn top_up_table(viewer: &Viewer, lines: &[TopUpLine], csrf: Option<&str>) -> String {
+pub(super) fn top_up_table(viewer: &Viewer, lines: &[TopUpLine], csrf: Option<&str>) -> Markup {
     if lines.is_empty() {
-        return r#"<p class="muted">No top-ups yet.</p>"#.into();
+        return html! { p class="muted" { "No top-ups yet." } };
     }
-    let rows: String = lines
-        .iter()
-        .map(|line| {
-            let top_up = &line.top_up;
-            let how = match top_up.origin.as_str() {
-                "auto" => "Automatic",
-                "portal" => "Billing portal",
-                _ => "Platform",
-            };
-            let reason = top_up
-                .failure_reason
-                .as_deref()
-                .filter(|_| !top_up.status.is_open())
-                .map(|reason| format!(r#"<br><span class="muted">{}</span>"#, escape(reason)))
-                .unwrap_or_default();
-            let paid = escape(&viewer.amount(&line.currency, top_up.amount));
-            let resumable = top_up.status.is_open() && top_up.origin == "portal";
-            let actions = match (csrf, &top_up.redirect_url) {
-                (Some(csrf), Some(url)) if resumable => format!(
-                    r#"<td data-label="Actions"><a href="{url}" aria-label="Resume the top-up of {paid}">Resume</a> <form class="inline" method="post" action="/portal/top-ups/{id}/cancel"><input type="hidden" name="csrf" value="{csrf}"><button type="submit" class="secondary" aria-label="Cancel the top-up of {paid}">Cancel</button></form></td>"#,
-                    url = escape(url),
-                    id = escape(&top_up.id),
-                ),
-                (Some(_), _) => r#"<td data-label="Actions"></td>"#.to_owned(),
-                (None, _) => String::new(),
-            };
-            format!(
-                r#"<tr data-top-up="{id}"><td data-label="When">{when}</td><td data-label="Paid" class="amount">{paid}</td><td data-label="Received" class="amount">{bought}</td><td data-label="Status" class="status-{status}">{status}{reason}</td><td data-label="How">{how}</td>{actions}</tr>"#,
-                id = escape(&top_up.id),
-                when = escape(&viewer.date_time(top_up.created_at)),
-                bought = escape(&viewer.amount(&line.asset, top_up.asset_amount)),
-                status = escape(top_up.status.as_str()),
-            )
-        })
-        .collect();
-    let actions_header =
-        if csrf.is_some() { r#"<th scope="col"><span class="sr-only">Actions</span></th>"# } else { "" };
-    format!(
-        r#"<div class="card table-wrap"><table class="stack"><caption class="sr-only">Top-ups, newest first</caption><thead><tr><th scope="col">When</th><th scope="col" class="amount">Paid</th><th scope="col" class="amount">Received</th><th scope="col">Status</th><th scope="col">How</th>{actions_header}</tr></thead><tbody>{rows}</tbody></table></div>"#
-    )
+    html! {
+        div class="card table-wrap" {
+            table class="stack" {
+                caption class="sr-only" { "Top-ups, newest first" }
+                thead {
+                    tr {
+                        th scope="col" { "When" }
+                        th scope="col" class="amount" { "Paid" }
+                        th scope="col" class="amount" { "Received" }
+                        th scope="col" { "Status" }
+                        th scope="col" { "How" }
+                        @if csrf.is_some() { th scope="col" { span class="sr-only" { "Actions" } } }
+                    }
+                }
+                tbody { @for line in lines { (top_up_row(viewer, line, csrf)) } }
+            }
+        }
+    }
 }
 
-pub(super) fn pager<T>(base: &str, paged: &Paged<T>) -> String {
-    let newer = if paged.page > 1 {
-        format!(r#"<a href="{base}?page={}">&larr; Newer</a>"#, paged.page - 1)
-    } else {
-        "<span></span>".into()
+fn top_up_row(viewer: &Viewer, line: &TopUpLine, csrf: Option<&str>) -> Markup {
+    let top_up = &line.top_up;
+    let how = match top_up.origin.as_str() {
+        "auto" => "Automatic",
+        "portal" => "Billing portal",
+        _ => "Platform",
     };
-    let older = if paged.has_next() {
-        format!(r#"<a href="{base}?page={}">Older &rarr;</a>"#, paged.page + 1)
-    } else {
-        "<span></span>".into()
-    };
-    format!(r#"<nav class="pager" aria-label="Pages">{newer}{older}</nav>"#)
+    let reason = top_up.failure_reason.as_deref().filter(|_| !top_up.status.is_open());
+    let paid = viewer.amount(&line.currency, top_up.amount);
+    let status = top_up.status.as_str();
+    let resume = top_up.redirect_url.as_deref().filter(|_| top_up.status.is_open() && top_up.origin == "portal");
+    html! {
+        tr data-top-up=(top_up.id) {
+            td data-label="When" { (viewer.date_time(top_up.created_at)) }
+            td data-label="Paid" class="amount" { (paid) }
+            td data-label="Received" class="amount" { (viewer.amount(&line.asset, top_up.asset_amount)) }
+            td data-label="Status" class={ "status-" (status) } {
+                (status)
+                @if let Some(reason) = reason { br; span class="muted" { (reason) } }
+            }
+            td data-label="How" { (how) }
+            @if let Some(csrf) = csrf {
+                td data-label="Actions" {
+                    @if let Some(url) = resume {
+                        a href=(url) aria-label={ "Resume the top-up of " (paid) } { "Resume" }
+                        " "
+                        form class="inline" method="post" action={ "/portal/top-ups/" (top_up.id) "/cancel" } {
+                            input type="hidden" name="csrf" value=(csrf);
+                            button type="submit" class="secondary" aria-label={ "Cancel the top-up of " (paid) } {
+                                "Cancel"
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
-pub fn usage(branding: &Branding, session: &PortalSession, viewer: &Viewer, paged: &Paged<UsageLine>) -> String {
-    let body = format!(
-        r#"<h1>Usage</h1><p class="muted">Everything charged to your balances, newest first ({total} in all).</p>{table}{pager}{zone}"#,
-        zone = viewer.zone_note(),
-        total = paged.total,
-        table = usage_table(viewer, &paged.items),
-        pager = pager("/portal/usage", paged),
-    );
-    portal_page(branding, session, Tab::Usage, "Usage", &body)
+pub(super) fn pager<T>(base: &str, paged: &Paged<T>) -> Markup {
+    html! {
+        nav class="pager" aria-label="Pages" {
+            @if paged.page > 1 {
+                a href={ (base) "?page=" (paged.page - 1) } { "\u{2190} Newer" }
+            } @else {
+                span {}
+            }
+            @if paged.has_next() {
+                a href={ (base) "?page=" (paged.page + 1) } { "Older \u{2192}" }
+            } @else {
+                span {}
+            }
+        }
+    }
+}
+
+pub fn usage(branding: &Branding, session: &PortalSession, viewer: &Viewer, paged: &Paged<UsageLine>) -> Markup {
+    let body = html! {
+        h1 { "Usage" }
+        p class="muted" { "Everything charged to your balances, newest first (" (paged.total) " in all)." }
+        (usage_table(viewer, &paged.items))
+        (pager("/portal/usage", paged))
+        (viewer.zone_note())
+    };
+    portal_page(branding, session, Tab::Usage, "Usage", body)
 }
 
 pub(super) fn method_label(method: &PaymentMethod) -> String {
@@ -325,7 +358,7 @@ fn auto_form(
     entry: &AutoAccount,
     methods: &[PaymentMethod],
     saved: bool,
-) -> String {
+) -> Markup {
     let key = &entry.account.key;
     let id = account_id(key);
     let slug: String = id.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
@@ -346,75 +379,84 @@ fn auto_form(
         },
         |t| t.payment_method_id.clone(),
     );
-    let currencies: String = entry
-        .currencies
-        .iter()
-        .map(|code| {
-            let selected = if *code == currency { " selected" } else { "" };
-            format!(r#"<option value="{code}"{selected}>{code}</option>"#, code = escape(code))
-        })
-        .collect();
-    let cards: String = methods
-        .iter()
-        .map(|method| {
-            let selected = if method.id == method_id { " selected" } else { "" };
-            format!(r#"<option value="{}"{selected}>{}</option>"#, escape(&method.id), escape(&method_label(method)))
-        })
-        .collect();
-    let no_cards = if methods.is_empty() {
-        r#"<p class="muted">No saved card yet: <a href="/portal/top-ups">top up once</a> and the card you pay with is saved for automatic top-ups.</p>"#
-    } else {
-        ""
-    };
-    let notice = if saved { r#"<div class="ok" role="status">Saved.</div>"# } else { "" };
-    let unit = escape(&entry.look.label);
-    let checked = if enabled { " checked" } else { "" };
-    format!(
-        r#"<section class="card" aria-labelledby="auto-{slug}" data-account="{id}"><h2 id="auto-{slug}">{name}{account}</h2>{notice}{errors}
-<p class="muted" id="status-{slug}">{status}</p>{no_cards}
-<form method="post" action="/portal/auto-top-up"><input type="hidden" name="csrf" value="{csrf}"><input type="hidden" name="account" value="{id}">
-<label class="check" for="enabled-{slug}"><input type="checkbox" id="enabled-{slug}" name="enabled" value="on"{checked}> Top up automatically</label>
-<div class="fields"><div><label for="threshold-{slug}">When available falls below ({unit})</label><input id="threshold-{slug}" name="threshold" inputmode="decimal" value="{threshold}" placeholder="50"></div>
-<div><label for="amount-{slug}">Pay each time</label><input id="amount-{slug}" name="amount" inputmode="decimal" value="{amount}" placeholder="10.00"></div>
-<div><label for="currency-{slug}">Currency</label><select id="currency-{slug}" name="currency">{currencies}</select></div>
-<div><label for="method-{slug}">Card</label><select id="method-{slug}" name="payment_method_id"><option value="">Choose a saved card</option>{cards}</select></div></div>
-<button type="submit">Save auto top-up</button></form></section>"#,
-        id = escape(&id),
-        name = escape(&entry.look.name),
-        account = if key.name == "default" {
-            String::new()
-        } else {
-            format!(" <span class=\"muted\">({})</span>", escape(&key.name))
-        },
-        errors = errors_box(&entry.errors),
-        status = escape(&auto_status(viewer, entry, methods)),
-        csrf = escape(&session.csrf_token),
-        threshold = escape(&threshold),
-        amount = escape(&amount),
-    )
+    html! {
+        section class="card" aria-labelledby={ "auto-" (slug) } data-account=(id) {
+            h2 id={ "auto-" (slug) } {
+                (entry.look.name)
+                @if key.name != "default" { " " span class="muted" { "(" (key.name) ")" } }
+            }
+            @if saved { div class="ok" role="status" { "Saved." } }
+            (errors_box(&entry.errors))
+            p class="muted" id={ "status-" (slug) } { (auto_status(viewer, entry, methods)) }
+            @if methods.is_empty() {
+                p class="muted" {
+                    "No saved card yet: " a href="/portal/top-ups" { "top up once" }
+                    " and the card you pay with is saved for automatic top-ups."
+                }
+            }
+            form method="post" action="/portal/auto-top-up" {
+                input type="hidden" name="csrf" value=(session.csrf_token);
+                input type="hidden" name="account" value=(id);
+                label class="check" for={ "enabled-" (slug) } {
+                    input type="checkbox" id={ "enabled-" (slug) } name="enabled" value="on" checked[enabled];
+                    " Top up automatically"
+                }
+                div class="fields" {
+                    div {
+                        label for={ "threshold-" (slug) } { "When available falls below (" (entry.look.label) ")" }
+                        input id={ "threshold-" (slug) } name="threshold" inputmode="decimal" value=(threshold)
+                            placeholder="50";
+                    }
+                    div {
+                        label for={ "amount-" (slug) } { "Pay each time" }
+                        input id={ "amount-" (slug) } name="amount" inputmode="decimal" value=(amount)
+                            placeholder="10.00";
+                    }
+                    div {
+                        label for={ "currency-" (slug) } { "Currency" }
+                        select id={ "currency-" (slug) } name="currency" {
+                            @for code in &entry.currencies {
+                                option value=(code) selected[*code == currency] { (code) }
+                            }
+                        }
+                    }
+                    div {
+                        label for={ "method-" (slug) } { "Card" }
+                        select id={ "method-" (slug) } name="payment_method_id" {
+                            option value="" { "Choose a saved card" }
+                            @for method in methods {
+                                option value=(method.id) selected[method.id == method_id] { (method_label(method)) }
+                            }
+                        }
+                    }
+                }
+                button type="submit" { "Save auto top-up" }
+            }
+        }
+    }
 }
 
-pub fn auto_top_up(branding: &Branding, session: &PortalSession, viewer: &Viewer, page: &AutoPage) -> String {
-    let forms: String = if page.accounts.is_empty() {
-        r#"<p class="muted">You have no balances yet. <a href="/portal/top-ups">Top up</a> first.</p>"#.into()
-    } else {
-        page.accounts
-            .iter()
-            .filter(|entry| !entry.currencies.is_empty())
-            .map(|entry| {
-                auto_form(
+pub fn auto_top_up(branding: &Branding, session: &PortalSession, viewer: &Viewer, page: &AutoPage) -> Markup {
+    let body = html! {
+        h1 { "Auto top-up" }
+        p class="muted" {
+            "Keep a balance from running out: when it falls below the amount you set, your saved card is charged \
+             and the balance topped up. After " (MAX_FAILURES) " failed payments in a row auto top-up turns itself off."
+        }
+        @if page.accounts.is_empty() {
+            p class="muted" { "You have no balances yet. " a href="/portal/top-ups" { "Top up" } " first." }
+        } @else {
+            @for entry in page.accounts.iter().filter(|entry| !entry.currencies.is_empty()) {
+                (auto_form(
                     session,
                     viewer,
                     entry,
                     &page.methods,
                     page.saved.as_deref() == Some(&account_id(&entry.account.key)),
-                )
-            })
-            .collect()
+                ))
+            }
+        }
+        (viewer.zone_note())
     };
-    let body = format!(
-        r#"<h1>Auto top-up</h1><p class="muted">Keep a balance from running out: when it falls below the amount you set, your saved card is charged and the balance topped up. After {MAX_FAILURES} failed payments in a row auto top-up turns itself off.</p>{forms}{zone}"#,
-        zone = viewer.zone_note(),
-    );
-    portal_page(branding, session, Tab::Auto, "Auto top-up", &body)
+    portal_page(branding, session, Tab::Auto, "Auto top-up", body)
 }

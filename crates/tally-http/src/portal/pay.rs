@@ -10,7 +10,7 @@ use super::locale::Viewer;
 use super::pages::{errors_box, method_label, pager, portal_page, Tab};
 use super::{csrf_ok, failure, forbidden, html, Session, TopUpPage};
 use crate::error::ApiError;
-use crate::html::{escape, Branding};
+use crate::html::Branding;
 use crate::payments::{test_provider, CardSetupRequest, SavedCard};
 use crate::routes::topups::public_url;
 use crate::AppState;
@@ -19,6 +19,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
+use maud::{html, Markup};
 use serde::Deserialize;
 use tally_store::ops::topups as topup_ops;
 use tally_store::ops::OpError;
@@ -295,30 +296,29 @@ async fn set_up_card(
     }
 }
 
-fn new_card_page(branding: &Branding, session: &PortalSession, test_cards: bool, errors: &[String]) -> String {
-    if !test_cards {
-        let body = format!(
-            r#"<h1>Add a card</h1><form class="card" method="post" action="/portal/cards/new">{errors}
-<input type="hidden" name="csrf" value="{csrf}">
-<p>You enter the card on our payment provider's secure page; nothing is charged. It is saved for automatic top-ups.</p>
-<button type="submit">Continue to add a card</button></form><p><a href="/portal/cards">Back to your cards</a></p>"#,
-            errors = errors_box(errors),
-            csrf = escape(&session.csrf_token),
-        );
-        return portal_page(branding, session, Tab::Cards, "Add a card", &body);
-    }
-    let invalid = if errors.is_empty() { "" } else { r#" aria-invalid="true""# };
-    let body = format!(
-        r#"<h1>Add a card</h1><form class="card" method="post" action="/portal/cards/new">{errors}
-<input type="hidden" name="csrf" value="{csrf}">
-<label for="card_number">Card number</label>
-<input id="card_number" name="card_number" inputmode="numeric" autocomplete="cc-number" required placeholder="4242 4242 4242 4242"{invalid}>
-<p class="muted">Test mode: 4242 4242 4242 4242 is saved, 4000 0000 0000 0002 is declined.</p>
-<button type="submit">Save card</button></form><p><a href="/portal/cards">Back to your cards</a></p>"#,
-        errors = errors_box(errors),
-        csrf = escape(&session.csrf_token),
-    );
-    portal_page(branding, session, Tab::Cards, "Add a card", &body)
+fn new_card_page(branding: &Branding, session: &PortalSession, test_cards: bool, errors: &[String]) -> Markup {
+    let body = html! {
+        h1 { "Add a card" }
+        form class="card" method="post" action="/portal/cards/new" {
+            (errors_box(errors))
+            input type="hidden" name="csrf" value=(session.csrf_token);
+            @if test_cards {
+                label for="card_number" { "Card number" }
+                input id="card_number" name="card_number" inputmode="numeric" autocomplete="cc-number" required
+                    placeholder="4242 4242 4242 4242" aria-invalid=[(!errors.is_empty()).then_some("true")];
+                p class="muted" { "Test mode: 4242 4242 4242 4242 is saved, 4000 0000 0000 0002 is declined." }
+                button type="submit" { "Save card" }
+            } @else {
+                p {
+                    "You enter the card on our payment provider's secure page; nothing is charged. It is saved for \
+                     automatic top-ups."
+                }
+                button type="submit" { "Continue to add a card" }
+            }
+        }
+        p { a href="/portal/cards" { "Back to your cards" } }
+    };
+    portal_page(branding, session, Tab::Cards, "Add a card", body)
 }
 
 fn cards_page(
@@ -328,152 +328,153 @@ fn cards_page(
     methods: &[PaymentMethod],
     notice: Option<&str>,
     errors: &[String],
-) -> String {
-    let csrf = escape(&session.csrf_token);
-    let list: String = if methods.is_empty() {
-        r#"<p class="muted">No saved cards. A card you pay a top-up with is saved when you tick &ldquo;Save this card&rdquo;.</p>"#.into()
-    } else {
-        let items: String = methods
-            .iter()
-            .enumerate()
-            .map(|(index, method)| {
+) -> Markup {
+    let csrf = &session.csrf_token;
+    let body = html! {
+        h1 { "Saved cards" }
+        @if let Some(text) = notice { div class="ok" role="status" { (text) } }
+        (errors_box(errors))
+        p class="muted" {
+            "Auto top-up charges the card you choose for it; the default card is offered first. A removed card is \
+             never charged again."
+        }
+        @if methods.is_empty() {
+            p class="muted" {
+                "No saved cards. A card you pay a top-up with is saved when you tick \u{201c}Save this card\u{201d}."
+            }
+        } @else {
+            ul class="cards" {
                 // The default card is listed first (see repo::topups::payment_methods).
-                let is_default = index == 0;
-                let id = escape(&method.id);
-                let label = escape(&method_label(method));
-                let default = if is_default {
-                    r#" <span class="badge">Default</span>"#.to_owned()
-                } else {
-                    format!(
-                        r#"<form method="post" action="/portal/cards/{id}/default"><input type="hidden" name="csrf" value="{csrf}"><button type="submit" class="secondary" aria-label="Make {label} the default">Make default</button></form>"#
-                    )
-                };
-                format!(
-                    r#"<li class="card saved-card" data-card="{id}"><div><strong>{label}</strong>{default_badge}<br><span class="muted">Saved {when}</span></div><div class="actions">{default_form}<form method="post" action="/portal/cards/{id}/remove"><input type="hidden" name="csrf" value="{csrf}"><button type="submit" class="secondary" aria-label="Remove {label}">Remove</button></form></div></li>"#,
-                    default_badge = if is_default { default.as_str() } else { "" },
-                    default_form = if is_default { "" } else { default.as_str() },
-                    when = escape(&viewer.date_time(method.created_at)),
-                )
-            })
-            .collect();
-        format!(r#"<ul class="cards">{items}</ul>"#)
+                @for (index, method) in methods.iter().enumerate() {
+                    @let label = method_label(method);
+                    li class="card saved-card" data-card=(method.id) {
+                        div {
+                            strong { (label) }
+                            @if index == 0 { " " span class="badge" { "Default" } }
+                            br;
+                            span class="muted" {
+                                @if let Some(expiry) = method.expiry {
+                                    span class="expiry" { "Expires " (format!("{:02}/{}", expiry.month, expiry.year)) }
+                                    " · "
+                                }
+                                "Saved " (viewer.date_time(method.created_at))
+                            }
+                        }
+                        div class="actions" {
+                            @if index > 0 {
+                                form method="post" action={ "/portal/cards/" (method.id) "/default" } {
+                                    input type="hidden" name="csrf" value=(csrf);
+                                    button type="submit" class="secondary" aria-label={ "Make " (label) " the default" } {
+                                        "Make default"
+                                    }
+                                }
+                            }
+                            form method="post" action={ "/portal/cards/" (method.id) "/remove" } {
+                                input type="hidden" name="csrf" value=(csrf);
+                                button type="submit" class="secondary" aria-label={ "Remove " (label) } { "Remove" }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        p { a class="button" href="/portal/cards/new" { "Add a card" } }
+        (viewer.zone_note())
     };
-    let notice =
-        notice.map(|text| format!(r#"<div class="ok" role="status">{}</div>"#, escape(text))).unwrap_or_default();
-    let body = format!(
-        r#"<h1>Saved cards</h1>{notice}{errors}<p class="muted">Auto top-up charges the card you choose for it; the default card is offered first. A removed card is never charged again.</p>{list}<p><a class="button" href="/portal/cards/new">Add a card</a></p>{zone}"#,
-        errors = errors_box(errors),
-        zone = viewer.zone_note(),
-    );
-    portal_page(branding, session, Tab::Cards, "Saved cards", &body)
+    portal_page(branding, session, Tab::Cards, "Saved cards", body)
 }
 
 /// The top-up page: the form, then the history, where an open portal top-up can be resumed
 /// or cancelled.
-pub fn top_ups(branding: &Branding, session: &PortalSession, viewer: &Viewer, page: &TopUpPage) -> String {
-    let csrf = escape(&session.csrf_token);
-    let form = if page.options.is_empty() {
-        r#"<p class="muted">There is nothing to buy here yet.</p>"#.to_owned()
-    } else {
-        let chosen = page.chosen.trim().to_ascii_uppercase();
-        let options: String = page
-            .options
-            .iter()
-            .map(|option| {
-                let value = option.value();
-                let selected = if value == chosen { " selected" } else { "" };
-                format!(
-                    r#"<option value="{value}"{selected}>{name} ({label}), paid in {currency}</option>"#,
-                    value = escape(&value),
-                    name = escape(&option.asset.name),
-                    label = escape(&option.asset.label),
-                    currency = escape(&option.currency.code),
-                )
-            })
-            .collect();
-        let presets: String = page
-            .options
-            .iter()
-            .filter(|option| !option.presets.is_empty())
-            .map(|option| {
-                let buttons: String = option
-                    .presets
-                    .iter()
-                    .map(|amount| {
-                        format!(
-                            r#"<button type="submit" class="preset" name="preset" value="{value}|{amount}" formnovalidate>{shown}</button>"#,
-                            value = escape(&option.value()),
-                            amount = amount.normalize(),
-                            shown = escape(&viewer.amount(&option.currency, *amount)),
-                        )
-                    })
-                    .collect();
-                let group = format!("Quick amounts: {} paid in {}", option.asset.name, option.currency.code);
-                format!(
-                    r#"<div class="presets" role="group" aria-label="{label}"><span class="muted">{label}</span> {buttons}</div>"#,
-                    label = escape(&group),
-                )
-            })
-            .collect();
-        let minimums: Vec<String> = page
-            .options
-            .iter()
-            .filter_map(|option| {
-                option.minimum.map(|minimum| {
-                    format!(
-                        "{} paid in {}: at least {}",
-                        option.asset.name,
-                        option.currency.code,
-                        viewer.amount(&option.currency, minimum)
-                    )
-                })
-            })
-            .collect();
-        let rates: Vec<String> = page
-            .options
-            .iter()
-            .filter(|option| !option.asset.is_currency)
-            .map(|option| {
-                format!(
-                    "1 {} buys {} {}",
-                    option.currency.code,
-                    option.rate.inverse_rate().normalize(),
-                    option.asset.label
-                )
-            })
-            .collect();
-        let invalid = if page.errors.is_empty() { "" } else { r#" aria-invalid="true""# };
-        let checked = if page.save_card { " checked" } else { "" };
-        format!(
-            r#"<form id="top-up-form" class="card" method="post" action="/portal/top-ups">
-<input type="hidden" name="csrf" value="{csrf}">{errors}
-<div class="fields"><div><label for="option">What to buy</label><select id="option" name="option">{options}</select></div>
-<div><label for="amount">Amount to pay</label><input id="amount" name="amount" inputmode="decimal" autocomplete="off" required placeholder="10.00" value="{amount}"{invalid} aria-describedby="quote rates"></div></div>
-{presets}<output id="quote" class="quote" for="option amount" aria-live="polite"></output>
-<p id="rates" class="muted">{rates}{minimums}You pay on the next page.</p>
-<label class="check" for="save_card"><input type="checkbox" id="save_card" name="save_card" value="on"{checked}> Save this card for automatic top-ups</label>
-<button type="submit">Continue to payment</button></form>"#,
-            errors = errors_box(&page.errors),
-            amount = escape(&page.amount),
-            rates =
-                if rates.is_empty() { String::new() } else { format!("Rates now: {}. ", escape(&rates.join("; "))) },
-            minimums = if minimums.is_empty() {
-                String::new()
-            } else {
-                format!("Minimum top-up: {}. ", escape(&minimums.join("; ")))
-            },
-        )
+pub fn top_ups(branding: &Branding, session: &PortalSession, viewer: &Viewer, page: &TopUpPage) -> Markup {
+    let body = html! {
+        h1 { "Top up" }
+        @if page.options.is_empty() {
+            p class="muted" { "There is nothing to buy here yet." }
+        } @else {
+            (top_up_form(session, viewer, page))
+        }
+        h2 { "Top-up history" }
+        @if page.cancelled.is_some() {
+            div class="ok" role="status" { "The top-up was cancelled; nothing was charged." }
+        }
+        (super::pages::top_up_table(viewer, &page.history.items, Some(&session.csrf_token)))
+        (pager("/portal/top-ups", &page.history))
+        (viewer.zone_note())
     };
-    let cancelled = page
-        .cancelled
-        .as_ref()
-        .map(|_| r#"<div class="ok" role="status">The top-up was cancelled; nothing was charged.</div>"#)
-        .unwrap_or_default();
-    let body = format!(
-        r#"<h1>Top up</h1>{form}<h2>Top-up history</h2>{cancelled}{history}{pager}{zone}"#,
-        history = super::pages::top_up_table(viewer, &page.history.items, Some(&csrf)),
-        zone = viewer.zone_note(),
-        pager = pager("/portal/top-ups", &page.history),
-    );
-    portal_page(branding, session, Tab::TopUp, "Top up", &body)
+    portal_page(branding, session, Tab::TopUp, "Top up", body)
+}
+
+/// The form: what to buy, the amount (or a preset), the rates and minimums, saving the card.
+fn top_up_form(session: &PortalSession, viewer: &Viewer, page: &TopUpPage) -> Markup {
+    let chosen = page.chosen.trim().to_ascii_uppercase();
+    let minimums: Vec<String> = page
+        .options
+        .iter()
+        .filter_map(|option| {
+            option.minimum.map(|minimum| {
+                format!(
+                    "{} paid in {}: at least {}",
+                    option.asset.name,
+                    option.currency.code,
+                    viewer.amount(&option.currency, minimum)
+                )
+            })
+        })
+        .collect();
+    let rates: Vec<String> = page
+        .options
+        .iter()
+        .filter(|option| !option.asset.is_currency)
+        .map(|option| {
+            format!("1 {} buys {} {}", option.currency.code, option.rate.inverse_rate().normalize(), option.asset.label)
+        })
+        .collect();
+    html! {
+        form id="top-up-form" class="card" method="post" action="/portal/top-ups" {
+            input type="hidden" name="csrf" value=(session.csrf_token);
+            (errors_box(&page.errors))
+            div class="fields" {
+                div {
+                    label for="option" { "What to buy" }
+                    select id="option" name="option" {
+                        @for option in &page.options {
+                            @let value = option.value();
+                            option value=(value) selected[value == chosen] {
+                                (option.asset.name) " (" (option.asset.label) "), paid in " (option.currency.code)
+                            }
+                        }
+                    }
+                }
+                div {
+                    label for="amount" { "Amount to pay" }
+                    input id="amount" name="amount" inputmode="decimal" autocomplete="off" required placeholder="10.00"
+                        value=(page.amount) aria-invalid=[(!page.errors.is_empty()).then_some("true")]
+                        aria-describedby="quote rates";
+                }
+            }
+            @for option in page.options.iter().filter(|option| !option.presets.is_empty()) {
+                @let group = format!("Quick amounts: {} paid in {}", option.asset.name, option.currency.code);
+                div class="presets" role="group" aria-label=(group) {
+                    span class="muted" { (group) }
+                    @for amount in &option.presets {
+                        " "
+                        button type="submit" class="preset" name="preset" value={ (option.value()) "|" (amount.normalize()) }
+                            formnovalidate { (viewer.amount(&option.currency, *amount)) }
+                    }
+                }
+            }
+            output id="quote" class="quote" for="option amount" aria-live="polite" {}
+            p id="rates" class="muted" {
+                @if !rates.is_empty() { "Rates now: " (rates.join("; ")) ". " }
+                @if !minimums.is_empty() { "Minimum top-up: " (minimums.join("; ")) ". " }
+                "You pay on the next page."
+            }
+            label class="check" for="save_card" {
+                input type="checkbox" id="save_card" name="save_card" value="on" checked[page.save_card];
+                " Save this card for automatic top-ups"
+            }
+            button type="submit" { "Continue to payment" }
+        }
+    }
 }

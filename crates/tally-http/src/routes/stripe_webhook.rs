@@ -209,6 +209,7 @@ async fn card_set_up(
     let new = NewPaymentMethod {
         provider_reference: method.id.clone(),
         provider_customer,
+        expiry: card.expiry(),
         brand: card.brand,
         last4: card.last4,
     };
@@ -294,6 +295,7 @@ async fn payment_method(
     Ok(Some(NewPaymentMethod {
         provider_reference: method.id().to_owned(),
         provider_customer: Some(customer.id().to_owned()),
+        expiry: card.expiry(),
         brand: card.brand,
         last4: card.last4,
     }))

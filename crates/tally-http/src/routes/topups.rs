@@ -8,7 +8,7 @@ use crate::types::{Amount, Timestamp};
 use crate::AppState;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -414,6 +414,7 @@ pub async fn test_succeed(
         provider_customer: None,
         brand: Some("visa".into()),
         last4: Some("4242".into()),
+        expiry: Some(test_provider::TEST_CARD_EXPIRY),
     };
     let settled = state.write(move |conn| topup_ops::succeed(conn, auth.mode, &id, Some(&method), now)).await?;
     Ok(Json(top_up_view(settled.top_up)))
@@ -441,6 +442,6 @@ pub fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
 /// Where a payer lands after paying a subscription's fee when the platform gave no
 /// `return_url` of its own.
 pub async fn checkout_complete(State(state): State<AppState>) -> Response {
-    let body = "<h1>Thank you</h1><p>Your payment is being processed. You can close this page.</p>";
-    Html(page(&state.branding, "Payment", body)).into_response()
+    let body = maud::html! { h1 { "Thank you" } p { "Your payment is being processed. You can close this page." } };
+    page(&state.branding, "Payment", body).into_response()
 }

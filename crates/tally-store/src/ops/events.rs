@@ -161,18 +161,41 @@ pub fn content_hash(
     data_json: &str,
     costs_json: &str,
 ) -> String {
-    let parse = |text: &str| serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_owned()));
-    let content = serde_json::json!({
-        "event_type": event_type,
-        "occurred_at": occurred_at.timestamp_micros(),
-        "subject": subject,
-        "description": description,
-        "data": parse(data_json),
-        "costs": parse(costs_json),
-    });
-    let mut canonical = String::new();
-    write_canonical(&content, &mut canonical);
+    // The canonical text of the object of those six fields, written field by field in key
+    // order (what `write_canonical` makes of it, without building the object first: this runs
+    // for every event). `canonical_text_matches_the_canonical_object` holds the two equal.
+    let mut canonical = String::with_capacity(96 + event_type.len() + data_json.len() + costs_json.len());
+    canonical.push_str("{\"costs\":");
+    write_canonical_text(costs_json, &mut canonical);
+    canonical.push_str(",\"data\":");
+    write_canonical_text(data_json, &mut canonical);
+    canonical.push_str(",\"description\":");
+    write_json_text(description, &mut canonical);
+    canonical.push_str(",\"event_type\":");
+    write_json_text(Some(event_type), &mut canonical);
+    canonical.push_str(",\"occurred_at\":");
+    canonical.push_str(&occurred_at.timestamp_micros().to_string());
+    canonical.push_str(",\"subject\":");
+    write_json_text(subject, &mut canonical);
+    canonical.push('}');
     super::request_hash(&canonical)
+}
+
+/// The canonical text of a stored JSON text (a text that is not JSON counts as a string).
+fn write_canonical_text(text: &str, out: &mut String) {
+    if text == "{}" || text == "[]" {
+        out.push_str(text);
+        return;
+    }
+    let value = serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_owned()));
+    write_canonical(&value, out);
+}
+
+fn write_json_text(text: Option<&str>, out: &mut String) {
+    match text {
+        None => out.push_str("null"),
+        Some(text) => out.push_str(&serde_json::Value::String(text.to_owned()).to_string()),
+    }
 }
 
 fn stored_content_hash(event: &StoredEvent) -> String {
@@ -456,13 +479,10 @@ pub fn ingest(
     // batches sharing ids wait for each other instead of deadlocking.
     let mut by_id: Vec<&Priced> = rated_events.iter().collect();
     by_id.sort_by(|left, right| left.event.id.cmp(&right.event.id));
-    let mut unbilled_events: HashMap<&str, StoredEvent> = HashMap::new();
-    for priced in by_id {
-        let stored = insert_event(conn, mode, &customer_id, priced, now)?;
-        if stored.unbilled.is_some() {
-            unbilled_events.insert(priced.event.id.as_str(), stored);
-        }
-    }
+    let rows: Vec<StoredEvent> = by_id.iter().map(|priced| stored_event(&customer_id, priced, now)).collect();
+    insert_events(conn, mode, &rows)?;
+    let unbilled_events: HashMap<&str, &StoredEvent> =
+        rows.iter().filter(|stored| stored.unbilled.is_some()).map(|stored| (stored.id.as_str(), stored)).collect();
     let mut writes = BatchWrites { holds, ..BatchWrites::default() };
     for Priced { event, fees, .. } in &rated_events {
         store_fees_and_costs(conn, mode, &customer_id, event, fees, &vendor_ids, &mut writes, now)
@@ -653,16 +673,49 @@ pub(crate) struct BatchWrites {
     rollups: Rollups,
     /// The open holds the batch's events name, by id: their fees are captured from them.
     holds: HashMap<String, Hold>,
+    /// Rows the batch's fees add, written together (a multi-row `INSERT` per table) by
+    /// [`BatchWrites::flush`]: before anything that reads them back (opening another account
+    /// reads the customer's last transaction number; a hold capture writes entries of its
+    /// own, which must follow the fees before them) and at the end.
+    pending: PendingRows,
+}
+
+#[derive(Default)]
+struct PendingRows {
+    fees: Vec<StoredFee>,
+    entries: Vec<crate::repo::ledger::TransactionEntry>,
+    transactions: Vec<(Transaction, i64)>,
 }
 
 impl BatchWrites {
     /// Saves each account the batch debited, once, and adds the batch's fees and costs to the
     /// rollups, once per key. Every writer of fees through [`store_fees`] calls it last.
     pub(crate) fn save_accounts(&mut self, conn: &mut dyn Conn, mode: Mode, now: DateTime<Utc>) -> Result<(), OpError> {
+        self.flush(conn, mode)?;
         for (account, loaded) in self.accounts.values() {
             save_account(conn, mode, loaded, account, &GrantOrigin::default(), now)?;
         }
         self.rollups.write(conn)?;
+        Ok(())
+    }
+
+    /// Writes the pending fees, ledger entries and transactions.
+    fn flush(&mut self, conn: &mut dyn Conn, mode: Mode) -> Result<(), OpError> {
+        std::mem::take(&mut self.pending).write(conn, mode)
+    }
+}
+
+impl PendingRows {
+    fn write(self, conn: &mut dyn Conn, mode: Mode) -> Result<(), OpError> {
+        if !self.fees.is_empty() {
+            events::insert_fees(conn, mode, &self.fees)?;
+        }
+        crate::repo::ledger::append_many(conn, mode, &self.entries)?;
+        if !self.transactions.is_empty() {
+            let numbered: Vec<(&Transaction, i64)> =
+                self.transactions.iter().map(|(transaction, sequence)| (transaction, *sequence)).collect();
+            crate::repo::transactions::insert_many_numbered(conn, mode, &numbered)?;
+        }
         Ok(())
     }
 }
@@ -676,16 +729,10 @@ pub(crate) fn fee_total(fees: &[RatedFee]) -> (Option<Decimal>, Option<String>) 
     (single_asset.as_ref().map(|_| fees.iter().map(|rated| rated.fee.amount).sum()), single_asset)
 }
 
-fn insert_event(
-    conn: &mut dyn Conn,
-    mode: Mode,
-    customer_id: &str,
-    priced: &Priced,
-    now: DateTime<Utc>,
-) -> Result<StoredEvent, OpError> {
+fn stored_event(customer_id: &str, priced: &Priced, now: DateTime<Utc>) -> StoredEvent {
     let Priced { event, fees, unbilled, hash: content_hash } = priced;
     let (total_fees, fee_currency) = fee_total(fees);
-    let stored = StoredEvent {
+    StoredEvent {
         id: event.id.clone(),
         customer_id: customer_id.to_owned(),
         event_type: event.event_type.clone(),
@@ -702,16 +749,19 @@ fn insert_event(
         unbilled: unbilled
             .as_ref()
             .map(|unbilled| UnbilledReason { code: unbilled.code.as_str().into(), message: unbilled.message.clone() }),
-    };
-    // Under the customer's lock the id was free; only another customer's batch, committed
-    // while this one ran, can have taken it since.
-    events::insert(conn, mode, &stored).map_err(|error| match error {
+    }
+}
+
+/// Inserts a batch's fresh events (in id order, see the caller).
+fn insert_events(conn: &mut dyn Conn, mode: Mode, rows: &[StoredEvent]) -> Result<(), OpError> {
+    // Under the customer's lock the ids were free; only another customer's batch, committed
+    // while this one ran, can have taken one since.
+    events::insert_many(conn, mode, rows).map_err(|error| match error {
         StoreError::Conflict(_) => {
-            conflict(vec![format!("event id {} was just stored by another customer's event", event.id)])
+            conflict(vec!["an event id of this batch was just stored by another customer's event".to_owned()])
         }
         other => other.into(),
-    })?;
-    Ok(stored)
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -779,37 +829,33 @@ fn store_fee(
     now: DateTime<Utc>,
 ) -> Result<(), OpError> {
     let fee = &rated.fee;
-    let detail = serde_json::json!({
-        "dimensions": fee.dimensions,
-        "usage_type": fee.usage_type.as_str(),
-        "volume_field": rated.volume_field,
-        "input_volume": json_number(fee.volume),
-        "unit_price": json_number(fee.unit_price),
-        "volume_rate": json_number(fee.volume_rate),
-        "package_size": json_number(fee.package_size),
-        "description": event.description,
+    let detail = FeeDetail {
+        dimensions: &fee.dimensions,
+        usage_type: fee.usage_type.as_str(),
+        volume_field: rated.volume_field.as_deref(),
+        input_volume: json_number(fee.volume),
+        unit_price: json_number(fee.unit_price),
+        volume_rate: json_number(fee.volume_rate),
+        package_size: json_number(fee.package_size),
+        description: event.description.as_deref(),
+    };
+    writes.pending.fees.push(StoredFee {
+        id: ids::new_id("fee"),
+        event_id: event.id.clone(),
+        customer_id: customer_id.to_owned(),
+        line,
+        product_id: rated.version.product_id.clone(),
+        product_code: rated.version.product_code.clone(),
+        product_version: rated.version.version,
+        price_id: fee.price_id.clone(),
+        price_name: rated.price_name.clone(),
+        asset: fee.asset.clone(),
+        account_name: "default".into(),
+        detail: to_json(&detail),
+        amount: fee.amount,
+        occurred_at: event.occurred_at,
+        created_at: now,
     });
-    events::insert_fee(
-        conn,
-        mode,
-        &StoredFee {
-            id: ids::new_id("fee"),
-            event_id: event.id.clone(),
-            customer_id: customer_id.to_owned(),
-            line,
-            product_id: rated.version.product_id.clone(),
-            product_code: rated.version.product_code.clone(),
-            product_version: rated.version.version,
-            price_id: fee.price_id.clone(),
-            price_name: rated.price_name.clone(),
-            asset: fee.asset.clone(),
-            account_name: "default".into(),
-            detail: detail.to_string(),
-            amount: fee.amount,
-            occurred_at: event.occurred_at,
-            created_at: now,
-        },
-    )?;
     let product_id = &rated.version.product_id;
     writes.rollups.usage_fee(mode, customer_id, event.occurred_at, &fee.asset, product_id, &fee.price_id, fee.amount);
     if fee.amount.is_zero() {
@@ -817,6 +863,7 @@ fn store_fee(
     }
     let key = AccountKey { customer_id: customer_id.to_owned(), name: "default".into(), asset: fee.asset.clone() };
     if !writes.accounts.contains_key(&fee.asset) {
+        writes.flush(conn, mode)?;
         let opened = open_account(conn, mode, &key, now)?;
         writes.accounts.insert(fee.asset.clone(), opened);
         writes.next_sequence = None;
@@ -839,23 +886,31 @@ fn store_fee(
     let (postings, captured) = match hold {
         None => (debit(&mut account.state, fee.amount, SystemAccount::Revenue)?, None),
         Some(hold) => {
+            std::mem::take(&mut writes.pending).write(conn, mode)?;
             let (from_hold, postings) = holds::capture_from(conn, mode, hold, &mut account.state, fee.amount, now)?;
             (postings, Some((hold.clone(), from_hold)))
         }
     };
-    let mut detail = serde_json::json!({
-        "event_id": event.id,
-        "event_type": event.event_type,
-        "subject": event.subject,
-        "product_id": rated.version.product_id,
-        "product_name": rated.version.product_name,
-        "price_id": fee.price_id,
-    });
-    if let (Some((hold, from_hold)), Some(map)) = (&captured, detail.as_object_mut()) {
-        if let Some(parts) = holds::capture_detail(hold, *from_hold, fee.amount - from_hold).as_object() {
-            map.extend(parts.clone());
+    let usage_detail = UsageFeeDetail {
+        event_id: &event.id,
+        event_type: &event.event_type,
+        subject: event.subject.as_deref(),
+        product_id: &rated.version.product_id,
+        product_name: &rated.version.product_name,
+        price_id: &fee.price_id,
+    };
+    let detail = match &captured {
+        None => to_json(&usage_detail),
+        Some((hold, from_hold)) => {
+            let mut detail = serde_json::to_value(&usage_detail).unwrap_or_default();
+            if let (Some(map), Some(parts)) =
+                (detail.as_object_mut(), holds::capture_detail(hold, *from_hold, fee.amount - from_hold).as_object())
+            {
+                map.extend(parts.clone());
+            }
+            detail.to_string()
         }
-    }
+    };
     let transaction = Transaction {
         customer_id: customer_id.to_owned(),
         id: format!("{RESERVED_TRANSACTION_PREFIX}event_{}_{line}", event.id),
@@ -869,17 +924,56 @@ fn store_fee(
             .or_else(|| Some(format!("{}: {}", rated.version.product_name, rated.price_name))),
         metadata: Metadata::new(),
         request_hash: String::new(),
-        detail: detail.to_string(),
+        detail,
         created_at: now,
         executed_at: Some(now),
     };
     let destinations = writes.destinations.as_deref().unwrap_or_default();
-    record_numbered(conn, mode, &key, &transaction, &postings, sequence, destinations, now)?;
     if let Some((hold, from_hold)) = &captured {
+        record_numbered(conn, mode, &key, &transaction, &postings, sequence, destinations, now)?;
         let capture = Some((&transaction, *from_hold, fee.amount - from_hold));
         webhooks::hold_changed(conn, mode, webhooks::Topic::HoldCaptured, hold, capture, now)?;
+        return Ok(());
     }
+    webhooks::transaction_completed_to(conn, mode, destinations, &transaction, now)?;
+    writes.pending.entries.push(crate::repo::ledger::TransactionEntry {
+        account: key,
+        kind: transaction.kind.clone(),
+        transaction_id: transaction.id.clone(),
+        at: now,
+        postings,
+    });
+    writes.pending.transactions.push((transaction, sequence));
     Ok(())
+}
+
+/// A usage fee's `detail`, as stored and shown: serialised straight from the fee, without
+/// building a JSON object first (this runs for every fee). Fields in the order shown.
+#[derive(serde::Serialize)]
+struct FeeDetail<'a> {
+    dimensions: &'a BTreeMap<String, String>,
+    usage_type: &'a str,
+    volume_field: Option<&'a str>,
+    input_volume: serde_json::Value,
+    unit_price: serde_json::Value,
+    volume_rate: serde_json::Value,
+    package_size: serde_json::Value,
+    description: Option<&'a str>,
+}
+
+/// The `detail` of a usage fee's transaction (a hold capture adds its parts to it).
+#[derive(serde::Serialize)]
+struct UsageFeeDetail<'a> {
+    event_id: &'a str,
+    event_type: &'a str,
+    subject: Option<&'a str>,
+    product_id: &'a str,
+    product_name: &'a str,
+    price_id: &'a str,
+}
+
+fn to_json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "{}".into())
 }
 
 /// The open holds the fresh events of a batch name, by id; an event naming a hold the
@@ -954,4 +1048,103 @@ pub fn simulate(version: &Arc<ProductVersion>, batch: &[NewEvent]) -> Result<Sim
         return Err(OpError::Invalid(errors));
     }
     Ok((fees, warnings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    /// How hashes were made before the canonical text was written field by field: stored
+    /// events keep these hashes, so a replay must hash to exactly the same.
+    fn hash_of_canonical_object(
+        event_type: &str,
+        occurred_at: DateTime<Utc>,
+        subject: Option<&str>,
+        description: Option<&str>,
+        data_json: &str,
+        costs_json: &str,
+    ) -> String {
+        let parse =
+            |text: &str| serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_owned()));
+        let content = serde_json::json!({
+            "event_type": event_type,
+            "occurred_at": occurred_at.timestamp_micros(),
+            "subject": subject,
+            "description": description,
+            "data": parse(data_json),
+            "costs": parse(costs_json),
+        });
+        let mut canonical = String::new();
+        write_canonical(&content, &mut canonical);
+        crate::ops::request_hash(&canonical)
+    }
+
+    /// Stored details are shown back as JSON text: written from structs, they must read as
+    /// the objects they were built as before, key order included.
+    #[test]
+    fn details_are_written_as_the_objects_they_were() {
+        let dimensions: BTreeMap<String, String> =
+            [("size".into(), "1024".into()), ("a".into(), "\"q\"".into())].into();
+        let fee = FeeDetail {
+            dimensions: &dimensions,
+            usage_type: "volume",
+            volume_field: Some("tokens"),
+            input_volume: json_number(Some(Decimal::new(15000, 3))),
+            unit_price: json_number(None),
+            volume_rate: json_number(Some(Decimal::new(1, 12))),
+            package_size: json_number(None),
+            description: None,
+        };
+        let object = serde_json::json!({
+            "dimensions": dimensions,
+            "usage_type": "volume",
+            "volume_field": Some("tokens"),
+            "input_volume": json_number(Some(Decimal::new(15000, 3))),
+            "unit_price": json_number(None),
+            "volume_rate": json_number(Some(Decimal::new(1, 12))),
+            "package_size": json_number(None),
+            "description": Option::<String>::None,
+        });
+        assert_eq!(to_json(&fee), object.to_string());
+        let usage = UsageFeeDetail {
+            event_id: "e1",
+            event_type: "image_generated",
+            subject: None,
+            product_id: "prp_1",
+            product_name: "Glitch \u{e9}",
+            price_id: "prc_1",
+        };
+        let object = serde_json::json!({
+            "event_id": "e1",
+            "event_type": "image_generated",
+            "subject": Option::<String>::None,
+            "product_id": "prp_1",
+            "product_name": "Glitch \u{e9}",
+            "price_id": "prc_1",
+        });
+        assert_eq!(to_json(&usage), object.to_string());
+    }
+
+    #[test]
+    fn canonical_text_matches_the_canonical_object() {
+        let at = Utc.with_ymd_and_hms(2026, 12, 2, 8, 30, 0).unwrap() + chrono::Duration::microseconds(123);
+        let before_epoch = Utc.with_ymd_and_hms(1960, 1, 1, 0, 0, 0).unwrap();
+        type Case<'a> = (&'a str, DateTime<Utc>, Option<&'a str>, Option<&'a str>, &'a str, &'a str);
+        let cases: [Case; 6] = [
+            ("image_generated", at, None, None, "{}", "[]"),
+            ("image_generated", at, Some("user-1"), Some("a \"quoted\"\n line ünï"), "{}", "[]"),
+            ("tokens", at, Some(""), None, r#"{"b":1.50,"a":"x","c":true}"#, "[]"),
+            ("tokens", before_epoch, None, None, "{}", r#"[{"id":"c1","amount":0.10,"vendor_id":"v"}]"#),
+            ("t\u{1}", at, None, Some(""), r#"{"n":{"z":1,"y":[2,3.0]}}"#, "[]"),
+            ("t", at, None, None, "not json", "[ ]"),
+        ];
+        for (event_type, occurred_at, subject, description, data, costs) in cases {
+            assert_eq!(
+                content_hash(event_type, occurred_at, subject, description, data, costs),
+                hash_of_canonical_object(event_type, occurred_at, subject, description, data, costs),
+                "{event_type} {data} {costs}"
+            );
+        }
+    }
 }

@@ -25,16 +25,19 @@
 //! - every rollup (`repo::rollups`: per customer and hour, per mode and day, per vendor and
 //!   day) equals the sum and count of the fees and costs it totals.
 //!
-//! Verification streams: each pass reads its rows in key order, a chunk at a time
-//! (`repo::ledger`), so memory stays bounded by a chunk, one account's grants and the number of
-//! assets, not by the size of the ledger.
+//! Verification streams: each pass reads its rows in key order (`repo::ledger`), one
+//! statement per chunk with the database joining on keys, and takes them one row at a time
+//! (`Conn::query_each`), so memory stays bounded by a chunk of accounts and their grants, and
+//! the number of assets, not by the size of the ledger. The passes that keep nothing per row
+//! (entries, transactions, events) read each table in one statement on PostgreSQL and a chunk
+//! at a time on SQLite (which sorts a statement's rows in memory); the accounts pass takes a
+//! range of customers at a time, four statements per range, none per account.
 
 mod rollups;
 
-use crate::conn::Conn;
-use crate::repo::holds::{self, Hold, HoldStatus};
-use crate::repo::ledger::{self, PostingLine, VerifiedTable};
-use crate::repo::wallets::AccountKey;
+use crate::conn::{Conn, Dialect};
+use crate::repo::holds::{self, HoldStatus};
+use crate::repo::ledger::{self, GrantLine, PostingLine, VerifiedTable};
 use crate::StoreError;
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -80,23 +83,49 @@ impl VerifyReport {
 }
 
 pub fn verify(conn: &mut dyn Conn) -> Result<VerifyReport, StoreError> {
-    verify_in_chunks(conn, ledger::CHUNK)
+    // PostgreSQL hashes the joined tables once per statement: one statement per pass. SQLite
+    // looks rows up by index whatever the chunk, but sorts a statement's rows in memory: a
+    // chunk at a time keeps that bounded.
+    let streamed = match conn.dialect() {
+        Dialect::Sqlite => ledger::CHUNK,
+        Dialect::Postgres => ledger::STREAMED,
+    };
+    verify_with(conn, streamed, ledger::CHUNK)
 }
 
-/// [`verify`], reading `chunk` driving rows at a time (tests use tiny chunks to cross many
-/// chunk boundaries).
+/// [`verify`], reading `chunk` driving rows at a time in every pass (tests use tiny chunks to
+/// cross many chunk boundaries).
 pub fn verify_in_chunks(conn: &mut dyn Conn, chunk: i64) -> Result<VerifyReport, StoreError> {
+    verify_with(conn, chunk, chunk)
+}
+
+/// `streamed`: the chunk of the passes that stream (entries, transactions, events); `chunk`:
+/// that of the passes that hold a chunk (accounts, top-ups, holds, rollups).
+fn verify_with(conn: &mut dyn Conn, streamed: i64, chunk: i64) -> Result<VerifyReport, StoreError> {
     let mut report = VerifyReport::default();
-    verify_entries(conn, &mut report, chunk)?;
+    // Each pass's time, at debug level (`TALLY_LOG=tally_store=debug`), to see where it goes.
+    let mut started = std::time::Instant::now();
+    let mut timed = |pass: &str| {
+        tracing::debug!(pass, seconds = started.elapsed().as_secs_f64(), "ledger verify pass done");
+        started = std::time::Instant::now();
+    };
+    verify_entries(conn, &mut report, streamed)?;
+    timed("entries");
     verify_accounts(conn, &mut report, chunk)?;
-    verify_transactions(conn, &mut report, chunk)?;
-    verify_events(conn, &mut report, chunk)?;
+    timed("accounts");
+    verify_transactions(conn, &mut report, streamed)?;
+    timed("transactions");
+    verify_events(conn, &mut report, streamed)?;
+    timed("events");
     let held = verify_top_ups(conn, &mut report, chunk)?;
     verify_incoming(&mut report, &held);
     let held = verify_holds(conn, &mut report, chunk)?;
     verify_held(&mut report, &held);
+    timed("top-ups and holds");
     rollups::verify_rollups(conn, &mut report, chunk)?;
+    timed("rollups");
     let stray = ledger::stray_fee_periods(conn)?;
+    timed("fee periods");
     if stray > 0 {
         report.problem(format!("{stray} plan fee periods name no fee entry, or end before they start"));
     }
@@ -123,50 +152,120 @@ fn is_system(posting: &PostingLine, account: SystemAccount) -> bool {
     posting.account == LedgerAccount::System(account)
 }
 
-/// What a wallet transaction moves, from the wallet's side: the opposite of what its system
-/// postings take, leaving out `incoming` (money on its way in is not yet the wallet's) and
-/// `held` (held money is still the customer's until a capture debits it as a fee).
-fn moved_by<'a>(postings: impl IntoIterator<Item = &'a PostingLine>) -> Decimal {
-    -sum_of(postings, |posting| {
-        matches!(posting.account, LedgerAccount::System(account)
-            if account != SystemAccount::Incoming && account != SystemAccount::Held)
-    })
+/// A reusable text buffer: set in place, so that a streamed pass allocates once per pass, not
+/// once per row.
+#[derive(Default)]
+struct Text(String);
+
+impl Text {
+    fn set(&mut self, text: &str) {
+        self.0.clear();
+        self.0.push_str(text);
+    }
+}
+
+/// What a wallet transaction moves, from the wallet's side, for one posting: the opposite of
+/// what a system posting takes, leaving out `incoming` (money on its way in is not yet the
+/// wallet's) and `held` (held money is still the customer's until a capture debits it as a
+/// fee).
+fn moves(account: LedgerAccount, amount: Decimal) -> Decimal {
+    match account {
+        LedgerAccount::System(system) if system != SystemAccount::Incoming && system != SystemAccount::Held => -amount,
+        _ => Decimal::ZERO,
+    }
+}
+
+/// One entry of the entries pass, its postings added up as they stream by.
+#[derive(Default)]
+struct EntryState {
+    id: i64,
+    mode: Text,
+    customer_id: Text,
+    asset: Text,
+    kind: Text,
+    has_transaction: bool,
+    postings: usize,
+    sum: Decimal,
+    moved: Decimal,
+}
+
+/// The system balances of the entries pass: a short list (modes × assets × system accounts),
+/// searched in place so that adding a posting allocates nothing.
+#[derive(Default)]
+struct SystemBalances(Vec<(String, String, SystemAccount, Decimal)>);
+
+impl SystemBalances {
+    fn add(&mut self, mode: &str, asset: &str, account: SystemAccount, amount: Decimal) {
+        match self.0.iter_mut().find(|(m, a, s, _)| m == mode && a == asset && *s == account) {
+            Some(balance) => balance.3 += amount,
+            None => self.0.push((mode.to_owned(), asset.to_owned(), account, amount)),
+        }
+    }
+}
+
+impl EntryState {
+    fn finish(&self, report: &mut VerifyReport) {
+        report.entries += 1;
+        report.postings += self.postings;
+        let id = self.id;
+        if self.postings == 0 {
+            report.problem(format!("ledger entry {id} has no postings"));
+        }
+        if !self.sum.is_zero() {
+            report.problem(format!("ledger entry {id} does not balance: its postings sum to {}", self.sum));
+        }
+        if !self.moved.is_zero() && !self.has_transaction {
+            report.problem(format!(
+                "ledger entry {id} ({}, customer {}) moves money to or from a system account but no transaction records it",
+                self.kind.0, self.customer_id.0
+            ));
+        }
+    }
 }
 
 /// Every entry balances; system balances per asset; entries that move money have a transaction.
+/// Entries and postings are read together, a range of entry ids at a time.
 fn verify_entries(conn: &mut dyn Conn, report: &mut VerifyReport, chunk: i64) -> Result<(), StoreError> {
+    let last = ledger::last_entry_id(conn)?;
+    let mut entry = EntryState::default();
+    let mut balances = SystemBalances::default();
+    let mut started = false;
     let mut after = 0;
-    loop {
-        let rows = ledger::entries_after(conn, after, chunk)?;
-        if rows.is_empty() {
-            break;
-        }
-        for run in runs(rows, |row| row.entry_id) {
-            let first = &run[0];
-            after = first.entry_id;
-            report.entries += 1;
-            let postings: Vec<&PostingLine> = run.iter().filter_map(|row| row.posting.as_ref()).collect();
-            report.postings += postings.len();
-            if postings.is_empty() {
-                report.problem(format!("ledger entry {} has no postings", first.entry_id));
+    while after < last {
+        let through = after.saturating_add(chunk.max(1)).min(last);
+        ledger::entries_between(conn, after, through, &mut |row| {
+            if !started || row.entry_id != entry.id {
+                if started {
+                    entry.finish(report);
+                }
+                started = true;
+                entry.id = row.entry_id;
+                entry.mode.set(row.mode);
+                entry.customer_id.set(row.customer_id);
+                entry.asset.set(row.asset);
+                entry.kind.set(row.kind);
+                entry.has_transaction = row.has_transaction;
+                entry.postings = 0;
+                entry.sum = Decimal::ZERO;
+                entry.moved = Decimal::ZERO;
             }
-            let sum = sum_of(postings.iter().copied(), |_| true);
-            if !sum.is_zero() {
-                report.problem(format!("ledger entry {} does not balance: its postings sum to {sum}", first.entry_id));
-            }
-            for posting in &postings {
-                if let LedgerAccount::System(account) = posting.account {
-                    let key = (first.mode.clone(), first.asset.clone(), account.as_str().to_owned());
-                    *report.system_balances.entry(key).or_default() += posting.amount;
+            if let Some((account, amount)) = row.posting {
+                entry.postings += 1;
+                entry.sum += amount;
+                entry.moved += moves(account, amount);
+                if let LedgerAccount::System(system) = account {
+                    balances.add(row.mode, row.asset, system, amount);
                 }
             }
-            if !moved_by(postings.iter().copied()).is_zero() && !first.has_transaction {
-                report.problem(format!(
-                    "ledger entry {} ({}, customer {}) moves money to or from a system account but no transaction records it",
-                    first.entry_id, first.kind, first.customer_id
-                ));
-            }
-        }
+            Ok(())
+        })?;
+        after = through;
+    }
+    if started {
+        entry.finish(report);
+    }
+    for (mode, asset, account, balance) in balances.0 {
+        *report.system_balances.entry((mode, asset, account.as_str().to_owned())).or_default() += balance;
     }
     let postings = ledger::count_postings(conn)?;
     if postings > report.postings as i64 {
@@ -184,24 +283,113 @@ struct Derived {
     pending_in: Decimal,
     pending_out: Decimal,
     debt: Decimal,
+    /// Each grant's postings: (available, pending_in).
+    per_grant: HashMap<String, (Decimal, Decimal)>,
+    /// What the account's open holds still hold.
+    open_holds: Decimal,
+    /// Problems found with the account's grants, reported after its balances.
+    grant_problems: Vec<String>,
 }
 
-/// One grant's postings: (available, pending_in).
-type GrantPostings = HashMap<String, (Decimal, Decimal)>;
+impl Derived {
+    fn add(&mut self, bucket: Bucket, grant_id: Option<&str>, amount: Decimal) {
+        let mut grant = |available: Decimal, pending_in: Decimal| {
+            if let Some(grant_id) = grant_id {
+                let sums = match self.per_grant.get_mut(grant_id) {
+                    Some(sums) => sums,
+                    None => self.per_grant.entry(grant_id.to_owned()).or_default(),
+                };
+                sums.0 += available;
+                sums.1 += pending_in;
+            }
+        };
+        match (bucket, grant_id) {
+            (Bucket::Available, None) => {
+                self.available += amount;
+                self.debt -= amount;
+            }
+            (Bucket::Available, Some(_)) => {
+                self.available += amount;
+                grant(amount, Decimal::ZERO);
+            }
+            // Held money: out of `available`, into `pending_out`. It never names a grant; one
+            // that does is counted against the grant, which then disagrees and is reported.
+            (Bucket::PendingOut, _) => {
+                self.available += amount;
+                self.pending_out -= amount;
+                grant(amount, Decimal::ZERO);
+            }
+            (Bucket::PendingIn, _) => {
+                self.pending_in += amount;
+                grant(Decimal::ZERO, amount);
+            }
+        }
+    }
+}
 
-/// Every account's balances and every grant, one account at a time.
+/// The key an account is found by within a chunk.
+fn account_key_text(buffer: &mut String, customer_id: &str, name: &str, asset: &str) {
+    buffer.clear();
+    buffer.push_str(customer_id);
+    buffer.push('\u{0}');
+    buffer.push_str(name);
+    buffer.push('\u{0}');
+    buffer.push_str(asset);
+}
+
+/// Every account's balances and every grant, a range of customers at a time: their accounts,
+/// their entries' postings, their grants and their open holds, four statements per range.
 fn verify_accounts(conn: &mut dyn Conn, report: &mut VerifyReport, chunk: i64) -> Result<(), StoreError> {
     let mut entries_in_accounts = 0_i64;
-    let mut after: Option<AccountKey> = None;
-    loop {
-        let accounts = ledger::accounts_after(conn, after.as_ref(), chunk)?;
-        let Some(last) = accounts.last() else { break };
-        after = Some(last.key.clone());
-        for account in &accounts {
+    let mut after = String::new();
+    while let Some(customers) = ledger::next_customers(conn, &after, chunk)? {
+        let accounts = ledger::accounts_of(conn, &customers)?;
+        let mut index: HashMap<String, usize> = HashMap::with_capacity(accounts.len());
+        let mut key = String::new();
+        for (position, account) in accounts.iter().enumerate() {
+            account_key_text(&mut key, &account.key.customer_id, &account.key.name, &account.key.asset);
+            index.insert(key.clone(), position);
+        }
+        let mut derived: Vec<Derived> = accounts.iter().map(|_| Derived::default()).collect();
+        // The account of the previous row and its position (None: no such account), and the
+        // previous row's entry.
+        let (mut current, mut current_at, mut last_entry) = (String::from("\u{1}"), None, None);
+        ledger::account_postings_of(conn, &customers, &mut |row| {
+            account_key_text(&mut key, row.customer_id, row.account_name, row.asset);
+            if key != current {
+                std::mem::swap(&mut key, &mut current);
+                current_at = index.get(&current).copied();
+                last_entry = None;
+            }
+            let Some(at) = current_at else { return Ok(()) };
+            if last_entry != Some(row.entry_id) {
+                entries_in_accounts += 1;
+                last_entry = Some(row.entry_id);
+            }
+            if let Some((LedgerAccount::Wallet, bucket, grant_id, amount)) = row.posting {
+                derived[at].add(bucket, grant_id, amount);
+            }
+            Ok(())
+        })?;
+        for (holder, remaining) in ledger::open_holds_of(conn, &customers)? {
+            account_key_text(&mut key, &holder.customer_id, &holder.name, &holder.asset);
+            if let Some(&at) = index.get(&key) {
+                derived[at].open_holds += remaining;
+            }
+        }
+        let grants = ledger::grants_of(conn, &customers)?;
+        for run in runs(grants, |line| line.id.clone()) {
+            let grant = &run[0].key;
+            account_key_text(&mut key, &grant.customer_id, &grant.name, &grant.asset);
+            let Some(&at) = index.get(&key) else { continue };
+            report.grants += 1;
+            let mut problems = std::mem::take(&mut derived[at].grant_problems);
+            verify_grant(&mut problems, &run, &mut derived[at].per_grant);
+            derived[at].grant_problems = problems;
+        }
+        for (account, derived) in accounts.iter().zip(derived) {
             report.accounts += 1;
             let name = format!("{}/{}:{}", account.key.customer_id, account.key.name, account.key.asset);
-            let (derived, mut per_grant, entries) = account_postings(conn, &account.key, chunk)?;
-            entries_in_accounts += entries;
             let checks = [
                 ("available", account.available, derived.available),
                 ("pending_in", account.pending_in, derived.pending_in),
@@ -216,17 +404,22 @@ fn verify_accounts(conn: &mut dyn Conn, report: &mut VerifyReport, chunk: i64) -
             if account.debt < Decimal::ZERO {
                 report.problem(format!("{name}: debt is negative ({})", account.debt));
             }
-            let open_holds: Decimal = holds::open_for_account(conn, &account.key)?.iter().map(Hold::remaining).sum();
-            if account.pending_out != open_holds {
+            if account.pending_out != derived.open_holds {
                 report.problem(format!(
-                    "{name}: pending_out is {} but its open holds hold {open_holds}",
-                    account.pending_out
+                    "{name}: pending_out is {} but its open holds hold {}",
+                    account.pending_out, derived.open_holds
                 ));
             }
-            verify_grants(conn, report, &account.key, &mut per_grant)?;
-            for grant_id in per_grant.keys() {
+            for problem in derived.grant_problems {
+                report.problem(problem);
+            }
+            for grant_id in derived.per_grant.keys() {
                 report.problem(format!("{name}: postings name grant {grant_id}, which this account does not hold"));
             }
+        }
+        match customers.through {
+            Some(through) => after = through,
+            None => break,
         }
     }
     let entries = ledger::count_rows(conn, VerifiedTable::Entries)?;
@@ -247,233 +440,288 @@ fn verify_accounts(conn: &mut dyn Conn, report: &mut VerifyReport, chunk: i64) -
     Ok(())
 }
 
-/// An account's balances and grants from its postings, and how many entries it has.
-fn account_postings(
-    conn: &mut dyn Conn,
-    key: &AccountKey,
-    chunk: i64,
-) -> Result<(Derived, GrantPostings, i64), StoreError> {
-    let mut derived = Derived::default();
-    let mut per_grant = GrantPostings::new();
-    let mut entries = 0;
-    let mut after = 0;
-    loop {
-        let rows = ledger::account_postings_after(conn, key, after, chunk)?;
-        if rows.is_empty() {
-            break;
-        }
-        for row in rows {
-            if row.entry_id != after {
-                entries += 1;
-                after = row.entry_id;
-            }
-            let Some(posting) = row.posting.filter(|posting| posting.account == LedgerAccount::Wallet) else {
-                continue;
-            };
-            match (posting.bucket, posting.grant_id) {
-                (Bucket::Available, None) => {
-                    derived.available += posting.amount;
-                    derived.debt -= posting.amount;
-                }
-                (Bucket::Available, Some(grant_id)) => {
-                    derived.available += posting.amount;
-                    per_grant.entry(grant_id).or_default().0 += posting.amount;
-                }
-                // Held money: out of `available`, into `pending_out`. It never names a grant; one
-                // that does is counted against the grant, which then disagrees and is reported.
-                (Bucket::PendingOut, grant_id) => {
-                    derived.available += posting.amount;
-                    derived.pending_out -= posting.amount;
-                    if let Some(grant_id) = grant_id {
-                        per_grant.entry(grant_id).or_default().0 += posting.amount;
-                    }
-                }
-                (Bucket::PendingIn, grant_id) => {
-                    derived.pending_in += posting.amount;
-                    if let Some(grant_id) = grant_id {
-                        per_grant.entry(grant_id).or_default().1 += posting.amount;
-                    }
-                }
-            }
-        }
+/// One grant (its rows, one per issuance posting of its making entry) against its postings
+/// and the ledger's record of its issue.
+fn verify_grant(problems: &mut Vec<String>, run: &[GrantLine], per_grant: &mut HashMap<String, (Decimal, Decimal)>) {
+    let grant = &run[0];
+    let id = &grant.id;
+    let (available, pending_in) = per_grant.remove(id).unwrap_or_default();
+    let from_ledger = available + pending_in;
+    if grant.remaining != from_ledger {
+        problems.push(format!("grant {id}: remaining is {} but the ledger says {from_ledger}", grant.remaining));
     }
-    Ok((derived, per_grant, entries))
+    if grant.remaining < Decimal::ZERO {
+        problems.push(format!("grant {id}: remaining is below zero"));
+    }
+    match grant.state.as_str() {
+        "pending" if !available.is_zero() => {
+            problems.push(format!("grant {id}: not yet effective, but {available} of it is available"))
+        }
+        "active" if !pending_in.is_zero() => {
+            problems.push(format!("grant {id}: effective, but {pending_in} of it is still pending"))
+        }
+        "expired" if !grant.remaining.is_zero() || !from_ledger.is_zero() => {
+            problems.push(format!("grant {id}: expired but still holds {from_ledger}"))
+        }
+        "pending" | "active" | "expired" => {}
+        other => problems.push(format!("grant {id}: unknown state {other:?}")),
+    }
+    let Some((purpose, amount)) = &grant.issued else {
+        problems.push(format!("grant {id}: the ledger has no record of its issue"));
+        return;
+    };
+    if &grant.purpose != purpose {
+        problems.push(format!("grant {id}: purpose is {} but the ledger issued it as {purpose}", grant.purpose));
+    }
+    if &grant.amount != amount {
+        problems.push(format!("grant {id}: amount is {} but the ledger issued {amount}", grant.amount));
+    }
+    // The revenue report values the grant at the cost basis the ledger recorded.
+    if grant.cost_basis != grant.issued_cost_basis {
+        problems.push(format!(
+            "grant {id}: cost basis is {:?} but the ledger issued it at {:?}",
+            grant.cost_basis, grant.issued_cost_basis
+        ));
+    }
+    let entries: BTreeSet<i64> = run.iter().filter_map(|line| line.issuing_entry).collect();
+    let issued_by_entry: Decimal = -run.iter().filter_map(|line| line.issuance).sum::<Decimal>();
+    if entries.len() != 1 {
+        problems.push(format!("grant {id}: {} ledger entries record its issue, not one", entries.len()));
+    } else if issued_by_entry != *amount {
+        problems.push(format!("grant {id}: issued as {amount} but its entry took {issued_by_entry} from issuance"));
+    }
 }
 
-/// The grants of one account against their postings and the ledger's record of their issue.
-fn verify_grants(
-    conn: &mut dyn Conn,
-    report: &mut VerifyReport,
-    key: &AccountKey,
-    per_grant: &mut GrantPostings,
-) -> Result<(), StoreError> {
-    for run in runs(ledger::account_grants(conn, key)?, |line| line.id.clone()) {
-        report.grants += 1;
-        let grant = &run[0];
-        let id = &grant.id;
-        let (available, pending_in) = per_grant.remove(id).unwrap_or_default();
-        let from_ledger = available + pending_in;
-        if grant.remaining != from_ledger {
-            report.problem(format!("grant {id}: remaining is {} but the ledger says {from_ledger}", grant.remaining));
-        }
-        if grant.remaining < Decimal::ZERO {
-            report.problem(format!("grant {id}: remaining is below zero"));
-        }
-        match grant.state.as_str() {
-            "pending" if !available.is_zero() => {
-                report.problem(format!("grant {id}: not yet effective, but {available} of it is available"))
+/// One transaction of the transactions pass, with what its entries' rows showed.
+#[derive(Default)]
+struct TransactionState {
+    customer_id: Text,
+    id: Text,
+    kind: Text,
+    account_name: Text,
+    asset: Text,
+    amount: Decimal,
+    /// The distinct entries recording it (the first's account name, asset and kind kept).
+    entries: Vec<i64>,
+    entry_account: Text,
+    entry_asset: Text,
+    entry_kind: Text,
+    moved: Decimal,
+}
+
+impl TransactionState {
+    fn finish(&self, report: &mut VerifyReport) {
+        report.transactions += 1;
+        let name = format!("transaction {} of {}", self.id.0, self.customer_id.0);
+        match self.entries.len() {
+            0 if self.amount.is_zero() => return,
+            0 => {
+                report.problem(format!("{name}: no ledger entry records it"));
+                return;
             }
-            "active" if !pending_in.is_zero() => {
-                report.problem(format!("grant {id}: effective, but {pending_in} of it is still pending"))
+            1 => {}
+            count => {
+                report.problem(format!("{name}: {count} ledger entries record it, not one"));
+                return;
             }
-            "expired" if !grant.remaining.is_zero() || !from_ledger.is_zero() => {
-                report.problem(format!("grant {id}: expired but still holds {from_ledger}"))
-            }
-            "pending" | "active" | "expired" => {}
-            other => report.problem(format!("grant {id}: unknown state {other:?}")),
         }
-        let Some((purpose, amount)) = &grant.issued else {
-            report.problem(format!("grant {id}: the ledger has no record of its issue"));
-            continue;
-        };
-        if &grant.purpose != purpose {
-            report.problem(format!("grant {id}: purpose is {} but the ledger issued it as {purpose}", grant.purpose));
-        }
-        if &grant.amount != amount {
-            report.problem(format!("grant {id}: amount is {} but the ledger issued {amount}", grant.amount));
-        }
-        // The revenue report values the grant at the cost basis the ledger recorded.
-        if grant.cost_basis != grant.issued_cost_basis {
+        let entry_id = self.entries[0];
+        if (&self.entry_account.0, &self.entry_asset.0) != (&self.account_name.0, &self.asset.0) {
             report.problem(format!(
-                "grant {id}: cost basis is {:?} but the ledger issued it at {:?}",
-                grant.cost_basis, grant.issued_cost_basis
+                "{name}: it is on {}:{} but its ledger entry {entry_id} is on {}:{}",
+                self.account_name.0, self.asset.0, self.entry_account.0, self.entry_asset.0
             ));
         }
-        let entries: BTreeSet<i64> = run.iter().filter_map(|line| line.issuing_entry).collect();
-        let issued_by_entry: Decimal = -run.iter().filter_map(|line| line.issuance).sum::<Decimal>();
-        if entries.len() != 1 {
-            report.problem(format!("grant {id}: {} ledger entries record its issue, not one", entries.len()));
-        } else if issued_by_entry != *amount {
-            report
-                .problem(format!("grant {id}: issued as {amount} but its entry took {issued_by_entry} from issuance"));
+        if self.entry_kind.0 != self.kind.0 {
+            report.problem(format!(
+                "{name}: it is a {} but its ledger entry {entry_id} is a {}",
+                self.kind.0, self.entry_kind.0
+            ));
+        }
+        if self.moved != self.amount {
+            report.problem(format!("{name}: amount is {} but its ledger entry moves {}", self.amount, self.moved));
         }
     }
-    Ok(())
 }
 
 /// Every transaction against the one entry that records it.
 fn verify_transactions(conn: &mut dyn Conn, report: &mut VerifyReport, chunk: i64) -> Result<(), StoreError> {
-    let mut after: Option<(String, String)> = None;
+    let mut state = TransactionState::default();
+    let mut started = false;
     loop {
-        let rows = ledger::transactions_after(
+        let mut rows = 0;
+        let after = started.then(|| (state.customer_id.0.clone(), state.id.0.clone()));
+        ledger::transactions_after(
             conn,
             after.as_ref().map(|(customer, id)| (customer.as_str(), id.as_str())),
             chunk,
+            &mut |row| {
+                rows += 1;
+                if !started || row.id != state.id.0 || row.customer_id != state.customer_id.0 {
+                    if started {
+                        state.finish(report);
+                    }
+                    started = true;
+                    state.customer_id.set(row.customer_id);
+                    state.id.set(row.id);
+                    state.kind.set(row.kind);
+                    state.account_name.set(row.account_name);
+                    state.asset.set(row.asset);
+                    state.amount = row.amount;
+                    state.entries.clear();
+                    state.moved = Decimal::ZERO;
+                }
+                if let Some((entry_id, account_name, asset, kind)) = row.entry {
+                    if !state.entries.contains(&entry_id) {
+                        if state.entries.is_empty() {
+                            state.entry_account.set(account_name);
+                            state.entry_asset.set(asset);
+                            state.entry_kind.set(kind);
+                        }
+                        state.entries.push(entry_id);
+                    }
+                }
+                if let Some((account, amount)) = row.posting {
+                    state.moved += moves(account, amount);
+                }
+                Ok(())
+            },
         )?;
-        if rows.is_empty() {
+        if rows == 0 {
             break;
         }
-        for run in runs(rows, |line| (line.customer_id.clone(), line.id.clone())) {
-            report.transactions += 1;
-            let transaction = &run[0];
-            after = Some((transaction.customer_id.clone(), transaction.id.clone()));
-            let name = format!("transaction {} of {}", transaction.id, transaction.customer_id);
-            let entries: BTreeSet<&(i64, String, String, String)> =
-                run.iter().filter_map(|line| line.entry.as_ref()).collect();
-            let entry = match entries.len() {
-                0 if transaction.amount.is_zero() => continue,
-                0 => {
-                    report.problem(format!("{name}: no ledger entry records it"));
-                    continue;
-                }
-                1 => entries.into_iter().next().expect("one entry"),
-                count => {
-                    report.problem(format!("{name}: {count} ledger entries record it, not one"));
-                    continue;
-                }
-            };
-            let (entry_id, account_name, asset, kind) = entry;
-            if (account_name, asset) != (&transaction.account_name, &transaction.asset) {
-                report.problem(format!(
-                    "{name}: it is on {}:{} but its ledger entry {entry_id} is on {account_name}:{asset}",
-                    transaction.account_name, transaction.asset
-                ));
-            }
-            if kind != &transaction.kind {
-                report.problem(format!(
-                    "{name}: it is a {} but its ledger entry {entry_id} is a {kind}",
-                    transaction.kind
-                ));
-            }
-            let moved = moved_by(run.iter().filter_map(|line| line.posting.as_ref()));
-            if moved != transaction.amount {
-                report.problem(format!("{name}: amount is {} but its ledger entry moves {moved}", transaction.amount));
-            }
-        }
+    }
+    if started {
+        state.finish(report);
     }
     Ok(())
 }
 
+/// One fee of an event in the events pass.
+#[derive(Default)]
+struct FeeState {
+    line: i64,
+    asset: Text,
+    amount: Decimal,
+    /// The fee's transaction: whether there is one, its asset and amount.
+    transaction: Option<Decimal>,
+    transaction_asset: Text,
+    entries: Vec<i64>,
+    revenue: Decimal,
+}
+
+/// One usage event of the events pass, with its fees (kept for reuse from event to event).
+#[derive(Default)]
+struct EventState {
+    mode: Text,
+    id: Text,
+    has_fees: bool,
+    total_fees: Option<Decimal>,
+    fee_currency: Option<String>,
+    fees: Vec<FeeState>,
+    count: usize,
+}
+
+impl EventState {
+    fn finish(&self, report: &mut VerifyReport) {
+        report.events += 1;
+        let id = &self.id.0;
+        let fees = &self.fees[..self.count];
+        report.fees += fees.len();
+        if self.has_fees == fees.is_empty() {
+            report.problem(format!("event {id}: has_fees is {} but it has {} fees", self.has_fees, fees.len()));
+        }
+        let single_asset = fees.first().filter(|first| fees.iter().all(|fee| fee.asset.0 == first.asset.0));
+        let expected = match single_asset {
+            Some(first) => (Some(fees.iter().map(|fee| fee.amount).sum::<Decimal>()), Some(first.asset.0.clone())),
+            None => (None, None),
+        };
+        if (self.total_fees, self.fee_currency.clone()) != expected {
+            report.problem(format!(
+                "event {id}: total_fees is {:?} {:?} but its fees come to {:?} {:?}",
+                self.total_fees, self.fee_currency, expected.0, expected.1
+            ));
+        }
+        for fee in fees {
+            let (line, asset, amount) = (fee.line, &fee.asset.0, fee.amount);
+            match (fee.transaction, amount.is_zero()) {
+                (None, true) => {}
+                (None, false) => {
+                    report.problem(format!("event {id}: fee {line} of {amount} {asset} has no wallet transaction"))
+                }
+                (Some(transaction_amount), _) => {
+                    let transaction_asset = &fee.transaction_asset.0;
+                    if (transaction_asset, transaction_amount) != (asset, -amount) {
+                        report.problem(format!(
+                            "event {id}: fee {line} is {amount} {asset} but its transaction records {transaction_amount} {transaction_asset}"
+                        ));
+                    }
+                    if fee.entries.len() != 1 || fee.revenue != amount {
+                        report.problem(format!(
+                            "event {id}: fee {line} is {amount} {asset} but the ledger moved {} to revenue in {} entries",
+                            fee.revenue,
+                            fee.entries.len()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Every usage event's fees against their total and their ledger movements.
 fn verify_events(conn: &mut dyn Conn, report: &mut VerifyReport, chunk: i64) -> Result<(), StoreError> {
-    let mut after: Option<(String, String)> = None;
+    let mut event = EventState::default();
+    let mut started = false;
     loop {
-        let rows = ledger::events_after(conn, after.as_ref().map(|(mode, id)| (mode.as_str(), id.as_str())), chunk)?;
-        if rows.is_empty() {
+        let mut rows = 0;
+        let after = started.then(|| (event.mode.0.clone(), event.id.0.clone()));
+        ledger::events_after(conn, after.as_ref().map(|(mode, id)| (mode.as_str(), id.as_str())), chunk, &mut |row| {
+            rows += 1;
+            if !started || row.id != event.id.0 || row.mode != event.mode.0 {
+                if started {
+                    event.finish(report);
+                }
+                started = true;
+                event.mode.set(row.mode);
+                event.id.set(row.id);
+                event.has_fees = row.has_fees;
+                event.total_fees = row.total_fees;
+                event.fee_currency = row.fee_currency.map(str::to_owned);
+                event.count = 0;
+            }
+            let Some((line, asset, amount)) = row.fee else { return Ok(()) };
+            if event.count == 0 || event.fees[event.count - 1].line != line {
+                if event.count == event.fees.len() {
+                    event.fees.push(FeeState::default());
+                }
+                let fee = &mut event.fees[event.count];
+                event.count += 1;
+                fee.line = line;
+                fee.asset.set(asset);
+                fee.amount = amount;
+                fee.transaction = row.transaction.map(|(_, amount)| amount);
+                fee.transaction_asset.set(row.transaction.map_or("", |(asset, _)| asset));
+                fee.entries.clear();
+                fee.revenue = Decimal::ZERO;
+            }
+            let fee = &mut event.fees[event.count - 1];
+            if let Some(entry_id) = row.entry_id {
+                if !fee.entries.contains(&entry_id) {
+                    fee.entries.push(entry_id);
+                }
+            }
+            if let Some((LedgerAccount::System(SystemAccount::Revenue), amount)) = row.posting {
+                fee.revenue += amount;
+            }
+            Ok(())
+        })?;
+        if rows == 0 {
             break;
         }
-        for run in runs(rows, |line| (line.mode.clone(), line.id.clone())) {
-            report.events += 1;
-            let event = &run[0];
-            after = Some((event.mode.clone(), event.id.clone()));
-            let id = &event.id;
-            let fees =
-                runs(run.iter().filter(|line| line.fee.is_some()).collect(), |line| line.fee.as_ref().map(|fee| fee.0));
-            report.fees += fees.len();
-            if event.has_fees == fees.is_empty() {
-                report.problem(format!("event {id}: has_fees is {} but it has {} fees", event.has_fees, fees.len()));
-            }
-            let assets: BTreeSet<&str> =
-                fees.iter().filter_map(|fee| fee[0].fee.as_ref()).map(|fee| fee.1.as_str()).collect();
-            let expected = match (assets.len(), assets.first()) {
-                (1, Some(asset)) => {
-                    let total: Decimal = fees.iter().filter_map(|fee| fee[0].fee.as_ref()).map(|fee| fee.2).sum();
-                    (Some(total), Some(asset.to_string()))
-                }
-                _ => (None, None),
-            };
-            if (event.total_fees, event.fee_currency.clone()) != expected {
-                report.problem(format!(
-                    "event {id}: total_fees is {:?} {:?} but its fees come to {:?} {:?}",
-                    event.total_fees, event.fee_currency, expected.0, expected.1
-                ));
-            }
-            for fee_rows in &fees {
-                let Some((line, asset, amount)) = fee_rows[0].fee.clone() else { continue };
-                let entries: BTreeSet<i64> = fee_rows.iter().filter_map(|row| row.entry_id).collect();
-                match (&fee_rows[0].transaction, amount.is_zero()) {
-                    (None, true) => {}
-                    (None, false) => {
-                        report.problem(format!("event {id}: fee {line} of {amount} {asset} has no wallet transaction"))
-                    }
-                    (Some((transaction_asset, transaction_amount)), _) => {
-                        if (transaction_asset, *transaction_amount) != (&asset, -amount) {
-                            report.problem(format!(
-                                "event {id}: fee {line} is {amount} {asset} but its transaction records {transaction_amount} {transaction_asset}"
-                            ));
-                        }
-                        let postings = fee_rows.iter().filter_map(|row| row.posting.as_ref());
-                        let revenue = sum_of(postings, |posting| is_system(posting, SystemAccount::Revenue));
-                        if entries.len() != 1 || revenue != amount {
-                            report.problem(format!(
-                                "event {id}: fee {line} is {amount} {asset} but the ledger moved {revenue} to revenue in {} entries",
-                                entries.len()
-                            ));
-                        }
-                    }
-                }
-            }
-        }
+    }
+    if started {
+        event.finish(report);
     }
     let fees = ledger::count_rows(conn, VerifiedTable::Fees)?;
     if fees > report.fees as i64 {

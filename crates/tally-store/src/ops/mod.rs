@@ -15,6 +15,7 @@ pub mod portal;
 pub mod products;
 pub mod rebill;
 pub mod revenue;
+pub mod spend;
 pub mod stats;
 pub mod subscriptions;
 pub mod topups;

@@ -95,6 +95,7 @@ pub struct NewPaymentMethod {
     pub provider_customer: Option<String>,
     pub brand: Option<String>,
     pub last4: Option<String>,
+    pub expiry: Option<topups::CardExpiry>,
 }
 
 pub fn initiate(
@@ -458,6 +459,7 @@ pub fn save_card(
         provider_customer: method.provider_customer.clone(),
         brand: method.brand.clone(),
         last4: method.last4.clone(),
+        expiry: method.expiry,
         created_at: now,
     };
     topups::insert_payment_method(conn, mode, &saved)?;

@@ -81,11 +81,14 @@ pub fn existing(conn: &mut dyn Conn, mode: Mode, ids: &[&str]) -> Result<HashMap
 }
 
 pub fn insert(conn: &mut dyn Conn, mode: Mode, event: &StoredEvent) -> Result<(), StoreError> {
-    conn.execute(
-        "INSERT INTO usage_events (mode, id, customer_id, event_type, occurred_at, subject, description, data, costs, has_fees,
-                                   total_fees, fee_currency, created_at, content_hash, unbilled_reason, unbilled_message)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-        params![
+    insert_many(conn, mode, std::slice::from_ref(event))
+}
+
+/// Inserts events with multi-row `INSERT`s, in the order given.
+pub fn insert_many(conn: &mut dyn Conn, mode: Mode, events: &[StoredEvent]) -> Result<(), StoreError> {
+    let mut values = Vec::with_capacity(events.len() * 16);
+    for event in events {
+        values.extend_from_slice(params![
             mode.as_str(),
             &event.id,
             &event.customer_id,
@@ -102,17 +105,28 @@ pub fn insert(conn: &mut dyn Conn, mode: Mode, event: &StoredEvent) -> Result<()
             &event.content_hash,
             event.unbilled.as_ref().map(|reason| reason.code.clone()),
             event.unbilled.as_ref().map(|reason| reason.message.clone())
-        ],
+        ]);
+    }
+    super::insert_rows(
+        conn,
+        "INSERT INTO usage_events (mode, id, customer_id, event_type, occurred_at, subject, description, data, costs, has_fees,
+                                   total_fees, fee_currency, created_at, content_hash, unbilled_reason, unbilled_message)",
+        16,
+        &values,
+        "",
     )?;
     Ok(())
 }
 
 pub fn insert_fee(conn: &mut dyn Conn, mode: Mode, fee: &StoredFee) -> Result<(), StoreError> {
-    conn.execute(
-        "INSERT INTO event_fees (id, mode, event_id, customer_id, line, product_id, product_code, product_version, price_id,
-                                 price_name, asset, account_name, detail, amount, occurred_at, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-        params![
+    insert_fees(conn, mode, std::slice::from_ref(fee))
+}
+
+/// Inserts fees with multi-row `INSERT`s.
+pub fn insert_fees(conn: &mut dyn Conn, mode: Mode, fees: &[StoredFee]) -> Result<(), StoreError> {
+    let mut values = Vec::with_capacity(fees.len() * 16);
+    for fee in fees {
+        values.extend_from_slice(params![
             &fee.id,
             mode.as_str(),
             &fee.event_id,
@@ -129,7 +143,15 @@ pub fn insert_fee(conn: &mut dyn Conn, mode: Mode, fee: &StoredFee) -> Result<()
             fee.amount,
             fee.occurred_at,
             fee.created_at
-        ],
+        ]);
+    }
+    super::insert_rows(
+        conn,
+        "INSERT INTO event_fees (id, mode, event_id, customer_id, line, product_id, product_code, product_version, price_id,
+                                 price_name, asset, account_name, detail, amount, occurred_at, created_at)",
+        16,
+        &values,
+        "",
     )?;
     Ok(())
 }

@@ -102,6 +102,84 @@ pub fn append(conn: &mut dyn Conn, header: &EntryHeader, postings: &[Posting]) -
     Ok(())
 }
 
+/// An entry of a transaction, to append with others by [`append_many`].
+#[derive(Debug, Clone)]
+pub struct TransactionEntry {
+    pub account: AccountKey,
+    pub kind: String,
+    pub transaction_id: String,
+    pub at: DateTime<Utc>,
+    pub postings: Vec<Posting>,
+}
+
+/// Appends the entries of several transactions (one each, their ids distinct), in order, with
+/// one multi-row `INSERT` for the entries and one for all their postings: a batch's fees cost
+/// two statements instead of two each. Refuses an unbalanced entry, as [`append`] does.
+pub fn append_many(conn: &mut dyn Conn, mode: Mode, entries: &[TransactionEntry]) -> Result<(), StoreError> {
+    let entries: Vec<&TransactionEntry> = entries.iter().filter(|entry| !entry.postings.is_empty()).collect();
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut values = Vec::with_capacity(entries.len() * 9);
+    for entry in &entries {
+        if !tally_core::ledger::is_balanced(&entry.postings) {
+            return Err(StoreError::Corrupt(format!("refused an unbalanced ledger entry: {:?}", entry.postings)));
+        }
+        values.extend_from_slice(params![
+            mode.as_str(),
+            &entry.account.customer_id,
+            &entry.account.name,
+            &entry.account.asset,
+            &entry.kind,
+            &entry.transaction_id,
+            Option::<String>::None,
+            entry.at,
+            entry.at
+        ]);
+    }
+    let returned = super::insert_rows(
+        conn,
+        "INSERT INTO ledger_entries (mode, customer_id, account_name, asset, kind, transaction_id, grant_id, effective_at, created_at)",
+        9,
+        &values,
+        " RETURNING id, transaction_id",
+    )?;
+    // Rows come back in no promised order: each is matched to its entry by its transaction.
+    let mut ids = std::collections::HashMap::with_capacity(returned.len());
+    for row in &returned {
+        ids.insert(row.text(1)?, row.int(0)?);
+    }
+    if ids.len() != entries.len() {
+        return Err(StoreError::Corrupt("append_many needs one entry per transaction".into()));
+    }
+    let mut values = Vec::with_capacity(entries.len() * 16);
+    for entry in &entries {
+        let entry_id = *ids
+            .get(&entry.transaction_id)
+            .ok_or_else(|| StoreError::Corrupt(format!("no ledger entry came back for {}", entry.transaction_id)))?;
+        for (line, posting) in entry.postings.iter().enumerate() {
+            values.extend_from_slice(params![
+                entry_id,
+                line as i64,
+                account_text(posting.account),
+                posting.bucket.as_str(),
+                posting.grant_id.clone(),
+                posting.amount,
+                mode.as_str(),
+                &entry.account.customer_id
+            ]);
+        }
+    }
+    super::insert_rows(
+        conn,
+        "INSERT INTO ledger_postings (entry_id, line, account, bucket, grant_id, amount, mode, customer_id)",
+        8,
+        &values,
+        "",
+    )?;
+    Ok(())
+}
+
 /// Records the issue of a grant: written once, when the grant is made, and never changed.
 pub fn record_grant(
     conn: &mut dyn Conn,
@@ -165,14 +243,20 @@ pub fn stray_fee_periods(conn: &mut dyn Conn) -> Result<i64, StoreError> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Reads for `ledger verify`. Each reads one chunk of rows in key order, starting after the
-// last key of the previous chunk, so that verification never holds more than a chunk (and
-// one account's grants) in memory, whatever the size of the ledger. The chunk's driving rows
-// are picked by a subquery, so a chunk never ends in the middle of one driver's joined rows.
+// Reads for `ledger verify`. Each reads one chunk in key order (a range of entry ids, of
+// customers, or the next rows after a key) and streams its rows to the caller one at a time
+// (`Conn::query_each`), so that verification holds one row, not a chunk, and never more
+// than a chunk's accounts and grants, whatever the size of the ledger. Every chunk's rows are
+// joined by the database on primary keys and indexes: one statement per chunk, none per row.
 
-/// How many driving rows (entries, accounts, transactions, events, top-ups) a chunk holds
-/// unless told otherwise.
-pub const CHUNK: i64 = 500;
+/// How many driving rows (accounts, top-ups, holds, customers' rollups) a chunk holds unless
+/// told otherwise: what verification keeps in memory at once.
+pub const CHUNK: i64 = 10_000;
+
+/// The chunk of the passes that keep nothing of a chunk in memory (entry ids, transactions,
+/// events) on PostgreSQL: their rows stream, so one statement reads the whole table. Cut into
+/// chunks, PostgreSQL would hash or scan the joined tables once per chunk.
+pub const STREAMED: i64 = i64::MAX;
 
 /// One posting as verification reads it.
 #[derive(Debug, Clone, PartialEq)]
@@ -183,91 +267,67 @@ pub struct PostingLine {
     pub amount: Decimal,
 }
 
-fn posting_at(row: &Row, index: usize) -> Result<Option<PostingLine>, StoreError> {
-    let Some(account) = row.opt_text(index)? else {
+/// A posting's account and amount, read in place.
+fn posting_amount_at(row: &Row, index: usize) -> Result<Option<(LedgerAccount, Decimal)>, StoreError> {
+    let Some(account) = row.opt_str(index)? else {
         return Ok(None);
     };
-    Ok(Some(PostingLine {
-        account: parse_account(&account).ok_or_else(|| StoreError::Corrupt(format!("posting account {account}")))?,
-        bucket: Bucket::parse(&row.text(index + 1)?).ok_or_else(|| StoreError::Corrupt("posting bucket".into()))?,
-        grant_id: row.opt_text(index + 2)?,
-        amount: row.decimal(index + 3)?,
-    }))
+    let account = parse_account(account).ok_or_else(|| StoreError::Corrupt(format!("posting account {account}")))?;
+    Ok(Some((account, row.decimal(index + 1)?)))
 }
 
-/// The columns `posting_at` reads, for a posting aliased `p`.
-const POSTING_COLUMNS: &str = "p.account, p.bucket, p.grant_id, p.amount";
+/// The largest entry id (0 without entries): the end of the id ranges [`entries_between`] reads.
+pub fn last_entry_id(conn: &mut dyn Conn) -> Result<i64, StoreError> {
+    Ok(conn.query_one("SELECT MAX(id) FROM ledger_entries", &[])?.opt_int(0)?.unwrap_or(0))
+}
 
 /// One row of an entry with one of its postings (`None` for an entry without any).
-#[derive(Debug, Clone, PartialEq)]
-pub struct EntryLine {
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EntryRow<'a> {
     pub entry_id: i64,
-    pub mode: String,
-    pub customer_id: String,
-    pub asset: String,
-    pub kind: String,
+    pub mode: &'a str,
+    pub customer_id: &'a str,
+    pub asset: &'a str,
+    pub kind: &'a str,
     /// Whether a wallet transaction records this entry (by its id, or an expiry by its grant).
     pub has_transaction: bool,
-    pub posting: Option<PostingLine>,
+    pub posting: Option<(LedgerAccount, Decimal)>,
 }
 
-/// Entries with id above `after`, in id order, with their postings in line order.
-///
-/// Two ordered range scans on primary keys, merged here: the chunk's entries (with the
-/// transaction that records each), then the postings whose entry ids fall in the chunk's
-/// range. A join of the two let PostgreSQL hash or sort all of `ledger_postings` for every
-/// chunk; this reads each posting once, in the order it is stored by.
-pub fn entries_after(conn: &mut dyn Conn, after: i64, chunk: i64) -> Result<Vec<EntryLine>, StoreError> {
-    let entries = conn.query(
-        "SELECT e.id, e.mode, e.customer_id, e.asset, e.kind, t.id
-         FROM (SELECT id, mode, customer_id, asset, kind, transaction_id, grant_id FROM ledger_entries
-               WHERE id > $1 ORDER BY id LIMIT $2) e
+/// The entries with ids in `(after, through]`, in id order, each with its postings in line
+/// order (a posting counts for its entry only when it carries the entry's customer). Both
+/// tables are read as one range of their primary keys, so each posting is read once.
+pub fn entries_between(
+    conn: &mut dyn Conn,
+    after: i64,
+    through: i64,
+    each: &mut dyn FnMut(EntryRow) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    // The transaction is joined (its key is unique) rather than looked up in a subquery,
+    // which PostgreSQL would run again for every posting.
+    conn.query_each(
+        "SELECT e.id, e.mode, e.customer_id, e.asset, e.kind, CASE WHEN t.id IS NULL THEN 0 ELSE 1 END,
+                p.account, p.amount
+         FROM ledger_entries e
          LEFT JOIN transactions t ON t.customer_id = e.customer_id
               AND t.id = COALESCE(e.transaction_id, 'tally_expiry_' || e.grant_id)
-         ORDER BY e.id",
-        params![after, chunk],
-    )?;
-    let Some(last) = entries.last().map(|row| row.int(0)).transpose()? else {
-        return Ok(Vec::new());
-    };
-    let postings = conn.query(
-        &format!(
-            "SELECT p.entry_id, p.customer_id, {POSTING_COLUMNS} FROM ledger_postings p
-             WHERE p.entry_id > $1 AND p.entry_id <= $2 ORDER BY p.entry_id, p.line"
-        ),
-        params![after, last],
-    )?;
-    let mut postings = postings.iter().peekable();
-    let mut lines = Vec::with_capacity(entries.len() * 3);
-    for row in &entries {
-        let line = EntryLine {
-            entry_id: row.int(0)?,
-            mode: row.text(1)?,
-            customer_id: row.text(2)?,
-            asset: row.text(3)?,
-            kind: row.text(4)?,
-            has_transaction: row.opt_text(5)?.is_some(),
-            posting: None,
-        };
-        let mut found = false;
-        while let Some(posting) = postings.peek() {
-            let entry_id = posting.int(0)?;
-            if entry_id > line.entry_id {
-                break;
-            }
-            // A posting counts for its entry only when it carries the entry's customer, as
-            // the join this replaced required.
-            if entry_id == line.entry_id && posting.text(1)? == line.customer_id {
-                lines.push(EntryLine { posting: posting_at(posting, 2)?, ..line.clone() });
-                found = true;
-            }
-            postings.next();
-        }
-        if !found {
-            lines.push(line);
-        }
-    }
-    Ok(lines)
+         LEFT JOIN ledger_postings p ON p.entry_id = e.id AND p.customer_id = e.customer_id
+              AND p.entry_id > $1 AND p.entry_id <= $2
+         WHERE e.id > $1 AND e.id <= $2
+         ORDER BY e.id, p.line",
+        params![after, through],
+        &mut |row| {
+            each(EntryRow {
+                entry_id: row.int(0)?,
+                mode: row.str(1)?,
+                customer_id: row.str(2)?,
+                asset: row.str(3)?,
+                kind: row.str(4)?,
+                has_transaction: row.bool(5)?,
+                posting: posting_amount_at(row, 6)?,
+            })
+        },
+    )
 }
 
 /// How many postings there are in all, joined to an entry or not.
@@ -294,6 +354,43 @@ pub enum VerifiedTable {
     Fees,
 }
 
+/// A range of customers, `(after, through]`, `through` `None` for every customer after `after`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Customers {
+    pub after: String,
+    pub through: Option<String>,
+}
+
+impl Customers {
+    /// The condition on `column` and its parameters ($1, $2).
+    fn condition(&self, column: &str) -> (String, Vec<crate::conn::Value>) {
+        match &self.through {
+            Some(through) => (format!("{column} > $1 AND {column} <= $2"), params![&self.after, through].to_vec()),
+            None => (format!("{column} > $1"), params![&self.after].to_vec()),
+        }
+    }
+}
+
+/// The next range of customers after `after` that holds about `chunk` wallet accounts (all of
+/// each customer's), or `None` past the last account.
+pub fn next_customers(conn: &mut dyn Conn, after: &str, chunk: i64) -> Result<Option<Customers>, StoreError> {
+    let first = conn.query_optional(
+        "SELECT customer_id FROM wallet_accounts WHERE customer_id > $1 ORDER BY customer_id LIMIT 1",
+        params![after],
+    )?;
+    if first.is_none() {
+        return Ok(None);
+    }
+    let through = conn
+        .query_optional(
+            "SELECT customer_id FROM wallet_accounts WHERE customer_id > $1 ORDER BY customer_id LIMIT 1 OFFSET $2",
+            params![after, chunk.max(1) - 1],
+        )?
+        .map(|row| row.text(0))
+        .transpose()?;
+    Ok(Some(Customers { after: after.to_owned(), through }))
+}
+
 /// A wallet account's stored balances.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredAccount {
@@ -304,74 +401,82 @@ pub struct StoredAccount {
     pub debt: Decimal,
 }
 
-/// Accounts after `after` (none: from the first), in key order.
-pub fn accounts_after(
-    conn: &mut dyn Conn,
-    after: Option<&AccountKey>,
-    chunk: i64,
-) -> Result<Vec<StoredAccount>, StoreError> {
-    let columns = "customer_id, name, asset, available, pending_in, debt, pending_out";
-    let rows = match after {
-        None => conn.query(
-            &format!("SELECT {columns} FROM wallet_accounts ORDER BY customer_id, name, asset LIMIT $1"),
-            params![chunk],
-        )?,
-        Some(key) => conn.query(
-            &format!(
-                "SELECT {columns} FROM wallet_accounts WHERE (customer_id, name, asset) > ($1, $2, $3)
-                 ORDER BY customer_id, name, asset LIMIT $4"
-            ),
-            params![&key.customer_id, &key.name, &key.asset, chunk],
-        )?,
-    };
-    rows.iter()
-        .map(|row| {
-            Ok(StoredAccount {
-                key: AccountKey { customer_id: row.text(0)?, name: row.text(1)?, asset: row.text(2)? },
-                available: row.decimal(3)?,
-                pending_in: row.decimal(4)?,
-                debt: row.decimal(5)?,
-                pending_out: row.decimal(6)?,
-            })
-        })
-        .collect()
-}
-
-/// One posting of one account's entry.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AccountPosting {
-    pub entry_id: i64,
-    /// `None` for an entry without postings.
-    pub posting: Option<PostingLine>,
-}
-
-/// The postings of `account`'s entries with id above `after`, a chunk of entries at a time,
-/// in entry order.
-pub fn account_postings_after(
-    conn: &mut dyn Conn,
-    account: &AccountKey,
-    after: i64,
-    chunk: i64,
-) -> Result<Vec<AccountPosting>, StoreError> {
+/// The accounts of `customers`, in key order.
+pub fn accounts_of(conn: &mut dyn Conn, customers: &Customers) -> Result<Vec<StoredAccount>, StoreError> {
+    let (condition, values) = customers.condition("customer_id");
     conn.query(
         &format!(
-            "SELECT e.id, {POSTING_COLUMNS}
-             FROM (SELECT id, customer_id FROM ledger_entries WHERE customer_id = $1 AND account_name = $2 AND asset = $3
-                   AND id > $4 ORDER BY id LIMIT $5) e
-             LEFT JOIN ledger_postings p ON p.customer_id = e.customer_id AND p.entry_id = e.id
-             ORDER BY e.id, p.line"
+            "SELECT customer_id, name, asset, available, pending_in, debt, pending_out FROM wallet_accounts
+             WHERE {condition} ORDER BY customer_id, name, asset"
         ),
-        params![&account.customer_id, &account.name, &account.asset, after, chunk],
+        &values,
     )?
     .iter()
-    .map(|row| Ok(AccountPosting { entry_id: row.int(0)?, posting: posting_at(row, 1)? }))
+    .map(|row| {
+        Ok(StoredAccount {
+            key: AccountKey { customer_id: row.text(0)?, name: row.text(1)?, asset: row.text(2)? },
+            available: row.decimal(3)?,
+            pending_in: row.decimal(4)?,
+            debt: row.decimal(5)?,
+            pending_out: row.decimal(6)?,
+        })
+    })
     .collect()
+}
+
+/// One posting of an account's entry, read in place.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AccountPostingRow<'a> {
+    pub customer_id: &'a str,
+    pub account_name: &'a str,
+    pub asset: &'a str,
+    pub entry_id: i64,
+    /// `None` for an entry without postings.
+    pub posting: Option<(LedgerAccount, Bucket, Option<&'a str>, Decimal)>,
+}
+
+/// The entries of the accounts of `customers` with their postings, by account and entry.
+pub fn account_postings_of(
+    conn: &mut dyn Conn,
+    customers: &Customers,
+    each: &mut dyn FnMut(AccountPostingRow) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let (condition, values) = customers.condition("e.customer_id");
+    conn.query_each(
+        &format!(
+            "SELECT e.customer_id, e.account_name, e.asset, e.id, p.account, p.bucket, p.grant_id, p.amount
+             FROM ledger_entries e
+             LEFT JOIN ledger_postings p ON p.entry_id = e.id AND p.customer_id = e.customer_id
+             WHERE {condition}
+             ORDER BY e.customer_id, e.account_name, e.asset, e.id"
+        ),
+        &values,
+        &mut |row| {
+            let posting = match row.opt_str(4)? {
+                Some(account) => Some((
+                    parse_account(account).ok_or_else(|| StoreError::Corrupt(format!("posting account {account}")))?,
+                    Bucket::parse(row.str(5)?).ok_or_else(|| StoreError::Corrupt("posting bucket".into()))?,
+                    row.opt_str(6)?,
+                    row.decimal(7)?,
+                )),
+                None => None,
+            };
+            each(AccountPostingRow {
+                customer_id: row.str(0)?,
+                account_name: row.str(1)?,
+                asset: row.str(2)?,
+                entry_id: row.int(3)?,
+                posting,
+            })
+        },
+    )
 }
 
 /// A grant row beside the ledger's record of its issue and what the entry that made it took
 /// from the issuance account.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GrantLine {
+    pub key: AccountKey,
     pub id: String,
     pub purpose: String,
     pub amount: Decimal,
@@ -388,19 +493,22 @@ pub struct GrantLine {
     pub issued_cost_basis: Option<Decimal>,
 }
 
-/// The grants of one account, ordered by id, each once per issuance posting of its making
-/// entry (or once, without one).
-pub fn account_grants(conn: &mut dyn Conn, account: &AccountKey) -> Result<Vec<GrantLine>, StoreError> {
+/// The grants of the accounts of `customers`, by customer and id, each once per issuance
+/// posting of its making entry (or once, without one).
+pub fn grants_of(conn: &mut dyn Conn, customers: &Customers) -> Result<Vec<GrantLine>, StoreError> {
+    let (condition, values) = customers.condition("g.customer_id");
     conn.query(
-        "SELECT g.id, g.purpose, g.amount, g.remaining, g.state, l.purpose, l.amount, e.id, p.amount,
-                g.cost_basis, l.cost_basis
-         FROM grants g
-         LEFT JOIN ledger_grants l ON l.grant_id = g.id
-         LEFT JOIN ledger_entries e ON e.customer_id = g.customer_id AND e.transaction_id = l.transaction_id
-         LEFT JOIN ledger_postings p ON p.customer_id = e.customer_id AND p.entry_id = e.id AND p.account = 'system:issuance'
-         WHERE g.customer_id = $1 AND g.asset = $2 AND g.account_name = $3
-         ORDER BY g.id, e.id, p.line",
-        params![&account.customer_id, &account.asset, &account.name],
+        &format!(
+            "SELECT g.id, g.purpose, g.amount, g.remaining, g.state, l.purpose, l.amount, e.id, p.amount,
+                    g.cost_basis, l.cost_basis, g.customer_id, g.account_name, g.asset
+             FROM grants g
+             LEFT JOIN ledger_grants l ON l.grant_id = g.id
+             LEFT JOIN ledger_entries e ON e.customer_id = g.customer_id AND e.transaction_id = l.transaction_id
+             LEFT JOIN ledger_postings p ON p.customer_id = e.customer_id AND p.entry_id = e.id AND p.account = 'system:issuance'
+             WHERE {condition}
+             ORDER BY g.customer_id, g.id, e.id, p.line"
+        ),
+        &values,
     )?
     .iter()
     .map(|row| {
@@ -409,6 +517,7 @@ pub fn account_grants(conn: &mut dyn Conn, account: &AccountKey) -> Result<Vec<G
             None => None,
         };
         Ok(GrantLine {
+            key: AccountKey { customer_id: row.text(11)?, name: row.text(12)?, asset: row.text(13)? },
             id: row.text(0)?,
             purpose: row.text(1)?,
             amount: row.decimal(2)?,
@@ -424,28 +533,47 @@ pub fn account_grants(conn: &mut dyn Conn, account: &AccountKey) -> Result<Vec<G
     .collect()
 }
 
-/// One row of a transaction with its entry and one of that entry's postings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TransactionLine {
-    pub customer_id: String,
-    pub id: String,
-    pub kind: String,
-    pub account_name: String,
-    pub asset: String,
-    pub amount: Decimal,
-    /// The entry: its id, account name, asset and kind.
-    pub entry: Option<(i64, String, String, String)>,
-    pub posting: Option<PostingLine>,
+/// What the open holds of the accounts of `customers` still hold, by account.
+pub fn open_holds_of(conn: &mut dyn Conn, customers: &Customers) -> Result<Vec<(AccountKey, Decimal)>, StoreError> {
+    let (condition, values) = customers.condition("customer_id");
+    conn.query(
+        &format!(
+            "SELECT customer_id, account_name, asset, amount, captured, released FROM holds
+             WHERE {condition} AND status = 'held'"
+        ),
+        &values,
+    )?
+    .iter()
+    .map(|row| {
+        let key = AccountKey { customer_id: row.text(0)?, name: row.text(1)?, asset: row.text(2)? };
+        Ok((key, row.decimal(3)? - row.decimal(4)? - row.decimal(5)?))
+    })
+    .collect()
 }
 
-/// Transactions after `after` (customer id, transaction id), in key order, each with the
-/// ledger entry that records it: the one naming its id, or for an expiry the expiry entry of
-/// its grant.
+/// One row of a transaction with its entry and one of that entry's postings, read in place.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TransactionRow<'a> {
+    pub customer_id: &'a str,
+    pub id: &'a str,
+    pub kind: &'a str,
+    pub account_name: &'a str,
+    pub asset: &'a str,
+    pub amount: Decimal,
+    /// The entry: its id, account name, asset and kind.
+    pub entry: Option<(i64, &'a str, &'a str, &'a str)>,
+    pub posting: Option<(LedgerAccount, Decimal)>,
+}
+
+/// Transactions after `after` (customer id, transaction id), a chunk of them in key order,
+/// each with the ledger entry that records it: the one naming its id, or for an expiry the
+/// expiry entry of its grant.
 pub fn transactions_after(
     conn: &mut dyn Conn,
     after: Option<(&str, &str)>,
     chunk: i64,
-) -> Result<Vec<TransactionLine>, StoreError> {
+    each: &mut dyn FnMut(TransactionRow) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let (condition, mut values) = match after {
         None => ("", Vec::new()),
         Some((customer_id, id)) => ("WHERE (customer_id, id) > ($2, $3)", params![customer_id, id].to_vec()),
@@ -454,7 +582,7 @@ pub fn transactions_after(
     let sql = format!(
         "SELECT t.customer_id, t.id, t.kind, t.account_name, t.asset, t.amount,
                 COALESCE(e.id, x.id), COALESCE(e.account_name, x.account_name), COALESCE(e.asset, x.asset),
-                COALESCE(e.kind, x.kind), {POSTING_COLUMNS}
+                COALESCE(e.kind, x.kind), p.account, p.amount
          FROM (SELECT customer_id, id, kind, account_name, asset, amount FROM transactions {condition}
                ORDER BY customer_id, id LIMIT $1) t
          LEFT JOIN ledger_entries e ON e.customer_id = t.customer_id AND e.transaction_id = t.id
@@ -463,51 +591,50 @@ pub fn transactions_after(
          LEFT JOIN ledger_postings p ON p.customer_id = t.customer_id AND p.entry_id = COALESCE(e.id, x.id)
          ORDER BY t.customer_id, t.id, COALESCE(e.id, x.id), p.line"
     );
-    conn.query(&sql, &values)?
-        .iter()
-        .map(|row| {
-            let entry = match row.opt_int(6)? {
-                Some(id) => Some((id, row.text(7)?, row.text(8)?, row.text(9)?)),
-                None => None,
-            };
-            Ok(TransactionLine {
-                customer_id: row.text(0)?,
-                id: row.text(1)?,
-                kind: row.text(2)?,
-                account_name: row.text(3)?,
-                asset: row.text(4)?,
-                amount: row.decimal(5)?,
-                entry,
-                posting: posting_at(row, 10)?,
-            })
+    conn.query_each(&sql, &values, &mut |row| {
+        let entry = match row.opt_int(6)? {
+            Some(id) => Some((id, row.str(7)?, row.str(8)?, row.str(9)?)),
+            None => None,
+        };
+        each(TransactionRow {
+            customer_id: row.str(0)?,
+            id: row.str(1)?,
+            kind: row.str(2)?,
+            account_name: row.str(3)?,
+            asset: row.str(4)?,
+            amount: row.decimal(5)?,
+            entry,
+            posting: posting_amount_at(row, 10)?,
         })
-        .collect()
+    })
 }
 
 /// One row of a usage event with one of its fees, the fee's transaction and entry, and one
-/// posting of that entry.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EventLine {
-    pub mode: String,
-    pub id: String,
+/// posting of that entry, read in place.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EventRow<'a> {
+    pub mode: &'a str,
+    pub id: &'a str,
     pub has_fees: bool,
     pub total_fees: Option<Decimal>,
-    pub fee_currency: Option<String>,
+    pub fee_currency: Option<&'a str>,
     /// The fee: line, asset, amount.
-    pub fee: Option<(i64, String, Decimal)>,
+    pub fee: Option<(i64, &'a str, Decimal)>,
     /// The fee's transaction: asset and amount.
-    pub transaction: Option<(String, Decimal)>,
+    pub transaction: Option<(&'a str, Decimal)>,
     pub entry_id: Option<i64>,
-    pub posting: Option<PostingLine>,
+    pub posting: Option<(LedgerAccount, Decimal)>,
 }
 
-/// Usage events after `after` (mode, event id), in key order, with their fees, each fee's
-/// transaction (`tally_event_{event}_{line}`) and that transaction's entry and postings.
+/// Usage events after `after` (mode, event id), a chunk of them in key order, with their
+/// fees, each fee's transaction (`tally_event_{event}_{line}`) and that transaction's entry
+/// and postings.
 pub fn events_after(
     conn: &mut dyn Conn,
     after: Option<(&str, &str)>,
     chunk: i64,
-) -> Result<Vec<EventLine>, StoreError> {
+    each: &mut dyn FnMut(EventRow) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let (condition, mut values) = match after {
         None => ("", Vec::new()),
         Some((mode, id)) => ("WHERE (mode, id) > ($2, $3)", params![mode, id].to_vec()),
@@ -515,7 +642,7 @@ pub fn events_after(
     values.insert(0, chunk.into());
     let sql = format!(
         "SELECT v.mode, v.id, v.has_fees, v.total_fees, v.fee_currency, f.line, f.asset, f.amount, t.asset, t.amount,
-                e.id, {POSTING_COLUMNS}
+                e.id, p.account, p.amount
          FROM (SELECT mode, id, customer_id, has_fees, total_fees, fee_currency FROM usage_events {condition}
                ORDER BY mode, id LIMIT $1) v
          LEFT JOIN event_fees f ON f.mode = v.mode AND f.event_id = v.id
@@ -524,31 +651,43 @@ pub fn events_after(
          LEFT JOIN ledger_postings p ON p.customer_id = e.customer_id AND p.entry_id = e.id
          ORDER BY v.mode, v.id, f.line, e.id, p.line"
     );
-    conn.query(&sql, &values)?
-        .iter()
-        .map(|row| {
-            let fee = match row.opt_int(5)? {
-                Some(line) => Some((line, row.text(6)?, row.decimal(7)?)),
-                None => None,
-            };
-            let transaction = match row.opt_text(8)? {
-                Some(asset) => Some((asset, row.decimal(9)?)),
-                None => None,
-            };
-            Ok(EventLine {
-                mode: row.text(0)?,
-                id: row.text(1)?,
-                has_fees: row.bool(2)?,
-                total_fees: row.opt_decimal(3)?,
-                fee_currency: row.opt_text(4)?,
-                fee,
-                transaction,
-                entry_id: row.opt_int(10)?,
-                posting: posting_at(row, 11)?,
-            })
+    conn.query_each(&sql, &values, &mut |row| {
+        let fee = match row.opt_int(5)? {
+            Some(line) => Some((line, row.str(6)?, row.decimal(7)?)),
+            None => None,
+        };
+        let transaction = match row.opt_str(8)? {
+            Some(asset) => Some((asset, row.decimal(9)?)),
+            None => None,
+        };
+        each(EventRow {
+            mode: row.str(0)?,
+            id: row.str(1)?,
+            has_fees: row.bool(2)?,
+            total_fees: row.opt_decimal(3)?,
+            fee_currency: row.opt_str(4)?,
+            fee,
+            transaction,
+            entry_id: row.opt_int(10)?,
+            posting: posting_amount_at(row, 11)?,
         })
-        .collect()
+    })
 }
+
+fn posting_at(row: &Row, index: usize) -> Result<Option<PostingLine>, StoreError> {
+    let Some(account) = row.opt_text(index)? else {
+        return Ok(None);
+    };
+    Ok(Some(PostingLine {
+        account: parse_account(&account).ok_or_else(|| StoreError::Corrupt(format!("posting account {account}")))?,
+        bucket: Bucket::parse(&row.text(index + 1)?).ok_or_else(|| StoreError::Corrupt("posting bucket".into()))?,
+        grant_id: row.opt_text(index + 2)?,
+        amount: row.decimal(index + 3)?,
+    }))
+}
+
+/// The columns `posting_at` reads, for a posting aliased `p`.
+const POSTING_COLUMNS: &str = "p.account, p.bucket, p.grant_id, p.amount";
 
 /// One row of a top-up with one of its entries and one posting of that entry.
 #[derive(Debug, Clone, PartialEq)]

@@ -261,3 +261,112 @@ impl Filter {
         Ok(Listing { items, total, next, prev })
     }
 }
+
+/// The most rows one multi-row `INSERT` of [`insert_rows`] carries.
+const MAX_ROWS_PER_INSERT: usize = 64;
+
+/// Inserts rows of `width` values each (`values` holds them one row after another) with
+/// multi-row `INSERT`s: `head` is `INSERT INTO table (columns)`, `tail` what follows the
+/// values (`RETURNING …`, or empty). Rows go in chunks of a power of two, at most
+/// [`MAX_ROWS_PER_INSERT`], so a table needs few statement texts in the statement caches
+/// whatever the batch's size; rows keep their order. Returns the rows `tail` returns.
+pub(crate) fn insert_rows(
+    conn: &mut dyn Conn,
+    head: &'static str,
+    width: usize,
+    values: &[crate::conn::Value],
+    tail: &'static str,
+) -> Result<Vec<crate::Row>, StoreError> {
+    debug_assert!(width > 0 && values.len().is_multiple_of(width));
+    let mut returned = Vec::new();
+    let mut rest = values;
+    while !rest.is_empty() {
+        let rows = chunk_rows(rest.len() / width);
+        let (chunk, after) = rest.split_at(rows * width);
+        let sql = cached_multi_row_sql(conn.dialect(), head, width, rows, tail);
+        if tail.is_empty() {
+            conn.execute(&sql, chunk)?;
+        } else {
+            returned.extend(conn.query(&sql, chunk)?);
+        }
+        rest = after;
+    }
+    Ok(returned)
+}
+
+/// The rows of the next chunk when `remaining` are left: the largest power of two that fits.
+fn chunk_rows(remaining: usize) -> usize {
+    let largest = if remaining.is_power_of_two() { remaining } else { remaining.next_power_of_two() / 2 };
+    largest.min(MAX_ROWS_PER_INSERT)
+}
+
+/// [`multi_row_sql`], written once per thread for each statement and size: a 64-row statement
+/// has a thousand placeholders, and formatting them for every chunk cost more than binding.
+/// Keyed by the addresses of `head` and `tail`, which are `'static`, so one address always
+/// names one text.
+fn cached_multi_row_sql(
+    dialect: crate::conn::Dialect,
+    head: &'static str,
+    width: usize,
+    rows: usize,
+    tail: &'static str,
+) -> std::rc::Rc<str> {
+    type Key = (bool, usize, usize, usize, usize, usize, usize);
+    thread_local! {
+        static TEXTS: std::cell::RefCell<std::collections::HashMap<Key, std::rc::Rc<str>>> = Default::default();
+    }
+    // SQLite's own `?N` placeholders, which it would otherwise rewrite `$N` into every time.
+    let marker = if dialect == crate::conn::Dialect::Sqlite { '?' } else { '$' };
+    let key = (marker == '?', head.as_ptr() as usize, head.len(), tail.as_ptr() as usize, tail.len(), width, rows);
+    TEXTS.with(|texts| {
+        texts.borrow_mut().entry(key).or_insert_with(|| multi_row_sql(marker, head, width, rows, tail).into()).clone()
+    })
+}
+
+fn multi_row_sql(marker: char, head: &str, width: usize, rows: usize, tail: &str) -> String {
+    use std::fmt::Write as _;
+    let mut sql = String::with_capacity(head.len() + tail.len() + rows * width * 6 + 8);
+    sql.push_str(head);
+    sql.push_str(" VALUES ");
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..width {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            let _ = write!(sql, "{marker}{}", row * width + column + 1);
+        }
+        sql.push(')');
+    }
+    sql.push_str(tail);
+    sql
+}
+
+#[cfg(test)]
+mod multi_row_tests {
+    use super::*;
+
+    #[test]
+    fn chunks_are_powers_of_two_up_to_the_limit_and_cover_every_row() {
+        for total in 1..300 {
+            let mut left = total;
+            while left > 0 {
+                let rows = chunk_rows(left);
+                assert!(rows.is_power_of_two() && rows <= MAX_ROWS_PER_INSERT && rows <= left);
+                left -= rows;
+            }
+        }
+    }
+
+    #[test]
+    fn placeholders_number_rows_one_after_another() {
+        assert_eq!(
+            multi_row_sql('$', "INSERT INTO t (a, b)", 2, 2, ""),
+            "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4)"
+        );
+        assert_eq!(
+            multi_row_sql('?', "INSERT INTO t (a)", 1, 2, " RETURNING a"),
+            "INSERT INTO t (a) VALUES (?1), (?2) RETURNING a"
+        );
+    }
+}

@@ -193,38 +193,6 @@ pub fn fees(conn: &mut dyn Conn, mode: Mode, customer_id: &str, page: Page) -> R
     Ok((items, total))
 }
 
-/// Microseconds in a UTC day: instants divided by this are days since the Unix epoch.
-pub const MICROS_PER_DAY: i64 = 86_400_000_000;
-
-/// Fees of one day: `count` times `spent` in `asset`, on UTC day `day` (days since the Unix
-/// epoch). Read from the rollups, a group is a day's total of one source, product and price,
-/// with a `count` of 1.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SpendGroup {
-    pub asset: String,
-    /// What the fees took from the wallet (positive).
-    pub spent: Decimal,
-    pub day: i64,
-    pub count: i64,
-}
-
-/// Everything a customer spent on fees from the day of `since` on, per day: usage-event fees
-/// dated by when their event occurred, charges and subscription fees by when they were made.
-/// Read from the rollups (`repo::rollups::customer_spend`, which also splits it by product
-/// and price), so it costs the same however many fees there are.
-pub fn spend_since(
-    conn: &mut dyn Conn,
-    mode: Mode,
-    customer_id: &str,
-    since: DateTime<Utc>,
-) -> Result<Vec<SpendGroup>, StoreError> {
-    let from_hour = super::rollups::day_of(since) * 24;
-    Ok(super::rollups::customer_spend(conn, mode, customer_id, from_hour)?
-        .into_iter()
-        .map(|hour| SpendGroup { asset: hour.asset, spent: hour.spent, day: hour.hour.div_euclid(24), count: 1 })
-        .collect())
-}
-
 /// When each of the named usage events occurred (events not found are left out).
 pub fn event_times(
     conn: &mut dyn Conn,

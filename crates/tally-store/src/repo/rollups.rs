@@ -274,7 +274,31 @@ impl Rollups {
 }
 
 /// Adds a row's amount and count to `table`'s row of the same key, carrying the fractions.
-fn upsert(table: &str, key_columns: &str, conflict_columns: &str, count: &str) -> String {
+/// [`upsert_sql`], written once per thread and table: the hot path adds to a rollup in every
+/// batch, and formatting the statement cost more than running it. Keyed by the addresses of
+/// its `'static` texts, so one key always names one statement.
+fn upsert(
+    table: &'static str,
+    key_columns: &'static str,
+    conflict_columns: &'static str,
+    count: &'static str,
+) -> std::rc::Rc<str> {
+    type Texts = std::collections::HashMap<[(usize, usize); 4], std::rc::Rc<str>>;
+    thread_local! {
+        static TEXTS: std::cell::RefCell<Texts> = Default::default();
+    }
+    // Address and length: a literal may share its address with a longer one it begins.
+    let key = [table, key_columns, conflict_columns, count].map(|text| (text.as_ptr() as usize, text.len()));
+    TEXTS.with(|texts| {
+        texts
+            .borrow_mut()
+            .entry(key)
+            .or_insert_with(|| upsert_sql(table, key_columns, conflict_columns, count).into())
+            .clone()
+    })
+}
+
+fn upsert_sql(table: &str, key_columns: &str, conflict_columns: &str, count: &str) -> String {
     let keys = key_columns.split(", ").count();
     let placeholders: Vec<String> = (1..=keys + 4).map(|index| format!("${index}")).collect();
     let yocto = format!("({table}.amount_yocto + excluded.amount_yocto)");
@@ -399,20 +423,20 @@ pub struct HourSpend {
     pub fee_count: i64,
 }
 
-/// Everything a customer spent on fees in hour `from_hour` and after, per hour, source,
-/// asset, product and price: usage fees by the hour their event occurred, other fees by the
-/// hour they were made.
+/// Everything a customer spent on fees in the hours `hours`, per hour, source, asset,
+/// product and price: usage fees by the hour their event occurred, other fees by the hour
+/// they were made.
 pub fn customer_spend(
     conn: &mut dyn Conn,
     mode: Mode,
     customer_id: &str,
-    from_hour: i64,
+    hours: Range<i64>,
 ) -> Result<Vec<HourSpend>, StoreError> {
     conn.query(
         "SELECT hour, source, asset, product_id, price_id, amount_units, amount_pico, amount_yocto, fee_count FROM fee_rollups
-         WHERE customer_id = $1 AND mode = $2 AND hour >= $3
+         WHERE customer_id = $1 AND mode = $2 AND hour >= $3 AND hour < $4
          ORDER BY hour, source, asset, product_id, price_id",
-        params![customer_id, mode.as_str(), from_hour],
+        params![customer_id, mode.as_str(), hours.start, hours.end],
     )?
     .iter()
     .map(|row| {
@@ -427,6 +451,84 @@ pub fn customer_spend(
         })
     })
     .collect()
+}
+
+/// One fee of a customer as `fee_rollups` counts it: when it counts (a usage fee when its
+/// event occurred, any other fee when it was made), its rollup key and what it took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CustomerFee {
+    pub at: DateTime<Utc>,
+    /// [`USAGE`], [`PLAN`] or [`OTHER`].
+    pub source: &'static str,
+    pub asset: String,
+    pub product_id: String,
+    pub price_id: String,
+    /// What the fee took from the wallet (positive for a fee).
+    pub spent: Decimal,
+}
+
+/// The customer's fees that count within any of `spans` (each `[from, to)`), read from the
+/// fees themselves: usage fees from `event_fees` and every other fee from `transactions`,
+/// each span a range of the index on (customer, time). Two statements however many spans;
+/// the spans are short (parts of hours at the edges of the portal's days), so few rows.
+pub fn customer_fees_within(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    customer_id: &str,
+    spans: &[(DateTime<Utc>, DateTime<Utc>)],
+) -> Result<Vec<CustomerFee>, StoreError> {
+    let spans: Vec<&(DateTime<Utc>, DateTime<Utc>)> = spans.iter().filter(|(from, to)| from < to).collect();
+    if spans.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut values: Vec<Value> = params![customer_id, mode.as_str()].to_vec();
+    let mut ranges = Vec::new();
+    for (from, to) in spans {
+        values.push((*from).into());
+        values.push((*to).into());
+        ranges.push((values.len() - 1, values.len()));
+    }
+    let union = |select: &str, time: &str, condition: &str| {
+        ranges
+            .iter()
+            .map(|(from, to)| {
+                format!(
+                    "{select} WHERE customer_id = $1 AND {time} >= ${from} AND {time} < ${to}{condition} AND mode = $2"
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ")
+    };
+    let mut fees = Vec::new();
+    let usage = union("SELECT occurred_at, asset, product_id, price_id, amount FROM event_fees", "occurred_at", "");
+    for row in conn.query(&usage, &values)? {
+        fees.push(CustomerFee {
+            at: row.time(0)?,
+            source: USAGE,
+            asset: row.text(1)?,
+            product_id: row.text(2)?,
+            price_id: row.text(3)?,
+            spent: row.decimal(4)?,
+        });
+    }
+    // Spelled as the partial index `transactions_other_fees` is, so that it serves them.
+    let others = union(
+        "SELECT created_at, id, asset, detail, amount FROM transactions",
+        "created_at",
+        " AND kind = 'fee' AND substr(id, 1, 12) <> 'tally_event_'",
+    );
+    for row in conn.query(&others, &values)? {
+        let (product_id, price_id) = product_and_price(&row.text(3)?);
+        fees.push(CustomerFee {
+            at: row.time(0)?,
+            source: source_of(&row.text(1)?),
+            asset: row.text(2)?,
+            product_id,
+            price_id,
+            spent: -row.decimal(4)?,
+        });
+    }
+    Ok(fees)
 }
 
 /// The product and price a fee transaction's details name, empty when they name none.
@@ -649,6 +751,53 @@ pub fn fees_between(
         ),
     };
     conn.query(sql, &values)?.iter().map(|row| Ok((row.text(0)?, row.decimal(1)?, row.time(2)?))).collect()
+}
+
+/// How many fees (of any asset) occurred in `[from, to)`: the customer's, or the whole
+/// mode's. Read from the index alone.
+pub fn count_fees_between(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    customer_id: Option<&str>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<i64, StoreError> {
+    match customer_id {
+        Some(customer_id) => conn.count(
+            "SELECT COUNT(*) FROM event_fees WHERE customer_id = $1 AND occurred_at >= $2 AND occurred_at < $3",
+            params![customer_id, from, to],
+        ),
+        None => conn.count(
+            "SELECT COUNT(*) FROM event_fees WHERE mode = $1 AND occurred_at >= $2 AND occurred_at < $3",
+            params![mode.as_str(), from, to],
+        ),
+    }
+}
+
+/// The fees in `asset` that occurred in `[from, to)` (the customer's, or the whole mode's),
+/// as (amount, how many fees of that amount): the database groups, exactly, since the
+/// amounts are compared as the canonical text they are stored as.
+pub fn fee_amounts_between(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    customer_id: Option<&str>,
+    asset: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<(Decimal, i64)>, StoreError> {
+    let (sql, values): (&str, Vec<Value>) = match customer_id {
+        Some(customer_id) => (
+            "SELECT amount, COUNT(*) FROM event_fees WHERE customer_id = $1 AND occurred_at >= $2 AND occurred_at < $3
+             AND mode = $4 AND asset = $5 GROUP BY amount",
+            params![customer_id, from, to, mode.as_str(), asset].to_vec(),
+        ),
+        None => (
+            "SELECT amount, COUNT(*) FROM event_fees WHERE mode = $1 AND occurred_at >= $2 AND occurred_at < $3
+             AND asset = $4 GROUP BY amount",
+            params![mode.as_str(), from, to, asset].to_vec(),
+        ),
+    };
+    conn.query(sql, &values)?.iter().map(|row| Ok((row.decimal(0)?, row.int(1)?))).collect()
 }
 
 /// Costs in `currency` of usage events that occurred in `[from, to)`: the customer's, or

@@ -289,13 +289,34 @@ pub struct PaymentMethod {
     pub provider_customer: Option<String>,
     pub brand: Option<String>,
     pub last4: Option<String>,
+    /// When the card expires, as its provider reports it.
+    pub expiry: Option<CardExpiry>,
     pub created_at: DateTime<Utc>,
+}
+
+/// The month and year a card expires (it works through the end of that month).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CardExpiry {
+    /// 1 to 12.
+    pub month: u32,
+    /// Four digits.
+    pub year: i32,
+}
+
+impl CardExpiry {
+    /// The expiry of a provider's month and year, when both are given and make sense.
+    pub fn of(month: Option<i64>, year: Option<i64>) -> Option<CardExpiry> {
+        let month = u32::try_from(month?).ok().filter(|month| (1..=12).contains(month))?;
+        let year = i32::try_from(year?).ok().filter(|year| (1000..=9999).contains(year))?;
+        Some(CardExpiry { month, year })
+    }
 }
 
 pub fn insert_payment_method(conn: &mut dyn Conn, mode: Mode, method: &PaymentMethod) -> Result<(), StoreError> {
     conn.execute(
-        "INSERT INTO payment_methods (id, mode, customer_id, provider, provider_reference, provider_customer, brand, last4, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "INSERT INTO payment_methods (id, mode, customer_id, provider, provider_reference, provider_customer, brand, last4,
+             expiry_month, expiry_year, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         params![
             &method.id,
             mode.as_str(),
@@ -305,6 +326,8 @@ pub fn insert_payment_method(conn: &mut dyn Conn, mode: Mode, method: &PaymentMe
             method.provider_customer.clone(),
             method.brand.clone(),
             method.last4.clone(),
+            method.expiry.map(|expiry| i64::from(expiry.month)),
+            method.expiry.map(|expiry| i64::from(expiry.year)),
             method.created_at
         ],
     )?;
@@ -326,7 +349,7 @@ pub fn payment_methods(conn: &mut dyn Conn, customer_id: &str) -> Result<Vec<Pay
 }
 
 const PAYMENT_METHOD_COLUMNS: &str =
-    "id, customer_id, provider, provider_reference, provider_customer, brand, last4, created_at";
+    "id, customer_id, provider, provider_reference, provider_customer, brand, last4, created_at, expiry_month, expiry_year";
 
 fn payment_method_from_row(row: &crate::Row) -> Result<PaymentMethod, StoreError> {
     Ok(PaymentMethod {
@@ -337,6 +360,7 @@ fn payment_method_from_row(row: &crate::Row) -> Result<PaymentMethod, StoreError
         provider_customer: row.opt_text(4)?,
         brand: row.opt_text(5)?,
         last4: row.opt_text(6)?,
+        expiry: CardExpiry::of(row.opt_int(8)?, row.opt_int(9)?),
         created_at: row.time(7)?,
     })
 }

@@ -46,15 +46,22 @@ pub fn insert_numbered(
     transaction: &Transaction,
     sequence: i64,
 ) -> Result<(), StoreError> {
-    conn.execute(
-        "INSERT INTO transactions (mode, customer_id, id, sequence, kind, account_name, asset, amount, description, metadata,
-                                   request_hash, detail, created_at, executed_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-        params![
+    insert_many_numbered(conn, mode, &[(transaction, sequence)])
+}
+
+/// Inserts transactions, each with its number, with multi-row `INSERT`s.
+pub fn insert_many_numbered(
+    conn: &mut dyn Conn,
+    mode: tally_core::Mode,
+    numbered: &[(&Transaction, i64)],
+) -> Result<(), StoreError> {
+    let mut values = Vec::with_capacity(numbered.len() * 14);
+    for (transaction, sequence) in numbered {
+        values.extend_from_slice(params![
             mode.as_str(),
             &transaction.customer_id,
             &transaction.id,
-            sequence,
+            *sequence,
             &transaction.kind,
             &transaction.account_name,
             &transaction.asset,
@@ -65,16 +72,30 @@ pub fn insert_numbered(
             &transaction.detail,
             transaction.created_at,
             transaction.executed_at
-        ],
+        ]);
+    }
+    super::insert_rows(
+        conn,
+        "INSERT INTO transactions (mode, customer_id, id, sequence, kind, account_name, asset, amount, description, metadata,
+                                   request_hash, detail, created_at, executed_at)",
+        14,
+        &values,
+        "",
     )?;
     // Every fee transaction passes here: those that did not come from a usage event (whose
     // fees a batch adds to the rollups itself, once per key) are added to the rollups now.
-    if super::rollups::is_other_fee(&transaction.kind, &transaction.id) {
-        let (product_id, price_id) = super::rollups::product_and_price(&transaction.detail);
-        let mut rollups = super::rollups::Rollups::default();
-        let (customer_id, asset) = (&transaction.customer_id, &transaction.asset);
-        let (id, at) = (&transaction.id, transaction.created_at);
-        rollups.other_fee(mode, customer_id, id, at, asset, &product_id, &price_id, -transaction.amount);
+    let mut rollups = super::rollups::Rollups::default();
+    let mut any = false;
+    for (transaction, _) in numbered {
+        if super::rollups::is_other_fee(&transaction.kind, &transaction.id) {
+            let (product_id, price_id) = super::rollups::product_and_price(&transaction.detail);
+            let (customer_id, asset) = (&transaction.customer_id, &transaction.asset);
+            let (id, at) = (&transaction.id, transaction.created_at);
+            rollups.other_fee(mode, customer_id, id, at, asset, &product_id, &price_id, -transaction.amount);
+            any = true;
+        }
+    }
+    if any {
         rollups.write(conn)?;
     }
     Ok(())

@@ -87,6 +87,7 @@ async fn save_card(app: &TestApp, customer: &str) -> String {
         provider_customer: None,
         brand: Some("visa".into()),
         last4: Some("4242".into()),
+        expiry: None,
         created_at: Utc::now(),
     };
     let id = method.id.clone();

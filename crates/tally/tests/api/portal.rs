@@ -420,6 +420,7 @@ async fn save_card(app: &TestApp, customer: &str, digits: &str) -> String {
         provider_customer: None,
         brand: Some("visa".into()),
         last4: Some(digits[digits.len() - 4..].to_owned()),
+        expiry: None,
         created_at: app.clock.now(),
     };
     let id = method.id.clone();
@@ -661,7 +662,7 @@ async fn auto_top_up_settings_are_checked(app: TestApp) {
         (ada_card.as_str(), "50", "0.001", "USD", "USD takes at most 2 decimal places"),
         (ada_card.as_str(), "50", "ten", "USD", "Enter the amount to pay each time"),
         (ada_card.as_str(), "50", "10", "EUR", "VIDMIN cannot be bought with EUR"),
-        (bob_card.as_str(), "50", "10", "USD", "not one of this customer&#39;s saved payment methods"),
+        (bob_card.as_str(), "50", "10", "USD", "not one of this customer's saved payment methods"),
     ];
     for (card, threshold, amount, currency, expected) in cases {
         let form = [

@@ -181,6 +181,19 @@ fn record_queries(conn: &mut dyn Conn, customer: &str) -> Result<Vec<(String, St
     repo::auto_top_ups::claim_due(conn, now)?;
     conn.label = "webhook retention".into();
     conn.query(repo::webhooks::PRUNE_CANDIDATES_SQL, &[Value::Int(now.timestamp_micros()), Value::Int(200)])?;
+
+    // The portal's spend on a calendar whose days start at half past an hour (Kolkata): the
+    // rollups once, and the fees of every day's edge in one statement per table.
+    conn.label = "GET /portal, spend by the customer's days".into();
+    let half_past =
+        now - Duration::microseconds(now.timestamp_micros().rem_euclid(3_600_000_000)) + Duration::minutes(30);
+    let midnights: Vec<_> = (0..=32).map(|day| half_past - Duration::days(32 - day)).collect();
+    let before = conn.statements.len();
+    tally_store::ops::spend::customer_spend(conn, mode, customer, &midnights).map_err(|error| match error {
+        tally_store::ops::OpError::Store(error) => error,
+        other => StoreError::Corrupt(other.to_string()),
+    })?;
+    assert_eq!(conn.statements.len() - before, 3, "three statements however many days");
     Ok(recorder.statements)
 }
 

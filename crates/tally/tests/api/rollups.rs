@@ -178,7 +178,7 @@ async fn stats_from_rollups_equal_the_fees_for_any_period(app: TestApp) {
     let spend = tokio::task::spawn_blocking(move || {
         store
             .read(|conn: &mut dyn Conn| {
-                tally_store::repo::rollups::customer_spend(conn, tally_core::Mode::Test, &customer, 0)
+                tally_store::repo::rollups::customer_spend(conn, tally_core::Mode::Test, &customer, 0..i64::MAX)
             })
             .unwrap()
     })
@@ -201,6 +201,49 @@ async fn stats_from_rollups_equal_the_fees_for_any_period(app: TestApp) {
     let usage_count: i64 = spend.iter().filter(|row| row.source == "usage").map(|row| row.fee_count).sum();
     assert_eq!(usage_count as usize, first_fees.len());
     app.assert_ledger_agrees().await;
+}
+
+/// An hour in which TOK's rate changes (0.5 USD, then 0.25 from twenty minutes in) is valued
+/// fee by fee at the rate in force when each occurred, whichever side of the change holds
+/// more fees, for the customer and for the whole mode.
+async fn stats_value_an_hour_with_a_rate_change_at_each_fees_rate(app: TestApp) {
+    app.post("/assets", body(TOK)).await.expect(201);
+    let product = app.post("/products", body(PRODUCT)).await.expect(201);
+    let product_id = product.body["id"].as_str().unwrap().to_owned();
+    let customer = subscriber(&app, "rates", &product_id).await;
+    // Five minutes into the next hour.
+    let now = app.clock.now();
+    let hour = now.date_naive().and_hms_opt(now.format("%H").to_string().parse().unwrap(), 0, 0).unwrap().and_utc();
+    app.clock.advance(hour + Duration::minutes(65) - now);
+    let change = hour + Duration::minutes(80);
+    app.post("/assets/TOK/rates", json!({"source": "USD", "rate": 0.25, "valid_from": at(change)})).await.expect(204);
+    let mut expected = Decimal::ZERO;
+    // Three events before the change and seven after it: the side before is read (grouped by
+    // amount), the side after is the hour's total less it.
+    for (number, minutes) in [1_i64, 3, 7, 20, 25, 30, 36, 41, 50, 54].into_iter().enumerate() {
+        let occurred_at = hour + Duration::minutes(60 + minutes);
+        if app.clock.now() <= occurred_at {
+            app.clock.advance(occurred_at - app.clock.now() + Duration::seconds(1));
+        }
+        let event = json!({"id": format!("rate-{number}"), "event_type": "completion", "occurred_at": at(occurred_at),
+                           "data": {"tokens": format!("{}", 100 + number * 37)}});
+        app.post("/events", json!({"customer_id": customer, "events": [event]})).await.expect(204);
+        let shown = app.get(&format!("/events/rate-{number}")).await.expect(200).body;
+        for fee in shown["fees"].as_array().unwrap() {
+            let amount = decimal(&fee["amount"]);
+            expected += match fee["currency"].as_str().unwrap() {
+                "TOK" if occurred_at < change => amount * Decimal::new(5, 1),
+                "TOK" => amount * Decimal::new(25, 2),
+                _ => amount,
+            };
+        }
+    }
+    app.clock.advance(Duration::hours(2));
+    let query = format!("period_from={}&period_to={}", at(hour), at(hour + Duration::hours(3))).replace('+', "%2B");
+    let stats = app.get(&format!("/customers/{customer}/stats?{query}")).await.expect(200).body;
+    assert_eq!(decimal(&stats["gross_revenue"]), expected.normalize(), "{stats}");
+    let all = app.get(&format!("/customers/stats?{query}")).await.expect(200).body;
+    assert_eq!(decimal(&all["summary"]["gross_revenue"]), expected.normalize(), "{all}");
 }
 
 /// Runs `sql` directly on the database, behind Tally's back; it changes one row.
@@ -274,4 +317,8 @@ async fn verify_finds_an_edited_rollup(app: TestApp) {
     assert!(found[0].contains("but there are none"), "{found:?}");
 }
 
-on_both_backends!(stats_from_rollups_equal_the_fees_for_any_period, verify_finds_an_edited_rollup);
+on_both_backends!(
+    stats_from_rollups_equal_the_fees_for_any_period,
+    stats_value_an_hour_with_a_rate_change_at_each_fees_rate,
+    verify_finds_an_edited_rollup
+);

@@ -731,6 +731,8 @@ async fn paid_sessions_save_the_card_for_auto_top_up(app: TestApp) {
         ("stripe", SAVED_METHOD, Some("cus_test_saver"))
     );
     assert_eq!((method.brand.as_deref(), method.last4.as_deref()), (Some("visa"), Some("4242")));
+    let expiry = Some(topup_repo::CardExpiry { month: 12, year: 2034 });
+    assert_eq!(method.expiry, expiry, "the PaymentMethod's card.exp_month and exp_year");
     assert_eq!(live_balances(&app, &customer, "default:USD").await, ("20".into(), "0".into()));
     app.assert_ledger_agrees().await;
 }
@@ -1299,12 +1301,14 @@ async fn live_cards_are_added_without_paying(app: TestApp) {
         (card.provider.as_str(), card.provider_customer.as_deref(), card.brand.as_deref(), card.last4.as_deref()),
         ("stripe", Some(stripe_customer.as_str()), Some("mastercard"), Some("4444"))
     );
+    assert_eq!(card.expiry, Some(topup_repo::CardExpiry { month: 8, year: 2031 }));
     assert_eq!(fake.state.defaults.lock().unwrap().get(&stripe_customer), Some(&card.provider_reference));
     let (_, page, _) = live_portal(&app, &cookie, Method::GET, "/portal/cards?added=1", &[]).await;
     assert!(
         page.contains("Mastercard ending 4444") && page.contains(r#"<span class="badge">Default</span>"#),
         "{page}"
     );
+    assert!(page.contains("Expires 08/2031"), "the card's expiry, as Stripe reports it: {page}");
 
     // Stripe delivers again: the card is saved once.
     assert_eq!(

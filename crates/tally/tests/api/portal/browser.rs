@@ -87,8 +87,40 @@ impl Browser {
         self.client.goto(url).await.unwrap_or_else(|error| panic!("cannot open {url}: {error}"));
     }
 
+    /// The text of `css`. An element replaced between its find and the read (the page
+    /// re-rendered it) is found again rather than read stale.
     pub(super) async fn text(&self, css: &str) -> String {
-        self.element(css).await.text().await.unwrap()
+        for _ in 0..5 {
+            match self.element(css).await.text().await {
+                Ok(text) => return text,
+                Err(error) if error.is_stale_element_reference() => continue,
+                Err(error) => panic!("cannot read {css}: {error}"),
+            }
+        }
+        panic!("{css} was replaced every time it was read");
+    }
+
+    /// Clicks `css`, which leads to another page, and waits until that page has replaced
+    /// this one. Only then may the next step look for an element: found any sooner, an
+    /// element both pages have (`.error`, a balance) is the old page's, stale a moment later.
+    pub(super) async fn click_to_load(&self, css: &str) {
+        self.script("document.documentElement.setAttribute('data-left', '');").await;
+        self.element(css).await.click().await.unwrap_or_else(|error| panic!("cannot click {css}: {error}"));
+        let new_page = Locator::Css("html:not([data-left])");
+        let mut last_error = String::new();
+        // A find sent while the browser swaps documents may fail outright; it is asked again
+        // until the wait's own timeout.
+        for _ in 0..10 {
+            let wait = self.client.wait().at_most(Duration::from_secs(30)).every(Duration::from_millis(50));
+            match wait.for_element(new_page).await {
+                Ok(_) => return,
+                Err(fantoccini::error::CmdError::WaitTimeout) => {
+                    panic!("clicking {css} loaded no new page\n{}", self.body().await)
+                }
+                Err(error) => last_error = error.to_string(),
+            }
+        }
+        panic!("clicking {css}: the new page could not be read: {last_error}");
     }
 
     pub(super) async fn element(&self, css: &str) -> fantoccini::elements::Element {
@@ -228,7 +260,7 @@ async fn billing_portal_in_a_real_browser() {
     browser.shot("01-overview").await;
 
     // Top up with the succeeding card, watching the live quote on the way.
-    browser.element(r#"nav a[href="/portal/top-ups"]"#).await.click().await.unwrap();
+    browser.click_to_load(r#"nav a[href="/portal/top-ups"]"#).await;
     browser.element("#option").await.select_by_value("VIDMIN:USD").await.unwrap();
     browser.element("#amount").await.send_keys("10").await.unwrap();
     // The quote arrives a moment after typing (the script waits for a pause, then asks).
@@ -236,12 +268,12 @@ async fn billing_portal_in_a_real_browser() {
         .await;
     assert_eq!(browser.text("#quote").await, "You get 100.00 video minutes", "the live quote");
     browser.shot("02-top-up-form").await;
-    browser.element(r#"#top-up-form button[type="submit"]"#).await.click().await.unwrap();
+    browser.click_to_load(r#"#top-up-form button[type="submit"]"#).await;
     browser.element("#card_number").await;
     assert!(browser.path().await.starts_with("/checkout/top_"));
     browser.shot("03-checkout").await;
     browser.element("#card_number").await.send_keys("4242 4242 4242 4242").await.unwrap();
-    browser.element(r#"button[type="submit"]"#).await.click().await.unwrap();
+    browser.click_to_load(r#"button[type="submit"]"#).await;
     browser.element(".ok").await;
     assert_eq!(browser.path().await, "/portal?checkout=done");
     assert!(browser.text(".ok").await.contains("succeeded"), "{}", browser.body().await);
@@ -252,28 +284,29 @@ async fn billing_portal_in_a_real_browser() {
     browser.shot("04-after-top-up").await;
 
     // The declined card says so, on the checkout page and back in the portal.
-    browser.element(r#"nav a[href="/portal/top-ups"]"#).await.click().await.unwrap();
+    browser.click_to_load(r#"nav a[href="/portal/top-ups"]"#).await;
     browser.element("#amount").await.send_keys("5").await.unwrap();
-    browser.element(r#"#top-up-form button[type="submit"]"#).await.click().await.unwrap();
+    browser.click_to_load(r#"#top-up-form button[type="submit"]"#).await;
     browser.element("#card_number").await.send_keys("4000 0000 0000 0002").await.unwrap();
-    browser.element(r#"button[type="submit"]"#).await.click().await.unwrap();
+    browser.click_to_load(r#"button[type="submit"]"#).await;
     assert!(browser.text(".error").await.contains("Your card was declined."));
     browser.shot("05-declined-card").await;
     // The customer could try another card on the same page; here they cancel instead.
-    browser.element(r#"form[action$="/cancel"] button"#).await.click().await.unwrap();
+    // The checkout page has an `.error` too: the portal's is read only once it has loaded.
+    browser.click_to_load(r#"form[action$="/cancel"] button"#).await;
     assert!(browser.text(".error").await.contains("did not go through: cancelled by the customer"));
     assert!(browser.text(minutes).await.contains("118.00"), "a declined card adds nothing");
     browser.shot("06-after-decline").await;
 
     // Auto top-up with the card saved by the first top-up.
-    browser.element(r#"nav a[href="/portal/auto-top-up"]"#).await.click().await.unwrap();
+    browser.click_to_load(r#"nav a[href="/portal/auto-top-up"]"#).await;
     let section = r#"section[data-account="default:VIDMIN"]"#;
     browser.element(&format!("{section} #enabled-default-VIDMIN")).await.click().await.unwrap();
     browser.element("#threshold-default-VIDMIN").await.send_keys("50").await.unwrap();
     browser.element("#amount-default-VIDMIN").await.send_keys("10").await.unwrap();
     browser.element("#currency-default-VIDMIN").await.select_by_value("USD").await.unwrap();
     browser.element("#method-default-VIDMIN").await.select_by_label("Visa ending 4242").await.unwrap();
-    browser.element(&format!("{section} button[type=\"submit\"]")).await.click().await.unwrap();
+    browser.click_to_load(&format!("{section} button[type=\"submit\"]")).await;
     assert!(browser.text(&format!("{section} .ok")).await.contains("Saved"));
     let status = browser.text("#status-default-VIDMIN").await;
     assert!(

@@ -147,11 +147,12 @@ async fn journey(backend: Backend) {
     click(&browser, r#"a[href="/portal/cards/new"]"#).await;
     audit.page(&browser, "card-new").await;
     type_into(&browser, "#card_number", "4242 4242 4242 4242").await;
-    click(&browser, r#"form[action="/portal/cards/new"] button"#).await;
+    // Each of these loads a new cards page: it is read once it has replaced the old one.
+    browser.click_to_load(r#"form[action="/portal/cards/new"] button"#).await;
     let cards = browser.client.find_all(fantoccini::Locator::Css("li[data-card]")).await.unwrap();
     assert_eq!(cards.len(), 2);
-    click(&browser, r#"form[action$="/default"] button"#).await;
-    click(&browser, r#"form[action$="/remove"] button"#).await;
+    browser.click_to_load(r#"form[action$="/default"] button"#).await;
+    browser.click_to_load(r#"form[action$="/remove"] button"#).await;
     let cards = browser.client.find_all(fantoccini::Locator::Css("li[data-card]")).await.unwrap();
     assert_eq!(cards.len(), 1, "{}", browser.body().await);
     audit.page(&browser, "cards-after-removal").await;

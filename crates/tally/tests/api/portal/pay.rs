@@ -149,6 +149,10 @@ async fn saved_cards_are_added_made_default_and_removed(app: TestApp) {
     let (status, _, headers) = portal(&app, Method::POST, "/portal/cards/new", Some(&cookie), &good).await;
     assert_eq!((status, headers["location"].to_str().unwrap()), (303, "/portal/cards?added=1"));
     let first = cards_of(&app, &ada).await[0].id.clone();
+    // The test provider reports an expiry, which the list shows.
+    assert_eq!(cards_of(&app, &ada).await[0].expiry, Some(topup_repo::CardExpiry { month: 12, year: 2034 }));
+    let (_, page, _) = portal(&app, Method::GET, "/portal/cards?added=1", Some(&cookie), &[]).await;
+    assert!(page.contains("Expires 12/2034"), "{page}");
     // A second card (saved as the provider reports one), then made the default.
     app.clock.advance(Duration::seconds(1));
     let second = save_card(&app, &ada, "4000000000000002").await;
@@ -283,6 +287,44 @@ async fn a_pending_top_up_can_be_resumed_or_cancelled(app: TestApp) {
     app.assert_ledger_agrees().await;
 }
 
+/// Text from the platform or its customers is shown as text: the portal's and the checkout's
+/// templates escape every value they are given, so markup in an asset's name or label or in
+/// a customer's name never becomes markup on the page.
+async fn markup_in_names_is_shown_as_text(app: TestApp) {
+    const HOSTILE: &str = r#"<script>alert(1)</script>"onmouseover=alert(2)"#;
+    const ESCAPED: &str = "&lt;script&gt;alert(1)&lt;/script&gt;&quot;onmouseover=alert(2)";
+    // A label is at most 32 characters.
+    const LABEL: &str = "<script>alert(1)</script>";
+    const LABEL_ESCAPED: &str = "&lt;script&gt;alert(1)&lt;/script&gt;";
+    let asset = json!({"code": "EVIL", "name": HOSTILE, "label": LABEL, "precision": 2,
+                       "rates": [{"source": "USD", "rate": 0.10}]});
+    app.post("/assets", asset).await.expect(201);
+    let created = app.post("/customers", json!({"name": HOSTILE})).await.expect(201);
+    let customer = created.body["id"].as_str().unwrap().to_owned();
+    let gift = json!({"transaction_id": "gift-evil", "asset": "EVIL", "amount": 5, "reason": "gift",
+                      "description": HOSTILE});
+    app.post(&format!("/customers/{customer}/wallet/adjustments"), gift).await.expect(201);
+
+    let cookie = portal_cookie(&app, &customer).await;
+    for path in ["/portal", "/portal/top-ups", "/portal/activity"] {
+        let (status, page, _) = portal(&app, Method::GET, path, Some(&cookie), &[]).await;
+        assert_eq!(status, 200, "{page}");
+        assert!(!page.contains("<script>alert") && !page.contains(r#""onmouseover"#), "{path}: {page}");
+        assert!(page.contains(ESCAPED), "{path} shows the name as text: {page}");
+    }
+
+    let (_, page, _) = portal(&app, Method::GET, "/portal/top-ups", Some(&cookie), &[]).await;
+    let csrf = csrf_of(&page);
+    let form = [("csrf", csrf.as_str()), ("option", "EVIL:USD"), ("amount", "10")];
+    let (status, body, headers) = portal(&app, Method::POST, "/portal/top-ups", Some(&cookie), &form).await;
+    assert_eq!(status, 303, "{body}");
+    let checkout = headers["location"].to_str().unwrap().to_owned();
+    let page = reqwest::get(&checkout).await.unwrap().text().await.unwrap();
+    assert!(page.contains("Pay $10.00"), "{page}");
+    assert!(!page.contains("<script>alert") && !page.contains(r#""onmouseover"#), "{page}");
+    assert!(page.contains(&format!(" {LABEL_ESCAPED}</strong> of {ESCAPED}.")), "name and label as text: {page}");
+}
+
 async fn failure_urls_get_a_reason_and_dead_ends_lead_back(app: TestApp) {
     catalog(&app).await;
     let ada = customer_with_minutes(&app, "Ada", "20").await;
@@ -394,6 +436,7 @@ on_both_backends!(
     a_pending_top_up_can_be_resumed_or_cancelled,
     failure_urls_get_a_reason_and_dead_ends_lead_back,
     pay_pages_follow_the_customers_zone_and_language,
+    markup_in_names_is_shown_as_text,
 );
 
 /// Framing follows `portal_frame_ancestors`: none by default; with origins, the policy lists

@@ -3,10 +3,10 @@
 //! amounts), balances broken down into grants, an overdrawn account's warning and "pay now"
 //! link, the subscription, and times and numbers in the customer's zone and language.
 
-use super::{catalog, no_redirects, portal_cookie};
+use super::{catalog, customer_with_minutes, generate_clips, no_redirects, portal_cookie};
 use crate::harness::{body, TestApp};
 use crate::on_both_backends;
-use chrono::{DateTime, Datelike, Duration, TimeZone, Utc};
+use chrono::{DateTime, Datelike, Duration, Months, NaiveDate, TimeZone, Utc};
 use serde_json::json;
 use tally_core::Mode;
 use tally_store::repo::activity::{self as activity_repo, Filter};
@@ -441,7 +441,111 @@ async fn times_follow_the_customers_zone_and_numbers_their_language(app: TestApp
     assert!(home.contains(&format!("03.01.{year}, 08:30")), "recent usage in Tokyo time: {home}");
 }
 
+/// The first of the earliest coming month whose eve is ahead of `now` from 18:00 UTC on.
+fn first_of_a_coming_month(now: DateTime<Utc>) -> NaiveDate {
+    let mut first = now.date_naive().with_day(1).unwrap();
+    loop {
+        first = first.checked_add_months(Months::new(1)).unwrap();
+        if (first - Duration::days(1)).and_hms_opt(18, 0, 0).unwrap().and_utc() > now {
+            return first;
+        }
+    }
+}
+
+/// The text pieces of some HTML, tags dropped, blank pieces left out.
+fn pieces(html: &str) -> Vec<String> {
+    html.split('<')
+        .filter_map(|part| part.split_once('>').map(|(_, text)| text.trim().to_owned()))
+        .filter(|text| !text.is_empty())
+        .collect()
+}
+
+/// The home page's "Spent this month" section, as text pieces.
+fn month_section(home: &str) -> Vec<String> {
+    pieces(home.split("Spent this month").nth(1).unwrap().split("Spend over the last").next().unwrap())
+}
+
+/// The rows of the home page's chart tables: (day, product, amount).
+fn chart_rows(home: &str) -> Vec<(String, String, String)> {
+    let charts = home.split("Spend over the last").nth(1).unwrap().split("Recent usage").next().unwrap();
+    charts
+        .split("<tbody>")
+        .skip(1)
+        .flat_map(|body| body.split("</tbody>").next().unwrap().split("</tr>"))
+        .filter_map(|row| match pieces(row).as_slice() {
+            [day, product, amount] => Some((day.clone(), product.clone(), amount.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The month and the days are the customer's: in Kolkata (UTC+05:30) a fee at 00:10 on the
+/// 1st (18:40 UTC the day before) is this month's and the 1st's, and one at 23:50 on the
+/// last day of the month before (18:20 UTC, the same UTC hour) is neither; in UTC the same
+/// holds at 00:10 and 23:50 UTC. Exact although the hourly rollups hold both Kolkata fees in
+/// one hour: the part of the hour before midnight is read from the fees.
+async fn this_months_spend_and_the_chart_days_are_the_customers_own(app: TestApp) {
+    catalog(&app).await;
+    let asha = customer_with_minutes(&app, "Asha", "20").await;
+    let una = customer_with_minutes(&app, "Una", "20").await;
+    let first = first_of_a_coming_month(app.clock.now());
+    let last = first - Duration::days(1);
+    let at = |day: NaiveDate, hour: u32, minute: u32| day.and_hms_opt(hour, minute, 0).unwrap().and_utc();
+    // Each fee is a 2-minute clip and a charge: 0.10 on the last day, 0.01 on the 1st.
+    let fees = [
+        (&asha, at(last, 18, 20), "eve", "0.10"),
+        (&asha, at(last, 18, 40), "first", "0.01"),
+        (&una, at(last, 23, 50), "eve", "0.10"),
+        (&una, at(first, 0, 10), "first", "0.01"),
+    ];
+    for (customer, when, name, amount) in fees {
+        app.clock.advance(when - app.clock.now());
+        generate_clips(&app, customer, &format!("{name}-{customer}"), 1).await;
+        charge(&app, customer, &format!("{name}-charge-{customer}"), "VIDMIN", amount).await;
+    }
+    app.clock.advance(at(first + Duration::days(1), 12, 0) - app.clock.now());
+
+    let day = |day: NaiveDate| day.format("%b %-d").to_string();
+    let row =
+        |on: NaiveDate, product: &str, amount: &str| (day(on), product.to_owned(), format!("{amount} video minutes"));
+    let split = [
+        row(last, "Glitch Video", "2.00"),
+        row(last, "Other charges", "0.10"),
+        row(first, "Glitch Video", "2.00"),
+        row(first, "Other charges", "0.01"),
+    ];
+    for (customer, zone) in [(&asha, "Asia/Kolkata"), (&una, "UTC")] {
+        let cookie = format!("{}; tally_tz={zone}", portal_cookie(&app, customer).await);
+        let (status, home) = page(&app, "/portal", &cookie, &[]).await;
+        assert_eq!(status, 200, "{home}");
+        let month = month_section(&home);
+        assert!(month.contains(&format!("(since {})", day(first))), "{zone}: {month:?}");
+        assert!(
+            month.contains(&"2.01 video minutes".to_owned()),
+            "{zone}: the 00:10 clip and charge are this month's, the 23:50 ones are not: {month:?}"
+        );
+        let rows = chart_rows(&home);
+        for expected in &split {
+            assert!(rows.contains(expected), "{zone}: {expected:?} in {rows:?}");
+        }
+        assert_eq!(rows.len(), split.len(), "{zone}: {rows:?}");
+    }
+    // Read in UTC, both of Kolkata's fees fall on the last day: nothing this month.
+    let utc = format!("{}; tally_tz=UTC", portal_cookie(&app, &asha).await);
+    let (_, home) = page(&app, "/portal", &utc, &[]).await;
+    assert!(month_section(&home).contains(&"Nothing spent yet this month.".to_owned()), "{:?}", month_section(&home));
+    let rows = chart_rows(&home);
+    assert_eq!(rows, [row(last, "Glitch Video", "4.00"), row(last, "Other charges", "0.11")]);
+    // In Kathmandu (UTC+05:45) midnight is 18:15 UTC: both are the 1st's.
+    let kathmandu = format!("{}; tally_tz=Asia/Kathmandu", portal_cookie(&app, &asha).await);
+    let (_, home) = page(&app, "/portal", &kathmandu, &[]).await;
+    assert!(month_section(&home).contains(&"4.11 video minutes".to_owned()), "{:?}", month_section(&home));
+    assert_eq!(chart_rows(&home), [row(first, "Glitch Video", "4.00"), row(first, "Other charges", "0.11")]);
+    app.assert_ledger_agrees().await;
+}
+
 on_both_backends!(
+    this_months_spend_and_the_chart_days_are_the_customers_own,
     activity_lists_every_movement_newest_first_with_filters_and_csv,
     activity_queries_use_the_customer_time_indexes,
     balances_break_down_into_grants_and_overdrawn_accounts_say_what_is_owed,

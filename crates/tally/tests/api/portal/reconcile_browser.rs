@@ -72,7 +72,7 @@ async fn reconcile_in_a_real_browser(backend: Backend) {
     assert!(rows.len() >= 20, "every movement: {}", rows.len());
     shots(&browser, &axe, prefix, "02-activity").await;
     browser.element("#kind").await.select_by_value("plan_fee").await.unwrap();
-    browser.element(r#"form.filters button[type="submit"]"#).await.click().await.unwrap();
+    browser.click_to_load(r#"form.filters button[type="submit"]"#).await;
     app.eventually("the filter applies", || async { browser.path().await.contains("kind=plan_fee") }).await;
     let rows = browser.client.find_all(Locator::Css("tr[data-transaction]")).await.unwrap();
     assert_eq!(rows.len(), 1);
@@ -86,7 +86,7 @@ async fn reconcile_in_a_real_browser(backend: Backend) {
 
     // "Pay now" opens the top-up form with what is owed filled in.
     browser.goto(&format!("{}/portal", app.base)).await;
-    browser.element(r#"[data-account="default:USD"] a.pay-now"#).await.click().await.unwrap();
+    browser.click_to_load(r#"[data-account="default:USD"] a.pay-now"#).await;
     assert_eq!(browser.path().await, "/portal/top-ups?option=USD:USD&amount=10.00");
     assert_eq!(browser.element("#amount").await.prop("value").await.unwrap().as_deref(), Some("10.00"));
     shots(&browser, &axe, prefix, "05-pay-now").await;
