@@ -622,7 +622,7 @@ mod tests {
                         issued.insert(id.clone(), IssuedGrant { purpose, amount, cost_basis });
                         let effective_at = now + chrono::Duration::hours(i64::from(hours % 3));
                         let grant = Grant {
-                            id: id.clone(), purpose, priority: 0, amount, remaining: amount, effective_at,
+                            id: id.as_str().into(), purpose, priority: 0, amount, remaining: amount, effective_at,
                             expires_at: Some(effective_at + chrono::Duration::hours(1 + i64::from(hours))),
                             created_at: now, state: GrantState::Pending,
                         };

@@ -85,9 +85,13 @@ impl GrantState {
     }
 }
 
+/// A grant's id: shared, not copied, when an account's grants are copied (an account may hold
+/// thousands, and the hot path copies them to diff a save and to cache them).
+pub type GrantId = std::sync::Arc<str>;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Grant {
-    pub id: String,
+    pub id: GrantId,
     pub purpose: Purpose,
     /// Lower is burned first, within a purpose. Grants made by adjustments have priority 0.
     pub priority: i64,
@@ -414,7 +418,7 @@ impl AccountState {
                 }
                 SettlementKind::Expiry => self.expire(&mut grant)?,
             };
-            settlements.push(Settlement { kind, grant_id: grant.id.clone(), at, postings });
+            settlements.push(Settlement { kind, grant_id: grant.id.to_string(), at, postings });
             self.grants[index] = grant;
         }
         Ok(settlements)

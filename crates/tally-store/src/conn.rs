@@ -222,6 +222,12 @@ impl From<String> for Value {
     }
 }
 
+impl From<&std::sync::Arc<str>> for Value {
+    fn from(value: &std::sync::Arc<str>) -> Value {
+        Value::Text(value.to_string())
+    }
+}
+
 impl From<&String> for Value {
     fn from(value: &String) -> Value {
         Value::Text(value.clone())

@@ -14,7 +14,7 @@ fn t0() -> Instant {
 
 fn grant(id: &str, purpose: Purpose, amount: &str, effective: i64, expires: Option<i64>) -> Grant {
     Grant {
-        id: id.to_owned(),
+        id: id.into(),
         purpose,
         priority: 0,
         amount: d(amount),
@@ -27,7 +27,7 @@ fn grant(id: &str, purpose: Purpose, amount: &str, effective: i64, expires: Opti
 }
 
 fn remaining(state: &AccountState, id: &str) -> Decimal {
-    state.grants.iter().find(|grant| grant.id == id).unwrap().remaining
+    state.grants.iter().find(|grant| &*grant.id == id).unwrap().remaining
 }
 
 #[test]
@@ -257,7 +257,7 @@ proptest! {
                 Step::Credit { purpose, amount_cents, starts_in_hours, lasts_hours } => {
                     let purpose = [Purpose::Promotion, Purpose::Bundled, Purpose::Paid][purpose as usize];
                     let new_grant = Grant {
-                        id: format!("g{number}"),
+                        id: format!("g{number}").into(),
                         purpose,
                         priority: 0,
                         amount: Decimal::new(amount_cents, 2),
@@ -329,7 +329,7 @@ proptest! {
             prop_assert_eq!(replayed.pending_in, state.pending_in);
             prop_assert_eq!(replayed.debt, state.debt);
             for grant in &state.grants {
-                prop_assert_eq!(replayed.per_grant.get(&grant.id).copied().unwrap_or_default(), grant.remaining);
+                prop_assert_eq!(replayed.per_grant.get(&*grant.id).copied().unwrap_or_default(), grant.remaining);
             }
             // Debt and spendable grants never coexist: credits repay debt before anything else.
             prop_assert!(state.debt.is_zero() || active.is_zero());

@@ -392,7 +392,7 @@ fn grant_view(grant: Grant, now: chrono::DateTime<chrono::Utc>) -> CreditGrantIt
         GrantState::Expired => (Decimal::ZERO, Decimal::ZERO),
     };
     CreditGrantItem {
-        id: grant.id,
+        id: grant.id.to_string(),
         purpose: grant.purpose.as_str().to_owned(),
         status: status.to_owned(),
         amount: grant.amount.into(),

@@ -22,7 +22,7 @@
 
 use super::products::Catalog;
 use super::subscriptions::active_versions;
-use super::wallet::{debit, json_number, open_account, record_numbered, save_account, RESERVED_TRANSACTION_PREFIX};
+use super::wallet::{debit, json_number, open_account, record_numbered, RESERVED_TRANSACTION_PREFIX};
 use super::{holds, webhooks, FieldError, OpError};
 use crate::conn::Conn;
 use crate::ids;
@@ -692,8 +692,9 @@ impl BatchWrites {
     /// rollups, once per key. Every writer of fees through [`store_fees`] calls it last.
     pub(crate) fn save_accounts(&mut self, conn: &mut dyn Conn, mode: Mode, now: DateTime<Utc>) -> Result<(), OpError> {
         self.flush(conn, mode)?;
-        for (account, loaded) in self.accounts.values() {
-            save_account(conn, mode, loaded, account, &GrantOrigin::default(), now)?;
+        for (_, (account, loaded)) in std::mem::take(&mut self.accounts) {
+            webhooks::balance_changed(conn, mode, &loaded, &account, now)?;
+            crate::repo::wallets::save_and_release(conn, mode, &loaded, account, &GrantOrigin::default())?;
         }
         self.rollups.write(conn)?;
         Ok(())

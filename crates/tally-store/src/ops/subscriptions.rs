@@ -455,7 +455,7 @@ fn grant_entitlement(
         at.timestamp_micros()
     );
     let grant = Grant {
-        id: ids::new_id("grt"),
+        id: ids::new_id("grt").into(),
         purpose: entitlement.purpose,
         priority: entitlement.priority,
         amount: entitlement.amount,

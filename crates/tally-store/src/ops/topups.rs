@@ -380,7 +380,7 @@ pub fn succeed(
     };
     let expires_at = credit_expiry(&top_up, now);
     let grant = Grant {
-        id: ids::new_id("grt"),
+        id: ids::new_id("grt").into(),
         purpose: Purpose::Paid,
         priority: 0,
         amount: top_up.asset_amount,

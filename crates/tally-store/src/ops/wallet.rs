@@ -232,7 +232,7 @@ pub fn adjust_many(
         };
         let grant = adjustment_grant(adjustment, purpose, now);
         let origin = GrantOrigin { transaction_id: Some(adjustment.transaction_id.clone()), ..GrantOrigin::default() };
-        origins.insert(grant.id.clone(), origin);
+        origins.insert(grant.id.to_string(), origin);
         let postings =
             account.state.credit(grant, SystemAccount::Issuance, now).map_err(|error| wallet_error(error, "amount"))?;
         let transaction = adjustment_transaction(customer_id, &key, adjustment, hash, now);
@@ -241,7 +241,7 @@ pub fn adjust_many(
     }
     // What `save_account` does, with each new grant's own origin.
     let none = GrantOrigin::default();
-    wallets::save_issuing(conn, mode, &loaded, &account, &|grant| origins.get(&grant.id).unwrap_or(&none))?;
+    wallets::save_issuing(conn, mode, &loaded, &account, &|grant| origins.get(&*grant.id).unwrap_or(&none))?;
     super::webhooks::balance_changed(conn, mode, &loaded, &account, now)?;
     for (transaction, postings) in &entries {
         record(conn, mode, &key, transaction, postings, now)?;
@@ -253,7 +253,7 @@ pub fn adjust_many(
 fn adjustment_grant(adjustment: &Adjustment, purpose: Purpose, now: DateTime<Utc>) -> Grant {
     let effective_at = adjustment.effective_at.unwrap_or(now).max(now);
     Grant {
-        id: ids::new_id("grt"),
+        id: ids::new_id("grt").into(),
         purpose,
         priority: 0,
         amount: adjustment.amount,
@@ -424,9 +424,15 @@ pub(crate) fn open_account(
     key: &AccountKey,
     now: DateTime<Utc>,
 ) -> Result<(Account, AccountState), OpError> {
-    wallets::ensure(conn, mode, key, now)?;
-    let mut account = wallets::load_for_update(conn, key)?
-        .ok_or_else(|| StoreError::Corrupt(format!("account {}:{} vanished", key.name, key.asset)))?;
+    // Accounts are made on first use: the insert runs only when the account is missing.
+    let mut account = match wallets::load_for_update(conn, key)? {
+        Some(account) => account,
+        None => {
+            wallets::ensure(conn, mode, key, now)?;
+            wallets::load_for_update(conn, key)?
+                .ok_or_else(|| StoreError::Corrupt(format!("account {}:{} vanished", key.name, key.asset)))?
+        }
+    };
     let loaded = account.state.clone();
     let settlements = account.state.settle(now).map_err(|error| {
         StoreError::Corrupt(format!("account {}:{} of {} cannot settle: {error}", key.name, key.asset, key.customer_id))

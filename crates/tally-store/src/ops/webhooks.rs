@@ -382,7 +382,7 @@ pub fn expiry_recorded(
 ) -> Result<(), StoreError> {
     let detail: Value = serde_json::from_str(&transaction.detail).unwrap_or(Value::Null);
     let grant_id = detail["grant_id"].as_str().unwrap_or_default();
-    let grant = state.grants.iter().find(|grant| grant.id == grant_id);
+    let grant = state.grants.iter().find(|grant| &*grant.id == grant_id);
     let data = json!({
         "id": grant_id,
         "customer_id": key.customer_id,

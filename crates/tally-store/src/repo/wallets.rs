@@ -61,12 +61,12 @@ pub fn load_for_update(conn: &mut dyn Conn, key: &AccountKey) -> Result<Option<A
     };
     let mut account = account_from_row(&row)?;
     let token = row.int(8)?;
-    account.state.grants = match grant_cache::get(key, token) {
+    // Loaded to be changed: the save that follows files the grants in the cache again.
+    account.state.grants = match grant_cache::take(key, token) {
         Some(grants) => grants,
         None => {
             let mut grants = open_grants(conn, key)?;
             grants.sort_by(Grant::burn_order);
-            grant_cache::put(key, token, grants.iter().cloned());
             grants
         }
     };
@@ -103,6 +103,34 @@ pub fn save_issuing<'origin>(
     account: &Account,
     origin_of: &dyn Fn(&Grant) -> &'origin GrantOrigin,
 ) -> Result<(), StoreError> {
+    let token = write_changes(conn, mode, before, account, origin_of)?;
+    // What a load under this token would read: the open grants, in burn order.
+    grant_cache::put(&account.key, token, account.state.grants.iter().filter(|grant| is_open(grant)).cloned());
+    Ok(())
+}
+
+/// [`save`] for an account that is not used after it: its open grants move into the cache
+/// instead of being copied there (the hot path saves every account it debited this way).
+pub fn save_and_release(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    before: &AccountState,
+    account: Account,
+    new_grant_origin: &GrantOrigin,
+) -> Result<(), StoreError> {
+    let token = write_changes(conn, mode, before, &account, &|_| new_grant_origin)?;
+    grant_cache::put(&account.key, token, account.state.grants.into_iter().filter(is_open));
+    Ok(())
+}
+
+/// Writes the balances, a new state token and the grants that changed; returns the token.
+fn write_changes<'origin>(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    before: &AccountState,
+    account: &Account,
+    origin_of: &dyn Fn(&Grant) -> &'origin GrantOrigin,
+) -> Result<i64, StoreError> {
     let state = &account.state;
     let token = grant_cache::new_token();
     conn.execute(
@@ -123,19 +151,31 @@ pub fn save_issuing<'origin>(
     if state.available < before.available {
         super::auto_top_ups::flag_if_low(conn, &account.key, state.available)?;
     }
-    // By id, so that saving an account with thousands of grants stays linear.
-    let loaded: std::collections::HashMap<&str, &Grant> =
-        before.grants.iter().map(|grant| (grant.id.as_str(), grant)).collect();
-    for grant in &state.grants {
-        match loaded.get(grant.id.as_str()) {
+    for (grant, old) in pair_by_id(&before.grants, &state.grants) {
+        match old {
             None => insert_grant(conn, mode, &account.key, grant, origin_of(grant))?,
-            Some(old) if *old != grant => update_grant(conn, grant)?,
+            Some(old) if old != grant => update_grant(conn, grant)?,
             Some(_) => {}
         }
     }
-    // What a load under this token would read: the open grants, in burn order.
-    grant_cache::put(&account.key, token, state.grants.iter().filter(|grant| is_open(grant)).cloned());
-    Ok(())
+    Ok(token)
+}
+
+/// Each grant of `after` with the grant of the same id in `before`, if any. Most changes
+/// (a debit, a credit to debt) keep the grants and their order, so the lists are first
+/// walked side by side; only when their ids differ somewhere are they matched by id, which
+/// stays linear for thousands of grants.
+fn pair_by_id<'a>(before: &'a [Grant], after: &'a [Grant]) -> Vec<(&'a Grant, Option<&'a Grant>)> {
+    // The ids of a loaded account's grants are shared with its copy: comparing the pointers
+    // first spares reading every id.
+    let same_id = |old: &Grant, new: &Grant| std::sync::Arc::ptr_eq(&old.id, &new.id) || old.id == new.id;
+    let same_ids = before.len() == after.len() && before.iter().zip(after).all(|(old, new)| same_id(old, new));
+    if same_ids {
+        return after.iter().zip(before).map(|(new, old)| (new, Some(old))).collect();
+    }
+    let loaded: std::collections::HashMap<&str, &Grant> =
+        before.iter().map(|grant| (grant.id.as_ref(), grant)).collect();
+    after.iter().map(|grant| (grant, loaded.get(grant.id.as_ref()).copied())).collect()
 }
 
 fn is_open(grant: &Grant) -> bool {
@@ -193,7 +233,7 @@ const GRANT_COLUMNS: &str = "id, purpose, priority, amount, remaining, effective
 
 fn grant_from_row(row: &crate::Row) -> Result<Grant, StoreError> {
     Ok(Grant {
-        id: row.text(0)?,
+        id: row.text(0)?.into(),
         purpose: Purpose::parse(&row.text(1)?).ok_or_else(|| StoreError::Corrupt("grant purpose".into()))?,
         priority: row.int(2)?,
         amount: row.decimal(3)?,
