@@ -1,11 +1,17 @@
 //! A real `tally serve` process for the tests that need one (several servers, kill -9,
 //! logs, commands beside a server): started on a free port with its log in a file, waited
 //! on by condition, and killed if the test ends without stopping it.
+//!
+//! Nothing here polls. A thread copies the server's stderr into the log file line by line
+//! and announces each line on a watch channel, which it drops when stderr closes (the
+//! process ended), so a wait wakes exactly when the log grows or the process ends.
 
 use reqwest::StatusCode;
 use std::path::{Path, PathBuf};
+use std::io::{BufRead, Write};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::sync::watch;
 
 /// How long any wait on a server may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -32,23 +38,6 @@ pub fn tally_command(database_url: &str, dir: &Path) -> Command {
     command
 }
 
-/// How often a wait on a process looks again.
-const POLL: Duration = Duration::from_millis(20);
-
-/// Asks `ready` until it gives a value, failing with `what` after [`DEADLINE`]. A process
-/// tells nothing when it starts answering, writes a log line or exits, so these waits look
-/// again every `POLL`.
-async fn poll<T>(what: impl Fn() -> String, mut ready: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(value) = ready() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out: {}", what());
-        tokio::time::sleep(POLL).await;
-    }
-}
-
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -57,65 +46,81 @@ pub struct ServerProcess {
     child: Child,
     pub base: String,
     log: PathBuf,
+    /// Changes with every line the server logs; closed once its stderr is (it exited).
+    lines: watch::Receiver<usize>,
     _dir: tempfile::TempDir,
 }
+
+/// The log line `tally serve` writes once it listens (at `info`, for the `tally` target).
+const SERVING: &str = "tally is serving";
 
 impl ServerProcess {
     /// Starts `tally … serve --listen 127.0.0.1:PORT`, where `command` makes the `tally`
     /// command (its flags and environment) to run in the given directory. Does not wait.
+    /// The `tally` target logs at `info` besides what the command asks, so that the line
+    /// saying the server listens is there to wait for.
     pub fn start(port: u16, command: impl FnOnce(&Path) -> Command) -> ServerProcess {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("server.log");
-        let child = command(dir.path())
+        let mut command = command(dir.path());
+        let filter = command
+            .get_envs()
+            .find(|(name, _)| *name == "TALLY_LOG")
+            .and_then(|(_, value)| value.map(|value| value.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "warn".into());
+        let mut child = command
+            .env("TALLY_LOG", format!("{filter},tally=info"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start tally serve");
-        ServerProcess { child, base: format!("http://127.0.0.1:{port}"), log, _dir: dir }
+        let lines = copy_lines(child.stderr.take().unwrap(), std::fs::File::create(&log).unwrap());
+        ServerProcess { child, base: format!("http://127.0.0.1:{port}"), log, lines, _dir: dir }
     }
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Waits until `GET path` (`/health` or `/ready`) answers 200; fails the test if the
-    /// server exits first.
+    /// Waits until the server listens, then until `GET path` (`/health` or `/ready`)
+    /// answers: a request sent once the socket listens waits in its backlog to be served.
+    /// Fails the test if the server exits first or does not answer 200.
     pub async fn wait_until_answering(&mut self, client: &reqwest::Client, path: &str) {
-        let url = format!("{}{path}", self.base);
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("tally serve exited early ({status}):\n{}", self.log());
-            }
-            let reply = client.get(&url).send().await;
-            if reply.is_ok_and(|reply| reply.status() == StatusCode::OK) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "tally serve did not answer {path}:\n{}", self.log());
-            tokio::time::sleep(POLL).await;
+        self.wait_for_log("the server to listen", |log| log.contains(SERVING)).await;
+        let reply = tokio::time::timeout(DEADLINE, client.get(format!("{}{path}", self.base)).send()).await;
+        match reply {
+            Ok(Ok(reply)) if reply.status() == StatusCode::OK => {}
+            Ok(Ok(reply)) => panic!("tally serve answered {path} with {}:\n{}", reply.status(), self.log()),
+            Ok(Err(error)) => panic!("tally serve did not answer {path} ({error}):\n{}", self.log()),
+            Err(_) => panic!("tally serve did not answer {path} in time:\n{}", self.log()),
         }
     }
 
-    /// Waits until `condition` holds of the server's log.
+    /// Waits until `condition` holds of the server's log; fails the test if the server
+    /// exits first or the log stops growing for [`DEADLINE`].
     pub async fn wait_for_log(&mut self, what: &str, condition: impl Fn(&str) -> bool) -> String {
-        let child = &mut self.child;
-        let log = &self.log;
-        let read = || std::fs::read_to_string(log).unwrap_or_default();
-        poll(
-            || format!("waiting for {what}:\n{}", read()),
-            || {
-                let log = read();
-                if condition(&log) {
-                    return Some(log);
-                }
-                if let Some(status) = child.try_wait().unwrap() {
+        let mut lines = self.lines.clone();
+        loop {
+            // Marked seen before the log is read: a line written after this wakes the wait.
+            lines.borrow_and_update();
+            let log = self.log();
+            if condition(&log) {
+                return log;
+            }
+            match tokio::time::timeout(DEADLINE, lines.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    let log = self.log();
+                    if condition(&log) {
+                        return log;
+                    }
+                    let status = self.child.wait().unwrap();
                     panic!("tally serve exited ({status}) before {what}:\n{log}");
                 }
-                None
-            },
-        )
-        .await
+                Err(_) => panic!("timed out waiting for {what}:\n{log}"),
+            }
+        }
     }
 
     /// SIGKILL, then reaps the process; fails the test if it had already exited by itself.
@@ -129,8 +134,11 @@ impl ServerProcess {
     pub async fn stop(&mut self) {
         let signalled = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
         assert!(signalled.success(), "could not signal the server");
-        let child = &mut self.child;
-        let status = poll(|| "tally serve did not stop on SIGTERM".into(), || child.try_wait().unwrap()).await;
+        // Its stderr closes when it exits.
+        let mut lines = self.lines.clone();
+        let closed = tokio::time::timeout(DEADLINE, async { while lines.changed().await.is_ok() {} }).await;
+        assert!(closed.is_ok(), "tally serve did not stop on SIGTERM:\n{}", self.log());
+        let status = self.child.wait().unwrap();
         assert!(status.success(), "tally serve exited with {status} on SIGTERM:\n{}", self.log());
         let log = self.log();
         assert!(!log.contains("ERROR"), "the server logged errors:\n{log}");
@@ -149,4 +157,21 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.end();
     }
+}
+
+/// Copies `stderr` into `log` line by line on a thread of its own, announcing each line;
+/// the returned receiver's sender is dropped when `stderr` closes.
+fn copy_lines(stderr: std::process::ChildStderr, mut log: std::fs::File) -> watch::Receiver<usize> {
+    let (announce, lines) = watch::channel(0);
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            // Written before it is announced, so a woken wait reads it.
+            if writeln!(log, "{line}").and_then(|()| log.flush()).is_err() {
+                break;
+            }
+            announce.send_modify(|count| *count += 1);
+        }
+    });
+    lines
 }
