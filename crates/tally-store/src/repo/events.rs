@@ -80,10 +80,6 @@ pub fn existing(conn: &mut dyn Conn, mode: Mode, ids: &[&str]) -> Result<HashMap
     Ok(found)
 }
 
-pub fn insert(conn: &mut dyn Conn, mode: Mode, event: &StoredEvent) -> Result<(), StoreError> {
-    insert_many(conn, mode, std::slice::from_ref(event))
-}
-
 /// Inserts events with multi-row `INSERT`s, in the order given.
 pub fn insert_many(conn: &mut dyn Conn, mode: Mode, events: &[StoredEvent]) -> Result<(), StoreError> {
     let mut values = Vec::with_capacity(events.len() * 16);
@@ -116,10 +112,6 @@ pub fn insert_many(conn: &mut dyn Conn, mode: Mode, events: &[StoredEvent]) -> R
         "",
     )?;
     Ok(())
-}
-
-pub fn insert_fee(conn: &mut dyn Conn, mode: Mode, fee: &StoredFee) -> Result<(), StoreError> {
-    insert_fees(conn, mode, std::slice::from_ref(fee))
 }
 
 /// Inserts fees with multi-row `INSERT`s.

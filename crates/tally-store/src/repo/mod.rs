@@ -302,8 +302,6 @@ fn chunk_rows(remaining: usize) -> usize {
 
 /// [`multi_row_sql`], written once per thread for each statement and size: a 64-row statement
 /// has a thousand placeholders, and formatting them for every chunk cost more than binding.
-/// Keyed by the addresses of `head` and `tail`, which are `'static`, so one address always
-/// names one text.
 fn cached_multi_row_sql(
     dialect: crate::conn::Dialect,
     head: &'static str,
@@ -311,16 +309,32 @@ fn cached_multi_row_sql(
     rows: usize,
     tail: &'static str,
 ) -> std::rc::Rc<str> {
-    type Key = (bool, usize, usize, usize, usize, usize, usize);
-    thread_local! {
-        static TEXTS: std::cell::RefCell<std::collections::HashMap<Key, std::rc::Rc<str>>> = Default::default();
-    }
     // SQLite's own `?N` placeholders, which it would otherwise rewrite `$N` into every time.
     let marker = if dialect == crate::conn::Dialect::Sqlite { '?' } else { '$' };
-    let key = (marker == '?', head.as_ptr() as usize, head.len(), tail.as_ptr() as usize, tail.len(), width, rows);
-    TEXTS.with(|texts| {
-        texts.borrow_mut().entry(key).or_insert_with(|| multi_row_sql(marker, head, width, rows, tail).into()).clone()
-    })
+    let numbers = [marker as usize, width, rows];
+    statement_text(&[head, tail], &numbers, || multi_row_sql(marker, head, width, rows, tail))
+}
+
+/// A statement text that `build` makes from `'static` texts and some numbers, built once per
+/// thread and then shared: the hot path runs the same few statements for every batch, and
+/// formatting them each time cost more than running them. Keyed by the texts' addresses and
+/// lengths (a `'static` text's address and length always name the same bytes; the length
+/// tells apart a literal from a longer one it begins) and the numbers.
+pub(crate) fn statement_text(
+    texts: &[&'static str],
+    numbers: &[usize],
+    build: impl FnOnce() -> String,
+) -> std::rc::Rc<str> {
+    type Texts = std::collections::HashMap<Vec<usize>, std::rc::Rc<str>>;
+    thread_local! {
+        static TEXTS: std::cell::RefCell<Texts> = Default::default();
+    }
+    let mut key = Vec::with_capacity(texts.len() * 2 + numbers.len());
+    for text in texts {
+        key.extend([text.as_ptr() as usize, text.len()]);
+    }
+    key.extend_from_slice(numbers);
+    TEXTS.with(|cache| cache.borrow_mut().entry(key).or_insert_with(|| build().into()).clone())
 }
 
 fn multi_row_sql(marker: char, head: &str, width: usize, rows: usize, tail: &str) -> String {

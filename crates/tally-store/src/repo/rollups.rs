@@ -274,27 +274,16 @@ impl Rollups {
 }
 
 /// Adds a row's amount and count to `table`'s row of the same key, carrying the fractions.
-/// [`upsert_sql`], written once per thread and table: the hot path adds to a rollup in every
-/// batch, and formatting the statement cost more than running it. Keyed by the addresses of
-/// its `'static` texts, so one key always names one statement.
+/// [`upsert_sql`], written once per thread ([`super::statement_text`]): the hot path adds to
+/// a rollup in every batch.
 fn upsert(
     table: &'static str,
     key_columns: &'static str,
     conflict_columns: &'static str,
     count: &'static str,
 ) -> std::rc::Rc<str> {
-    type Texts = std::collections::HashMap<[(usize, usize); 4], std::rc::Rc<str>>;
-    thread_local! {
-        static TEXTS: std::cell::RefCell<Texts> = Default::default();
-    }
-    // Address and length: a literal may share its address with a longer one it begins.
-    let key = [table, key_columns, conflict_columns, count].map(|text| (text.as_ptr() as usize, text.len()));
-    TEXTS.with(|texts| {
-        texts
-            .borrow_mut()
-            .entry(key)
-            .or_insert_with(|| upsert_sql(table, key_columns, conflict_columns, count).into())
-            .clone()
+    super::statement_text(&[table, key_columns, conflict_columns, count], &[], || {
+        upsert_sql(table, key_columns, conflict_columns, count)
     })
 }
 

@@ -7,8 +7,8 @@
 //! process ended), so a wait wakes exactly when the log grows or the process ends.
 
 use reqwest::StatusCode;
-use std::path::{Path, PathBuf};
 use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tokio::sync::watch;
