@@ -25,7 +25,10 @@
 //! - every rollup (`repo::rollups`: per customer and hour, per mode and day, per vendor and
 //!   day) equals the sum and count of the fees and costs it totals.
 //!
-//! Verification streams: each pass reads its rows in key order (`repo::ledger`), one
+//! Verification first reads each large table once, in storage order, and matches them by
+//! fingerprints (`fingerprints`, [`verify_by_fingerprints`]); only when that finds anything
+//! wrong do the join passes below run, to name every difference. The join passes stream: each
+//! reads its rows in key order (`repo::ledger`), one
 //! statement per chunk with the database joining on keys, and takes them one row at a time
 //! (`Conn::query_each`), so memory stays bounded by a chunk of accounts and their grants, and
 //! the number of assets, not by the size of the ledger. The passes that keep nothing per row
@@ -33,6 +36,7 @@
 //! at a time on SQLite (which sorts a statement's rows in memory); the accounts pass takes a
 //! range of customers at a time, four statements per range, none per account.
 
+mod fingerprints;
 mod rollups;
 
 use crate::conn::{Conn, Dialect};
@@ -82,15 +86,52 @@ impl VerifyReport {
     }
 }
 
+/// Verifies the books: first by fingerprints ([`verify_by_fingerprints`], one read of each
+/// table), and only when they disagree, or something else is wrong, by the join passes, which
+/// name every difference. Either way the report is the one the join passes would make.
 pub fn verify(conn: &mut dyn Conn) -> Result<VerifyReport, StoreError> {
-    // PostgreSQL hashes the joined tables once per statement: one statement per pass. SQLite
-    // looks rows up by index whatever the chunk, but sorts a statement's rows in memory: a
-    // chunk at a time keeps that bounded.
-    let streamed = match conn.dialect() {
+    if let Some(report) = verify_by_fingerprints(conn)? {
+        return Ok(report);
+    }
+    tracing::debug!("ledger verify: the fingerprints disagree, the join passes name the differences");
+    let streamed = streamed_chunk(conn);
+    verify_with(conn, streamed, ledger::CHUNK)
+}
+
+/// The fast path of [`verify`]: `Some` clean report when the fingerprints agree and every
+/// other check passes, `None` when anything disagrees (the join passes then say what).
+pub fn verify_by_fingerprints(conn: &mut dyn Conn) -> Result<Option<VerifyReport>, StoreError> {
+    fingerprints::verify(conn, ledger::CHUNK)
+}
+
+/// [`verify_by_fingerprints`], reading `chunk` entries (and accounts) at a time (tests use tiny
+/// chunks to cross many chunk boundaries).
+pub fn verify_by_fingerprints_in_chunks(conn: &mut dyn Conn, chunk: i64) -> Result<Option<VerifyReport>, StoreError> {
+    fingerprints::verify(conn, chunk)
+}
+
+/// The chunk of the passes that stream. PostgreSQL hashes or merges the joined tables once per
+/// statement: one statement per pass. SQLite looks rows up by index whatever the chunk, but
+/// sorts a statement's rows in memory: a chunk at a time keeps that bounded.
+fn streamed_chunk(conn: &dyn Conn) -> i64 {
+    match conn.dialect() {
         Dialect::Sqlite => ledger::CHUNK,
         Dialect::Postgres => ledger::STREAMED,
-    };
-    verify_with(conn, streamed, ledger::CHUNK)
+    }
+}
+
+/// Logs each pass's time at debug level (`TALLY_LOG=tally_store=debug`), to see where it goes.
+struct PassTimer(std::time::Instant);
+
+impl PassTimer {
+    fn start() -> Self {
+        PassTimer(std::time::Instant::now())
+    }
+
+    fn done(&mut self, pass: &str) {
+        tracing::debug!(pass, seconds = self.0.elapsed().as_secs_f64(), "ledger verify pass done");
+        self.0 = std::time::Instant::now();
+    }
 }
 
 /// [`verify`], reading `chunk` driving rows at a time in every pass (tests use tiny chunks to
@@ -103,33 +144,39 @@ pub fn verify_in_chunks(conn: &mut dyn Conn, chunk: i64) -> Result<VerifyReport,
 /// that of the passes that hold a chunk (accounts, top-ups, holds, rollups).
 fn verify_with(conn: &mut dyn Conn, streamed: i64, chunk: i64) -> Result<VerifyReport, StoreError> {
     let mut report = VerifyReport::default();
-    // Each pass's time, at debug level (`TALLY_LOG=tally_store=debug`), to see where it goes.
-    let mut started = std::time::Instant::now();
-    let mut timed = |pass: &str| {
-        tracing::debug!(pass, seconds = started.elapsed().as_secs_f64(), "ledger verify pass done");
-        started = std::time::Instant::now();
-    };
+    let mut timer = PassTimer::start();
     verify_entries(conn, &mut report, streamed)?;
-    timed("entries");
-    verify_accounts(conn, &mut report, chunk)?;
-    timed("accounts");
+    timer.done("entries");
+    verify_accounts(conn, &mut report, chunk, None)?;
+    timer.done("accounts");
     verify_transactions(conn, &mut report, streamed)?;
-    timed("transactions");
+    timer.done("transactions");
     verify_events(conn, &mut report, streamed)?;
-    timed("events");
-    let held = verify_top_ups(conn, &mut report, chunk)?;
-    verify_incoming(&mut report, &held);
-    let held = verify_holds(conn, &mut report, chunk)?;
-    verify_held(&mut report, &held);
-    timed("top-ups and holds");
-    rollups::verify_rollups(conn, &mut report, chunk)?;
-    timed("rollups");
+    timer.done("events");
+    verify_the_rest(conn, &mut report, chunk, &mut timer)?;
+    Ok(report)
+}
+
+/// The passes both ways of verifying share: top-ups, holds, rollups and fee periods.
+fn verify_the_rest(
+    conn: &mut dyn Conn,
+    report: &mut VerifyReport,
+    chunk: i64,
+    timer: &mut PassTimer,
+) -> Result<(), StoreError> {
+    let held = verify_top_ups(conn, report, chunk)?;
+    verify_incoming(report, &held);
+    let held = verify_holds(conn, report, chunk)?;
+    verify_held(report, &held);
+    timer.done("top-ups and holds");
+    rollups::verify_rollups(conn, report, chunk)?;
+    timer.done("rollups");
     let stray = ledger::stray_fee_periods(conn)?;
-    timed("fee periods");
+    timer.done("fee periods");
     if stray > 0 {
         report.problem(format!("{stray} plan fee periods name no fee entry, or end before they start"));
     }
-    Ok(report)
+    Ok(())
 }
 
 /// Splits rows already in key order into runs of one key.
@@ -337,9 +384,20 @@ fn account_key_text(buffer: &mut String, customer_id: &str, name: &str, asset: &
     buffer.push_str(asset);
 }
 
+/// What the postings of each account say, by its key (`account_key_text`), and how many
+/// entries name it: gathered by the fingerprint pass as the entries stream by.
+type GatheredAccounts = HashMap<String, (Derived, i64)>;
+
 /// Every account's balances and every grant, a range of customers at a time: their accounts,
-/// their entries' postings, their grants and their open holds, four statements per range.
-fn verify_accounts(conn: &mut dyn Conn, report: &mut VerifyReport, chunk: i64) -> Result<(), StoreError> {
+/// their entries' postings, their grants and their open holds, four statements per range, or
+/// three when the fingerprint pass has `gathered` the postings of every account already (each
+/// account's sums are then taken out of it by key).
+fn verify_accounts(
+    conn: &mut dyn Conn,
+    report: &mut VerifyReport,
+    chunk: i64,
+    mut gathered: Option<&mut GatheredAccounts>,
+) -> Result<(), StoreError> {
     let mut entries_in_accounts = 0_i64;
     let mut after = String::new();
     while let Some(customers) = ledger::next_customers(conn, &after, chunk)? {
@@ -351,26 +409,20 @@ fn verify_accounts(conn: &mut dyn Conn, report: &mut VerifyReport, chunk: i64) -
             index.insert(key.clone(), position);
         }
         let mut derived: Vec<Derived> = accounts.iter().map(|_| Derived::default()).collect();
-        // The account of the previous row and its position (None: no such account), and the
-        // previous row's entry.
-        let (mut current, mut current_at, mut last_entry) = (String::from("\u{1}"), None, None);
-        ledger::account_postings_of(conn, &customers, &mut |row| {
-            account_key_text(&mut key, row.customer_id, row.account_name, row.asset);
-            if key != current {
-                std::mem::swap(&mut key, &mut current);
-                current_at = index.get(&current).copied();
-                last_entry = None;
+        match gathered.as_deref_mut() {
+            Some(gathered) => {
+                for (account, derived) in accounts.iter().zip(derived.iter_mut()) {
+                    account_key_text(&mut key, &account.key.customer_id, &account.key.name, &account.key.asset);
+                    if let Some((from_ledger, entries)) = gathered.remove(&key) {
+                        *derived = from_ledger;
+                        entries_in_accounts += entries;
+                    }
+                }
             }
-            let Some(at) = current_at else { return Ok(()) };
-            if last_entry != Some(row.entry_id) {
-                entries_in_accounts += 1;
-                last_entry = Some(row.entry_id);
+            None => {
+                entries_in_accounts += sum_account_postings(conn, &customers, &index, &mut derived, &mut key)?;
             }
-            if let Some((LedgerAccount::Wallet, bucket, grant_id, amount)) = row.posting {
-                derived[at].add(bucket, grant_id, amount);
-            }
-            Ok(())
-        })?;
+        }
         for (holder, remaining) in ledger::open_holds_of(conn, &customers)? {
             account_key_text(&mut key, &holder.customer_id, &holder.name, &holder.asset);
             if let Some(&at) = index.get(&key) {
@@ -438,6 +490,39 @@ fn verify_accounts(conn: &mut dyn Conn, report: &mut VerifyReport, chunk: i64) -
         report.problem(format!("the ledger issued {issued} grants but {grants} exist"));
     }
     Ok(())
+}
+
+/// Adds the postings of the accounts of `customers` (found by `index`) into `derived`, one
+/// statement for the range. Returns how many entries named one of those accounts.
+fn sum_account_postings(
+    conn: &mut dyn Conn,
+    customers: &ledger::Customers,
+    index: &HashMap<String, usize>,
+    derived: &mut [Derived],
+    key: &mut String,
+) -> Result<i64, StoreError> {
+    let mut entries = 0;
+    // The account of the previous row and its position (None: no such account), and the
+    // previous row's entry.
+    let (mut current, mut current_at, mut last_entry) = (String::from("\u{1}"), None, None);
+    ledger::account_postings_of(conn, customers, &mut |row| {
+        account_key_text(key, row.customer_id, row.account_name, row.asset);
+        if *key != current {
+            std::mem::swap(key, &mut current);
+            current_at = index.get(&current).copied();
+            last_entry = None;
+        }
+        let Some(at) = current_at else { return Ok(()) };
+        if last_entry != Some(row.entry_id) {
+            entries += 1;
+            last_entry = Some(row.entry_id);
+        }
+        if let Some((LedgerAccount::Wallet, bucket, grant_id, amount)) = row.posting {
+            derived[at].add(bucket, grant_id, amount);
+        }
+        Ok(())
+    })?;
+    Ok(entries)
 }
 
 /// One grant (its rows, one per issuance posting of its making entry) against its postings

@@ -738,3 +738,235 @@ pub fn top_ups_after(conn: &mut dyn Conn, after: Option<&str>, chunk: i64) -> Re
         })
         .collect()
 }
+
+// ---------------------------------------------------------------------------------------
+// Reads for the fingerprint pass of `ledger verify` (`ops::ledger::fingerprints`): each reads
+// one table once, in the order it is stored (or entries with their postings, one merge of two
+// primary-key ranges), and looks nothing up per row, so a pass costs what reading the table
+// costs.
+
+/// The kinds of entry that no wallet transaction records: a grant's activation, a top-up's
+/// hold and release (named by the top-up's id) and a hold's entries (`tally_hold_{id}`).
+/// Every other kind is recorded by the transaction its entry names.
+pub const KINDS_WITHOUT_TRANSACTION: [&str; 8] = [
+    "activation",
+    "top_up_pending",
+    "top_up_failed",
+    "top_up_expired",
+    "hold",
+    "hold_capture",
+    "hold_release",
+    "hold_expiry",
+];
+
+/// An entry as the fingerprint pass reads it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EntryHead<'a> {
+    pub entry_id: i64,
+    pub mode: &'a str,
+    pub customer_id: &'a str,
+    pub account_name: &'a str,
+    pub asset: &'a str,
+    pub kind: &'a str,
+    pub transaction_id: Option<&'a str>,
+    pub grant_id: Option<&'a str>,
+    /// For an entry of a kind no transaction records ([`KINDS_WITHOUT_TRANSACTION`]) only:
+    /// whether a transaction of its customer has the id the entry names (it must not). Always
+    /// false for the other kinds, which are matched to their transactions by fingerprint.
+    pub names_a_transaction: bool,
+}
+
+/// A posting as the fingerprint pass reads it: account, bucket, grant and amount.
+pub type PostingRead<'a> = (LedgerAccount, Bucket, Option<&'a str>, Decimal);
+
+/// The entry columns of [`EntryHead`], for an entry aliased `e`: a transaction is looked up
+/// only for the few entries of a kind no transaction records.
+fn entry_head_columns() -> String {
+    let kinds = KINDS_WITHOUT_TRANSACTION.map(|kind| format!("'{kind}'")).join(", ");
+    format!(
+        "e.id, e.mode, e.customer_id, e.account_name, e.asset, e.kind, e.transaction_id, e.grant_id,
+         CASE WHEN e.kind IN ({kinds}) AND e.transaction_id IS NOT NULL THEN
+             CASE WHEN EXISTS (SELECT 1 FROM transactions t
+                               WHERE t.customer_id = e.customer_id AND t.id = e.transaction_id)
+                  THEN 1 ELSE 0 END
+         ELSE 0 END"
+    )
+}
+
+fn entry_head(row: &Row) -> Result<EntryHead<'_>, StoreError> {
+    Ok(EntryHead {
+        entry_id: row.int(0)?,
+        mode: row.str(1)?,
+        customer_id: row.str(2)?,
+        account_name: row.str(3)?,
+        asset: row.str(4)?,
+        kind: row.str(5)?,
+        transaction_id: row.opt_str(6)?,
+        grant_id: row.opt_str(7)?,
+        names_a_transaction: row.bool(8)?,
+    })
+}
+
+/// A posting's account, bucket, grant and amount from `index` on, `None` for NULLs.
+fn posting_read_at(row: &Row, index: usize) -> Result<Option<PostingRead<'_>>, StoreError> {
+    let Some(account) = row.opt_str(index)? else { return Ok(None) };
+    Ok(Some((
+        parse_account(account).ok_or_else(|| StoreError::Corrupt(format!("posting account {account}")))?,
+        Bucket::parse(row.str(index + 1)?).ok_or_else(|| StoreError::Corrupt("posting bucket".into()))?,
+        row.opt_str(index + 2)?,
+        row.decimal(index + 3)?,
+    )))
+}
+
+/// The entries with ids in `(after, through]`, in id order, without their postings.
+pub fn entry_heads_between(
+    conn: &mut dyn Conn,
+    after: i64,
+    through: i64,
+    each: &mut dyn FnMut(EntryHead) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    conn.query_each(
+        &format!("SELECT {} FROM ledger_entries e WHERE e.id > $1 AND e.id <= $2 ORDER BY e.id", entry_head_columns()),
+        params![after, through],
+        &mut |row| each(entry_head(row)?),
+    )
+}
+
+/// The postings of the entries with ids in `(after, through]`, by entry and line, read by
+/// their primary key (on PostgreSQL, whose heap keeps them in about that order). Each comes
+/// with its entry's id and its customer.
+pub fn postings_between(
+    conn: &mut dyn Conn,
+    after: i64,
+    through: i64,
+    each: &mut dyn FnMut(i64, &str, PostingRead) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    conn.query_each(
+        "SELECT entry_id, customer_id, account, bucket, grant_id, amount FROM ledger_postings
+         WHERE entry_id > $1 AND entry_id <= $2 ORDER BY entry_id, line",
+        params![after, through],
+        &mut |row| {
+            let posting = posting_read_at(row, 2)?.ok_or_else(|| StoreError::Corrupt("posting account".into()))?;
+            each(row.int(0)?, row.str(1)?, posting)
+        },
+    )
+}
+
+/// SQLite only: the last row (`rowid`) of the postings of the entries with ids in
+/// `(after, through]`, read from the primary-key index (`None` without any).
+pub fn last_posting_row_between(conn: &mut dyn Conn, after: i64, through: i64) -> Result<Option<i64>, StoreError> {
+    conn.query_one(
+        "SELECT MAX(rowid) FROM ledger_postings WHERE entry_id > $1 AND entry_id <= $2",
+        params![after, through],
+    )?
+    .opt_int(0)
+}
+
+/// SQLite only: the postings stored in rows `(after, through]`, in the order they are stored
+/// (SQLite writes an entry's postings after it, so this is entry order): one sequential read
+/// of the table. Each comes with its entry's id and its customer.
+pub fn postings_in_rows(
+    conn: &mut dyn Conn,
+    after: i64,
+    through: i64,
+    each: &mut dyn FnMut(i64, &str, PostingRead) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    conn.query_each(
+        "SELECT entry_id, customer_id, account, bucket, grant_id, amount FROM ledger_postings
+         WHERE rowid > $1 AND rowid <= $2 ORDER BY rowid",
+        params![after, through],
+        &mut |row| {
+            let posting = posting_read_at(row, 2)?.ok_or_else(|| StoreError::Corrupt("posting account".into()))?;
+            each(row.int(0)?, row.str(1)?, posting)
+        },
+    )
+}
+
+/// One transaction as the fingerprint pass reads it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TransactionLine<'a> {
+    pub customer_id: &'a str,
+    pub id: &'a str,
+    pub kind: &'a str,
+    pub account_name: &'a str,
+    pub asset: &'a str,
+    pub amount: Decimal,
+}
+
+/// Every transaction, in the order the table stores them.
+pub fn each_transaction(
+    conn: &mut dyn Conn,
+    each: &mut dyn FnMut(TransactionLine) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    conn.query_each("SELECT customer_id, id, kind, account_name, asset, amount FROM transactions", &[], &mut |row| {
+        each(TransactionLine {
+            customer_id: row.str(0)?,
+            id: row.str(1)?,
+            kind: row.str(2)?,
+            account_name: row.str(3)?,
+            asset: row.str(4)?,
+            amount: row.decimal(5)?,
+        })
+    })
+}
+
+/// One usage event's fee summary as the fingerprint pass reads it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EventLine<'a> {
+    pub mode: &'a str,
+    pub id: &'a str,
+    pub customer_id: &'a str,
+    pub has_fees: bool,
+    pub total_fees: Option<Decimal>,
+    pub fee_currency: Option<&'a str>,
+}
+
+/// Every usage event, in the order the table stores them.
+pub fn each_event(
+    conn: &mut dyn Conn,
+    each: &mut dyn FnMut(EventLine) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    conn.query_each(
+        "SELECT mode, id, customer_id, has_fees, total_fees, fee_currency FROM usage_events",
+        &[],
+        &mut |row| {
+            each(EventLine {
+                mode: row.str(0)?,
+                id: row.str(1)?,
+                customer_id: row.str(2)?,
+                has_fees: row.bool(3)?,
+                total_fees: row.opt_decimal(4)?,
+                fee_currency: row.opt_str(5)?,
+            })
+        },
+    )
+}
+
+/// One fee of a usage event as the fingerprint pass reads it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FeeLine<'a> {
+    pub mode: &'a str,
+    pub event_id: &'a str,
+    pub customer_id: &'a str,
+    pub line: i64,
+    pub asset: &'a str,
+    pub amount: Decimal,
+}
+
+/// Every fee of a usage event, in the order the table stores them (an event's fees are
+/// written together, so they come one after another).
+pub fn each_fee(
+    conn: &mut dyn Conn,
+    each: &mut dyn FnMut(FeeLine) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    conn.query_each("SELECT mode, event_id, customer_id, line, asset, amount FROM event_fees", &[], &mut |row| {
+        each(FeeLine {
+            mode: row.str(0)?,
+            event_id: row.str(1)?,
+            customer_id: row.str(2)?,
+            line: row.int(3)?,
+            asset: row.str(4)?,
+            amount: row.decimal(5)?,
+        })
+    })
+}

@@ -294,11 +294,25 @@ impl TestApp {
     }
 
     /// Recomputes every balance from the ledger and asserts the books agree.
+    /// `ledger verify` finds the books clean, both ways: the join passes, and the fingerprints
+    /// (which must agree on clean books, or every verification would pay for both).
     pub async fn assert_ledger_agrees(&self) {
+        use tally_store::ops::ledger;
         let store = self.store.clone();
-        let report =
-            tokio::task::spawn_blocking(move || store.read(tally_store::ops::ledger::verify).unwrap()).await.unwrap();
+        let (report, fast) = tokio::task::spawn_blocking(move || {
+            store
+                .read(|conn| {
+                    Ok::<_, tally_store::StoreError>((
+                        ledger::verify_in_chunks(conn, 500)?,
+                        ledger::verify_by_fingerprints(conn)?,
+                    ))
+                })
+                .unwrap()
+        })
+        .await
+        .unwrap();
         assert!(report.problems.is_empty(), "ledger mismatch: {:#?}", report.problems);
+        assert_eq!(fast.as_ref(), Some(&report), "the fingerprints agree with the join passes");
     }
 }
 

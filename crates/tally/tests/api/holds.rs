@@ -469,7 +469,17 @@ async fn tamper_and_verify(app: &TestApp, sql: &str) -> tally_store::ops::ledger
     tokio::task::spawn_blocking(move || {
         let changed = store.write(|conn: &mut dyn tally_store::Conn| conn.execute(&sql, &[])).unwrap();
         assert_eq!(changed, 1, "the edit changes one row");
-        store.read(|conn| tally_store::ops::ledger::verify_in_chunks(conn, 1)).unwrap()
+        let (report, fast) = store
+            .read(|conn| {
+                Ok::<_, tally_store::StoreError>((
+                    tally_store::ops::ledger::verify_in_chunks(conn, 1)?,
+                    tally_store::ops::ledger::verify_by_fingerprints(conn)?,
+                ))
+            })
+            .unwrap();
+        // The fingerprints agree exactly when the books are clean.
+        assert_eq!(fast.as_ref(), report.is_clean().then_some(&report), "after {sql}");
+        report
     })
     .await
     .unwrap()

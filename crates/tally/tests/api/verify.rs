@@ -63,6 +63,18 @@ async fn verify_twice(app: &TestApp, chunk: i64) -> (VerifyReport, VerifyReport)
     .unwrap()
 }
 
+/// The books as the fast way sees them: `Some` clean report when the fingerprints agree.
+async fn verify_by_fingerprints(app: &TestApp) -> Option<VerifyReport> {
+    let store = app.store.clone();
+    tokio::task::spawn_blocking(move || store.read(|conn| ledger::verify_by_fingerprints(conn)).unwrap()).await.unwrap()
+}
+
+/// The books as `tally ledger verify` sees them: fingerprints first, join passes when they disagree.
+async fn verify_usually(app: &TestApp) -> VerifyReport {
+    let store = app.store.clone();
+    tokio::task::spawn_blocking(move || store.read(|conn| ledger::verify(conn)).unwrap()).await.unwrap()
+}
+
 /// Runs `sql` directly on the database, behind Tally's back.
 async fn tamper(app: &TestApp, sql: &str) {
     let (store, sql) = (app.store.clone(), sql.to_owned());
@@ -216,6 +228,17 @@ async fn a_random_history_verifies_clean_and_each_edit_behind_its_back_is_found(
         assert!(report.entries > 20 && report.grants >= 2 && report.fees >= 3 && report.top_ups >= 3, "{report:?}");
         assert_eq!(report, usual, "chunks of {chunk} read the same books");
     }
+    let fast = verify_by_fingerprints(&app).await;
+    assert_eq!(fast.as_ref(), Some(&verify(&app, 500).await), "the fingerprints agree on clean books");
+    for chunk in [1, 2, 7] {
+        let store = app.store.clone();
+        let fast = tokio::task::spawn_blocking(move || {
+            store.read(|conn| ledger::verify_by_fingerprints_in_chunks(conn, chunk)).unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(fast.as_ref(), Some(&verify(&app, 500).await), "the fingerprints agree in chunks of {chunk}");
+    }
     let report = verify(&app, 500).await;
     let revenue = report.system_balances.get(&("test".to_owned(), "VIDMIN".to_owned(), "revenue".to_owned()));
     assert!(revenue.is_some_and(|revenue| revenue.is_sign_positive()), "{:?}", report.system_balances);
@@ -226,7 +249,150 @@ async fn a_random_history_verifies_clean_and_each_edit_behind_its_back_is_found(
     let gift = one(&app, "SELECT id FROM grants WHERE purpose = 'promotion' ORDER BY id LIMIT 1").await;
     let gift_amount = one(&app, &format!("SELECT amount FROM grants WHERE id = '{gift}'")).await;
     let event = one(&app, "SELECT event_id FROM event_fees ORDER BY event_id LIMIT 1").await;
+    let (charge_kind, charge_account, charge_asset) = (
+        one(&app, &format!("SELECT kind FROM transactions WHERE id = '{charge}'")).await,
+        one(&app, &format!("SELECT account_name FROM transactions WHERE id = '{charge}'")).await,
+        one(&app, &format!("SELECT asset FROM transactions WHERE id = '{charge}'")).await,
+    );
+    let charge_entry = one(&app, &format!("SELECT id FROM ledger_entries WHERE transaction_id = '{charge}'")).await;
+    let fee_entry =
+        one(&app, &format!("SELECT id FROM ledger_entries WHERE transaction_id = 'tally_event_{event}_0'")).await;
+    let (gift_entry, gift_line) = (
+        one(
+            &app,
+            &format!("SELECT entry_id FROM ledger_postings WHERE grant_id = '{gift}' ORDER BY entry_id, line LIMIT 1"),
+        )
+        .await,
+        one(
+            &app,
+            &format!("SELECT line FROM ledger_postings WHERE grant_id = '{gift}' ORDER BY entry_id, line LIMIT 1"),
+        )
+        .await,
+    );
+    let gift_remaining = one(&app, &format!("SELECT remaining FROM grants WHERE id = '{gift}'")).await;
+    let fee_columns = "mode, event_id, customer_id, line, product_id, product_code, product_version, price_id, \
+                       price_name, asset, account_name, detail, amount, occurred_at, created_at";
+    let entry_columns =
+        "mode, customer_id, account_name, asset, kind, transaction_id, grant_id, effective_at, created_at";
     let edits = [
+        // Each field of an entry that its fingerprint states.
+        (
+            format!("UPDATE ledger_entries SET account_name = 'other' WHERE id = {charge_entry}"),
+            format!("transaction {charge} of {ada}: it is on {charge_account}:{charge_asset} but its ledger entry {charge_entry} is on other:{charge_asset}"),
+            format!("UPDATE ledger_entries SET account_name = '{charge_account}' WHERE id = {charge_entry}"),
+        ),
+        (
+            format!("UPDATE ledger_entries SET asset = 'OTHER' WHERE id = {charge_entry}"),
+            format!("transaction {charge} of {ada}: it is on {charge_account}:{charge_asset} but its ledger entry {charge_entry} is on {charge_account}:OTHER"),
+            format!("UPDATE ledger_entries SET asset = '{charge_asset}' WHERE id = {charge_entry}"),
+        ),
+        (
+            format!("UPDATE ledger_entries SET kind = 'adjustment' WHERE id = {charge_entry}"),
+            format!("transaction {charge} of {ada}: it is a {charge_kind} but its ledger entry {charge_entry} is a adjustment"),
+            format!("UPDATE ledger_entries SET kind = '{charge_kind}' WHERE id = {charge_entry}"),
+        ),
+        (
+            format!("UPDATE ledger_entries SET transaction_id = 'elsewhere' WHERE id = {charge_entry}"),
+            format!("transaction {charge} of {ada}: no ledger entry records it"),
+            format!("UPDATE ledger_entries SET transaction_id = '{charge}' WHERE id = {charge_entry}"),
+        ),
+        (
+            format!("UPDATE ledger_entries SET customer_id = 'cust_other' WHERE id = {charge_entry}"),
+            format!("transaction {charge} of {ada}: no ledger entry records it"),
+            format!("UPDATE ledger_entries SET customer_id = '{ada}' WHERE id = {charge_entry}"),
+        ),
+        // An entry of a kind no transaction records, naming a transaction.
+        (
+            format!("UPDATE ledger_entries SET transaction_id = '{charge}' WHERE transaction_id = '{failed_top_up}' AND kind = 'top_up_pending'"),
+            format!("transaction {charge} of {ada}: 2 ledger entries record it, not one"),
+            format!("UPDATE ledger_entries SET transaction_id = '{failed_top_up}' WHERE transaction_id = '{charge}' AND kind = 'top_up_pending'"),
+        ),
+        // A second entry recording the same transaction (without postings).
+        (
+            format!("INSERT INTO ledger_entries ({entry_columns}) SELECT {entry_columns} FROM ledger_entries WHERE id = {charge_entry}"),
+            format!("transaction {charge} of {ada}: 2 ledger entries record it, not one"),
+            format!("DELETE FROM ledger_entries WHERE transaction_id = '{charge}' AND id <> {charge_entry}"),
+        ),
+        // Postings: what a fee's entry moved to revenue, whether an entry balances, which grant
+        // a posting names.
+        (
+            format!("UPDATE ledger_postings SET account = 'system:expired' WHERE entry_id = {fee_entry} AND account = 'system:revenue'"),
+            format!("event {event}: fee 0 is 2 VIDMIN but the ledger moved 0 to revenue in 1 entries"),
+            format!("UPDATE ledger_postings SET account = 'system:revenue' WHERE entry_id = {fee_entry} AND account = 'system:expired'"),
+        ),
+        (
+            format!("UPDATE ledger_postings SET amount = '3' WHERE entry_id = {fee_entry} AND account = 'system:revenue'"),
+            format!("ledger entry {fee_entry} does not balance: its postings sum to 1"),
+            format!("UPDATE ledger_postings SET amount = '2' WHERE entry_id = {fee_entry} AND account = 'system:revenue'"),
+        ),
+        (
+            format!("UPDATE ledger_postings SET grant_id = 'ghost' WHERE entry_id = {gift_entry} AND line = {gift_line}"),
+            format!("{ada}/default:VIDMIN: postings name grant ghost, which this account does not hold"),
+            format!("UPDATE ledger_postings SET grant_id = '{gift}' WHERE entry_id = {gift_entry} AND line = {gift_line}"),
+        ),
+        (
+            format!("UPDATE grants SET remaining = '0.01' WHERE id = '{gift}'"),
+            format!("grant {gift}: remaining is 0.01 but the ledger says"),
+            format!("UPDATE grants SET remaining = '{gift_remaining}' WHERE id = '{gift}'"),
+        ),
+        // Each field of a transaction that its fingerprint states.
+        (
+            format!("UPDATE transactions SET account_name = 'other' WHERE id = '{charge}'"),
+            format!("transaction {charge} of {ada}: it is on other:{charge_asset} but its ledger entry {charge_entry} is on {charge_account}:{charge_asset}"),
+            format!("UPDATE transactions SET account_name = '{charge_account}' WHERE id = '{charge}'"),
+        ),
+        (
+            format!("UPDATE transactions SET asset = 'OTHER' WHERE id = '{charge}'"),
+            format!("transaction {charge} of {ada}: it is on {charge_account}:OTHER but its ledger entry {charge_entry} is on {charge_account}:{charge_asset}"),
+            format!("UPDATE transactions SET asset = '{charge_asset}' WHERE id = '{charge}'"),
+        ),
+        (
+            format!("UPDATE transactions SET kind = 'adjustment' WHERE id = '{charge}'"),
+            format!("transaction {charge} of {ada}: it is a adjustment but its ledger entry {charge_entry} is a {charge_kind}"),
+            format!("UPDATE transactions SET kind = '{charge_kind}' WHERE id = '{charge}'"),
+        ),
+        (
+            format!("UPDATE transactions SET amount = '-3' WHERE id = 'tally_event_{event}_0'"),
+            format!("event {event}: fee 0 is 2 VIDMIN but its transaction records -3 VIDMIN"),
+            format!("UPDATE transactions SET amount = '-2' WHERE id = 'tally_event_{event}_0'"),
+        ),
+        // Each field of a usage event and of a fee that their fingerprints state.
+        (
+            format!("UPDATE usage_events SET total_fees = '7' WHERE id = '{event}'"),
+            format!("event {event}: total_fees is Some(7)"),
+            format!("UPDATE usage_events SET total_fees = '2' WHERE id = '{event}'"),
+        ),
+        (
+            format!("UPDATE usage_events SET fee_currency = 'USD' WHERE id = '{event}'"),
+            format!("event {event}: total_fees is Some(2) Some(\"USD\")"),
+            format!("UPDATE usage_events SET fee_currency = 'VIDMIN' WHERE id = '{event}'"),
+        ),
+        (
+            format!("UPDATE usage_events SET has_fees = 0 WHERE id = '{event}'"),
+            format!("event {event}: has_fees is false but it has 1 fees"),
+            format!("UPDATE usage_events SET has_fees = 1 WHERE id = '{event}'"),
+        ),
+        (
+            format!("UPDATE event_fees SET asset = 'USD' WHERE event_id = '{event}' AND line = 0"),
+            format!("event {event}: fee 0 is 2 USD but its transaction records -2 VIDMIN"),
+            format!("UPDATE event_fees SET asset = 'VIDMIN' WHERE event_id = '{event}' AND line = 0"),
+        ),
+        (
+            format!("UPDATE event_fees SET line = 5 WHERE event_id = '{event}' AND line = 0"),
+            format!("event {event}: fee 5 of 2 VIDMIN has no wallet transaction"),
+            format!("UPDATE event_fees SET line = 0 WHERE event_id = '{event}' AND line = 5"),
+        ),
+        (
+            format!("UPDATE event_fees SET event_id = 'ghost' WHERE event_id = '{event}' AND line = 0"),
+            "1 fees belong to no usage event".to_owned(),
+            format!("UPDATE event_fees SET event_id = '{event}' WHERE event_id = 'ghost' AND line = 0"),
+        ),
+        // A fee counted twice.
+        (
+            format!("INSERT INTO event_fees (id, {fee_columns}) SELECT 'fee_twice', {fee_columns} FROM event_fees WHERE event_id = '{event}' AND line = 0"),
+            "1 fees belong to no usage event".to_owned(),
+            "DELETE FROM event_fees WHERE id = 'fee_twice'".to_owned(),
+        ),
         (
             format!("UPDATE transactions SET amount = '-999' WHERE id = '{charge}'"),
             format!("transaction {charge} of {ada}: amount is -999 but its ledger entry moves {charged}"),
@@ -263,8 +429,10 @@ async fn a_random_history_verifies_clean_and_each_edit_behind_its_back_is_found(
     let available = one(&app, &format!("SELECT available FROM wallet_accounts WHERE customer_id = '{ada}'")).await;
     for (edit, expected, undo) in edits {
         tamper(&app, &edit).await;
-        for chunk in [1, 500] {
-            let report = verify(&app, chunk).await;
+        assert_eq!(verify_by_fingerprints(&app).await, None, "after {edit:?}, the fingerprints disagree");
+        for chunk in [1, 500, 0] {
+            // Chunk 0: the usual way, fingerprints first.
+            let report = if chunk == 0 { verify_usually(&app).await } else { verify(&app, chunk).await };
             assert!(
                 report.problems.iter().any(|problem| problem.starts_with(&expected)),
                 "after {edit:?}, chunks of {chunk}: expected {expected:?} in {:#?}",
@@ -281,6 +449,7 @@ async fn a_random_history_verifies_clean_and_each_edit_behind_its_back_is_found(
         tamper(&app, &undo).await;
         let report = verify(&app, 3).await;
         assert!(report.is_clean(), "after undoing {edit:?}: {:#?}", report.problems);
+        assert!(verify_by_fingerprints(&app).await.is_some(), "after undoing {edit:?}, the fingerprints agree");
     }
 }
 

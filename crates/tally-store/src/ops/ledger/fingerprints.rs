@@ -1,0 +1,555 @@
+//! The fast way to verify: read each large table once, in the order it is stored, check what a
+//! row can show alone, and match the tables' sides by order-independent fingerprints instead of
+//! joins. Each relation that the join passes check row by row (an entry and the transaction
+//! that records it; a usage event and its fees; a fee and its transaction) is a pair of sums:
+//! each side adds a keyed 128-bit hash of the whole tuple it states (customer, transaction
+//! id, account, asset, kind, amount moved, revenue; an event's total and currency; a fee's
+//! asset and amount) into its sum, modulo 2^128, and the two sums must be equal.
+//!
+//! Equal sums mean equal multisets of tuples, but for a chance of about 2^-127 per relation:
+//! the hash is SipHash-1-3 with a 128-bit output under a random key drawn for each run, so no
+//! one can choose rows that cancel. A row missing on one side and another counted twice
+//! cannot balance, nor can a field changed on one side only. Where the join passes count
+//! (exactly one entry records a transaction, an event has the fees it says), the side that a
+//! primary key makes unique (a transaction, an event) meets each matching row of the other
+//! side, so a duplicate there is a tuple too many. What a sum cannot show is checked as the
+//! rows stream by: an entry's postings balance (entries and their postings are merged in entry
+//! order, an entry's postings together), an event's fees have distinct lines, and each
+//! account's balances and each grant's remainder equal their postings, summed per account in
+//! memory (at most [`GATHERED_LIMIT`] accounts and grants: past that, the accounts pass reads
+//! each range's postings from the database, as the join passes do).
+//!
+//! The fast way only ever says "clean": on any disagreement, or any problem in the passes it
+//! shares with the join passes (accounts, grants, top-ups, holds, rollups, fee periods), it
+//! returns `None` and `verify` runs the join passes, which name every difference.
+
+use super::{account_key_text, moves, verify_accounts, verify_the_rest, Derived, GatheredAccounts, PassTimer};
+use super::{SystemBalances, Text, VerifyReport};
+use crate::conn::{Conn, Dialect};
+use crate::repo::ledger::{self, EntryHead, PostingRead, KINDS_WITHOUT_TRANSACTION};
+use crate::StoreError;
+use rust_decimal::Decimal;
+use siphasher::sip128::{Hasher128, SipHasher13};
+use std::fmt::Write;
+use std::hash::Hasher;
+use tally_core::ledger::{LedgerAccount, SystemAccount};
+
+/// How many accounts and grants the fingerprint pass sums in memory at most (a few hundred
+/// bytes each): past that, the accounts pass reads each range's postings again.
+pub const GATHERED_LIMIT: usize = 1_000_000;
+
+/// The prefix of the transaction of a usage event's fee: `tally_event_{event}_{line}`.
+const EVENT_FEE_PREFIX: &str = "tally_event_";
+
+/// A keyed 128-bit hash of a tuple: its fields written into a buffer, each with its length
+/// (so that no two tuples write the same bytes), then hashed once by SipHash-1-3 with a
+/// 128-bit output under a random key drawn for each verification.
+struct Keys {
+    key: (u64, u64),
+    buffer: Vec<u8>,
+}
+
+impl Keys {
+    fn new() -> Self {
+        Keys { key: (rand::random(), rand::random()), buffer: Vec::with_capacity(256) }
+    }
+
+    /// Starts the tuple of one relation.
+    fn tuple(&mut self, relation: u8) -> &mut Self {
+        self.buffer.clear();
+        self.buffer.push(relation);
+        self
+    }
+
+    fn text(&mut self, text: &str) -> &mut Self {
+        self.buffer.extend_from_slice(&(text.len() as u64).to_le_bytes());
+        self.buffer.extend_from_slice(text.as_bytes());
+        self
+    }
+
+    fn optional_text(&mut self, text: Option<&str>) -> &mut Self {
+        match text {
+            Some(text) => {
+                self.buffer.push(1);
+                self.text(text)
+            }
+            None => {
+                self.buffer.push(0);
+                self
+            }
+        }
+    }
+
+    /// An amount as its value, whatever its scale (`1.50` and `1.5` are the same amount, as
+    /// the join passes compare them).
+    fn amount(&mut self, amount: Decimal) -> &mut Self {
+        let normal = amount.normalize();
+        self.buffer.extend_from_slice(&normal.mantissa().to_le_bytes());
+        self.buffer.extend_from_slice(&normal.scale().to_le_bytes());
+        self
+    }
+
+    fn optional_amount(&mut self, amount: Option<Decimal>) -> &mut Self {
+        match amount {
+            Some(amount) => {
+                self.buffer.push(1);
+                self.amount(amount)
+            }
+            None => {
+                self.buffer.push(0);
+                self
+            }
+        }
+    }
+
+    fn hash(&self) -> u128 {
+        let mut hasher = SipHasher13::new_with_keys(self.key.0, self.key.1);
+        hasher.write(&self.buffer);
+        hasher.finish128().as_u128()
+    }
+}
+
+/// The relations, each hashed under its own tag.
+const RECORDED: u8 = 1;
+const TOTALS: u8 = 2;
+const FEE: u8 = 3;
+
+/// The two sides of one relation: each adds the hashes of the tuples it states.
+#[derive(Default)]
+struct Sides {
+    left: u128,
+    right: u128,
+}
+
+impl Sides {
+    fn left(&mut self, hash: u128) {
+        self.left = self.left.wrapping_add(hash);
+    }
+
+    fn right(&mut self, hash: u128) {
+        self.right = self.right.wrapping_add(hash);
+    }
+
+    fn agree(&self) -> bool {
+        self.left == self.right
+    }
+}
+
+/// What the pass has seen so far.
+struct Pass {
+    keys: Keys,
+    /// False once anything disagrees.
+    agree: bool,
+    /// Entries (left) against the transactions that record them (right).
+    recorded: Sides,
+    /// Usage events' fee totals (left) against their fees, grouped by event (right).
+    totals: Sides,
+    /// Usage fees (left) against their transactions (right).
+    fees: Sides,
+    balances: SystemBalances,
+    /// Each account's sums from its postings; `None` past [`GATHERED_LIMIT`].
+    accounts: Option<GatheredAccounts>,
+    /// The account of the latest entry, taken out of `accounts` while its entries follow one
+    /// another (a batch's fees do), so that a posting costs no lookup.
+    current: Option<(String, (Derived, i64))>,
+    /// Accounts and grants gathered.
+    gathered: usize,
+    /// Buffers, to allocate once per pass.
+    account_key: String,
+    transaction_id: String,
+}
+
+/// One entry as it streams by.
+#[derive(Default)]
+struct Entry {
+    id: i64,
+    mode: Text,
+    customer_id: Text,
+    account_name: Text,
+    asset: Text,
+    kind: Text,
+    transaction_id: Option<Text>,
+    grant_id: Option<Text>,
+    names_a_transaction: bool,
+    postings: usize,
+    sum: Decimal,
+    moved: Decimal,
+    revenue: Decimal,
+}
+
+fn set_optional(slot: &mut Option<Text>, value: Option<&str>) {
+    match (slot.as_mut(), value) {
+        (Some(text), Some(value)) => text.set(value),
+        (None, Some(value)) => *slot = Some(Text(value.to_owned())),
+        (_, None) => *slot = None,
+    }
+}
+
+impl Entry {
+    /// Starts the entry afresh from what the database says of it.
+    fn set(&mut self, head: &EntryHead) {
+        self.id = head.entry_id;
+        self.mode.set(head.mode);
+        self.customer_id.set(head.customer_id);
+        self.account_name.set(head.account_name);
+        self.asset.set(head.asset);
+        self.kind.set(head.kind);
+        set_optional(&mut self.transaction_id, head.transaction_id);
+        set_optional(&mut self.grant_id, head.grant_id);
+        self.names_a_transaction = head.names_a_transaction;
+        self.postings = 0;
+        self.sum = Decimal::ZERO;
+        self.moved = Decimal::ZERO;
+        self.revenue = Decimal::ZERO;
+    }
+}
+
+impl Pass {
+    fn new() -> Self {
+        Pass {
+            keys: Keys::new(),
+            agree: true,
+            recorded: Sides::default(),
+            totals: Sides::default(),
+            fees: Sides::default(),
+            balances: SystemBalances::default(),
+            accounts: Some(GatheredAccounts::new()),
+            current: None,
+            gathered: 0,
+            account_key: String::new(),
+            transaction_id: String::new(),
+        }
+    }
+
+    /// Counts a starting entry for its account, whose sums become the current ones.
+    fn start_entry(&mut self, entry: &Entry) {
+        let Some(accounts) = self.accounts.as_mut() else { return };
+        account_key_text(&mut self.account_key, &entry.customer_id.0, &entry.account_name.0, &entry.asset.0);
+        let same = matches!(&self.current, Some((key, _)) if *key == self.account_key);
+        if !same {
+            if let Some((key, sums)) = self.current.take() {
+                accounts.insert(key, sums);
+            }
+            self.current = Some(accounts.remove_entry(&self.account_key).unwrap_or_else(|| {
+                self.gathered += 1;
+                (self.account_key.clone(), (Derived::default(), 0))
+            }));
+        }
+        if let Some((_, (_, entries))) = self.current.as_mut() {
+            *entries += 1;
+        }
+    }
+
+    /// Adds one posting of the entry last started.
+    fn add_posting(&mut self, entry: &mut Entry, (account, bucket, grant_id, amount): PostingRead) {
+        entry.postings += 1;
+        entry.sum += amount;
+        entry.moved += moves(account, amount);
+        match account {
+            LedgerAccount::Wallet => {
+                if let Some((_, (derived, _))) = self.current.as_mut() {
+                    let grants = derived.per_grant.len();
+                    derived.add(bucket, grant_id, amount);
+                    self.gathered += derived.per_grant.len() - grants;
+                }
+            }
+            LedgerAccount::System(system) => {
+                if system == SystemAccount::Revenue {
+                    entry.revenue += amount;
+                }
+                self.balances.add(&entry.mode.0, &entry.asset.0, system, amount);
+            }
+        }
+        if self.gathered > GATHERED_LIMIT {
+            self.accounts = None;
+            self.current = None;
+        }
+    }
+
+    /// Every account's sums, once the entries have all gone by (`None` past the limit).
+    fn gathered_accounts(&mut self) -> Option<GatheredAccounts> {
+        let mut accounts = self.accounts.take()?;
+        if let Some((key, sums)) = self.current.take() {
+            accounts.insert(key, sums);
+        }
+        Some(accounts)
+    }
+
+    /// The checks of one whole entry: it has postings and they balance; one of a kind no
+    /// transaction records moves nothing and names no transaction; any other states, by its
+    /// fingerprint, the transaction that records it (or moves nothing and names none).
+    fn finish_entry(&mut self, entry: &Entry, report: &mut VerifyReport) {
+        report.entries += 1;
+        report.postings += entry.postings;
+        if entry.postings == 0 || !entry.sum.is_zero() {
+            self.agree = false;
+            return;
+        }
+        if KINDS_WITHOUT_TRANSACTION.contains(&entry.kind.0.as_str()) {
+            if !entry.moved.is_zero() || entry.names_a_transaction {
+                self.agree = false;
+            }
+            return;
+        }
+        // The transaction the join passes find it by: the one it names, or for an expiry that
+        // names none, its grant's expiry transaction.
+        let transaction_id = match (&entry.transaction_id, &entry.grant_id) {
+            (Some(id), _) => id.0.as_str(),
+            (None, Some(grant_id)) if entry.kind.0 == "expiry" => {
+                self.transaction_id.clear();
+                self.transaction_id.push_str("tally_expiry_");
+                self.transaction_id.push_str(&grant_id.0);
+                self.transaction_id.as_str()
+            }
+            (None, _) => {
+                if !entry.moved.is_zero() {
+                    self.agree = false;
+                }
+                return;
+            }
+        };
+        // What a usage fee's entry moved to revenue is checked against the fee.
+        let revenue = transaction_id.starts_with(EVENT_FEE_PREFIX).then_some(entry.revenue);
+        let hash = self
+            .keys
+            .tuple(RECORDED)
+            .text(&entry.customer_id.0)
+            .text(transaction_id)
+            .text(&entry.account_name.0)
+            .text(&entry.asset.0)
+            .text(&entry.kind.0)
+            .amount(entry.moved)
+            .optional_amount(revenue)
+            .hash();
+        self.recorded.left(hash);
+    }
+}
+
+/// The fees of one usage event, as they stream by (they are stored together).
+#[derive(Default)]
+struct FeeGroup {
+    mode: Text,
+    event_id: Text,
+    customer_id: Text,
+    lines: Vec<i64>,
+    asset: Text,
+    single_asset: bool,
+    total: Decimal,
+}
+
+impl FeeGroup {
+    /// What the event's fees say its total is (none when they are in different assets).
+    fn state(&self, keys: &mut Keys) -> u128 {
+        let (total, currency) = match self.single_asset {
+            true => (Some(self.total), Some(self.asset.0.as_str())),
+            false => (None, None),
+        };
+        keys.tuple(TOTALS)
+            .text(&self.mode.0)
+            .text(&self.event_id.0)
+            .text(&self.customer_id.0)
+            .optional_amount(total)
+            .optional_text(currency)
+            .hash()
+    }
+}
+
+/// Entries with their postings, merged here rather than joined by the database: a chunk of
+/// entries read by id, then their postings. On SQLite the postings are read as the rows of
+/// the table that hold them, in the order they are stored, so that neither table is searched
+/// row by row: SQLite stores an entry's postings after it, in entry order, and a posting out
+/// of that order makes the pass disagree (the join passes then read them by key). On
+/// PostgreSQL they are read by their primary key (a range scan of a heap in about that order,
+/// where a join would hash both tables and sort the result). A posting of no entry is left
+/// out, as the join leaves it, and found by the count of postings.
+fn entries_by_merge(
+    conn: &mut dyn Conn,
+    pass: &mut Pass,
+    report: &mut VerifyReport,
+    last: i64,
+    chunk: i64,
+) -> Result<(), StoreError> {
+    let mut entries: Vec<Entry> = Vec::new();
+    let (mut after, mut rows_after) = (0, 0);
+    while after < last {
+        let through = after.saturating_add(chunk.max(1)).min(last);
+        let mut count = 0;
+        ledger::entry_heads_between(conn, after, through, &mut |head| {
+            if count == entries.len() {
+                entries.push(Entry::default());
+            }
+            entries[count].set(&head);
+            count += 1;
+            Ok(())
+        })?;
+        let entries = &mut entries[..count];
+        // The next entry to start, and the one started last.
+        let (mut next, mut current): (usize, Option<usize>) = (0, None);
+        let mut merge = |entry_id: i64, customer_id: &str, posting: PostingRead| {
+            let behind = current.is_some_and(|at| entries[at].id > entry_id);
+            if behind || entry_id <= after || entry_id > through {
+                pass.agree = false;
+                return Ok(());
+            }
+            while next < entries.len() && entries[next].id <= entry_id {
+                if let Some(at) = current {
+                    pass.finish_entry(&entries[at], report);
+                }
+                pass.start_entry(&entries[next]);
+                current = Some(next);
+                next += 1;
+            }
+            match current {
+                Some(at) if entries[at].id == entry_id && entries[at].customer_id.0 == customer_id => {
+                    pass.add_posting(&mut entries[at], posting);
+                }
+                _ => {}
+            }
+            Ok(())
+        };
+        match conn.dialect() {
+            Dialect::Sqlite => {
+                let rows_through = ledger::last_posting_row_between(conn, after, through)?.unwrap_or(rows_after);
+                if rows_through > rows_after {
+                    ledger::postings_in_rows(conn, rows_after, rows_through, &mut merge)?;
+                    rows_after = rows_through;
+                }
+            }
+            Dialect::Postgres => ledger::postings_between(conn, after, through, &mut merge)?,
+        }
+        if let Some(at) = current {
+            pass.finish_entry(&entries[at], report);
+        }
+        for entry in &entries[next..] {
+            pass.start_entry(entry);
+            pass.finish_entry(entry, report);
+        }
+        after = through;
+    }
+    Ok(())
+}
+
+pub(super) fn verify(conn: &mut dyn Conn, chunk: i64) -> Result<Option<VerifyReport>, StoreError> {
+    let mut report = VerifyReport::default();
+    let mut pass = Pass::new();
+    let mut timer = PassTimer::start();
+
+    // Entries with their postings, a range of ids at a time.
+    let last = ledger::last_entry_id(conn)?;
+    entries_by_merge(conn, &mut pass, &mut report, last, chunk)?;
+    for (mode, asset, account, balance) in std::mem::take(&mut pass.balances.0) {
+        *report.system_balances.entry((mode, asset, account.as_str().to_owned())).or_default() += balance;
+    }
+    if ledger::count_postings(conn)? != report.postings as i64 {
+        pass.agree = false;
+    }
+    timer.done("entries and postings, by fingerprint");
+
+    // Transactions: each states the entry that records it, and a fee's its fee.
+    let (keys, recorded, fees) = (&mut pass.keys, &mut pass.recorded, &mut pass.fees);
+    ledger::each_transaction(conn, &mut |transaction| {
+        report.transactions += 1;
+        let event_fee = transaction.id.starts_with(EVENT_FEE_PREFIX);
+        // A fee's entry moves to revenue what the wallet paid.
+        let revenue = event_fee.then_some(-transaction.amount);
+        recorded.right(
+            keys.tuple(RECORDED)
+                .text(transaction.customer_id)
+                .text(transaction.id)
+                .text(transaction.account_name)
+                .text(transaction.asset)
+                .text(transaction.kind)
+                .amount(transaction.amount)
+                .optional_amount(revenue)
+                .hash(),
+        );
+        if event_fee {
+            fees.right(
+                keys.tuple(FEE)
+                    .text(transaction.customer_id)
+                    .text(transaction.id)
+                    .text(transaction.asset)
+                    .amount(transaction.amount)
+                    .hash(),
+            );
+        }
+        Ok(())
+    })?;
+    timer.done("transactions, by fingerprint");
+
+    // Usage events: each with fees states their total; one without states none.
+    let (keys, totals, agree) = (&mut pass.keys, &mut pass.totals, &mut pass.agree);
+    ledger::each_event(conn, &mut |event| {
+        report.events += 1;
+        if event.has_fees {
+            totals.left(
+                keys.tuple(TOTALS)
+                    .text(event.mode)
+                    .text(event.id)
+                    .text(event.customer_id)
+                    .optional_amount(event.total_fees)
+                    .optional_text(event.fee_currency)
+                    .hash(),
+            );
+        } else if event.total_fees.is_some() || event.fee_currency.is_some() {
+            *agree = false;
+        }
+        Ok(())
+    })?;
+    timer.done("events, by fingerprint");
+
+    // Fees: each event's together state its total, and each fee that is not zero its
+    // transaction.
+    let (keys, totals, fees, agree, transaction_id) =
+        (&mut pass.keys, &mut pass.totals, &mut pass.fees, &mut pass.agree, &mut pass.transaction_id);
+    let (mut group, mut grouping) = (FeeGroup::default(), false);
+    ledger::each_fee(conn, &mut |fee| {
+        report.fees += 1;
+        let same_event = grouping
+            && fee.event_id == group.event_id.0
+            && fee.mode == group.mode.0
+            && fee.customer_id == group.customer_id.0;
+        if !same_event {
+            if grouping {
+                totals.right(group.state(keys));
+            }
+            grouping = true;
+            group.mode.set(fee.mode);
+            group.event_id.set(fee.event_id);
+            group.customer_id.set(fee.customer_id);
+            group.lines.clear();
+            group.asset.set(fee.asset);
+            group.single_asset = true;
+            group.total = Decimal::ZERO;
+        }
+        // Two fees of one line are one fee too many (the join passes count the line once).
+        if group.lines.contains(&fee.line) {
+            *agree = false;
+        }
+        group.lines.push(fee.line);
+        group.single_asset &= fee.asset == group.asset.0;
+        group.total += fee.amount;
+        if !fee.amount.is_zero() {
+            transaction_id.clear();
+            write!(transaction_id, "{EVENT_FEE_PREFIX}{}_{}", fee.event_id, fee.line).expect("writes to a String");
+            fees.left(
+                keys.tuple(FEE).text(fee.customer_id).text(transaction_id).text(fee.asset).amount(-fee.amount).hash(),
+            );
+        }
+        Ok(())
+    })?;
+    if grouping {
+        totals.right(group.state(keys));
+    }
+    timer.done("fees, by fingerprint");
+    if !(pass.agree && pass.recorded.agree() && pass.totals.agree() && pass.fees.agree()) {
+        return Ok(None);
+    }
+
+    let mut accounts = pass.gathered_accounts();
+    verify_accounts(conn, &mut report, chunk, accounts.as_mut())?;
+    drop(accounts);
+    timer.done("accounts");
+    verify_the_rest(conn, &mut report, chunk, &mut timer)?;
+    Ok(report.is_clean().then_some(report))
+}
