@@ -104,6 +104,18 @@ impl Store {
         }
     }
 
+    /// Bulk loading for `tally seed` only: on SQLite, `synchronous=OFF` and a page cache of
+    /// `cache_kib` KiB on the write connection while `on` (see
+    /// [`sqlite::SqliteBackend::set_bulk_load`]: a crash may then lose or corrupt the
+    /// database), the durable settings again when not. PostgreSQL is left as it is: its
+    /// seeding turns `synchronous_commit` off per transaction, which risks no corruption.
+    pub fn set_bulk_load(&self, on: bool, cache_kib: u32) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(backend) => backend.set_bulk_load(on, cache_kib),
+            Backend::Postgres(_) => Ok(()),
+        }
+    }
+
     /// How busy the database connections are, for metrics.
     pub fn pool_status(&self) -> PoolStatus {
         match &self.backend {

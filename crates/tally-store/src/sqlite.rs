@@ -92,6 +92,41 @@ impl SqliteBackend {
         self.writer.run(work)
     }
 
+    /// Switches the write connection to bulk loading (`on`: `synchronous=OFF`, a page cache
+    /// of `cache_kib` KiB, and savepoint journals in a temporary file) or back to the settings
+    /// of [`connect`]. The journal matters to a job that writes much: each job's `SAVEPOINT`
+    /// copies every page it changes into the statement journal, and SQLite truncates that
+    /// journal after each statement by walking its chunks from the start when it is held in
+    /// memory, so a job of thousands of statements over a large database takes time
+    /// quadratic in its size (measured: 95 % of a seed's time). Only
+    /// `tally seed` asks for it: with `synchronous=OFF` a COMMIT no longer waits for the disk,
+    /// so a crash or a power cut can lose or corrupt what was written since the last fsync;
+    /// a seed that fails is rerun on a new database. SQLite refuses to change `synchronous`
+    /// inside a transaction, so this waits for the connection between rounds and fails if
+    /// another caller's round is still open.
+    pub fn set_bulk_load(&self, on: bool, cache_kib: u32) -> Result<(), StoreError> {
+        let (me, signals) = mpsc::sync_channel(1);
+        let baton = self.writer.wait_for_turn(&me, &signals);
+        let outcome = if baton.round.began.is_some() {
+            Err(StoreError::Database("bulk loading cannot start while other writes are in flight".into()))
+        } else if on {
+            baton
+                .connection
+                .execute_batch(&format!(
+                    "PRAGMA synchronous = OFF; PRAGMA cache_size = -{cache_kib}; PRAGMA temp_store = FILE;"
+                ))
+                .map_err(database)
+        } else {
+            // SQLite's default page cache (2 MiB), as `connect` leaves it.
+            baton
+                .connection
+                .execute_batch("PRAGMA synchronous = FULL; PRAGMA cache_size = -2000; PRAGMA temp_store = MEMORY;")
+                .map_err(database)
+        };
+        self.writer.pass(baton);
+        outcome
+    }
+
     /// Callers waiting for the write connection, and read connections idle in the pool.
     pub fn status(&self) -> (usize, usize) {
         let waiting = lock(&self.writer.queue).waiting.len();

@@ -56,7 +56,7 @@ const MAX_HISTORY: u64 = 100_000_000;
 /// transaction.
 const HISTORY_BATCHES_PER_TRANSACTION: usize = 10;
 
-const IMG_ASSET: &str =
+pub(crate) const IMG_ASSET: &str =
     r#"{"code":"IMG","name":"Image Generation","precision":2,"label":"image","rates":[{"source":"USD","rate":0.10}]}"#;
 /// The seeds' `glitch_images_std` product, exactly as the blog post writes it: 1 IMG per
 /// `image_generated` event. The integration tests use it too.
@@ -393,7 +393,7 @@ fn on_threads(count: usize, work: impl Fn(usize) -> anyhow::Result<()> + Sync) -
 }
 
 /// How many of `total` history events the customer at `index` of `customers` gets.
-fn history_share(total: u64, customers: usize, index: usize) -> u64 {
+pub(crate) fn history_share(total: u64, customers: usize, index: usize) -> u64 {
     let customers = customers as u64;
     total / customers + u64::from((index as u64) < total % customers)
 }

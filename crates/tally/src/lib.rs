@@ -7,6 +7,7 @@ pub mod config;
 pub mod demo;
 pub mod export;
 pub mod report;
+pub mod seed;
 
 use anyhow::{bail, Context};
 use config::redact_database_url;

@@ -52,6 +52,10 @@ enum Command {
     /// Measure event ingestion over HTTP against an in-process server. Uses a fresh temporary
     /// SQLite database unless --database is given on the command line.
     Bench(tally::bench::BenchArgs),
+    /// Fill a database with many test-mode customers and usage events through the store's own
+    /// operations, fast, for measuring at size (docs/benchmarks.md). Only a database named by
+    /// --database on the command line.
+    Seed(tally::seed::SeedArgs),
     /// Fill a new, empty database with a week of test-mode data (an asset, a product,
     /// customers with top-ups and usage) and print a test API key and a billing-portal link.
     Demo {
@@ -127,7 +131,7 @@ fn main() -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref(), &overrides)?;
     // The bench's server would log each of its many thousand requests, the demo's its few
     // hundred: they keep only warnings.
-    let request_log = if matches!(cli.command, Command::Bench(_) | Command::Demo { .. }) {
+    let request_log = if matches!(cli.command, Command::Bench(_) | Command::Demo { .. } | Command::Seed(_)) {
         ",tally_http::telemetry=warn"
     } else {
         ""
@@ -183,6 +187,13 @@ fn main() -> anyhow::Result<()> {
         Command::Report(ReportCommand::Revenue(args)) => {
             let store = tally::open_existing_store(&config.database_url)?;
             tally::report::run(&store, &args, &mut std::io::stdout().lock())
+        }
+        Command::Seed(args) => {
+            let Some(database_url) = cli.database_url.as_deref().filter(|_| database_on_command_line) else {
+                bail!("tally seed writes millions of rows: name the database with --database on the command line");
+            };
+            tally::seed::run(&args, database_url)?;
+            Ok(())
         }
         Command::Bench(args) => {
             let database_url = cli.database_url.as_deref().filter(|_| database_on_command_line);
