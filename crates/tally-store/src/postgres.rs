@@ -411,6 +411,22 @@ impl Conn for PostgresConn<'_> {
     ) -> Result<(), StoreError> {
         self.stream(sql, params, each)
     }
+
+    fn query_planned_for_values(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+        let bound: Vec<Param> = params.iter().map(Param).collect();
+        let typed: Vec<(&(dyn ToSql + Sync), Type)> = bound
+            .iter()
+            .map(|param| {
+                let ty = match param.0 {
+                    Value::Int(_) => Type::INT8,
+                    Value::Null | Value::Text(_) => Type::TEXT,
+                };
+                (param as &(dyn ToSql + Sync), ty)
+            })
+            .collect();
+        let rows = self.connection.client.query_typed(sql, &typed).map_err(|error| self.connection.fail(error))?;
+        rows.iter().map(read_row).collect()
+    }
 }
 
 impl PostgresConn<'_> {

@@ -72,7 +72,9 @@ pub fn existing(conn: &mut dyn Conn, mode: Mode, ids: &[&str]) -> Result<HashMap
              WHERE e.mode = $1 AND e.id IN ({})",
             placeholders.join(", ")
         );
-        for row in conn.query(&sql, &values)? {
+        // Planned for its ids every time (see `Conn::query_planned_for_values`): it runs for
+        // every batch, on a table that only grows.
+        for row in conn.query_planned_for_values(&sql, &values)? {
             let (event, _) = event_from_row(&row)?;
             found.insert(event.id.clone(), event);
         }
@@ -428,7 +430,7 @@ pub fn lock_unbilled(
             placeholders.join(", "),
             conn.for_update()
         );
-        for row in conn.query(&sql, &values)? {
+        for row in conn.query_planned_for_values(&sql, &values)? {
             found.push(event_from_row(&row)?.0);
         }
     }
