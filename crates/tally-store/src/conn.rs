@@ -58,6 +58,14 @@ pub trait Conn {
     fn query_planned_for_values(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
         self.query(sql, params)
     }
+
+    /// Which of the rows a platform-wide total is spread over this connection's transactions
+    /// add to (`repo::rollups::SHARDS`): transactions on different connections of one server
+    /// then never wait for each other's row lock there, however many customers share a row.
+    /// SQLite has one writer, so one lane.
+    fn lane(&self) -> u64 {
+        0
+    }
 }
 
 impl dyn Conn + '_ {
