@@ -311,7 +311,11 @@ async fn the_event_id_lookup_is_planned_for_its_ids_every_time(app: TestApp) {
             sessions_statements
                 .iter()
                 .map(|row| row.text(0))
-                .filter(|statement| statement.as_ref().map_or(true, |statement| statement.contains(" IN (")))
+                .filter(|statement| {
+                    statement.as_ref().map_or(true, |statement| {
+                        statement.contains("FROM usage_events") && statement.contains("id IN (")
+                    })
+                })
                 .collect()
         })
     })
