@@ -50,13 +50,13 @@ fn account_from_row(row: &crate::Row) -> Result<Account, StoreError> {
     })
 }
 
+/// When something on an account next falls due (a grant's start or expiry), if ever.
+pub type NextDue = Option<DateTime<Utc>>;
+
 /// Loads an account with its open grants, locking it for the rest of the transaction, and
 /// the instant its row says something next falls due (see [`AccountState::next_due_at`]):
 /// every save writes it, so nothing is due before it.
-pub fn load_for_update(
-    conn: &mut dyn Conn,
-    key: &AccountKey,
-) -> Result<Option<(Account, Option<DateTime<Utc>>)>, StoreError> {
+pub fn load_for_update(conn: &mut dyn Conn, key: &AccountKey) -> Result<Option<(Account, NextDue)>, StoreError> {
     let sql = format!(
         "SELECT {ACCOUNT_COLUMNS}, state_token, next_due_at FROM wallet_accounts
          WHERE customer_id = $1 AND name = $2 AND asset = $3{}",
