@@ -445,6 +445,7 @@ pub(crate) fn open_account_for_debits(
     let (mut account, next_due_at) = load_or_create(conn, mode, key, now)?;
     let mut touched = Touched::new(&account.state, next_due_at);
     if next_due_at.is_some_and(|due| due <= now) {
+        touched.settling();
         for settlement in settle(&mut account, now)? {
             touched.settlement(&settlement);
             record_settlement(conn, mode, &account, &settlement, now)?;

@@ -220,6 +220,11 @@ impl Touched {
         }
     }
 
+    /// Notes that the account is being settled: the due time is then found again on save.
+    pub fn settling(&mut self) {
+        self.settled = true;
+    }
+
     /// Notes a settlement: its grant changed state even when no amount moved.
     pub fn settlement(&mut self, settlement: &tally_core::wallet::Settlement) {
         self.settled = true;
