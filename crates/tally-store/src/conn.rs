@@ -46,6 +46,26 @@ pub trait Conn {
         }
         Ok(())
     }
+
+    /// Runs a query planned for these very values, never from a plan the database kept: for
+    /// a lookup of a list of keys on a table that grows. PostgreSQL keeps a generic plan of a
+    /// prepared statement after five runs, chosen by the costs it estimated then; a generic plan
+    /// of `mode = $1 AND id IN ($2, …)` chosen while `usage_events` was small (or never
+    /// analysed) read every event of the mode and filtered them, and stayed that way as the
+    /// table grew (2 s a batch at a million events). SQLite plans every statement for its values,
+    /// so this default is `query`; PostgreSQL sends the statement unnamed, with its parameters'
+    /// types, in one round trip.
+    fn query_planned_for_values(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+        self.query(sql, params)
+    }
+
+    /// Which of the rows a platform-wide total is spread over this connection's transactions
+    /// add to (`repo::rollups::SHARDS`): transactions on different connections of one server
+    /// then never wait for each other's row lock there, however many customers share a row.
+    /// SQLite has one writer, so one lane.
+    fn lane(&self) -> u64 {
+        0
+    }
 }
 
 impl dyn Conn + '_ {

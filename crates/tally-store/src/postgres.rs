@@ -16,6 +16,7 @@ use crate::StoreError;
 use postgres::error::SqlState;
 use postgres::types::{IsNull, ToSql, Type};
 use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 /// The advisory lock key migrations run under ("tally" in ASCII).
@@ -53,7 +54,40 @@ impl Connector {
             Some(tls) => postgres::Client::connect(&self.0.url, tls.clone()),
             None => postgres::Client::connect(&self.0.url, postgres::NoTls),
         }?;
-        Ok(Connection { client, statements: HashMap::new(), broken: false, used: false })
+        Ok(Connection { client, statements: HashMap::new(), broken: false, used: false, lane: next_lane() })
+    }
+}
+
+/// A connection's lane (see [`Conn::lane`]): the smallest lane no other open connection of
+/// this process holds, so that however connections come and go, those open at once have
+/// different lanes; offset by a random number per process, so that several servers seldom
+/// pair their lanes alike.
+struct Lane(u64);
+
+fn lanes_in_use() -> MutexGuard<'static, (u64, std::collections::BTreeSet<u64>)> {
+    static LANES: std::sync::OnceLock<Mutex<(u64, std::collections::BTreeSet<u64>)>> = std::sync::OnceLock::new();
+    LANES
+        .get_or_init(|| Mutex::new((rand::random::<u16>().into(), Default::default())))
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn next_lane() -> Lane {
+    let mut lanes = lanes_in_use();
+    let free = (0..).find(|lane| !lanes.1.contains(lane)).unwrap_or_default();
+    lanes.1.insert(free);
+    Lane(free)
+}
+
+impl Lane {
+    fn number(&self) -> u64 {
+        self.0 + lanes_in_use().0
+    }
+}
+
+impl Drop for Lane {
+    fn drop(&mut self) {
+        lanes_in_use().1.remove(&self.0);
     }
 }
 
@@ -85,6 +119,8 @@ struct Connection {
     broken: bool,
     /// Has begun a transaction before; a connection that has not is fresh from `connect`.
     used: bool,
+    /// See [`Conn::lane`].
+    lane: Lane,
 }
 
 type Checkout = r2d2::PooledConnection<Connector>;
@@ -410,6 +446,26 @@ impl Conn for PostgresConn<'_> {
         each: &mut dyn FnMut(&Row) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         self.stream(sql, params, each)
+    }
+
+    fn lane(&self) -> u64 {
+        self.connection.lane.number()
+    }
+
+    fn query_planned_for_values(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+        let bound: Vec<Param> = params.iter().map(Param).collect();
+        let typed: Vec<(&(dyn ToSql + Sync), Type)> = bound
+            .iter()
+            .map(|param| {
+                let ty = match param.0 {
+                    Value::Int(_) => Type::INT8,
+                    Value::Null | Value::Text(_) => Type::TEXT,
+                };
+                (param as &(dyn ToSql + Sync), ty)
+            })
+            .collect();
+        let rows = self.connection.client.query_typed(sql, &typed).map_err(|error| self.connection.fail(error))?;
+        rows.iter().map(read_row).collect()
     }
 }
 

@@ -302,3 +302,34 @@ fn sslmode_encrypts_and_verifies_as_libpq_does() {
     let untrusted = encrypted(&on("localhost", "sslmode=verify-full&sslrootcert=system"));
     assert!(untrusted.is_err(), "a self-signed certificate is not trusted by the public roots");
 }
+
+/// Every billing transaction adds to the platform-wide total of its hour and holds that row's
+/// lock until it commits. The rows of a total are spread by connection, so transactions
+/// running at once on different connections of one server never add to the same row and
+/// never queue for each other there, whichever customers they bill.
+#[test]
+fn connections_held_at_once_add_to_different_rows_of_a_platform_wide_total() {
+    let Some(database) = Database::create() else { return };
+    let store = Arc::new(database.migrated());
+    let connections = 8;
+    let held_together = Arc::new(Barrier::new(connections));
+    let threads: Vec<_> = (0..connections)
+        .map(|_| {
+            let (store, held_together) = (store.clone(), held_together.clone());
+            std::thread::spawn(move || {
+                store
+                    .write(|conn| {
+                        let shard = tally_store::repo::rollups::shard_for(conn);
+                        // Every connection is checked out before any returns to the pool.
+                        held_together.wait();
+                        Ok::<_, StoreError>(shard)
+                    })
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut shards: Vec<i64> = threads.into_iter().map(|thread| thread.join().unwrap()).collect();
+    shards.sort();
+    shards.dedup();
+    assert_eq!(shards.len(), connections, "each connection held at once has its own row: {shards:?}");
+}

@@ -22,7 +22,7 @@
 
 use super::products::Catalog;
 use super::subscriptions::active_versions;
-use super::wallet::{debit, json_number, open_account, record_numbered, RESERVED_TRANSACTION_PREFIX};
+use super::wallet::{debit, json_number, open_account_for_debits, record_numbered, RESERVED_TRANSACTION_PREFIX};
 use super::{holds, webhooks, FieldError, OpError};
 use crate::conn::Conn;
 use crate::ids;
@@ -31,7 +31,7 @@ use crate::repo::holds::Hold;
 use crate::repo::rollups::Rollups;
 use crate::repo::subscriptions::{self as subscription_repo, ActiveInterval};
 use crate::repo::transactions::Transaction;
-use crate::repo::wallets::{Account, AccountKey, GrantOrigin};
+use crate::repo::wallets::{Account, AccountKey, Touched};
 use crate::repo::{customers, vendors, Metadata};
 use crate::StoreError;
 use chrono::{DateTime, Utc};
@@ -41,7 +41,6 @@ use std::sync::Arc;
 use tally_core::catalog::ProductVersion;
 use tally_core::ledger::SystemAccount;
 use tally_core::pricing::{self, EventData, EventValue, RatingError, Usage, UsagePrice};
-use tally_core::wallet::AccountState;
 use tally_core::Mode;
 
 /// The most conflicting ids one refusal names.
@@ -663,7 +662,7 @@ fn resolve_vendor(
 pub(crate) struct BatchWrites {
     /// The accounts the batch debits, by asset: opened (loaded, locked, settled) on first use,
     /// saved once at the end.
-    accounts: HashMap<String, (Account, AccountState)>,
+    accounts: HashMap<String, (Account, Touched)>,
     /// The number the customer's next transaction takes. Opening an account can write
     /// transactions of its own (expiries), so it is read again after each opening.
     next_sequence: Option<i64>,
@@ -692,9 +691,9 @@ impl BatchWrites {
     /// rollups, once per key. Every writer of fees through [`store_fees`] calls it last.
     pub(crate) fn save_accounts(&mut self, conn: &mut dyn Conn, mode: Mode, now: DateTime<Utc>) -> Result<(), OpError> {
         self.flush(conn, mode)?;
-        for (_, (account, loaded)) in std::mem::take(&mut self.accounts) {
-            webhooks::balance_changed(conn, mode, &loaded, &account, now)?;
-            crate::repo::wallets::save_and_release(conn, mode, &loaded, account, &GrantOrigin::default())?;
+        for (_, (account, touched)) in std::mem::take(&mut self.accounts) {
+            webhooks::balance_changed(conn, mode, &touched.before, &account, now)?;
+            crate::repo::wallets::save_touched(conn, account, &touched)?;
         }
         self.rollups.write(conn)?;
         Ok(())
@@ -865,7 +864,7 @@ fn store_fee(
     let key = AccountKey { customer_id: customer_id.to_owned(), name: "default".into(), asset: fee.asset.clone() };
     if !writes.accounts.contains_key(&fee.asset) {
         writes.flush(conn, mode)?;
-        let opened = open_account(conn, mode, &key, now)?;
+        let opened = open_account_for_debits(conn, mode, &key, now)?;
         writes.accounts.insert(fee.asset.clone(), opened);
         writes.next_sequence = None;
     }
@@ -877,7 +876,7 @@ fn store_fee(
     if writes.destinations.is_none() {
         writes.destinations = Some(crate::repo::webhooks::enabled_destinations(conn, mode.platform())?);
     }
-    let (account, _) = writes.accounts.get_mut(&fee.asset).expect("opened above");
+    let (account, touched) = writes.accounts.get_mut(&fee.asset).expect("opened above");
     // A fee on the account of the hold its event names is captured from the hold; any other
     // fee is debited as usual (and an event without a hold costs nothing more).
     let hold = match &event.hold_id {
@@ -892,6 +891,7 @@ fn store_fee(
             (postings, Some((hold.clone(), from_hold)))
         }
     };
+    touched.postings(&postings);
     let usage_detail = UsageFeeDetail {
         event_id: &event.id,
         event_type: &event.event_type,

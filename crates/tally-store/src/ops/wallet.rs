@@ -11,7 +11,7 @@ use crate::conn::Conn;
 use crate::repo::customers;
 use crate::repo::ledger::{self, EntryHeader};
 use crate::repo::transactions::{self, Transaction};
-use crate::repo::wallets::{self, Account, AccountKey, GrantOrigin};
+use crate::repo::wallets::{self, Account, AccountKey, GrantOrigin, Touched};
 use crate::repo::Metadata;
 use crate::{ids, StoreError};
 use chrono::{DateTime, Months, Utc};
@@ -20,7 +20,7 @@ use std::collections::{HashMap, HashSet};
 use tally_core::asset::AssetCode;
 use tally_core::charge::ChargeInputs;
 use tally_core::ledger::SystemAccount;
-use tally_core::wallet::{AccountState, Grant, GrantState, Purpose, SettlementKind, WalletError};
+use tally_core::wallet::{AccountState, Grant, GrantState, Purpose, Settlement, SettlementKind, WalletError};
 use tally_core::Mode;
 
 /// Transaction ids Tally makes itself start with this; clients may not use it.
@@ -424,59 +424,103 @@ pub(crate) fn open_account(
     key: &AccountKey,
     now: DateTime<Utc>,
 ) -> Result<(Account, AccountState), OpError> {
-    // Accounts are made on first use: the insert runs only when the account is missing.
-    let mut account = match wallets::load_for_update(conn, key)? {
-        Some(account) => account,
-        None => {
-            wallets::ensure(conn, mode, key, now)?;
-            wallets::load_for_update(conn, key)?
-                .ok_or_else(|| StoreError::Corrupt(format!("account {}:{} vanished", key.name, key.asset)))?
-        }
-    };
+    let (mut account, _) = load_or_create(conn, mode, key, now)?;
     let loaded = account.state.clone();
-    let settlements = account.state.settle(now).map_err(|error| {
-        StoreError::Corrupt(format!("account {}:{} of {} cannot settle: {error}", key.name, key.asset, key.customer_id))
-    })?;
-    for settlement in settlements {
-        let header = EntryHeader {
-            mode,
-            account: key,
-            kind: match settlement.kind {
-                SettlementKind::Activation => "activation",
-                SettlementKind::Expiry => "expiry",
-            },
-            transaction_id: None,
-            grant_id: Some(&settlement.grant_id),
-            effective_at: settlement.at,
-            created_at: now,
-        };
-        ledger::append(conn, &header, &settlement.postings)?;
-        if settlement.kind == SettlementKind::Expiry && !settlement.postings.is_empty() {
-            let expired: Decimal = settlement
-                .postings
-                .iter()
-                .filter(|posting| posting.amount < Decimal::ZERO)
-                .map(|posting| posting.amount)
-                .sum();
-            let transaction = Transaction {
-                customer_id: key.customer_id.clone(),
-                id: format!("{RESERVED_TRANSACTION_PREFIX}expiry_{}", settlement.grant_id),
-                kind: "expiry".to_owned(),
-                account_name: key.name.clone(),
-                asset: key.asset.clone(),
-                amount: expired,
-                description: Some("Unused credit expired".to_owned()),
-                metadata: Metadata::new(),
-                request_hash: String::new(),
-                detail: serde_json::json!({ "grant_id": settlement.grant_id }).to_string(),
-                created_at: settlement.at,
-                executed_at: Some(settlement.at),
-            };
-            transactions::insert(conn, mode, &transaction)?;
-            super::webhooks::expiry_recorded(conn, mode, key, &account.state, &transaction, now)?;
-        }
+    for settlement in settle(&mut account, now)? {
+        record_settlement(conn, mode, &account, &settlement, now)?;
     }
     Ok((account, loaded))
+}
+
+/// [`open_account`] for a change made only of debits and hold captures (usage fees): instead
+/// of a copy of the state to diff against, it returns a [`Touched`] to note the change in,
+/// and settles only when the row says something is due, so that opening and saving cost
+/// what the change touches, not what the account holds (`wallets::save_touched`).
+pub(crate) fn open_account_for_debits(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    key: &AccountKey,
+    now: DateTime<Utc>,
+) -> Result<(Account, Touched), OpError> {
+    let (mut account, next_due_at) = load_or_create(conn, mode, key, now)?;
+    let mut touched = Touched::new(&account.state, next_due_at);
+    if next_due_at.is_some_and(|due| due <= now) {
+        touched.settling();
+        for settlement in settle(&mut account, now)? {
+            touched.settlement(&settlement);
+            record_settlement(conn, mode, &account, &settlement, now)?;
+        }
+    }
+    Ok((account, touched))
+}
+
+/// Loads and locks an account, creating it first when it is missing (accounts are made on
+/// first use), with the instant its row says something next falls due.
+fn load_or_create(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    key: &AccountKey,
+    now: DateTime<Utc>,
+) -> Result<(Account, Option<DateTime<Utc>>), OpError> {
+    if let Some(loaded) = wallets::load_for_update(conn, key)? {
+        return Ok(loaded);
+    }
+    wallets::ensure(conn, mode, key, now)?;
+    Ok(wallets::load_for_update(conn, key)?
+        .ok_or_else(|| StoreError::Corrupt(format!("account {}:{} vanished", key.name, key.asset)))?)
+}
+
+fn settle(account: &mut Account, now: DateTime<Utc>) -> Result<Vec<Settlement>, OpError> {
+    let key = &account.key;
+    Ok(account.state.settle(now).map_err(|error| {
+        StoreError::Corrupt(format!("account {}:{} of {} cannot settle: {error}", key.name, key.asset, key.customer_id))
+    })?)
+}
+
+/// Writes a settlement's ledger entry and, for an expiry that took something, its transaction.
+fn record_settlement(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    account: &Account,
+    settlement: &Settlement,
+    now: DateTime<Utc>,
+) -> Result<(), OpError> {
+    let key = &account.key;
+    let header = EntryHeader {
+        mode,
+        account: key,
+        kind: match settlement.kind {
+            SettlementKind::Activation => "activation",
+            SettlementKind::Expiry => "expiry",
+        },
+        transaction_id: None,
+        grant_id: Some(&settlement.grant_id),
+        effective_at: settlement.at,
+        created_at: now,
+    };
+    ledger::append(conn, &header, &settlement.postings)?;
+    if settlement.kind != SettlementKind::Expiry || settlement.postings.is_empty() {
+        return Ok(());
+    }
+    let expired: Decimal =
+        settlement.postings.iter().filter(|posting| posting.amount < Decimal::ZERO).map(|posting| posting.amount).sum();
+    let transaction = Transaction {
+        customer_id: key.customer_id.clone(),
+        id: format!("{RESERVED_TRANSACTION_PREFIX}expiry_{}", settlement.grant_id),
+        kind: "expiry".to_owned(),
+        account_name: key.name.clone(),
+        asset: key.asset.clone(),
+        amount: expired,
+        description: Some("Unused credit expired".to_owned()),
+        metadata: Metadata::new(),
+        request_hash: String::new(),
+        detail: serde_json::json!({ "grant_id": settlement.grant_id }).to_string(),
+        created_at: settlement.at,
+        executed_at: Some(settlement.at),
+    };
+    transactions::insert(conn, mode, &transaction)?;
+    super::webhooks::expiry_recorded(conn, mode, key, &account.state, &transaction, now)?;
+    Ok(())
 }
 
 pub(crate) fn record(

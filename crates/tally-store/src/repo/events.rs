@@ -64,15 +64,29 @@ pub struct StoredFee {
 pub fn existing(conn: &mut dyn Conn, mode: Mode, ids: &[&str]) -> Result<HashMap<String, StoredEvent>, StoreError> {
     let mut found = HashMap::new();
     for chunk in ids.chunks(500) {
-        let placeholders: Vec<String> = (0..chunk.len()).map(|index| format!("${}", index + 2)).collect();
         let mut values: Vec<Value> = vec![mode.as_str().into()];
         values.extend(chunk.iter().map(|id| Value::from(*id)));
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM usage_events e JOIN customers c ON c.id = e.customer_id
-             WHERE e.mode = $1 AND e.id IN ({})",
-            placeholders.join(", ")
-        );
-        for row in conn.query(&sql, &values)? {
+        let rows = if let [_] = chunk {
+            // One id is the whole key: every plan of it, kept or not, reads one index entry.
+            conn.query(
+                &format!(
+                    "SELECT {EVENT_COLUMNS} FROM usage_events e JOIN customers c ON c.id = e.customer_id
+                     WHERE e.mode = $1 AND e.id = $2"
+                ),
+                &values,
+            )?
+        } else {
+            // Planned for its ids every time (see `Conn::query_planned_for_values`): it runs
+            // for every batch, on a table that only grows.
+            let placeholders: Vec<String> = (0..chunk.len()).map(|index| format!("${}", index + 2)).collect();
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM usage_events e JOIN customers c ON c.id = e.customer_id
+                 WHERE e.mode = $1 AND e.id IN ({})",
+                placeholders.join(", ")
+            );
+            conn.query_planned_for_values(&sql, &values)?
+        };
+        for row in rows {
             let (event, _) = event_from_row(&row)?;
             found.insert(event.id.clone(), event);
         }
@@ -428,7 +442,7 @@ pub fn lock_unbilled(
             placeholders.join(", "),
             conn.for_update()
         );
-        for row in conn.query(&sql, &values)? {
+        for row in conn.query_planned_for_values(&sql, &values)? {
             found.push(event_from_row(&row)?.0);
         }
     }

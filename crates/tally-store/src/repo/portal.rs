@@ -205,7 +205,7 @@ pub fn event_times(
     let placeholders: Vec<String> = (0..event_ids.len()).map(|index| format!("${}", index + 2)).collect();
     let mut values = vec![crate::Value::from(mode.as_str())];
     values.extend(event_ids.iter().map(crate::Value::from));
-    conn.query(
+    conn.query_planned_for_values(
         &format!("SELECT id, occurred_at FROM usage_events WHERE mode = $1 AND id IN ({})", placeholders.join(", ")),
         &values,
     )?

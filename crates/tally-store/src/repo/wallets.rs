@@ -50,10 +50,16 @@ fn account_from_row(row: &crate::Row) -> Result<Account, StoreError> {
     })
 }
 
-/// Loads an account with its open grants, locking it for the rest of the transaction.
-pub fn load_for_update(conn: &mut dyn Conn, key: &AccountKey) -> Result<Option<Account>, StoreError> {
+/// When something on an account next falls due (a grant's start or expiry), if ever.
+pub type NextDue = Option<DateTime<Utc>>;
+
+/// Loads an account with its open grants, locking it for the rest of the transaction, and
+/// the instant its row says something next falls due (see [`AccountState::next_due_at`]):
+/// every save writes it, so nothing is due before it.
+pub fn load_for_update(conn: &mut dyn Conn, key: &AccountKey) -> Result<Option<(Account, NextDue)>, StoreError> {
     let sql = format!(
-        "SELECT {ACCOUNT_COLUMNS}, state_token FROM wallet_accounts WHERE customer_id = $1 AND name = $2 AND asset = $3{}",
+        "SELECT {ACCOUNT_COLUMNS}, state_token, next_due_at FROM wallet_accounts
+         WHERE customer_id = $1 AND name = $2 AND asset = $3{}",
         conn.for_update()
     );
     let Some(row) = conn.query_optional(&sql, params![&key.customer_id, &key.name, &key.asset])? else {
@@ -61,6 +67,7 @@ pub fn load_for_update(conn: &mut dyn Conn, key: &AccountKey) -> Result<Option<A
     };
     let mut account = account_from_row(&row)?;
     let token = row.int(8)?;
+    let next_due_at = row.opt_time(9)?;
     // Loaded to be changed: the save that follows files the grants in the cache again.
     account.state.grants = match grant_cache::take(key, token) {
         Some(grants) => grants,
@@ -70,7 +77,7 @@ pub fn load_for_update(conn: &mut dyn Conn, key: &AccountKey) -> Result<Option<A
             grants
         }
     };
-    Ok(Some(account))
+    Ok(Some((account, next_due_at)))
 }
 
 /// Creates the account if it does not exist yet. Accounts are created on first use.
@@ -131,6 +138,25 @@ fn write_changes<'origin>(
     account: &Account,
     origin_of: &dyn Fn(&Grant) -> &'origin GrantOrigin,
 ) -> Result<i64, StoreError> {
+    let token = write_balances(conn, before, account, account.state.next_due_at())?;
+    for (grant, old) in pair_by_id(&before.grants, &account.state.grants) {
+        match old {
+            None => insert_grant(conn, mode, &account.key, grant, origin_of(grant))?,
+            Some(old) if old != grant => update_grant(conn, grant)?,
+            Some(_) => {}
+        }
+    }
+    Ok(token)
+}
+
+/// Writes the account's row (balances, `next_due_at`, a new state token) and flags it for an
+/// auto top-up check when its available balance went down; returns the token.
+fn write_balances(
+    conn: &mut dyn Conn,
+    before: &AccountState,
+    account: &Account,
+    next_due_at: Option<DateTime<Utc>>,
+) -> Result<i64, StoreError> {
     let state = &account.state;
     let token = grant_cache::new_token();
     conn.execute(
@@ -143,7 +169,7 @@ fn write_changes<'origin>(
             state.available,
             state.pending_in,
             state.debt,
-            state.next_due_at(),
+            next_due_at,
             token,
             state.pending_out
         ],
@@ -151,14 +177,101 @@ fn write_changes<'origin>(
     if state.available < before.available {
         super::auto_top_ups::flag_if_low(conn, &account.key, state.available)?;
     }
-    for (grant, old) in pair_by_id(&before.grants, &state.grants) {
-        match old {
-            None => insert_grant(conn, mode, &account.key, grant, origin_of(grant))?,
-            Some(old) if old != grant => update_grant(conn, grant)?,
-            Some(_) => {}
+    Ok(token)
+}
+
+/// What a change that only debits, captures and settles an account did to it, noted as it
+/// happens, so that saving costs what the change touched and not what the account holds: a
+/// debit walks its grants from the front and stops when it is covered, and an account may
+/// hold thousands. Such a change never adds or removes a grant, and every grant it changes
+/// is named by a posting it returned or by a settlement, so those names are the grants to
+/// write. (Debug builds keep the whole state as loaded and check exactly that on save.)
+pub struct Touched {
+    /// The balances as loaded (without the grants).
+    pub before: AccountState,
+    /// When something falls due, as the row said when loaded.
+    next_due_at: Option<DateTime<Utc>>,
+    /// Whether a settlement ran: it can start or expire any grant, so the due time is found again.
+    settled: bool,
+    grants: std::collections::HashSet<String>,
+    #[cfg(debug_assertions)]
+    loaded: AccountState,
+}
+
+impl Touched {
+    pub fn new(state: &AccountState, next_due_at: Option<DateTime<Utc>>) -> Touched {
+        debug_assert_eq!(next_due_at, state.next_due_at(), "the row's next_due_at is the grants' next due time");
+        Touched {
+            before: AccountState { grants: Vec::new(), ..*state },
+            next_due_at,
+            settled: false,
+            grants: Default::default(),
+            #[cfg(debug_assertions)]
+            loaded: state.clone(),
         }
     }
-    Ok(token)
+
+    /// Notes the grants a change's postings move.
+    pub fn postings(&mut self, postings: &[tally_core::ledger::Posting]) {
+        for grant_id in postings.iter().filter_map(|posting| posting.grant_id.as_deref()) {
+            if !self.grants.contains(grant_id) {
+                self.grants.insert(grant_id.to_owned());
+            }
+        }
+    }
+
+    /// Notes that the account is being settled: the due time is then found again on save.
+    pub fn settling(&mut self) {
+        self.settled = true;
+    }
+
+    /// Notes a settlement: its grant changed state even when no amount moved.
+    pub fn settlement(&mut self, settlement: &tally_core::wallet::Settlement) {
+        self.settled = true;
+        self.grants.insert(settlement.grant_id.clone());
+        self.postings(&settlement.postings);
+    }
+}
+
+/// Saves an account changed only as [`Touched`] describes: its row, and the rows of the grants
+/// it names. Its open grants move into the cache, as [`save_and_release`] does.
+pub fn save_touched(conn: &mut dyn Conn, account: Account, touched: &Touched) -> Result<(), StoreError> {
+    let mut changed: Vec<&Grant> = Vec::with_capacity(touched.grants.len());
+    if !touched.grants.is_empty() {
+        for grant in &account.state.grants {
+            if touched.grants.contains(grant.id.as_ref()) {
+                changed.push(grant);
+                if changed.len() == touched.grants.len() {
+                    break;
+                }
+            }
+        }
+    }
+    if changed.len() != touched.grants.len() {
+        return Err(StoreError::Corrupt(format!(
+            "account {}:{} of {} lost a grant it moved",
+            account.key.name, account.key.asset, account.key.customer_id
+        )));
+    }
+    #[cfg(debug_assertions)]
+    for (grant, old) in pair_by_id(&touched.loaded.grants, &account.state.grants) {
+        assert!(old == Some(grant) || touched.grants.contains(grant.id.as_ref()), "grant {} changed unnoted", grant.id);
+    }
+    // Only a grant the change touched can have closed, and only a closed or settled grant
+    // can move the due time: an open grant's due time is its start or its expiry.
+    let closed = changed.iter().any(|grant| !is_open(grant));
+    let next_due_at = if touched.settled || closed { account.state.next_due_at() } else { touched.next_due_at };
+    debug_assert_eq!(next_due_at, account.state.next_due_at());
+    let token = write_balances(conn, &touched.before, &account, next_due_at)?;
+    for grant in changed {
+        update_grant(conn, grant)?;
+    }
+    let mut grants = account.state.grants;
+    if closed {
+        grants.retain(is_open);
+    }
+    grant_cache::put(&account.key, token, grants.into_iter());
+    Ok(())
 }
 
 /// Each grant of `after` with the grant of the same id in `before`, if any. Most changes

@@ -378,7 +378,51 @@ async fn balance_moves_by_exactly_the_sum_of_fees(app: TestApp) {
     app.assert_ledger_agrees().await;
 }
 
+/// Usage spends only credit that is still in force: a grant past its expiry is expired (its
+/// remainder leaves the balance) before the debit, whether or not the background worker got
+/// there first, and the debit then burns the next grant. It also burns a grant to nothing and
+/// then the next, so the grants it touched, and only those, are written.
+async fn usage_never_spends_credit_past_its_expiry(app: TestApp) {
+    let (customer, _) = subscribed_customer(&app).await;
+    let expires = (app.clock.now() + chrono::Duration::hours(1)).to_rfc3339();
+    let gift =
+        format!(r#"{{"transaction_id":"short","asset":"IMG","amount":3,"reason":"gift","expires_at":"{expires}"}}"#);
+    app.post(&format!("/customers/{customer}/wallet/adjustments"), body(&gift)).await.expect(201);
+    app.fund(&customer, "IMG", "100", "paid").await;
+    app.post("/events", events(&customer, &["a-1", "a-2"], "image_generated")).await.expect(204);
+    assert_eq!(app.balances(&customer, "default:IMG").await.0, "101", "the gift burns first");
+
+    app.clock.advance(chrono::Duration::hours(2));
+    app.post("/events", events(&customer, &["b-1", "b-2", "b-3", "b-4", "b-5"], "image_generated")).await.expect(204);
+    // 101 − 1 expired − 5 spent; had the expired gift been spent, 96.
+    assert_eq!(app.balances(&customer, "default:IMG").await.0, "95");
+    let grants = app.get(&format!("/customers/{customer}/wallet/default:IMG/grants")).await.expect(200);
+    let remaining: Vec<(String, String)> = grants.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|grant| (grant["status"].as_str().unwrap().to_owned(), grant["available"].to_string()))
+        .collect();
+    assert!(remaining.contains(&("expired".to_owned(), "0".to_owned())), "{remaining:?}");
+    assert!(remaining.contains(&("active".to_owned(), "95".to_owned())), "{remaining:?}");
+
+    // Burned to nothing, a grant leaves the working set and the next one takes over.
+    app.post(
+        "/events",
+        json!({"customer_id": customer, "events": (0..95).map(|index| json!({
+        "id": format!("c-{index}"), "event_type": "image_generated", "occurred_at": chrono::Utc::now().to_rfc3339()
+    })).collect::<Vec<_>>()}),
+    )
+    .await
+    .expect(204);
+    assert_eq!(app.balances(&customer, "default:IMG").await.0, "0");
+    app.post("/events", events(&customer, &["d-1"], "image_generated")).await.expect(204);
+    assert_eq!(app.balances(&customer, "default:IMG").await.0, "-1", "past its grants usage goes into debt");
+    app.assert_ledger_agrees().await;
+}
+
 on_both_backends!(
+    usage_never_spends_credit_past_its_expiry,
     balance_moves_by_exactly_the_sum_of_fees,
     seed_product_bills_one_img_per_image,
     invalid_batches_are_refused_whole,

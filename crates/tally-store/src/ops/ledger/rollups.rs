@@ -27,8 +27,8 @@ pub(super) fn verify_rollups(conn: &mut dyn Conn, report: &mut VerifyReport, chu
         after = last.clone();
     }
     let stored = rollups::stored_shared(conn)?;
-    compare(report, "platform fee rollup", &shared.fees_by_mode(), &stored.fees_by_mode(), |total| *total);
-    compare(report, "vendor cost rollup", &shared.costs_by_vendor(), &stored.costs_by_vendor(), |(_, total)| *total);
+    compare(report, "platform fee rollup", shared.fees_by_mode(), stored.fees_by_mode(), |total| *total);
+    compare(report, "vendor cost rollup", shared.costs_by_vendor(), stored.costs_by_vendor(), |(_, total)| *total);
     report.rollups = (fee_rows + cost_rows) as usize + stored.fees_by_mode().len() + stored.costs_by_vendor().len();
     let (all_fee_rows, all_cost_rows) = rollups::count_customer_rows(conn)?;
     if all_fee_rows + all_cost_rows > fee_rows + cost_rows {
