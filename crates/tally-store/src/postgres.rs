@@ -60,8 +60,9 @@ impl Connector {
 
 /// A connection's lane (see [`Conn::lane`]): the smallest lane no other open connection of
 /// this process holds, so that however connections come and go, those open at once have
-/// different lanes; offset by a random number per process, so that several servers seldom
-/// pair their lanes alike.
+/// different lanes, offset by a random number per process. Lanes repeat every
+/// `rollups::SHARDS`: with two full servers of 16 connections each, each row is shared by one
+/// connection of each (instead of by every customer that maps to it).
 struct Lane(u64);
 
 fn lanes_in_use() -> MutexGuard<'static, (u64, std::collections::BTreeSet<u64>)> {
