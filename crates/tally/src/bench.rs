@@ -908,22 +908,10 @@ mod tests {
     /// measured. Skipped when no PostgreSQL answers, unless TALLY_REQUIRE_POSTGRES=1.
     #[test]
     fn a_short_run_with_every_option_passes_its_checks_on_postgres() {
-        let base = std::env::var("TALLY_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
-        let mut admin = match postgres::Client::connect(&format!("{base}/postgres"), postgres::NoTls) {
-            Ok(admin) => admin,
-            Err(error) if std::env::var("TALLY_REQUIRE_POSTGRES").as_deref() != Ok("1") => {
-                eprintln!("skipped: no PostgreSQL at {base}: {error}");
-                return;
-            }
-            Err(error) => panic!("no PostgreSQL at {base}: {error}"),
-        };
-        let name = format!("tally_bench_test_{:x}", chrono::Utc::now().timestamp_micros());
-        admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
-        let args = BenchArgs { hot: true, grants: 7, history: 1_001, ..short() };
-        let outcome = run(&args, Some(&format!("{base}/{name}")), Duration::from_millis(100));
-        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).unwrap();
-        assert!(outcome.unwrap());
+        crate::test_postgres::with_database("tally_bench_test", |url| {
+            let args = BenchArgs { hot: true, grants: 7, history: 1_001, ..short() };
+            assert!(run(&args, Some(url), Duration::from_millis(100)).unwrap());
+        });
     }
 
     #[test]

@@ -8,6 +8,8 @@ pub mod demo;
 pub mod export;
 pub mod report;
 pub mod seed;
+#[cfg(test)]
+mod test_postgres;
 
 use anyhow::{bail, Context};
 use config::redact_database_url;

@@ -416,23 +416,7 @@ mod tests {
     /// Skipped when no PostgreSQL answers, unless TALLY_REQUIRE_POSTGRES=1.
     #[test]
     fn a_seeded_postgres_store_verifies() {
-        let base = std::env::var("TALLY_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
-        let mut admin = match postgres::Client::connect(&format!("{base}/postgres"), postgres::NoTls) {
-            Ok(admin) => admin,
-            Err(error) if std::env::var("TALLY_REQUIRE_POSTGRES").as_deref() != Ok("1") => {
-                eprintln!("skipped: no PostgreSQL at {base}: {error}");
-                return;
-            }
-            Err(error) => panic!("no PostgreSQL at {base}: {error}"),
-        };
-        let name = format!("tally_seed_test_{:x}", Utc::now().timestamp_micros());
-        admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
-        let outcome = std::panic::catch_unwind(|| seed_and_verify(&format!("{base}/{name}")));
-        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).unwrap();
-        if let Err(panic) = outcome {
-            std::panic::resume_unwind(panic);
-        }
+        crate::test_postgres::with_database("tally_seed_test", seed_and_verify);
     }
 
     #[test]
