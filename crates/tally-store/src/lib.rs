@@ -107,7 +107,7 @@ impl Store {
     /// Bulk loading for `tally seed` only: on SQLite, `synchronous=OFF` and a page cache of
     /// `cache_kib` KiB on the write connection while `on` (see
     /// [`sqlite::SqliteBackend::set_bulk_load`]: a crash may then lose or corrupt the
-    /// database), the durable settings again when not. PostgreSQL is left as it is: its
+    /// database), the durable settings again when not, with what was written synced to disk. PostgreSQL is left as it is: its
     /// seeding turns `synchronous_commit` off per transaction, which risks no corruption.
     pub fn set_bulk_load(&self, on: bool, cache_kib: u32) -> Result<(), StoreError> {
         match &self.backend {

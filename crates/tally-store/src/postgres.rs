@@ -58,37 +58,40 @@ impl Connector {
     }
 }
 
-/// A connection's lane (see [`Conn::lane`]): the smallest lane no other open connection of
+/// A connection's lane (see [`Conn::lane`]): the smallest slot no other open connection of
 /// this process holds, so that however connections come and go, those open at once have
 /// different lanes, offset by a random number per process. Lanes repeat every
 /// `rollups::SHARDS`: with two full servers of 16 connections each, each row is shared by one
 /// connection of each (instead of by every customer that maps to it).
-struct Lane(u64);
+struct Lane {
+    slot: u64,
+    number: u64,
+}
 
-fn lanes_in_use() -> MutexGuard<'static, (u64, std::collections::BTreeSet<u64>)> {
-    static LANES: std::sync::OnceLock<Mutex<(u64, std::collections::BTreeSet<u64>)>> = std::sync::OnceLock::new();
+/// This process's lane offset and the slots its open connections hold.
+struct Lanes {
+    offset: u64,
+    held: std::collections::BTreeSet<u64>,
+}
+
+fn lanes() -> MutexGuard<'static, Lanes> {
+    static LANES: std::sync::OnceLock<Mutex<Lanes>> = std::sync::OnceLock::new();
     LANES
-        .get_or_init(|| Mutex::new((rand::random::<u16>().into(), Default::default())))
+        .get_or_init(|| Mutex::new(Lanes { offset: rand::random::<u16>().into(), held: Default::default() }))
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn next_lane() -> Lane {
-    let mut lanes = lanes_in_use();
-    let free = (0..).find(|lane| !lanes.1.contains(lane)).unwrap_or_default();
-    lanes.1.insert(free);
-    Lane(free)
-}
-
-impl Lane {
-    fn number(&self) -> u64 {
-        self.0 + lanes_in_use().0
-    }
+    let mut lanes = lanes();
+    let slot = (0..).find(|slot| !lanes.held.contains(slot)).unwrap_or_default();
+    lanes.held.insert(slot);
+    Lane { slot, number: slot + lanes.offset }
 }
 
 impl Drop for Lane {
     fn drop(&mut self) {
-        lanes_in_use().1.remove(&self.0);
+        lanes().held.remove(&self.slot);
     }
 }
 
@@ -450,7 +453,7 @@ impl Conn for PostgresConn<'_> {
     }
 
     fn lane(&self) -> u64 {
-        self.connection.lane.number()
+        self.connection.lane.number
     }
 
     fn query_planned_for_values(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {

@@ -94,7 +94,7 @@ impl SqliteBackend {
 
     /// Switches the write connection to bulk loading (`on`: `synchronous=OFF`, a page cache
     /// of `cache_kib` KiB, and savepoint journals in a temporary file) or back to the settings
-    /// of [`connect`]. The journal matters to a job that writes much: each job's `SAVEPOINT`
+    /// of [`connect`], syncing the files to disk. The journal matters to a job that writes much: each job's `SAVEPOINT`
     /// copies every page it changes into the statement journal, and SQLite truncates that
     /// journal after each statement by walking its chunks from the start when it is held in
     /// memory, so a job of thousands of statements over a large database takes time
@@ -122,9 +122,24 @@ impl SqliteBackend {
                 .connection
                 .execute_batch("PRAGMA synchronous = FULL; PRAGMA cache_size = -2000; PRAGMA temp_store = MEMORY;")
                 .map_err(database)
+                .and_then(|()| self.sync_files())
         };
         self.writer.pass(baton);
         outcome
+    }
+
+    /// Writes the database file and its log to disk: what bulk loading wrote without waiting
+    /// is durable once bulk loading ends.
+    fn sync_files(&self) -> Result<(), StoreError> {
+        let log = PathBuf::from(format!("{}-wal", self.path.display()));
+        for file in [self.path.as_path(), log.as_path()] {
+            if file.exists() {
+                std::fs::File::open(file)
+                    .and_then(|opened| opened.sync_all())
+                    .map_err(|error| StoreError::Database(format!("cannot sync {}: {error}", file.display())))?;
+            }
+        }
+        Ok(())
     }
 
     /// Callers waiting for the write connection, and read connections idle in the pool.

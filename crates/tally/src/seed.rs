@@ -40,7 +40,7 @@ use tally_store::ops::products::VersionRef;
 use tally_store::ops::subscriptions::{NewSubscription, ProductRef};
 use tally_store::ops::wallet::{Adjustment, AdjustmentReason};
 use tally_store::ops::OpError;
-use tally_store::{DatabaseUrl, Store};
+use tally_store::Store;
 
 /// A second product, so that events come in two types and the `event_type` filter selects:
 /// `image_upscaled` events, priced by their `factor`.
@@ -122,13 +122,10 @@ pub fn run(args: &SeedArgs, database_url: &str) -> anyhow::Result<Seeded> {
     set_up_catalog(&store, start)?;
     store.set_bulk_load(true, SEED_CACHE_KIB)?;
     let seeded = seed(&store, args, &tag, start);
-    // Back to the durable settings whatever happened, then the files to disk.
+    // Back to the durable settings whatever happened, with the files synced to disk.
     let restored = store.set_bulk_load(false, 0);
     let (customers, events, billed) = seeded?;
     restored?;
-    if let DatabaseUrl::Sqlite(path) = DatabaseUrl::parse(database_url)? {
-        sync_sqlite_files(&path)?;
-    }
     let elapsed = started.elapsed();
     println!(
         "seed: {customers} customers and {events} events ({billed} IMG) in {:.1} s ({:.0} events/s)",
@@ -368,19 +365,6 @@ fn seed_customer(
         img += amount;
     }
     Ok((events, img))
-}
-
-/// Writes the SQLite database and its log to disk: the seed wrote them without waiting.
-fn sync_sqlite_files(path: &std::path::Path) -> anyhow::Result<()> {
-    let log = std::path::PathBuf::from(format!("{}-wal", path.display()));
-    for file in [path, log.as_path()] {
-        if file.exists() {
-            std::fs::File::open(file)
-                .and_then(|opened| opened.sync_all())
-                .with_context(|| format!("cannot sync {}", file.display()))?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use crate::conn::Conn;
 use crate::repo::customers;
 use crate::repo::ledger::{self, EntryHeader};
 use crate::repo::transactions::{self, Transaction};
-use crate::repo::wallets::{self, Account, AccountKey, GrantOrigin, Touched};
+use crate::repo::wallets::{self, Account, AccountKey, GrantOrigin, NextDue, Touched};
 use crate::repo::Metadata;
 use crate::{ids, StoreError};
 use chrono::{DateTime, Months, Utc};
@@ -461,7 +461,7 @@ fn load_or_create(
     mode: Mode,
     key: &AccountKey,
     now: DateTime<Utc>,
-) -> Result<(Account, Option<DateTime<Utc>>), OpError> {
+) -> Result<(Account, NextDue), OpError> {
     if let Some(loaded) = wallets::load_for_update(conn, key)? {
         return Ok(loaded);
     }

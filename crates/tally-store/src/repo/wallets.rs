@@ -155,7 +155,7 @@ fn write_balances(
     conn: &mut dyn Conn,
     before: &AccountState,
     account: &Account,
-    next_due_at: Option<DateTime<Utc>>,
+    next_due_at: NextDue,
 ) -> Result<i64, StoreError> {
     let state = &account.state;
     let token = grant_cache::new_token();
@@ -190,7 +190,7 @@ pub struct Touched {
     /// The balances as loaded (without the grants).
     pub before: AccountState,
     /// When something falls due, as the row said when loaded.
-    next_due_at: Option<DateTime<Utc>>,
+    next_due_at: NextDue,
     /// Whether a settlement ran: it can start or expire any grant, so the due time is found again.
     settled: bool,
     grants: std::collections::HashSet<String>,
@@ -199,7 +199,7 @@ pub struct Touched {
 }
 
 impl Touched {
-    pub fn new(state: &AccountState, next_due_at: Option<DateTime<Utc>>) -> Touched {
+    pub fn new(state: &AccountState, next_due_at: NextDue) -> Touched {
         debug_assert_eq!(
             as_stored(next_due_at),
             as_stored(state.next_due_at()),
