@@ -257,6 +257,17 @@ pub type EventWithCustomer = (StoredEvent, Option<String>);
 /// The order of `GET /events`: newest first, by `occurred_at`, then id.
 pub const LIST_KEYS: Keys = Keys { tag: "events", columns: &["e.occurred_at", "e.id"], kinds: "it", descending: true };
 
+/// Which filter of [`list`] leads its plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lead {
+    EventId,
+    Customer,
+    Subject,
+    EventType,
+    Fees,
+    None,
+}
+
 /// Events newest first (by `occurred_at`, then id).
 pub fn list(
     conn: &mut dyn Conn,
@@ -265,11 +276,38 @@ pub fn list(
     window: &Window,
 ) -> Result<Listing<EventWithCustomer>, StoreError> {
     let mut query = Filter::new("e.mode = ?", mode.as_str());
+    // The narrowest filter given leads: its index is read and the other conditions are checked
+    // on its rows. SQLite plans without statistics (nothing runs ANALYZE), so among indexes
+    // that each serve some conditions and the order it may take a wide one (every event of a
+    // period, or every billed event) over a narrow one (one customer's): the leading condition
+    // is marked `unlikely()`, which tells its planner that few rows match. PostgreSQL plans by
+    // its statistics and gets the condition plain. tests/api/query_plans.rs checks the leads.
+    let sqlite = conn.dialect() == crate::conn::Dialect::Sqlite;
+    let lead = if filter.event_id.is_some() {
+        Lead::EventId
+    } else if filter.customer_id.is_some() || filter.customer_external_id.is_some() {
+        Lead::Customer
+    } else if filter.subject.is_some() {
+        Lead::Subject
+    } else if filter.event_types.len() == 1 {
+        Lead::EventType
+    } else if filter.has_fees.is_some() || filter.billed == Some(true) {
+        Lead::Fees
+    } else {
+        Lead::None
+    };
+    let marked = |condition: &str, this: Lead| {
+        if sqlite && this == lead {
+            format!("unlikely({condition})")
+        } else {
+            condition.to_owned()
+        }
+    };
     if let Some(id) = &filter.event_id {
-        query.and("e.id = ?", id);
+        query.and(&marked("e.id = ?", Lead::EventId), id);
     }
     if let Some(customer_id) = &filter.customer_id {
-        query.and("e.customer_id = ?", customer_id);
+        query.and(&marked("e.customer_id = ?", Lead::Customer), customer_id);
     }
     if let Some(external_id) = &filter.customer_external_id {
         // The customer first (one row, by its unique index), then its events by theirs.
@@ -277,10 +315,10 @@ pub fn list(
             "e.customer_id = (SELECT c.id FROM customers c WHERE c.mode = '{}' AND c.external_id = ?)",
             mode.as_str()
         );
-        query.and(&customer, external_id);
+        query.and(&marked(&customer, Lead::Customer), external_id);
     }
     if let Some(subject) = &filter.subject {
-        query.and("e.subject = ?", subject);
+        query.and(&marked("e.subject = ?", Lead::Subject), subject);
     }
     if let Some(from) = filter.period_from {
         query.and("e.occurred_at >= ?", from);
@@ -288,18 +326,29 @@ pub fn list(
     if let Some(to) = filter.period_to {
         query.and("e.occurred_at < ?", to);
     }
+    // `has_fees` and `billing_status=billed` read `usage_events_by_fees` (mode, has_fees,
+    // occurred_at, id, unbilled_reason) when they lead, with a period or without: a page and
+    // its count then read that index alone. Billed is having fees and no reason to be
+    // unbilled, the same events (docs/api.md), written so that the index serves it.
     if let Some(has_fees) = filter.has_fees {
-        query.and("e.has_fees = ?", has_fees);
+        query.and(&marked("e.has_fees = ?", Lead::Fees), has_fees);
     }
     match filter.billed {
-        Some(true) => query.and_sql("e.unbilled_reason IS NULL"),
+        Some(true) => {
+            query.and(&marked("e.has_fees = ?", Lead::Fees), true);
+            query.and_sql("e.unbilled_reason IS NULL");
+        }
         Some(false) => query.and_sql("e.unbilled_reason IS NOT NULL"),
         None => {}
     }
     if let Some(reason) = &filter.unbilled_reason {
         query.and("e.unbilled_reason = ?", reason);
     }
-    query.and_in("e.event_type", &filter.event_types);
+    if let [event_type] = filter.event_types.as_slice() {
+        query.and(&marked("e.event_type = ?", Lead::EventType), event_type.as_str());
+    } else {
+        query.and_in("e.event_type", &filter.event_types);
+    }
     // No join: counting the matches reads the events' index alone, and only the page's rows
     // look up their customer's external id.
     let columns =

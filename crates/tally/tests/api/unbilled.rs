@@ -125,6 +125,36 @@ async fn unpriceable_events_are_stored_unbilled_and_the_rest_billed(app: TestApp
     assert_eq!(volumes.keys().collect::<Vec<_>>(), ["negative", "text-volume"]);
     let none = app.get("/events?billing_status=billed&unbilled_reason=missing_volume").await.expect(200);
     assert_eq!(none.body["total_count"], 0);
+    // `has_fees` and `billing_status` alone read an index of their own; with a narrower filter
+    // that filter's index leads and they are checked on its rows (repo::events::list). Either
+    // way, and together, they select the same events.
+    let unbilled_ids: Vec<&str> = expected.keys().copied().collect();
+    for (query, matching) in [
+        ("has_fees=true", vec!["ok"]),
+        ("billing_status=billed", vec!["ok"]),
+        ("has_fees=true&billing_status=billed", vec!["ok"]),
+        ("has_fees=false", unbilled_ids.clone()),
+        ("has_fees=false&billing_status=unbilled", unbilled_ids.clone()),
+        ("has_fees=false&billing_status=billed", vec![]),
+        ("has_fees=true&billing_status=unbilled", vec![]),
+    ] {
+        for narrower in [
+            String::new(),
+            format!("&customer_id={customer}"),
+            "&event_types=completion".to_owned(),
+            "&event_types=completion,chat_message".to_owned(),
+            "&period_from=2000-01-01".to_owned(),
+        ] {
+            let listed = app.get(&format!("/events?limit=100&{query}{narrower}")).await.expect(200).body;
+            let mut ids: Vec<&str> =
+                listed["items"].as_array().unwrap().iter().map(|item| item["id"].as_str().unwrap()).collect();
+            ids.sort();
+            let wanted: Vec<&str> =
+                matching.iter().copied().filter(|id| *id != "chat" || narrower != "&event_types=completion").collect();
+            assert_eq!(ids, wanted, "{query}{narrower}");
+            assert_eq!(listed["total_count"], wanted.len(), "{query}{narrower}");
+        }
+    }
     for (query, field) in [("billing_status=maybe", "billing_status"), ("unbilled_reason=no_luck", "unbilled_reason")] {
         let refused = app.get(&format!("/events?{query}")).await.expect(422);
         assert!(refused.body["errors"][field].is_array(), "{query}: {}", refused.body);
