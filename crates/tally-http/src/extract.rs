@@ -334,13 +334,20 @@ impl QueryParams {
         Page { offset: offset.max(0), limit: limit.clamp(1, limits::MAX_PAGE_SIZE) }
     }
 
-    /// [`QueryParams::page`], or a keyset page: `next` or `prev`, a cursor a page of this list
-    /// (`keys`) gave out, instead of `offset`. `include_total=true` asks for an exact
-    /// `total_count` however many rows match (otherwise counting stops past
-    /// `repo::COUNT_LIMIT`).
+    /// [`QueryParams::page`] with `offset` at most [`limits::MAX_OFFSET`], or a keyset page:
+    /// `next` or `prev`, a cursor a page of this list (`keys`) gave out, instead of `offset`.
+    /// `include_total=true` asks for an exact `total_count` however many rows match (otherwise
+    /// counting stops past `repo::COUNT_LIMIT`).
     pub fn window(&mut self, keys: &Keys) -> Window {
         let offset_given = self.values.contains_key("offset");
         let page = self.page();
+        if page.offset > limits::MAX_OFFSET {
+            let message = format!(
+                "must be at most {}: for pages past it, follow `next` (each page with rows after it gives one)",
+                limits::MAX_OFFSET
+            );
+            self.error("offset", &message);
+        }
         let exact_total = self.bool("include_total").unwrap_or(false);
         let mut cursor = None;
         for (name, direction) in [("next", 'n'), ("prev", 'p')] {

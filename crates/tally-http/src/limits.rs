@@ -4,6 +4,10 @@
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_PAGE_SIZE: i64 = 20;
 pub const MAX_PAGE_SIZE: i64 = 100;
+/// The deepest `offset` of a list that gives keyset cursors: an offset reads and skips every
+/// row before it (70 ms at a million rows, and growing), a cursor reads only its page. The
+/// same bound as an inexact `total_count` (`repo::COUNT_LIMIT`): past it, a client follows `next`.
+pub const MAX_OFFSET: i64 = 10_000;
 /// Names, labels, emails, external ids and query values.
 pub const MAX_TEXT_CHARS: usize = 255;
 /// Descriptions.

@@ -103,6 +103,25 @@ async fn list_filters_and_pages(app: TestApp) {
     assert_eq!(app.get("/customers?next=zz").await.status.as_u16(), 422);
 }
 
+/// An offset reads and skips every row before it, so a list that gives cursors takes one up
+/// to 10,000 (an empty page past the end is still a page) and refuses a deeper one with a 422
+/// that names `next`, which costs the same at any depth.
+async fn offsets_past_the_bound_are_refused_naming_next(app: TestApp) {
+    app.post("/customers", json!({"name": "Ada"})).await.expect(201);
+    let deepest = app.get("/customers?offset=10000&limit=100").await.expect(200);
+    assert_eq!(deepest.body["items"], json!([]));
+    assert_eq!(deepest.body["offset"], 10000);
+    assert_eq!(deepest.body["total_count"], 1);
+    for list in ["/customers", "/events", "/products", "/assets", "/vendors"] {
+        let refused = app.get(&format!("{list}?offset=10001")).await.expect(422);
+        assert_eq!(refused.content_type(), "application/problem+json", "{list}");
+        let message = refused.body["errors"]["offset"][0].as_str().unwrap();
+        assert!(message.contains("10000") && message.contains("`next`"), "{list}: {message}");
+    }
+    // Lists without cursors keep any offset.
+    app.get("/customers/stats?offset=10001").await.expect(200);
+}
+
 async fn customer_validation(app: TestApp) {
     let long = "x".repeat(256);
     let reply = app
@@ -152,6 +171,7 @@ on_both_backends!(
     create_get_and_update,
     external_ids_are_unique_per_mode,
     list_filters_and_pages,
+    offsets_past_the_bound_are_refused_naming_next,
     customer_validation,
     list_by_subscription_status,
 );
