@@ -64,6 +64,10 @@ pub const COOKIE_NAME: &str = "tally_portal";
 const PAGE_SIZE: i64 = 20;
 /// The furthest page of a history one may ask for, so that an offset stays bounded.
 const MAX_PAGE: i64 = 10_000;
+/// The furthest page of the usage list: the fees it pages through are counted, and an offset
+/// read, up to `repo::COUNT_LIMIT` (10,000) rows; all of a longer history is on the activity
+/// page, which pages by a cursor, and in its CSV.
+const MAX_USAGE_PAGE: i64 = tally_store::repo::COUNT_LIMIT / PAGE_SIZE;
 /// Custom assets offered on the top-up form (the first ones the platform made).
 const MAX_TOP_UP_ASSETS: i64 = 100;
 
@@ -450,11 +454,13 @@ pub struct Paged<T> {
     pub items: Vec<T>,
     pub page: i64,
     pub total: i64,
+    /// The furthest page that may be asked for.
+    pub last_page: i64,
 }
 
 impl<T> Paged<T> {
     pub fn has_next(&self) -> bool {
-        self.page * PAGE_SIZE < self.total
+        self.page * PAGE_SIZE < self.total && self.page < self.last_page
     }
 }
 
@@ -464,14 +470,14 @@ async fn usage(
     viewer: locale::Viewer,
     Query(query): Query<PageQuery>,
 ) -> Response {
-    let page = page_number(&query);
+    let page = page_number(&query).min(MAX_USAGE_PAGE);
     let loaded = session.clone();
     let result = state
         .read(move |conn| {
             let window = Page { offset: (page - 1) * PAGE_SIZE, limit: PAGE_SIZE };
             let (fees, total) = portal_repo::fees(conn, loaded.mode, &loaded.customer_id, window)?;
             let looks = looks(conn, loaded.mode, fees.iter().map(|fee| fee.asset.clone()).collect::<Vec<_>>())?;
-            Ok(Paged { items: usage_lines(conn, loaded.mode, fees, &looks)?, page, total })
+            Ok(Paged { items: usage_lines(conn, loaded.mode, fees, &looks)?, page, total, last_page: MAX_USAGE_PAGE })
         })
         .await;
     match result {
@@ -576,7 +582,7 @@ async fn load_top_up_page(state: &AppState, session: &PortalSession, page: i64) 
             Ok(TopUpPage {
                 chosen: options.first().map(TopUpOption::value).unwrap_or_default(),
                 options,
-                history: Paged { items: top_up_lines(top_ups, &looks), page, total },
+                history: Paged { items: top_up_lines(top_ups, &looks), page, total, last_page: MAX_PAGE },
                 amount: String::new(),
                 errors: Vec::new(),
                 save_card: true,
@@ -1039,5 +1045,20 @@ mod tests {
         assert!(is_token(&"a".repeat(64)));
         assert!(!is_token(&"g".repeat(64)));
         assert_eq!(url_escape("default:MIN&x=<"), "default:MIN%26x%3D%3C");
+    }
+
+    /// The usage list's pages end where its count stops being exact (10,000 fees): a customer
+    /// with more is shown the newest 10,000, and the activity page for the rest.
+    #[test]
+    fn usage_pages_end_where_counting_stops() {
+        let limit = tally_store::repo::COUNT_LIMIT;
+        let paged = |page, total| Paged::<()> { items: Vec::new(), page, total, last_page: MAX_USAGE_PAGE };
+        assert_eq!(MAX_USAGE_PAGE * PAGE_SIZE, limit);
+        assert!(paged(1, 21).has_next());
+        assert!(!paged(1, 20).has_next());
+        assert!(paged(MAX_USAGE_PAGE - 1, limit + 1).has_next());
+        assert!(!paged(MAX_USAGE_PAGE, limit + 1).has_next(), "no link past the counted fees");
+        let top_ups = Paged::<()> { items: Vec::new(), page: MAX_USAGE_PAGE, total: limit * 2, last_page: MAX_PAGE };
+        assert!(top_ups.has_next(), "other histories keep their own bound");
     }
 }

@@ -13,6 +13,7 @@ use tally_store::ops::auto_top_up::MAX_FAILURES;
 use tally_store::ops::FieldError;
 use tally_store::repo::portal::PortalSession;
 use tally_store::repo::topups::{PaymentMethod, TopUpStatus};
+use tally_store::repo::COUNT_LIMIT;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Tab {
@@ -164,7 +165,7 @@ pub fn home(branding: &Branding, session: &PortalSession, overview: &Overview) -
         h2 { "Recent usage" }
         (usage_table(viewer, &overview.recent_usage))
         p {
-            a href="/portal/usage" { "All usage (" (overview.usage_count) ")" }
+            a href="/portal/usage" { "All usage (" (count_text(viewer, overview.usage_count)) ")" }
             " \u{b7} "
             a href="/portal/activity" { "All activity" }
         }
@@ -291,12 +292,25 @@ pub(super) fn pager<T>(base: &str, paged: &Paged<T>) -> Markup {
     }
 }
 
+/// A count of rows, which is exact up to `repo::COUNT_LIMIT` and "more than 10,000" past it
+/// (counting stops there: `repo::portal::fees`).
+fn count_text(viewer: &Viewer, count: i64) -> String {
+    if count > COUNT_LIMIT {
+        format!("more than {}", viewer.number(rust_decimal::Decimal::from(COUNT_LIMIT), 0))
+    } else {
+        count.to_string()
+    }
+}
+
 pub fn usage(branding: &Branding, session: &PortalSession, viewer: &Viewer, paged: &Paged<UsageLine>) -> Markup {
     let body = html! {
         h1 { "Usage" }
-        p class="muted" { "Everything charged to your balances, newest first (" (paged.total) " in all)." }
+        p class="muted" { "Everything charged to your balances, newest first (" (count_text(viewer, paged.total)) " in all)." }
         (usage_table(viewer, &paged.items))
         (pager("/portal/usage", paged))
+        @if !paged.has_next() && paged.total > paged.page * super::PAGE_SIZE {
+            p class="muted" { "Older usage is on the " a href="/portal/activity?kind=usage" { "activity" } " page, and in its CSV." }
+        }
         (viewer.zone_note())
     };
     portal_page(branding, session, Tab::Usage, "Usage", body)

@@ -173,10 +173,17 @@ fn fee_from_row(row: &crate::Row) -> Result<FeeLine, StoreError> {
     })
 }
 
-/// A customer's fees, newest first, with their total count.
+/// A customer's fees, newest first, and how many there are: exact up to
+/// [`super::COUNT_LIMIT`]; past it counting stops and the count is `COUNT_LIMIT + 1`, "more".
+/// Counting every fee read a row per fee (no index holds `kind`): 88 ms for a customer with
+/// 100,000 fees, and growing with them, on every portal page that shows the count.
 pub fn fees(conn: &mut dyn Conn, mode: Mode, customer_id: &str, page: Page) -> Result<(Vec<FeeLine>, i64), StoreError> {
     let total = conn.count(
-        "SELECT COUNT(*) FROM transactions WHERE mode = $1 AND customer_id = $2 AND kind = 'fee'",
+        &format!(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM transactions WHERE mode = $1 AND customer_id = $2 AND kind = 'fee'
+             LIMIT {}) counted",
+            super::COUNT_LIMIT + 1
+        ),
         params![mode.as_str(), customer_id],
     )?;
     let items = conn
@@ -202,11 +209,19 @@ pub fn event_times(
     if event_ids.is_empty() {
         return Ok(Vec::new());
     }
-    let placeholders: Vec<String> = (0..event_ids.len()).map(|index| format!("${}", index + 2)).collect();
+    // The ids as a table joined to the events' primary key: one lookup per id on both
+    // databases. Written `mode = $1 AND id IN (…)`, SQLite (which plans without statistics)
+    // took `mode = ?` for selective and read a covering index of every event of the mode
+    // instead (`usage_events_by_occurred`, (mode, occurred_at, id)): 2.4 s per portal page at
+    // 11 million events.
+    let rows: Vec<String> = (0..event_ids.len()).map(|index| format!("(${})", index + 2)).collect();
     let mut values = vec![crate::Value::from(mode.as_str())];
     values.extend(event_ids.iter().map(crate::Value::from));
     conn.query_planned_for_values(
-        &format!("SELECT id, occurred_at FROM usage_events WHERE mode = $1 AND id IN ({})", placeholders.join(", ")),
+        &format!(
+            "SELECT e.id, e.occurred_at FROM (VALUES {}) AS wanted JOIN usage_events e ON e.mode = $1 AND e.id = wanted.column1",
+            rows.join(", ")
+        ),
         &values,
     )?
     .iter()

@@ -720,10 +720,13 @@ pub fn fees_between(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<Vec<(String, Decimal, DateTime<Utc>)>, StoreError> {
+    // A customer's by its own index: its id names its mode, and with `mode = …` as well SQLite
+    // (no statistics) read the mode's index by time instead, every customer's fees of the
+    // part (27 ms a customer's stats at 11 million events, where its own fees are a few).
     let (sql, values): (&str, Vec<Value>) = match customer_id {
         Some(customer_id) => (
-            "SELECT asset, amount, occurred_at FROM event_fees WHERE customer_id = $1 AND occurred_at >= $2 AND occurred_at < $3 AND mode = $4",
-            params![customer_id, from, to, mode.as_str()].to_vec(),
+            "SELECT asset, amount, occurred_at FROM event_fees WHERE customer_id = $1 AND occurred_at >= $2 AND occurred_at < $3",
+            params![customer_id, from, to].to_vec(),
         ),
         None => (
             "SELECT asset, amount, occurred_at FROM event_fees WHERE mode = $1 AND occurred_at >= $2 AND occurred_at < $3",
@@ -791,9 +794,10 @@ pub fn costs_between(
     to: DateTime<Utc>,
 ) -> Result<Decimal, StoreError> {
     let (sql, values): (&str, Vec<Value>) = match customer_id {
+        // By the customer's own index, as `fees_between` reads fees.
         Some(customer_id) => (
-            "SELECT amount FROM event_costs WHERE customer_id = $1 AND occurred_at >= $2 AND occurred_at < $3 AND mode = $4 AND currency = $5",
-            params![customer_id, from, to, mode.as_str(), currency].to_vec(),
+            "SELECT amount FROM event_costs WHERE customer_id = $1 AND occurred_at >= $2 AND occurred_at < $3 AND currency = $4",
+            params![customer_id, from, to, currency].to_vec(),
         ),
         None => (
             "SELECT amount FROM event_costs WHERE mode = $1 AND occurred_at >= $2 AND occurred_at < $3 AND currency = $4",
