@@ -22,6 +22,16 @@
 //!   for all its jobs), wakes every caller of the round with the outcome, and passes the
 //!   baton on.
 //!
+//! - A job that can run again ([`SqliteBackend::write_rerunnable`]; the usage-event hot path)
+//!   runs without a savepoint while every job before it in the round can run again too. A
+//!   savepoint is not free: SQLite copies every page a job changes into its journal first,
+//!   a fifth of a single event's work on the writer. If such a job fails having changed rows,
+//!   or panics, the whole round is rolled back and every caller in it runs its job again, in
+//!   a later round and inside a savepoint this time (a job run again holds the round as any
+//!   job that cannot run again does: no later job runs without a savepoint in that round), so
+//!   every caller runs its job at most twice. A job that fails before changing a row
+//!   (`sqlite3_total_changes` unchanged: a refused or conflicting batch) undoes nothing.
+//!
 //! Durability: a caller of `write` gets `Ok` only after the COMMIT of the round holding its
 //! job has returned, that is once the job's effects are durably on disk. If that COMMIT
 //! fails, or SQLite abandons the transaction mid-round, every job of the round gets the
@@ -89,7 +99,27 @@ impl SqliteBackend {
     /// Runs `work` in the current round's transaction, inside its own savepoint, and returns
     /// once the round is committed (see the module comment).
     pub fn write<R, E: From<StoreError>>(&self, work: impl FnOnce(&mut dyn Conn) -> Result<R, E>) -> Result<R, E> {
-        self.writer.run(work)
+        match self.writer.run(work, Attempt::Only) {
+            Ran::Done(result) => result,
+            Ran::Undone => unreachable!("a job that cannot run again is never undone"),
+        }
+    }
+
+    /// [`write`](Self::write) for a job that can run again from the start: one that changes
+    /// nothing but the database (or nothing a rollback would leave wrong) and counts its
+    /// changes in rows (no DDL). It runs without a savepoint when it can, and at most twice
+    /// (see the module comment).
+    pub fn write_rerunnable<R, E: From<StoreError>>(
+        &self,
+        mut work: impl FnMut(&mut dyn Conn) -> Result<R, E>,
+    ) -> Result<R, E> {
+        match self.writer.run(&mut work, Attempt::First) {
+            Ran::Done(result) => result,
+            Ran::Undone => match self.writer.run(&mut work, Attempt::Again) {
+                Ran::Done(result) => result,
+                Ran::Undone => unreachable!("a job run again holds its round: it is never undone"),
+            },
+        }
     }
 
     /// Switches the write connection to bulk loading (`on`: `synchronous=OFF`, a page cache
@@ -182,14 +212,48 @@ struct Round {
     began: Option<Instant>,
     /// The callers whose jobs ran in this round, in order; each waits for the round's end.
     members: Vec<mpsc::SyncSender<Signal>>,
+    /// Whether a job that cannot run again (now) is in the round: then the round must never
+    /// be undone, so every later job runs inside a savepoint.
+    held: bool,
+}
+
+/// Which run of a job this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    /// A job that cannot run again ([`SqliteBackend::write`]).
+    Only,
+    /// The first run of a job that can run again: without a savepoint if the round allows.
+    First,
+    /// The second run, after its first round was undone: inside a savepoint, holding the
+    /// round, so that no later job can undo it again.
+    Again,
+}
+
+/// How a caller's job ended.
+enum Ran<T> {
+    Done(T),
+    /// Its round was rolled back because a later job failed without a savepoint: the caller
+    /// runs its job again.
+    Undone,
+}
+
+/// How a round ended, as each of its callers is told.
+#[derive(Debug, Clone)]
+enum RoundEnd {
+    Committed,
+    /// Rolled back, with nothing of it kept: every job in it fails with this message.
+    Failed(String),
+    /// Rolled back to undo a failed job that ran without a savepoint: every job in it runs
+    /// again.
+    Undone,
 }
 
 /// What a caller waiting on its channel is told.
 enum Signal {
     /// The caller's turn: here is the baton (boxed: it moves from thread to thread).
     Turn(Box<Baton>),
-    /// The round that ran the caller's job is over: committed, or failed with this message.
-    Finished(Result<(), String>),
+    /// The round that ran the caller's job is over.
+    Finished(RoundEnd),
 }
 
 struct GroupCommit {
@@ -211,8 +275,11 @@ struct Queue {
 enum JobEnd {
     /// The job ran and its savepoint was settled: the caller waits for the round's outcome.
     Member(mpsc::SyncSender<Signal>),
-    /// The job panicked and its savepoint was rolled back: the caller leaves at once.
-    Panicked,
+    /// The job panicked and its effects were undone (its savepoint, or its whole round): the
+    /// caller leaves at once and resumes the panic.
+    Panicked(Box<dyn std::any::Any + Send>),
+    /// A panicked job's caller, leaving: the round goes on without it.
+    Left,
     /// Settling the savepoint failed, or SQLite ended the transaction by itself: the round
     /// cannot commit and every job in it fails with this message.
     Broken(mpsc::SyncSender<Signal>, String),
@@ -228,7 +295,11 @@ impl GroupCommit {
         }
     }
 
-    fn run<R, E: From<StoreError>>(&self, work: impl FnOnce(&mut dyn Conn) -> Result<R, E>) -> Result<R, E> {
+    fn run<R, E: From<StoreError>>(
+        &self,
+        work: impl FnOnce(&mut dyn Conn) -> Result<R, E>,
+        attempt: Attempt,
+    ) -> Ran<Result<R, E>> {
         // Room for one signal is enough: a caller is told its turn, then (after it has taken
         // the turn) the end of its round.
         let (me, signals) = mpsc::sync_channel(1);
@@ -236,41 +307,88 @@ impl GroupCommit {
         if baton.round.began.is_none() {
             if let Err(error) = run_cached(&baton.connection, "BEGIN IMMEDIATE") {
                 self.pass(baton);
-                return Err(database(error).into());
+                return Ran::Done(Err(database(error).into()));
             }
             baton.round.began = Some(Instant::now());
         }
-        let (result, end) = match run_cached(&baton.connection, "SAVEPOINT job") {
-            Err(error) => {
-                let error = database(error);
-                let message = error.to_string();
-                (Err(error.into()), JobEnd::Broken(me, message))
-            }
-            Ok(()) => {
-                let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-                    work(&mut SqliteConn { connection: &mut baton.connection })
-                }));
-                let succeeded = matches!(outcome, Ok(Ok(_)));
-                let settled = settle_savepoint(&baton.connection, succeeded);
-                let end = match (settled, &outcome) {
-                    (Err(message), _) => JobEnd::Broken(me, message),
-                    (Ok(()), Err(_)) => JobEnd::Panicked,
-                    (Ok(()), Ok(_)) => JobEnd::Member(me),
-                };
-                match outcome {
-                    Ok(result) => (result, end),
-                    Err(payload) => {
-                        self.finish_job(baton, end);
-                        panic::resume_unwind(payload);
-                    }
+        let (result, end) = if attempt == Attempt::First && !baton.round.held {
+            match self.run_without_savepoint(&mut baton, work, me) {
+                Some(ran) => ran,
+                None => {
+                    self.pass(baton);
+                    return Ran::Undone;
                 }
             }
+        } else {
+            baton.round.held = true;
+            Self::run_in_savepoint(&mut baton, work, me)
         };
+        if let JobEnd::Panicked(payload) = end {
+            self.finish_job(baton, JobEnd::Left);
+            panic::resume_unwind(payload);
+        }
         self.finish_job(baton, end);
         match signals.recv() {
-            Ok(Signal::Finished(Ok(()))) => result,
-            Ok(Signal::Finished(Err(message))) => Err(StoreError::Database(message).into()),
+            Ok(Signal::Finished(RoundEnd::Committed)) => Ran::Done(result),
+            Ok(Signal::Finished(RoundEnd::Failed(message))) => Ran::Done(Err(StoreError::Database(message).into())),
+            Ok(Signal::Finished(RoundEnd::Undone)) => Ran::Undone,
             Ok(Signal::Turn(_)) | Err(_) => unreachable!("a caller in a round is told only the round's end"),
+        }
+    }
+
+    /// Runs a job inside its own savepoint, rolled back if the job fails or panics.
+    fn run_in_savepoint<R, E: From<StoreError>>(
+        baton: &mut Baton,
+        work: impl FnOnce(&mut dyn Conn) -> Result<R, E>,
+        me: mpsc::SyncSender<Signal>,
+    ) -> (Result<R, E>, JobEnd) {
+        if let Err(error) = run_cached(&baton.connection, "SAVEPOINT job") {
+            let error = database(error);
+            let message = error.to_string();
+            return (Err(error.into()), JobEnd::Broken(me, message));
+        }
+        let outcome =
+            panic::catch_unwind(AssertUnwindSafe(|| work(&mut SqliteConn { connection: &mut baton.connection })));
+        let succeeded = matches!(outcome, Ok(Ok(_)));
+        let settled = settle_savepoint(&baton.connection, succeeded);
+        match (settled, outcome) {
+            (Err(message), Ok(result)) => (result, JobEnd::Broken(me, message)),
+            // A panic and a broken savepoint: the round fails, which the caller is told
+            // instead of the panic.
+            (Err(message), Err(_)) => (Err(StoreError::Database(message.clone()).into()), JobEnd::Broken(me, message)),
+            // The result is never read: the caller resumes the panic.
+            (Ok(()), Err(payload)) => {
+                (Err(StoreError::Database("the job panicked".into()).into()), JobEnd::Panicked(payload))
+            }
+            (Ok(()), Ok(result)) => (result, JobEnd::Member(me)),
+        }
+    }
+
+    /// Runs the first attempt of a job that can run again, with no savepoint. `None` when it
+    /// failed having changed rows: the round was then undone (every caller in it told to run
+    /// its job again) and the caller runs its own job again too. A panic undoes the round
+    /// the same way.
+    fn run_without_savepoint<R, E: From<StoreError>>(
+        &self,
+        baton: &mut Baton,
+        work: impl FnOnce(&mut dyn Conn) -> Result<R, E>,
+        me: mpsc::SyncSender<Signal>,
+    ) -> Option<(Result<R, E>, JobEnd)> {
+        let changes_before = baton.connection.total_changes();
+        let outcome =
+            panic::catch_unwind(AssertUnwindSafe(|| work(&mut SqliteConn { connection: &mut baton.connection })));
+        let changed_nothing = baton.connection.total_changes() == changes_before;
+        match outcome {
+            Ok(Ok(result)) => Some((Ok(result), JobEnd::Member(me))),
+            Ok(Err(error)) if changed_nothing => Some((Err(error), JobEnd::Member(me))),
+            Ok(Err(_)) => {
+                self.undo_round(baton);
+                None
+            }
+            Err(payload) => {
+                self.undo_round(baton);
+                Some((Err(StoreError::Database("the job panicked".into()).into()), JobEnd::Panicked(payload)))
+            }
         }
     }
 
@@ -304,7 +422,7 @@ impl GroupCommit {
                 return self.pass(baton);
             }
             JobEnd::Member(me) => baton.round.members.push(me),
-            JobEnd::Panicked => {}
+            JobEnd::Panicked(_) | JobEnd::Left => {}
         }
         if transaction_lost {
             self.abandon_round(&mut baton, "SQLite rolled the transaction back");
@@ -332,15 +450,32 @@ impl GroupCommit {
         let Some(began) = baton.round.began.take() else {
             return;
         };
-        let outcome = run_cached(&baton.connection, "COMMIT").map_err(|error| {
-            let _ = baton.connection.execute_batch("ROLLBACK");
-            format!("the transaction did not commit: {}", database(error))
-        });
+        baton.round.held = false;
+        let outcome = match run_cached(&baton.connection, "COMMIT") {
+            Ok(()) => RoundEnd::Committed,
+            Err(error) => {
+                let _ = baton.connection.execute_batch("ROLLBACK");
+                RoundEnd::Failed(format!("the transaction did not commit: {}", database(error)))
+            }
+        };
         // For /metrics (no-ops unless the server installed a recorder).
         metrics::histogram!("tally_sqlite_commit_round_jobs").record(baton.round.members.len() as f64);
         metrics::histogram!("tally_sqlite_commit_round_seconds").record(began.elapsed().as_secs_f64());
         for member in baton.round.members.drain(..) {
             let _ = member.send(Signal::Finished(outcome.clone()));
+        }
+    }
+
+    /// Rolls the whole round back and tells every caller in it to run its job again.
+    fn undo_round(&self, baton: &mut Baton) {
+        if !baton.connection.is_autocommit() {
+            let _ = baton.connection.execute_batch("ROLLBACK");
+        }
+        baton.round.began = None;
+        baton.round.held = false;
+        metrics::counter!("tally_sqlite_rounds_undone_total").increment(1);
+        for member in baton.round.members.drain(..) {
+            let _ = member.send(Signal::Finished(RoundEnd::Undone));
         }
     }
 
@@ -350,9 +485,10 @@ impl GroupCommit {
             let _ = baton.connection.execute_batch("ROLLBACK");
         }
         baton.round.began = None;
+        baton.round.held = false;
         let message = format!("the transaction was rolled back: {message}");
         for member in baton.round.members.drain(..) {
-            let _ = member.send(Signal::Finished(Err(message.clone())));
+            let _ = member.send(Signal::Finished(RoundEnd::Failed(message.clone())));
         }
     }
 
@@ -611,6 +747,7 @@ fn database(error: rusqlite::Error) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]
     fn placeholders_are_rewritten_only_where_numbered() {
@@ -679,6 +816,15 @@ mod tests {
     }
 
     type Job<'a, R> = Box<dyn FnOnce(&mut dyn Conn) -> Result<R, StoreError> + Send + 'a>;
+    type RerunnableJob<'a, R> = Box<dyn FnMut(&mut dyn Conn) -> Result<R, StoreError> + Send + 'a>;
+
+    /// A job for [`run_queued_as`], and how its caller writes.
+    enum Queued<'a, R> {
+        /// By `write`.
+        Once(Job<'a, R>),
+        /// By `write_rerunnable`.
+        Rerunnable(RerunnableJob<'a, R>),
+    }
 
     /// Runs `jobs` as one queue behind a job that holds the baton until all are queued, each
     /// on its own thread, in order, so that they all run in one round; returns each job's
@@ -687,18 +833,33 @@ mod tests {
         backend: &SqliteBackend,
         jobs: Vec<Job<'_, R>>,
     ) -> Vec<std::thread::Result<Result<R, StoreError>>> {
+        run_queued_as(backend, jobs.into_iter().map(Queued::Once).collect())
+    }
+
+    /// [`run_queued`] for jobs written either way. The job holding the baton can run again,
+    /// so that it leaves the round free to run the others without savepoints.
+    fn run_queued_as<R: Send>(
+        backend: &SqliteBackend,
+        jobs: Vec<Queued<'_, R>>,
+    ) -> Vec<std::thread::Result<Result<R, StoreError>>> {
         let (release, released) = mpsc::channel::<()>();
         std::thread::scope(|scope| {
             let blocker = scope.spawn(move || {
-                backend.write(|_| {
-                    released.recv().unwrap();
+                let mut first = true;
+                backend.write_rerunnable(|_| {
+                    if std::mem::take(&mut first) {
+                        released.recv().unwrap();
+                    }
                     Ok::<_, StoreError>(())
                 })
             });
             wait_until(|| baton_taken(backend));
             let mut handles = Vec::new();
             for (index, job) in jobs.into_iter().enumerate() {
-                handles.push(scope.spawn(move || backend.write(job)));
+                handles.push(scope.spawn(move || match job {
+                    Queued::Once(job) => backend.write(job),
+                    Queued::Rerunnable(job) => backend.write_rerunnable(job),
+                }));
                 wait_until(|| queued(backend) == index + 1);
             }
             release.send(()).unwrap();
@@ -800,6 +961,104 @@ mod tests {
         assert!(results[1].is_err(), "the panic reaches its caller");
         assert!(results[2].as_ref().unwrap().is_ok());
         assert_eq!(rows(&backend), vec![1, 3]);
+    }
+
+    /// A rerunnable job that counts its runs in `runs` and inserts `n`.
+    fn counted_insert(runs: &AtomicUsize, n: i64) -> Queued<'_, ()> {
+        Queued::Rerunnable(Box::new(move |conn| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            insert(conn, n)
+        }))
+    }
+
+    fn counts(runs: &[AtomicUsize]) -> Vec<usize> {
+        runs.iter().map(|runs| runs.load(Ordering::SeqCst)).collect()
+    }
+
+    /// The rule that lets the hot path skip savepoints: a job that fails having written
+    /// leaves nothing behind, and every job of its round still lands exactly once.
+    #[test]
+    fn a_rerunnable_job_failing_after_it_wrote_undoes_the_round_and_every_job_lands_once() {
+        let (_dir, backend) = backend();
+        let runs: [AtomicUsize; 3] = Default::default();
+        let jobs = vec![
+            counted_insert(&runs[0], 1),
+            Queued::Rerunnable(Box::new(|conn| {
+                runs[1].fetch_add(1, Ordering::SeqCst);
+                insert(conn, 2)?;
+                Err(StoreError::Conflict("the job refuses".into()))
+            })),
+            counted_insert(&runs[2], 3),
+        ];
+        let results: Vec<_> = run_queued_as(&backend, jobs).into_iter().map(|joined| joined.unwrap()).collect();
+        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+        assert!(matches!(&results[1], Err(StoreError::Conflict(message)) if message == "the job refuses"));
+        let mut landed = rows(&backend);
+        landed.sort();
+        assert_eq!(landed, vec![1, 3], "the failed job's row is gone, the others are there once");
+        // The first job's round was undone and it ran again; the failed job ran again (in a
+        // savepoint) to fail alone; the job queued after it ran once, in a new round.
+        assert_eq!(counts(&runs), vec![2, 2, 1]);
+    }
+
+    #[test]
+    fn a_rerunnable_job_failing_before_it_writes_undoes_nothing() {
+        let (_dir, backend) = backend();
+        let runs: [AtomicUsize; 3] = Default::default();
+        let jobs = vec![
+            counted_insert(&runs[0], 1),
+            Queued::Rerunnable(Box::new(|_| {
+                runs[1].fetch_add(1, Ordering::SeqCst);
+                Err(StoreError::Conflict("refused before writing".into()))
+            })),
+            counted_insert(&runs[2], 3),
+        ];
+        let results: Vec<_> = run_queued_as(&backend, jobs).into_iter().map(|joined| joined.unwrap()).collect();
+        assert!(results[0].is_ok() && results[1].is_err() && results[2].is_ok(), "{results:?}");
+        assert_eq!(rows(&backend), vec![1, 3]);
+        assert_eq!(counts(&runs), vec![1, 1, 1], "nothing ran twice");
+    }
+
+    /// A job written with `write` runs once: once it is in a round, later jobs keep to
+    /// savepoints, so a failure cannot undo it.
+    #[test]
+    fn a_job_that_cannot_run_again_is_never_undone() {
+        let (_dir, backend) = backend();
+        let runs: [AtomicUsize; 2] = Default::default();
+        let jobs = vec![
+            counted_insert(&runs[0], 1),
+            Queued::Once(Box::new(|conn| insert(conn, 2))),
+            Queued::Rerunnable(Box::new(|conn| {
+                runs[1].fetch_add(1, Ordering::SeqCst);
+                insert(conn, 3)?;
+                Err(StoreError::Conflict("refused after writing".into()))
+            })),
+        ];
+        let results: Vec<_> = run_queued_as(&backend, jobs).into_iter().map(|joined| joined.unwrap()).collect();
+        assert!(results[0].is_ok() && results[1].is_ok() && results[2].is_err(), "{results:?}");
+        assert_eq!(rows(&backend), vec![1, 2]);
+        assert_eq!(counts(&runs), vec![1, 1]);
+    }
+
+    #[test]
+    fn a_panicking_rerunnable_job_undoes_its_round_and_the_others_land() {
+        let (_dir, backend) = backend();
+        let runs: [AtomicUsize; 2] = Default::default();
+        let jobs = vec![
+            counted_insert(&runs[0], 1),
+            Queued::Rerunnable(Box::new(|conn| {
+                insert(conn, 2)?;
+                panic!("a job panics");
+            })),
+            counted_insert(&runs[1], 3),
+        ];
+        let results = run_queued_as(&backend, jobs);
+        assert!(results[1].is_err(), "the panic reaches its caller");
+        assert!(results[0].as_ref().unwrap().is_ok() && results[2].as_ref().unwrap().is_ok());
+        let mut landed = rows(&backend);
+        landed.sort();
+        assert_eq!(landed, vec![1, 3]);
+        assert_eq!(counts(&runs), vec![2, 1]);
     }
 
     /// Several servers or `tally migrate` runs started together open one new file at once:
