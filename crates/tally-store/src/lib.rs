@@ -142,14 +142,14 @@ impl Store {
     /// [`write`](Self::write) for work that can run again from the start: it changes nothing
     /// outside the database that a rollback would leave wrong, and runs no DDL. SQLite then
     /// runs it without a savepoint when it can (see `sqlite.rs`), so it may run twice;
-    /// PostgreSQL runs it once, as `write`.
+    /// PostgreSQL runs it again when it aborted the transaction to break a deadlock.
     pub fn write_rerunnable<R, E: From<StoreError>>(
         &self,
-        mut work: impl FnMut(&mut dyn Conn) -> Result<R, E>,
+        work: impl FnMut(&mut dyn Conn) -> Result<R, E>,
     ) -> Result<R, E> {
         match &self.backend {
             Backend::Sqlite(backend) => backend.write_rerunnable(work),
-            Backend::Postgres(backend) => backend.write(|conn| work(conn)),
+            Backend::Postgres(backend) => backend.write_rerunnable(work),
         }
     }
 
