@@ -143,9 +143,9 @@ impl Store {
     /// outside the database that a rollback would leave wrong, and runs no DDL. SQLite then
     /// runs it without a savepoint when it can (see `sqlite.rs`), so it may run twice;
     /// PostgreSQL runs it again when it aborted the transaction to break a deadlock.
-    pub fn write_rerunnable<R, E: From<StoreError>>(
+    pub fn write_rerunnable<R: Send + 'static, E: From<StoreError> + Send + 'static>(
         &self,
-        work: impl FnMut(&mut dyn Conn) -> Result<R, E>,
+        work: impl FnMut(&mut dyn Conn) -> Result<R, E> + Send + 'static,
     ) -> Result<R, E> {
         match &self.backend {
             Backend::Sqlite(backend) => backend.write_rerunnable(work),

@@ -354,18 +354,19 @@ fn a_rerunnable_job_aborted_to_break_a_deadlock_runs_again_and_lands_once() {
         .map(|(first, second)| {
             let (store, both_hold_one_row) = (store.clone(), both_hold_one_row.clone());
             std::thread::spawn(move || {
-                let mut runs = 0;
-                let result = store.write_rerunnable(|conn| {
-                    runs += 1;
+                let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+                let counted = runs.clone();
+                let result = store.write_rerunnable(move |conn| {
+                    let run = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
                     conn.execute("SET LOCAL deadlock_timeout = '50ms'", &[])?;
                     conn.execute("UPDATE counters SET n = n + 1 WHERE id = $1", params![first])?;
-                    if runs == 1 {
+                    if run == 1 {
                         both_hold_one_row.wait();
                     }
                     conn.execute("UPDATE counters SET n = n + 1 WHERE id = $1", params![second])?;
                     Ok::<_, StoreError>(())
                 });
-                (result, runs)
+                (result, runs.load(std::sync::atomic::Ordering::SeqCst))
             })
         })
         .collect();
