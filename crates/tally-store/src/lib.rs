@@ -139,6 +139,20 @@ impl Store {
         }
     }
 
+    /// [`write`](Self::write) for work that can run again from the start: it changes nothing
+    /// outside the database that a rollback would leave wrong, and runs no DDL. SQLite then
+    /// runs it without a savepoint when it can (see `sqlite.rs`), so it may run twice;
+    /// PostgreSQL runs it again when it aborted the transaction to break a deadlock.
+    pub fn write_rerunnable<R: Send + 'static, E: From<StoreError> + Send + 'static>(
+        &self,
+        work: impl FnMut(&mut dyn Conn) -> Result<R, E> + Send + 'static,
+    ) -> Result<R, E> {
+        match &self.backend {
+            Backend::Sqlite(backend) => backend.write_rerunnable(work),
+            Backend::Postgres(backend) => backend.write_rerunnable(work),
+        }
+    }
+
     /// Runs `work` in a read-only transaction that sees one consistent snapshot.
     pub fn read<R, E: From<StoreError>>(&self, work: impl FnOnce(&mut dyn Conn) -> Result<R, E>) -> Result<R, E> {
         match &self.backend {

@@ -47,6 +47,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 160, name: "hot_path_indexes", sql: include_str!("migrate_hot_path_indexes.sql") },
     Migration { version: ROLLUPS_VERSION, name: "rollups", sql: include_str!("migrate_rollups.sql") },
     Migration { version: 110, name: "holds", sql: include_str!("migrate_holds.sql") },
+    Migration { version: 170, name: "event_index_diet", sql: include_str!("migrate_event_index_diet.sql") },
     Migration { version: 180, name: "event_fee_filters", sql: include_str!("migrate_event_fee_filters.sql") },
 ];
 

@@ -35,6 +35,8 @@ const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(30);
 /// listing makes one per combination of filters), a few hundred at most, so this only guards
 /// against a future caller that formats values into SQL.
 const MAX_CACHED_STATEMENTS: usize = 512;
+/// The most times [`PostgresBackend::write_rerunnable`] runs a job that deadlocks.
+const MAX_RUNS: u32 = 3;
 
 pub struct PostgresBackend {
     /// Taken out only by `drop`, which closes the connections on a plain thread.
@@ -54,7 +56,14 @@ impl Connector {
             Some(tls) => postgres::Client::connect(&self.0.url, tls.clone()),
             None => postgres::Client::connect(&self.0.url, postgres::NoTls),
         }?;
-        Ok(Connection { client, statements: HashMap::new(), broken: false, used: false, lane: next_lane() })
+        Ok(Connection {
+            client,
+            statements: HashMap::new(),
+            broken: false,
+            aborted_to_retry: false,
+            used: false,
+            lane: next_lane(),
+        })
     }
 }
 
@@ -121,6 +130,9 @@ struct Connection {
     statements: HashMap<String, postgres::Statement>,
     /// Set when an error showed the connection is unusable: it is then closed, not pooled.
     broken: bool,
+    /// Set when PostgreSQL aborted the transaction to break a deadlock (or a serialization
+    /// conflict): nothing of it was applied, and running it again can succeed.
+    aborted_to_retry: bool,
     /// Has begun a transaction before; a connection that has not is fresh from `connect`.
     used: bool,
     /// See [`Conn::lane`].
@@ -218,6 +230,31 @@ impl PostgresBackend {
 
     pub fn write<R, E: From<StoreError>>(&self, work: impl FnOnce(&mut dyn Conn) -> Result<R, E>) -> Result<R, E> {
         self.run("BEGIN ISOLATION LEVEL READ COMMITTED", work)
+    }
+
+    /// [`write`](Self::write) for work that can run again from the start
+    /// (`Store::write_rerunnable`): when PostgreSQL aborts its transaction to break a
+    /// deadlock, it runs again, up to [`MAX_RUNS`] times in all, instead of failing. Two
+    /// servers can deadlock on rows they both update in different orders (a platform-wide
+    /// rollup row whose lane two connections share); the victim then loses nothing and its
+    /// caller never sees the abort.
+    pub fn write_rerunnable<R, E: From<StoreError>>(
+        &self,
+        mut work: impl FnMut(&mut dyn Conn) -> Result<R, E>,
+    ) -> Result<R, E> {
+        let mut runs = 1;
+        loop {
+            let mut checkout = self.begin("BEGIN ISOLATION LEVEL READ COMMITTED")?;
+            checkout.aborted_to_retry = false;
+            let result = run_in_transaction(&mut checkout, &mut work);
+            let retry = result.is_err() && checkout.aborted_to_retry && runs < MAX_RUNS;
+            checkout.aborted_to_retry = false;
+            if !retry {
+                return result;
+            }
+            metrics::counter!("tally_postgres_transactions_rerun_total").increment(1);
+            runs += 1;
+        }
     }
 
     pub fn read<R, E: From<StoreError>>(&self, work: impl FnOnce(&mut dyn Conn) -> Result<R, E>) -> Result<R, E> {
@@ -327,6 +364,11 @@ impl Connection {
 
     /// Notes what `error` says about the connection and turns it into a [`StoreError`].
     fn fail(&mut self, error: postgres::Error) -> StoreError {
+        if error.code().is_some_and(|code| {
+            *code == SqlState::T_R_DEADLOCK_DETECTED || *code == SqlState::T_R_SERIALIZATION_FAILURE
+        }) {
+            self.aborted_to_retry = true;
+        }
         if breaks_connection(&error) || self.client.is_closed() {
             self.broken = true;
             return StoreError::Database(format!(

@@ -21,6 +21,22 @@
 //!   for [`MAX_ROUND_DURATION`], that caller commits the round instead (one COMMIT, one fsync
 //!   for all its jobs), wakes every caller of the round with the outcome, and passes the
 //!   baton on.
+//! - A job that can run again ([`SqliteBackend::write_rerunnable`]; the usage-event hot path)
+//!   runs without a savepoint while every job before it in the round can run again too. A
+//!   savepoint is not free: SQLite copies every page a job changes into its journal first,
+//!   a fifth of a single event's work on the writer. If such a job fails having changed rows,
+//!   or panics, the whole round is rolled back and every caller in it runs its job again, in
+//!   a later round and inside a savepoint this time (a job run again holds the round as any
+//!   job that cannot run again does: no later job runs without a savepoint in that round), so
+//!   every caller runs its job at most twice. A job that fails before changing a row
+//!   (`sqlite3_total_changes` unchanged: a refused or conflicting batch) undoes nothing.
+//!   A panic is caught with the job's result and reaches its caller once the round is over.
+//! - A job that can run again is also offered: its closure (`Send + 'static`) waits in the
+//!   queue with its caller, and whoever holds the baton when its turn comes runs it on its
+//!   own thread, then the next offered job, and so on. Its caller is woken once, by the end
+//!   of its round, instead of twice (its turn, then the end), which was a thread switch on
+//!   the writer's serial path per job. A caller given the baton between rounds runs its own
+//!   job, as every caller of `write` does.
 //!
 //! Durability: a caller of `write` gets `Ok` only after the COMMIT of the round holding its
 //! job has returned, that is once the job's effects are durably on disk. If that COMMIT
@@ -29,8 +45,8 @@
 //! round's uncommitted state), so nothing is ever acknowledged that is not on disk. A failed
 //! job costs the others nothing: its savepoint is gone before the next job starts.
 //!
-//! Jobs are the callers' closures and run on the callers' threads. That is why the baton
-//! moves instead of the jobs: `Store::write` takes any closure, including ones that borrow
+//! Other jobs are the callers' closures and run on the callers' threads. That is why the
+//! baton moves instead of the jobs: `Store::write` takes any closure, including ones that borrow
 //! from the caller's stack and are not `Send`, so a dedicated writer thread could not run
 //! them without `unsafe` code. What a writer thread would give, one owner of the connection
 //! at a time and jobs applied in queue order, the baton gives too.
@@ -41,7 +57,7 @@ use rusqlite::types::ValueRef;
 use std::collections::VecDeque;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Condvar, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// The most jobs one round (one transaction, one fsync) carries.
@@ -87,9 +103,57 @@ impl SqliteBackend {
     }
 
     /// Runs `work` in the current round's transaction, inside its own savepoint, and returns
-    /// once the round is committed (see the module comment).
+    /// once the round is committed (see the module comment). A panic in `work` reaches the
+    /// caller once the round is over; its effects are rolled back with its savepoint.
     pub fn write<R, E: From<StoreError>>(&self, work: impl FnOnce(&mut dyn Conn) -> Result<R, E>) -> Result<R, E> {
-        self.writer.run(work)
+        let mut work = Some(work);
+        let mut outcome = None;
+        let end = {
+            let mut job = |conn: &mut dyn Conn| {
+                let work = work.take().expect("a job that cannot run again runs once");
+                let ran = panic::catch_unwind(AssertUnwindSafe(|| work(conn)));
+                let succeeded = matches!(ran, Ok(Ok(_)));
+                outcome = Some(ran);
+                succeeded
+            };
+            self.writer.run_own(&mut job, Attempt::Only)
+        };
+        match answer(end, outcome) {
+            Some(result) => result,
+            None => unreachable!("a job that cannot run again holds its round: it is never undone"),
+        }
+    }
+
+    /// [`write`](Self::write) for a job that can run again from the start: one that changes
+    /// nothing but the database (or nothing a rollback would leave wrong) and counts its
+    /// changes in rows (no DDL). It runs without a savepoint when it can, and at most twice;
+    /// whoever holds the connection when its turn comes runs it, so its caller is woken once,
+    /// when its round is over (see the module comment).
+    pub fn write_rerunnable<R: Send + 'static, E: From<StoreError> + Send + 'static>(
+        &self,
+        mut work: impl FnMut(&mut dyn Conn) -> Result<R, E> + Send + 'static,
+    ) -> Result<R, E> {
+        let outcome: Arc<Mutex<Option<std::thread::Result<Result<R, E>>>>> = Arc::default();
+        let slot = outcome.clone();
+        let job = move |conn: &mut dyn Conn| {
+            let ran = panic::catch_unwind(AssertUnwindSafe(|| work(conn)));
+            let succeeded = matches!(ran, Ok(Ok(_)));
+            *lock(&slot) = Some(ran);
+            succeeded
+        };
+        let offered = Arc::new(Mutex::new(OfferedJob { job: Box::new(job), attempt: Attempt::First }));
+        loop {
+            let end = self.writer.run_offered(&offered);
+            let ran = lock(&outcome).take();
+            match answer(end, ran) {
+                Some(result) => return result,
+                None => {
+                    let mut offered = lock(&offered);
+                    assert_eq!(offered.attempt, Attempt::First, "a job run again holds its round: it is never undone");
+                    offered.attempt = Attempt::Again;
+                }
+            }
+        }
     }
 
     /// Switches the write connection to bulk loading (`on`: `synchronous=OFF`, a page cache
@@ -106,7 +170,9 @@ impl SqliteBackend {
     /// another caller's round is still open.
     pub fn set_bulk_load(&self, on: bool, cache_kib: u32) -> Result<(), StoreError> {
         let (me, signals) = mpsc::sync_channel(1);
-        let baton = self.writer.wait_for_turn(&me, &signals);
+        let Woken::Turn(baton) = self.writer.wait(Waiter { signals: me, offered: None }, &signals) else {
+            unreachable!("a caller that offers no job is told its turn first")
+        };
         let outcome = if baton.round.began.is_some() {
             Err(StoreError::Database("bulk loading cannot start while other writes are in flight".into()))
         } else if on {
@@ -169,6 +235,27 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// What a caller of a write answers, from how its round ended and what its job returned:
+/// `None` when the round was undone and the job must run again. A panic of the job reaches
+/// its caller whatever the round did.
+fn answer<R, E: From<StoreError>>(
+    end: Result<RoundEnd, StoreError>,
+    outcome: Option<std::thread::Result<Result<R, E>>>,
+) -> Option<Result<R, E>> {
+    if let Some(Err(payload)) = outcome {
+        panic::resume_unwind(payload);
+    }
+    match end {
+        Err(error) => Some(Err(error.into())),
+        Ok(RoundEnd::Committed) => match outcome {
+            Some(Ok(result)) => Some(result),
+            _ => unreachable!("a job in a committed round ran"),
+        },
+        Ok(RoundEnd::Failed(message)) => Some(Err(StoreError::Database(message).into())),
+        Ok(RoundEnd::Undone) => None,
+    }
+}
+
 /// The write connection and the round open on it: whoever holds the baton may write.
 struct Baton {
     connection: rusqlite::Connection,
@@ -182,14 +269,40 @@ struct Round {
     began: Option<Instant>,
     /// The callers whose jobs ran in this round, in order; each waits for the round's end.
     members: Vec<mpsc::SyncSender<Signal>>,
+    /// Whether a job that cannot run again (now) is in the round: then the round must never
+    /// be undone, so every later job runs inside a savepoint.
+    held: bool,
+}
+
+/// Which run of a job this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    /// A job that cannot run again ([`SqliteBackend::write`]).
+    Only,
+    /// The first run of a job that can run again: without a savepoint if the round allows.
+    First,
+    /// The second run, after its first round was undone: inside a savepoint, holding the
+    /// round, so that no later job can undo it again.
+    Again,
+}
+
+/// How a round ended, as each of its callers is told.
+#[derive(Debug, Clone)]
+enum RoundEnd {
+    Committed,
+    /// Rolled back, with nothing of it kept: every job in it fails with this message.
+    Failed(String),
+    /// Rolled back to undo a failed job that ran without a savepoint: every job in it runs
+    /// again.
+    Undone,
 }
 
 /// What a caller waiting on its channel is told.
 enum Signal {
     /// The caller's turn: here is the baton (boxed: it moves from thread to thread).
     Turn(Box<Baton>),
-    /// The round that ran the caller's job is over: committed, or failed with this message.
-    Finished(Result<(), String>),
+    /// The round that ran the caller's job is over.
+    Finished(RoundEnd),
 }
 
 struct GroupCommit {
@@ -204,18 +317,42 @@ struct Queue {
     /// The baton while nobody holds it; then nobody waits either.
     idle: Option<Box<Baton>>,
     /// Callers waiting for the baton, in arrival order.
-    waiting: VecDeque<mpsc::SyncSender<Signal>>,
+    waiting: VecDeque<Waiter>,
 }
 
-/// How a job ended, as far as the round is concerned.
-enum JobEnd {
-    /// The job ran and its savepoint was settled: the caller waits for the round's outcome.
-    Member(mpsc::SyncSender<Signal>),
-    /// The job panicked and its savepoint was rolled back: the caller leaves at once.
-    Panicked,
-    /// Settling the savepoint failed, or SQLite ended the transaction by itself: the round
-    /// cannot commit and every job in it fails with this message.
-    Broken(mpsc::SyncSender<Signal>, String),
+/// A caller waiting for the baton.
+struct Waiter {
+    signals: mpsc::SyncSender<Signal>,
+    /// The caller's job, when the caller lets whoever holds the baton run it
+    /// ([`SqliteBackend::write_rerunnable`]): the holder then runs it in its round, on its own
+    /// thread, and the caller is woken only by the round's end. Waking each caller to run its
+    /// own job cost a thread switch per job on the writer's serial path.
+    offered: Option<Arc<Mutex<OfferedJob>>>,
+}
+
+/// A job offered to the holder of the baton: returns whether it succeeded (its result goes
+/// to its caller by a way of its own).
+struct OfferedJob {
+    job: Box<dyn FnMut(&mut dyn Conn) -> bool + Send>,
+    attempt: Attempt,
+}
+
+/// What a queued caller is woken by.
+enum Woken {
+    Turn(Box<Baton>),
+    /// The holder ran the caller's offered job, and its round is over.
+    Finished(RoundEnd),
+}
+
+/// What running one job did to its round.
+enum Step {
+    /// The job's effects are in the round (none of them, if it failed).
+    Joined,
+    /// It failed having changed rows, with no savepoint: the round was rolled back and its
+    /// callers told to run their jobs again.
+    Undone,
+    /// A savepoint could not be settled: the round cannot commit.
+    Broken(String),
 }
 
 impl GroupCommit {
@@ -228,98 +365,154 @@ impl GroupCommit {
         }
     }
 
-    fn run<R, E: From<StoreError>>(&self, work: impl FnOnce(&mut dyn Conn) -> Result<R, E>) -> Result<R, E> {
-        // Room for one signal is enough: a caller is told its turn, then (after it has taken
-        // the turn) the end of its round.
+    /// Runs a job on the caller's own thread: waits for the baton, runs the job in the
+    /// current round, hands the baton on and waits for the round's end.
+    fn run_own(&self, job: &mut dyn FnMut(&mut dyn Conn) -> bool, attempt: Attempt) -> Result<RoundEnd, StoreError> {
         let (me, signals) = mpsc::sync_channel(1);
-        let mut baton = self.wait_for_turn(&me, &signals);
-        if baton.round.began.is_none() {
-            if let Err(error) = run_cached(&baton.connection, "BEGIN IMMEDIATE") {
-                self.pass(baton);
-                return Err(database(error).into());
-            }
-            baton.round.began = Some(Instant::now());
-        }
-        let (result, end) = match run_cached(&baton.connection, "SAVEPOINT job") {
-            Err(error) => {
-                let error = database(error);
-                let message = error.to_string();
-                (Err(error.into()), JobEnd::Broken(me, message))
-            }
-            Ok(()) => {
-                let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-                    work(&mut SqliteConn { connection: &mut baton.connection })
-                }));
-                let succeeded = matches!(outcome, Ok(Ok(_)));
-                let settled = settle_savepoint(&baton.connection, succeeded);
-                let end = match (settled, &outcome) {
-                    (Err(message), _) => JobEnd::Broken(me, message),
-                    (Ok(()), Err(_)) => JobEnd::Panicked,
-                    (Ok(()), Ok(_)) => JobEnd::Member(me),
-                };
-                match outcome {
-                    Ok(result) => (result, end),
-                    Err(payload) => {
-                        self.finish_job(baton, end);
-                        panic::resume_unwind(payload);
-                    }
-                }
-            }
-        };
-        self.finish_job(baton, end);
-        match signals.recv() {
-            Ok(Signal::Finished(Ok(()))) => result,
-            Ok(Signal::Finished(Err(message))) => Err(StoreError::Database(message).into()),
-            Ok(Signal::Turn(_)) | Err(_) => unreachable!("a caller in a round is told only the round's end"),
+        match self.wait(Waiter { signals: me.clone(), offered: None }, &signals) {
+            Woken::Turn(baton) => self.hold(baton, job, attempt, me, &signals),
+            Woken::Finished(_) => unreachable!("a caller that offers no job is told its turn first"),
         }
     }
 
-    /// Waits in the queue, in arrival order, for the baton.
-    fn wait_for_turn(&self, me: &mpsc::SyncSender<Signal>, signals: &mpsc::Receiver<Signal>) -> Box<Baton> {
+    /// Queues a job that the holder of the baton may run; runs it on the caller's thread
+    /// when the caller is given the baton instead. Returns how its round ended.
+    fn run_offered(&self, offered: &Arc<Mutex<OfferedJob>>) -> Result<RoundEnd, StoreError> {
+        // Room for one signal is enough: a caller is told its turn, then (after it has taken
+        // the turn) the end of its round; or only the end of its round.
+        let (me, signals) = mpsc::sync_channel(1);
+        match self.wait(Waiter { signals: me.clone(), offered: Some(offered.clone()) }, &signals) {
+            Woken::Finished(end) => Ok(end),
+            Woken::Turn(baton) => {
+                let mut offered = lock(offered);
+                let OfferedJob { job, attempt } = &mut *offered;
+                self.hold(baton, &mut **job, *attempt, me, &signals)
+            }
+        }
+    }
+
+    /// Waits in the queue, in arrival order, for the baton (or, for a caller that offered its
+    /// job, for the end of the round the holder ran it in).
+    fn wait(&self, waiter: Waiter, signals: &mpsc::Receiver<Signal>) -> Woken {
         let mut queue = lock(&self.queue);
         loop {
             if let Some(baton) = queue.idle.take() {
-                return baton;
+                return Woken::Turn(baton);
             }
             if queue.waiting.len() < MAX_QUEUED_JOBS {
                 break;
             }
             queue = self.room.wait(queue).unwrap_or_else(|poisoned| poisoned.into_inner());
         }
-        queue.waiting.push_back(me.clone());
+        queue.waiting.push_back(waiter);
         drop(queue);
         match signals.recv() {
-            Ok(Signal::Turn(baton)) => baton,
-            Ok(Signal::Finished(_)) | Err(_) => unreachable!("a queued caller is told its turn first"),
+            Ok(Signal::Turn(baton)) => Woken::Turn(baton),
+            Ok(Signal::Finished(end)) => Woken::Finished(end),
+            Err(_) => unreachable!("the holder tells every queued caller its turn or its round's end"),
         }
     }
 
-    /// Adds the job to its round, then hands the baton to the next caller or ends the round.
-    fn finish_job(&self, mut baton: Box<Baton>, end: JobEnd) {
-        let transaction_lost = baton.round.began.is_some() && baton.connection.is_autocommit();
-        match end {
-            JobEnd::Broken(me, message) => {
+    /// With the baton: runs the caller's job in the round (opening it if needed), goes on
+    /// with the round, and waits for its end.
+    fn hold(
+        &self,
+        mut baton: Box<Baton>,
+        job: &mut dyn FnMut(&mut dyn Conn) -> bool,
+        attempt: Attempt,
+        me: mpsc::SyncSender<Signal>,
+        signals: &mpsc::Receiver<Signal>,
+    ) -> Result<RoundEnd, StoreError> {
+        if baton.round.began.is_none() {
+            if let Err(error) = run_cached(&baton.connection, "BEGIN IMMEDIATE") {
+                self.pass(baton);
+                return Err(database(error));
+            }
+            baton.round.began = Some(Instant::now());
+        }
+        match self.step(&mut baton, job, attempt) {
+            Step::Undone => {
+                self.pass(baton);
+                return Ok(RoundEnd::Undone);
+            }
+            Step::Joined => {
+                baton.round.members.push(me);
+                self.go_on(baton);
+            }
+            Step::Broken(message) => {
                 baton.round.members.push(me);
                 self.abandon_round(&mut baton, &message);
+                self.pass(baton);
+            }
+        }
+        match signals.recv() {
+            Ok(Signal::Finished(end)) => Ok(end),
+            Ok(Signal::Turn(_)) | Err(_) => unreachable!("a caller in a round is told only the round's end"),
+        }
+    }
+
+    /// Runs one job in the open round: with no savepoint when it is the first run of a job
+    /// that can run again and the round holds only such jobs, else inside a savepoint.
+    fn step(&self, baton: &mut Baton, job: &mut dyn FnMut(&mut dyn Conn) -> bool, attempt: Attempt) -> Step {
+        if attempt == Attempt::First && !baton.round.held {
+            let changes_before = baton.connection.total_changes();
+            let succeeded = job(&mut SqliteConn { connection: &mut baton.connection });
+            if succeeded || baton.connection.total_changes() == changes_before {
+                return Step::Joined;
+            }
+            self.undo_round(baton);
+            return Step::Undone;
+        }
+        baton.round.held = true;
+        if let Err(error) = run_cached(&baton.connection, "SAVEPOINT job") {
+            return Step::Broken(database(error).to_string());
+        }
+        let succeeded = job(&mut SqliteConn { connection: &mut baton.connection });
+        match settle_savepoint(&baton.connection, succeeded) {
+            Ok(()) => Step::Joined,
+            Err(message) => Step::Broken(message),
+        }
+    }
+
+    /// After a job joined the round: runs the jobs offered by the callers queued next, while
+    /// the round has room, then hands the baton to the next caller that runs its own job, or
+    /// ends the round.
+    fn go_on(&self, mut baton: Box<Baton>) {
+        loop {
+            if baton.round.began.is_some() && baton.connection.is_autocommit() {
+                self.abandon_round(&mut baton, "SQLite rolled the transaction back");
                 return self.pass(baton);
             }
-            JobEnd::Member(me) => baton.round.members.push(me),
-            JobEnd::Panicked => {}
-        }
-        if transaction_lost {
-            self.abandon_round(&mut baton, "SQLite rolled the transaction back");
-            return self.pass(baton);
-        }
-        let round_has_room = baton.round.members.len() < MAX_JOBS_PER_ROUND
-            && baton.round.began.is_some_and(|began| began.elapsed() < self.max_round_duration);
-        if round_has_room {
-            let mut queue = lock(&self.queue);
-            while let Some(next) = queue.waiting.pop_front() {
-                self.room.notify_one();
-                match next.send(Signal::Turn(baton)) {
+            let round_has_room = baton.round.members.len() < MAX_JOBS_PER_ROUND
+                && baton.round.began.is_some_and(|began| began.elapsed() < self.max_round_duration);
+            if !round_has_room {
+                break;
+            }
+            let next = lock(&self.queue).waiting.pop_front();
+            let Some(next) = next else { break };
+            self.room.notify_one();
+            let Some(offered) = next.offered else {
+                match next.signals.send(Signal::Turn(baton)) {
                     Ok(()) => return,
                     // The caller is gone (it cannot be, it blocks until told): try the next.
-                    Err(mpsc::SendError(signal)) => baton = into_baton(signal),
+                    Err(mpsc::SendError(signal)) => {
+                        baton = into_baton(signal);
+                        continue;
+                    }
+                }
+            };
+            let mut offered = lock(&offered);
+            let OfferedJob { job, attempt } = &mut *offered;
+            match self.step(&mut baton, &mut **job, *attempt) {
+                Step::Joined => baton.round.members.push(next.signals),
+                Step::Undone => {
+                    let _ = next.signals.send(Signal::Finished(RoundEnd::Undone));
+                    return self.pass(baton);
+                }
+                Step::Broken(message) => {
+                    baton.round.members.push(next.signals);
+                    self.abandon_round(&mut baton, &message);
+                    return self.pass(baton);
                 }
             }
         }
@@ -332,15 +525,32 @@ impl GroupCommit {
         let Some(began) = baton.round.began.take() else {
             return;
         };
-        let outcome = run_cached(&baton.connection, "COMMIT").map_err(|error| {
-            let _ = baton.connection.execute_batch("ROLLBACK");
-            format!("the transaction did not commit: {}", database(error))
-        });
+        baton.round.held = false;
+        let outcome = match run_cached(&baton.connection, "COMMIT") {
+            Ok(()) => RoundEnd::Committed,
+            Err(error) => {
+                let _ = baton.connection.execute_batch("ROLLBACK");
+                RoundEnd::Failed(format!("the transaction did not commit: {}", database(error)))
+            }
+        };
         // For /metrics (no-ops unless the server installed a recorder).
         metrics::histogram!("tally_sqlite_commit_round_jobs").record(baton.round.members.len() as f64);
         metrics::histogram!("tally_sqlite_commit_round_seconds").record(began.elapsed().as_secs_f64());
         for member in baton.round.members.drain(..) {
             let _ = member.send(Signal::Finished(outcome.clone()));
+        }
+    }
+
+    /// Rolls the whole round back and tells every caller in it to run its job again.
+    fn undo_round(&self, baton: &mut Baton) {
+        if !baton.connection.is_autocommit() {
+            let _ = baton.connection.execute_batch("ROLLBACK");
+        }
+        baton.round.began = None;
+        baton.round.held = false;
+        metrics::counter!("tally_sqlite_rounds_undone_total").increment(1);
+        for member in baton.round.members.drain(..) {
+            let _ = member.send(Signal::Finished(RoundEnd::Undone));
         }
     }
 
@@ -350,9 +560,10 @@ impl GroupCommit {
             let _ = baton.connection.execute_batch("ROLLBACK");
         }
         baton.round.began = None;
+        baton.round.held = false;
         let message = format!("the transaction was rolled back: {message}");
         for member in baton.round.members.drain(..) {
-            let _ = member.send(Signal::Finished(Err(message.clone())));
+            let _ = member.send(Signal::Finished(RoundEnd::Failed(message.clone())));
         }
     }
 
@@ -361,7 +572,7 @@ impl GroupCommit {
         let mut queue = lock(&self.queue);
         while let Some(next) = queue.waiting.pop_front() {
             self.room.notify_one();
-            match next.send(Signal::Turn(baton)) {
+            match next.signals.send(Signal::Turn(baton)) {
                 Ok(()) => return,
                 Err(mpsc::SendError(signal)) => baton = into_baton(signal),
             }
@@ -611,6 +822,7 @@ fn database(error: rusqlite::Error) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]
     fn placeholders_are_rewritten_only_where_numbered() {
@@ -679,26 +891,50 @@ mod tests {
     }
 
     type Job<'a, R> = Box<dyn FnOnce(&mut dyn Conn) -> Result<R, StoreError> + Send + 'a>;
+    type RerunnableJob<R> = Box<dyn FnMut(&mut dyn Conn) -> Result<R, StoreError> + Send + 'static>;
+
+    /// A job for [`run_queued_as`], and how its caller writes.
+    enum Queued<'a, R> {
+        /// By `write`.
+        Once(Job<'a, R>),
+        /// By `write_rerunnable`.
+        Rerunnable(RerunnableJob<R>),
+    }
 
     /// Runs `jobs` as one queue behind a job that holds the baton until all are queued, each
     /// on its own thread, in order, so that they all run in one round; returns each job's
     /// result.
-    fn run_queued<R: Send>(
+    fn run_queued<R: Send + 'static>(
         backend: &SqliteBackend,
         jobs: Vec<Job<'_, R>>,
+    ) -> Vec<std::thread::Result<Result<R, StoreError>>> {
+        run_queued_as(backend, jobs.into_iter().map(Queued::Once).collect())
+    }
+
+    /// [`run_queued`] for jobs written either way. The job holding the baton can run again,
+    /// so that it leaves the round free to run the others without savepoints.
+    fn run_queued_as<R: Send + 'static>(
+        backend: &SqliteBackend,
+        jobs: Vec<Queued<'_, R>>,
     ) -> Vec<std::thread::Result<Result<R, StoreError>>> {
         let (release, released) = mpsc::channel::<()>();
         std::thread::scope(|scope| {
             let blocker = scope.spawn(move || {
-                backend.write(|_| {
-                    released.recv().unwrap();
+                let mut first = true;
+                backend.write_rerunnable(move |_| {
+                    if std::mem::take(&mut first) {
+                        released.recv().unwrap();
+                    }
                     Ok::<_, StoreError>(())
                 })
             });
             wait_until(|| baton_taken(backend));
             let mut handles = Vec::new();
             for (index, job) in jobs.into_iter().enumerate() {
-                handles.push(scope.spawn(move || backend.write(job)));
+                handles.push(scope.spawn(move || match job {
+                    Queued::Once(job) => backend.write(job),
+                    Queued::Rerunnable(job) => backend.write_rerunnable(job),
+                }));
                 wait_until(|| queued(backend) == index + 1);
             }
             release.send(()).unwrap();
@@ -800,6 +1036,139 @@ mod tests {
         assert!(results[1].is_err(), "the panic reaches its caller");
         assert!(results[2].as_ref().unwrap().is_ok());
         assert_eq!(rows(&backend), vec![1, 3]);
+    }
+
+    /// Runs of each job of a test, counted by the jobs.
+    type Runs = Arc<Vec<AtomicUsize>>;
+
+    fn runs(jobs: usize) -> Runs {
+        Arc::new((0..jobs).map(|_| AtomicUsize::new(0)).collect())
+    }
+
+    /// A rerunnable job that counts its runs in `runs[index]` and inserts `n`.
+    fn counted_insert(runs: &Runs, index: usize, n: i64) -> Queued<'static, ()> {
+        counted(runs, index, move |conn| insert(conn, n))
+    }
+
+    /// A rerunnable job that counts its runs in `runs[index]`, then does `work`.
+    fn counted(
+        runs: &Runs,
+        index: usize,
+        mut work: impl FnMut(&mut dyn Conn) -> Result<(), StoreError> + Send + 'static,
+    ) -> Queued<'static, ()> {
+        let runs = runs.clone();
+        Queued::Rerunnable(Box::new(move |conn| {
+            runs[index].fetch_add(1, Ordering::SeqCst);
+            work(conn)
+        }))
+    }
+
+    fn counts(runs: &Runs) -> Vec<usize> {
+        runs.iter().map(|runs| runs.load(Ordering::SeqCst)).collect()
+    }
+
+    /// The rule that lets the hot path skip savepoints: a job that fails having written
+    /// leaves nothing behind, and every job of its round still lands exactly once.
+    #[test]
+    fn a_rerunnable_job_failing_after_it_wrote_undoes_the_round_and_every_job_lands_once() {
+        let (_dir, backend) = backend();
+        let runs = runs(3);
+        let jobs = vec![
+            counted_insert(&runs, 0, 1),
+            counted(&runs, 1, |conn| {
+                insert(conn, 2)?;
+                Err(StoreError::Conflict("the job refuses".into()))
+            }),
+            counted_insert(&runs, 2, 3),
+        ];
+        let results: Vec<_> = run_queued_as(&backend, jobs).into_iter().map(|joined| joined.unwrap()).collect();
+        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+        assert!(matches!(&results[1], Err(StoreError::Conflict(message)) if message == "the job refuses"));
+        let mut landed = rows(&backend);
+        landed.sort();
+        assert_eq!(landed, vec![1, 3], "the failed job's row is gone, the others are there once");
+        // The first job's round was undone and it ran again; the failed job ran again (in a
+        // savepoint) to fail alone; the job queued after it ran once, in a new round.
+        assert_eq!(counts(&runs), vec![2, 2, 1]);
+    }
+
+    /// The holder of the connection runs the jobs offered behind it on its own thread: a
+    /// round of the hot path wakes its callers once, at its end.
+    #[test]
+    fn offered_jobs_run_on_the_thread_that_holds_the_connection() {
+        let (_dir, backend) = backend();
+        let threads = Arc::new(Mutex::new(Vec::new()));
+        let jobs = (1..=4)
+            .map(|n| {
+                let threads = threads.clone();
+                Queued::Rerunnable(Box::new(move |conn: &mut dyn Conn| {
+                    lock(&threads).push(std::thread::current().id());
+                    insert(conn, n)
+                }) as RerunnableJob<()>)
+            })
+            .collect();
+        for joined in run_queued_as(&backend, jobs) {
+            joined.unwrap().unwrap();
+        }
+        assert_eq!(rows(&backend), vec![1, 2, 3, 4], "in queue order, once each");
+        let threads = lock(&threads);
+        assert!(threads.iter().all(|thread| *thread == threads[0]), "one thread ran them all: {threads:?}");
+    }
+
+    #[test]
+    fn a_rerunnable_job_failing_before_it_writes_undoes_nothing() {
+        let (_dir, backend) = backend();
+        let runs = runs(3);
+        let jobs = vec![
+            counted_insert(&runs, 0, 1),
+            counted(&runs, 1, |_| Err(StoreError::Conflict("refused before writing".into()))),
+            counted_insert(&runs, 2, 3),
+        ];
+        let results: Vec<_> = run_queued_as(&backend, jobs).into_iter().map(|joined| joined.unwrap()).collect();
+        assert!(results[0].is_ok() && results[1].is_err() && results[2].is_ok(), "{results:?}");
+        assert_eq!(rows(&backend), vec![1, 3]);
+        assert_eq!(counts(&runs), vec![1, 1, 1], "nothing ran twice");
+    }
+
+    /// A job written with `write` runs once: once it is in a round, later jobs keep to
+    /// savepoints, so a failure cannot undo it.
+    #[test]
+    fn a_job_that_cannot_run_again_is_never_undone() {
+        let (_dir, backend) = backend();
+        let runs = runs(2);
+        let jobs = vec![
+            counted_insert(&runs, 0, 1),
+            Queued::Once(Box::new(|conn| insert(conn, 2))),
+            counted(&runs, 1, |conn| {
+                insert(conn, 3)?;
+                Err(StoreError::Conflict("refused after writing".into()))
+            }),
+        ];
+        let results: Vec<_> = run_queued_as(&backend, jobs).into_iter().map(|joined| joined.unwrap()).collect();
+        assert!(results[0].is_ok() && results[1].is_ok() && results[2].is_err(), "{results:?}");
+        assert_eq!(rows(&backend), vec![1, 2]);
+        assert_eq!(counts(&runs), vec![1, 1]);
+    }
+
+    #[test]
+    fn a_panicking_rerunnable_job_undoes_its_round_and_the_others_land() {
+        let (_dir, backend) = backend();
+        let runs = runs(2);
+        let jobs = vec![
+            counted_insert(&runs, 0, 1),
+            Queued::Rerunnable(Box::new(|conn| {
+                insert(conn, 2)?;
+                panic!("a job panics");
+            })),
+            counted_insert(&runs, 1, 3),
+        ];
+        let results = run_queued_as(&backend, jobs);
+        assert!(results[1].is_err(), "the panic reaches its caller");
+        assert!(results[0].as_ref().unwrap().is_ok() && results[2].as_ref().unwrap().is_ok());
+        let mut landed = rows(&backend);
+        landed.sort();
+        assert_eq!(landed, vec![1, 3]);
+        assert_eq!(counts(&runs), vec![2, 1]);
     }
 
     /// Several servers or `tally migrate` runs started together open one new file at once:

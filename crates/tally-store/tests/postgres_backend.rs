@@ -333,3 +333,57 @@ fn connections_held_at_once_add_to_different_rows_of_a_platform_wide_total() {
     shards.dedup();
     assert_eq!(shards.len(), connections, "each connection held at once has its own row: {shards:?}");
 }
+
+/// Two jobs that lock the same two rows in opposite orders deadlock; PostgreSQL aborts one.
+/// Work that can run again (the usage-event hot path) must then succeed on its second run,
+/// with every change applied exactly once, instead of failing its caller.
+#[test]
+fn a_rerunnable_job_aborted_to_break_a_deadlock_runs_again_and_lands_once() {
+    let Some(database) = Database::create() else { return };
+    let store = Arc::new(database.open());
+    store
+        .write(|conn| {
+            conn.execute("CREATE TABLE counters (id BIGINT PRIMARY KEY, n BIGINT NOT NULL)", &[])?;
+            conn.execute("INSERT INTO counters VALUES (1, 0), (2, 0)", &[])?;
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+    let both_hold_one_row = Arc::new(Barrier::new(2));
+    let jobs: Vec<_> = [(1_i64, 2_i64), (2, 1)]
+        .into_iter()
+        .map(|(first, second)| {
+            let (store, both_hold_one_row) = (store.clone(), both_hold_one_row.clone());
+            std::thread::spawn(move || {
+                let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+                let counted = runs.clone();
+                let result = store.write_rerunnable(move |conn| {
+                    let run = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    conn.execute("SET LOCAL deadlock_timeout = '50ms'", &[])?;
+                    conn.execute("UPDATE counters SET n = n + 1 WHERE id = $1", params![first])?;
+                    if run == 1 {
+                        both_hold_one_row.wait();
+                    }
+                    conn.execute("UPDATE counters SET n = n + 1 WHERE id = $1", params![second])?;
+                    Ok::<_, StoreError>(())
+                });
+                (result, runs.load(std::sync::atomic::Ordering::SeqCst))
+            })
+        })
+        .collect();
+    let outcomes: Vec<_> = jobs.into_iter().map(|job| job.join().unwrap()).collect();
+    for (result, _) in &outcomes {
+        assert!(result.is_ok(), "{result:?}");
+    }
+    let mut runs: Vec<u32> = outcomes.iter().map(|(_, runs)| *runs).collect();
+    runs.sort_unstable();
+    assert_eq!(runs, vec![1, 2], "the deadlock's victim ran again, once");
+    let counts = store
+        .read(|conn| {
+            conn.query("SELECT n FROM counters ORDER BY id", &[])?
+                .iter()
+                .map(|row| row.int(0))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .unwrap();
+    assert_eq!(counts, vec![2, 2], "each job's updates landed exactly once");
+}

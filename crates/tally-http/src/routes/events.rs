@@ -209,7 +209,11 @@ pub async fn send_usage(
     let events = parse_events(&request.events, Some(now))?;
     let catalog = state.catalog.clone();
     let report =
-        state.write(move |conn| event_ops::ingest(conn, auth.mode, &customer, &events, catalog.as_ref(), now)).await?;
+        // Ingesting changes only rows (the grant cache checks each row's token), so it can run
+        // again: SQLite then runs it without a savepoint.
+        state
+            .write_rerunnable(move |conn| event_ops::ingest(conn, auth.mode, &customer, &events, catalog.as_ref(), now))
+            .await?;
     crate::telemetry::usage_ingested(auth.mode, &report);
     Ok(StatusCode::NO_CONTENT)
 }
