@@ -133,7 +133,7 @@ impl SqliteBackend {
         &self,
         mut work: impl FnMut(&mut dyn Conn) -> Result<R, E> + Send + 'static,
     ) -> Result<R, E> {
-        let outcome: Arc<Mutex<Option<std::thread::Result<Result<R, E>>>>> = Arc::default();
+        let outcome: Arc<Mutex<Outcome<R, E>>> = Arc::default();
         let slot = outcome.clone();
         let job = move |conn: &mut dyn Conn| {
             let ran = panic::catch_unwind(AssertUnwindSafe(|| work(conn)));
@@ -235,13 +235,16 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// What a job returned, or its panic; `None` until it ran.
+type Outcome<R, E> = Option<std::thread::Result<Result<R, E>>>;
+
+/// An offered job's closure: true when the job succeeded.
+type OfferedFn = Box<dyn FnMut(&mut dyn Conn) -> bool + Send>;
+
 /// What a caller of a write answers, from how its round ended and what its job returned:
 /// `None` when the round was undone and the job must run again. A panic of the job reaches
 /// its caller whatever the round did.
-fn answer<R, E: From<StoreError>>(
-    end: Result<RoundEnd, StoreError>,
-    outcome: Option<std::thread::Result<Result<R, E>>>,
-) -> Option<Result<R, E>> {
+fn answer<R, E: From<StoreError>>(end: Result<RoundEnd, StoreError>, outcome: Outcome<R, E>) -> Option<Result<R, E>> {
     if let Some(Err(payload)) = outcome {
         panic::resume_unwind(payload);
     }
@@ -333,7 +336,7 @@ struct Waiter {
 /// A job offered to the holder of the baton: returns whether it succeeded (its result goes
 /// to its caller by a way of its own).
 struct OfferedJob {
-    job: Box<dyn FnMut(&mut dyn Conn) -> bool + Send>,
+    job: OfferedFn,
     attempt: Attempt,
 }
 
