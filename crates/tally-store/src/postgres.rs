@@ -130,8 +130,9 @@ struct Connection {
     statements: HashMap<String, postgres::Statement>,
     /// Set when an error showed the connection is unusable: it is then closed, not pooled.
     broken: bool,
-    /// Set when PostgreSQL aborted the transaction to break a deadlock (or a serialization
-    /// conflict): nothing of it was applied, and running it again can succeed.
+    /// Set when PostgreSQL aborted the current transaction to break a deadlock (or a
+    /// serialization conflict): nothing of it was applied, and running it again can succeed.
+    /// Cleared when a transaction begins.
     aborted_to_retry: bool,
     /// Has begun a transaction before; a connection that has not is fresh from `connect`.
     used: bool,
@@ -205,6 +206,7 @@ impl PostgresBackend {
             let mut checkout = self.checkout()?;
             let connection = &mut *checkout;
             let fresh = !std::mem::replace(&mut connection.used, true);
+            connection.aborted_to_retry = false;
             match connection.client.batch_execute(begin) {
                 Ok(()) => return Ok(checkout),
                 Err(error) => {
@@ -245,11 +247,8 @@ impl PostgresBackend {
         let mut runs = 1;
         loop {
             let mut checkout = self.begin("BEGIN ISOLATION LEVEL READ COMMITTED")?;
-            checkout.aborted_to_retry = false;
             let result = run_in_transaction(&mut checkout, &mut work);
-            let retry = result.is_err() && checkout.aborted_to_retry && runs < MAX_RUNS;
-            checkout.aborted_to_retry = false;
-            if !retry {
+            if !(result.is_err() && checkout.aborted_to_retry && runs < MAX_RUNS) {
                 return result;
             }
             metrics::counter!("tally_postgres_transactions_rerun_total").increment(1);

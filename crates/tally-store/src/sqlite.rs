@@ -433,20 +433,9 @@ impl GroupCommit {
             }
             baton.round.began = Some(Instant::now());
         }
-        match self.step(&mut baton, job, attempt) {
-            Step::Undone => {
-                self.pass(baton);
-                return Ok(RoundEnd::Undone);
-            }
-            Step::Joined => {
-                baton.round.members.push(me);
-                self.go_on(baton);
-            }
-            Step::Broken(message) => {
-                baton.round.members.push(me);
-                self.abandon_round(&mut baton, &message);
-                self.pass(baton);
-            }
+        let step = self.step(&mut baton, job, attempt);
+        if let Some(baton) = self.settle(baton, step, me) {
+            self.go_on(baton);
         }
         match signals.recv() {
             Ok(Signal::Finished(end)) => Ok(end),
@@ -477,6 +466,27 @@ impl GroupCommit {
         }
     }
 
+    /// What a job's step means for its caller (`member`) and the round: joined, the round
+    /// goes on (the baton is returned); undone, the caller is told to run its job again;
+    /// broken, the round fails. In the last two the baton has been passed on.
+    fn settle(&self, mut baton: Box<Baton>, step: Step, member: mpsc::SyncSender<Signal>) -> Option<Box<Baton>> {
+        match step {
+            Step::Joined => {
+                baton.round.members.push(member);
+                return Some(baton);
+            }
+            Step::Undone => {
+                let _ = member.send(Signal::Finished(RoundEnd::Undone));
+            }
+            Step::Broken(message) => {
+                baton.round.members.push(member);
+                self.abandon_round(&mut baton, &message);
+            }
+        }
+        self.pass(baton);
+        None
+    }
+
     /// After a job joined the round: runs the jobs offered by the callers queued next, while
     /// the round has room, then hands the baton to the next caller that runs its own job, or
     /// ends the round.
@@ -504,19 +514,14 @@ impl GroupCommit {
                     }
                 }
             };
-            let mut offered = lock(&offered);
-            let OfferedJob { job, attempt } = &mut *offered;
-            match self.step(&mut baton, &mut **job, *attempt) {
-                Step::Joined => baton.round.members.push(next.signals),
-                Step::Undone => {
-                    let _ = next.signals.send(Signal::Finished(RoundEnd::Undone));
-                    return self.pass(baton);
-                }
-                Step::Broken(message) => {
-                    baton.round.members.push(next.signals);
-                    self.abandon_round(&mut baton, &message);
-                    return self.pass(baton);
-                }
+            let step = {
+                let mut offered = lock(&offered);
+                let OfferedJob { job, attempt } = &mut *offered;
+                self.step(&mut baton, &mut **job, *attempt)
+            };
+            match self.settle(baton, step, next.signals) {
+                Some(joined) => baton = joined,
+                None => return,
             }
         }
         Self::commit_round(&mut baton);

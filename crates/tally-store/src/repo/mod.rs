@@ -117,6 +117,20 @@ impl From<Page> for Window {
 /// large table cannot stay fast. Past it, `total` is a lower bound above this number.
 pub const COUNT_LIMIT: i64 = 10_000;
 
+/// How many rows of `from` match `condition`, counting no further than past [`COUNT_LIMIT`]:
+/// exact up to it, `COUNT_LIMIT + 1` ("more") beyond, so a count costs the same at any size.
+pub(crate) fn count_up_to_limit(
+    conn: &mut dyn Conn,
+    from: &str,
+    condition: &str,
+    values: &[crate::conn::Value],
+) -> Result<i64, StoreError> {
+    conn.count(
+        &format!("SELECT COUNT(*) FROM (SELECT 1 FROM {from} WHERE {condition} LIMIT {}) counted", COUNT_LIMIT + 1),
+        values,
+    )
+}
+
 /// One page of a listing: its items, how many rows match (exact up to [`COUNT_LIMIT`], or when
 /// asked), and the cursors of the neighbouring pages, when there are rows there.
 #[derive(Debug, Clone, PartialEq)]
@@ -193,13 +207,7 @@ impl Filter {
         let mut total = if window.exact_total {
             conn.count(&format!("SELECT COUNT(*) FROM {from} WHERE {condition}"), &self.values)?
         } else {
-            conn.count(
-                &format!(
-                    "SELECT COUNT(*) FROM (SELECT 1 FROM {from} WHERE {condition} LIMIT {}) counted",
-                    COUNT_LIMIT + 1
-                ),
-                &self.values,
-            )?
+            count_up_to_limit(conn, from, &condition, &self.values)?
         };
         let key_list = keys.columns.join(", ");
         // Rows after a position in the listing's order: smaller keys when it descends.

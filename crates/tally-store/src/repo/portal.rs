@@ -178,12 +178,10 @@ fn fee_from_row(row: &crate::Row) -> Result<FeeLine, StoreError> {
 /// Counting every fee read a row per fee (no index holds `kind`): 88 ms for a customer with
 /// 100,000 fees, and growing with them, on every portal page that shows the count.
 pub fn fees(conn: &mut dyn Conn, mode: Mode, customer_id: &str, page: Page) -> Result<(Vec<FeeLine>, i64), StoreError> {
-    let total = conn.count(
-        &format!(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM transactions WHERE mode = $1 AND customer_id = $2 AND kind = 'fee'
-             LIMIT {}) counted",
-            super::COUNT_LIMIT + 1
-        ),
+    let total = super::count_up_to_limit(
+        conn,
+        "transactions",
+        "mode = $1 AND customer_id = $2 AND kind = 'fee'",
         params![mode.as_str(), customer_id],
     )?;
     let items = conn

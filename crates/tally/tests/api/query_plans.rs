@@ -266,15 +266,21 @@ const EVENT_FILTERS_COUNTED_FROM_THE_INDEX: &[&str] =
 /// plan must search the primary key by id.
 const PORTAL_EVENT_TIMES: &str = "GET /portal, the usage lines' event times";
 
+/// The plan of `sql`, a line each: SQLite's `EXPLAIN QUERY PLAN` details, PostgreSQL's
+/// `EXPLAIN` lines.
+fn explained(conn: &mut dyn Conn, sql: &str, params: &[Value]) -> Result<Vec<String>, StoreError> {
+    let (explain, column) = match conn.dialect() {
+        Dialect::Sqlite => ("EXPLAIN QUERY PLAN", 3),
+        Dialect::Postgres => ("EXPLAIN", 0),
+    };
+    conn.query(&format!("{explain} {sql}"), params)?.iter().map(|row| row.text(column)).collect()
+}
+
 /// For a statement of `GET /events` with a filter of [`EVENT_FILTER_LEADS`], or of
 /// [`PORTAL_EVENT_TIMES`]: what is wrong with the index that leads its plan, if anything.
 fn lead_problems(conn: &mut dyn Conn, label: &str, sql: &str, params: &[Value]) -> Result<Vec<String>, StoreError> {
     if label == PORTAL_EVENT_TIMES && conn.dialect() == Dialect::Sqlite {
-        let plan: Vec<String> = conn
-            .query(&format!("EXPLAIN QUERY PLAN {sql}"), params)?
-            .iter()
-            .map(|row| row.text(3))
-            .collect::<Result<_, _>>()?;
+        let plan = explained(conn, sql, params)?;
         let by_id = plan.iter().any(|detail| detail.starts_with("SEARCH e ") && detail.contains("(mode=? AND id=?)"));
         return Ok(if by_id { Vec::new() } else { vec![format!("not by primary key: {}", plan.join(" | "))] });
     }
@@ -290,11 +296,7 @@ fn lead_problems(conn: &mut dyn Conn, label: &str, sql: &str, params: &[Value]) 
     let mut problems = Vec::new();
     match conn.dialect() {
         Dialect::Sqlite => {
-            let plan: Vec<String> = conn
-                .query(&format!("EXPLAIN QUERY PLAN {sql}"), params)?
-                .iter()
-                .map(|row| row.text(3))
-                .collect::<Result<_, _>>()?;
+            let plan = explained(conn, sql, params)?;
             let searches: Vec<&String> = plan.iter().filter(|detail| detail.starts_with("SEARCH e ")).collect();
             if let Some((_, term, _)) = lead {
                 if !searches.iter().any(|detail| detail.contains(term)) {
@@ -306,11 +308,7 @@ fn lead_problems(conn: &mut dyn Conn, label: &str, sql: &str, params: &[Value]) 
             }
         }
         Dialect::Postgres => {
-            let plan: Vec<String> = conn
-                .query(&format!("EXPLAIN {sql}"), params)?
-                .iter()
-                .map(|row| row.text(0))
-                .collect::<Result<_, _>>()?;
+            let plan = explained(conn, sql, params)?;
             if let Some((_, _, Some(term))) = lead {
                 // The scan of `usage_events e` and its `Index Cond` on the lines after it.
                 let led = plan.iter().enumerate().any(|(index, line)| {
@@ -338,8 +336,7 @@ fn plan_problems(conn: &mut dyn Conn, sql: &str, params: &[Value]) -> Result<Vec
     let mut problems = Vec::new();
     match conn.dialect() {
         Dialect::Sqlite => {
-            for row in conn.query(&format!("EXPLAIN QUERY PLAN {sql}"), params)? {
-                let detail = row.text(3)?;
+            for detail in explained(conn, sql, params)? {
                 // A scan of the ids a query was given (`VALUES`) reads no table.
                 let table_scan = detail.starts_with("SCAN ")
                     && !detail.contains(" USING ")
@@ -353,11 +350,7 @@ fn plan_problems(conn: &mut dyn Conn, sql: &str, params: &[Value]) -> Result<Vec
             }
         }
         Dialect::Postgres => {
-            let plan: Vec<String> = conn
-                .query(&format!("EXPLAIN {sql}"), params)?
-                .iter()
-                .map(|row| row.text(0))
-                .collect::<Result<_, _>>()?;
+            let plan = explained(conn, sql, params)?;
             for line in &plan {
                 let sort = line.trim_start().trim_start_matches("->").trim_start().starts_with("Sort ");
                 if line.contains("Seq Scan") || (sort && !sort_allowed) {
