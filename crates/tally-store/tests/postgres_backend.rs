@@ -8,7 +8,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
-use std::sync::{mpsc, Arc, Barrier};
+use std::sync::{mpsc, Arc, Barrier, Condvar, Mutex};
 use tally_core::asset::AssetCode;
 use tally_core::Mode;
 use tally_store::migrate::MIGRATIONS;
@@ -349,15 +349,26 @@ fn a_rerunnable_job_aborted_to_break_a_deadlock_runs_again_and_lands_once() {
         })
         .unwrap();
     let both_hold_one_row = Arc::new(Barrier::new(2));
+    // The victim's second run waits, holding no lock, until the other job has committed.
+    // Without this wait it could take its first row again before the winner (just woken by
+    // the abort) takes it, and the two would deadlock a second time: still correct, as a
+    // job runs up to three times, but not the single rerun this test states.
+    let jobs_done = Arc::new((Mutex::new(0_u32), Condvar::new()));
     let jobs: Vec<_> = [(1_i64, 2_i64), (2, 1)]
         .into_iter()
         .map(|(first, second)| {
             let (store, both_hold_one_row) = (store.clone(), both_hold_one_row.clone());
+            let jobs_done = jobs_done.clone();
             std::thread::spawn(move || {
                 let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
                 let counted = runs.clone();
+                let other_job_done = jobs_done.clone();
                 let result = store.write_rerunnable(move |conn| {
                     let run = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    if run > 1 {
+                        let (done, changed) = &*other_job_done;
+                        drop(changed.wait_while(done.lock().unwrap(), |done| *done == 0).unwrap());
+                    }
                     conn.execute("SET LOCAL deadlock_timeout = '50ms'", &[])?;
                     conn.execute("UPDATE counters SET n = n + 1 WHERE id = $1", params![first])?;
                     if run == 1 {
@@ -366,6 +377,9 @@ fn a_rerunnable_job_aborted_to_break_a_deadlock_runs_again_and_lands_once() {
                     conn.execute("UPDATE counters SET n = n + 1 WHERE id = $1", params![second])?;
                     Ok::<_, StoreError>(())
                 });
+                let (done, changed) = &*jobs_done;
+                *done.lock().unwrap() += 1;
+                changed.notify_all();
                 (result, runs.load(std::sync::atomic::Ordering::SeqCst))
             })
         })
