@@ -1,6 +1,7 @@
 //! The append-only ledger: entries and their postings, and the record of each grant issued.
 //! Nothing here updates or deletes.
 
+use super::rollups::MICROS_PER_HOUR;
 use super::wallets::{AccountKey, GrantOrigin};
 use crate::conn::{Conn, Dialect, Row};
 use crate::{params, StoreError};
@@ -885,12 +886,19 @@ pub fn postings_in_rows(
 /// One transaction as the fingerprint pass reads it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TransactionLine<'a> {
+    pub mode: &'a str,
     pub customer_id: &'a str,
     pub id: &'a str,
     pub kind: &'a str,
     pub account_name: &'a str,
     pub asset: &'a str,
     pub amount: Decimal,
+    /// The hour it was made in (as `repo::rollups` counts hours: microseconds since the epoch
+    /// divided by an hour's).
+    pub hour: i64,
+    /// Its details, for a fee that `fee_rollups` counts as another fee
+    /// (`repo::rollups::is_other_fee`) only: none is read for the others.
+    pub other_fee_detail: Option<&'a str>,
 }
 
 /// Every transaction, in the order the table stores them.
@@ -898,16 +906,27 @@ pub fn each_transaction(
     conn: &mut dyn Conn,
     each: &mut dyn FnMut(TransactionLine) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
-    conn.query_each("SELECT customer_id, id, kind, account_name, asset, amount FROM transactions", &[], &mut |row| {
-        each(TransactionLine {
-            customer_id: row.str(0)?,
-            id: row.str(1)?,
-            kind: row.str(2)?,
-            account_name: row.str(3)?,
-            asset: row.str(4)?,
-            amount: row.decimal(5)?,
-        })
-    })
+    conn.query_each(
+        &format!(
+            "SELECT mode, customer_id, id, kind, account_name, asset, amount, created_at / {MICROS_PER_HOUR},
+                    CASE WHEN kind = 'fee' AND substr(id, 1, 12) <> 'tally_event_' THEN detail END
+             FROM transactions"
+        ),
+        &[],
+        &mut |row| {
+            each(TransactionLine {
+                mode: row.str(0)?,
+                customer_id: row.str(1)?,
+                id: row.str(2)?,
+                kind: row.str(3)?,
+                account_name: row.str(4)?,
+                asset: row.str(5)?,
+                amount: row.decimal(6)?,
+                hour: row.int(7)?,
+                other_fee_detail: row.opt_str(8)?,
+            })
+        },
+    )
 }
 
 /// One usage event's fee summary as the fingerprint pass reads it.
@@ -951,6 +970,10 @@ pub struct FeeLine<'a> {
     pub line: i64,
     pub asset: &'a str,
     pub amount: Decimal,
+    /// The hour its event occurred in, and its product and price: its rollup's key.
+    pub hour: i64,
+    pub product_id: &'a str,
+    pub price_id: &'a str,
 }
 
 /// Every fee of a usage event, an event's fees one after another: on SQLite in the order the
@@ -962,13 +985,15 @@ pub fn each_fee(
     conn: &mut dyn Conn,
     each: &mut dyn FnMut(FeeLine) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
-    let sql = match conn.dialect() {
-        Dialect::Sqlite => "SELECT mode, event_id, customer_id, line, asset, amount FROM event_fees",
-        Dialect::Postgres => {
-            "SELECT mode, event_id, customer_id, line, asset, amount FROM event_fees ORDER BY mode, event_id, line"
-        }
+    let order = match conn.dialect() {
+        Dialect::Sqlite => "",
+        Dialect::Postgres => " ORDER BY mode, event_id, line",
     };
-    conn.query_each(sql, &[], &mut |row| {
+    let sql = format!(
+        "SELECT mode, event_id, customer_id, line, asset, amount, occurred_at / {MICROS_PER_HOUR}, product_id, price_id
+         FROM event_fees{order}"
+    );
+    conn.query_each(&sql, &[], &mut |row| {
         each(FeeLine {
             mode: row.str(0)?,
             event_id: row.str(1)?,
@@ -976,6 +1001,117 @@ pub fn each_fee(
             line: row.int(3)?,
             asset: row.str(4)?,
             amount: row.decimal(5)?,
+            hour: row.int(6)?,
+            product_id: row.str(7)?,
+            price_id: row.str(8)?,
         })
     })
+}
+
+/// One vendor cost of a usage event as the fingerprint pass reads it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CostLine<'a> {
+    pub mode: &'a str,
+    pub customer_id: &'a str,
+    pub hour: i64,
+    pub vendor_id: &'a str,
+    /// Empty for none, as `cost_rollups_by_vendor` keys it.
+    pub category: &'a str,
+    pub currency: &'a str,
+    pub amount: Decimal,
+}
+
+/// Every vendor cost, in the order the table stores them.
+pub fn each_cost(
+    conn: &mut dyn Conn,
+    each: &mut dyn FnMut(CostLine) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    conn.query_each(
+        &format!(
+            "SELECT mode, customer_id, occurred_at / {MICROS_PER_HOUR}, vendor_id, COALESCE(category, ''), currency, amount
+             FROM event_costs"
+        ),
+        &[],
+        &mut |row| {
+            each(CostLine {
+                mode: row.str(0)?,
+                customer_id: row.str(1)?,
+                hour: row.int(2)?,
+                vendor_id: row.str(3)?,
+                category: row.str(4)?,
+                currency: row.str(5)?,
+                amount: row.decimal(6)?,
+            })
+        },
+    )
+}
+
+/// The rollup tables (`repo::rollups`), each read whole by [`each_stored_rollup`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RollupTable {
+    /// `fee_rollups`: (customer, mode, hour, source, asset, product, price).
+    CustomerFees,
+    /// `cost_rollups`: (customer, mode, hour, currency).
+    CustomerCosts,
+    /// `fee_rollups_by_mode`: (mode, hour, asset), one row per shard.
+    FeesByMode,
+    /// `cost_rollups_by_vendor`: (vendor, hour, category, currency), one row per shard.
+    CostsByVendor,
+}
+
+/// One stored rollup row: its key's text columns in the order [`RollupTable`] names them
+/// (the hour apart), its total in parts (whole units, 10^-12, 10^-24) and its count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRollup<'a> {
+    pub texts: [&'a str; 6],
+    pub hour: i64,
+    pub parts: (i64, i64, i64),
+    pub count: i64,
+}
+
+/// Every row of `table`, in the order the table stores them.
+pub fn each_stored_rollup(
+    conn: &mut dyn Conn,
+    table: RollupTable,
+    each: &mut dyn FnMut(StoredRollup) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    // Six text columns each (padded with empty texts), so that one reader serves every table.
+    let (columns, count, name) = match table {
+        RollupTable::CustomerFees => {
+            ("customer_id, mode, source, asset, product_id, price_id", "fee_count", "fee_rollups")
+        }
+        RollupTable::CustomerCosts => ("customer_id, mode, currency, '', '', ''", "cost_count", "cost_rollups"),
+        RollupTable::FeesByMode => ("mode, asset, '', '', '', ''", "fee_count", "fee_rollups_by_mode"),
+        RollupTable::CostsByVendor => {
+            ("vendor_id, category, currency, '', '', ''", "cost_count", "cost_rollups_by_vendor")
+        }
+    };
+    conn.query_each(
+        &format!("SELECT {columns}, hour, amount_units, amount_pico, amount_yocto, {count} FROM {name}"),
+        &[],
+        &mut |row| {
+            each(StoredRollup {
+                texts: [row.str(0)?, row.str(1)?, row.str(2)?, row.str(3)?, row.str(4)?, row.str(5)?],
+                hour: row.int(6)?,
+                parts: (row.int(7)?, row.int(8)?, row.int(9)?),
+                count: row.int(10)?,
+            })
+        },
+    )
+}
+
+/// How many per-customer rollup rows (fees and costs) name a customer that does not exist.
+/// Read in the tables' key order (customer first), so that the customers are looked up in
+/// order.
+pub fn rollup_rows_of_no_customer(conn: &mut dyn Conn) -> Result<i64, StoreError> {
+    let mut rows = 0;
+    for table in ["fee_rollups", "cost_rollups"] {
+        rows += conn.count(
+            &format!(
+                "SELECT COUNT(*) FROM {table} r WHERE NOT EXISTS (SELECT 1 FROM customers c WHERE c.id = r.customer_id)"
+            ),
+            &[],
+        )?;
+    }
+    Ok(rows)
 }

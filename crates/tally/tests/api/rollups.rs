@@ -263,58 +263,131 @@ async fn problems(app: &TestApp) -> Vec<String> {
         .unwrap()
 }
 
+/// Whether the fingerprint pass (which checks the rollups by linear fingerprints, not by the
+/// join pass) finds the books clean.
+async fn fingerprints_agree(app: &TestApp) -> bool {
+    let store = app.store.clone();
+    tokio::task::spawn_blocking(move || store.read(|conn| ledger::verify_by_fingerprints(conn)).unwrap().is_some())
+        .await
+        .unwrap()
+}
+
+/// The join passes find exactly one problem, starting with `what`, and the fingerprints
+/// disagree.
+async fn assert_found(app: &TestApp, what: &str, edit: &str) {
+    let found = problems(app).await;
+    assert_eq!(found.len(), 1, "{edit}: {found:?}");
+    assert!(found[0].starts_with(what), "{edit}: {found:?}");
+    assert!(!fingerprints_agree(app).await, "the fingerprints miss {edit}");
+}
+
 async fn verify_finds_an_edited_rollup(app: TestApp) {
     let (first, ..) = set_up(&app).await;
     assert_eq!(problems(&app).await, Vec::<String>::new());
+    assert!(fingerprints_agree(&app).await, "clean books");
+    let first_hour = |table: &str, condition: &str| {
+        format!("hour = (SELECT MIN(hour) FROM {table} WHERE customer_id = '{first}' AND {condition})")
+    };
+    let last_shard = |table: &str, condition: &str| {
+        format!(
+            "{condition} AND hour = (SELECT MAX(hour) FROM {table} WHERE {condition})
+             AND shard = (SELECT MIN(shard) FROM {table} WHERE {condition} AND hour = (SELECT MAX(hour) FROM {table} WHERE {condition}))"
+        )
+    };
     let edits = [
         (
             format!(
                 "UPDATE fee_rollups SET amount_pico = amount_pico + 1 WHERE customer_id = '{first}' AND source = 'usage'
-                 AND asset = 'TOK' AND hour = (SELECT MIN(hour) FROM fee_rollups WHERE customer_id = '{first}' AND asset = 'TOK')"
+                 AND asset = 'TOK' AND {}",
+                first_hour("fee_rollups", "asset = 'TOK'")
+            ),
+            "fee rollup",
+        ),
+        // The least amount a fee can have, on a fee of 24 decimal places.
+        (
+            format!(
+                "UPDATE fee_rollups SET amount_yocto = amount_yocto + 1 WHERE customer_id = '{first}' AND source = 'usage'
+                 AND asset = 'TOK' AND {}",
+                first_hour("fee_rollups", "asset = 'TOK'")
             ),
             "fee rollup",
         ),
         (
-            "UPDATE fee_rollups_by_mode SET fee_count = fee_count + 1
-             WHERE hour = (SELECT MAX(hour) FROM fee_rollups_by_mode) AND asset = 'USD'
-               AND shard = (SELECT MIN(shard) FROM fee_rollups_by_mode WHERE asset = 'USD' AND hour = (SELECT MAX(hour) FROM fee_rollups_by_mode))"
-                .to_owned(),
+            format!(
+                "UPDATE fee_rollups SET fee_count = fee_count + 1 WHERE customer_id = '{first}' AND source = 'plan'
+                 AND {}",
+                first_hour("fee_rollups", "source = 'plan'")
+            ),
+            "fee rollup",
+        ),
+        (
+            format!(
+                "UPDATE fee_rollups SET amount_units = amount_units + 1 WHERE customer_id = '{first}' AND source = 'other'
+                 AND {}",
+                first_hour("fee_rollups", "source = 'other'")
+            ),
+            "fee rollup",
+        ),
+        (
+            format!(
+                "UPDATE fee_rollups_by_mode SET fee_count = fee_count + 1 WHERE {}",
+                last_shard("fee_rollups_by_mode", "asset = 'USD'")
+            ),
             "platform fee rollup",
         ),
         (
             format!(
-                "UPDATE cost_rollups SET amount_units = amount_units + 1 WHERE customer_id = '{first}'
-                 AND hour = (SELECT MIN(hour) FROM cost_rollups WHERE customer_id = '{first}')"
+                "UPDATE cost_rollups SET amount_units = amount_units + 1 WHERE customer_id = '{first}' AND {}",
+                first_hour("cost_rollups", "currency = 'USD'")
             ),
             "cost rollup",
+        ),
+        (
+            format!(
+                "UPDATE cost_rollups_by_vendor SET amount_pico = amount_pico + 1 WHERE {}",
+                last_shard("cost_rollups_by_vendor", "currency = 'USD'")
+            ),
+            "vendor cost rollup",
         ),
     ];
     for (sql, what) in edits {
         tamper(&app, &sql).await;
-        let found = problems(&app).await;
-        assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0].starts_with(what), "{found:?}");
+        assert_found(&app, what, &sql).await;
         // Put it back: undo by the opposite edit.
         let undo = sql
             .replace("amount_pico + 1", "amount_pico - 1")
+            .replace("amount_yocto + 1", "amount_yocto - 1")
             .replace("fee_count + 1", "fee_count - 1")
             .replace("amount_units + 1", "amount_units - 1");
         tamper(&app, &undo).await;
         assert_eq!(problems(&app).await, Vec::<String>::new());
+        assert!(fingerprints_agree(&app).await, "clean again after {undo}");
     }
-    // A rollup of a fee that does not exist.
-    tamper(
-        &app,
-        &format!(
-            "INSERT INTO fee_rollups (mode, customer_id, hour, source, asset, product_id, price_id, amount_units, amount_pico,
-                                      amount_yocto, fee_count)
-             VALUES ('test', '{first}', 1, 'usage', 'USD', 'prp_none', 'prc_none', 1, 0, 0, 1)"
+    let insert = "INSERT INTO fee_rollups (mode, customer_id, hour, source, asset, product_id, price_id, amount_units,
+                                           amount_pico, amount_yocto, fee_count)";
+    let rows = [
+        // A rollup of a fee that does not exist.
+        (
+            format!("{insert} VALUES ('test', '{first}', 1, 'usage', 'USD', 'prp_none', 'prc_none', 1, 0, 0, 1)"),
+            "fee rollup",
         ),
-    )
-    .await;
-    let found = problems(&app).await;
-    assert_eq!(found.len(), 1, "{found:?}");
-    assert!(found[0].contains("but there are none"), "{found:?}");
+        // One that totals nothing in no rows.
+        (
+            format!("{insert} VALUES ('test', '{first}', 2, 'usage', 'USD', 'prp_none', 'prc_none', 0, 0, 0, 0)"),
+            "fee rollup",
+        ),
+        // One of a customer that does not exist.
+        (
+            format!("{insert} VALUES ('test', 'cus_none', 1, 'usage', 'USD', 'prp_none', 'prc_none', 1, 0, 0, 1)"),
+            "1 rollup rows belong to no customer",
+        ),
+    ];
+    for (sql, what) in rows {
+        tamper(&app, &sql).await;
+        assert_found(&app, what, &sql).await;
+        tamper(&app, "DELETE FROM fee_rollups WHERE product_id = 'prp_none'").await;
+        assert!(fingerprints_agree(&app).await, "clean again after {sql}");
+    }
 }
 
 on_both_backends!(

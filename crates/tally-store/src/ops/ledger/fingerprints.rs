@@ -19,11 +19,16 @@
 //! memory (at most [`GATHERED_LIMIT`] accounts and grants: past that, the accounts pass reads
 //! each range's postings from the database, as the join passes do).
 //!
+//! The rollups are matched the same way, by linear fingerprints (`rollups`, `linear`): the fees,
+//! fee transactions and costs add their amounts under their rollup's key as they stream by,
+//! and the rollup tables are each read once against them.
+//!
 //! The fast way only ever says "clean": on any disagreement, or any problem in the passes it
-//! shares with the join passes (accounts, grants, top-ups, holds, rollups, fee periods), it
-//! returns `None` and `verify` runs the join passes, which name every difference.
+//! shares with the join passes (accounts, grants, top-ups, holds, fee periods), it returns
+//! `None` and `verify` runs the join passes, which name every difference.
 
-use super::{account_key_text, moves, verify_accounts, verify_the_rest, Derived, GatheredAccounts, PassTimer};
+use super::rollups::RollupFingerprints;
+use super::{account_key_text, moves, verify_accounts, verify_the_rest, Derived, GatheredAccounts, PassTimer, Rollups};
 use super::{SystemBalances, Text, VerifyReport};
 use crate::conn::{Conn, Dialect};
 use crate::repo::ledger::{self, EntryHead, PostingRead, KINDS_WITHOUT_TRANSACTION};
@@ -44,7 +49,7 @@ const EVENT_FEE_PREFIX: &str = "tally_event_";
 /// A keyed 128-bit hash of a tuple: its fields written into a buffer, each with its length
 /// (so that no two tuples write the same bytes), then hashed once by SipHash-1-3 with a
 /// 128-bit output under a random key drawn for each verification.
-struct Keys {
+pub(super) struct Keys {
     key: (u64, u64),
     buffer: Vec<u8>,
 }
@@ -55,13 +60,13 @@ impl Keys {
     }
 
     /// Starts the tuple of one relation.
-    fn tuple(&mut self, relation: u8) -> &mut Self {
+    pub(super) fn tuple(&mut self, relation: u8) -> &mut Self {
         self.buffer.clear();
         self.buffer.push(relation);
         self
     }
 
-    fn text(&mut self, text: &str) -> &mut Self {
+    pub(super) fn text(&mut self, text: &str) -> &mut Self {
         self.buffer.extend_from_slice(&(text.len() as u64).to_le_bytes());
         self.buffer.extend_from_slice(text.as_bytes());
         self
@@ -102,14 +107,29 @@ impl Keys {
         }
     }
 
-    fn hash(&self) -> u128 {
+    pub(super) fn int(&mut self, value: i64) -> &mut Self {
+        self.buffer.extend_from_slice(&value.to_le_bytes());
+        self
+    }
+
+    /// The tuple written so far.
+    pub(super) fn bytes(&self) -> &[u8] {
+        &self.buffer
+    }
+
+    pub(super) fn hash(&self) -> u128 {
+        self.hash_of(&self.buffer)
+    }
+
+    /// The hash of a tuple written before (kept from [`bytes`](Self::bytes)).
+    pub(super) fn hash_of(&self, tuple: &[u8]) -> u128 {
         let mut hasher = SipHasher13::new_with_keys(self.key.0, self.key.1);
-        hasher.write(&self.buffer);
+        hasher.write(tuple);
         hasher.finish128().as_u128()
     }
 }
 
-/// The relations, each hashed under its own tag.
+/// The relations, each hashed under its own tag (`rollups` has 4 to 7).
 const RECORDED: u8 = 1;
 const TOTALS: u8 = 2;
 const FEE: u8 = 3;
@@ -146,6 +166,8 @@ struct Pass {
     totals: Sides,
     /// Usage fees (left) against their transactions (right).
     fees: Sides,
+    /// Fees, fee transactions and costs (left) against the rollups that total them (right).
+    rollups: RollupFingerprints,
     balances: SystemBalances,
     /// Each account's sums from its postings; `None` past [`GATHERED_LIMIT`].
     accounts: Option<GatheredAccounts>,
@@ -212,6 +234,7 @@ impl Pass {
             recorded: Sides::default(),
             totals: Sides::default(),
             fees: Sides::default(),
+            rollups: RollupFingerprints::new(),
             balances: SystemBalances::default(),
             accounts: Some(GatheredAccounts::new()),
             current: None,
@@ -446,9 +469,10 @@ pub(super) fn verify(conn: &mut dyn Conn, chunk: i64) -> Result<Option<VerifyRep
     timer.done("entries and postings, by fingerprint");
 
     // Transactions: each states the entry that records it, and a fee's its fee.
-    let (keys, recorded, fees) = (&mut pass.keys, &mut pass.recorded, &mut pass.fees);
+    let (keys, recorded, fees, rollups) = (&mut pass.keys, &mut pass.recorded, &mut pass.fees, &mut pass.rollups);
     ledger::each_transaction(conn, &mut |transaction| {
         report.transactions += 1;
+        rollups.transaction(keys, &transaction);
         let event_fee = transaction.id.starts_with(EVENT_FEE_PREFIX);
         // A fee's entry moves to revenue what the wallet paid.
         let revenue = event_fee.then_some(-transaction.amount);
@@ -500,11 +524,18 @@ pub(super) fn verify(conn: &mut dyn Conn, chunk: i64) -> Result<Option<VerifyRep
 
     // Fees: each event's together state its total, and each fee that is not zero its
     // transaction.
-    let (keys, totals, fees, agree, transaction_id) =
-        (&mut pass.keys, &mut pass.totals, &mut pass.fees, &mut pass.agree, &mut pass.transaction_id);
+    let (keys, totals, fees, agree, transaction_id, rollups) = (
+        &mut pass.keys,
+        &mut pass.totals,
+        &mut pass.fees,
+        &mut pass.agree,
+        &mut pass.transaction_id,
+        &mut pass.rollups,
+    );
     let (mut group, mut grouping) = (FeeGroup::default(), false);
     ledger::each_fee(conn, &mut |fee| {
         report.fees += 1;
+        rollups.usage_fee(keys, &fee);
         let same_event = grouping
             && fee.event_id == group.event_id.0
             && fee.mode == group.mode.0
@@ -542,7 +573,14 @@ pub(super) fn verify(conn: &mut dyn Conn, chunk: i64) -> Result<Option<VerifyRep
         totals.right(group.state(keys));
     }
     timer.done("fees, by fingerprint");
-    if !(pass.agree && pass.recorded.agree() && pass.totals.agree() && pass.fees.agree()) {
+    let (keys, rollups) = (&mut pass.keys, &mut pass.rollups);
+    ledger::each_cost(conn, &mut |cost| {
+        rollups.cost(keys, &cost);
+        Ok(())
+    })?;
+    let rollups_agree = pass.rollups.stored_agree(conn, &mut pass.keys, &mut report)?;
+    timer.done("costs and rollups, by fingerprint");
+    if !(pass.agree && pass.recorded.agree() && pass.totals.agree() && pass.fees.agree() && rollups_agree) {
         return Ok(None);
     }
 
@@ -550,6 +588,6 @@ pub(super) fn verify(conn: &mut dyn Conn, chunk: i64) -> Result<Option<VerifyRep
     verify_accounts(conn, &mut report, chunk, accounts.as_mut())?;
     drop(accounts);
     timer.done("accounts");
-    verify_the_rest(conn, &mut report, chunk, &mut timer)?;
+    verify_the_rest(conn, &mut report, chunk, &mut timer, Rollups::Checked)?;
     Ok(report.is_clean().then_some(report))
 }
