@@ -111,7 +111,7 @@ pub fn customer_spend(
         total.1 += row.fee_count;
     }
     let spans: Vec<_> = splits.values().map(|split| (split.from, split.to)).collect();
-    for fee in rollups::customer_fees_within(conn, mode, customer_id, &spans)? {
+    for fee in rollups::customer_fees_within(conn, customer_id, &spans)? {
         let counted = period_of(bounds, anchor(rollups::hour_of(fee.at)));
         let own = period_of(bounds, fee.at);
         if counted == own {

@@ -462,10 +462,12 @@ pub struct CustomerFee {
 /// The customer's fees that count within any of `spans` (each `[from, to)`), read from the
 /// fees themselves: usage fees from `event_fees` and every other fee from `transactions`,
 /// each span a range of the index on (customer, time). Two statements however many spans;
-/// the spans are short (parts of hours at the edges of the portal's days), so few rows.
+/// the spans are short (parts of hours at the edges of the portal's days), so few rows. No
+/// `mode = …`: a customer's id names its mode, and with it SQLite (no statistics) may read the
+/// mode's index by time, every customer's fees of the span, as it did for the stats (see
+/// [`fees_between`]).
 pub fn customer_fees_within(
     conn: &mut dyn Conn,
-    mode: Mode,
     customer_id: &str,
     spans: &[(DateTime<Utc>, DateTime<Utc>)],
 ) -> Result<Vec<CustomerFee>, StoreError> {
@@ -473,7 +475,7 @@ pub fn customer_fees_within(
     if spans.is_empty() {
         return Ok(Vec::new());
     }
-    let mut values: Vec<Value> = params![customer_id, mode.as_str()].to_vec();
+    let mut values: Vec<Value> = params![customer_id].to_vec();
     let mut ranges = Vec::new();
     for (from, to) in spans {
         values.push((*from).into());
@@ -484,9 +486,7 @@ pub fn customer_fees_within(
         ranges
             .iter()
             .map(|(from, to)| {
-                format!(
-                    "{select} WHERE customer_id = $1 AND {time} >= ${from} AND {time} < ${to}{condition} AND mode = $2"
-                )
+                format!("{select} WHERE customer_id = $1 AND {time} >= ${from} AND {time} < ${to}{condition}")
             })
             .collect::<Vec<_>>()
             .join(" UNION ALL ")
