@@ -107,12 +107,17 @@ impl Store {
     /// Bulk loading for `tally seed` only: on SQLite, `synchronous=OFF` and a page cache of
     /// `cache_kib` KiB on the write connection while `on` (see
     /// [`sqlite::SqliteBackend::set_bulk_load`]: a crash may then lose or corrupt the
-    /// database), the durable settings again when not, with what was written synced to disk. PostgreSQL is left as it is: its
-    /// seeding turns `synchronous_commit` off per transaction, which risks no corruption.
+    /// database), the durable settings again when not, with what was written synced to disk.
+    /// PostgreSQL's settings are left as they are (its seeding turns `synchronous_commit` off
+    /// per transaction, which risks no corruption); when bulk loading starts and when it ends
+    /// it gathers the tables' statistics (`ANALYZE`), which its planner would otherwise have
+    /// only once autovacuum came round, if it runs: without them it took `mode = ?` for
+    /// selective and looked a batch of 1,000 event ids up by reading every event of the mode
+    /// (2 s a batch at 2 million events, docs/benchmarks.md "At size on PostgreSQL").
     pub fn set_bulk_load(&self, on: bool, cache_kib: u32) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Sqlite(backend) => backend.set_bulk_load(on, cache_kib),
-            Backend::Postgres(_) => Ok(()),
+            Backend::Postgres(backend) => backend.write(|conn| conn.execute("ANALYZE", &[]).map(|_| ())),
         }
     }
 

@@ -12,8 +12,13 @@
 //! rates, debits and records them exactly as `POST /events` does. So `tally ledger verify`
 //! finds every balance equal to its postings and every rollup equal to its fees.
 //!
-//! The speed comes from doing many customers in one database transaction (and, on SQLite,
-//! from writing without waiting for the disk: see [`SeedArgs`]), not from shortcuts.
+//! The speed comes from doing many customers in one database transaction, several
+//! transactions at once over disjoint customers (`--threads`), and writing without waiting
+//! for the disk (SQLite's `synchronous=OFF`, PostgreSQL's `synchronous_commit=off` for the
+//! seed's transactions only: see [`SeedArgs`]), not from shortcuts. On PostgreSQL each
+//! statement is a round trip and most of the time is PostgreSQL's (docs/benchmarks.md,
+//! "`tally seed`"), so the threads are what speeds it up: transactions of disjoint customers
+//! share no row but the platform-wide rollups', and those are per connection (its lane).
 //!
 //! Events: customer `i` gets `events / customers` of them (the first `events % customers`
 //! one more), spread evenly over a window of six days; the windows' starts are spread over
@@ -65,11 +70,16 @@ const MAX_EVENT_IMG: u64 = 4;
 const MIN_FUNDING_IMG: u64 = 1_000_000;
 /// Subjects per customer: `user-0` to `user-49`.
 const SUBJECTS: u64 = 50;
+/// The most threads a seed runs; below the PostgreSQL pool's default size (16), which also
+/// serves the in-process server that makes the catalog.
+const MAX_THREADS: usize = 12;
 
 #[derive(Debug, Clone, clap::Args)]
 #[command(after_help = "On SQLite the seed writes without waiting for the disk (synchronous=OFF) and syncs \
     the files once at the end: if it is interrupted, or the machine crashes, delete the database and run \
-    the seed again. Only a database named by --database on the command line is seeded, never one named \
+    the seed again. On PostgreSQL its transactions commit without waiting for the WAL flush \
+    (synchronous_commit=off, for them only): a crash of PostgreSQL can lose the last ones it made, never \
+    corrupt the database; run the seed again into a new one. Only a database named by --database on the command line is seeded, never one named \
     by TALLY_DATABASE_URL or a config file.")]
 pub struct SeedArgs {
     /// Usage events to store, spread evenly over the customers.
@@ -82,6 +92,11 @@ pub struct SeedArgs {
     /// The events cover this many days, up to now.
     #[arg(long, default_value_t = 30)]
     pub days: i64,
+    /// Transactions written at once, each on its own thread and connection, over disjoint
+    /// customers (default: one per CPU on SQLite, where they take turns at the one writer;
+    /// two per CPU on PostgreSQL, whose writers run in parallel).
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 impl SeedArgs {
@@ -94,6 +109,9 @@ impl SeedArgs {
         }
         if !(WINDOW_DAYS + 2..=3_650).contains(&self.days) {
             bail!("--days must be from {} to 3650", WINDOW_DAYS + 2);
+        }
+        if self.threads.is_some_and(|threads| !(1..=MAX_THREADS).contains(&threads)) {
+            bail!("--threads must be from 1 to {MAX_THREADS}");
         }
         Ok(())
     }
@@ -178,9 +196,9 @@ fn set_up_catalog(store: &std::sync::Arc<Store>, start: DateTime<Utc>) -> anyhow
     })
 }
 
-/// Makes the customers and their events, `CUSTOMERS_PER_TRANSACTION` to a transaction; on
-/// SQLite on one thread per CPU (they take turns at the one writer, each preparing its next
-/// transaction's events while the other writes). Returns the customers, events and IMG made.
+/// Makes the customers and their events, `CUSTOMERS_PER_TRANSACTION` to a transaction, on
+/// `--threads` threads (see [`default_threads`]), each taking every n-th chunk of customers.
+/// Returns the customers, events and IMG made.
 fn seed(store: &Store, args: &SeedArgs, tag: &str, start: DateTime<Utc>) -> anyhow::Result<(usize, u64, Decimal)> {
     let catalog = tally_http::catalog::CatalogCache::default();
     let asset = AssetCode::parse("IMG").map_err(|error| anyhow!("IMG: {error:?}"))?;
@@ -190,10 +208,7 @@ fn seed(store: &Store, args: &SeedArgs, tag: &str, start: DateTime<Utc>) -> anyh
     let billed = Mutex::new(Decimal::ZERO);
     let progress = Mutex::new(Instant::now());
     let started = Instant::now();
-    // One thread on PostgreSQL: transactions of many customers update the same rollup rows
-    // (per price and hour) in different orders, so two of them in parallel deadlock.
-    let threads =
-        if postgres { 1 } else { std::thread::available_parallelism().map_or(1, |cpus| cpus.get()).min(chunks).max(1) };
+    let threads = args.threads.unwrap_or_else(|| default_threads(postgres)).min(chunks).max(1);
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|thread| {
@@ -250,6 +265,19 @@ fn seed(store: &Store, args: &SeedArgs, tag: &str, start: DateTime<Utc>) -> anyh
     }
     let billed = billed.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
     Ok((args.customers, events, billed))
+}
+
+/// One thread per CPU on SQLite: its one writer is busy while the other thread prepares its
+/// next transaction. Two per CPU on PostgreSQL: its writers run in parallel (locked per
+/// customer, and each connection adds to platform-wide rollup rows of its own lane), and
+/// each thread waits for a round trip per statement, in which another can use the CPU.
+fn default_threads(postgres: bool) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |cpus| cpus.get());
+    if postgres {
+        (2 * cpus).min(MAX_THREADS)
+    } else {
+        cpus.min(MAX_THREADS)
+    }
 }
 
 /// The events of the customer at `index`, parsed by the API's parser, in batches of the API's
@@ -374,12 +402,13 @@ mod tests {
     /// Seeds `url` twice (a second seed adds to the first), then checks the counts and that
     /// `ledger verify` finds every balance, grant, fee and rollup agreeing with the ledger.
     fn seed_and_verify(url: &str) {
-        let args = SeedArgs { events: 2_345, customers: 1_203, days: 30 };
+        // Two chunks of customers, written at once on two threads and connections.
+        let args = SeedArgs { events: 2_345, customers: 1_203, days: 30, threads: Some(2) };
         let first = run(&args, url).unwrap();
         // 20 events cost 24 IMG (18 at 1, a 2x at 2, a 4x at 4); customers with fewer than
         // 20 events have no 4x: 1,142 customers of 2 events (2 IMG), 61 of 1 (1 IMG).
         assert_eq!((first.customers, first.events, first.billed), (1_203, 2_345, Decimal::from(2_345)));
-        let second = run(&SeedArgs { events: 45, customers: 2, days: 8 }, url).unwrap();
+        let second = run(&SeedArgs { events: 45, customers: 2, days: 8, threads: None }, url).unwrap();
         // 23 and 22 events: 21 at 1 IMG, a 2x and a 4x (27 IMG); 20, a 2x and a 4x (26 IMG).
         assert_eq!((second.events, second.billed), (45, Decimal::from(53)));
         let store = crate::open_existing_store(url).unwrap();
@@ -405,7 +434,7 @@ mod tests {
 
     #[test]
     fn events_are_spread_over_the_period_inside_the_grace_window() {
-        let args = SeedArgs { events: 2_500, customers: 3, days: 30 };
+        let args = SeedArgs { events: 2_500, customers: 3, days: 30, threads: None };
         let start = Utc::now() - Span::days(30);
         let mut total = 0;
         for index in 0..3 {
