@@ -296,7 +296,9 @@ pub fn page(
     let mut sources: Vec<std::collections::VecDeque<Movement>> = Vec::new();
     for (sql, values) in queries(customer_id, mode, filter, after, limit + 1) {
         let is_fees = sql.contains("FROM event_fees");
-        let rows = conn.query(&sql, &values)?;
+        // Planned for its values, as list pages are (`repo::Filter::page`): a filter to a rare
+        // kind (top-ups among a million fees) must not run on a plan kept for common ones.
+        let rows = conn.query_planned_for_values(&sql, &values)?;
         let movements = rows
             .iter()
             .map(|row| if is_fees { fee_from_row(row) } else { transaction_from_row(row) })
