@@ -170,14 +170,25 @@ pub fn platform_account_id(conn: &mut dyn Conn) -> Result<String, StoreError> {
 pub struct Filter {
     conditions: Vec<String>,
     values: Vec<crate::conn::Value>,
+    /// What [`Filter::page`] counts the matches over, when not the page's own `from`.
+    count_from: Option<&'static str>,
 }
 
 impl Filter {
     /// Starts with one condition; `?` in a condition stands for its value.
     pub fn new(condition: &str, value: impl Into<crate::conn::Value>) -> Filter {
-        let mut filter = Filter { conditions: Vec::new(), values: Vec::new() };
+        let mut filter = Filter { conditions: Vec::new(), values: Vec::new(), count_from: None };
         filter.and(condition, value);
         filter
+    }
+
+    /// Counts the matches over `from` alone: for a listing whose joins add columns but never
+    /// rows (each row joins exactly one row of each other table), so that the count reads one
+    /// index instead of joining up to [`COUNT_LIMIT`] rows. The conditions must name only its
+    /// columns.
+    pub fn counting_over(mut self, from: &'static str) -> Filter {
+        self.count_from = Some(from);
+        self
     }
 
     pub fn and(&mut self, condition: &str, value: impl Into<crate::conn::Value>) {
@@ -213,10 +224,11 @@ impl Filter {
         read: impl Fn(&crate::Row) -> Result<T, StoreError>,
     ) -> Result<Listing<T>, StoreError> {
         let condition = self.conditions.join(" AND ");
+        let counted = self.count_from.unwrap_or(from);
         let mut total = if window.exact_total {
-            count_planned(conn, &format!("SELECT COUNT(*) FROM {from} WHERE {condition}"), &self.values)?
+            count_planned(conn, &format!("SELECT COUNT(*) FROM {counted} WHERE {condition}"), &self.values)?
         } else {
-            count_up_to_limit(conn, from, &condition, &self.values)?
+            count_up_to_limit(conn, counted, &condition, &self.values)?
         };
         let key_list = keys.columns.join(", ");
         // Rows after a position in the listing's order: smaller keys when it descends.

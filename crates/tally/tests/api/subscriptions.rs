@@ -473,7 +473,38 @@ async fn tier_counters_start_again_each_period(app: TestApp) {
     app.assert_ledger_agrees().await;
 }
 
+// ---------------------------------------------------------------------------------------
+// A product's subscribers, counted.
+
+/// The subscribers' total counts each subscriber once, whatever page is read: the count is
+/// taken over the product's pins alone, and each pin joins one subscription and one customer.
+async fn a_products_subscribers_are_counted_once_each_on_every_page(app: TestApp) {
+    let product = app.post("/products", body(PLAN)).await.expect(201);
+    let product_id = product.body["id"].as_str().unwrap().to_owned();
+    let mut expected = Vec::new();
+    for name in ["Ada", "Brook", "Cato"] {
+        let customer = app.customer(name).await;
+        app.fund(&customer, "USD", "1000", "paid").await;
+        app.post(&subscriptions_path(&customer), json!({"products": [{"id": product_id}]})).await.expect(201);
+        expected.push(customer);
+    }
+    let path = format!("/products/{product_id}/subscribers?limit=2");
+    let first = app.get(&path).await.expect(200).body;
+    let next = first["next"].as_str().expect("a second page").to_owned();
+    let second = app.get(&format!("{path}&next={next}")).await.expect(200).body;
+    let mut seen: Vec<String> = [&first, &second]
+        .iter()
+        .flat_map(|page| page["items"].as_array().unwrap().iter())
+        .map(|subscriber| subscriber["customer_id"].as_str().unwrap().to_owned())
+        .collect();
+    seen.sort();
+    expected.sort();
+    assert_eq!(seen, expected);
+    assert_eq!((first["total_count"].clone(), second["total_count"].clone()), (json!(3), json!(3)));
+}
+
 on_both_backends!(
+    a_products_subscribers_are_counted_once_each_on_every_page,
     renewals_and_refreshes_keep_the_anchor_day,
     pausing_and_resuming_never_charges_or_grants_twice,
     a_version_with_fewer_entitlements_keeps_its_schedule,
