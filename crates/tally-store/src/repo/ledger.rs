@@ -1,7 +1,7 @@
 //! The append-only ledger: entries and their postings, and the record of each grant issued.
 //! Nothing here updates or deletes.
 
-use super::rollups::MICROS_PER_HOUR;
+use super::rollups::{MICROS_PER_HOUR, OTHER_FEE_CONDITION};
 use super::wallets::{AccountKey, GrantOrigin};
 use crate::conn::{Conn, Dialect, Row};
 use crate::{params, StoreError};
@@ -909,7 +909,7 @@ pub fn each_transaction(
     conn.query_each(
         &format!(
             "SELECT mode, customer_id, id, kind, account_name, asset, amount, created_at / {MICROS_PER_HOUR},
-                    CASE WHEN kind = 'fee' AND substr(id, 1, 12) <> 'tally_event_' THEN detail END
+                    CASE WHEN {OTHER_FEE_CONDITION} THEN detail END
              FROM transactions"
         ),
         &[],

@@ -503,11 +503,10 @@ pub fn customer_fees_within(
             spent: row.decimal(4)?,
         });
     }
-    // Spelled as the partial index `transactions_other_fees` is, so that it serves them.
     let others = union(
         "SELECT created_at, id, asset, detail, amount FROM transactions",
         "created_at",
-        " AND kind = 'fee' AND substr(id, 1, 12) <> 'tally_event_'",
+        &format!(" AND {OTHER_FEE_CONDITION}"),
     );
     for row in conn.query(&others, &values)? {
         let (product_id, price_id) = product_and_price(&row.text(3)?);
@@ -536,6 +535,10 @@ pub fn is_other_fee(kind: &str, transaction_id: &str) -> bool {
     kind == "fee" && !transaction_id.starts_with("tally_event_")
 }
 
+/// [`is_other_fee`] as a condition on `transactions`, spelled as the partial index
+/// `transactions_other_fees` is, so that it serves the queries that name it.
+pub const OTHER_FEE_CONDITION: &str = "kind = 'fee' AND substr(id, 1, 12) <> 'tally_event_'";
+
 /// What the rollups should hold for the customers from `first` to `last` (inclusive), from
 /// the fees and costs themselves: the database groups equal amounts and counts them, Rust
 /// multiplies and adds exactly.
@@ -561,7 +564,7 @@ pub fn expected_for_customers(conn: &mut dyn Conn, first: &str, last: &str) -> R
         &format!(
             "SELECT customer_id, mode, created_at / {MICROS_PER_HOUR}, asset, amount, detail, COUNT(*), substr(id, 1, 19)
              FROM transactions
-             WHERE customer_id >= $1 AND customer_id <= $2 AND kind = 'fee' AND substr(id, 1, 12) <> 'tally_event_'
+             WHERE customer_id >= $1 AND customer_id <= $2 AND {OTHER_FEE_CONDITION}
              GROUP BY customer_id, mode, created_at / {MICROS_PER_HOUR}, asset, amount, detail, substr(id, 1, 19)"
         ),
         params![first, last],
