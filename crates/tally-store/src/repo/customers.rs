@@ -115,10 +115,11 @@ pub fn list(
         query.and("lower(name) LIKE ? ESCAPE '\\'", pattern);
     }
     if let Some(active) = filter.active {
-        let active_subscriptions =
-            "(SELECT COUNT(*) FROM subscriptions s WHERE s.customer_id = customers.id AND s.status = 'active')";
-        let comparison = if active { "> ?" } else { "= ?" };
-        query.and(&format!("{active_subscriptions} {comparison}"), 0_i64);
+        // EXISTS stops at the first active subscription where a COUNT would read them all.
+        let negation = if active { "" } else { "NOT " };
+        query.and_sql(&format!(
+            "{negation}EXISTS (SELECT 1 FROM subscriptions s WHERE s.customer_id = customers.id AND s.status = 'active')"
+        ));
     }
     query.page(conn, "customers", COLUMNS, &LIST_KEYS, window, from_row)
 }

@@ -501,6 +501,10 @@ async fn a_products_subscribers_are_counted_once_each_on_every_page(app: TestApp
     expected.sort();
     assert_eq!(seen, expected);
     assert_eq!((first["total_count"].clone(), second["total_count"].clone()), (json!(3), json!(3)));
+    // An offset counts pins too: the page from the second subscriber is the walk's rest.
+    let by_offset = app.get(&format!("{path}&offset=1")).await.expect(200).body;
+    let walked: Vec<&Value> = [&first, &second].iter().flat_map(|page| page["items"].as_array().unwrap()).collect();
+    assert_eq!(by_offset["items"].as_array().unwrap().iter().collect::<Vec<_>>(), walked[1..].to_vec());
 }
 
 on_both_backends!(

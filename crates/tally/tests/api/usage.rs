@@ -421,7 +421,41 @@ async fn usage_never_spends_credit_past_its_expiry(app: TestApp) {
     app.assert_ledger_agrees().await;
 }
 
+/// A page by `offset` is the listing from that position, ties of `occurred_at` included: the
+/// skipped rows are found by their keys alone and the page starts at the first row kept, which
+/// must be neither skipped twice nor shown twice.
+async fn offset_pages_are_the_listing_sliced(app: TestApp) {
+    let (customer, _) = subscribed_customer(&app).await;
+    app.fund(&customer, "IMG", "100", "topup-1").await;
+    // Seven events at one instant (one batch shares its `occurred_at`), then four at another.
+    app.post("/events", events(&customer, &["t-1", "t-2", "t-3", "t-4", "t-5", "t-6", "t-7"], "image_generated"))
+        .await
+        .expect(204);
+    app.post("/events", events(&customer, &["u-1", "u-2", "u-3", "u-4"], "image_generated")).await.expect(204);
+    let ids = |page: &Value| -> Vec<String> {
+        page["items"].as_array().unwrap().iter().map(|item| item["id"].as_str().unwrap().to_owned()).collect()
+    };
+    let whole = ids(&app.get("/events?limit=100").await.expect(200).body);
+    assert_eq!(whole.len(), 11);
+    for limit in [1, 3, 4] {
+        let mut sliced = Vec::new();
+        for offset in (0..11).step_by(limit) {
+            let page = app.get(&format!("/events?limit={limit}&offset={offset}")).await.expect(200).body;
+            assert_eq!(page["total_count"], 11);
+            assert_eq!(page["offset"], offset);
+            sliced.extend(ids(&page));
+        }
+        assert_eq!(sliced, whole, "pages of {limit}");
+    }
+    let filtered = format!("/events?customer_id={customer}&event_types=image_generated&limit=2&offset=5");
+    assert_eq!(ids(&app.get(&filtered).await.expect(200).body), whole[5..7].to_vec(), "with filters");
+    let past_the_end = app.get("/events?limit=3&offset=11").await.expect(200).body;
+    assert_eq!(past_the_end["items"], json!([]));
+    assert_eq!(past_the_end["total_count"], 11);
+}
+
 on_both_backends!(
+    offset_pages_are_the_listing_sliced,
     usage_never_spends_credit_past_its_expiry,
     balance_moves_by_exactly_the_sum_of_fees,
     seed_product_bills_one_img_per_image,
