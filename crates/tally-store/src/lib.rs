@@ -165,4 +165,16 @@ impl Store {
             Backend::Postgres(backend) => backend.read(work),
         }
     }
+
+    /// Runs `work` with two connections in read-only transactions that see one and the same
+    /// snapshot, so that it can read on two threads what one transaction would have read.
+    pub fn read_pair<R, E: From<StoreError>>(
+        &self,
+        work: impl FnOnce(&mut (dyn Conn + Send), &mut (dyn Conn + Send)) -> Result<R, E>,
+    ) -> Result<R, E> {
+        match &self.backend {
+            Backend::Sqlite(backend) => backend.read_pair(work),
+            Backend::Postgres(backend) => backend.read_pair(work),
+        }
+    }
 }

@@ -142,6 +142,9 @@ struct Connection {
 
 type Checkout = r2d2::PooledConnection<Connector>;
 
+/// How a read transaction begins: one snapshot for all its statements.
+const READ_ONLY: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+
 impl PostgresBackend {
     /// Opens a pool of `TALLY_POSTGRES_POOL_SIZE` connections (16 when unset) and connects
     /// once, so that a wrong URL fails at start rather than at the first request.
@@ -257,7 +260,42 @@ impl PostgresBackend {
     }
 
     pub fn read<R, E: From<StoreError>>(&self, work: impl FnOnce(&mut dyn Conn) -> Result<R, E>) -> Result<R, E> {
-        self.run("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", work)
+        self.run(READ_ONLY, work)
+    }
+
+    /// Two read transactions that see one snapshot, for work that reads on two threads: the
+    /// second imports the first's snapshot (`pg_export_snapshot`) before it reads anything.
+    pub fn read_pair<R, E: From<StoreError>>(
+        &self,
+        work: impl FnOnce(&mut (dyn Conn + Send), &mut (dyn Conn + Send)) -> Result<R, E>,
+    ) -> Result<R, E> {
+        // Read-only: ending a transaction is all there is to do, whatever the outcome.
+        fn end(connection: &mut Connection) {
+            if connection.client.batch_execute("ROLLBACK").is_err() {
+                connection.broken = true;
+            }
+        }
+        let mut first = self.begin(READ_ONLY)?;
+        let snapshot = match first.client.query_one("SELECT pg_export_snapshot()", &[]) {
+            Ok(row) => row.get::<_, String>(0),
+            Err(error) => return Err(first.fail(error).into()),
+        };
+        let mut second = match self.begin(READ_ONLY) {
+            Ok(second) => second,
+            Err(error) => {
+                end(&mut first);
+                return Err(error.into());
+            }
+        };
+        // The id is PostgreSQL's own text (hex digits and dashes), not the caller's.
+        if let Err(error) = second.client.batch_execute(&format!("SET TRANSACTION SNAPSHOT '{snapshot}'")) {
+            end(&mut first);
+            return Err(second.fail(error).into());
+        }
+        let outcome = work(&mut PostgresConn { connection: &mut first }, &mut PostgresConn { connection: &mut second });
+        end(&mut first);
+        end(&mut second);
+        outcome
     }
 
     /// Applies pending migrations under a session advisory lock, so that servers starting at

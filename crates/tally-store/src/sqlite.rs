@@ -215,17 +215,66 @@ impl SqliteBackend {
     }
 
     pub fn read<R, E: From<StoreError>>(&self, work: impl FnOnce(&mut dyn Conn) -> Result<R, E>) -> Result<R, E> {
-        let pooled = lock(&self.readers).pop();
-        let mut connection = match pooled {
-            Some(connection) => connection,
-            None => connect(&self.path)?,
-        };
+        let mut connection = self.reader()?;
         let result = run_in_transaction(&mut connection, "BEGIN", work);
+        self.return_reader(connection);
+        result
+    }
+
+    /// Two read transactions that see one snapshot, for work that reads on two threads. In
+    /// WAL mode a read transaction sees what was committed when it first reads, so both
+    /// first read while a third connection holds the write lock: no commit can land between
+    /// them (a writer waits the microseconds it is held, as it waits for any writer).
+    pub fn read_pair<R, E: From<StoreError>>(
+        &self,
+        work: impl FnOnce(&mut (dyn Conn + Send), &mut (dyn Conn + Send)) -> Result<R, E>,
+    ) -> Result<R, E> {
+        let (mut first, mut second) = (self.reader()?, self.reader()?);
+        let begun = (|| -> Result<(), StoreError> {
+            let guard = connect(&self.path)?;
+            guard.execute_batch("BEGIN IMMEDIATE").map_err(database)?;
+            for connection in [&first, &second] {
+                connection.execute_batch("BEGIN").map_err(database)?;
+                connection.query_row("SELECT COUNT(*) FROM sqlite_schema", [], |_| Ok(())).map_err(database)?;
+            }
+            guard.execute_batch("ROLLBACK").map_err(database)
+        })();
+        let result = match begun {
+            Ok(()) => {
+                let mut conns = (SqliteConn { connection: &mut first }, SqliteConn { connection: &mut second });
+                let outcome = work(&mut conns.0, &mut conns.1);
+                // Read-only: ending them is all there is to do, whatever the outcome.
+                for conn in [conns.0, conns.1] {
+                    let _ = conn.connection.execute_batch("ROLLBACK");
+                }
+                outcome
+            }
+            Err(error) => {
+                for connection in [&first, &second] {
+                    let _ = connection.execute_batch("ROLLBACK");
+                }
+                Err(error.into())
+            }
+        };
+        self.return_reader(first);
+        self.return_reader(second);
+        result
+    }
+
+    /// A pooled read connection, or a new one.
+    fn reader(&self) -> Result<rusqlite::Connection, StoreError> {
+        let pooled = lock(&self.readers).pop();
+        match pooled {
+            Some(connection) => Ok(connection),
+            None => connect(&self.path),
+        }
+    }
+
+    fn return_reader(&self, connection: rusqlite::Connection) {
         let mut readers = lock(&self.readers);
         if readers.len() < MAX_IDLE_READERS {
             readers.push(connection);
         }
-        result
     }
 }
 

@@ -16,7 +16,7 @@ use tally_store::ops::customers::{self as customer_ops, NewCustomer};
 use tally_store::ops::wallet::{self as wallet_ops, Adjustment, AdjustmentReason};
 use tally_store::ops::OpError;
 use tally_store::repo::wallets;
-use tally_store::{params, DatabaseUrl, Store, StoreError};
+use tally_store::{params, Conn, DatabaseUrl, Store, StoreError};
 
 fn base_url() -> String {
     std::env::var("TALLY_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
@@ -400,4 +400,59 @@ fn a_rerunnable_job_aborted_to_break_a_deadlock_runs_again_and_lands_once() {
         })
         .unwrap();
     assert_eq!(counts, vec![2, 2], "each job's updates landed exactly once");
+}
+
+/// Both connections of `Store::read_pair` see one snapshot, however commits fall around the
+/// moment they begin: a writer commits one row at a time while pairs are read, and the two
+/// counts of each pair are equal (the SQLite half of this rule is tested below too).
+fn pairs_read_one_snapshot(store: &Store) {
+    const WRITES: i64 = 300;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (pairs, differing) = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for index in 0..WRITES {
+                store
+                    .write(|conn| {
+                        conn.execute(
+                            "INSERT INTO tally_meta (key, value) VALUES ($1, 'x')",
+                            params![format!("pair-test-{index}")],
+                        )
+                    })
+                    .unwrap();
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let (mut pairs, mut differing) = (0, 0);
+        let count = "SELECT COUNT(*) FROM tally_meta WHERE key LIKE 'pair-test-%'";
+        // At least one pair after the last write, so every run reads some pairs.
+        while pairs == 0 || !done.load(std::sync::atomic::Ordering::SeqCst) {
+            let (first, second) = store
+                .read_pair(|first, second| {
+                    let (first, second): (&mut dyn Conn, &mut dyn Conn) = (first, second);
+                    Ok::<_, StoreError>((first.count(count, &[])?, second.count(count, &[])?))
+                })
+                .unwrap();
+            pairs += 1;
+            differing += i64::from(first != second);
+        }
+        (pairs, differing)
+    });
+    assert_eq!(differing, 0, "{differing} of {pairs} pairs saw different snapshots");
+    let last = store.read(|conn| conn.count("SELECT COUNT(*) FROM tally_meta WHERE key LIKE 'pair-test-%'", &[]));
+    assert_eq!(last.unwrap(), WRITES);
+}
+
+#[test]
+fn both_connections_of_a_read_pair_see_one_snapshot() {
+    let Some(database) = Database::create() else { return };
+    pairs_read_one_snapshot(&database.migrated());
+}
+
+#[test]
+fn both_connections_of_a_sqlite_read_pair_see_one_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("tally.db").display());
+    let store = Store::open(&DatabaseUrl::parse(&url).unwrap()).unwrap();
+    store.migrate().unwrap();
+    pairs_read_one_snapshot(&store);
 }

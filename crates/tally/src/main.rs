@@ -319,7 +319,7 @@ fn api_keys(config: &Config, command: ApiKeyCommand) -> anyhow::Result<()> {
 
 fn verify(config: &Config) -> anyhow::Result<()> {
     let store = tally::open_existing_store(&config.database_url)?;
-    let report = store.read(tally_store::ops::ledger::verify)?;
+    let report = store.read_pair(tally_store::ops::ledger::verify_on_two)?;
     println!(
         "checked {} entries ({} postings), {} accounts, {} grants, {} transactions, {} events ({} fees), {} top-ups, {} rollup rows, {} holds",
         report.entries,

@@ -54,9 +54,19 @@ pub(super) struct Keys {
     buffer: Vec<u8>,
 }
 
+/// The key of one verification's hashes, drawn at random for each run.
+#[derive(Clone, Copy)]
+pub(super) struct HashKey(u64, u64);
+
+impl HashKey {
+    pub(super) fn random() -> Self {
+        HashKey(rand::random(), rand::random())
+    }
+}
+
 impl Keys {
-    fn new() -> Self {
-        Keys { key: (rand::random(), rand::random()), buffer: Vec::with_capacity(256) }
+    fn new(key: HashKey) -> Self {
+        Keys { key: (key.0, key.1), buffer: Vec::with_capacity(256) }
     }
 
     /// Starts the tuple of one relation.
@@ -227,9 +237,9 @@ impl Entry {
 }
 
 impl Pass {
-    fn new() -> Self {
+    fn new(key: HashKey) -> Self {
         Pass {
-            keys: Keys::new(),
+            keys: Keys::new(key),
             agree: true,
             recorded: Sides::default(),
             totals: Sides::default(),
@@ -452,12 +462,44 @@ fn entries_by_merge(
     Ok(())
 }
 
+/// The fast verification on one connection: the two halves one after the other.
 pub(super) fn verify(conn: &mut dyn Conn, chunk: i64) -> Result<Option<VerifyReport>, StoreError> {
-    let mut report = VerifyReport::default();
-    let mut pass = Pass::new();
-    let mut timer = PassTimer::start();
+    let key = HashKey::random();
+    let ledger = ledger_half(conn, chunk, key)?;
+    let books = books_half(conn, key)?;
+    finish(conn, chunk, ledger, books)
+}
 
-    // Entries with their postings, a range of ids at a time.
+/// The fast verification on two connections that read one snapshot: the ledger's half on
+/// `first` and the books' half on `second` at once, on two threads (they share nothing but
+/// the hash key until their sums are compared), then the rest on `first`.
+pub(super) fn verify_on_two(
+    first: &mut (dyn Conn + Send),
+    second: &mut (dyn Conn + Send),
+    chunk: i64,
+) -> Result<Option<VerifyReport>, StoreError> {
+    let key = HashKey::random();
+    let (ledger, books) = std::thread::scope(|scope| {
+        let books = scope.spawn(move || books_half(second, key));
+        let ledger = ledger_half(first, chunk, key);
+        (ledger, books.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+    });
+    finish(first, chunk, ledger?, books?)
+}
+
+/// What the books' half found: its pass, its counts, and whether the rollups agree.
+struct BooksHalf {
+    pass: Pass,
+    report: VerifyReport,
+    rollups_agree: bool,
+}
+
+/// The ledger's half: entries with their postings, a range of ids at a time; each entry adds
+/// its side of `recorded`, and its postings the accounts' sums and the system balances.
+fn ledger_half(conn: &mut dyn Conn, chunk: i64, key: HashKey) -> Result<(Pass, VerifyReport), StoreError> {
+    let mut report = VerifyReport::default();
+    let mut pass = Pass::new(key);
+    let mut timer = PassTimer::start();
     let last = ledger::last_entry_id(conn)?;
     entries_by_merge(conn, &mut pass, &mut report, last, chunk)?;
     for (mode, asset, account, balance) in std::mem::take(&mut pass.balances.0) {
@@ -467,6 +509,15 @@ pub(super) fn verify(conn: &mut dyn Conn, chunk: i64) -> Result<Option<VerifyRep
         pass.agree = false;
     }
     timer.done("entries and postings, by fingerprint");
+    Ok((pass, report))
+}
+
+/// The books' half: transactions, usage events, fees and costs, each table read once, and
+/// the rollups against them.
+fn books_half(conn: &mut dyn Conn, key: HashKey) -> Result<BooksHalf, StoreError> {
+    let mut report = VerifyReport::default();
+    let mut pass = Pass::new(key);
+    let mut timer = PassTimer::start();
 
     // Transactions: each states the entry that records it, and a fee's its fee.
     let (keys, recorded, fees, rollups) = (&mut pass.keys, &mut pass.recorded, &mut pass.fees, &mut pass.rollups);
@@ -580,9 +631,27 @@ pub(super) fn verify(conn: &mut dyn Conn, chunk: i64) -> Result<Option<VerifyRep
     })?;
     let rollups_agree = pass.rollups.stored_agree(conn, &mut pass.keys, &mut report)?;
     timer.done("costs and rollups, by fingerprint");
-    if !(pass.agree && pass.recorded.agree() && pass.totals.agree() && pass.fees.agree() && rollups_agree) {
+    Ok(BooksHalf { pass, report, rollups_agree })
+}
+
+/// Compares the halves' sums; when they agree, checks the accounts (from the sums the
+/// ledger's half gathered) and what else the join passes check, on `conn`.
+fn finish(
+    conn: &mut dyn Conn,
+    chunk: i64,
+    (mut pass, mut report): (Pass, VerifyReport),
+    books: BooksHalf,
+) -> Result<Option<VerifyReport>, StoreError> {
+    let mut timer = PassTimer::start();
+    let recorded = Sides { left: pass.recorded.left, right: books.pass.recorded.right };
+    let agree = pass.agree && books.pass.agree && books.rollups_agree;
+    if !(agree && recorded.agree() && books.pass.totals.agree() && books.pass.fees.agree()) {
         return Ok(None);
     }
+    report.transactions = books.report.transactions;
+    report.events = books.report.events;
+    report.fees = books.report.fees;
+    report.rollups = books.report.rollups;
 
     let mut accounts = pass.gathered_accounts();
     verify_accounts(conn, &mut report, chunk, accounts.as_mut())?;
