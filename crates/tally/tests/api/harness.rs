@@ -314,7 +314,8 @@ impl TestApp {
         assert!(report.problems.is_empty(), "ledger mismatch: {:#?}", report.problems);
         assert_eq!(fast.as_ref(), Some(&report), "the fingerprints agree with the join passes");
         let store = self.store.clone();
-        let on_two = tokio::task::spawn_blocking(move || store.read_pair(ledger::verify_on_two).unwrap()).await.unwrap();
+        let on_two =
+            tokio::task::spawn_blocking(move || store.read_pair(ledger::verify_on_two).unwrap()).await.unwrap();
         assert_eq!(on_two, report, "the halves read on two connections at once agree too");
     }
 }
