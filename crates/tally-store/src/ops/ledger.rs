@@ -102,7 +102,10 @@ pub fn verify(conn: &mut dyn Conn) -> Result<VerifyReport, StoreError> {
 /// [`verify`] on two connections that read one snapshot (`Store::read_pair`): the fast
 /// path reads the ledger on one and the other tables on the other at once, so on two cores
 /// it takes about the time of its longer half.
-pub fn verify_on_two(first: &mut (dyn Conn + Send), second: &mut (dyn Conn + Send)) -> Result<VerifyReport, StoreError> {
+pub fn verify_on_two(
+    first: &mut (dyn Conn + Send),
+    second: &mut (dyn Conn + Send),
+) -> Result<VerifyReport, StoreError> {
     if let Some(report) = fingerprints::verify_on_two(first, second, ledger::CHUNK)? {
         return Ok(report);
     }

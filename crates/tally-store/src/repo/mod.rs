@@ -233,14 +233,15 @@ impl Filter {
         let key_list = keys.columns.join(", ");
         // Rows after (`later`) or before a position in the listing's order (smaller keys after
         // it when it descends), the position's own row too when `inclusive`.
-        let beside = |values: &mut Vec<crate::conn::Value>, key: &[crate::conn::Value], later: bool, inclusive: bool| {
-            let start = values.len() + 1;
-            values.extend(key.iter().cloned());
-            let placeholders: Vec<String> = (0..key.len()).map(|index| format!("${}", start + index)).collect();
-            let comparison = if later == keys.descending { "<" } else { ">" };
-            let equal = if inclusive { "=" } else { "" };
-            format!("({key_list}) {comparison}{equal} ({})", placeholders.join(", "))
-        };
+        let beside =
+            |values: &mut Vec<crate::conn::Value>, key: &[crate::conn::Value], later: bool, inclusive: bool| {
+                let start = values.len() + 1;
+                values.extend(key.iter().cloned());
+                let placeholders: Vec<String> = (0..key.len()).map(|index| format!("${}", start + index)).collect();
+                let comparison = if later == keys.descending { "<" } else { ">" };
+                let equal = if inclusive { "=" } else { "" };
+                format!("({key_list}) {comparison}{equal} ({})", placeholders.join(", "))
+            };
         let after = |values: &mut Vec<crate::conn::Value>, key: &[crate::conn::Value], later: bool| -> String {
             beside(values, key, later, false)
         };
