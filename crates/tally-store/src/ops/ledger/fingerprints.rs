@@ -163,6 +163,11 @@ impl Sides {
     fn agree(&self) -> bool {
         self.left == self.right
     }
+
+    /// Both halves' sums of one relation together (the sums are order-free).
+    fn joined(&self, other: &Sides) -> Sides {
+        Sides { left: self.left.wrapping_add(other.left), right: self.right.wrapping_add(other.right) }
+    }
 }
 
 /// What the pass has seen so far.
@@ -494,8 +499,9 @@ struct BooksHalf {
     rollups_agree: bool,
 }
 
-/// The ledger's half: entries with their postings, a range of ids at a time; each entry adds
-/// its side of `recorded`, and its postings the accounts' sums and the system balances.
+/// The ledger's half: entries with their postings, a range of ids at a time (each entry adds
+/// its side of `recorded`, and its postings the accounts' sums and the system balances), then
+/// the usage events (the halves take about as long on two cores).
 fn ledger_half(conn: &mut dyn Conn, chunk: i64, key: HashKey) -> Result<(Pass, VerifyReport), StoreError> {
     let mut report = VerifyReport::default();
     let mut pass = Pass::new(key);
@@ -509,11 +515,35 @@ fn ledger_half(conn: &mut dyn Conn, chunk: i64, key: HashKey) -> Result<(Pass, V
         pass.agree = false;
     }
     timer.done("entries and postings, by fingerprint");
+    events_pass(conn, &mut pass, &mut report)?;
+    timer.done("events, by fingerprint");
     Ok((pass, report))
 }
 
-/// The books' half: transactions, usage events, fees and costs, each table read once, and
-/// the rollups against them.
+/// Usage events: each with fees states their total; one without states none.
+fn events_pass(conn: &mut dyn Conn, pass: &mut Pass, report: &mut VerifyReport) -> Result<(), StoreError> {
+    let (keys, totals, agree) = (&mut pass.keys, &mut pass.totals, &mut pass.agree);
+    ledger::each_event(conn, &mut |event| {
+        report.events += 1;
+        if event.has_fees {
+            totals.left(
+                keys.tuple(TOTALS)
+                    .text(event.mode)
+                    .text(event.id)
+                    .text(event.customer_id)
+                    .optional_amount(event.total_fees)
+                    .optional_text(event.fee_currency)
+                    .hash(),
+            );
+        } else if event.total_fees.is_some() || event.fee_currency.is_some() {
+            *agree = false;
+        }
+        Ok(())
+    })
+}
+
+/// The books' half: transactions, fees and costs, each table read once, and the rollups
+/// against them.
 fn books_half(conn: &mut dyn Conn, key: HashKey) -> Result<BooksHalf, StoreError> {
     let mut report = VerifyReport::default();
     let mut pass = Pass::new(key);
@@ -551,27 +581,6 @@ fn books_half(conn: &mut dyn Conn, key: HashKey) -> Result<BooksHalf, StoreError
         Ok(())
     })?;
     timer.done("transactions, by fingerprint");
-
-    // Usage events: each with fees states their total; one without states none.
-    let (keys, totals, agree) = (&mut pass.keys, &mut pass.totals, &mut pass.agree);
-    ledger::each_event(conn, &mut |event| {
-        report.events += 1;
-        if event.has_fees {
-            totals.left(
-                keys.tuple(TOTALS)
-                    .text(event.mode)
-                    .text(event.id)
-                    .text(event.customer_id)
-                    .optional_amount(event.total_fees)
-                    .optional_text(event.fee_currency)
-                    .hash(),
-            );
-        } else if event.total_fees.is_some() || event.fee_currency.is_some() {
-            *agree = false;
-        }
-        Ok(())
-    })?;
-    timer.done("events, by fingerprint");
 
     // Fees: each event's together state its total, and each fee that is not zero its
     // transaction.
@@ -643,13 +652,13 @@ fn finish(
     books: BooksHalf,
 ) -> Result<Option<VerifyReport>, StoreError> {
     let mut timer = PassTimer::start();
-    let recorded = Sides { left: pass.recorded.left, right: books.pass.recorded.right };
     let agree = pass.agree && books.pass.agree && books.rollups_agree;
-    if !(agree && recorded.agree() && books.pass.totals.agree() && books.pass.fees.agree()) {
+    let relations =
+        [(&pass.recorded, &books.pass.recorded), (&pass.totals, &books.pass.totals), (&pass.fees, &books.pass.fees)];
+    if !(agree && relations.iter().all(|(one, other)| one.joined(other).agree())) {
         return Ok(None);
     }
     report.transactions = books.report.transactions;
-    report.events = books.report.events;
     report.fees = books.report.fees;
     report.rollups = books.report.rollups;
 
