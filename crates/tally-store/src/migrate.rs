@@ -49,6 +49,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 110, name: "holds", sql: include_str!("migrate_holds.sql") },
     Migration { version: 170, name: "event_index_diet", sql: include_str!("migrate_event_index_diet.sql") },
     Migration { version: 180, name: "event_fee_filters", sql: include_str!("migrate_event_fee_filters.sql") },
+    Migration { version: 190, name: "activity_by_kind", sql: include_str!("migrate_activity_by_kind.sql") },
 ];
 
 /// The migration that makes the rollups, which `apply` then fills from the fees stored.

@@ -63,7 +63,7 @@ impl Category {
 
     /// The condition on a `transactions` row `t` (joined to its top-up `u`) of this category.
     /// Prefixes are those of the transaction ids Tally makes (`RESERVED_TRANSACTION_PREFIX`).
-    fn condition(self) -> &'static str {
+    pub fn condition(self) -> &'static str {
         match self {
             Category::Usage => "t.kind = 'fee' AND substr(t.id, 1, 19) <> 'tally_subscription_'",
             Category::PlanFee => "t.kind = 'fee' AND substr(t.id, 1, 19) = 'tally_subscription_'",

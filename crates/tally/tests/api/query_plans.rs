@@ -273,11 +273,12 @@ const PORTAL_EVENT_TIMES: &str = "GET /portal, the usage lines' event times";
 const PORTAL_SPEND: &str = "GET /portal, spend by the customer's days";
 
 /// The indexes on (customer, time) that may read each table's edge fees of [`PORTAL_SPEND`],
-/// on both databases. (SQLite takes `transactions_by_time`, which holds the customer's usage
-/// fee transactions too, over the partial `transactions_other_fees`; both are the customer's.)
+/// on both databases. (SQLite takes `transactions_by_kind_time`, the customer's transactions
+/// other than usage fees by kind and time, over the partial `transactions_other_fees`; all
+/// three are the customer's.)
 const SPEND_LEADS: &[(&str, &[&str])] = &[
     ("FROM event_fees", &["event_fees_by_customer_time"]),
-    ("FROM transactions", &["transactions_other_fees", "transactions_by_time"]),
+    ("FROM transactions", &["transactions_other_fees", "transactions_by_time", "transactions_by_kind_time"]),
 ];
 
 /// The plan of `sql`, a line each: SQLite's `EXPLAIN QUERY PLAN` details, PostgreSQL's
