@@ -172,12 +172,14 @@ pub struct Filter {
     values: Vec<crate::conn::Value>,
     /// What [`Filter::page`] counts the matches over, when not the page's own `from`.
     count_from: Option<&'static str>,
+    /// Columns of a joined table equal to the keys (see [`Filter::keys_also_on`]).
+    key_mirrors: &'static [&'static str],
 }
 
 impl Filter {
     /// Starts with one condition; `?` in a condition stands for its value.
     pub fn new(condition: &str, value: impl Into<crate::conn::Value>) -> Filter {
-        let mut filter = Filter { conditions: Vec::new(), values: Vec::new(), count_from: None };
+        let mut filter = Filter { conditions: Vec::new(), values: Vec::new(), count_from: None, key_mirrors: &[] };
         filter.and(condition, value);
         filter
     }
@@ -188,6 +190,15 @@ impl Filter {
     /// columns.
     pub fn counting_over(mut self, from: &'static str) -> Filter {
         self.count_from = Some(from);
+        self
+    }
+
+    /// States a cursor's range on `columns` too: columns of a joined table that the join makes
+    /// equal to the keys, one for each. PostgreSQL carries an equality through a join but not
+    /// a range, and a merge join then read the joined table from its start up to the cursor
+    /// (137 ms at the 100,000th of a product's subscribers).
+    pub fn keys_also_on(mut self, columns: &'static [&'static str]) -> Filter {
+        self.key_mirrors = columns;
         self
     }
 
@@ -240,7 +251,13 @@ impl Filter {
                 let placeholders: Vec<String> = (0..key.len()).map(|index| format!("${}", start + index)).collect();
                 let comparison = if later == keys.descending { "<" } else { ">" };
                 let equal = if inclusive { "=" } else { "" };
-                format!("({key_list}) {comparison}{equal} ({})", placeholders.join(", "))
+                let placeholders = placeholders.join(", ");
+                let mut condition = format!("({key_list}) {comparison}{equal} ({placeholders})");
+                if !self.key_mirrors.is_empty() {
+                    let mirrors = self.key_mirrors.join(", ");
+                    condition.push_str(&format!(" AND ({mirrors}) {comparison}{equal} ({placeholders})"));
+                }
+                condition
             };
         let after = |values: &mut Vec<crate::conn::Value>, key: &[crate::conn::Value], later: bool| -> String {
             beside(values, key, later, false)

@@ -282,8 +282,7 @@ async fn activity_queries_use_the_customer_time_indexes(app: TestApp) {
                         let plan = plan.join("\n");
                         // A category of one kind reads that kind's range: a customer's
                         // other movements may be a million fees (docs/benchmarks.md).
-                        let one_kind =
-                            category.is_some_and(|category| category.condition().starts_with("t.kind = "));
+                        let one_kind = category.is_some_and(|category| category.condition().starts_with("t.kind = "));
                         let index = if sql.contains("FROM event_fees") {
                             "event_fees_by_customer_time"
                         } else if one_kind {
