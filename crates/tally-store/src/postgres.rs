@@ -278,7 +278,11 @@ impl PostgresBackend {
         let mut first = self.begin(READ_ONLY)?;
         let snapshot = match first.client.query_one("SELECT pg_export_snapshot()", &[]) {
             Ok(row) => row.get::<_, String>(0),
-            Err(error) => return Err(first.fail(error).into()),
+            Err(error) => {
+                let error = first.fail(error);
+                end(&mut first);
+                return Err(error.into());
+            }
         };
         let mut second = match self.begin(READ_ONLY) {
             Ok(second) => second,
@@ -289,8 +293,10 @@ impl PostgresBackend {
         };
         // The id is PostgreSQL's own text (hex digits and dashes), not the caller's.
         if let Err(error) = second.client.batch_execute(&format!("SET TRANSACTION SNAPSHOT '{snapshot}'")) {
+            let error = second.fail(error);
             end(&mut first);
-            return Err(second.fail(error).into());
+            end(&mut second);
+            return Err(error.into());
         }
         let outcome = work(&mut PostgresConn { connection: &mut first }, &mut PostgresConn { connection: &mut second });
         end(&mut first);

@@ -223,22 +223,21 @@ impl SqliteBackend {
 
     /// Two read transactions that see one snapshot, for work that reads on two threads. In
     /// WAL mode a read transaction sees what was committed when it first reads, so both
-    /// first read while a third connection holds the write lock: no commit can land between
-    /// them (a writer waits the microseconds it is held, as it waits for any writer).
+    /// first read inside a job of the writer's round, which holds the write lock: no commit
+    /// can land between them. (A connection of its own asking for the lock would wait behind
+    /// a busy writer's back-to-back rounds, and could time out.)
     pub fn read_pair<R, E: From<StoreError>>(
         &self,
         work: impl FnOnce(&mut (dyn Conn + Send), &mut (dyn Conn + Send)) -> Result<R, E>,
     ) -> Result<R, E> {
         let (mut first, mut second) = (self.reader()?, self.reader()?);
-        let begun = (|| -> Result<(), StoreError> {
-            let guard = connect(&self.path)?;
-            guard.execute_batch("BEGIN IMMEDIATE").map_err(database)?;
+        let begun = self.write(|_writer| -> Result<(), StoreError> {
             for connection in [&first, &second] {
                 connection.execute_batch("BEGIN").map_err(database)?;
                 connection.query_row("SELECT COUNT(*) FROM sqlite_schema", [], |_| Ok(())).map_err(database)?;
             }
-            guard.execute_batch("ROLLBACK").map_err(database)
-        })();
+            Ok(())
+        });
         let result = match begun {
             Ok(()) => {
                 let mut conns = (SqliteConn { connection: &mut first }, SqliteConn { connection: &mut second });

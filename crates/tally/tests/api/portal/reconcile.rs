@@ -288,7 +288,7 @@ async fn activity_queries_use_the_customer_time_indexes(app: TestApp) {
                         } else if one_kind {
                             "transactions_by_kind_time"
                         } else {
-                            "transactions_by_"
+                            "transactions_by_time"
                         };
                         assert!(plan.contains(index), "{sql}\nreads by {index}:\n{plan}");
                         assert!(
