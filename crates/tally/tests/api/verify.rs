@@ -69,10 +69,17 @@ async fn verify_by_fingerprints(app: &TestApp) -> Option<VerifyReport> {
     tokio::task::spawn_blocking(move || store.read(|conn| ledger::verify_by_fingerprints(conn)).unwrap()).await.unwrap()
 }
 
-/// The books as `tally ledger verify` sees them: fingerprints first, join passes when they disagree.
+/// The books as `ledger::verify` sees them: fingerprints first, join passes when they disagree.
 async fn verify_usually(app: &TestApp) -> VerifyReport {
     let store = app.store.clone();
     tokio::task::spawn_blocking(move || store.read(|conn| ledger::verify(conn)).unwrap()).await.unwrap()
+}
+
+/// The books as `tally ledger verify` sees them: the same, the fingerprints' two halves read
+/// at once on two connections of one snapshot.
+async fn verify_on_two(app: &TestApp) -> VerifyReport {
+    let store = app.store.clone();
+    tokio::task::spawn_blocking(move || store.read_pair(ledger::verify_on_two).unwrap()).await.unwrap()
 }
 
 /// Runs `sql` directly on the database, behind Tally's back.
@@ -437,9 +444,13 @@ async fn a_random_history_verifies_clean_and_each_edit_behind_its_back_is_found(
     for (edit, expected, undo) in edits {
         tamper(&app, &edit).await;
         assert_eq!(verify_by_fingerprints(&app).await, None, "after {edit:?}, the fingerprints disagree");
-        for chunk in [1, 500, 0] {
-            // Chunk 0: the usual way, fingerprints first.
-            let report = if chunk == 0 { verify_usually(&app).await } else { verify(&app, chunk).await };
+        for chunk in [1, 500, 0, -1] {
+            // Chunk 0: the usual way, fingerprints first; -1: the same on two connections.
+            let report = match chunk {
+                0 => verify_usually(&app).await,
+                -1 => verify_on_two(&app).await,
+                _ => verify(&app, chunk).await,
+            };
             assert!(
                 report.problems.iter().any(|problem| problem.starts_with(&expected)),
                 "after {edit:?}, chunks of {chunk}: expected {expected:?} in {:#?}",
