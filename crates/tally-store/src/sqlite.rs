@@ -239,22 +239,13 @@ impl SqliteBackend {
             Ok(())
         });
         let result = match begun {
-            Ok(()) => {
-                let mut conns = (SqliteConn { connection: &mut first }, SqliteConn { connection: &mut second });
-                let outcome = work(&mut conns.0, &mut conns.1);
-                // Read-only: ending them is all there is to do, whatever the outcome.
-                for conn in [conns.0, conns.1] {
-                    let _ = conn.connection.execute_batch("ROLLBACK");
-                }
-                outcome
-            }
-            Err(error) => {
-                for connection in [&first, &second] {
-                    let _ = connection.execute_batch("ROLLBACK");
-                }
-                Err(error.into())
-            }
+            Ok(()) => work(&mut SqliteConn { connection: &mut first }, &mut SqliteConn { connection: &mut second }),
+            Err(error) => Err(error.into()),
         };
+        // Read-only: ending them is all there is to do, whatever the outcome.
+        for connection in [&first, &second] {
+            let _ = connection.execute_batch("ROLLBACK");
+        }
         self.return_reader(first);
         self.return_reader(second);
         result

@@ -268,6 +268,7 @@ impl Filter {
         let order = order.join(", ");
         let offset = if window.cursor.is_none() { window.page.offset } else { 0 };
         let mut values = self.values.clone();
+        // `None` when no row is at the offset: the page is empty.
         let page_condition = match &window.cursor {
             None if offset > 0 => {
                 // The rows an offset skips are found by their keys alone, over the counted
@@ -277,28 +278,27 @@ impl Filter {
                 let first_kept = format!(
                     "SELECT {key_list} FROM {counted} WHERE {condition} ORDER BY {order} LIMIT 1 OFFSET {offset}"
                 );
-                match conn.query_planned_for_values(&first_kept, &self.values)?.into_iter().next() {
-                    Some(row) => format!(" AND {}", beside(&mut values, &row.0, true, true)),
-                    // Nothing there: an empty page, its total as an empty page read by
-                    // OFFSET had it (below).
-                    None if !window.exact_total && total > COUNT_LIMIT => {
-                        return Ok(Listing { items: Vec::new(), total: total.max(offset), next: None, prev: None })
-                    }
-                    None => return Ok(Listing { items: Vec::new(), total, next: None, prev: None }),
-                }
+                let first_kept = conn.query_planned_for_values(&first_kept, &self.values)?.into_iter().next();
+                first_kept.map(|row| format!(" AND {}", beside(&mut values, &row.0, true, true)))
             }
-            None => String::new(),
-            Some(Cursor::After(key)) => format!(" AND {}", after(&mut values, key, true)),
-            Some(Cursor::Before(key)) => format!(" AND {}", after(&mut values, key, false)),
+            None => Some(String::new()),
+            Some(Cursor::After(key)) => Some(format!(" AND {}", after(&mut values, key, true))),
+            Some(Cursor::Before(key)) => Some(format!(" AND {}", after(&mut values, key, false))),
         };
-        let sql = format!(
-            "SELECT {columns}, {key_list} FROM {from} WHERE {condition}{page_condition} ORDER BY {order} LIMIT {}",
-            window.page.limit + 1
-        );
-        // Planned for its values: a list's filters can be skewed (few events without fees,
-        // among millions), and a plan PostgreSQL kept for typical values read every event of
-        // the mode for the rare ones (4.9 s at 3 million events, docs/benchmarks.md).
-        let rows = conn.query_planned_for_values(&sql, &values)?;
+        let rows = match page_condition {
+            Some(page_condition) => {
+                let sql = format!(
+                    "SELECT {columns}, {key_list} FROM {from} WHERE {condition}{page_condition} ORDER BY {order} LIMIT {}",
+                    window.page.limit + 1
+                );
+                // Planned for its values: a list's filters can be skewed (few events without
+                // fees, among millions), and a plan PostgreSQL kept for typical values read
+                // every event of the mode for the rare ones (4.9 s at 3 million events,
+                // docs/benchmarks.md).
+                conn.query_planned_for_values(&sql, &values)?
+            }
+            None => Vec::new(),
+        };
         let more = rows.len() as i64 > window.page.limit;
         let mut items = Vec::new();
         let mut row_keys = Vec::new();
