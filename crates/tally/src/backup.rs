@@ -29,7 +29,7 @@ fn sqlite_path(database_url: &str, command: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// Opens an existing SQLite file without creating it.
-fn open_existing(path: &Path) -> anyhow::Result<Connection> {
+pub(crate) fn open_existing(path: &Path) -> anyhow::Result<Connection> {
     if !path.is_file() {
         bail!("no SQLite database at {}", std::path::absolute(path).unwrap_or_else(|_| path.to_owned()).display());
     }

@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod bench;
 pub mod config;
+pub mod copy;
 pub mod demo;
 pub mod export;
 pub mod report;

@@ -82,6 +82,15 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Copy every row of the SQLite database (--database) into a new, empty PostgreSQL
+    /// database, in one transaction: the move from the embedded store to PostgreSQL. Stop the
+    /// servers first; rows written after the copy starts are not copied.
+    #[command(name = "copy-to-postgres")]
+    CopyToPostgres {
+        /// The PostgreSQL database to fill: postgres://USER@HOST:PORT/DB (made ready by
+        /// migrating it when it is new; refused when it holds data).
+        url: String,
+    },
     /// Write usage events or wallet transactions of one mode as CSV or JSON Lines.
     Export(tally::export::ExportArgs),
     /// Finance reports from the ledger.
@@ -177,6 +186,18 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Restore { path, force } => restore(&config, &path, force),
+        Command::CopyToPostgres { url } => {
+            let report = tally::copy::copy_to_postgres(&config.database_url, &url, &mut std::io::stderr())?;
+            eprintln!(
+                "copied {} rows of {} tables from {} to {} in {:.1?}; check them there with `tally ledger verify --database ...`",
+                report.rows(),
+                report.tables.len(),
+                redact_database_url(&config.database_url),
+                redact_database_url(&url),
+                report.elapsed
+            );
+            Ok(())
+        }
         Command::Export(args) => {
             let store = tally::open_existing_store(&config.database_url)?;
             if let Some(rows) = tally::export::run(&store, &args)? {
