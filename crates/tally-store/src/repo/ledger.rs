@@ -1055,7 +1055,7 @@ pub enum RollupTable {
     CustomerCosts,
     /// `fee_rollups_by_mode`: (mode, hour, asset), one row per shard.
     FeesByMode,
-    /// `cost_rollups_by_vendor`: (vendor, hour, category, currency), one row per shard.
+    /// `cost_rollups_by_vendor`: (vendor, mode, hour, category, currency), one row per shard.
     CostsByVendor,
 }
 
@@ -1083,7 +1083,7 @@ pub fn each_stored_rollup(
         RollupTable::CustomerCosts => ("customer_id, mode, currency, '', '', ''", "cost_count", "cost_rollups"),
         RollupTable::FeesByMode => ("mode, asset, '', '', '', ''", "fee_count", "fee_rollups_by_mode"),
         RollupTable::CostsByVendor => {
-            ("vendor_id, category, currency, '', '', ''", "cost_count", "cost_rollups_by_vendor")
+            ("vendor_id, mode, category, currency, '', ''", "cost_count", "cost_rollups_by_vendor")
         }
     };
     conn.query_each(

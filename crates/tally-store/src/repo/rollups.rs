@@ -669,7 +669,9 @@ pub fn stored_shared(conn: &mut dyn Conn) -> Result<Rollups, StoreError> {
     }
     for row in conn.query(
         &format!(
-            "SELECT vendor_id, hour, category, currency, MIN(mode), {SUMS}, CAST(SUM(cost_count) AS BIGINT)
+            "SELECT vendor_id, hour, category, currency,
+                    CASE WHEN MIN(mode) = MAX(mode) THEN MIN(mode) ELSE MIN(mode) || ' and ' || MAX(mode) END,
+                    {SUMS}, CAST(SUM(cost_count) AS BIGINT)
              FROM cost_rollups_by_vendor GROUP BY vendor_id, hour, category, currency"
         ),
         &[],

@@ -367,6 +367,19 @@ async fn verify_finds_an_edited_rollup(app: TestApp) {
         assert_eq!(problems(&app).await, Vec::<String>::new());
         assert!(fingerprints_agree(&app).await, "clean again after {undo}");
     }
+    // A vendor's costs filed under the other mode: the right total, shown in the wrong mode's stats.
+    let moved = format!(
+        "UPDATE cost_rollups_by_vendor SET mode = 'live' WHERE {}",
+        last_shard(
+            "cost_rollups_by_vendor",
+            "currency = 'USD' AND category = (SELECT MIN(category) FROM cost_rollups_by_vendor)"
+        )
+    );
+    tamper(&app, &moved).await;
+    assert_found(&app, "vendor cost rollup", &moved).await;
+    tamper(&app, &moved.replacen("mode = 'live'", "mode = 'test'", 1)).await;
+    assert_eq!(problems(&app).await, Vec::<String>::new());
+    assert!(fingerprints_agree(&app).await, "clean again after {moved}");
     let insert = "INSERT INTO fee_rollups (mode, customer_id, hour, source, asset, product_id, price_id, amount_units,
                                            amount_pico, amount_yocto, fee_count)";
     let rows = [

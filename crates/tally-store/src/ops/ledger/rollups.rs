@@ -34,6 +34,15 @@ pub(super) fn verify_rollups(conn: &mut dyn Conn, report: &mut VerifyReport, chu
     let stored = rollups::stored_shared(conn)?;
     compare(report, "platform fee rollup", shared.fees_by_mode(), stored.fees_by_mode(), |total| *total);
     compare(report, "vendor cost rollup", shared.costs_by_vendor(), stored.costs_by_vendor(), |(_, total)| *total);
+    // The vendor's stats read its rows of one mode: a row filed under the other would hide
+    // its costs there and show them in the wrong mode's figures.
+    for (key, (mode, _)) in shared.costs_by_vendor() {
+        match stored.costs_by_vendor().get(key) {
+            Some((stored_mode, _)) if stored_mode != mode => report
+                .problem(format!("vendor cost rollup {key:?}: filed under mode {stored_mode}, its costs are {mode}")),
+            _ => {}
+        }
+    }
     report.rollups = (fee_rows + cost_rows) as usize + stored.fees_by_mode().len() + stored.costs_by_vendor().len();
     let (all_fee_rows, all_cost_rows) = rollups::count_customer_rows(conn)?;
     if all_fee_rows + all_cost_rows > fee_rows + cost_rows {
@@ -179,7 +188,12 @@ impl RollupFingerprints {
     pub(super) fn cost(&mut self, keys: &mut Keys, cost: &CostLine) {
         keys.tuple(COST_ROLLUP).text(cost.customer_id).text(cost.mode).int(cost.hour).text(cost.currency);
         self.cost_run.add(keys, &mut self.costs, cost.amount);
-        keys.tuple(VENDOR_ROLLUP).text(cost.vendor_id).int(cost.hour).text(cost.category).text(cost.currency);
+        keys.tuple(VENDOR_ROLLUP)
+            .text(cost.vendor_id)
+            .text(cost.mode)
+            .int(cost.hour)
+            .text(cost.category)
+            .text(cost.currency);
         self.vendor_run.add(keys, &mut self.costs_by_vendor, cost.amount);
     }
 
@@ -227,8 +241,8 @@ impl RollupFingerprints {
                         (&mut self.fees_by_mode, hash)
                     }
                     RollupTable::CostsByVendor => {
-                        let key = keys.tuple(VENDOR_ROLLUP).text(first).int(row.hour);
-                        let hash = key.text(second).text(third).hash();
+                        let key = keys.tuple(VENDOR_ROLLUP).text(first).text(second).int(row.hour);
+                        let hash = key.text(third).text(fourth).hash();
                         shared_keys.insert(hash);
                         (&mut self.costs_by_vendor, hash)
                     }
