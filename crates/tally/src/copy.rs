@@ -2,13 +2,15 @@
 //! empty PostgreSQL database, every row of every table, so a platform that started on one file
 //! can grow onto PostgreSQL without losing a cent or an id.
 //!
-//! The rules, each checked by `tests::*`:
+//! The rules (the tests below check each but the snapshot, which is SQLite's own guarantee):
 //! - The source is read in one read transaction: one snapshot, even while a server writes (in
 //!   WAL mode a reader never blocks the writer). Rows written after it are not copied, so stop
 //!   the servers first for a move.
 //! - The target is written in one transaction: it holds the whole store or, after any error,
 //!   nothing of it. It must hold no rows but those its own migrations made (the migration list
-//!   and the platform's id in `tally_meta`, which the source's replaces).
+//!   and the platform's id in `tally_meta`, which the source's replaces), and its tables are
+//!   locked before that is checked, so nothing written beside the copy can be wiped by it. A
+//!   database without Tally's schema is migrated first only when it holds no table at all.
 //! - Source and target must be at the same migrations, with the same tables and columns, so a
 //!   table is copied only into one of the same shape.
 //! - Values go over unchanged: both backends store amounts as text and instants as integers.
@@ -59,13 +61,14 @@ pub fn copy_to_postgres(sqlite_url: &str, postgres_url: &str, progress: &mut dyn
     }
     // Refuses a source that is missing, not Tally's, or behind this build's migrations.
     drop(crate::open_existing_store(sqlite_url)?);
-    drop(crate::open_store(postgres_url)?);
-    let mut source = crate::backup::open_existing(&source_path)?;
     let mut target = connect(postgres_url)?;
+    prepare_target(&mut target, postgres_url)?;
+    let mut source = crate::backup::open_existing(&source_path)?;
     let source_tx = source.transaction()?;
     let source_tables = sqlite_tables(&source_tx)?;
     let mut target_tx = target.transaction()?;
     let target_tables = postgres_tables(&mut target_tx)?;
+    lock_all(&mut target_tx, &target_tables)?;
     same_migrations(&source_tx, &mut target_tx)?;
     same_shapes(&source_tables, &target_tables)?;
     refuse_rows(&mut target_tx, &target_tables)?;
@@ -87,7 +90,10 @@ pub fn copy_to_postgres(sqlite_url: &str, postgres_url: &str, progress: &mut dyn
     target_tx.commit().context("cannot commit the copy")?;
     source_tx.finish()?;
     // The planner's statistics, which a bulk load leaves empty (and autovacuum may be off).
-    target.batch_execute("ANALYZE")?;
+    // The rows are in whatever happens here: a failure is reported, not returned.
+    if let Err(error) = target.batch_execute("ANALYZE") {
+        writeln!(progress, "the copy is committed, but ANALYZE failed ({error}): run it on the database")?;
+    }
     report.elapsed = started.elapsed();
     Ok(report)
 }
@@ -99,6 +105,35 @@ fn connect(postgres_url: &str) -> anyhow::Result<postgres::Client> {
         None => postgres::Client::connect(&connector.url, postgres::NoTls),
     };
     client.context("cannot connect to the PostgreSQL database")
+}
+
+/// Migrates a database that holds no table at all (a new one); requires one with Tally's
+/// schema to be at this build's migrations, and refuses anything else, so that a mistyped
+/// URL never leaves Tally's tables in another application's database.
+fn prepare_target(target: &mut postgres::Client, postgres_url: &str) -> anyhow::Result<()> {
+    let tables: i64 = target
+        .query_one("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema()", &[])?
+        .get(0);
+    let tally: bool = target
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.tables
+                            WHERE table_schema = current_schema() AND table_name = $1)",
+            &[&MIGRATIONS_TABLE],
+        )?
+        .get(0);
+    match (tables, tally) {
+        (0, _) => drop(crate::open_store(postgres_url)?),
+        (_, true) => drop(crate::open_existing_store(postgres_url)?),
+        (_, false) => bail!("the PostgreSQL database holds {tables} tables but not Tally's: copy into a new database"),
+    }
+    Ok(())
+}
+
+/// Locks every table for the whole copy: nothing can be written beside it (and then wiped).
+fn lock_all(target: &mut postgres::Transaction, tables: &Tables) -> anyhow::Result<()> {
+    let names = tables.keys().map(|table| quoted(table)).collect::<Vec<_>>().join(", ");
+    target.batch_execute(&format!("LOCK TABLE {names} IN ACCESS EXCLUSIVE MODE"))?;
+    Ok(())
 }
 
 /// Each table's columns, by name.
@@ -186,10 +221,13 @@ fn refuse_rows(target: &mut postgres::Transaction, tables: &Tables) -> anyhow::R
 /// Drops every index that backs no constraint, and returns the statements that make them again.
 fn drop_secondary_indexes(target: &mut postgres::Transaction) -> anyhow::Result<Vec<String>> {
     let rows = target.query(
-        "SELECT indexname::text, indexdef FROM pg_indexes
-         WHERE schemaname = current_schema()
-           AND indexname NOT IN (SELECT conname FROM pg_constraint WHERE connamespace = current_schema()::regnamespace)
-         ORDER BY indexname",
+        "SELECT i.relname::text, pg_get_indexdef(i.oid) FROM pg_index x
+         JOIN pg_class i ON i.oid = x.indexrelid
+         JOIN pg_class t ON t.oid = x.indrelid
+         JOIN pg_namespace n ON n.oid = t.relnamespace
+         WHERE n.nspname = current_schema()
+           AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)
+         ORDER BY 1",
         &[],
     )?;
     let mut definitions = Vec::with_capacity(rows.len());
@@ -386,6 +424,17 @@ mod tests {
         rows
     }
 
+    fn index_definitions(client: &mut postgres::Client) -> Vec<(String, String)> {
+        let rows = client
+            .query(
+                "SELECT indexname::text, indexdef FROM pg_indexes WHERE schemaname = current_schema() ORDER BY 1",
+                &[],
+            )
+            .unwrap();
+        assert!(rows.len() > 50, "{} indexes", rows.len());
+        rows.iter().map(|row| (row.get(0), row.get(1))).collect()
+    }
+
     fn identity_next_values(client: &mut postgres::Client) -> Vec<(String, i64)> {
         let identities = client
             .query(
@@ -424,9 +473,12 @@ mod tests {
             .execute("DELETE FROM subscription_history WHERE sequence = ?1", [largest_history])
             .unwrap();
         with_database("tally_copy", |target| {
+            drop(crate::open_store(target).unwrap());
+            let mut client = connect(target).unwrap();
+            let migrated_indexes = index_definitions(&mut client);
             let mut progress = Vec::new();
             let report = copy_to_postgres(&source, target, &mut progress).unwrap();
-            let mut client = connect(target).unwrap();
+            assert_eq!(index_definitions(&mut client), migrated_indexes, "the indexes after the copy");
             let mut empty = Vec::new();
             for (table, copied) in &report.tables {
                 let columns: Vec<String> = {
@@ -479,8 +531,26 @@ mod tests {
         let source = filled_sqlite_store(directory.path());
         with_database("tally_copy_refused", |target| {
             let DatabaseUrl::Sqlite(path) = DatabaseUrl::parse(&source).unwrap() else { unreachable!() };
-            // A value no Tally column stores, in a table copied after others.
+            let mut client = connect(target).unwrap();
+            // Another application's database (a mistyped URL) is neither migrated nor filled.
+            client.batch_execute("CREATE TABLE other_app (id BIGINT)").unwrap();
+            let error = copy_to_postgres(&source, target, &mut Vec::new()).unwrap_err().to_string();
+            assert!(error.contains("holds 1 tables but not Tally's"), "{error}");
+            let tables: i64 = client
+                .query_one("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema()", &[])
+                .unwrap()
+                .get(0);
+            assert_eq!(tables, 1, "the copy left tables of its own in another application's database");
+            client.batch_execute("DROP TABLE other_app").unwrap();
+
+            // A table of another shape is never copied into.
             let sqlite = rusqlite::Connection::open(&path).unwrap();
+            sqlite.execute_batch("ALTER TABLE customers ADD COLUMN nickname TEXT").unwrap();
+            let error = copy_to_postgres(&source, target, &mut Vec::new()).unwrap_err().to_string();
+            assert!(error.contains("table customers has columns"), "{error}");
+            sqlite.execute_batch("ALTER TABLE customers DROP COLUMN nickname").unwrap();
+
+            // A value no Tally column stores, in a table copied after others.
             let last_event = "(SELECT MAX(rowid) FROM usage_events)";
             let created_at: i64 = sqlite
                 .query_row(&format!("SELECT created_at FROM usage_events WHERE rowid = {last_event}"), [], |row| {
@@ -492,7 +562,6 @@ mod tests {
                 .unwrap();
             let error = copy_to_postgres(&source, target, &mut Vec::new()).unwrap_err().to_string();
             assert!(error.contains("usage_events.created_at holds a floating-point number"), "{error}");
-            let mut client = connect(target).unwrap();
             let customers: i64 = client.query_one("SELECT COUNT(*) FROM customers", &[]).unwrap().get(0);
             assert_eq!(customers, 0, "the failed copy left rows behind");
 

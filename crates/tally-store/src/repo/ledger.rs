@@ -1055,7 +1055,7 @@ pub enum RollupTable {
     CustomerCosts,
     /// `fee_rollups_by_mode`: (mode, hour, asset), one row per shard.
     FeesByMode,
-    /// `cost_rollups_by_vendor`: (vendor, mode, hour, category, currency), one row per shard.
+    /// `cost_rollups_by_vendor`: (vendor, hour, category, currency; its mode read beside the key), one row per shard.
     CostsByVendor,
 }
 

@@ -34,8 +34,8 @@ pub(super) fn verify_rollups(conn: &mut dyn Conn, report: &mut VerifyReport, chu
     let stored = rollups::stored_shared(conn)?;
     compare(report, "platform fee rollup", shared.fees_by_mode(), stored.fees_by_mode(), |total| *total);
     compare(report, "vendor cost rollup", shared.costs_by_vendor(), stored.costs_by_vendor(), |(_, total)| *total);
-    // The vendor's stats read its rows of one mode: a row filed under the other would hide
-    // its costs there and show them in the wrong mode's figures.
+    // The platform's cost totals per mode read these rows by their mode: a row filed under
+    // the other mode would move its costs into the other mode's figures.
     for (key, (mode, _)) in shared.costs_by_vendor() {
         match stored.costs_by_vendor().get(key) {
             Some((stored_mode, _)) if stored_mode != mode => report
@@ -102,7 +102,7 @@ pub(super) struct RollupFingerprints {
     /// Per customer: (customer, mode, hour, currency).
     costs: LinearSides,
     cost_run: KeyRun,
-    /// Platform-wide: (vendor, hour, category, currency).
+    /// Platform-wide: (vendor, mode, hour, category, currency).
     costs_by_vendor: LinearSides,
     vendor_run: KeyRun,
     /// False once a stored row counts nothing.
