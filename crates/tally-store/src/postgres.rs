@@ -52,10 +52,7 @@ struct Connector(crate::postgres_tls::Connector);
 
 impl Connector {
     fn open(&self) -> Result<Connection, postgres::Error> {
-        let client = match &self.0.tls {
-            Some(tls) => postgres::Client::connect(&self.0.url, tls.clone()),
-            None => postgres::Client::connect(&self.0.url, postgres::NoTls),
-        }?;
+        let client = self.0.connect()?;
         Ok(Connection {
             client,
             statements: HashMap::new(),

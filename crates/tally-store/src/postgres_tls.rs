@@ -40,6 +40,16 @@ pub struct Connector {
     pub tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
 }
 
+impl Connector {
+    /// A new connection, with TLS as `sslmode` asked.
+    pub fn connect(&self) -> Result<postgres::Client, postgres::Error> {
+        match &self.tls {
+            Some(tls) => postgres::Client::connect(&self.url, tls.clone()),
+            None => postgres::Client::connect(&self.url, postgres::NoTls),
+        }
+    }
+}
+
 /// Reads `sslmode` and `sslrootcert` from a `postgres://` URL and builds the connector.
 pub fn connector(url: &str) -> Result<Connector, StoreError> {
     let (base, query) = match url.split_once('?') {

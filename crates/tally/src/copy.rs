@@ -100,11 +100,7 @@ pub fn copy_to_postgres(sqlite_url: &str, postgres_url: &str, progress: &mut dyn
 
 fn connect(postgres_url: &str) -> anyhow::Result<postgres::Client> {
     let connector = tally_store::postgres_tls::connector(postgres_url)?;
-    let client = match connector.tls {
-        Some(tls) => postgres::Client::connect(&connector.url, tls),
-        None => postgres::Client::connect(&connector.url, postgres::NoTls),
-    };
-    client.context("cannot connect to the PostgreSQL database")
+    connector.connect().context("cannot connect to the PostgreSQL database")
 }
 
 /// Migrates a database that holds no table at all (a new one); requires one with Tally's
@@ -480,11 +476,12 @@ mod tests {
             let report = copy_to_postgres(&source, target, &mut progress).unwrap();
             assert_eq!(index_definitions(&mut client), migrated_indexes, "the indexes after the copy");
             let mut empty = Vec::new();
+            let mut tables = {
+                let mut tx = client.transaction().unwrap();
+                postgres_tables(&mut tx).unwrap()
+            };
             for (table, copied) in &report.tables {
-                let columns: Vec<String> = {
-                    let mut tx = client.transaction().unwrap();
-                    postgres_tables(&mut tx).unwrap().remove(table).unwrap()
-                };
+                let columns = tables.remove(table).unwrap();
                 let expected = sqlite_rows(&source, table, &columns);
                 assert_eq!(*copied, expected.len() as u64, "{table}");
                 assert_eq!(postgres_rows(&mut client, table, &columns), expected, "{table}");
