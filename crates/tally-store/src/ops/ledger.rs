@@ -41,6 +41,7 @@ mod linear;
 mod rollups;
 
 use crate::conn::{Conn, Dialect};
+use fingerprints::GatheredAccounts;
 use crate::repo::holds::{self, HoldStatus};
 use crate::repo::ledger::{self, GrantLine, PostingLine, VerifiedTable};
 use crate::StoreError;
@@ -117,13 +118,23 @@ pub fn verify_on_two(
 /// The fast path of [`verify`]: `Some` clean report when the fingerprints agree and every
 /// other check passes, `None` when anything disagrees (the join passes then say what).
 pub fn verify_by_fingerprints(conn: &mut dyn Conn) -> Result<Option<VerifyReport>, StoreError> {
-    fingerprints::verify(conn, ledger::CHUNK)
+    fingerprints::verify(conn, ledger::CHUNK, fingerprints::GATHERED_LIMIT)
 }
 
 /// [`verify_by_fingerprints`], reading `chunk` entries (and accounts) at a time (tests use tiny
 /// chunks to cross many chunk boundaries).
 pub fn verify_by_fingerprints_in_chunks(conn: &mut dyn Conn, chunk: i64) -> Result<Option<VerifyReport>, StoreError> {
-    fingerprints::verify(conn, chunk)
+    fingerprints::verify(conn, chunk, fingerprints::GATHERED_LIMIT)
+}
+
+/// [`verify_by_fingerprints`], summing at most `limit` accounts and `limit` grants in memory
+/// before it reads the postings again by account instead (tests use tiny limits to stop
+/// gathering at any point of the pass).
+pub fn verify_by_fingerprints_gathering_at_most(
+    conn: &mut dyn Conn,
+    limit: usize,
+) -> Result<Option<VerifyReport>, StoreError> {
+    fingerprints::verify(conn, ledger::CHUNK, limit)
 }
 
 /// The chunk of the passes that stream. PostgreSQL hashes or merges the joined tables once per
@@ -352,12 +363,48 @@ fn verify_entries(conn: &mut dyn Conn, report: &mut VerifyReport, chunk: i64) ->
     Ok(())
 }
 
-#[derive(Default)]
-struct Derived {
+/// An account's balances as its postings say.
+#[derive(Default, Clone, Copy)]
+struct Balances {
     available: Decimal,
     pending_in: Decimal,
     pending_out: Decimal,
     debt: Decimal,
+}
+
+impl Balances {
+    /// Adds one wallet posting. Returns what it adds to the grant it names, as (available,
+    /// pending_in), when `names_grant`.
+    fn add(&mut self, bucket: Bucket, names_grant: bool, amount: Decimal) -> Option<(Decimal, Decimal)> {
+        let to_grant = match (bucket, names_grant) {
+            (Bucket::Available, false) => {
+                self.available += amount;
+                self.debt -= amount;
+                return None;
+            }
+            (Bucket::Available, true) => {
+                self.available += amount;
+                (amount, Decimal::ZERO)
+            }
+            // Held money: out of `available`, into `pending_out`. It never names a grant; one
+            // that does is counted against the grant, which then disagrees and is reported.
+            (Bucket::PendingOut, _) => {
+                self.available += amount;
+                self.pending_out -= amount;
+                (amount, Decimal::ZERO)
+            }
+            (Bucket::PendingIn, _) => {
+                self.pending_in += amount;
+                (Decimal::ZERO, amount)
+            }
+        };
+        names_grant.then_some(to_grant)
+    }
+}
+
+#[derive(Default)]
+struct Derived {
+    balances: Balances,
     /// Each grant's postings: (available, pending_in).
     per_grant: HashMap<String, (Decimal, Decimal)>,
     /// What the account's open holds still hold.
@@ -368,37 +415,17 @@ struct Derived {
 
 impl Derived {
     fn add(&mut self, bucket: Bucket, grant_id: Option<&str>, amount: Decimal) {
-        let mut grant = |available: Decimal, pending_in: Decimal| {
-            if let Some(grant_id) = grant_id {
-                let sums = match self.per_grant.get_mut(grant_id) {
-                    Some(sums) => sums,
-                    None => self.per_grant.entry(grant_id.to_owned()).or_default(),
-                };
-                sums.0 += available;
-                sums.1 += pending_in;
-            }
+        let (Some(grant_id), Some((available, pending_in))) =
+            (grant_id, self.balances.add(bucket, grant_id.is_some(), amount))
+        else {
+            return;
         };
-        match (bucket, grant_id) {
-            (Bucket::Available, None) => {
-                self.available += amount;
-                self.debt -= amount;
-            }
-            (Bucket::Available, Some(_)) => {
-                self.available += amount;
-                grant(amount, Decimal::ZERO);
-            }
-            // Held money: out of `available`, into `pending_out`. It never names a grant; one
-            // that does is counted against the grant, which then disagrees and is reported.
-            (Bucket::PendingOut, _) => {
-                self.available += amount;
-                self.pending_out -= amount;
-                grant(amount, Decimal::ZERO);
-            }
-            (Bucket::PendingIn, _) => {
-                self.pending_in += amount;
-                grant(Decimal::ZERO, amount);
-            }
-        }
+        let sums = match self.per_grant.get_mut(grant_id) {
+            Some(sums) => sums,
+            None => self.per_grant.entry(grant_id.to_owned()).or_default(),
+        };
+        sums.0 += available;
+        sums.1 += pending_in;
     }
 }
 
@@ -411,10 +438,6 @@ fn account_key_text(buffer: &mut String, customer_id: &str, name: &str, asset: &
     buffer.push('\u{0}');
     buffer.push_str(asset);
 }
-
-/// What the postings of each account say, by its key (`account_key_text`), and how many
-/// entries name it: gathered by the fingerprint pass as the entries stream by.
-type GatheredAccounts = HashMap<String, (Derived, i64)>;
 
 /// Every account's balances and every grant, a range of customers at a time: their accounts,
 /// their entries' postings, their grants and their open holds, four statements per range, or
@@ -440,9 +463,8 @@ fn verify_accounts(
         match gathered.as_deref_mut() {
             Some(gathered) => {
                 for (account, derived) in accounts.iter().zip(derived.iter_mut()) {
-                    account_key_text(&mut key, &account.key.customer_id, &account.key.name, &account.key.asset);
-                    if let Some((from_ledger, entries)) = gathered.remove(&key) {
-                        *derived = from_ledger;
+                    if let Some((balances, entries)) = gathered.take_account(&account.key) {
+                        derived.balances = balances;
                         entries_in_accounts += entries;
                     }
                 }
@@ -463,6 +485,11 @@ fn verify_accounts(
             account_key_text(&mut key, &grant.customer_id, &grant.name, &grant.asset);
             let Some(&at) = index.get(&key) else { continue };
             report.grants += 1;
+            if let Some(gathered) = gathered.as_deref_mut() {
+                if let Some(sums) = gathered.take_grant(grant, &run[0].id) {
+                    derived[at].per_grant.insert(run[0].id.clone(), sums);
+                }
+            }
             let mut problems = std::mem::take(&mut derived[at].grant_problems);
             verify_grant(&mut problems, &run, &mut derived[at].per_grant);
             derived[at].grant_problems = problems;
@@ -471,10 +498,10 @@ fn verify_accounts(
             report.accounts += 1;
             let name = format!("{}/{}:{}", account.key.customer_id, account.key.name, account.key.asset);
             let checks = [
-                ("available", account.available, derived.available),
-                ("pending_in", account.pending_in, derived.pending_in),
-                ("pending_out", account.pending_out, derived.pending_out),
-                ("debt", account.debt, derived.debt),
+                ("available", account.available, derived.balances.available),
+                ("pending_in", account.pending_in, derived.balances.pending_in),
+                ("pending_out", account.pending_out, derived.balances.pending_out),
+                ("debt", account.debt, derived.balances.debt),
             ];
             for (field, stored, from_ledger) in checks {
                 if stored != from_ledger {
@@ -501,6 +528,9 @@ fn verify_accounts(
             Some(through) => after = through,
             None => break,
         }
+    }
+    if let Some(stray) = gathered.map(|gathered| gathered.grants_left()).filter(|stray| *stray > 0) {
+        report.problem(format!("postings name {stray} grants that the accounts they are on do not hold"));
     }
     let entries = ledger::count_rows(conn, VerifiedTable::Entries)?;
     if entries > entries_in_accounts {

@@ -63,6 +63,16 @@ async fn verify_twice(app: &TestApp, chunk: i64) -> (VerifyReport, VerifyReport)
     .unwrap()
 }
 
+/// [`verify_by_fingerprints`], summing at most `limit` accounts and grants in memory.
+async fn verify_gathering_at_most(app: &TestApp, limit: usize) -> Option<VerifyReport> {
+    let store = app.store.clone();
+    tokio::task::spawn_blocking(move || {
+        store.read(|conn| ledger::verify_by_fingerprints_gathering_at_most(conn, limit)).unwrap()
+    })
+    .await
+    .unwrap()
+}
+
 /// The books as the fast way sees them: `Some` clean report when the fingerprints agree.
 async fn verify_by_fingerprints(app: &TestApp) -> Option<VerifyReport> {
     let store = app.store.clone();
@@ -234,6 +244,22 @@ async fn a_random_history_verifies_clean_and_each_edit_behind_its_back_is_found(
         assert!(report.is_clean(), "chunks of {chunk}: {:#?}", report.problems);
         assert!(report.entries > 20 && report.grants >= 2 && report.fees >= 3 && report.top_ups >= 3, "{report:?}");
         assert_eq!(report, usual, "chunks of {chunk} read the same books");
+    }
+    // The accounts' and grants' sums gathered in memory, or past a limit (here 0 to 5 of
+    // each, reached at any point of the pass) read again by account: the same clean report.
+    for limit in [0, 1, 2, 5] {
+        let store = app.store.clone();
+        let (fast, joined) = tokio::task::spawn_blocking(move || {
+            store
+                .read(|conn| {
+                    let fast = ledger::verify_by_fingerprints_gathering_at_most(conn, limit)?;
+                    Ok::<_, tally_store::StoreError>((fast, ledger::verify_in_chunks(conn, 500)?))
+                })
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(fast.as_ref(), Some(&joined), "the fingerprints agree gathering at most {limit}");
     }
     // Each pair from one snapshot: the background worker may settle the history meanwhile.
     for chunk in [None, Some(1), Some(2), Some(7)] {
@@ -444,6 +470,13 @@ async fn a_random_history_verifies_clean_and_each_edit_behind_its_back_is_found(
     for (edit, expected, undo) in edits {
         tamper(&app, &edit).await;
         assert_eq!(verify_by_fingerprints(&app).await, None, "after {edit:?}, the fingerprints disagree");
+        for limit in [0, 2] {
+            assert_eq!(
+                verify_gathering_at_most(&app, limit).await,
+                None,
+                "after {edit:?}, the fingerprints disagree gathering at most {limit}"
+            );
+        }
         for chunk in [1, 500, 0, -1] {
             // Chunk 0: the usual way, fingerprints first; -1: the same on two connections.
             let report = match chunk {

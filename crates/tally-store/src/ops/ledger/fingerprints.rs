@@ -15,9 +15,10 @@
 //! side, so a duplicate there is a tuple too many. What a sum cannot show is checked as the
 //! rows stream by: an entry's postings balance (entries and their postings are merged in entry
 //! order, an entry's postings together), an event's fees have distinct lines, and each
-//! account's balances and each grant's remainder equal their postings, summed per account in
-//! memory (at most [`GATHERED_LIMIT`] accounts and grants: past that, the accounts pass reads
-//! each range's postings from the database, as the join passes do).
+//! account's balances and each grant's remainder equal their postings, summed per account and
+//! per grant in memory under a keyed 128-bit hash of its key ([`GatheredAccounts`]: at most
+//! [`GATHERED_LIMIT`] of each; past that, the accounts pass reads each range's postings from
+//! the database, as the join passes do).
 //!
 //! The rollups are matched the same way, by linear fingerprints (`rollups`, `linear`): the fees,
 //! fee transactions and costs add their amounts under their rollup's key as they stream by,
@@ -28,20 +29,26 @@
 //! `None` and `verify` runs the join passes, which name every difference.
 
 use super::rollups::RollupFingerprints;
-use super::{account_key_text, moves, verify_accounts, verify_the_rest, Derived, GatheredAccounts, PassTimer, Rollups};
+use super::{moves, verify_accounts, verify_the_rest, Balances, PassTimer, Rollups};
 use super::{SystemBalances, Text, VerifyReport};
 use crate::conn::{Conn, Dialect};
 use crate::repo::ledger::{self, EntryHead, PostingRead, KINDS_WITHOUT_TRANSACTION};
+use crate::repo::wallets::AccountKey;
 use crate::StoreError;
 use rust_decimal::Decimal;
 use siphasher::sip128::{Hasher128, SipHasher13};
+use std::collections::HashMap;
 use std::fmt::Write;
-use std::hash::Hasher;
-use tally_core::ledger::{LedgerAccount, SystemAccount};
+use std::hash::{BuildHasherDefault, Hasher};
+use tally_core::ledger::{Bucket, LedgerAccount, SystemAccount};
 
-/// How many accounts and grants the fingerprint pass sums in memory at most (a few hundred
-/// bytes each): past that, the accounts pass reads each range's postings again.
-pub const GATHERED_LIMIT: usize = 1_000_000;
+/// How many accounts, and how many grants, the fingerprint pass sums in memory at most: past
+/// either, the accounts pass reads each range's postings again. An account takes 89 bytes of
+/// its table and a grant 49 (a 128-bit key and the sums; `GatheredAccounts`), in tables of a
+/// power of two slots at most 7/8 full: at this limit 2^21 slots each, 187 MB and 103 MB, and
+/// while a table grows the old one (half the size) is still held. Enough for a store of
+/// 1.8 million customers, each with an account and a grant, within 500 MB.
+pub const GATHERED_LIMIT: usize = 1_800_000;
 
 /// The prefix of the transaction of a usage event's fee: `tally_event_{event}_{line}`.
 const EVENT_FEE_PREFIX: &str = "tally_event_";
@@ -143,6 +150,85 @@ impl Keys {
 const RECORDED: u8 = 1;
 const TOTALS: u8 = 2;
 const FEE: u8 = 3;
+/// The keys of the gathered sums (not relations: hashed the same way, under tags of their own).
+const ACCOUNT: u8 = 8;
+const GRANT: u8 = 9;
+
+/// A key that is a keyed 128-bit hash already, as two words (so that a table's slot is
+/// aligned to 8 bytes, not 16): its table hashes it no further.
+type HashedKey = (u64, u64);
+
+fn hashed_key(hash: u128) -> HashedKey {
+    (hash as u64, (hash >> 64) as u64)
+}
+
+/// The `Hasher` of a table keyed by [`HashedKey`]: the key's low word, which is already a
+/// uniform hash under the run's random key.
+#[derive(Default)]
+struct PreHashed(u64);
+
+impl Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, _bytes: &[u8]) {
+        unreachable!("a hashed key is written as two words")
+    }
+
+    fn write_u64(&mut self, word: u64) {
+        // The first word written is the low one; the second adds nothing the first lacks.
+        if self.0 == 0 {
+            self.0 = word | 1;
+        }
+    }
+}
+
+type HashedTable<V> = HashMap<HashedKey, V, BuildHasherDefault<PreHashed>>;
+
+/// What the postings say of each account (its balances and how many entries name it) and of
+/// each grant ((available, pending_in) per account and grant id), gathered by the fingerprint
+/// pass as the entries stream by. Each is found by a keyed 128-bit hash of its key instead of
+/// its text: a few dozen bytes each, whatever the ids' length. Two keys share a hash with a
+/// chance of about n^2 / 2^129 for n keys (under 2^-86 for 2 million), and the run's random key
+/// means no one can choose ids that do.
+pub(super) struct GatheredAccounts {
+    keys: Keys,
+    accounts: HashedTable<(Balances, i64)>,
+    grants: HashedTable<(Decimal, Decimal)>,
+}
+
+impl GatheredAccounts {
+    fn new(key: HashKey) -> Self {
+        GatheredAccounts { keys: Keys::new(key), accounts: HashedTable::default(), grants: HashedTable::default() }
+    }
+
+    fn account_key(&mut self, customer_id: &str, name: &str, asset: &str) -> HashedKey {
+        hashed_key(self.keys.tuple(ACCOUNT).text(customer_id).text(name).text(asset).hash())
+    }
+
+    fn grant_key(&mut self, customer_id: &str, name: &str, asset: &str, grant_id: &str) -> HashedKey {
+        hashed_key(self.keys.tuple(GRANT).text(customer_id).text(name).text(asset).text(grant_id).hash())
+    }
+
+    /// The sums of an account, taken out.
+    pub(super) fn take_account(&mut self, account: &AccountKey) -> Option<(Balances, i64)> {
+        let key = self.account_key(&account.customer_id, &account.name, &account.asset);
+        self.accounts.remove(&key)
+    }
+
+    /// The sums of a grant of an account, taken out.
+    pub(super) fn take_grant(&mut self, account: &AccountKey, grant_id: &str) -> Option<(Decimal, Decimal)> {
+        let key = self.grant_key(&account.customer_id, &account.name, &account.asset, grant_id);
+        self.grants.remove(&key)
+    }
+
+    /// Grants named by postings and not taken: each a posting naming a grant that the account
+    /// it is on does not hold.
+    pub(super) fn grants_left(&self) -> usize {
+        self.grants.len()
+    }
+}
 
 /// The two sides of one relation: each adds the hashes of the tuples it states.
 #[derive(Default)]
@@ -184,16 +270,25 @@ struct Pass {
     /// Fees, fee transactions and costs (left) against the rollups that total them (right).
     rollups: RollupFingerprints,
     balances: SystemBalances,
-    /// Each account's sums from its postings; `None` past [`GATHERED_LIMIT`].
+    /// Each account's and grant's sums from the postings; `None` past `gathered_limit`.
     accounts: Option<GatheredAccounts>,
-    /// The account of the latest entry, taken out of `accounts` while its entries follow one
-    /// another (a batch's fees do), so that a posting costs no lookup.
-    current: Option<(String, (Derived, i64))>,
-    /// Accounts and grants gathered.
-    gathered: usize,
-    /// Buffers, to allocate once per pass.
-    account_key: String,
+    /// How many accounts, and how many grants, `accounts` may hold ([`GATHERED_LIMIT`]).
+    gathered_limit: usize,
+    /// The account of the latest entry (its key's text and hash, and its sums), taken out of
+    /// `accounts` while its entries follow one another (a batch's fees do), so that a posting
+    /// costs no lookup.
+    current: Option<CurrentAccount>,
+    /// A buffer, to allocate once per pass.
     transaction_id: String,
+}
+
+/// The account whose entries are streaming by.
+struct CurrentAccount {
+    customer_id: String,
+    name: String,
+    asset: String,
+    key: HashedKey,
+    sums: (Balances, i64),
 }
 
 /// One entry as it streams by.
@@ -242,8 +337,9 @@ impl Entry {
 }
 
 impl Pass {
-    fn new(key: HashKey) -> Self {
+    fn new(key: HashKey, gathered_limit: usize) -> Self {
         Pass {
+            gathered_limit,
             keys: Keys::new(key),
             agree: true,
             recorded: Sides::default(),
@@ -251,10 +347,8 @@ impl Pass {
             fees: Sides::default(),
             rollups: RollupFingerprints::new(),
             balances: SystemBalances::default(),
-            accounts: Some(GatheredAccounts::new()),
+            accounts: Some(GatheredAccounts::new(key)),
             current: None,
-            gathered: 0,
-            account_key: String::new(),
             transaction_id: String::new(),
         }
     }
@@ -262,20 +356,38 @@ impl Pass {
     /// Counts a starting entry for its account, whose sums become the current ones.
     fn start_entry(&mut self, entry: &Entry) {
         let Some(accounts) = self.accounts.as_mut() else { return };
-        account_key_text(&mut self.account_key, &entry.customer_id.0, &entry.account_name.0, &entry.asset.0);
-        let same = matches!(&self.current, Some((key, _)) if *key == self.account_key);
+        let (customer_id, name, asset) = (&entry.customer_id.0, &entry.account_name.0, &entry.asset.0);
+        let same = matches!(&self.current,
+            Some(current) if current.customer_id == *customer_id && current.name == *name && current.asset == *asset);
         if !same {
-            if let Some((key, sums)) = self.current.take() {
-                accounts.insert(key, sums);
+            if let Some(current) = self.current.take() {
+                accounts.accounts.insert(current.key, current.sums);
             }
-            self.current = Some(accounts.remove_entry(&self.account_key).unwrap_or_else(|| {
-                self.gathered += 1;
-                (self.account_key.clone(), (Derived::default(), 0))
-            }));
+            let key = accounts.account_key(customer_id, name, asset);
+            let sums = accounts.accounts.remove(&key).unwrap_or_default();
+            let current = CurrentAccount {
+                customer_id: customer_id.clone(),
+                name: name.clone(),
+                asset: asset.clone(),
+                key,
+                sums,
+            };
+            self.current = Some(current);
+            // The current account is out of its table: count it in, to stay within the limit.
+            if accounts.accounts.len() + 1 > self.gathered_limit {
+                self.give_up_gathering();
+                return;
+            }
         }
-        if let Some((_, (_, entries))) = self.current.as_mut() {
-            *entries += 1;
+        if let Some(current) = self.current.as_mut() {
+            current.sums.1 += 1;
         }
+    }
+
+    /// Stops gathering sums: the accounts pass reads the postings again.
+    fn give_up_gathering(&mut self) {
+        self.accounts = None;
+        self.current = None;
     }
 
     /// Adds one posting of the entry last started.
@@ -284,13 +396,7 @@ impl Pass {
         entry.sum += amount;
         entry.moved += moves(account, amount);
         match account {
-            LedgerAccount::Wallet => {
-                if let Some((_, (derived, _))) = self.current.as_mut() {
-                    let grants = derived.per_grant.len();
-                    derived.add(bucket, grant_id, amount);
-                    self.gathered += derived.per_grant.len() - grants;
-                }
-            }
+            LedgerAccount::Wallet => self.gather(bucket, grant_id, amount),
             LedgerAccount::System(system) => {
                 if system == SystemAccount::Revenue {
                     entry.revenue += amount;
@@ -298,17 +404,29 @@ impl Pass {
                 self.balances.add(&entry.mode.0, &entry.asset.0, system, amount);
             }
         }
-        if self.gathered > GATHERED_LIMIT {
-            self.accounts = None;
-            self.current = None;
-        }
     }
 
-    /// Every account's sums, once the entries have all gone by (`None` past the limit).
+    /// Adds a wallet posting to the current account's sums, and to its grant's if it names one.
+    fn gather(&mut self, bucket: Bucket, grant_id: Option<&str>, amount: Decimal) {
+        let (Some(accounts), Some(current)) = (self.accounts.as_mut(), self.current.as_mut()) else { return };
+        let Some((available, pending_in)) = current.sums.0.add(bucket, grant_id.is_some(), amount) else { return };
+        let grant_id = grant_id.expect("only a posting naming a grant adds to one");
+        let key = accounts.grant_key(&current.customer_id, &current.name, &current.asset, grant_id);
+        if !accounts.grants.contains_key(&key) && accounts.grants.len() >= self.gathered_limit {
+            self.give_up_gathering();
+            return;
+        }
+        let sums = accounts.grants.entry(key).or_default();
+        sums.0 += available;
+        sums.1 += pending_in;
+    }
+
+    /// Every account's and grant's sums, once the entries have all gone by (`None` past the
+    /// limit).
     fn gathered_accounts(&mut self) -> Option<GatheredAccounts> {
         let mut accounts = self.accounts.take()?;
-        if let Some((key, sums)) = self.current.take() {
-            accounts.insert(key, sums);
+        if let Some(current) = self.current.take() {
+            accounts.accounts.insert(current.key, current.sums);
         }
         Some(accounts)
     }
@@ -468,9 +586,9 @@ fn entries_by_merge(
 }
 
 /// The fast verification on one connection: the two halves one after the other.
-pub(super) fn verify(conn: &mut dyn Conn, chunk: i64) -> Result<Option<VerifyReport>, StoreError> {
+pub(super) fn verify(conn: &mut dyn Conn, chunk: i64, gathered_limit: usize) -> Result<Option<VerifyReport>, StoreError> {
     let key = HashKey::random();
-    let ledger = ledger_half(conn, chunk, key)?;
+    let ledger = ledger_half(conn, chunk, key, gathered_limit)?;
     let books = books_half(conn, key)?;
     finish(conn, chunk, ledger, books)
 }
@@ -486,7 +604,7 @@ pub(super) fn verify_on_two(
     let key = HashKey::random();
     let (ledger, books) = std::thread::scope(|scope| {
         let books = scope.spawn(move || books_half(second, key));
-        let ledger = ledger_half(first, chunk, key);
+        let ledger = ledger_half(first, chunk, key, GATHERED_LIMIT);
         (ledger, books.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
     });
     finish(first, chunk, ledger?, books?)
@@ -502,9 +620,14 @@ struct BooksHalf {
 /// The ledger's half: entries with their postings, a range of ids at a time (each entry adds
 /// its side of `recorded`, and its postings the accounts' sums and the system balances), then
 /// the usage events (the halves take about as long on two cores).
-fn ledger_half(conn: &mut dyn Conn, chunk: i64, key: HashKey) -> Result<(Pass, VerifyReport), StoreError> {
+fn ledger_half(
+    conn: &mut dyn Conn,
+    chunk: i64,
+    key: HashKey,
+    gathered_limit: usize,
+) -> Result<(Pass, VerifyReport), StoreError> {
     let mut report = VerifyReport::default();
-    let mut pass = Pass::new(key);
+    let mut pass = Pass::new(key, gathered_limit);
     let mut timer = PassTimer::start();
     let last = ledger::last_entry_id(conn)?;
     entries_by_merge(conn, &mut pass, &mut report, last, chunk)?;
@@ -546,7 +669,8 @@ fn events_pass(conn: &mut dyn Conn, pass: &mut Pass, report: &mut VerifyReport) 
 /// against them.
 fn books_half(conn: &mut dyn Conn, key: HashKey) -> Result<BooksHalf, StoreError> {
     let mut report = VerifyReport::default();
-    let mut pass = Pass::new(key);
+    // This half gathers no account's sums.
+    let mut pass = Pass::new(key, 0);
     let mut timer = PassTimer::start();
 
     // Transactions: each states the entry that records it, and a fee's its fee.
