@@ -77,18 +77,6 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
 /// short; this bounds it if the checkpointer falls behind, and lets the log restart from
 /// its beginning under a load that never pauses.
 const WRITER_CHECKPOINT_PAGES: i64 = 10_000;
-/// A pass of the background checkpointer that copied at least this many pages of the log is
-/// followed by the next at once, not after [`CHECKPOINT_INTERVAL`]: under a steady load of
-/// batches the log grows by about 50,000 pages a second, so a checkpointer that rested
-/// between passes let it pass [`WRITER_CHECKPOINT_PAGES`] and the writer checkpointed on its
-/// own serial path.
-const CHECKPOINT_AGAIN_PAGES: i64 = 256;
-/// The write connection's page cache, in KiB (SQLite's default is 2 MiB). The writer is the
-/// only connection that changes the file, so its cache stays valid from one transaction to
-/// the next; with the default, the leaf pages of the tables and indexes every event appends
-/// to were read again from the operating system (`pread`, a copy of 4 KiB each) in most
-/// rounds.
-const WRITER_CACHE_KIB: u32 = 65_536;
 
 pub struct SqliteBackend {
     path: PathBuf,
@@ -105,7 +93,6 @@ impl SqliteBackend {
         }
         let writer = connect(path)?;
         writer.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES).map_err(database)?;
-        writer.pragma_update(None, "cache_size", -i64::from(WRITER_CACHE_KIB)).map_err(database)?;
         let checkpointer = Checkpointer::start(connect(path)?)?;
         Ok(SqliteBackend {
             path: path.to_owned(),
@@ -196,11 +183,10 @@ impl SqliteBackend {
                 ))
                 .map_err(database)
         } else {
+            // SQLite's default page cache (2 MiB), as `connect` leaves it.
             baton
                 .connection
-                .execute_batch(&format!(
-                    "PRAGMA synchronous = FULL; PRAGMA cache_size = -{WRITER_CACHE_KIB}; PRAGMA temp_store = MEMORY;"
-                ))
+                .execute_batch("PRAGMA synchronous = FULL; PRAGMA cache_size = -2000; PRAGMA temp_store = MEMORY;")
                 .map_err(database)
                 .and_then(|()| self.sync_files())
         };
@@ -665,24 +651,10 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
             .spawn(move || {
-                let mut rest = CHECKPOINT_INTERVAL;
-                let mut in_file_before = 0;
-                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(rest) {
-                    // The pragma answers (busy, pages in the log, pages of the log now in the
-                    // file); the last counts from the log's start, which moves back to zero
-                    // when the writer restarts the log.
-                    let pass = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get::<_, i64>(2));
-                    rest = match pass {
-                        Ok(in_file) => {
-                            let copied = if in_file >= in_file_before { in_file - in_file_before } else { in_file };
-                            in_file_before = in_file;
-                            if copied >= CHECKPOINT_AGAIN_PAGES { Duration::ZERO } else { CHECKPOINT_INTERVAL }
-                        }
-                        Err(error) => {
-                            tracing::warn!(%error, "background checkpoint failed; the writer checkpoints past its limit");
-                            CHECKPOINT_INTERVAL
-                        }
-                    };
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_INTERVAL) {
+                    if let Err(error) = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        tracing::warn!(%error, "background checkpoint failed; the writer checkpoints past its limit");
+                    }
                 }
             })
             .map_err(|error| StoreError::Database(format!("cannot start the checkpoint thread: {error}")))?;
