@@ -41,10 +41,10 @@ mod linear;
 mod rollups;
 
 use crate::conn::{Conn, Dialect};
-use fingerprints::GatheredAccounts;
 use crate::repo::holds::{self, HoldStatus};
 use crate::repo::ledger::{self, GrantLine, PostingLine, VerifiedTable};
 use crate::StoreError;
+use fingerprints::GatheredAccounts;
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tally_core::ledger::{Bucket, LedgerAccount, SystemAccount};

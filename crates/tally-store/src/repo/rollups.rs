@@ -11,7 +11,8 @@
 //! limits), so every part fits a BIGINT with room to spare, and a `SUM` of a part over fewer
 //! than 9 million rows does too.
 //!
-//! Writers gather a batch's amounts per key in [`Rollups`] and write each key once, in key
+//! Writers gather a batch's amounts per key in [`Rollups`], each a [`Total`] kept in the same
+//! parts (a sum of `Decimal`s would round past its 28 or 29 significant digits), and write each key once, in key
 //! order (so that two writers on PostgreSQL lock shared rows in the same order and never
 //! deadlock): a batch of 100 events of one customer in one hour adds a statement per
 //! (asset, price), not per event.
@@ -113,16 +114,86 @@ pub fn from_parts(units: i64, pico: i64, yocto: i64) -> Result<Decimal, StoreErr
     whole.checked_add(fraction).map(|amount| amount.normalize()).ok_or_else(out_of_range)
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// 10^24: a whole unit in units of 10^-24.
+const YOCTO_PER_UNIT: i128 = PART * PART;
+
+/// A total of amounts and how many rows it adds up, added exactly as the stored parts are:
+/// whole units and a fraction in units of 10^-24. Added as a `Decimal` (28 significant
+/// digits), a batch's 10,000 + 10^-24 would round to 10,000 and its rollup would lose the
+/// 10^-24 that its fees hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Total {
-    pub amount: Decimal,
+    units: i128,
+    /// The fraction, in units of 10^-24, from 0 to 10^24 − 1.
+    yocto: i128,
     pub count: i64,
+    /// An amount of more than 24 decimal places was added: no part can hold it.
+    too_precise: bool,
 }
 
 impl Total {
+    /// Adds `amount`, the total of `count` rows.
     fn add(&mut self, amount: Decimal, count: i64) {
-        self.amount += amount;
+        let amount = amount.normalize();
+        let Some(shift) = 24_u32.checked_sub(amount.scale()) else {
+            self.too_precise = true;
+            return;
+        };
+        let one = 10_i128.pow(amount.scale());
+        let (whole, fraction) = (amount.mantissa().div_euclid(one), amount.mantissa().rem_euclid(one));
+        self.add_parts(whole, fraction * 10_i128.pow(shift), count);
+    }
+
+    /// Adds `rows` rows of `amount` each (`rows` counts rows of one table: far below the
+    /// 1.7 × 10^14 at which a fraction times it would pass an `i128`).
+    fn add_each(&mut self, amount: Decimal, rows: i64) {
+        let mut one = Total::default();
+        one.add(amount, 1);
+        self.too_precise |= one.too_precise;
+        self.add_parts(one.units * i128::from(rows), one.yocto * i128::from(rows), rows);
+    }
+
+    /// Adds whole units and 10^-24 units of any size (a stored row's parts, or sums), carrying.
+    fn add_parts(&mut self, units: i128, yocto: i128, count: i64) {
+        let yocto = self.yocto + yocto;
+        self.units += units + yocto.div_euclid(YOCTO_PER_UNIT);
+        self.yocto = yocto.rem_euclid(YOCTO_PER_UNIT);
         self.count += count;
+    }
+
+    /// Adds another total.
+    fn absorb(&mut self, other: &Total) {
+        self.too_precise |= other.too_precise;
+        self.add_parts(other.units, other.yocto, other.count);
+    }
+
+    /// A stored row's total: its three parts at `index` and its count.
+    fn stored(row: &crate::Row, index: usize, count: i64) -> Result<Total, StoreError> {
+        let mut total = Total::default();
+        let (pico, yocto) = (i128::from(row.int(index + 1)?), i128::from(row.int(index + 2)?));
+        total.add_parts(i128::from(row.int(index)?), pico * PART + yocto, count);
+        Ok(total)
+    }
+
+    /// The total as (whole units rounded down, 10^-12 units, 10^-24 units), as stored.
+    fn parts(&self) -> Result<(i64, i64, i64), StoreError> {
+        if self.too_precise {
+            return Err(StoreError::Corrupt("an amount has more than 24 decimal places".into()));
+        }
+        let units = i64::try_from(self.units)
+            .map_err(|_| StoreError::Corrupt(format!("rollup total of {} units is too large", self.units)))?;
+        Ok((units, (self.yocto / PART) as i64, (self.yocto % PART) as i64))
+    }
+
+    /// The amount, to show: exact while it fits a `Decimal`'s 28 significant digits.
+    pub fn amount(&self) -> String {
+        match self.parts() {
+            Ok((units, pico, yocto)) => match from_parts(units, pico, yocto) {
+                Ok(amount) => amount.to_string(),
+                Err(_) => format!("{units} + {pico}e-12 + {yocto}e-24"),
+            },
+            Err(error) => error.to_string(),
+        }
     }
 }
 
@@ -229,7 +300,7 @@ impl Rollups {
     /// Adds everything gathered to the stored rollups, one statement per key, and forgets it.
     pub fn write(&mut self, conn: &mut dyn Conn) -> Result<(), StoreError> {
         for ((customer_id, mode, hour, source, asset, product_id, price_id), total) in std::mem::take(&mut self.fees) {
-            let (units, pico, yocto) = to_parts(total.amount)?;
+            let (units, pico, yocto) = total.parts()?;
             conn.execute(
                 &upsert(
                     "fee_rollups",
@@ -242,14 +313,14 @@ impl Rollups {
         }
         let shard = shard_for(conn);
         for ((mode, hour, asset), total) in std::mem::take(&mut self.fees_by_mode) {
-            let (units, pico, yocto) = to_parts(total.amount)?;
+            let (units, pico, yocto) = total.parts()?;
             conn.execute(
                 &upsert("fee_rollups_by_mode", "mode, hour, asset, shard", "mode, hour, asset, shard", "fee_count"),
                 params![mode, hour, asset, shard, units, pico, yocto, total.count],
             )?;
         }
         for ((customer_id, mode, hour, currency), total) in std::mem::take(&mut self.costs) {
-            let (units, pico, yocto) = to_parts(total.amount)?;
+            let (units, pico, yocto) = total.parts()?;
             conn.execute(
                 &upsert(
                     "cost_rollups",
@@ -261,7 +332,7 @@ impl Rollups {
             )?;
         }
         for ((vendor_id, hour, category, currency), (mode, total)) in std::mem::take(&mut self.costs_by_vendor) {
-            let (units, pico, yocto) = to_parts(total.amount)?;
+            let (units, pico, yocto) = total.parts()?;
             conn.execute(
                 &upsert(
                     "cost_rollups_by_vendor",
@@ -554,11 +625,11 @@ pub fn expected_for_customers(conn: &mut dyn Conn, first: &str, last: &str) -> R
     )?;
     for row in &fees {
         let (customer_id, mode, hour) = (row.text(0)?, row.text(1)?, row.int(2)?);
-        let total = row.decimal(6)? * Decimal::from(row.int(7)?);
+        let (amount, rows) = (row.decimal(6)?, row.int(7)?);
         let key = (customer_id.clone(), mode.clone(), hour, USAGE.to_owned(), row.text(3)?, row.text(4)?, row.text(5)?);
-        expected.fees.entry(key).or_default().add(total, row.int(7)?);
+        expected.fees.entry(key).or_default().add_each(amount, rows);
         let by_mode = (mode, hour, row.text(3)?);
-        expected.fees_by_mode.entry(by_mode).or_default().add(total, row.int(7)?);
+        expected.fees_by_mode.entry(by_mode).or_default().add_each(amount, rows);
     }
     let others = conn.query(
         &format!(
@@ -573,7 +644,7 @@ pub fn expected_for_customers(conn: &mut dyn Conn, first: &str, last: &str) -> R
         let (product_id, price_id) = product_and_price(&row.text(5)?);
         let source = source_of(&row.text(7)?).to_owned();
         let key = (row.text(0)?, row.text(1)?, row.int(2)?, source, row.text(3)?, product_id, price_id);
-        expected.fees.entry(key).or_default().add(-row.decimal(4)? * Decimal::from(row.int(6)?), row.int(6)?);
+        expected.fees.entry(key).or_default().add_each(-row.decimal(4)?, row.int(6)?);
     }
     let costs = conn.query(
         &format!(
@@ -585,10 +656,10 @@ pub fn expected_for_customers(conn: &mut dyn Conn, first: &str, last: &str) -> R
     )?;
     for row in &costs {
         let (mode, hour, currency) = (row.text(1)?, row.int(2)?, row.text(3)?);
-        let (total, count) = (row.decimal(6)? * Decimal::from(row.int(7)?), row.int(7)?);
-        expected.costs.entry((row.text(0)?, mode.clone(), hour, currency.clone())).or_default().add(total, count);
+        let (amount, rows) = (row.decimal(6)?, row.int(7)?);
+        expected.costs.entry((row.text(0)?, mode.clone(), hour, currency.clone())).or_default().add_each(amount, rows);
         let by_vendor = (row.text(4)?, hour, row.opt_text(5)?.unwrap_or_default(), currency);
-        expected.costs_by_vendor.entry(by_vendor).or_insert_with(|| (mode, Total::default())).1.add(total, count);
+        expected.costs_by_vendor.entry(by_vendor).or_insert_with(|| (mode, Total::default())).1.add_each(amount, rows);
     }
     Ok(expected)
 }
@@ -617,14 +688,10 @@ impl Rollups {
     /// Adds `other`'s platform-wide totals to this one's (per-customer totals are left out).
     pub fn absorb_shared(&mut self, other: &Rollups) {
         for (key, total) in &other.fees_by_mode {
-            self.fees_by_mode.entry(key.clone()).or_default().add(total.amount, total.count);
+            self.fees_by_mode.entry(key.clone()).or_default().absorb(total);
         }
         for (key, (mode, total)) in &other.costs_by_vendor {
-            self.costs_by_vendor
-                .entry(key.clone())
-                .or_insert_with(|| (mode.clone(), Total::default()))
-                .1
-                .add(total.amount, total.count);
+            self.costs_by_vendor.entry(key.clone()).or_insert_with(|| (mode.clone(), Total::default())).1.absorb(total);
         }
     }
 }
@@ -639,7 +706,7 @@ pub fn stored_for_customers(conn: &mut dyn Conn, first: &str, last: &str) -> Res
         params![first, last],
     )? {
         let key = (row.text(0)?, row.text(1)?, row.int(2)?, row.text(3)?, row.text(4)?, row.text(5)?, row.text(6)?);
-        stored.fees.entry(key).or_default().add(total_at(&row, 7)?, row.int(10)?);
+        stored.fees.entry(key).or_default().absorb(&Total::stored(&row, 7, row.int(10)?)?);
     }
     for row in conn.query(
         "SELECT customer_id, mode, hour, currency, amount_units, amount_pico, amount_yocto, cost_count
@@ -647,7 +714,7 @@ pub fn stored_for_customers(conn: &mut dyn Conn, first: &str, last: &str) -> Res
         params![first, last],
     )? {
         let key = (row.text(0)?, row.text(1)?, row.int(2)?, row.text(3)?);
-        stored.costs.entry(key).or_default().add(total_at(&row, 4)?, row.int(7)?);
+        stored.costs.entry(key).or_default().absorb(&Total::stored(&row, 4, row.int(7)?)?);
     }
     Ok(stored)
 }
@@ -662,10 +729,7 @@ pub fn stored_shared(conn: &mut dyn Conn) -> Result<Rollups, StoreError> {
         ),
         &[],
     )? {
-        stored.fees_by_mode.insert(
-            (row.text(0)?, row.int(1)?, row.text(2)?),
-            Total { amount: total_at(&row, 3)?, count: row.int(6)? },
-        );
+        stored.fees_by_mode.insert((row.text(0)?, row.int(1)?, row.text(2)?), Total::stored(&row, 3, row.int(6)?)?);
     }
     for row in conn.query(
         &format!(
@@ -678,7 +742,7 @@ pub fn stored_shared(conn: &mut dyn Conn) -> Result<Rollups, StoreError> {
     )? {
         stored.costs_by_vendor.insert(
             (row.text(0)?, row.int(1)?, row.text(2)?, row.text(3)?),
-            (row.text(4)?, Total { amount: total_at(&row, 5)?, count: row.int(8)? }),
+            (row.text(4)?, Total::stored(&row, 5, row.int(8)?)?),
         );
     }
     Ok(stored)
@@ -857,5 +921,38 @@ mod tests {
         // A sum's fractions may pass a unit: they carry.
         assert_eq!(from_parts(1, E12 + E12 / 2, 3 * E12).unwrap(), "2.500000000003".parse::<Decimal>().unwrap());
         assert!(to_parts("0.0000000000000000000000001".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn totals_add_exactly_past_a_decimals_28_digits() {
+        const E12: i64 = 1_000_000_000_000;
+        let amount = |text: &str| text.parse::<Decimal>().unwrap();
+        // 100,000 and 10^-24 need 30 digits: added as `Decimal`s the 10^-24 is lost, and a
+        // batch's total keeps both.
+        let (large, tiny) = (amount("100000"), amount("0.000000000000000000000001"));
+        assert_eq!(large + tiny, large, "Decimal rounds past its 96-bit mantissa");
+        let mut total = Total::default();
+        total.add(large, 1);
+        total.add(tiny, 1);
+        assert_eq!((total.parts().unwrap(), total.count), ((100_000, 0, 1), 2));
+        // A negative amount borrows from the units.
+        total.add(amount("-0.000000000000000000000002"), 1);
+        assert_eq!(total.parts().unwrap(), (99_999, E12 - 1, E12 - 1));
+        // Rows of one amount add as each row does; a stored row's parts add as the amount.
+        let (mut rows, mut each) = (Total::default(), Total::default());
+        rows.add_each(amount("12.000000000000000000000007"), 3);
+        for _ in 0..3 {
+            each.add(amount("12.000000000000000000000007"), 1);
+        }
+        assert_eq!(rows, each);
+        assert_eq!((rows.parts().unwrap(), rows.count), ((36, 0, 21), 3));
+        let mut absorbed = Total::default();
+        absorbed.absorb(&rows);
+        absorbed.add_parts(-36, -21, 0);
+        assert_eq!(absorbed.parts().unwrap(), (0, 0, 0));
+        // More than 24 decimal places cannot be stored: the write fails instead of rounding.
+        let mut too_precise = Total::default();
+        too_precise.add(amount("0.0000000000000000000000001"), 1);
+        assert!(too_precise.parts().is_err());
     }
 }

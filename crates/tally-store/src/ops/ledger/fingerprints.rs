@@ -586,7 +586,11 @@ fn entries_by_merge(
 }
 
 /// The fast verification on one connection: the two halves one after the other.
-pub(super) fn verify(conn: &mut dyn Conn, chunk: i64, gathered_limit: usize) -> Result<Option<VerifyReport>, StoreError> {
+pub(super) fn verify(
+    conn: &mut dyn Conn,
+    chunk: i64,
+    gathered_limit: usize,
+) -> Result<Option<VerifyReport>, StoreError> {
     let key = HashKey::random();
     let ledger = ledger_half(conn, chunk, key, gathered_limit)?;
     let books = books_half(conn, key)?;

@@ -68,17 +68,24 @@ fn compare<K: Ord + Debug, V>(
             Some(have) if have == want => {}
             Some(have) => report.problem(format!(
                 "{what} {key:?}: holds {} in {} rows but they come to {} in {}",
-                have.amount, have.count, want.amount, want.count
+                have.amount(),
+                have.count,
+                want.amount(),
+                want.count
             )),
             None => {
-                report.problem(format!("{what} {key:?}: missing, the rows come to {} in {}", want.amount, want.count))
+                report.problem(format!("{what} {key:?}: missing, the rows come to {} in {}", want.amount(), want.count))
             }
         }
     }
     for (key, value) in stored {
         if !expected.contains_key(key) {
             let have = total(value);
-            report.problem(format!("{what} {key:?}: holds {} in {} rows but there are none", have.amount, have.count));
+            report.problem(format!(
+                "{what} {key:?}: holds {} in {} rows but there are none",
+                have.amount(),
+                have.count
+            ));
         }
     }
 }
