@@ -46,8 +46,8 @@ use tally_core::ledger::{Bucket, LedgerAccount, SystemAccount};
 /// either, the accounts pass reads each range's postings again. An account takes 89 bytes of
 /// its table and a grant 49 (a 128-bit key and the sums; `GatheredAccounts`), in tables of a
 /// power of two slots at most 7/8 full: at this limit 2^21 slots each, 187 MB and 103 MB, and
-/// while a table grows the old one (half the size) is still held. Enough for a store of
-/// 1.8 million customers, each with an account and a grant, within 500 MB.
+/// while a table grows the old one (half the size) is still held: at most about 400 MB. Enough
+/// for a store of 1.8 million customers, each with an account and a grant.
 pub const GATHERED_LIMIT: usize = 1_800_000;
 
 /// The prefix of the transaction of a usage event's fee: `tally_event_{event}_{line}`.
@@ -347,7 +347,7 @@ impl Pass {
             fees: Sides::default(),
             rollups: RollupFingerprints::new(),
             balances: SystemBalances::default(),
-            accounts: Some(GatheredAccounts::new(key)),
+            accounts: (gathered_limit > 0).then(|| GatheredAccounts::new(key)),
             current: None,
             transaction_id: String::new(),
         }
