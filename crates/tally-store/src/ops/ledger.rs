@@ -373,16 +373,21 @@ struct Balances {
 }
 
 impl Balances {
-    /// Adds one wallet posting. Returns what it adds to the grant it names, as (available,
-    /// pending_in), when `names_grant`.
-    fn add(&mut self, bucket: Bucket, names_grant: bool, amount: Decimal) -> Option<(Decimal, Decimal)> {
-        let to_grant = match (bucket, names_grant) {
-            (Bucket::Available, false) => {
+    /// Adds one wallet posting. Returns the grant it names, if any, with what it adds to that
+    /// grant: (grant id, available, pending_in).
+    fn add<'a>(
+        &mut self,
+        bucket: Bucket,
+        grant_id: Option<&'a str>,
+        amount: Decimal,
+    ) -> Option<(&'a str, Decimal, Decimal)> {
+        let (available, pending_in) = match (bucket, grant_id) {
+            (Bucket::Available, None) => {
                 self.available += amount;
                 self.debt -= amount;
                 return None;
             }
-            (Bucket::Available, true) => {
+            (Bucket::Available, Some(_)) => {
                 self.available += amount;
                 (amount, Decimal::ZERO)
             }
@@ -398,7 +403,7 @@ impl Balances {
                 (Decimal::ZERO, amount)
             }
         };
-        names_grant.then_some(to_grant)
+        grant_id.map(|grant_id| (grant_id, available, pending_in))
     }
 }
 
@@ -415,11 +420,7 @@ struct Derived {
 
 impl Derived {
     fn add(&mut self, bucket: Bucket, grant_id: Option<&str>, amount: Decimal) {
-        let (Some(grant_id), Some((available, pending_in))) =
-            (grant_id, self.balances.add(bucket, grant_id.is_some(), amount))
-        else {
-            return;
-        };
+        let Some((grant_id, available, pending_in)) = self.balances.add(bucket, grant_id, amount) else { return };
         let sums = match self.per_grant.get_mut(grant_id) {
             Some(sums) => sums,
             None => self.per_grant.entry(grant_id.to_owned()).or_default(),

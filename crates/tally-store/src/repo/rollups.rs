@@ -102,9 +102,9 @@ pub fn from_parts(units: i64, pico: i64, yocto: i64) -> Result<Decimal, StoreErr
 const YOCTO_PER_UNIT: i128 = PART * PART;
 
 /// A total of amounts and how many rows it adds up, added exactly as the stored parts are:
-/// whole units and a fraction in units of 10^-24. Added as a `Decimal` (28 significant
-/// digits), a batch's 10,000 + 10^-24 would round to 10,000 and its rollup would lose the
-/// 10^-24 that its fees hold.
+/// whole units and a fraction in units of 10^-24. Added as a `Decimal` (a 96-bit mantissa), a
+/// batch's 100,000 + 10^-24 would round to 100,000 and its rollup would lose the 10^-24 that
+/// its fees hold.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Total {
     units: i128,
@@ -116,25 +116,32 @@ pub struct Total {
 }
 
 impl Total {
-    /// Adds `amount`, the total of `count` rows.
-    fn add(&mut self, amount: Decimal, count: i64) {
+    /// `rows` rows of `amount` each (`rows` counts rows of one table: far below the
+    /// 1.7 × 10^14 at which a fraction times it would pass an `i128`). An amount is split into
+    /// parts once, however many totals it is added to.
+    fn rows(amount: Decimal, rows: i64) -> Total {
+        let mut total = Total { count: rows, ..Total::default() };
         let amount = amount.normalize();
-        let Some(shift) = 24_u32.checked_sub(amount.scale()) else {
-            self.too_precise = true;
-            return;
-        };
-        let one = 10_i128.pow(amount.scale());
-        let (whole, fraction) = (amount.mantissa().div_euclid(one), amount.mantissa().rem_euclid(one));
-        self.add_parts(whole, fraction * 10_i128.pow(shift), count);
+        match 24_u32.checked_sub(amount.scale()) {
+            None => total.too_precise = true,
+            Some(shift) => {
+                let one = 10_i128.pow(amount.scale());
+                let (whole, fraction) = (amount.mantissa().div_euclid(one), amount.mantissa().rem_euclid(one));
+                let rows = i128::from(rows);
+                total.add_parts(whole * rows, fraction * 10_i128.pow(shift) * rows, 0);
+            }
+        }
+        total
     }
 
-    /// Adds `rows` rows of `amount` each (`rows` counts rows of one table: far below the
-    /// 1.7 × 10^14 at which a fraction times it would pass an `i128`).
+    /// One row of `amount`.
+    fn row(amount: Decimal) -> Total {
+        Total::rows(amount, 1)
+    }
+
+    /// Adds `rows` rows of `amount` each.
     fn add_each(&mut self, amount: Decimal, rows: i64) {
-        let mut one = Total::default();
-        one.add(amount, 1);
-        self.too_precise |= one.too_precise;
-        self.add_parts(one.units * i128::from(rows), one.yocto * i128::from(rows), rows);
+        self.absorb(&Total::rows(amount, rows));
     }
 
     /// Adds whole units and 10^-24 units of any size (a stored row's parts, or sums), carrying.
@@ -227,9 +234,10 @@ impl Rollups {
             product_id.to_owned(),
             price_id.to_owned(),
         );
-        self.fees.entry(key).or_default().add(amount, 1);
+        let row = Total::row(amount);
+        self.fees.entry(key).or_default().absorb(&row);
         let by_mode = (mode.as_str().to_owned(), hour, asset.to_owned());
-        self.fees_by_mode.entry(by_mode).or_default().add(amount, 1);
+        self.fees_by_mode.entry(by_mode).or_default().absorb(&row);
     }
 
     /// Another fee transaction: what it took from the wallet (`spent`, positive for a fee),
@@ -255,7 +263,7 @@ impl Rollups {
             product_id.to_owned(),
             price_id.to_owned(),
         );
-        self.fees.entry(key).or_default().add(spent, 1);
+        self.fees.entry(key).or_default().absorb(&Total::row(spent));
     }
 
     /// A usage event's vendor cost, dated by when its event occurred.
@@ -272,13 +280,14 @@ impl Rollups {
     ) {
         let hour = hour_of(occurred_at);
         let key = (customer_id.to_owned(), mode.as_str().to_owned(), hour, currency.to_owned());
-        self.costs.entry(key).or_default().add(amount, 1);
+        let row = Total::row(amount);
+        self.costs.entry(key).or_default().absorb(&row);
         let by_vendor = (vendor_id.to_owned(), hour, category.unwrap_or_default().to_owned(), currency.to_owned());
         self.costs_by_vendor
             .entry(by_vendor)
             .or_insert_with(|| (mode.as_str().to_owned(), Total::default()))
             .1
-            .add(amount, 1);
+            .absorb(&row);
     }
 
     /// Adds everything gathered to the stored rollups, one statement per key, and forgets it.
@@ -900,7 +909,7 @@ mod tests {
         ] {
             let amount: Decimal = text.parse().unwrap();
             let mut total = Total::default();
-            total.add(amount, 1);
+            total.add_each(amount, 1);
             assert_eq!(total.parts().unwrap(), parts, "{text}");
             assert_eq!(from_parts(parts.0, parts.1, parts.2).unwrap(), amount.normalize(), "{text}");
         }
@@ -917,17 +926,17 @@ mod tests {
         let (large, tiny) = (amount("100000"), amount("0.000000000000000000000001"));
         assert_eq!(large + tiny, large, "Decimal rounds past its 96-bit mantissa");
         let mut total = Total::default();
-        total.add(large, 1);
-        total.add(tiny, 1);
+        total.add_each(large, 1);
+        total.add_each(tiny, 1);
         assert_eq!((total.parts().unwrap(), total.count), ((100_000, 0, 1), 2));
         // A negative amount borrows from the units.
-        total.add(amount("-0.000000000000000000000002"), 1);
+        total.add_each(amount("-0.000000000000000000000002"), 1);
         assert_eq!(total.parts().unwrap(), (99_999, E12 - 1, E12 - 1));
         // Rows of one amount add as each row does; a stored row's parts add as the amount.
         let (mut rows, mut each) = (Total::default(), Total::default());
         rows.add_each(amount("12.000000000000000000000007"), 3);
         for _ in 0..3 {
-            each.add(amount("12.000000000000000000000007"), 1);
+            each.add_each(amount("12.000000000000000000000007"), 1);
         }
         assert_eq!(rows, each);
         assert_eq!((rows.parts().unwrap(), rows.count), ((36, 0, 21), 3));
@@ -937,7 +946,7 @@ mod tests {
         assert_eq!(absorbed.parts().unwrap(), (0, 0, 0));
         // More than 24 decimal places cannot be stored: the write fails instead of rounding.
         let mut too_precise = Total::default();
-        too_precise.add(amount("0.0000000000000000000000001"), 1);
+        too_precise.add_each(amount("0.0000000000000000000000001"), 1);
         assert!(too_precise.parts().is_err());
     }
 }

@@ -409,8 +409,7 @@ impl Pass {
     /// Adds a wallet posting to the current account's sums, and to its grant's if it names one.
     fn gather(&mut self, bucket: Bucket, grant_id: Option<&str>, amount: Decimal) {
         let (Some(accounts), Some(current)) = (self.accounts.as_mut(), self.current.as_mut()) else { return };
-        let Some((available, pending_in)) = current.sums.0.add(bucket, grant_id.is_some(), amount) else { return };
-        let grant_id = grant_id.expect("only a posting naming a grant adds to one");
+        let Some((grant_id, available, pending_in)) = current.sums.0.add(bucket, grant_id, amount) else { return };
         let key = accounts.grant_key(&current.customer_id, &current.name, &current.asset, grant_id);
         if !accounts.grants.contains_key(&key) && accounts.grants.len() >= self.gathered_limit {
             self.give_up_gathering();
