@@ -43,6 +43,7 @@ mod rollups;
 use crate::conn::{Conn, Dialect};
 use crate::repo::holds::{self, HoldStatus};
 use crate::repo::ledger::{self, GrantLine, PostingLine, VerifiedTable};
+use crate::repo::wallets::AccountKey;
 use crate::StoreError;
 use fingerprints::GatheredAccounts;
 use rust_decimal::Decimal;
@@ -430,7 +431,15 @@ impl Derived {
     }
 }
 
-/// The key an account is found by within a chunk.
+/// The accounts of a chunk, by key, to their position.
+type AccountIndex<'a> = HashMap<(&'a str, &'a str, &'a str), usize>;
+
+/// The key an account is found by in an [`AccountIndex`].
+fn account_key_of(key: &AccountKey) -> (&str, &str, &str) {
+    (&key.customer_id, &key.name, &key.asset)
+}
+
+/// An account's key as one text, to tell one account's postings from the next.
 fn account_key_text(buffer: &mut String, customer_id: &str, name: &str, asset: &str) {
     buffer.clear();
     buffer.push_str(customer_id);
@@ -454,12 +463,9 @@ fn verify_accounts(
     let mut after = String::new();
     while let Some(customers) = ledger::next_customers(conn, &after, chunk)? {
         let accounts = ledger::accounts_of(conn, &customers)?;
-        let mut index: HashMap<String, usize> = HashMap::with_capacity(accounts.len());
+        let index: AccountIndex =
+            accounts.iter().enumerate().map(|(position, account)| (account_key_of(&account.key), position)).collect();
         let mut key = String::new();
-        for (position, account) in accounts.iter().enumerate() {
-            account_key_text(&mut key, &account.key.customer_id, &account.key.name, &account.key.asset);
-            index.insert(key.clone(), position);
-        }
         let mut derived: Vec<Derived> = accounts.iter().map(|_| Derived::default()).collect();
         match gathered.as_deref_mut() {
             Some(gathered) => {
@@ -475,29 +481,45 @@ fn verify_accounts(
             }
         }
         for (holder, remaining) in ledger::open_holds_of(conn, &customers)? {
-            account_key_text(&mut key, &holder.customer_id, &holder.name, &holder.asset);
-            if let Some(&at) = index.get(&key) {
+            if let Some(&at) = index.get(&account_key_of(&holder)) {
                 derived[at].open_holds += remaining;
             }
         }
-        let grants = ledger::grants_of(conn, &customers)?;
-        for run in runs(grants, |line| line.id.clone()) {
-            let grant = &run[0].key;
-            account_key_text(&mut key, &grant.customer_id, &grant.name, &grant.asset);
-            let Some(&at) = index.get(&key) else { continue };
+        // With the sums gathered, the grants' record of issue is matched by fingerprints
+        // (`GatheredAccounts::grant_record`): the grants alone are read, not joined.
+        let grants = match gathered {
+            Some(_) => ledger::grant_rows_of(conn, &customers)?,
+            None => ledger::grants_of(conn, &customers)?,
+        };
+        // Read alone, each grant is one row; joined, one per issuance posting of its entry.
+        let mut start = 0;
+        while start < grants.len() {
+            let length = match gathered {
+                Some(_) => 1,
+                None => grants[start..].iter().take_while(|line| line.id == grants[start].id).count(),
+            };
+            let run = &grants[start..start + length];
+            start += length;
+            let grant = &run[0];
+            let Some(&at) = index.get(&account_key_of(&grant.key)) else { continue };
             report.grants += 1;
-            if let Some(gathered) = gathered.as_deref_mut() {
-                if let Some(sums) = gathered.take_grant(grant, &run[0].id) {
-                    derived[at].per_grant.insert(run[0].id.clone(), sums);
+            let derived = &mut derived[at];
+            match gathered.as_deref_mut() {
+                Some(gathered) => {
+                    let sums = gathered.take_grant(&grant.key, &grant.id).unwrap_or_default();
+                    gathered.grant_record(grant);
+                    verify_grant(&mut derived.grant_problems, grant, sums);
+                }
+                None => {
+                    let sums = derived.per_grant.remove(&grant.id).unwrap_or_default();
+                    verify_grant(&mut derived.grant_problems, grant, sums);
+                    verify_grant_issue(&mut derived.grant_problems, run);
                 }
             }
-            let mut problems = std::mem::take(&mut derived[at].grant_problems);
-            verify_grant(&mut problems, &run, &mut derived[at].per_grant);
-            derived[at].grant_problems = problems;
         }
         for (account, derived) in accounts.iter().zip(derived) {
             report.accounts += 1;
-            let name = format!("{}/{}:{}", account.key.customer_id, account.key.name, account.key.asset);
+            let name = || format!("{}/{}:{}", account.key.customer_id, account.key.name, account.key.asset);
             let checks = [
                 ("available", account.available, derived.balances.available),
                 ("pending_in", account.pending_in, derived.balances.pending_in),
@@ -506,23 +528,25 @@ fn verify_accounts(
             ];
             for (field, stored, from_ledger) in checks {
                 if stored != from_ledger {
-                    report.problem(format!("{name}: {field} is {stored} but the ledger says {from_ledger}"));
+                    report.problem(format!("{}: {field} is {stored} but the ledger says {from_ledger}", name()));
                 }
             }
             if account.debt < Decimal::ZERO {
-                report.problem(format!("{name}: debt is negative ({})", account.debt));
+                report.problem(format!("{}: debt is negative ({})", name(), account.debt));
             }
             if account.pending_out != derived.open_holds {
                 report.problem(format!(
-                    "{name}: pending_out is {} but its open holds hold {}",
-                    account.pending_out, derived.open_holds
+                    "{}: pending_out is {} but its open holds hold {}",
+                    name(),
+                    account.pending_out,
+                    derived.open_holds
                 ));
             }
             for problem in derived.grant_problems {
                 report.problem(problem);
             }
             for grant_id in derived.per_grant.keys() {
-                report.problem(format!("{name}: postings name grant {grant_id}, which this account does not hold"));
+                report.problem(format!("{}: postings name grant {grant_id}, which this account does not hold", name()));
             }
         }
         match customers.through {
@@ -556,7 +580,7 @@ fn verify_accounts(
 fn sum_account_postings(
     conn: &mut dyn Conn,
     customers: &ledger::Customers,
-    index: &HashMap<String, usize>,
+    index: &AccountIndex,
     derived: &mut [Derived],
     key: &mut String,
 ) -> Result<i64, StoreError> {
@@ -568,7 +592,7 @@ fn sum_account_postings(
         account_key_text(key, row.customer_id, row.account_name, row.asset);
         if *key != current {
             std::mem::swap(key, &mut current);
-            current_at = index.get(&current).copied();
+            current_at = index.get(&(row.customer_id, row.account_name, row.asset)).copied();
             last_entry = None;
         }
         let Some(at) = current_at else { return Ok(()) };
@@ -584,12 +608,10 @@ fn sum_account_postings(
     Ok(entries)
 }
 
-/// One grant (its rows, one per issuance posting of its making entry) against its postings
-/// and the ledger's record of its issue.
-fn verify_grant(problems: &mut Vec<String>, run: &[GrantLine], per_grant: &mut HashMap<String, (Decimal, Decimal)>) {
-    let grant = &run[0];
+/// One grant against what its postings add up to, `(available, pending_in)`: its remainder
+/// and its state.
+fn verify_grant(problems: &mut Vec<String>, grant: &GrantLine, (available, pending_in): (Decimal, Decimal)) {
     let id = &grant.id;
-    let (available, pending_in) = per_grant.remove(id).unwrap_or_default();
     let from_ledger = available + pending_in;
     if grant.remaining != from_ledger {
         problems.push(format!("grant {id}: remaining is {} but the ledger says {from_ledger}", grant.remaining));
@@ -610,6 +632,13 @@ fn verify_grant(problems: &mut Vec<String>, run: &[GrantLine], per_grant: &mut H
         "pending" | "active" | "expired" => {}
         other => problems.push(format!("grant {id}: unknown state {other:?}")),
     }
+}
+
+/// One grant (its rows, one per issuance posting of its making entry) against the ledger's
+/// record of its issue and what its making entry took from the issuance account.
+fn verify_grant_issue(problems: &mut Vec<String>, run: &[GrantLine]) {
+    let grant = &run[0];
+    let id = &grant.id;
     let Some((purpose, amount)) = &grant.issued else {
         problems.push(format!("grant {id}: the ledger has no record of its issue"));
         return;

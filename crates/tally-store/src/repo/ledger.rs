@@ -534,6 +534,71 @@ pub fn grants_of(conn: &mut dyn Conn, customers: &Customers) -> Result<Vec<Grant
     .collect()
 }
 
+/// The grants of the accounts of `customers`, by customer and id, without the ledger's record
+/// of their issue (`issued`, `issuance`, `issuing_entry` and `issued_cost_basis` are `None`):
+/// the fingerprint pass checks that record by streaming `ledger_grants` ([`each_ledger_grant`])
+/// and the entries, where the joins of [`grants_of`] look three rows up for each grant.
+pub fn grant_rows_of(conn: &mut dyn Conn, customers: &Customers) -> Result<Vec<GrantLine>, StoreError> {
+    let (condition, values) = customers.condition("customer_id");
+    conn.query(
+        &format!(
+            "SELECT id, purpose, amount, remaining, state, cost_basis, customer_id, account_name, asset
+             FROM grants WHERE {condition} ORDER BY customer_id, id"
+        ),
+        &values,
+    )?
+    .iter()
+    .map(|row| {
+        Ok(GrantLine {
+            key: AccountKey { customer_id: row.text(6)?, name: row.text(7)?, asset: row.text(8)? },
+            id: row.text(0)?,
+            purpose: row.text(1)?,
+            amount: row.decimal(2)?,
+            remaining: row.decimal(3)?,
+            state: row.text(4)?,
+            issued: None,
+            issuing_entry: None,
+            issuance: None,
+            cost_basis: row.opt_decimal(5)?,
+            issued_cost_basis: None,
+        })
+    })
+    .collect()
+}
+
+/// The ledger's record of one grant's issue, as the fingerprint pass reads it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IssuedGrantLine<'a> {
+    pub customer_id: &'a str,
+    pub grant_id: &'a str,
+    /// The transaction whose entry issued the grant (none: a record no entry can match).
+    pub transaction_id: Option<&'a str>,
+    pub purpose: &'a str,
+    pub amount: Decimal,
+    pub cost_basis: Option<Decimal>,
+}
+
+/// Every record of a grant's issue (`ledger_grants`), in the order the table stores them.
+pub fn each_ledger_grant(
+    conn: &mut dyn Conn,
+    each: &mut dyn FnMut(IssuedGrantLine) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    conn.query_each(
+        "SELECT customer_id, grant_id, transaction_id, purpose, amount, cost_basis FROM ledger_grants",
+        &[],
+        &mut |row| {
+            each(IssuedGrantLine {
+                customer_id: row.str(0)?,
+                grant_id: row.str(1)?,
+                transaction_id: row.opt_str(2)?,
+                purpose: row.str(3)?,
+                amount: row.decimal(4)?,
+                cost_basis: row.opt_decimal(5)?,
+            })
+        },
+    )
+}
+
 /// What the open holds of the accounts of `customers` still hold, by account.
 pub fn open_holds_of(conn: &mut dyn Conn, customers: &Customers) -> Result<Vec<(AccountKey, Decimal)>, StoreError> {
     let (condition, values) = customers.condition("customer_id");

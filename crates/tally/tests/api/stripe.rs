@@ -1045,10 +1045,11 @@ async fn off_session_charges_succeed_or_decline(app: TestApp) {
 }
 
 async fn stripe_down_fails_the_top_up_with_503(app: TestApp) {
-    // A port nobody listens on.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead = format!("http://{}", listener.local_addr().unwrap());
-    drop(listener);
+    // A port nobody listens on, held bound (never listening) for the whole test: a port bound and
+    // dropped could be taken meanwhile by another test's server, which would then answer.
+    let dead_socket = tokio::net::TcpSocket::new_v4().unwrap();
+    dead_socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let dead = format!("http://{}", dead_socket.local_addr().unwrap());
     let (app, _) = with_provider(app, provider_at(&dead)).await;
     let customer = live_customer(&app, "Unlucky").await;
     let reply = live_top_up(&app, &customer, "10", "USD").await.expect(503);
@@ -1069,6 +1070,7 @@ async fn stripe_down_fails_the_top_up_with_503(app: TestApp) {
     assert!(top_ups[0].failure_reason.as_deref().unwrap().contains("cannot reach Stripe"));
     assert_eq!(live_balances(&app, &customer, "default:USD").await, ("0".into(), "0".into()), "pending_in released");
     app.assert_ledger_agrees().await;
+    drop(dead_socket);
 }
 
 async fn stripe_refusals_fail_the_top_up(app: TestApp) {

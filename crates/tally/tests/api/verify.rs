@@ -310,6 +310,10 @@ async fn a_random_history_verifies_clean_and_each_edit_behind_its_back_is_found(
         .await,
     );
     let gift_remaining = one(&app, &format!("SELECT remaining FROM grants WHERE id = '{gift}'")).await;
+    let gift_issue = one(&app, &format!("SELECT transaction_id FROM ledger_grants WHERE grant_id = '{gift}'")).await;
+    let gift_cost_basis =
+        format!("SELECT CASE WHEN cost_basis IS NULL THEN 'none' END FROM grants WHERE id = '{gift}'");
+    assert_eq!(one(&app, &gift_cost_basis).await, "none", "a promotion has no cost basis");
     let fee_columns = "mode, event_id, customer_id, line, product_id, product_code, product_version, price_id, \
                        price_name, asset, account_name, detail, amount, occurred_at, created_at";
     let entry_columns =
@@ -447,6 +451,32 @@ async fn a_random_history_verifies_clean_and_each_edit_behind_its_back_is_found(
             format!("UPDATE grants SET amount = '12345' WHERE id = '{gift}'"),
             format!("grant {gift}: amount is 12345 but the ledger issued {gift_amount}"),
             format!("UPDATE grants SET amount = '{gift_amount}' WHERE id = '{gift}'"),
+        ),
+        // The ledger's record of a grant's issue, each field the grant or its entry states.
+        (
+            format!("UPDATE ledger_grants SET purpose = 'paid' WHERE grant_id = '{gift}'"),
+            format!("grant {gift}: purpose is promotion but the ledger issued it as paid"),
+            format!("UPDATE ledger_grants SET purpose = 'promotion' WHERE grant_id = '{gift}'"),
+        ),
+        (
+            format!("UPDATE ledger_grants SET amount = '12345' WHERE grant_id = '{gift}'"),
+            format!("grant {gift}: amount is {gift_amount} but the ledger issued 12345"),
+            format!("UPDATE ledger_grants SET amount = '{gift_amount}' WHERE grant_id = '{gift}'"),
+        ),
+        (
+            format!("UPDATE ledger_grants SET cost_basis = '0.5' WHERE grant_id = '{gift}'"),
+            format!("grant {gift}: cost basis is None but the ledger issued it at Some(0.5)"),
+            format!("UPDATE ledger_grants SET cost_basis = NULL WHERE grant_id = '{gift}'"),
+        ),
+        (
+            format!("UPDATE grants SET cost_basis = '0.5' WHERE id = '{gift}'"),
+            format!("grant {gift}: cost basis is Some(0.5) but the ledger issued it at None"),
+            format!("UPDATE grants SET cost_basis = NULL WHERE id = '{gift}'"),
+        ),
+        (
+            format!("UPDATE ledger_grants SET transaction_id = 'nowhere' WHERE grant_id = '{gift}'"),
+            format!("grant {gift}: 0 ledger entries record its issue, not one"),
+            format!("UPDATE ledger_grants SET transaction_id = '{gift_issue}' WHERE grant_id = '{gift}'"),
         ),
         (
             format!("UPDATE event_fees SET amount = '3' WHERE event_id = '{event}' AND line = 0"),

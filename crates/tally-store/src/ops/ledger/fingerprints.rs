@@ -32,7 +32,7 @@ use super::rollups::RollupFingerprints;
 use super::{moves, verify_accounts, verify_the_rest, Balances, PassTimer, Rollups};
 use super::{SystemBalances, Text, VerifyReport};
 use crate::conn::{Conn, Dialect};
-use crate::repo::ledger::{self, EntryHead, PostingRead, KINDS_WITHOUT_TRANSACTION};
+use crate::repo::ledger::{self, EntryHead, GrantLine, PostingRead, KINDS_WITHOUT_TRANSACTION};
 use crate::repo::wallets::AccountKey;
 use crate::StoreError;
 use rust_decimal::Decimal;
@@ -153,6 +153,11 @@ const FEE: u8 = 3;
 /// The keys of the gathered sums (not relations: hashed the same way, under tags of their own).
 const ACCOUNT: u8 = 8;
 const GRANT: u8 = 9;
+/// Entries that took from the issuance account (left) against the ledger's records of the
+/// grants they issued (right).
+const ISSUED: u8 = 10;
+/// The ledger's records of grants' issue (left) against the grants (right).
+const GRANT_RECORD: u8 = 11;
 
 /// A key that is a keyed 128-bit hash already, as two words (so that a table's slot is
 /// aligned to 8 bytes, not 16): its table hashes it no further.
@@ -196,11 +201,18 @@ pub(super) struct GatheredAccounts {
     keys: Keys,
     accounts: HashedTable<(Balances, i64)>,
     grants: HashedTable<(Decimal, Decimal)>,
+    /// The right side of the `GRANT_RECORD` relation: each grant the accounts pass reads.
+    grant_records: u128,
 }
 
 impl GatheredAccounts {
     fn new(key: HashKey) -> Self {
-        GatheredAccounts { keys: Keys::new(key), accounts: HashedTable::default(), grants: HashedTable::default() }
+        GatheredAccounts {
+            keys: Keys::new(key),
+            accounts: HashedTable::default(),
+            grants: HashedTable::default(),
+            grant_records: 0,
+        }
     }
 
     fn account_key(&mut self, customer_id: &str, name: &str, asset: &str) -> HashedKey {
@@ -223,11 +235,44 @@ impl GatheredAccounts {
         self.grants.remove(&key)
     }
 
+    /// States what `grant` says of its issue, against the ledger's record of it (the join
+    /// passes compare them row by row: `verify_grant_issue`).
+    pub(super) fn grant_record(&mut self, grant: &GrantLine) {
+        let hash = grant_record_hash(
+            &mut self.keys,
+            &grant.key.customer_id,
+            &grant.id,
+            &grant.purpose,
+            grant.amount,
+            grant.cost_basis,
+        );
+        self.grant_records = self.grant_records.wrapping_add(hash);
+    }
+
     /// Grants named by postings and not taken: each a posting naming a grant that the account
     /// it is on does not hold.
     pub(super) fn grants_left(&self) -> usize {
         self.grants.len()
     }
+}
+
+/// A grant as its row and the ledger's record of its issue both state it: whose it is, its
+/// id, purpose, amount and cost basis.
+fn grant_record_hash(
+    keys: &mut Keys,
+    customer_id: &str,
+    grant_id: &str,
+    purpose: &str,
+    amount: Decimal,
+    cost_basis: Option<Decimal>,
+) -> u128 {
+    keys.tuple(GRANT_RECORD)
+        .text(customer_id)
+        .text(grant_id)
+        .text(purpose)
+        .amount(amount)
+        .optional_amount(cost_basis)
+        .hash()
 }
 
 /// The two sides of one relation: each adds the hashes of the tuples it states.
@@ -267,6 +312,12 @@ struct Pass {
     totals: Sides,
     /// Usage fees (left) against their transactions (right).
     fees: Sides,
+    /// What entries took from issuance (left) against the grants the ledger says they issued
+    /// (right).
+    issued: Sides,
+    /// The ledger's records of grants' issue (left); the grants' side is gathered by the
+    /// accounts pass (`GatheredAccounts::grant_record`).
+    grant_records: Sides,
     /// Fees, fee transactions and costs (left) against the rollups that total them (right).
     rollups: RollupFingerprints,
     balances: SystemBalances,
@@ -307,6 +358,8 @@ struct Entry {
     sum: Decimal,
     moved: Decimal,
     revenue: Decimal,
+    /// What its postings to the issuance account add up to (below zero: it issued credit).
+    issuance: Decimal,
 }
 
 fn set_optional(slot: &mut Option<Text>, value: Option<&str>) {
@@ -333,6 +386,7 @@ impl Entry {
         self.sum = Decimal::ZERO;
         self.moved = Decimal::ZERO;
         self.revenue = Decimal::ZERO;
+        self.issuance = Decimal::ZERO;
     }
 }
 
@@ -345,6 +399,8 @@ impl Pass {
             recorded: Sides::default(),
             totals: Sides::default(),
             fees: Sides::default(),
+            issued: Sides::default(),
+            grant_records: Sides::default(),
             rollups: RollupFingerprints::new(),
             balances: SystemBalances::default(),
             accounts: (gathered_limit > 0).then(|| GatheredAccounts::new(key)),
@@ -398,8 +454,10 @@ impl Pass {
         match account {
             LedgerAccount::Wallet => self.gather(bucket, grant_id, amount),
             LedgerAccount::System(system) => {
-                if system == SystemAccount::Revenue {
-                    entry.revenue += amount;
+                match system {
+                    SystemAccount::Revenue => entry.revenue += amount,
+                    SystemAccount::Issuance => entry.issuance += amount,
+                    _ => {}
                 }
                 self.balances.add(&entry.mode.0, &entry.asset.0, system, amount);
             }
@@ -440,6 +498,20 @@ impl Pass {
             self.agree = false;
             return;
         }
+        // An entry that took from issuance issued a grant: the ledger's record of that grant
+        // names the entry's transaction and the amount taken (the join passes find the entry
+        // from the record).
+        if entry.issuance.is_sign_negative() && !entry.issuance.is_zero() {
+            match &entry.transaction_id {
+                Some(transaction_id) => self.issued.left(issued_hash(
+                    &mut self.keys,
+                    &entry.customer_id.0,
+                    &transaction_id.0,
+                    -entry.issuance,
+                )),
+                None => self.agree = false,
+            }
+        }
         if KINDS_WITHOUT_TRANSACTION.contains(&entry.kind.0.as_str()) {
             if !entry.moved.is_zero() || entry.names_a_transaction {
                 self.agree = false;
@@ -478,6 +550,12 @@ impl Pass {
             .hash();
         self.recorded.left(hash);
     }
+}
+
+/// A grant's issue as its issuing entry and the ledger's record of the grant both state it:
+/// whose, by which transaction, and how much was taken from issuance.
+fn issued_hash(keys: &mut Keys, customer_id: &str, transaction_id: &str, amount: Decimal) -> u128 {
+    keys.tuple(ISSUED).text(customer_id).text(transaction_id).amount(amount).hash()
 }
 
 /// The fees of one usage event, as they stream by (they are stored together).
@@ -767,6 +845,27 @@ fn books_half(conn: &mut dyn Conn, key: HashKey) -> Result<BooksHalf, StoreError
     })?;
     let rollups_agree = pass.rollups.stored_agree(conn, &mut pass.keys, &mut report)?;
     timer.done("costs and rollups, by fingerprint");
+
+    // The ledger's records of grants' issue: each states the entry that issued its grant, and
+    // the grant (whose side the accounts pass gathers).
+    let (keys, issued, grant_records, agree) =
+        (&mut pass.keys, &mut pass.issued, &mut pass.grant_records, &mut pass.agree);
+    ledger::each_ledger_grant(conn, &mut |record| {
+        match record.transaction_id {
+            Some(transaction_id) => issued.right(issued_hash(keys, record.customer_id, transaction_id, record.amount)),
+            None => *agree = false,
+        }
+        grant_records.left(grant_record_hash(
+            keys,
+            record.customer_id,
+            record.grant_id,
+            record.purpose,
+            record.amount,
+            record.cost_basis,
+        ));
+        Ok(())
+    })?;
+    timer.done("grants' issue, by fingerprint");
     Ok(BooksHalf { pass, report, rollups_agree })
 }
 
@@ -780,8 +879,12 @@ fn finish(
 ) -> Result<Option<VerifyReport>, StoreError> {
     let mut timer = PassTimer::start();
     let agree = pass.agree && books.pass.agree && books.rollups_agree;
-    let relations =
-        [(&pass.recorded, &books.pass.recorded), (&pass.totals, &books.pass.totals), (&pass.fees, &books.pass.fees)];
+    let relations = [
+        (&pass.recorded, &books.pass.recorded),
+        (&pass.totals, &books.pass.totals),
+        (&pass.fees, &books.pass.fees),
+        (&pass.issued, &books.pass.issued),
+    ];
     if !(agree && relations.iter().all(|(one, other)| one.joined(other).agree())) {
         return Ok(None);
     }
@@ -791,8 +894,15 @@ fn finish(
 
     let mut accounts = pass.gathered_accounts();
     verify_accounts(conn, &mut report, chunk, accounts.as_mut())?;
-    drop(accounts);
     timer.done("accounts");
+    // With the sums gathered, the accounts pass read the grants without their record of
+    // issue: every grant must have stated what the ledger recorded.
+    if let Some(accounts) = accounts {
+        let grants = Sides { left: books.pass.grant_records.left, right: accounts.grant_records };
+        if !grants.agree() {
+            return Ok(None);
+        }
+    }
     verify_the_rest(conn, &mut report, chunk, &mut timer, Rollups::Checked)?;
     Ok(report.is_clean().then_some(report))
 }
