@@ -45,7 +45,7 @@ use crate::repo::holds::{self, HoldStatus};
 use crate::repo::ledger::{self, GrantLine, PostingLine, VerifiedTable};
 use crate::repo::wallets::AccountKey;
 use crate::StoreError;
-use fingerprints::GatheredAccounts;
+use fingerprints::{grant_record, GatheredAccounts};
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tally_core::ledger::{Bucket, LedgerAccount, SystemAccount};
@@ -76,6 +76,16 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
+    /// Adds what the accounts pass found over another range of customers.
+    fn absorb_accounts(&mut self, other: VerifyReport) {
+        self.accounts += other.accounts;
+        self.grants += other.grants;
+        for problem in other.problems {
+            self.problem(problem);
+        }
+        self.unlisted_problems += other.unlisted_problems;
+    }
+
     fn problem(&mut self, text: String) {
         if self.problems.len() < MAX_LISTED_PROBLEMS {
             self.problems.push(text);
@@ -120,6 +130,16 @@ pub fn verify_on_two(
 /// other check passes, `None` when anything disagrees (the join passes then say what).
 pub fn verify_by_fingerprints(conn: &mut dyn Conn) -> Result<Option<VerifyReport>, StoreError> {
     fingerprints::verify(conn, ledger::CHUNK, fingerprints::GATHERED_LIMIT)
+}
+
+/// The fast path of [`verify_on_two`]: `Some` clean report when the fingerprints agree and
+/// every other check passes (the accounts pass split between the two connections), `None`
+/// when anything disagrees.
+pub fn verify_by_fingerprints_on_two(
+    first: &mut (dyn Conn + Send),
+    second: &mut (dyn Conn + Send),
+) -> Result<Option<VerifyReport>, StoreError> {
+    fingerprints::verify_on_two(first, second, ledger::CHUNK)
 }
 
 /// [`verify_by_fingerprints`], reading `chunk` entries (and accounts) at a time (tests use tiny
@@ -449,35 +469,83 @@ fn account_key_text(buffer: &mut String, customer_id: &str, name: &str, asset: &
     buffer.push_str(asset);
 }
 
-/// Every account's balances and every grant, a range of customers at a time: their accounts,
-/// their entries' postings, their grants and their open holds, four statements per range, or
-/// three when the fingerprint pass has `gathered` the postings of every account already (each
-/// account's sums are then taken out of it by key).
+/// What the accounts pass saw of a range of customers, besides the problems it reported.
+#[derive(Debug, Default)]
+struct AccountsSeen {
+    /// Entries on the accounts it read.
+    entries_in_accounts: i64,
+    /// Grants it found among the gathered sums.
+    gathered_grants: usize,
+    /// The grants' side of the `GRANT_RECORD` fingerprint (`GatheredAccounts::grant_record`),
+    /// added up when the sums were gathered.
+    grant_records: u128,
+}
+
+impl AccountsSeen {
+    /// Both ranges' sightings together.
+    fn joined(self, other: AccountsSeen) -> AccountsSeen {
+        AccountsSeen {
+            entries_in_accounts: self.entries_in_accounts + other.entries_in_accounts,
+            gathered_grants: self.gathered_grants + other.gathered_grants,
+            grant_records: self.grant_records.wrapping_add(other.grant_records),
+        }
+    }
+}
+
+/// Every account's balances and every grant ([`verify_accounts_between`] over every customer),
+/// then what only the whole can show ([`verify_account_counts`]).
 fn verify_accounts(
     conn: &mut dyn Conn,
     report: &mut VerifyReport,
     chunk: i64,
-    mut gathered: Option<&mut GatheredAccounts>,
-) -> Result<(), StoreError> {
-    let mut entries_in_accounts = 0_i64;
-    let mut after = String::new();
-    while let Some(customers) = ledger::next_customers(conn, &after, chunk)? {
+    gathered: Option<&GatheredAccounts>,
+) -> Result<AccountsSeen, StoreError> {
+    let seen = verify_accounts_between(conn, report, chunk, gathered, "", None)?;
+    verify_account_counts(conn, report, &seen, gathered)?;
+    Ok(seen)
+}
+
+/// The balances and grants of the customers after `after` and up to `through` (every one
+/// after, if `None`), a range of customers at a time: their accounts, their entries' postings,
+/// their grants and their open holds, four statements per range, or three when the
+/// fingerprint pass has `gathered` the postings of every account already (each account's sums
+/// are then looked up by key).
+fn verify_accounts_between(
+    conn: &mut dyn Conn,
+    report: &mut VerifyReport,
+    chunk: i64,
+    gathered: Option<&GatheredAccounts>,
+    after: &str,
+    through: Option<&str>,
+) -> Result<AccountsSeen, StoreError> {
+    let mut seen = AccountsSeen::default();
+    let mut keys = gathered.map(GatheredAccounts::keys);
+    let mut after = after.to_owned();
+    while let Some(mut customers) = ledger::next_customers(conn, &after, chunk)? {
+        if let Some(through) = through {
+            if after.as_str() >= through {
+                break;
+            }
+            if customers.through.as_deref().is_none_or(|end| end > through) {
+                customers.through = Some(through.to_owned());
+            }
+        }
         let accounts = ledger::accounts_of(conn, &customers)?;
         let index: AccountIndex =
             accounts.iter().enumerate().map(|(position, account)| (account_key_of(&account.key), position)).collect();
         let mut key = String::new();
         let mut derived: Vec<Derived> = accounts.iter().map(|_| Derived::default()).collect();
-        match gathered.as_deref_mut() {
-            Some(gathered) => {
+        match (gathered, keys.as_mut()) {
+            (Some(gathered), Some(keys)) => {
                 for (account, derived) in accounts.iter().zip(derived.iter_mut()) {
-                    if let Some((balances, entries)) = gathered.take_account(&account.key) {
+                    if let Some((balances, entries)) = gathered.account(keys, &account.key) {
                         derived.balances = balances;
-                        entries_in_accounts += entries;
+                        seen.entries_in_accounts += entries;
                     }
                 }
             }
-            None => {
-                entries_in_accounts += sum_account_postings(conn, &customers, &index, &mut derived, &mut key)?;
+            _ => {
+                seen.entries_in_accounts += sum_account_postings(conn, &customers, &index, &mut derived, &mut key)?;
             }
         }
         for (holder, remaining) in ledger::open_holds_of(conn, &customers)? {
@@ -504,13 +572,14 @@ fn verify_accounts(
             let Some(&at) = index.get(&account_key_of(&grant.key)) else { continue };
             report.grants += 1;
             let derived = &mut derived[at];
-            match gathered.as_deref_mut() {
-                Some(gathered) => {
-                    let sums = gathered.take_grant(&grant.key, &grant.id).unwrap_or_default();
-                    gathered.grant_record(grant);
-                    verify_grant(&mut derived.grant_problems, grant, sums);
+            match (gathered, keys.as_mut()) {
+                (Some(gathered), Some(keys)) => {
+                    let sums = gathered.grant(keys, &grant.key, &grant.id);
+                    seen.gathered_grants += usize::from(sums.is_some());
+                    seen.grant_records = seen.grant_records.wrapping_add(grant_record(keys, grant));
+                    verify_grant(&mut derived.grant_problems, grant, sums.unwrap_or_default());
                 }
-                None => {
+                _ => {
                     let sums = derived.per_grant.remove(&grant.id).unwrap_or_default();
                     verify_grant(&mut derived.grant_problems, grant, sums);
                     verify_grant_issue(&mut derived.grant_problems, run);
@@ -554,14 +623,28 @@ fn verify_accounts(
             None => break,
         }
     }
-    if let Some(stray) = gathered.map(|gathered| gathered.grants_left()).filter(|stray| *stray > 0) {
-        report.problem(format!("postings name {stray} grants that the accounts they are on do not hold"));
+    Ok(seen)
+}
+
+/// What only all the accounts together can show: every entry is on an account, every grant
+/// belongs to one and was issued once, every grant the postings name is held.
+fn verify_account_counts(
+    conn: &mut dyn Conn,
+    report: &mut VerifyReport,
+    seen: &AccountsSeen,
+    gathered: Option<&GatheredAccounts>,
+) -> Result<(), StoreError> {
+    if let Some(gathered) = gathered {
+        let stray = gathered.grants().saturating_sub(seen.gathered_grants);
+        if stray > 0 {
+            report.problem(format!("postings name {stray} grants that the accounts they are on do not hold"));
+        }
     }
     let entries = ledger::count_rows(conn, VerifiedTable::Entries)?;
-    if entries > entries_in_accounts {
+    if entries > seen.entries_in_accounts {
         report.problem(format!(
             "{} ledger entries name a wallet account that does not exist",
-            entries - entries_in_accounts
+            entries - seen.entries_in_accounts
         ));
     }
     let grants = ledger::count_rows(conn, VerifiedTable::Grants)?;

@@ -392,6 +392,19 @@ pub fn next_customers(conn: &mut dyn Conn, after: &str, chunk: i64) -> Result<Op
     Ok(Some(Customers { after: after.to_owned(), through }))
 }
 
+/// The customer with wallet accounts halfway through them, in customer order (by accounts,
+/// not customers: the accounts pass's work is per account), to split that pass in two.
+/// `None` without accounts.
+pub fn middle_customer(conn: &mut dyn Conn) -> Result<Option<String>, StoreError> {
+    conn.query_optional(
+        "SELECT customer_id FROM wallet_accounts ORDER BY customer_id
+         LIMIT 1 OFFSET (SELECT COUNT(*) / 2 FROM wallet_accounts)",
+        &[],
+    )?
+    .map(|row| row.text(0))
+    .transpose()
+}
+
 /// A wallet account's stored balances.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredAccount {

@@ -279,6 +279,39 @@ async fn a_random_history_verifies_clean_and_each_edit_behind_its_back_is_found(
         .unwrap();
         assert_eq!(fast.as_ref(), Some(&joined), "the fingerprints agree in chunks of {chunk:?}");
     }
+    // On two connections of one snapshot, the accounts split between them at the middle
+    // customer: the same clean report.
+    let store = app.store.clone();
+    let (fast, joined) = tokio::task::spawn_blocking(move || {
+        store
+            .read_pair(|first, second| {
+                let fast = ledger::verify_by_fingerprints_on_two(first, second)?;
+                Ok::<_, tally_store::StoreError>((fast, ledger::verify_in_chunks(first, 500)?))
+            })
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(fast.as_ref(), Some(&joined), "the fingerprints agree on two connections");
+    // Whichever half of the customers an account falls in, a balance edited behind Tally's back
+    // is found on two connections.
+    for customer in &customers {
+        let account = format!("FROM wallet_accounts WHERE customer_id = '{customer}' AND asset = 'VIDMIN'");
+        let available = one(&app, &format!("SELECT available {account}")).await;
+        tamper(
+            &app,
+            &format!(
+                "UPDATE wallet_accounts SET available = '123456' WHERE customer_id = '{customer}' AND asset = 'VIDMIN'"
+            ),
+        )
+        .await;
+        let store = app.store.clone();
+        let fast = tokio::task::spawn_blocking(move || store.read_pair(ledger::verify_by_fingerprints_on_two).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(fast, None, "the account of {customer} edited, the fingerprints on two connections disagree");
+        tamper(&app, &format!("UPDATE wallet_accounts SET available = '{available}' WHERE customer_id = '{customer}' AND asset = 'VIDMIN'")).await;
+    }
     let report = verify(&app, 500).await;
     let revenue = report.system_balances.get(&("test".to_owned(), "VIDMIN".to_owned(), "revenue".to_owned()));
     assert!(revenue.is_some_and(|revenue| revenue.is_sign_positive()), "{:?}", report.system_balances);

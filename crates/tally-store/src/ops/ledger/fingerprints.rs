@@ -29,7 +29,8 @@
 //! `None` and `verify` runs the join passes, which name every difference.
 
 use super::rollups::RollupFingerprints;
-use super::{moves, verify_accounts, verify_the_rest, Balances, PassTimer, Rollups};
+use super::{moves, verify_account_counts, verify_accounts, verify_accounts_between, verify_the_rest};
+use super::{AccountsSeen, Balances, PassTimer, Rollups};
 use super::{SystemBalances, Text, VerifyReport};
 use crate::conn::{Conn, Dialect};
 use crate::repo::ledger::{self, EntryHead, GrantLine, PostingRead, KINDS_WITHOUT_TRANSACTION};
@@ -201,59 +202,46 @@ pub(super) struct GatheredAccounts {
     keys: Keys,
     accounts: HashedTable<(Balances, i64)>,
     grants: HashedTable<(Decimal, Decimal)>,
-    /// The right side of the `GRANT_RECORD` relation: each grant the accounts pass reads.
-    grant_records: u128,
 }
 
 impl GatheredAccounts {
     fn new(key: HashKey) -> Self {
-        GatheredAccounts {
-            keys: Keys::new(key),
-            accounts: HashedTable::default(),
-            grants: HashedTable::default(),
-            grant_records: 0,
-        }
+        GatheredAccounts { keys: Keys::new(key), accounts: HashedTable::default(), grants: HashedTable::default() }
     }
 
-    fn account_key(&mut self, customer_id: &str, name: &str, asset: &str) -> HashedKey {
-        hashed_key(self.keys.tuple(ACCOUNT).text(customer_id).text(name).text(asset).hash())
+    /// Keys to look the sums up with: one for each thread that reads them.
+    pub(super) fn keys(&self) -> Keys {
+        Keys { key: self.keys.key, buffer: Vec::with_capacity(256) }
     }
 
-    fn grant_key(&mut self, customer_id: &str, name: &str, asset: &str, grant_id: &str) -> HashedKey {
-        hashed_key(self.keys.tuple(GRANT).text(customer_id).text(name).text(asset).text(grant_id).hash())
+    /// The sums of an account.
+    pub(super) fn account(&self, keys: &mut Keys, account: &AccountKey) -> Option<(Balances, i64)> {
+        self.accounts.get(&account_key(keys, &account.customer_id, &account.name, &account.asset)).copied()
     }
 
-    /// The sums of an account, taken out.
-    pub(super) fn take_account(&mut self, account: &AccountKey) -> Option<(Balances, i64)> {
-        let key = self.account_key(&account.customer_id, &account.name, &account.asset);
-        self.accounts.remove(&key)
+    /// The sums of a grant of an account.
+    pub(super) fn grant(&self, keys: &mut Keys, account: &AccountKey, grant_id: &str) -> Option<(Decimal, Decimal)> {
+        self.grants.get(&grant_key(keys, &account.customer_id, &account.name, &account.asset, grant_id)).copied()
     }
 
-    /// The sums of a grant of an account, taken out.
-    pub(super) fn take_grant(&mut self, account: &AccountKey, grant_id: &str) -> Option<(Decimal, Decimal)> {
-        let key = self.grant_key(&account.customer_id, &account.name, &account.asset, grant_id);
-        self.grants.remove(&key)
-    }
-
-    /// States what `grant` says of its issue, against the ledger's record of it (the join
-    /// passes compare them row by row: `verify_grant_issue`).
-    pub(super) fn grant_record(&mut self, grant: &GrantLine) {
-        let hash = grant_record_hash(
-            &mut self.keys,
-            &grant.key.customer_id,
-            &grant.id,
-            &grant.purpose,
-            grant.amount,
-            grant.cost_basis,
-        );
-        self.grant_records = self.grant_records.wrapping_add(hash);
-    }
-
-    /// Grants named by postings and not taken: each a posting naming a grant that the account
-    /// it is on does not hold.
-    pub(super) fn grants_left(&self) -> usize {
+    /// How many grants the postings name: each the accounts pass must find on its account.
+    pub(super) fn grants(&self) -> usize {
         self.grants.len()
     }
+}
+
+fn account_key(keys: &mut Keys, customer_id: &str, name: &str, asset: &str) -> HashedKey {
+    hashed_key(keys.tuple(ACCOUNT).text(customer_id).text(name).text(asset).hash())
+}
+
+fn grant_key(keys: &mut Keys, customer_id: &str, name: &str, asset: &str, grant_id: &str) -> HashedKey {
+    hashed_key(keys.tuple(GRANT).text(customer_id).text(name).text(asset).text(grant_id).hash())
+}
+
+/// What `grant` says of its issue, to add up against the ledger's records of grants' issue
+/// (the join passes compare them row by row: `verify_grant_issue`).
+pub(super) fn grant_record(keys: &mut Keys, grant: &GrantLine) -> u128 {
+    grant_record_hash(keys, &grant.key.customer_id, &grant.id, &grant.purpose, grant.amount, grant.cost_basis)
 }
 
 /// A grant as its row and the ledger's record of its issue both state it: whose it is, its
@@ -419,7 +407,7 @@ impl Pass {
             if let Some(current) = self.current.take() {
                 accounts.accounts.insert(current.key, current.sums);
             }
-            let key = accounts.account_key(customer_id, name, asset);
+            let key = account_key(&mut accounts.keys, customer_id, name, asset);
             let sums = accounts.accounts.remove(&key).unwrap_or_default();
             let current = CurrentAccount {
                 customer_id: customer_id.clone(),
@@ -468,7 +456,7 @@ impl Pass {
     fn gather(&mut self, bucket: Bucket, grant_id: Option<&str>, amount: Decimal) {
         let (Some(accounts), Some(current)) = (self.accounts.as_mut(), self.current.as_mut()) else { return };
         let Some((grant_id, available, pending_in)) = current.sums.0.add(bucket, grant_id, amount) else { return };
-        let key = accounts.grant_key(&current.customer_id, &current.name, &current.asset, grant_id);
+        let key = grant_key(&mut accounts.keys, &current.customer_id, &current.name, &current.asset, grant_id);
         if !accounts.grants.contains_key(&key) && accounts.grants.len() >= self.gathered_limit {
             self.give_up_gathering();
             return;
@@ -662,7 +650,8 @@ fn entries_by_merge(
     Ok(())
 }
 
-/// The fast verification on one connection: the two halves one after the other.
+/// The fast verification on one connection: the two halves one after the other, then the
+/// accounts.
 pub(super) fn verify(
     conn: &mut dyn Conn,
     chunk: i64,
@@ -671,12 +660,18 @@ pub(super) fn verify(
     let key = HashKey::random();
     let ledger = ledger_half(conn, chunk, key, gathered_limit)?;
     let books = books_half(conn, key)?;
-    finish(conn, chunk, ledger, books)
+    let Some(agreed) = halves_agree(ledger, books) else { return Ok(None) };
+    let mut timer = PassTimer::start();
+    let (mut report, gathered) = (agreed.report, agreed.gathered);
+    let seen = verify_accounts(conn, &mut report, chunk, gathered.as_ref())?;
+    timer.done("accounts");
+    finish(conn, chunk, report, gathered.is_some().then_some(agreed.grant_records), seen)
 }
 
 /// The fast verification on two connections that read one snapshot: the ledger's half on
 /// `first` and the books' half on `second` at once, on two threads (they share nothing but
-/// the hash key until their sums are compared), then the rest on `first`.
+/// the hash key until their sums are compared), then the accounts, half of the customers on
+/// each, then the rest on `first`.
 pub(super) fn verify_on_two(
     first: &mut (dyn Conn + Send),
     second: &mut (dyn Conn + Send),
@@ -684,11 +679,89 @@ pub(super) fn verify_on_two(
 ) -> Result<Option<VerifyReport>, StoreError> {
     let key = HashKey::random();
     let (ledger, books) = std::thread::scope(|scope| {
-        let books = scope.spawn(move || books_half(second, key));
-        let ledger = ledger_half(first, chunk, key, GATHERED_LIMIT);
+        let books = scope.spawn(|| books_half(&mut *second, key));
+        let ledger = ledger_half(&mut *first, chunk, key, GATHERED_LIMIT);
         (ledger, books.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
     });
-    finish(first, chunk, ledger?, books?)
+    let Some(agreed) = halves_agree(ledger?, books?) else { return Ok(None) };
+    let mut timer = PassTimer::start();
+    let (mut report, gathered) = (agreed.report, agreed.gathered);
+    let seen = accounts_on_two(first, second, &mut report, chunk, gathered.as_ref())?;
+    timer.done("accounts, on two connections");
+    finish(first, chunk, report, gathered.is_some().then_some(agreed.grant_records), seen)
+}
+
+/// The accounts pass on two connections at once, each over half of the customers (the
+/// gathered sums are only read, so both look them up), then what only the whole can show.
+fn accounts_on_two(
+    first: &mut (dyn Conn + Send),
+    second: &mut (dyn Conn + Send),
+    report: &mut VerifyReport,
+    chunk: i64,
+    gathered: Option<&GatheredAccounts>,
+) -> Result<AccountsSeen, StoreError> {
+    let Some(middle) = ledger::middle_customer(&mut *first)? else {
+        return verify_accounts(first, report, chunk, gathered);
+    };
+    let (earlier, later) = std::thread::scope(|scope| {
+        let later = scope.spawn(|| {
+            let mut later = VerifyReport::default();
+            verify_accounts_between(&mut *second, &mut later, chunk, gathered, &middle, None).map(|seen| (seen, later))
+        });
+        let earlier = verify_accounts_between(&mut *first, report, chunk, gathered, "", Some(&middle));
+        (earlier, later.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+    });
+    let (later_seen, later) = later?;
+    let seen = earlier?.joined(later_seen);
+    report.absorb_accounts(later);
+    verify_account_counts(first, report, &seen, gathered)?;
+    Ok(seen)
+}
+
+/// The halves' findings, once their sums agree: the report so far, the gathered sums of
+/// the accounts and grants (`None` past the limit), and the ledger's records of grants' issue
+/// (the left side of `GRANT_RECORD`).
+struct Agreed {
+    report: VerifyReport,
+    gathered: Option<GatheredAccounts>,
+    grant_records: u128,
+}
+
+/// Compares the halves' sums: `None` when anything disagrees.
+fn halves_agree((mut pass, mut report): (Pass, VerifyReport), books: BooksHalf) -> Option<Agreed> {
+    let agree = pass.agree && books.pass.agree && books.rollups_agree;
+    let relations = [
+        (&pass.recorded, &books.pass.recorded),
+        (&pass.totals, &books.pass.totals),
+        (&pass.fees, &books.pass.fees),
+        (&pass.issued, &books.pass.issued),
+    ];
+    if !(agree && relations.iter().all(|(one, other)| one.joined(other).agree())) {
+        return None;
+    }
+    report.transactions = books.report.transactions;
+    report.fees = books.report.fees;
+    report.rollups = books.report.rollups;
+    Some(Agreed { report, gathered: pass.gathered_accounts(), grant_records: books.pass.grant_records.left })
+}
+
+/// After the accounts: with the sums gathered, the accounts pass read the grants without
+/// their record of issue, so every grant must state what the ledger recorded
+/// (`grant_records`, `None` when the join read it); then what else the join passes check, on
+/// `conn`.
+fn finish(
+    conn: &mut dyn Conn,
+    chunk: i64,
+    mut report: VerifyReport,
+    grant_records: Option<u128>,
+    seen: AccountsSeen,
+) -> Result<Option<VerifyReport>, StoreError> {
+    if grant_records.is_some_and(|records| records != seen.grant_records) {
+        return Ok(None);
+    }
+    let mut timer = PassTimer::start();
+    verify_the_rest(conn, &mut report, chunk, &mut timer, Rollups::Checked)?;
+    Ok(report.is_clean().then_some(report))
 }
 
 /// What the books' half found: its pass, its counts, and whether the rollups agree.
@@ -867,42 +940,4 @@ fn books_half(conn: &mut dyn Conn, key: HashKey) -> Result<BooksHalf, StoreError
     })?;
     timer.done("grants' issue, by fingerprint");
     Ok(BooksHalf { pass, report, rollups_agree })
-}
-
-/// Compares the halves' sums; when they agree, checks the accounts (from the sums the
-/// ledger's half gathered) and what else the join passes check, on `conn`.
-fn finish(
-    conn: &mut dyn Conn,
-    chunk: i64,
-    (mut pass, mut report): (Pass, VerifyReport),
-    books: BooksHalf,
-) -> Result<Option<VerifyReport>, StoreError> {
-    let mut timer = PassTimer::start();
-    let agree = pass.agree && books.pass.agree && books.rollups_agree;
-    let relations = [
-        (&pass.recorded, &books.pass.recorded),
-        (&pass.totals, &books.pass.totals),
-        (&pass.fees, &books.pass.fees),
-        (&pass.issued, &books.pass.issued),
-    ];
-    if !(agree && relations.iter().all(|(one, other)| one.joined(other).agree())) {
-        return Ok(None);
-    }
-    report.transactions = books.report.transactions;
-    report.fees = books.report.fees;
-    report.rollups = books.report.rollups;
-
-    let mut accounts = pass.gathered_accounts();
-    verify_accounts(conn, &mut report, chunk, accounts.as_mut())?;
-    timer.done("accounts");
-    // With the sums gathered, the accounts pass read the grants without their record of
-    // issue: every grant must have stated what the ledger recorded.
-    if let Some(accounts) = accounts {
-        let grants = Sides { left: books.pass.grant_records.left, right: accounts.grant_records };
-        if !grants.agree() {
-            return Ok(None);
-        }
-    }
-    verify_the_rest(conn, &mut report, chunk, &mut timer, Rollups::Checked)?;
-    Ok(report.is_clean().then_some(report))
 }
