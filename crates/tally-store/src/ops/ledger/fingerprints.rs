@@ -404,19 +404,24 @@ impl Pass {
         let same = matches!(&self.current,
             Some(current) if current.customer_id == *customer_id && current.name == *name && current.asset == *asset);
         if !same {
-            if let Some(current) = self.current.take() {
-                accounts.accounts.insert(current.key, current.sums);
-            }
             let key = account_key(&mut accounts.keys, customer_id, name, asset);
-            let sums = accounts.accounts.remove(&key).unwrap_or_default();
-            let current = CurrentAccount {
-                customer_id: customer_id.clone(),
-                name: name.clone(),
-                asset: asset.clone(),
-                key,
-                sums,
-            };
-            self.current = Some(current);
+            match self.current.as_mut() {
+                // The buffers of the key's texts are reused: entries of many customers in turn
+                // switch accounts at every entry.
+                Some(current) => {
+                    accounts.accounts.insert(current.key, current.sums);
+                    current.customer_id.clone_from(customer_id);
+                    current.name.clone_from(name);
+                    current.asset.clone_from(asset);
+                    current.key = key;
+                    current.sums = accounts.accounts.remove(&key).unwrap_or_default();
+                }
+                None => {
+                    let sums = accounts.accounts.remove(&key).unwrap_or_default();
+                    let (customer_id, name, asset) = (customer_id.clone(), name.clone(), asset.clone());
+                    self.current = Some(CurrentAccount { customer_id, name, asset, key, sums });
+                }
+            }
             // The current account is out of its table: count it in, to stay within the limit.
             if accounts.accounts.len() + 1 > self.gathered_limit {
                 self.give_up_gathering();
@@ -739,6 +744,7 @@ fn halves_agree((mut pass, mut report): (Pass, VerifyReport), books: BooksHalf) 
     if !(agree && relations.iter().all(|(one, other)| one.joined(other).agree())) {
         return None;
     }
+    report.events = books.report.events;
     report.transactions = books.report.transactions;
     report.fees = books.report.fees;
     report.rollups = books.report.rollups;
@@ -772,8 +778,7 @@ struct BooksHalf {
 }
 
 /// The ledger's half: entries with their postings, a range of ids at a time (each entry adds
-/// its side of `recorded`, and its postings the accounts' sums and the system balances), then
-/// the usage events (the halves take about as long on two cores).
+/// its side of `recorded`, and its postings the accounts' sums and the system balances).
 fn ledger_half(
     conn: &mut dyn Conn,
     chunk: i64,
@@ -792,8 +797,6 @@ fn ledger_half(
         pass.agree = false;
     }
     timer.done("entries and postings, by fingerprint");
-    events_pass(conn, &mut pass, &mut report)?;
-    timer.done("events, by fingerprint");
     Ok((pass, report))
 }
 
@@ -819,13 +822,16 @@ fn events_pass(conn: &mut dyn Conn, pass: &mut Pass, report: &mut VerifyReport) 
     })
 }
 
-/// The books' half: transactions, fees and costs, each table read once, and the rollups
-/// against them.
+/// The books' half: usage events, transactions, fees and costs, each table read once, the
+/// rollups against them, and the ledger's records of grants' issue (the halves take about as
+/// long on two cores).
 fn books_half(conn: &mut dyn Conn, key: HashKey) -> Result<BooksHalf, StoreError> {
     let mut report = VerifyReport::default();
     // This half gathers no account's sums.
     let mut pass = Pass::new(key, 0);
     let mut timer = PassTimer::start();
+    events_pass(conn, &mut pass, &mut report)?;
+    timer.done("events, by fingerprint");
 
     // Transactions: each states the entry that records it, and a fee's its fee.
     let (keys, recorded, fees, rollups) = (&mut pass.keys, &mut pass.recorded, &mut pass.fees, &mut pass.rollups);
