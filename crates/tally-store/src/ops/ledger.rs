@@ -555,10 +555,11 @@ fn verify_accounts_between(
         }
         // With the sums gathered, the grants' record of issue is matched by fingerprints
         // (`GatheredAccounts::grant_record`): the grants alone are read, not joined.
-        let grants = match gathered {
-            Some(_) => ledger::grant_rows_of(conn, &customers)?,
-            None => ledger::grants_of(conn, &customers)?,
+        let record = match gathered {
+            Some(_) => ledger::IssueRecord::Omitted,
+            None => ledger::IssueRecord::Joined,
         };
+        let grants = ledger::grants_of(conn, &customers, record)?;
         // Read alone, each grant is one row; joined, one per issuance posting of its entry.
         let mut start = 0;
         while start < grants.len() {

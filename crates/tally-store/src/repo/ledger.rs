@@ -507,20 +507,46 @@ pub struct GrantLine {
     pub issued_cost_basis: Option<Decimal>,
 }
 
+/// Whether [`grants_of`] reads each grant's record of issue beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssueRecord {
+    /// Joined: the ledger's record, its transaction's entry and that entry's issuance postings.
+    Joined,
+    /// Left out (`issued`, `issuance`, `issuing_entry` and `issued_cost_basis` are `None`):
+    /// the fingerprint pass checks the record by streaming `ledger_grants`
+    /// ([`each_ledger_grant`]) and the entries, where the joins look three rows up per grant.
+    Omitted,
+}
+
 /// The grants of the accounts of `customers`, by customer and id, each once per issuance
-/// posting of its making entry (or once, without one).
-pub fn grants_of(conn: &mut dyn Conn, customers: &Customers) -> Result<Vec<GrantLine>, StoreError> {
+/// posting of its making entry (or once, without one or without the record).
+pub fn grants_of(
+    conn: &mut dyn Conn,
+    customers: &Customers,
+    record: IssueRecord,
+) -> Result<Vec<GrantLine>, StoreError> {
     let (condition, values) = customers.condition("g.customer_id");
+    let (issue, joins, order) = match record {
+        IssueRecord::Joined => (
+            "l.purpose, l.amount, e.id, p.amount",
+            "LEFT JOIN ledger_grants l ON l.grant_id = g.id
+             LEFT JOIN ledger_entries e ON e.customer_id = g.customer_id AND e.transaction_id = l.transaction_id
+             LEFT JOIN ledger_postings p ON p.customer_id = e.customer_id AND p.entry_id = e.id AND p.account = 'system:issuance'",
+            ", e.id, p.line",
+        ),
+        IssueRecord::Omitted => ("NULL, NULL, NULL, NULL", "", ""),
+    };
+    let issued_cost_basis = match record {
+        IssueRecord::Joined => "l.cost_basis",
+        IssueRecord::Omitted => "NULL",
+    };
     conn.query(
         &format!(
-            "SELECT g.id, g.purpose, g.amount, g.remaining, g.state, l.purpose, l.amount, e.id, p.amount,
-                    g.cost_basis, l.cost_basis, g.customer_id, g.account_name, g.asset
-             FROM grants g
-             LEFT JOIN ledger_grants l ON l.grant_id = g.id
-             LEFT JOIN ledger_entries e ON e.customer_id = g.customer_id AND e.transaction_id = l.transaction_id
-             LEFT JOIN ledger_postings p ON p.customer_id = e.customer_id AND p.entry_id = e.id AND p.account = 'system:issuance'
+            "SELECT g.id, g.purpose, g.amount, g.remaining, g.state, {issue},
+                    g.cost_basis, {issued_cost_basis}, g.customer_id, g.account_name, g.asset
+             FROM grants g {joins}
              WHERE {condition}
-             ORDER BY g.customer_id, g.id, e.id, p.line"
+             ORDER BY g.customer_id, g.id{order}"
         ),
         &values,
     )?
@@ -542,38 +568,6 @@ pub fn grants_of(conn: &mut dyn Conn, customers: &Customers) -> Result<Vec<Grant
             issuance: row.opt_decimal(8)?,
             cost_basis: row.opt_decimal(9)?,
             issued_cost_basis: row.opt_decimal(10)?,
-        })
-    })
-    .collect()
-}
-
-/// The grants of the accounts of `customers`, by customer and id, without the ledger's record
-/// of their issue (`issued`, `issuance`, `issuing_entry` and `issued_cost_basis` are `None`):
-/// the fingerprint pass checks that record by streaming `ledger_grants` ([`each_ledger_grant`])
-/// and the entries, where the joins of [`grants_of`] look three rows up for each grant.
-pub fn grant_rows_of(conn: &mut dyn Conn, customers: &Customers) -> Result<Vec<GrantLine>, StoreError> {
-    let (condition, values) = customers.condition("customer_id");
-    conn.query(
-        &format!(
-            "SELECT id, purpose, amount, remaining, state, cost_basis, customer_id, account_name, asset
-             FROM grants WHERE {condition} ORDER BY customer_id, id"
-        ),
-        &values,
-    )?
-    .iter()
-    .map(|row| {
-        Ok(GrantLine {
-            key: AccountKey { customer_id: row.text(6)?, name: row.text(7)?, asset: row.text(8)? },
-            id: row.text(0)?,
-            purpose: row.text(1)?,
-            amount: row.decimal(2)?,
-            remaining: row.decimal(3)?,
-            state: row.text(4)?,
-            issued: None,
-            issuing_entry: None,
-            issuance: None,
-            cost_basis: row.opt_decimal(5)?,
-            issued_cost_basis: None,
         })
     })
     .collect()
