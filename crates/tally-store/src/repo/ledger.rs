@@ -343,6 +343,7 @@ pub fn count_rows(conn: &mut dyn Conn, table: VerifiedTable) -> Result<i64, Stor
         VerifiedTable::Grants => "grants",
         VerifiedTable::IssuedGrants => "ledger_grants",
         VerifiedTable::Fees => "event_fees",
+        VerifiedTable::Accounts => "wallet_accounts",
     };
     conn.count(&format!("SELECT COUNT(*) FROM {table}"), &[])
 }
@@ -353,6 +354,7 @@ pub enum VerifiedTable {
     Grants,
     IssuedGrants,
     Fees,
+    Accounts,
 }
 
 /// A range of customers, `(after, through]`, `through` `None` for every customer after `after`.
@@ -372,24 +374,40 @@ impl Customers {
     }
 }
 
-/// The next range of customers after `after` that holds about `chunk` wallet accounts (all of
-/// each customer's), or `None` past the last account.
-pub fn next_customers(conn: &mut dyn Conn, after: &str, chunk: i64) -> Result<Option<Customers>, StoreError> {
+/// The next range of customers after `after`, and up to `until` if given, that holds about
+/// `chunk` wallet accounts (all of each customer's), or `None` past the last account (or past
+/// `until`). The bounds are compared by the database, in its order of customer ids, as every
+/// range's statements compare them.
+pub fn next_customers(
+    conn: &mut dyn Conn,
+    after: &str,
+    until: Option<&str>,
+    chunk: i64,
+) -> Result<Option<Customers>, StoreError> {
+    let (bound, mut values) = match until {
+        Some(until) => (" AND customer_id <= $2", params![after, until].to_vec()),
+        None => ("", params![after].to_vec()),
+    };
     let first = conn.query_optional(
-        "SELECT customer_id FROM wallet_accounts WHERE customer_id > $1 ORDER BY customer_id LIMIT 1",
-        params![after],
+        &format!("SELECT customer_id FROM wallet_accounts WHERE customer_id > $1{bound} ORDER BY customer_id LIMIT 1"),
+        &values,
     )?;
     if first.is_none() {
         return Ok(None);
     }
+    let offset = format!("${}", values.len() + 1);
+    values.extend_from_slice(params![chunk.max(1) - 1]);
     let through = conn
         .query_optional(
-            "SELECT customer_id FROM wallet_accounts WHERE customer_id > $1 ORDER BY customer_id LIMIT 1 OFFSET $2",
-            params![after, chunk.max(1) - 1],
+            &format!(
+                "SELECT customer_id FROM wallet_accounts WHERE customer_id > $1{bound}
+                 ORDER BY customer_id LIMIT 1 OFFSET {offset}"
+            ),
+            &values,
         )?
         .map(|row| row.text(0))
         .transpose()?;
-    Ok(Some(Customers { after: after.to_owned(), through }))
+    Ok(Some(Customers { after: after.to_owned(), through: through.or(until.map(str::to_owned)) }))
 }
 
 /// The customer with wallet accounts halfway through them, in customer order (by accounts,

@@ -491,21 +491,23 @@ impl Pass {
             self.agree = false;
             return;
         }
+        let without_transaction = KINDS_WITHOUT_TRANSACTION.contains(&entry.kind.0.as_str());
         // An entry that took from issuance issued a grant: the ledger's record of that grant
         // names the entry's transaction and the amount taken (the join passes find the entry
-        // from the record).
+        // from the record). Only an entry that `recorded` pairs with its transaction may: that
+        // pairing is what makes it the one entry of its transaction, as the join passes count.
         if entry.issuance.is_sign_negative() && !entry.issuance.is_zero() {
-            match &entry.transaction_id {
-                Some(transaction_id) => self.issued.left(issued_hash(
+            match (&entry.transaction_id, without_transaction) {
+                (Some(transaction_id), false) => self.issued.left(issued_hash(
                     &mut self.keys,
                     &entry.customer_id.0,
                     &transaction_id.0,
                     -entry.issuance,
                 )),
-                None => self.agree = false,
+                _ => self.agree = false,
             }
         }
-        if KINDS_WITHOUT_TRANSACTION.contains(&entry.kind.0.as_str()) {
+        if without_transaction {
             if !entry.moved.is_zero() || entry.names_a_transaction {
                 self.agree = false;
             }
@@ -946,4 +948,52 @@ fn books_half(conn: &mut dyn Conn, key: HashKey) -> Result<BooksHalf, StoreError
     })?;
     timer.done("grants' issue, by fingerprint");
     Ok(BooksHalf { pass, report, rollups_agree })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    /// Streams one entry of `kind`, naming transaction `T`, that takes 5 from issuance into
+    /// the expired account, through a fresh pass: whether the pass still agrees, and the
+    /// `issued` side it stated.
+    fn one_entry_taking_from_issuance(kind: &str) -> (bool, u128) {
+        let mut pass = Pass::new(HashKey::random(), 0);
+        let mut entry = Entry::default();
+        entry.set(&EntryHead {
+            entry_id: 1,
+            mode: "test",
+            customer_id: "cust_a",
+            account_name: "default",
+            asset: "IMG",
+            kind,
+            transaction_id: Some("T"),
+            grant_id: None,
+            names_a_transaction: false,
+        });
+        pass.start_entry(&entry);
+        let five = Decimal::from_str("5").unwrap();
+        for (account, amount) in [(SystemAccount::Issuance, -five), (SystemAccount::Expired, five)] {
+            pass.add_posting(&mut entry, (LedgerAccount::System(account), Bucket::Available, None, amount));
+        }
+        pass.finish_entry(&entry, &mut VerifyReport::default());
+        (pass.agree, pass.issued.left)
+    }
+
+    /// Only an entry that `recorded` pairs with its transaction (so the one entry of it) may
+    /// state a grant's issue: one of a kind no transaction records could be a second entry of
+    /// the record's transaction, which the join passes report ("2 ledger entries record its
+    /// issue") and the sums could not see.
+    #[test]
+    fn only_an_entry_with_a_transaction_may_state_a_grants_issue() {
+        let (agree, issued) = one_entry_taking_from_issuance("adjustment");
+        assert!(agree, "an adjustment that issues credit is an issue, stated");
+        assert_ne!(issued, 0);
+        for kind in KINDS_WITHOUT_TRANSACTION {
+            let (agree, issued) = one_entry_taking_from_issuance(kind);
+            assert!(!agree, "an entry of kind {kind} taking from issuance makes the fast path disagree");
+            assert_eq!(issued, 0);
+        }
+    }
 }
