@@ -476,7 +476,7 @@ struct AccountsSeen {
     entries_in_accounts: i64,
     /// Grants it found among the gathered sums.
     gathered_grants: usize,
-    /// The grants' side of the `GRANT_RECORD` fingerprint (`GatheredAccounts::grant_record`),
+    /// The grants' side of the `GRANT_RECORD` fingerprint (`fingerprints::grant_record`),
     /// added up when the sums were gathered.
     grant_records: u128,
 }
@@ -546,7 +546,7 @@ fn verify_accounts_between(
             }
         }
         // With the sums gathered, the grants' record of issue is matched by fingerprints
-        // (`GatheredAccounts::grant_record`): the grants alone are read, not joined.
+        // (`fingerprints::grant_record`): the grants alone are read, not joined.
         let record = match gathered {
             Some(_) => ledger::IssueRecord::Omitted,
             None => ledger::IssueRecord::Joined,

@@ -1,10 +1,12 @@
 //! The fast way to verify: read each large table once, in the order it is stored, check what a
 //! row can show alone, and match the tables' sides by order-independent fingerprints instead of
 //! joins. Each relation that the join passes check row by row (an entry and the transaction
-//! that records it; a usage event and its fees; a fee and its transaction) is a pair of sums:
-//! each side adds a keyed 128-bit hash of the whole tuple it states (customer, transaction
-//! id, account, asset, kind, amount moved, revenue; an event's total and currency; a fee's
-//! asset and amount) into its sum, modulo 2^128, and the two sums must be equal.
+//! that records it; a usage event and its fees; a fee and its transaction; an entry that took
+//! from issuance and the ledger's record of the grant it issued; that record and the grant)
+//! is a pair of sums: each side adds a keyed 128-bit hash of the whole tuple it states
+//! (customer, transaction id, account, asset, kind, amount moved, revenue; an event's total
+//! and currency; a fee's asset and amount; a grant's issue and record) into its sum, modulo
+//! 2^128, and the two sums must be equal.
 //!
 //! Equal sums mean equal multisets of tuples, but for a chance of about 2^-127 per relation:
 //! the hash is SipHash-1-3 with a 128-bit output under a random key drawn for each run, so no
@@ -304,7 +306,7 @@ struct Pass {
     /// (right).
     issued: Sides,
     /// The ledger's records of grants' issue (left); the grants' side is gathered by the
-    /// accounts pass (`GatheredAccounts::grant_record`).
+    /// accounts pass ([`grant_record`]).
     grant_records: Sides,
     /// Fees, fee transactions and costs (left) against the rollups that total them (right).
     rollups: RollupFingerprints,
