@@ -519,7 +519,8 @@ fn verify_accounts_between(
     through: Option<&str>,
 ) -> Result<AccountsSeen, StoreError> {
     let mut seen = AccountsSeen::default();
-    let mut keys = gathered.map(GatheredAccounts::keys);
+    // The gathered sums with the keys this thread looks them up by.
+    let mut lookup = gathered.map(|gathered| (gathered, gathered.keys()));
     let mut after = after.to_owned();
     while let Some(customers) = ledger::next_customers(conn, &after, through, chunk)? {
         let accounts = ledger::accounts_of(conn, &customers)?;
@@ -527,8 +528,8 @@ fn verify_accounts_between(
             accounts.iter().enumerate().map(|(position, account)| (account_key_of(&account.key), position)).collect();
         let mut key = String::new();
         let mut derived: Vec<Derived> = accounts.iter().map(|_| Derived::default()).collect();
-        match (gathered, keys.as_mut()) {
-            (Some(gathered), Some(keys)) => {
+        match lookup.as_mut() {
+            Some((gathered, keys)) => {
                 for (account, derived) in accounts.iter().zip(derived.iter_mut()) {
                     if let Some((balances, entries)) = gathered.account(keys, &account.key) {
                         derived.balances = balances;
@@ -536,7 +537,7 @@ fn verify_accounts_between(
                     }
                 }
             }
-            _ => {
+            None => {
                 seen.entries_in_accounts += sum_account_postings(conn, &customers, &index, &mut derived, &mut key)?;
             }
         }
@@ -547,32 +548,30 @@ fn verify_accounts_between(
         }
         // With the sums gathered, the grants' record of issue is matched by fingerprints
         // (`fingerprints::grant_record`): the grants alone are read, not joined.
-        let record = match gathered {
+        let record = match lookup {
             Some(_) => ledger::IssueRecord::Omitted,
             None => ledger::IssueRecord::Joined,
         };
         let grants = ledger::grants_of(conn, &customers, record)?;
-        // Read alone, each grant is one row; joined, one per issuance posting of its entry.
+        // Each grant's rows together: one read alone, one per issuance posting of its entry
+        // joined.
         let mut start = 0;
         while start < grants.len() {
-            let length = match gathered {
-                Some(_) => 1,
-                None => grants[start..].iter().take_while(|line| line.id == grants[start].id).count(),
-            };
+            let length = grants[start..].iter().take_while(|line| line.id == grants[start].id).count();
             let run = &grants[start..start + length];
             start += length;
             let grant = &run[0];
             let Some(&at) = index.get(&account_key_of(&grant.key)) else { continue };
             report.grants += 1;
             let derived = &mut derived[at];
-            match (gathered, keys.as_mut()) {
-                (Some(gathered), Some(keys)) => {
+            match lookup.as_mut() {
+                Some((gathered, keys)) => {
                     let sums = gathered.grant(keys, &grant.key, &grant.id);
                     seen.gathered_grants += usize::from(sums.is_some());
                     seen.grant_records = seen.grant_records.wrapping_add(grant_record(keys, grant));
                     verify_grant(&mut derived.grant_problems, grant, sums.unwrap_or_default());
                 }
-                _ => {
+                None => {
                     let sums = derived.per_grant.remove(&grant.id).unwrap_or_default();
                     verify_grant(&mut derived.grant_problems, grant, sums);
                     verify_grant_issue(&mut derived.grant_problems, run);

@@ -544,19 +544,16 @@ pub fn grants_of(
     record: IssueRecord,
 ) -> Result<Vec<GrantLine>, StoreError> {
     let (condition, values) = customers.condition("g.customer_id");
-    let (issue, joins, order) = match record {
+    let (issue, issued_cost_basis, joins, order) = match record {
         IssueRecord::Joined => (
             "l.purpose, l.amount, e.id, p.amount",
+            "l.cost_basis",
             "LEFT JOIN ledger_grants l ON l.grant_id = g.id
              LEFT JOIN ledger_entries e ON e.customer_id = g.customer_id AND e.transaction_id = l.transaction_id
              LEFT JOIN ledger_postings p ON p.customer_id = e.customer_id AND p.entry_id = e.id AND p.account = 'system:issuance'",
             ", e.id, p.line",
         ),
-        IssueRecord::Omitted => ("NULL, NULL, NULL, NULL", "", ""),
-    };
-    let issued_cost_basis = match record {
-        IssueRecord::Joined => "l.cost_basis",
-        IssueRecord::Omitted => "NULL",
+        IssueRecord::Omitted => ("NULL, NULL, NULL, NULL", "NULL", "", ""),
     };
     conn.query(
         &format!(
