@@ -43,6 +43,7 @@ use siphasher::sip128::{Hasher128, SipHasher13};
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use tally_core::ledger::{Bucket, LedgerAccount, SystemAccount};
 
 /// How many accounts, and how many grants, the fingerprint pass sums in memory at most: past
@@ -667,8 +668,9 @@ pub(super) fn verify(
     gathered_limit: usize,
 ) -> Result<Option<VerifyReport>, StoreError> {
     let key = HashKey::random();
-    let ledger = ledger_half(conn, chunk, key, gathered_limit)?;
-    let books = books_half(conn, key)?;
+    let events = EventsPass::default();
+    let ledger = ledger_half(conn, chunk, key, gathered_limit, &events)?;
+    let books = books_half(conn, key, &events)?;
     let Some(agreed) = halves_agree(ledger, books) else { return Ok(None) };
     let mut timer = PassTimer::start();
     let (mut report, gathered) = (agreed.report, agreed.gathered);
@@ -679,17 +681,18 @@ pub(super) fn verify(
 
 /// The fast verification on two connections that read one snapshot: the ledger's half on
 /// `first` and the books' half on `second` at once, on two threads (they share nothing but
-/// the hash key until their sums are compared), then the accounts, half of the customers on
-/// each, then the rest on `first`.
+/// the hash key and the claim on the events' pass until their sums are compared), then the
+/// accounts, half of the customers on each, then the rest on `first`.
 pub(super) fn verify_on_two(
     first: &mut (dyn Conn + Send),
     second: &mut (dyn Conn + Send),
     chunk: i64,
 ) -> Result<Option<VerifyReport>, StoreError> {
     let key = HashKey::random();
+    let events = EventsPass::default();
     let (ledger, books) = std::thread::scope(|scope| {
-        let books = scope.spawn(|| books_half(&mut *second, key));
-        let ledger = ledger_half(&mut *first, chunk, key, GATHERED_LIMIT);
+        let books = scope.spawn(|| books_half(&mut *second, key, &events));
+        let ledger = ledger_half(&mut *first, chunk, key, GATHERED_LIMIT, &events);
         (ledger, books.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
     });
     let Some(agreed) = halves_agree(ledger?, books?) else { return Ok(None) };
@@ -748,7 +751,8 @@ fn halves_agree((mut pass, mut report): (Pass, VerifyReport), books: BooksHalf) 
     if !(agree && relations.iter().all(|(one, other)| one.joined(other).agree())) {
         return None;
     }
-    report.events = books.report.events;
+    // The events pass ran in whichever half claimed it.
+    report.events += books.report.events;
     report.transactions = books.report.transactions;
     report.fees = books.report.fees;
     report.rollups = books.report.rollups;
@@ -788,6 +792,7 @@ fn ledger_half(
     chunk: i64,
     key: HashKey,
     gathered_limit: usize,
+    events: &EventsPass,
 ) -> Result<(Pass, VerifyReport), StoreError> {
     let mut report = VerifyReport::default();
     let mut pass = Pass::new(key, gathered_limit);
@@ -801,7 +806,26 @@ fn ledger_half(
         pass.agree = false;
     }
     timer.done("entries and postings, by fingerprint");
+    if events.claim() {
+        events_pass(conn, &mut pass, &mut report)?;
+        timer.done("events, by fingerprint");
+    }
     Ok((pass, report))
+}
+
+/// The usage events' pass belongs to neither half: it adds only its side of `totals`, which
+/// the halves' sums join, so it runs in whichever half gets to it first, at the end of each.
+/// Which half is the longer depends on the store (on a million customers with an event each,
+/// the ledger's; with ten hours of activity a customer, the books' with their rollups), so
+/// neither order suits both.
+#[derive(Default)]
+struct EventsPass(AtomicBool);
+
+impl EventsPass {
+    /// True for the first caller only.
+    fn claim(&self) -> bool {
+        !self.0.swap(true, Ordering::Relaxed)
+    }
 }
 
 /// Usage events: each with fees states their total; one without states none.
@@ -826,16 +850,14 @@ fn events_pass(conn: &mut dyn Conn, pass: &mut Pass, report: &mut VerifyReport) 
     })
 }
 
-/// The books' half: usage events, transactions, fees and costs, each table read once, the
-/// rollups against them, and the ledger's records of grants' issue (the halves take about as
-/// long on two cores).
-fn books_half(conn: &mut dyn Conn, key: HashKey) -> Result<BooksHalf, StoreError> {
+/// The books' half: transactions, fees and costs, each table read once, the rollups against
+/// them, and the ledger's records of grants' issue; then the usage events, unless the ledger's
+/// half claimed them first.
+fn books_half(conn: &mut dyn Conn, key: HashKey, events: &EventsPass) -> Result<BooksHalf, StoreError> {
     let mut report = VerifyReport::default();
     // This half gathers no account's sums.
     let mut pass = Pass::new(key, 0);
     let mut timer = PassTimer::start();
-    events_pass(conn, &mut pass, &mut report)?;
-    timer.done("events, by fingerprint");
 
     // Transactions: each states the entry that records it, and a fee's its fee.
     let (keys, recorded, fees, rollups) = (&mut pass.keys, &mut pass.recorded, &mut pass.fees, &mut pass.rollups);
@@ -949,6 +971,10 @@ fn books_half(conn: &mut dyn Conn, key: HashKey) -> Result<BooksHalf, StoreError
         Ok(())
     })?;
     timer.done("grants' issue, by fingerprint");
+    if events.claim() {
+        events_pass(conn, &mut pass, &mut report)?;
+        timer.done("events, by fingerprint");
+    }
     Ok(BooksHalf { pass, report, rollups_agree })
 }
 

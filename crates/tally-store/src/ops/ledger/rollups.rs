@@ -265,6 +265,6 @@ impl RollupFingerprints {
             && self.costs.agree()
             && self.costs_by_vendor.agree();
         // The join pass counts only the rows of customers that exist, and reports the others.
-        Ok(agree && ledger::rollup_rows_of_no_customer(conn)? == 0)
+        Ok(agree && ledger::rollup_customers_missing(conn)? == 0)
     }
 }
