@@ -407,8 +407,26 @@ async fn verify_finds_an_edited_rollup(app: TestApp) {
     }
 }
 
+/// Rollups of a customer that does not exist are found even when every sum matches them: the
+/// customer's row renamed behind Tally's back leaves its fees, ledger, accounts and rollups
+/// agreeing with one another (none refers to the customers table), so only the check that each
+/// customer the rollups name exists can see it, on the fast path as in the join passes.
+async fn verify_finds_rollups_of_a_customer_that_does_not_exist(app: TestApp) {
+    let (first, ..) = set_up(&app).await;
+    assert!(fingerprints_agree(&app).await, "clean books");
+    let rename = format!("UPDATE customers SET id = 'cus_gone' WHERE id = '{first}'");
+    tamper(&app, &rename).await;
+    let found = problems(&app).await;
+    assert!(found.iter().any(|problem| problem.contains("rollup rows belong to no customer")), "{found:?}");
+    assert!(!fingerprints_agree(&app).await, "the fingerprints miss {rename}");
+    tamper(&app, &format!("UPDATE customers SET id = '{first}' WHERE id = 'cus_gone'")).await;
+    assert_eq!(problems(&app).await, Vec::<String>::new());
+    assert!(fingerprints_agree(&app).await, "clean again");
+}
+
 on_both_backends!(
     stats_from_rollups_equal_the_fees_for_any_period,
     stats_value_an_hour_with_a_rate_change_at_each_fees_rate,
-    verify_finds_an_edited_rollup
+    verify_finds_an_edited_rollup,
+    verify_finds_rollups_of_a_customer_that_does_not_exist
 );
