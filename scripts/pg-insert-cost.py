@@ -10,6 +10,9 @@ table is dropped at the end; nothing else is touched.
 
     pip install "psycopg[binary]"
     scripts/pg-insert-cost.py "host=127.0.0.1 user=postgres dbname=tally_bench"
+
+PROBE_SUBJECTS=100 gives a batch's rows 100 subjects (`user-0` ... `user-99`, as `tally bench`
+sends them) instead of one, to see what scattering a batch over the subject index costs.
 """
 import os
 import sys
@@ -25,6 +28,7 @@ COLUMNS = (
 TYPES = ["text", "text", "text", "text", "int8", "text", "text", "text", "text", "int8", "text", "text", "int8", "text"]
 ROWS_PER_BATCH = 64
 BATCHES = 200
+SUBJECTS = int(os.environ.get("PROBE_SUBJECTS", "1"))
 PROBE = "insert_cost_probe"
 
 
@@ -32,7 +36,7 @@ def batch(number):
     rows = []
     for line in range(ROWS_PER_BATCH):
         at = 1795678968102030 + number * 1000 + line
-        rows.append(("test", uuid.uuid4().hex, "cust_%032x" % (line % 100), "image_generated", at, "user-0", None,
+        rows.append(("test", uuid.uuid4().hex, "cust_%032x" % (line % 100), "image_generated", at, "user-%d" % (line % SUBJECTS), None,
                      "{}", "[]", 1, "1", "IMG", at + 1, uuid.uuid4().hex * 2))
     return rows
 
