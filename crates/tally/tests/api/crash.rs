@@ -15,7 +15,7 @@
 //! and reaped when it ends, passed or failed.
 
 use crate::harness::{Backend, TestDatabase};
-use crate::server_process::{free_port, tally_command, ServerProcess};
+use crate::server_process::{tally_command, ServerProcess, ANY_PORT};
 use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use serde_json::Value;
@@ -41,7 +41,7 @@ const DEADLINE: Duration = Duration::from_secs(60);
 
 /// Starts `tally serve` on the database and waits until it is ready.
 async fn start_server(database_url: &str, client: &reqwest::Client) -> ServerProcess {
-    let mut server = ServerProcess::start(free_port(), |dir| tally_command(database_url, dir));
+    let mut server = ServerProcess::start(ANY_PORT, |dir| tally_command(database_url, dir));
     server.wait_until_answering(client, "/ready").await;
     server
 }

@@ -7,7 +7,7 @@
 //! settlement must have happened once, and `tally ledger verify` must pass.
 
 use crate::harness::{Backend, TestApp, TestDatabase};
-use crate::server_process::{free_port, tally_command, ServerProcess};
+use crate::server_process::{tally_command, ServerProcess, ANY_PORT};
 use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use serde_json::Value;
@@ -44,7 +44,7 @@ struct Endpoint {
 /// Starts `tally serve` on the database, its workers racing each other for due
 /// settlements every 50 ms. Does not wait.
 fn start_server(database_url: &str) -> ServerProcess {
-    ServerProcess::start(free_port(), |dir| {
+    ServerProcess::start(ANY_PORT, |dir| {
         let mut command = tally_command(database_url, dir);
         command.env("TALLY_SETTLE_INTERVAL_MS", "50");
         command

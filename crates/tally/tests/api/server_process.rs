@@ -38,12 +38,21 @@ pub fn tally_command(database_url: &str, dir: &Path) -> Command {
     command
 }
 
+/// A port that was free a moment ago, for a test that must name the port before the server
+/// starts (`tally demo` prints links to it). Another socket can take it before the server binds
+/// it; everywhere else pass [`ANY_PORT`].
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Lets the server bind a port the system picks; [`ServerProcess::base`] is then learned from
+/// the line it logs once it listens, so no other socket can take the port in between.
+pub const ANY_PORT: u16 = 0;
+
 pub struct ServerProcess {
     child: Child,
+    /// `http://127.0.0.1:PORT`; empty until [`ServerProcess::wait_until_answering`] has seen
+    /// the server listen, when it was started on [`ANY_PORT`].
     pub base: String,
     log: PathBuf,
     /// Changes with every line the server logs; closed once its stderr is (it exited).
@@ -55,7 +64,7 @@ pub struct ServerProcess {
 const SERVING: &str = "tally is serving";
 
 impl ServerProcess {
-    /// Starts `tally … serve --listen 127.0.0.1:PORT`, where `command` makes the `tally`
+    /// Starts `tally … serve --listen 127.0.0.1:PORT` (PORT may be [`ANY_PORT`]), where `command` makes the `tally`
     /// command (its flags and environment) to run in the given directory. Does not wait.
     /// The `tally` target logs at `info` besides what the command asks, so that the line
     /// saying the server listens is there to wait for.
@@ -76,7 +85,8 @@ impl ServerProcess {
             .spawn()
             .expect("start tally serve");
         let lines = copy_lines(child.stderr.take().unwrap(), std::fs::File::create(&log).unwrap());
-        ServerProcess { child, base: format!("http://127.0.0.1:{port}"), log, lines, _dir: dir }
+        let base = if port == ANY_PORT { String::new() } else { format!("http://127.0.0.1:{port}") };
+        ServerProcess { child, base, log, lines, _dir: dir }
     }
 
     pub fn log(&self) -> String {
@@ -87,7 +97,11 @@ impl ServerProcess {
     /// answers: a request sent once the socket listens waits in its backlog to be served.
     /// Fails the test if the server exits first or does not answer 200.
     pub async fn wait_until_answering(&mut self, client: &reqwest::Client, path: &str) {
-        self.wait_for_log("the server to listen", |log| log.contains(SERVING)).await;
+        let log = self.wait_for_log("the server to listen", |log| log.contains(SERVING)).await;
+        if self.base.is_empty() {
+            let port = listening_port(&log).unwrap_or_else(|| panic!("no port in the line {SERVING:?}:\n{log}"));
+            self.base = format!("http://127.0.0.1:{port}");
+        }
         let reply = tokio::time::timeout(DEADLINE, client.get(format!("{}{path}", self.base)).send()).await;
         match reply {
             Ok(Ok(reply)) if reply.status() == StatusCode::OK => {}
@@ -157,6 +171,15 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.end();
     }
+}
+
+/// The port of `address=127.0.0.1:PORT` (or `"address":"127.0.0.1:PORT"` in JSON logs) on
+/// the line the server logs once it listens.
+fn listening_port(log: &str) -> Option<u16> {
+    let line = log.lines().find(|line| line.contains(SERVING))?;
+    let (_, rest) = line.split_once("127.0.0.1:")?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
 }
 
 /// Copies `stderr` into `log` line by line on a thread of its own, announcing each line;
