@@ -409,8 +409,9 @@ async fn verify_finds_an_edited_rollup(app: TestApp) {
 
 /// Rollups of a customer that does not exist are found even when every sum matches them: the
 /// customer's row renamed behind Tally's back leaves its fees, ledger, accounts and rollups
-/// agreeing with one another (none refers to the customers table), so only the check that each
-/// customer the rollups name exists can see it, on the fast path as in the join passes.
+/// agreeing with one another (none refers to the customers table), so on the fast path only
+/// the check that each customer the rollups name exists can see it. The join passes report
+/// those rows (and, leaving them out, the platform-wide rollups' difference).
 async fn verify_finds_rollups_of_a_customer_that_does_not_exist(app: TestApp) {
     let (first, ..) = set_up(&app).await;
     assert!(fingerprints_agree(&app).await, "clean books");
