@@ -108,6 +108,11 @@ pub struct BenchArgs {
     /// the run's are, by the event ingestion operation in transactions of 10,000 events.
     #[arg(long, default_value_t = 0)]
     pub history: u64,
+    /// How many end users (`subject`s) a request's events name: event i of a request names
+    /// `user-{i mod N}`, so a batch of 100 over 100 subjects inserts into 100 places of the
+    /// events' by-subject index, and with 1 into one (at most the batch size matters).
+    #[arg(long, default_value_t = 100)]
+    pub subjects: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -141,6 +146,9 @@ impl BenchArgs {
         if self.history > MAX_HISTORY {
             bail!("--history must be at most {MAX_HISTORY}");
         }
+        if !(1..=MAX_BATCH_SIZE).contains(&self.subjects) {
+            bail!("--subjects must be from 1 to {MAX_BATCH_SIZE}");
+        }
         Ok(())
     }
 
@@ -155,7 +163,10 @@ impl BenchArgs {
             0 => "one grant per account (its funding)".to_owned(),
             count => format!("{count} open grants per account besides its funding"),
         };
-        format!("{traffic}; {grants}; {} events stored before the run", self.history)
+        format!(
+            "{traffic}; {grants}; {} events stored before the run; a request's events name up to {} subjects",
+            self.history, self.subjects
+        )
     }
 
     fn scenarios(&self) -> Vec<usize> {
@@ -214,7 +225,7 @@ pub fn run(args: &BenchArgs, database_url: Option<&str>, settle_interval: Durati
         seed_grants(&store, &customers, args.grants)?;
     }
     if args.history > 0 {
-        seed_history(&store, &customers, run_id, args.history)?;
+        seed_history(&store, &customers, run_id, args.history, args.subjects)?;
     }
     let customers = Arc::new(customers);
     let backends = backends.as_ref();
@@ -320,7 +331,7 @@ fn seed_grants(store: &Store, customers: &[String], count: usize) -> anyhow::Res
 /// Stores `total` events spread evenly over `customers`, through the event ingestion
 /// operation exactly as `POST /events` calls it (the same bodies as the run sends, parsed by
 /// the same parser), in batches of the API's largest size, several to a transaction.
-fn seed_history(store: &Store, customers: &[String], run_id: &str, total: u64) -> anyhow::Result<()> {
+fn seed_history(store: &Store, customers: &[String], run_id: &str, total: u64, subjects: usize) -> anyhow::Result<()> {
     let started = Instant::now();
     let catalog = tally_http::catalog::CatalogCache::default();
     let stored = AtomicU64::new(0);
@@ -339,7 +350,7 @@ fn seed_history(store: &Store, customers: &[String], run_id: &str, total: u64) -
             let occurred_at = now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
             let mut parsed = Vec::with_capacity(chunk.len());
             for &(sequence, size) in chunk {
-                let body = events_body(&customers[index], &prefix, sequence, size, &occurred_at);
+                let body = events_body(&customers[index], &prefix, sequence, size, subjects, &occurred_at);
                 let request: tally_http::routes::events::UsageRequest = serde_json::from_str(&body)?;
                 let events = tally_http::routes::events::parse_events(&request.events, Some(now))
                     .map_err(|error| anyhow!("the bench's events do not parse: {error:?}"))?;
@@ -587,14 +598,14 @@ async fn run_scenario(
         let budget = budget.clone();
         let prefix = format!("{run_id}-{batch_size}-{connection}");
         let occurred_at = occurred_at.clone();
-        let hot = args.hot;
+        let (hot, subjects) = (args.hot, args.subjects);
         tasks.spawn(async move {
             let mut report = ConnectionReport::default();
             let mut sequence: u64 = 0;
             while Instant::now() < deadline && take_one(&budget) {
                 let customer =
                     if hot { &customers[0] } else { &customers[(connection + sequence as usize) % customers.len()] };
-                let body = events_body(customer, &prefix, sequence, batch_size, &occurred_at);
+                let body = events_body(customer, &prefix, sequence, batch_size, subjects, &occurred_at);
                 sequence += 1;
                 let sent = Instant::now();
                 let outcome = client.post_events(body).await;
@@ -750,7 +761,14 @@ fn take_one(budget: &AtomicU64) -> bool {
 
 /// A `POST /events` body, written by hand: the client should spend as little of the
 /// machine as it can.
-fn events_body(customer: &str, prefix: &str, sequence: u64, batch_size: usize, occurred_at: &str) -> String {
+fn events_body(
+    customer: &str,
+    prefix: &str,
+    sequence: u64,
+    batch_size: usize,
+    subjects: usize,
+    occurred_at: &str,
+) -> String {
     let mut body = String::with_capacity(64 + batch_size * 140);
     let _ = write!(body, r#"{{"customer_id":"{customer}","events":["#);
     for index in 0..batch_size {
@@ -759,7 +777,8 @@ fn events_body(customer: &str, prefix: &str, sequence: u64, batch_size: usize, o
         }
         let _ = write!(
             body,
-            r#"{{"id":"{prefix}-{sequence}-{index}","event_type":"image_generated","occurred_at":"{occurred_at}","subject":"user-{index}"}}"#
+            r#"{{"id":"{prefix}-{sequence}-{index}","event_type":"image_generated","occurred_at":"{occurred_at}","subject":"user-{}"}}"#,
+            index % subjects
         );
     }
     body.push_str("]}");
@@ -873,6 +892,7 @@ mod tests {
             hot: false,
             grants: 0,
             history: 0,
+            subjects: 2,
         }
     }
 
@@ -941,11 +961,13 @@ mod tests {
 
     #[test]
     fn bodies_are_valid_json_with_distinct_ids() {
-        let body = events_body("cust_1", "run-100-0", 7, 3, "2026-01-01T00:00:00Z");
+        let body = events_body("cust_1", "run-100-0", 7, 3, 2, "2026-01-01T00:00:00Z");
         let parsed: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let ids: Vec<&str> =
-            parsed["events"].as_array().unwrap().iter().map(|event| event["id"].as_str().unwrap()).collect();
-        assert_eq!(ids, ["run-100-0-7-0", "run-100-0-7-1", "run-100-0-7-2"]);
+        let field = |name: &str| -> Vec<String> {
+            parsed["events"].as_array().unwrap().iter().map(|event| event[name].as_str().unwrap().to_owned()).collect()
+        };
+        assert_eq!(field("id"), ["run-100-0-7-0", "run-100-0-7-1", "run-100-0-7-2"]);
+        assert_eq!(field("subject"), ["user-0", "user-1", "user-0"]);
         assert_eq!(parsed["customer_id"], "cust_1");
     }
 }
