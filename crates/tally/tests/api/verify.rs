@@ -79,6 +79,42 @@ async fn verify_by_fingerprints(app: &TestApp) -> Option<VerifyReport> {
     tokio::task::spawn_blocking(move || store.read(|conn| ledger::verify_by_fingerprints(conn)).unwrap()).await.unwrap()
 }
 
+/// The fast way's report (`fast`) and the join passes', from one snapshot: the background
+/// worker may settle the history between two reads.
+async fn fast_and_joined(
+    app: &TestApp,
+    fast: impl FnOnce(&mut dyn Conn) -> Result<Option<VerifyReport>, tally_store::StoreError> + Send + 'static,
+) -> (Option<VerifyReport>, VerifyReport) {
+    let store = app.store.clone();
+    tokio::task::spawn_blocking(move || {
+        store.read(|conn| Ok::<_, tally_store::StoreError>((fast(conn)?, ledger::verify_in_chunks(conn, 500)?)))
+    })
+    .await
+    .unwrap()
+    .unwrap()
+}
+
+/// [`fast_and_joined`] with the fast way on two connections of one snapshot (the accounts
+/// split between them at the middle customer).
+async fn fast_and_joined_on_two(app: &TestApp) -> (Option<VerifyReport>, VerifyReport) {
+    let store = app.store.clone();
+    tokio::task::spawn_blocking(move || {
+        store.read_pair(|first, second| {
+            let fast = ledger::verify_by_fingerprints_on_two(first, second)?;
+            Ok::<_, tally_store::StoreError>((fast, ledger::verify_in_chunks(first, 500)?))
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap()
+}
+
+/// The books as the fast way sees them on two connections of one snapshot.
+async fn verify_by_fingerprints_on_two(app: &TestApp) -> Option<VerifyReport> {
+    let store = app.store.clone();
+    tokio::task::spawn_blocking(move || store.read_pair(ledger::verify_by_fingerprints_on_two).unwrap()).await.unwrap()
+}
+
 /// The books as `ledger::verify` sees them: fingerprints first, join passes when they disagree.
 async fn verify_usually(app: &TestApp) -> VerifyReport {
     let store = app.store.clone();
@@ -248,50 +284,22 @@ async fn a_random_history_verifies_clean_and_each_edit_behind_its_back_is_found(
     // The accounts' and grants' sums gathered in memory, or past a limit (here 0 to 5 of
     // each, reached at any point of the pass) read again by account: the same clean report.
     for limit in [0, 1, 2, 5] {
-        let store = app.store.clone();
-        let (fast, joined) = tokio::task::spawn_blocking(move || {
-            store
-                .read(|conn| {
-                    let fast = ledger::verify_by_fingerprints_gathering_at_most(conn, limit)?;
-                    Ok::<_, tally_store::StoreError>((fast, ledger::verify_in_chunks(conn, 500)?))
-                })
-                .unwrap()
-        })
-        .await
-        .unwrap();
+        let (fast, joined) =
+            fast_and_joined(&app, move |conn| ledger::verify_by_fingerprints_gathering_at_most(conn, limit)).await;
         assert_eq!(fast.as_ref(), Some(&joined), "the fingerprints agree gathering at most {limit}");
     }
     // Each pair from one snapshot: the background worker may settle the history meanwhile.
     for chunk in [None, Some(1), Some(2), Some(7)] {
-        let store = app.store.clone();
-        let (fast, joined) = tokio::task::spawn_blocking(move || {
-            store
-                .read(|conn| {
-                    let fast = match chunk {
-                        None => ledger::verify_by_fingerprints(conn)?,
-                        Some(chunk) => ledger::verify_by_fingerprints_in_chunks(conn, chunk)?,
-                    };
-                    Ok::<_, tally_store::StoreError>((fast, ledger::verify_in_chunks(conn, 500)?))
-                })
-                .unwrap()
+        let (fast, joined) = fast_and_joined(&app, move |conn| match chunk {
+            None => ledger::verify_by_fingerprints(conn),
+            Some(chunk) => ledger::verify_by_fingerprints_in_chunks(conn, chunk),
         })
-        .await
-        .unwrap();
+        .await;
         assert_eq!(fast.as_ref(), Some(&joined), "the fingerprints agree in chunks of {chunk:?}");
     }
     // On two connections of one snapshot, the accounts split between them at the middle
     // customer: the same clean report.
-    let store = app.store.clone();
-    let (fast, joined) = tokio::task::spawn_blocking(move || {
-        store
-            .read_pair(|first, second| {
-                let fast = ledger::verify_by_fingerprints_on_two(first, second)?;
-                Ok::<_, tally_store::StoreError>((fast, ledger::verify_in_chunks(first, 500)?))
-            })
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let (fast, joined) = fast_and_joined_on_two(&app).await;
     assert_eq!(fast.as_ref(), Some(&joined), "the fingerprints agree on two connections");
     // Whichever half of the customers an account falls in, a balance edited behind Tally's back
     // is found on two connections.
@@ -305,10 +313,7 @@ async fn a_random_history_verifies_clean_and_each_edit_behind_its_back_is_found(
             ),
         )
         .await;
-        let store = app.store.clone();
-        let fast = tokio::task::spawn_blocking(move || store.read_pair(ledger::verify_by_fingerprints_on_two).unwrap())
-            .await
-            .unwrap();
+        let fast = verify_by_fingerprints_on_two(&app).await;
         assert_eq!(fast, None, "the account of {customer} edited, the fingerprints on two connections disagree");
         tamper(&app, &format!("UPDATE wallet_accounts SET available = '{available}' WHERE customer_id = '{customer}' AND asset = 'VIDMIN'")).await;
     }

@@ -809,10 +809,7 @@ fn ledger_half(
         pass.agree = false;
     }
     timer.done("entries and postings, by fingerprint");
-    if events.claim() {
-        events_pass(conn, &mut pass, &mut report)?;
-        timer.done("events, by fingerprint");
-    }
+    events.run_if_first(conn, &mut pass, &mut report, &mut timer)?;
     Ok((pass, report))
 }
 
@@ -825,9 +822,20 @@ fn ledger_half(
 struct EventsPass(AtomicBool);
 
 impl EventsPass {
-    /// True for the first caller only.
-    fn claim(&self) -> bool {
-        !self.0.swap(true, Ordering::Relaxed)
+    /// Runs the events' pass into `pass` and `report` unless a half has already claimed it.
+    fn run_if_first(
+        &self,
+        conn: &mut dyn Conn,
+        pass: &mut Pass,
+        report: &mut VerifyReport,
+        timer: &mut PassTimer,
+    ) -> Result<(), StoreError> {
+        if self.0.swap(true, Ordering::Relaxed) {
+            return Ok(());
+        }
+        events_pass(conn, pass, report)?;
+        timer.done("events, by fingerprint");
+        Ok(())
     }
 }
 
@@ -974,10 +982,7 @@ fn books_half(conn: &mut dyn Conn, key: HashKey, events: &EventsPass) -> Result<
         Ok(())
     })?;
     timer.done("grants' issue, by fingerprint");
-    if events.claim() {
-        events_pass(conn, &mut pass, &mut report)?;
-        timer.done("events, by fingerprint");
-    }
+    events.run_if_first(conn, &mut pass, &mut report, &mut timer)?;
     Ok(BooksHalf { pass, report, rollups_agree })
 }
 
