@@ -878,6 +878,18 @@ mod tests {
         assert_eq!(to_sqlite_placeholders("no placeholders, $"), "no placeholders, $");
     }
 
+    /// `.cargo/config.toml` builds SQLite without the process-wide page-cache group and memory
+    /// statistics, whose mutexes every connection took on each page fetch and allocation.
+    #[test]
+    fn sqlite_is_built_without_its_global_mutexes() {
+        let connection = rusqlite::Connection::open_in_memory().unwrap();
+        let mut statement = connection.prepare("PRAGMA compile_options").unwrap();
+        let options: Vec<String> =
+            statement.query_map([], |row| row.get(0)).unwrap().collect::<Result<_, _>>().unwrap();
+        assert!(!options.iter().any(|option| option == "ENABLE_MEMORY_MANAGEMENT"), "{options:?}");
+        assert!(options.iter().any(|option| option == "DEFAULT_MEMSTATUS=0"), "{options:?}");
+    }
+
     /// A backend over a fresh file with a table of numbered rows, and (deferred, so that only
     /// COMMIT checks it) a foreign key that a job can break without failing by itself.
     fn backend() -> (tempfile::TempDir, SqliteBackend) {
