@@ -1,12 +1,13 @@
 //! The embedded SQLite backend: one write connection and a small pool of read connections,
-//! all in WAL mode with `synchronous=FULL`, so that a committed transaction is on disk before
-//! the response.
+//! all in WAL mode, and a transaction is on disk before the response: the write-ahead log is
+//! synced before a write is answered or anything it wrote is read ([`log_sync`]).
 //!
 //! # Group commit
 //!
-//! SQLite allows one writer at a time, and with `synchronous=FULL` every COMMIT waits for an
-//! fsync of the write-ahead log. One transaction per request would make the fsync the ceiling
-//! on writes per second, so concurrent [`SqliteBackend::write`] calls share transactions:
+//! SQLite allows one writer at a time, and every transaction waits for an fsync of the
+//! write-ahead log before it is answered. One transaction per request would make the fsync the
+//! ceiling on writes per second, so concurrent [`SqliteBackend::write`] calls share
+//! transactions:
 //!
 //! - Callers queue for the write connection in arrival order (at most [`MAX_QUEUED_JOBS`] wait;
 //!   more wait for room). The connection, with the transaction open on it, is a baton handed
@@ -18,9 +19,9 @@
 //!   them, exactly as if they had committed one after another in queue order.
 //! - The caller that finishes a job hands the baton to the next caller in the queue. When
 //!   the queue is empty, or the round holds [`MAX_JOBS_PER_ROUND`] jobs, or it has been open
-//!   for [`MAX_ROUND_DURATION`], that caller commits the round instead (one COMMIT, one fsync
-//!   for all its jobs), wakes every caller of the round with the outcome, and passes the
-//!   baton on.
+//!   for [`MAX_ROUND_DURATION`], that caller commits the round instead (one COMMIT for all
+//!   its jobs), passes the baton on, and leaves the round's callers to [`log_sync`], which
+//!   wakes them once one fsync of the log covers the round.
 //! - A job that can run again ([`SqliteBackend::write_rerunnable`]; the usage-event hot path)
 //!   runs without a savepoint while every job before it in the round can run again too. A
 //!   savepoint is not free: SQLite copies every page a job changes into its journal first,
@@ -38,12 +39,16 @@
 //!   the writer's serial path per job. A caller given the baton between rounds runs its own
 //!   job, as every caller of `write` does.
 //!
-//! Durability: a caller of `write` gets `Ok` only after the COMMIT of the round holding its
-//! job has returned, that is once the job's effects are durably on disk. If that COMMIT
-//! fails, or SQLite abandons the transaction mid-round, every job of the round gets the
-//! error, including jobs whose own result was already an error (they may have read the
-//! round's uncommitted state), so nothing is ever acknowledged that is not on disk. A failed
-//! job costs the others nothing: its savepoint is gone before the next job starts.
+//! Durability: a caller of `write` gets `Ok` only once the COMMIT of the round holding its
+//! job has returned and a sync of the write-ahead log begun after it has succeeded, that is
+//! once the job's effects are durably on disk. The write connection runs with
+//! `synchronous=NORMAL`, so its COMMIT does not wait for the disk: a thread of its own
+//! ([`log_sync`]) syncs the log for every round committed since its last sync while the
+//! writer runs the next round, and reads wait until what they could have seen is on disk.
+//! If the COMMIT fails, or SQLite abandons the transaction mid-round, every job of the round
+//! gets the error, including jobs whose own result was already an error (they may have read
+//! the round's uncommitted state), so nothing is ever acknowledged that is not on disk. A
+//! failed job costs the others nothing: its savepoint is gone before the next job starts.
 //!
 //! Other jobs are the callers' closures and run on the callers' threads. That is why the
 //! baton moves instead of the jobs: `Store::write` takes any closure, including ones that borrow
@@ -51,8 +56,11 @@
 //! them without `unsafe` code. What a writer thread would give, one owner of the connection
 //! at a time and jobs applied in queue order, the baton gives too.
 
+mod log_sync;
+
 use crate::conn::{Conn, Dialect, Row, Value};
 use crate::StoreError;
+use log_sync::LogSync;
 use rusqlite::types::ValueRef;
 use std::collections::VecDeque;
 use std::panic::{self, AssertUnwindSafe};
@@ -87,16 +95,23 @@ pub struct SqliteBackend {
 
 impl SqliteBackend {
     pub fn open(path: &Path) -> Result<SqliteBackend, StoreError> {
+        SqliteBackend::open_with_sync(path, LogSync::of_file(PathBuf::from(format!("{}-wal", path.display()))))
+    }
+
+    /// [`open`](Self::open), with the log made durable by `sync` (tests hold it back).
+    fn open_with_sync(path: &Path, sync: log_sync::SyncLog) -> Result<SqliteBackend, StoreError> {
         if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)
                 .map_err(|error| StoreError::Database(format!("cannot create {}: {error}", parent.display())))?;
         }
         let writer = connect(path)?;
         writer.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES).map_err(database)?;
+        // The log is synced by `log_sync`, off the writer's path (see the module comment).
+        writer.pragma_update(None, "synchronous", "NORMAL").map_err(database)?;
         let checkpointer = Checkpointer::start(connect(path)?)?;
         Ok(SqliteBackend {
             path: path.to_owned(),
-            writer: GroupCommit::new(writer),
+            writer: GroupCommit::new(writer, LogSync::start(sync)?),
             readers: Mutex::new(Vec::new()),
             _checkpointer: checkpointer,
         })
@@ -183,10 +198,11 @@ impl SqliteBackend {
                 ))
                 .map_err(database)
         } else {
-            // SQLite's default page cache (2 MiB), as `connect` leaves it.
+            // SQLite's default page cache (2 MiB), as `connect` leaves it, and the log synced
+            // by `log_sync`, as `open` leaves it.
             baton
                 .connection
-                .execute_batch("PRAGMA synchronous = FULL; PRAGMA cache_size = -2000; PRAGMA temp_store = MEMORY;")
+                .execute_batch("PRAGMA synchronous = NORMAL; PRAGMA cache_size = -2000; PRAGMA temp_store = MEMORY;")
                 .map_err(database)
                 .and_then(|()| self.sync_files())
         };
@@ -214,10 +230,12 @@ impl SqliteBackend {
         (waiting, lock(&self.readers).len())
     }
 
+    /// Runs `work` in a read transaction; returns once what it could have seen is on disk.
     pub fn read<R, E: From<StoreError>>(&self, work: impl FnOnce(&mut dyn Conn) -> Result<R, E>) -> Result<R, E> {
         let mut connection = self.reader()?;
         let result = run_in_transaction(&mut connection, "BEGIN", work);
         self.return_reader(connection);
+        self.writer.log.wait_durable()?;
         result
     }
 
@@ -248,6 +266,7 @@ impl SqliteBackend {
         }
         self.return_reader(first);
         self.return_reader(second);
+        self.writer.log.wait_durable()?;
         result
     }
 
@@ -349,6 +368,8 @@ enum Signal {
 
 struct GroupCommit {
     queue: Mutex<Queue>,
+    /// Syncs the log for the committed rounds and answers their callers.
+    log: LogSync,
     /// Signalled when a caller leaves a full queue.
     room: Condvar,
     /// [`MAX_ROUND_DURATION`]; tests that need a round to hold still lengthen it.
@@ -398,10 +419,11 @@ enum Step {
 }
 
 impl GroupCommit {
-    fn new(connection: rusqlite::Connection) -> GroupCommit {
+    fn new(connection: rusqlite::Connection, log: LogSync) -> GroupCommit {
         let idle = Some(Box::new(Baton { connection, round: Round::default() }));
         GroupCommit {
             queue: Mutex::new(Queue { idle, waiting: VecDeque::new() }),
+            log,
             room: Condvar::new(),
             max_round_duration: MAX_ROUND_DURATION,
         }
@@ -563,28 +585,40 @@ impl GroupCommit {
                 None => return,
             }
         }
-        Self::commit_round(&mut baton);
+        self.commit_round(&mut baton);
         self.pass(baton);
     }
 
-    /// Commits the round and tells each of its callers the outcome.
-    fn commit_round(baton: &mut Baton) {
+    /// Commits the round: its callers are answered once the log is synced ([`log_sync`]),
+    /// or at once if it did not commit.
+    fn commit_round(&self, baton: &mut Baton) {
         let Some(began) = baton.round.began.take() else {
             return;
         };
         baton.round.held = false;
-        let outcome = match run_cached(&baton.connection, "COMMIT") {
-            Ok(()) => RoundEnd::Committed,
-            Err(error) => {
-                let _ = baton.connection.execute_batch("ROLLBACK");
-                RoundEnd::Failed(format!("the transaction did not commit: {}", database(error)))
-            }
-        };
         // For /metrics (no-ops unless the server installed a recorder).
         metrics::histogram!("tally_sqlite_commit_round_jobs").record(baton.round.members.len() as f64);
-        metrics::histogram!("tally_sqlite_commit_round_seconds").record(began.elapsed().as_secs_f64());
-        for member in baton.round.members.drain(..) {
-            let _ = member.send(Signal::Finished(outcome.clone()));
+        let round = match self.log.begin_commit() {
+            Ok(round) => round,
+            Err(failure) => {
+                let _ = baton.connection.execute_batch("ROLLBACK");
+                return tell(
+                    &mut baton.round.members,
+                    RoundEnd::Failed(format!("the transaction did not commit: {failure}")),
+                );
+            }
+        };
+        match run_cached(&baton.connection, "COMMIT") {
+            Ok(()) => {
+                metrics::histogram!("tally_sqlite_commit_round_seconds").record(began.elapsed().as_secs_f64());
+                self.log.committed(round, std::mem::take(&mut baton.round.members));
+            }
+            Err(error) => {
+                let _ = baton.connection.execute_batch("ROLLBACK");
+                self.log.commit_failed(round);
+                let failure = format!("the transaction did not commit: {}", database(error));
+                tell(&mut baton.round.members, RoundEnd::Failed(failure));
+            }
         }
     }
 
@@ -596,9 +630,7 @@ impl GroupCommit {
         baton.round.began = None;
         baton.round.held = false;
         metrics::counter!("tally_sqlite_rounds_undone_total").increment(1);
-        for member in baton.round.members.drain(..) {
-            let _ = member.send(Signal::Finished(RoundEnd::Undone));
-        }
+        tell(&mut baton.round.members, RoundEnd::Undone);
     }
 
     /// Rolls the whole round back and fails every job in it.
@@ -608,10 +640,7 @@ impl GroupCommit {
         }
         baton.round.began = None;
         baton.round.held = false;
-        let message = format!("the transaction was rolled back: {message}");
-        for member in baton.round.members.drain(..) {
-            let _ = member.send(Signal::Finished(RoundEnd::Failed(message.clone())));
-        }
+        tell(&mut baton.round.members, RoundEnd::Failed(format!("the transaction was rolled back: {message}")));
     }
 
     /// Hands the baton to the first caller in the queue, or leaves it idle.
@@ -628,6 +657,13 @@ impl GroupCommit {
     }
 }
 
+/// Tells every caller of a round how it ended.
+fn tell(members: &mut Vec<mpsc::SyncSender<Signal>>, end: RoundEnd) {
+    for member in members.drain(..) {
+        let _ = member.send(Signal::Finished(end.clone()));
+    }
+}
+
 fn into_baton(signal: Signal) -> Box<Baton> {
     match signal {
         Signal::Turn(baton) => baton,
@@ -639,7 +675,7 @@ fn into_baton(signal: Signal) -> Box<Baton> {
 /// that the copying and the database file's fsync stay off the write path: a checkpoint in
 /// the writer would hold up every caller queued behind that COMMIT. A checkpoint is PASSIVE:
 /// it never waits for, nor blocks, the writer or readers. Durability does not depend on it:
-/// a transaction is durable once its COMMIT has synced the log.
+/// a transaction is durable once the log is synced after its COMMIT.
 struct Checkpointer {
     stop: Option<mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -687,7 +723,8 @@ fn settle_savepoint(connection: &rusqlite::Connection, succeeded: bool) -> Resul
         .map_err(|error| format!("cannot end the job's savepoint: {}", database(error)))
 }
 
-/// Opens a connection. Besides durability (WAL, `synchronous=FULL`), two settings matter to
+/// Opens a connection. Besides durability (WAL, `synchronous=FULL`; `open` lowers the writer's to
+/// `NORMAL` and syncs its log in `log_sync`), two settings matter to
 /// speed: the prepared-statement cache holds every statement the hot paths use (rusqlite's
 /// default of 16 is smaller than one event's statements, so each was parsed again every
 /// time), and temporary storage, including each job's savepoint journal, stays in memory
@@ -1280,5 +1317,102 @@ mod tests {
             (0..8).flat_map(|thread| (0..50).map(move |index| thread * 1000 + index)).collect();
         expected.sort_unstable();
         assert_eq!(stored, expected);
+    }
+
+    /// The log's sync as a test holds it: each sync asks on `requested` and waits for the
+    /// test's answer on `answer`.
+    struct SyncGate {
+        requested: mpsc::Receiver<()>,
+        answer: mpsc::Sender<std::io::Result<()>>,
+    }
+
+    impl SyncGate {
+        /// Waits for the sync thread to ask for a sync, and answers it.
+        fn allow_next(&self, outcome: std::io::Result<()>) {
+            self.requested.recv().unwrap();
+            self.answer.send(outcome).unwrap();
+        }
+    }
+
+    /// [`backend`] with the log's sync held by the test (its table made already).
+    fn gated_backend() -> (tempfile::TempDir, SqliteBackend, SyncGate) {
+        let dir = tempfile::tempdir().unwrap();
+        let (ask, requested) = mpsc::channel();
+        let (answer, answers) = mpsc::channel();
+        let sync: log_sync::SyncLog = Box::new(move || {
+            ask.send(()).unwrap();
+            answers.recv().unwrap()
+        });
+        let backend = SqliteBackend::open_with_sync(&dir.path().join("test.db"), sync).unwrap();
+        let gate = SyncGate { requested, answer };
+        std::thread::scope(|scope| {
+            let made = scope.spawn(|| {
+                backend.write(|conn| conn.execute("CREATE TABLE rows (n BIGINT NOT NULL UNIQUE)", &[]).map(|_| ()))
+            });
+            gate.allow_next(Ok(()));
+            made.join().unwrap().unwrap();
+        });
+        (dir, backend, gate)
+    }
+
+    #[test]
+    fn a_write_is_answered_once_the_log_is_synced_and_the_next_round_runs_meanwhile() {
+        let (_dir, backend, gate) = gated_backend();
+        let backend = &backend;
+        std::thread::scope(|scope| {
+            let first = scope.spawn(|| backend.write(|conn| insert(conn, 1)));
+            // Its round committed; the log's sync is asked for and held.
+            gate.requested.recv().unwrap();
+            let second = scope.spawn(|| backend.write(|conn| insert(conn, 2)));
+            // The next round runs and commits while the first one's sync is held.
+            wait_until(|| backend.writer.log.rounds_committed() == 3);
+            // Seen, not asserted, until every thread is let go: a failed assertion here would
+            // leave the scope waiting for a thread that waits for the held sync.
+            let answered_early = first.is_finished() || second.is_finished();
+            gate.answer.send(Ok(())).unwrap();
+            first.join().unwrap().unwrap();
+            // The second round needs a sync that began after its COMMIT.
+            let second_answered_early = second.is_finished();
+            gate.allow_next(Ok(()));
+            second.join().unwrap().unwrap();
+            assert!(!answered_early, "answered before the log was synced");
+            assert!(!second_answered_early, "answered before a sync covering its round");
+        });
+        assert_eq!(rows(backend), vec![1, 2]);
+    }
+
+    #[test]
+    fn a_read_returns_only_once_what_it_could_see_is_on_disk() {
+        let (_dir, backend, gate) = gated_backend();
+        let backend = &backend;
+        std::thread::scope(|scope| {
+            let write = scope.spawn(|| backend.write(|conn| insert(conn, 7)));
+            gate.requested.recv().unwrap();
+            // Committed, not yet synced: a read sees the row, and must not show it yet.
+            let read = scope.spawn(|| rows(backend));
+            wait_until(|| read.is_finished() || backend.writer.log.readers_waiting() == 1);
+            let shown_early = read.is_finished();
+            gate.answer.send(Ok(())).unwrap();
+            assert_eq!(read.join().unwrap(), vec![7]);
+            write.join().unwrap().unwrap();
+            assert!(!shown_early, "a read showed a round before the log was synced");
+        });
+    }
+
+    #[test]
+    fn a_failed_sync_fails_its_round_and_every_later_commit_and_read() {
+        let (_dir, backend, gate) = gated_backend();
+        let backend = &backend;
+        std::thread::scope(|scope| {
+            let write = scope.spawn(|| backend.write(|conn| insert(conn, 1)));
+            gate.allow_next(Err(std::io::Error::other("the disk is gone")));
+            let error = write.join().unwrap().unwrap_err().to_string();
+            assert!(error.contains("could not be synced to disk: the disk is gone"), "{error}");
+        });
+        // The row may be in the log; it was never acknowledged, and nothing built on it is.
+        let later = backend.write(|conn| insert(conn, 2)).unwrap_err().to_string();
+        assert!(later.contains("could not be synced"), "{later}");
+        let read = backend.read(|conn| conn.count("SELECT COUNT(*) FROM rows", &[])).unwrap_err().to_string();
+        assert!(read.contains("could not be synced"), "{read}");
     }
 }

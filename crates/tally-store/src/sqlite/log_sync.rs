@@ -1,0 +1,219 @@
+//! The write-ahead log's fsync, off the writer's serial path.
+//!
+//! The write connection runs with `synchronous=NORMAL`: its COMMIT writes the round's frames
+//! into the log and returns without waiting for the disk. The writer then goes on with the
+//! next round while this module's thread syncs the log, once for every round committed since
+//! its last sync, and only then answers those rounds' callers. Three rules keep what
+//! `synchronous=FULL` promised:
+//!
+//! 1. A caller is answered `Ok` only once a sync of the log that began after its round's
+//!    COMMIT returned has succeeded: the frames were written by then, so they are on disk.
+//! 2. Nothing is shown before it is durable. SQLite shows a round to other connections from
+//!    inside its COMMIT, before this sync, so a read (`SqliteBackend::read`), once its
+//!    transaction is over and before it returns anything, waits for the sync of every round
+//!    whose COMMIT had begun by then ([`LogSync::wait_durable`]). A round that begins its
+//!    COMMIT later cannot be in that read's snapshot, which was taken earlier. Jobs of later
+//!    rounds do see an unsynced round, but their own answers wait for a later sync, which
+//!    covers it too.
+//! 3. A failed sync leaves the log's state on disk unknown: the rounds waiting for it fail,
+//!    and so does every later commit and every read that would have to wait, until the
+//!    process restarts and SQLite recovers the log from what the disk holds (PostgreSQL
+//!    stops on a failed fsync for the same reason).
+//!
+//! Another process reading the same file (`tally ledger verify` beside a running server)
+//! is not gated by rule 2: it can see a round a power cut would take back. Nothing it does
+//! is acknowledged to a client on this server's behalf.
+
+use super::{RoundEnd, Signal};
+use crate::StoreError;
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+
+/// Makes the log durable: `fdatasync` of its file in the server, a gate in tests.
+pub(super) type SyncLog = Box<dyn FnMut() -> io::Result<()> + Send>;
+
+/// The callers of one round, waiting for its sync.
+type Members = Vec<mpsc::SyncSender<Signal>>;
+
+pub(super) struct LogSync {
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Shared {
+    /// Rounds whose COMMIT has begun, counted from 1.
+    begun: AtomicU64,
+    /// Every round up to this one is on disk.
+    synced: AtomicU64,
+    state: Mutex<State>,
+    /// To the sync thread: a round committed, or the backend is closing.
+    work: Condvar,
+    /// To readers: `synced` moved, or a sync failed.
+    progress: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    /// Rounds whose COMMIT has returned (or failed): the next sync covers them.
+    committed: u64,
+    /// The callers of the committed rounds not yet synced.
+    waiting: Vec<Members>,
+    failure: Option<String>,
+    closing: bool,
+    /// Reads waiting in `wait_durable` (for tests).
+    readers_waiting: usize,
+}
+
+impl LogSync {
+    /// Starts the sync thread; `sync` makes the log durable.
+    pub(super) fn start(sync: SyncLog) -> Result<LogSync, StoreError> {
+        let shared = Arc::new(Shared {
+            begun: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
+            state: Mutex::new(State::default()),
+            work: Condvar::new(),
+            progress: Condvar::new(),
+        });
+        let thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("sqlite-log-sync".into())
+                .spawn(move || shared.run(sync))
+                .map_err(|error| StoreError::Database(format!("cannot start the log's sync thread: {error}")))?
+        };
+        Ok(LogSync { shared, thread: Some(thread) })
+    }
+
+    /// The fsync of the file at `path` (the log: the database's path with `-wal`), opened when
+    /// first needed: SQLite creates it with the first write. The file stays the same while
+    /// the write connection is open (SQLite deletes it only when the last connection closes).
+    pub(super) fn of_file(path: PathBuf) -> SyncLog {
+        let mut file: Option<std::fs::File> = None;
+        Box::new(move || {
+            let opened = match file.as_mut() {
+                Some(opened) => opened,
+                None => file.insert(std::fs::File::open(&path)?),
+            };
+            opened.sync_data()
+        })
+    }
+
+    /// Called before a round's COMMIT: the round's number, or why nothing may commit.
+    pub(super) fn begin_commit(&self) -> Result<u64, String> {
+        if let Some(failure) = &lock(&self.shared.state).failure {
+            return Err(failure.clone());
+        }
+        Ok(self.shared.begun.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+
+    /// The round's COMMIT returned: its callers are answered after the next sync.
+    pub(super) fn committed(&self, round: u64, members: Members) {
+        let mut state = lock(&self.shared.state);
+        state.committed = round;
+        state.waiting.push(members);
+        self.shared.work.notify_one();
+    }
+
+    /// The round's COMMIT failed (its callers were told): nothing of it is shown, but reads
+    /// that began meanwhile count it, so the next sync passes it too.
+    pub(super) fn commit_failed(&self, round: u64) {
+        lock(&self.shared.state).committed = round;
+        self.shared.work.notify_one();
+    }
+
+    /// Rule 2: called once a read's transaction is over; returns once every round whose
+    /// COMMIT had begun is on disk.
+    pub(super) fn wait_durable(&self) -> Result<(), StoreError> {
+        let shared = &*self.shared;
+        let round = shared.begun.load(Ordering::SeqCst);
+        if shared.synced.load(Ordering::SeqCst) >= round {
+            return Ok(());
+        }
+        let mut state = lock(&shared.state);
+        state.readers_waiting += 1;
+        let outcome = loop {
+            if shared.synced.load(Ordering::SeqCst) >= round {
+                break Ok(());
+            }
+            if let Some(failure) = &state.failure {
+                break Err(StoreError::Database(failure.clone()));
+            }
+            state = shared.progress.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+        };
+        state.readers_waiting -= 1;
+        outcome
+    }
+
+    #[cfg(test)]
+    pub(super) fn readers_waiting(&self) -> usize {
+        lock(&self.shared.state).readers_waiting
+    }
+
+    #[cfg(test)]
+    pub(super) fn rounds_committed(&self) -> u64 {
+        lock(&self.shared.state).committed
+    }
+}
+
+impl Shared {
+    /// The sync thread: one sync for every round committed since the last, then their answers.
+    fn run(&self, mut sync: SyncLog) {
+        let mut state = lock(&self.state);
+        let mut covered = 0;
+        loop {
+            while state.committed == covered && !state.closing {
+                state = self.work.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+            if state.committed == covered {
+                return;
+            }
+            let through = state.committed;
+            let rounds = std::mem::take(&mut state.waiting);
+            covered = through;
+            if let Some(failure) = state.failure.clone() {
+                // Built on rounds a failed sync may have lost: never answered Ok.
+                answer(rounds, RoundEnd::Failed(failure));
+                continue;
+            }
+            drop(state);
+            let synced = sync();
+            state = lock(&self.state);
+            match synced {
+                Ok(()) => {
+                    self.synced.store(through, Ordering::SeqCst);
+                    answer(rounds, RoundEnd::Committed);
+                }
+                Err(error) => {
+                    let failure = format!("the write-ahead log could not be synced to disk: {error}");
+                    tracing::error!(%failure, "no write will commit until the server restarts");
+                    state.failure = Some(failure.clone());
+                    answer(rounds, RoundEnd::Failed(failure));
+                }
+            }
+            self.progress.notify_all();
+        }
+    }
+}
+
+fn answer(rounds: Vec<Members>, end: RoundEnd) {
+    for member in rounds.into_iter().flatten() {
+        let _ = member.send(Signal::Finished(end.clone()));
+    }
+}
+
+impl Drop for LogSync {
+    /// Syncs what is committed and answers it, then stops the thread.
+    fn drop(&mut self) {
+        lock(&self.shared.state).closing = true;
+        self.shared.work.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
