@@ -69,6 +69,23 @@ pub trait Conn {
 }
 
 impl dyn Conn + '_ {
+    /// The rows of `sql`, each made into a `T` as it streams by ([`Conn::query_each`]): only
+    /// what `make` takes of a row is kept, not the row's values (a chunk of `ledger verify`'s
+    /// accounts and grants allocated every value of every row twice through `query`).
+    pub fn query_map<T>(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        mut make: impl FnMut(&Row) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut made = Vec::new();
+        self.query_each(sql, params, &mut |row| {
+            made.push(make(row)?);
+            Ok(())
+        })?;
+        Ok(made)
+    }
+
     pub fn query_optional(&mut self, sql: &str, params: &[Value]) -> Result<Option<Row>, StoreError> {
         Ok(self.query(sql, params)?.into_iter().next())
     }

@@ -436,24 +436,22 @@ pub struct StoredAccount {
 /// The accounts of `customers`, in key order.
 pub fn accounts_of(conn: &mut dyn Conn, customers: &Customers) -> Result<Vec<StoredAccount>, StoreError> {
     let (condition, values) = customers.condition("customer_id");
-    conn.query(
+    conn.query_map(
         &format!(
             "SELECT customer_id, name, asset, available, pending_in, debt, pending_out FROM wallet_accounts
              WHERE {condition} ORDER BY customer_id, name, asset"
         ),
         &values,
-    )?
-    .iter()
-    .map(|row| {
-        Ok(StoredAccount {
-            key: AccountKey { customer_id: row.text(0)?, name: row.text(1)?, asset: row.text(2)? },
-            available: row.decimal(3)?,
-            pending_in: row.decimal(4)?,
-            debt: row.decimal(5)?,
-            pending_out: row.decimal(6)?,
-        })
-    })
-    .collect()
+        |row| {
+            Ok(StoredAccount {
+                key: AccountKey { customer_id: row.text(0)?, name: row.text(1)?, asset: row.text(2)? },
+                available: row.decimal(3)?,
+                pending_in: row.decimal(4)?,
+                debt: row.decimal(5)?,
+                pending_out: row.decimal(6)?,
+            })
+        },
+    )
 }
 
 /// One posting of an account's entry, read in place.
@@ -555,7 +553,7 @@ pub fn grants_of(
         ),
         IssueRecord::Omitted => ("NULL, NULL, NULL, NULL", "NULL", "", ""),
     };
-    conn.query(
+    conn.query_map(
         &format!(
             "SELECT g.id, g.purpose, g.amount, g.remaining, g.state, {issue},
                     g.cost_basis, {issued_cost_basis}, g.customer_id, g.account_name, g.asset
@@ -564,28 +562,26 @@ pub fn grants_of(
              ORDER BY g.customer_id, g.id{order}"
         ),
         &values,
-    )?
-    .iter()
-    .map(|row| {
-        let issued = match row.opt_text(5)? {
-            Some(purpose) => Some((purpose, row.decimal(6)?)),
-            None => None,
-        };
-        Ok(GrantLine {
-            key: AccountKey { customer_id: row.text(11)?, name: row.text(12)?, asset: row.text(13)? },
-            id: row.text(0)?,
-            purpose: row.text(1)?,
-            amount: row.decimal(2)?,
-            remaining: row.decimal(3)?,
-            state: row.text(4)?,
-            issued,
-            issuing_entry: row.opt_int(7)?,
-            issuance: row.opt_decimal(8)?,
-            cost_basis: row.opt_decimal(9)?,
-            issued_cost_basis: row.opt_decimal(10)?,
-        })
-    })
-    .collect()
+        |row| {
+            let issued = match row.opt_text(5)? {
+                Some(purpose) => Some((purpose, row.decimal(6)?)),
+                None => None,
+            };
+            Ok(GrantLine {
+                key: AccountKey { customer_id: row.text(11)?, name: row.text(12)?, asset: row.text(13)? },
+                id: row.text(0)?,
+                purpose: row.text(1)?,
+                amount: row.decimal(2)?,
+                remaining: row.decimal(3)?,
+                state: row.text(4)?,
+                issued,
+                issuing_entry: row.opt_int(7)?,
+                issuance: row.opt_decimal(8)?,
+                cost_basis: row.opt_decimal(9)?,
+                issued_cost_basis: row.opt_decimal(10)?,
+            })
+        },
+    )
 }
 
 /// The ledger's record of one grant's issue, as the fingerprint pass reads it.
