@@ -68,7 +68,8 @@ pub struct PoolStatus {
 }
 
 enum Backend {
-    Sqlite(sqlite::SqliteBackend),
+    /// Boxed: the SQLite backend holds its writer, files and threads, the other a pool handle.
+    Sqlite(Box<sqlite::SqliteBackend>),
     Postgres(postgres::PostgresBackend),
 }
 
@@ -82,7 +83,7 @@ impl Store {
     /// Opens the database. Does not migrate: call [`Store::migrate`].
     pub fn open(url: &DatabaseUrl) -> Result<Store, StoreError> {
         let backend = match url {
-            DatabaseUrl::Sqlite(path) => Backend::Sqlite(sqlite::SqliteBackend::open(path)?),
+            DatabaseUrl::Sqlite(path) => Backend::Sqlite(Box::new(sqlite::SqliteBackend::open(path)?)),
             DatabaseUrl::Postgres(url) => Backend::Postgres(postgres::PostgresBackend::open(url)?),
         };
         Ok(Store { backend })

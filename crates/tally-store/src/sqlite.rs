@@ -91,15 +91,47 @@ pub struct SqliteBackend {
     writer: GroupCommit,
     readers: Mutex<Vec<rusqlite::Connection>>,
     _checkpointer: Checkpointer,
+    /// Last, so that it closes after every connection: closing a file releases every POSIX
+    /// lock this process holds on it, SQLite's included.
+    files: Files,
+}
+
+/// The database file and its write-ahead log, open for syncing for as long as the backend.
+struct Files {
+    database: std::fs::File,
+    log: std::fs::File,
+    /// The log's path as SQLite names it: the database's full path (symbolic links resolved)
+    /// and `-wal`.
+    log_path: PathBuf,
+}
+
+impl Files {
+    /// Opens the files the write connection uses. Its log exists once it has read the
+    /// database in WAL mode.
+    fn of(writer: &rusqlite::Connection) -> Result<Files, StoreError> {
+        writer.query_row("SELECT COUNT(*) FROM sqlite_schema", [], |_| Ok(())).map_err(database)?;
+        let database_path = writer
+            .path()
+            .filter(|path| !path.is_empty())
+            .map(PathBuf::from)
+            .ok_or_else(|| StoreError::Database("the database has no file to sync".into()))?;
+        let log_path = PathBuf::from(format!("{}-wal", database_path.display()));
+        let open = |path: &Path| {
+            std::fs::File::open(path)
+                .map_err(|error| StoreError::Database(format!("cannot open {} to sync it: {error}", path.display())))
+        };
+        Ok(Files { database: open(&database_path)?, log: open(&log_path)?, log_path })
+    }
 }
 
 impl SqliteBackend {
     pub fn open(path: &Path) -> Result<SqliteBackend, StoreError> {
-        SqliteBackend::open_with_sync(path, LogSync::of_file(PathBuf::from(format!("{}-wal", path.display()))))
+        SqliteBackend::open_with_sync(path, None)
     }
 
-    /// [`open`](Self::open), with the log made durable by `sync` (tests hold it back).
-    fn open_with_sync(path: &Path, sync: log_sync::SyncLog) -> Result<SqliteBackend, StoreError> {
+    /// [`open`](Self::open), with the log made durable by `sync` (tests hold it back) instead
+    /// of by an fsync of its file.
+    fn open_with_sync(path: &Path, sync: Option<log_sync::SyncLog>) -> Result<SqliteBackend, StoreError> {
         if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)
                 .map_err(|error| StoreError::Database(format!("cannot create {}: {error}", parent.display())))?;
@@ -109,11 +141,19 @@ impl SqliteBackend {
         // The log is synced by `log_sync`, off the writer's path (see the module comment).
         writer.pragma_update(None, "synchronous", "NORMAL").map_err(database)?;
         let checkpointer = Checkpointer::start(connect(path)?)?;
+        let files = Files::of(&writer)?;
+        let sync = match sync {
+            Some(sync) => sync,
+            None => LogSync::of_file(files.log.try_clone().map_err(|error| {
+                StoreError::Database(format!("cannot open {} to sync it: {error}", files.log_path.display()))
+            })?),
+        };
         Ok(SqliteBackend {
             path: path.to_owned(),
             writer: GroupCommit::new(writer, LogSync::start(sync)?),
             readers: Mutex::new(Vec::new()),
             _checkpointer: checkpointer,
+            files,
         })
     }
 
@@ -172,14 +212,16 @@ impl SqliteBackend {
     }
 
     /// Switches the write connection to bulk loading (`on`: `synchronous=OFF`, a page cache
-    /// of `cache_kib` KiB, and savepoint journals in a temporary file) or back to the settings
-    /// of [`connect`], syncing the files to disk. The journal matters to a job that writes much: each job's `SAVEPOINT`
+    /// of `cache_kib` KiB, and savepoint journals in a temporary file) or back to the writer's
+    /// settings (those of [`connect`], and `synchronous=NORMAL` with its log synced by
+    /// [`log_sync`]), syncing the files to disk. The journal matters to a job that writes much: each job's `SAVEPOINT`
     /// copies every page it changes into the statement journal, and SQLite truncates that
     /// journal after each statement by walking its chunks from the start when it is held in
     /// memory, so a job of thousands of statements over a large database takes time
     /// quadratic in its size (measured: 95 % of a seed's time). Only
-    /// `tally seed` asks for it: with `synchronous=OFF` a COMMIT no longer waits for the disk,
-    /// so a crash or a power cut can lose or corrupt what was written since the last fsync;
+    /// `tally seed` asks for it: with `synchronous=OFF` SQLite syncs nothing (the log is still
+    /// synced before a round is answered, but checkpoints copy it into the database file
+    /// without syncing), so a power cut can lose or corrupt what was written since then;
     /// a seed that fails is rerun on a new database. SQLite refuses to change `synchronous`
     /// inside a transaction, so this waits for the connection between rounds and fails if
     /// another caller's round is still open.
@@ -213,13 +255,9 @@ impl SqliteBackend {
     /// Writes the database file and its log to disk: what bulk loading wrote without waiting
     /// is durable once bulk loading ends.
     fn sync_files(&self) -> Result<(), StoreError> {
-        let log = PathBuf::from(format!("{}-wal", self.path.display()));
-        for file in [self.path.as_path(), log.as_path()] {
-            if file.exists() {
-                std::fs::File::open(file)
-                    .and_then(|opened| opened.sync_all())
-                    .map_err(|error| StoreError::Database(format!("cannot sync {}: {error}", file.display())))?;
-            }
+        for (file, name) in [(&self.files.database, &self.path), (&self.files.log, &self.files.log_path)] {
+            file.sync_all()
+                .map_err(|error| StoreError::Database(format!("cannot sync {}: {error}", name.display())))?;
         }
         Ok(())
     }
@@ -266,6 +304,8 @@ impl SqliteBackend {
         }
         self.return_reader(first);
         self.return_reader(second);
+        // The snapshot began inside a write, which was answered after a sync covering it;
+        // waiting again costs a load or two and keeps the rule in one place.
         self.writer.log.wait_durable()?;
         result
     }
@@ -370,6 +410,9 @@ struct GroupCommit {
     queue: Mutex<Queue>,
     /// Syncs the log for the committed rounds and answers their callers.
     log: LogSync,
+    /// Runs right after each COMMIT that succeeded, before the round is handed to `log`.
+    #[cfg(test)]
+    after_commit: Mutex<Box<dyn FnMut() + Send>>,
     /// Signalled when a caller leaves a full queue.
     room: Condvar,
     /// [`MAX_ROUND_DURATION`]; tests that need a round to hold still lengthen it.
@@ -424,6 +467,8 @@ impl GroupCommit {
         GroupCommit {
             queue: Mutex::new(Queue { idle, waiting: VecDeque::new() }),
             log,
+            #[cfg(test)]
+            after_commit: Mutex::new(Box::new(|| {})),
             room: Condvar::new(),
             max_round_duration: MAX_ROUND_DURATION,
         }
@@ -596,8 +641,7 @@ impl GroupCommit {
             return;
         };
         baton.round.held = false;
-        // For /metrics (no-ops unless the server installed a recorder).
-        metrics::histogram!("tally_sqlite_commit_round_jobs").record(baton.round.members.len() as f64);
+        let jobs = baton.round.members.len();
         let round = match self.log.begin_commit() {
             Ok(round) => round,
             Err(failure) => {
@@ -608,10 +652,17 @@ impl GroupCommit {
                 );
             }
         };
-        match run_cached(&baton.connection, "COMMIT") {
+        #[cfg(test)]
+        let committed = run_cached(&baton.connection, "COMMIT").inspect(|()| (*lock(&self.after_commit))());
+        #[cfg(not(test))]
+        let committed = run_cached(&baton.connection, "COMMIT");
+        match committed {
             Ok(()) => {
-                metrics::histogram!("tally_sqlite_commit_round_seconds").record(began.elapsed().as_secs_f64());
+                // Nothing between the COMMIT and this may fail: readers wait for the round.
                 self.log.committed(round, std::mem::take(&mut baton.round.members));
+                // For /metrics (no-ops unless the server installed a recorder).
+                metrics::histogram!("tally_sqlite_commit_round_jobs").record(jobs as f64);
+                metrics::histogram!("tally_sqlite_commit_round_seconds").record(began.elapsed().as_secs_f64());
             }
             Err(error) => {
                 let _ = baton.connection.execute_batch("ROLLBACK");
@@ -1339,11 +1390,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (ask, requested) = mpsc::channel();
         let (answer, answers) = mpsc::channel();
+        // A sync the test never answers fails, so that a broken rule fails its test instead of
+        // leaving it waiting for a thread that waits for the sync.
         let sync: log_sync::SyncLog = Box::new(move || {
-            ask.send(()).unwrap();
-            answers.recv().unwrap()
+            let _ = ask.send(());
+            answers.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| Err(std::io::Error::other("not answered")))
         });
-        let backend = SqliteBackend::open_with_sync(&dir.path().join("test.db"), sync).unwrap();
+        let backend = SqliteBackend::open_with_sync(&dir.path().join("test.db"), Some(sync)).unwrap();
         let gate = SyncGate { requested, answer };
         std::thread::scope(|scope| {
             let made = scope.spawn(|| {
@@ -1368,15 +1421,17 @@ mod tests {
             wait_until(|| backend.writer.log.rounds_committed() == 3);
             // Seen, not asserted, until every thread is let go: a failed assertion here would
             // leave the scope waiting for a thread that waits for the held sync.
-            let answered_early = first.is_finished() || second.is_finished();
+            let answered_early = backend.writer.log.answered_ok();
             gate.answer.send(Ok(())).unwrap();
             first.join().unwrap().unwrap();
-            // The second round needs a sync that began after its COMMIT.
-            let second_answered_early = second.is_finished();
-            gate.allow_next(Ok(()));
+            // The second round needs a sync that began after its COMMIT: the first sync
+            // answered its own round's caller only (and the table's, before).
+            gate.requested.recv().unwrap();
+            let answered_by_the_first_sync = backend.writer.log.answered_ok();
+            gate.answer.send(Ok(())).unwrap();
             second.join().unwrap().unwrap();
-            assert!(!answered_early, "answered before the log was synced");
-            assert!(!second_answered_early, "answered before a sync covering its round");
+            assert_eq!(answered_early, 1, "answered before the log was synced");
+            assert_eq!(answered_by_the_first_sync, 2, "answered before a sync covering its round");
         });
         assert_eq!(rows(backend), vec![1, 2]);
     }
@@ -1414,5 +1469,46 @@ mod tests {
         assert!(later.contains("could not be synced"), "{later}");
         let read = backend.read(|conn| conn.count("SELECT COUNT(*) FROM rows", &[])).unwrap_err().to_string();
         assert!(read.contains("could not be synced"), "{read}");
+    }
+
+    #[test]
+    fn a_round_counts_for_reads_from_before_its_commit() {
+        let (_dir, backend, gate) = gated_backend();
+        let backend = &backend;
+        // Holds the writer between its COMMIT (the round visible) and handing the round over.
+        let (committed, was_committed) = mpsc::channel::<()>();
+        let (go_on, going_on) = mpsc::channel::<()>();
+        let going_on = Mutex::new(going_on);
+        *lock(&backend.writer.after_commit) = Box::new(move || {
+            let _ = committed.send(());
+            let _ = lock(&going_on).recv_timeout(Duration::from_secs(30));
+        });
+        std::thread::scope(|scope| {
+            let write = scope.spawn(|| backend.write(|conn| insert(conn, 9)));
+            was_committed.recv().unwrap();
+            let read = scope.spawn(|| rows(backend));
+            wait_until(|| read.is_finished() || backend.writer.log.readers_waiting() == 1);
+            let shown_early = read.is_finished();
+            go_on.send(()).unwrap();
+            gate.allow_next(Ok(()));
+            assert_eq!(read.join().unwrap(), vec![9]);
+            write.join().unwrap().unwrap();
+            assert!(!shown_early, "a read showed a round whose COMMIT had not been counted");
+        });
+    }
+
+    /// The file synced is the log SQLite writes: named after the database's real path, so a
+    /// database reached through a symbolic link syncs the log beside the file itself.
+    #[test]
+    fn the_log_synced_is_the_one_sqlite_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.db");
+        let link = dir.path().join("link.db");
+        std::fs::write(&real, b"").unwrap();
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let backend = SqliteBackend::open(&link).unwrap();
+        backend.write(|conn| conn.execute("CREATE TABLE rows (n BIGINT)", &[]).map(|_| ())).unwrap();
+        assert_eq!(backend.files.log_path, dir.path().canonicalize().unwrap().join("real.db-wal"));
+        assert!(!dir.path().join("link.db-wal").exists(), "SQLite wrote a log by the link's name");
     }
 }
