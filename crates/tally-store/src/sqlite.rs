@@ -881,19 +881,33 @@ fn bind(params: &[Value]) -> impl rusqlite::Params + '_ {
     rusqlite::params_from_iter(params.iter().map(Bound))
 }
 
+impl SqliteConn<'_> {
+    /// The prepared statement for `sql`, refused once the transaction is over. Every
+    /// statement here belongs to a transaction (a round's or a read's), but SQLite ends one by
+    /// itself on some errors (a full disk, an I/O error) and goes on in autocommit mode: a
+    /// job's next statements would then each commit alone, part of the job kept while the
+    /// rest of its round is rolled back (a ledger entry without its postings).
+    fn statement(&self, sql: &str) -> Result<rusqlite::CachedStatement<'_>, StoreError> {
+        if self.connection.is_autocommit() {
+            return Err(StoreError::Database("SQLite rolled the transaction back".into()));
+        }
+        self.connection.prepare_cached(&to_sqlite_placeholders(sql)).map_err(database)
+    }
+}
+
 impl Conn for SqliteConn<'_> {
     fn dialect(&self) -> Dialect {
         Dialect::Sqlite
     }
 
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
-        let mut statement = self.connection.prepare_cached(&to_sqlite_placeholders(sql)).map_err(database)?;
+        let mut statement = self.statement(sql)?;
         let changed = statement.execute(bind(params)).map_err(database)?;
         Ok(changed as u64)
     }
 
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
-        let mut statement = self.connection.prepare_cached(&to_sqlite_placeholders(sql)).map_err(database)?;
+        let mut statement = self.statement(sql)?;
         let columns = statement.column_count();
         let mut rows = statement.query(bind(params)).map_err(database)?;
         let mut result = Vec::new();
@@ -920,7 +934,7 @@ impl Conn for SqliteConn<'_> {
         params: &[Value],
         each: &mut dyn FnMut(&Row) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let mut statement = self.connection.prepare_cached(&to_sqlite_placeholders(sql)).map_err(database)?;
+        let mut statement = self.statement(sql)?;
         let columns = statement.column_count();
         let mut rows = statement.query(bind(params)).map_err(database)?;
         // One row's values, refilled in place for each row.
@@ -1510,5 +1524,20 @@ mod tests {
         backend.write(|conn| conn.execute("CREATE TABLE rows (n BIGINT)", &[]).map(|_| ())).unwrap();
         assert_eq!(backend.files.log_path, dir.path().canonicalize().unwrap().join("real.db-wal"));
         assert!(!dir.path().join("link.db-wal").exists(), "SQLite wrote a log by the link's name");
+    }
+
+    /// SQLite ends a transaction by itself on some errors (a full disk, an I/O error); a
+    /// ROLLBACK run by the job stands in for them here. Whatever ended it, the job's next
+    /// statements must not run, each committing alone.
+    #[test]
+    fn no_statement_runs_once_sqlite_has_ended_the_transaction() {
+        let (_dir, backend) = backend();
+        let outcome = backend.write(|conn| {
+            insert(conn, 1)?;
+            conn.execute("ROLLBACK", &[])?;
+            insert(conn, 2)
+        });
+        assert!(outcome.is_err());
+        assert_eq!(rows(&backend), Vec::<i64>::new(), "nothing of the job was kept");
     }
 }
