@@ -26,8 +26,8 @@
 //!
 //! Other processes on the same file are outside these rules. One that reads (`tally ledger
 //! verify` beside a running server) can see a round a power cut would take back; one that
-//! writes (`tally api-keys create`) commits with its own `synchronous=FULL`, so what it wrote
-//! is durable before anyone can see it.
+//! writes (`tally api-keys create`) runs a backend of its own, which reports its write only
+//! once synced, but a server beside it may read (and honour) the row a moment before that.
 
 use super::{RoundEnd, Signal};
 use crate::StoreError;
