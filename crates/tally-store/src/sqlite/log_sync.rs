@@ -29,17 +29,17 @@
 //! writes (`tally api-keys create`) runs a backend of its own, which reports its write only
 //! once synced, but a server beside it may read (and honour) the row a moment before that.
 
-use super::{RoundEnd, Signal};
+use super::{lock, tell, RoundEnd, Signal};
 use crate::StoreError;
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 
 /// Makes the log durable: `fdatasync` of its file in the server, a gate in tests.
 pub(super) type SyncLog = Box<dyn FnMut() -> io::Result<()> + Send>;
 
-/// The callers of one round, waiting for its sync.
+/// Callers of rounds, waiting for their sync.
 type Members = Vec<mpsc::SyncSender<Signal>>;
 
 pub(super) struct LogSync {
@@ -64,7 +64,7 @@ struct State {
     /// Rounds whose COMMIT has returned (or failed): the next sync covers them.
     committed: u64,
     /// The callers of the committed rounds not yet synced.
-    waiting: Vec<Members>,
+    waiting: Members,
     failure: Option<String>,
     closing: bool,
     /// Reads waiting in `wait_durable` (for tests).
@@ -113,7 +113,7 @@ impl LogSync {
     pub(super) fn committed(&self, round: u64, members: Members) {
         let mut state = lock(&self.shared.state);
         state.committed = round;
-        state.waiting.push(members);
+        state.waiting.extend(members);
         self.shared.work.notify_one();
     }
 
@@ -176,11 +176,11 @@ impl Shared {
                 return;
             }
             let through = state.committed;
-            let rounds = std::mem::take(&mut state.waiting);
+            let mut members = std::mem::take(&mut state.waiting);
             covered = through;
             if let Some(failure) = state.failure.clone() {
                 // Built on rounds a failed sync may have lost: never answered Ok.
-                answer(rounds, RoundEnd::Failed(failure));
+                tell(&mut members, RoundEnd::Failed(failure));
                 continue;
             }
             drop(state);
@@ -191,24 +191,18 @@ impl Shared {
             match synced {
                 Ok(()) => {
                     self.synced.store(through, Ordering::SeqCst);
-                    state.answered_ok += rounds.iter().map(Vec::len).sum::<usize>();
-                    answer(rounds, RoundEnd::Committed);
+                    state.answered_ok += members.len();
+                    tell(&mut members, RoundEnd::Committed);
                 }
                 Err(error) => {
                     let failure = format!("the write-ahead log could not be synced to disk: {error}");
                     tracing::error!(%failure, "no write will commit until the server restarts");
                     state.failure = Some(failure.clone());
-                    answer(rounds, RoundEnd::Failed(failure));
+                    tell(&mut members, RoundEnd::Failed(failure));
                 }
             }
             self.progress.notify_all();
         }
-    }
-}
-
-fn answer(rounds: Vec<Members>, end: RoundEnd) {
-    for member in rounds.into_iter().flatten() {
-        let _ = member.send(Signal::Finished(end.clone()));
     }
 }
 
@@ -221,8 +215,4 @@ impl Drop for LogSync {
             let _ = thread.join();
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
