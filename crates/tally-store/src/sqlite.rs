@@ -146,9 +146,10 @@ impl SqliteBackend {
         // The log is synced by `log_sync`, off the writer's path (see the module comment).
         writer.pragma_update(None, "synchronous", "NORMAL").map_err(database)?;
         let files = Files::of(&writer)?;
-        let database = files.database.try_clone().map_err(|error| {
-            StoreError::Database(format!("cannot open {} to sync it: {error}", path.display()))
-        })?;
+        let database = files
+            .database
+            .try_clone()
+            .map_err(|error| StoreError::Database(format!("cannot open {} to sync it: {error}", path.display())))?;
         let checkpointer = Checkpointer::start(connect(path)?, Box::new(move || database.sync_data()))?;
         let sync = match sync {
             Some(sync) => sync,

@@ -21,7 +21,7 @@
 //! cannot price it, it gets no fee from any, and moves no tier counter.
 
 use super::products::Catalog;
-use super::subscriptions::active_versions;
+use super::subscriptions::run_due;
 use super::wallet::{debit, json_number, open_account_for_debits, record_numbered, RESERVED_TRANSACTION_PREFIX};
 use super::{holds, webhooks, FieldError, OpError};
 use crate::conn::Conn;
@@ -450,7 +450,7 @@ pub fn ingest(
         return Ok(report);
     }
     // Runs whatever fell due (a scheduled start, a renewal), so that the history is complete.
-    active_versions(conn, mode, &customer_id, catalog, now)?;
+    run_due(conn, mode, &customer_id, catalog, now)?;
     let earliest = fresh.iter().map(|(_, event, _)| event.occurred_at).min().unwrap_or(now);
     let history = subscription_repo::history_since(conn, mode, &customer_id, earliest)?;
     let mut pricer = Pricer::new(&customer_id, history, catalog);

@@ -16,7 +16,7 @@
 
 use super::events::{fee_total, store_fees, BatchWrites, NewEvent, Pricer, RatedFee, Rating};
 use super::products::Catalog;
-use super::subscriptions::active_versions;
+use super::subscriptions::run_due;
 use super::{FieldError, OpError};
 use crate::conn::Conn;
 use crate::repo::customers;
@@ -88,7 +88,7 @@ fn rebill_customer(
         return Ok(());
     };
     // Runs whatever fell due (a scheduled start, a renewal), so that the history is complete.
-    active_versions(conn, mode, customer_id, catalog, now)?;
+    run_due(conn, mode, customer_id, catalog, now)?;
     let history = subscription_repo::history_since(conn, mode, customer_id, earliest)?;
     let history = on_current_versions(conn, customer_id, history)?;
     let mut pricer = Pricer::new(customer_id, history, catalog);

@@ -713,26 +713,19 @@ pub fn change_version(
     Ok(())
 }
 
-/// The customer's active subscriptions' product versions, after running whatever was due.
-pub fn active_versions(
+/// Runs the customer's subscription actions that fell due by `now` (a scheduled start, a
+/// renewal), oldest subscription first, so that its subscription history is complete before
+/// usage is priced. Reads only the due subscriptions' ids: on the usage-event hot path it
+/// runs once per request and almost always finds none.
+pub fn run_due(
     conn: &mut dyn Conn,
     mode: Mode,
     customer_id: &str,
     catalog: &dyn Catalog,
     now: DateTime<Utc>,
-) -> Result<Vec<Arc<ProductVersion>>, OpError> {
-    let mut all = subscriptions::for_customer(conn, customer_id)?;
-    if all.iter().any(|subscription| subscription.next_action_at.is_some_and(|at| at <= now)) {
-        for subscription in &all {
-            if subscription.next_action_at.is_some_and(|at| at <= now) {
-                process_due(conn, mode, &subscription.id, catalog, now)?;
-            }
-        }
-        all = subscriptions::for_customer(conn, customer_id)?;
+) -> Result<(), OpError> {
+    for subscription_id in subscriptions::due_for_customer(conn, customer_id, now)? {
+        process_due(conn, mode, &subscription_id, catalog, now)?;
     }
-    let mut result = Vec::new();
-    for subscription in all.iter().filter(|subscription| subscription.status == SubscriptionStatus::Active) {
-        result.extend(versions(conn, mode, subscription, catalog)?);
-    }
-    Ok(result)
+    Ok(())
 }

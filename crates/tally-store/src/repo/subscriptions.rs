@@ -197,6 +197,17 @@ pub fn active_count(conn: &mut dyn Conn, customer_id: &str) -> Result<i64, Store
     conn.count("SELECT COUNT(*) FROM subscriptions WHERE customer_id = $1 AND status = 'active'", params![customer_id])
 }
 
+/// The customer's subscriptions with an action due at `now`, oldest first.
+pub fn due_for_customer(conn: &mut dyn Conn, customer_id: &str, now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
+    conn.query(
+        "SELECT id FROM subscriptions WHERE customer_id = $1 AND next_action_at <= $2 ORDER BY created_at, id",
+        params![customer_id, now],
+    )?
+    .iter()
+    .map(|row| row.text(0))
+    .collect()
+}
+
 /// Subscriptions with an action due at `now`, with their mode.
 pub fn due(conn: &mut dyn Conn, now: DateTime<Utc>, limit: i64) -> Result<Vec<(Mode, String, String)>, StoreError> {
     conn.query(

@@ -2,7 +2,7 @@
 //! subscriptions in force when they occurred, and unique keys raced by concurrent requests
 //! answer 409 (never 500). See docs/api.md, "Usage events in time".
 
-use crate::harness::{body, TestApp};
+use crate::harness::{body, test_webhook_config, TestApp};
 use crate::on_both_backends;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use serde_json::{json, Value};
@@ -242,6 +242,46 @@ async fn back_dated_events_are_priced_as_they_occurred(app: TestApp) {
     app.assert_ledger_agrees().await;
 }
 
+/// An event that arrives once its customer's subscription has fallen due to start, before the
+/// background worker has started it, is priced by that subscription: ingestion runs what fell
+/// due first. The server here waits a day between the worker's passes, so only ingestion can
+/// start the subscription in time.
+async fn an_event_after_a_scheduled_start_is_priced_before_the_worker_runs(mut app: TestApp) {
+    app.stop().await;
+    let quiet = TestApp::spawn_with_state(app.database.clone(), app.backend, test_webhook_config(), |mut state| {
+        let mut config = (*state.config).clone();
+        config.settle_interval = std::time::Duration::from_secs(24 * 60 * 60);
+        state.config = std::sync::Arc::new(config);
+        state
+    })
+    .await;
+    catalog(&quiet).await;
+    let customer = quiet.customer("Starts later").await;
+    quiet.fund(&customer, "IMG", "100", "paid").await;
+    let starts = quiet.clock.now() + Duration::hours(1);
+    let subscription = json!({"starts_at": at(starts), "products": [{"code": "glitch_images_std"}]});
+    let scheduled = quiet.post(&format!("/customers/{customer}/subscriptions"), subscription).await.expect(201);
+    assert_eq!(scheduled.body["status"], "scheduled");
+
+    quiet.clock.advance(Duration::hours(2));
+    let batch = json!({"customer_id": customer, "events": [
+        image("before-the-start", &at(starts - Duration::minutes(10)), "Before the start"),
+        image("after-the-start", &at(starts + Duration::minutes(30)), "After the start"),
+    ]});
+    quiet.post("/events", batch).await.expect(204);
+    let fees = |event: Value| event["fees"].as_array().unwrap().len();
+    assert_eq!(fees(quiet.get("/events/before-the-start").await.expect(200).body), 0);
+    assert_eq!(
+        fees(quiet.get("/events/after-the-start").await.expect(200).body),
+        1,
+        "priced by the started subscription"
+    );
+    assert_eq!(available(&quiet, &customer).await, "99");
+    let started = quiet.get(&format!("/customers/{customer}")).await.expect(200);
+    assert_eq!(started.body["subscriptions"][0]["status"], "active");
+    quiet.assert_ledger_agrees().await;
+}
+
 const MONTHLY_TOKENS: &str = r#"{
   "name": "Tokens by the month",
   "code": "tokens_monthly",
@@ -347,6 +387,7 @@ on_both_backends!(
     an_event_id_names_one_event,
     customers_racing_for_event_ids_get_one_204_and_409s,
     back_dated_events_are_priced_as_they_occurred,
+    an_event_after_a_scheduled_start_is_priced_before_the_worker_runs,
     a_back_dated_event_is_tiered_in_the_period_it_occurred_in,
     racing_asset_creates_answer_409,
     racing_customer_external_ids_answer_409,
