@@ -81,8 +81,9 @@ const STATEMENT_CACHE_CAPACITY: usize = 256;
 /// How often the background checkpointer copies the write-ahead log into the database.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
 /// The write-ahead log's length, in pages, past which the writer checkpoints by itself after
-/// a commit (SQLite's default is 1000): about 400 MB of log. Under a load that never pauses
-/// this is the only checkpoint that copies the whole log, so the only way the log starts
+/// each commit until one such checkpoint copies the whole log (SQLite's default is 1000): about
+/// 400 MB of log, more while readers hold old snapshots. Under a load that never pauses this
+/// is almost the only checkpoint that copies the whole log, so the only way the log starts
 /// again from its beginning, and it runs on the writer's serial path: it copies what the
 /// background checkpointer has not yet copied and syncs the database file, stalling every
 /// queued caller. The log grows by 10,000-50,000 pages a second under the bench's load, so
@@ -103,7 +104,10 @@ pub struct SqliteBackend {
 
 /// The database file and its write-ahead log, open for syncing for as long as the backend.
 struct Files {
-    database: std::fs::File,
+    /// Shared with the background checkpointer, which syncs it: a second descriptor of its
+    /// own, once closed, would drop the process's POSIX locks on the file while connections
+    /// still rely on them.
+    database: Arc<std::fs::File>,
     log: std::fs::File,
     /// The log's path as SQLite names it: the database's full path (symbolic links resolved)
     /// and `-wal`.
@@ -125,7 +129,7 @@ impl Files {
             std::fs::File::open(path)
                 .map_err(|error| StoreError::Database(format!("cannot open {} to sync it: {error}", path.display())))
         };
-        Ok(Files { database: open(&database_path)?, log: open(&log_path)?, log_path })
+        Ok(Files { database: Arc::new(open(&database_path)?), log: open(&log_path)?, log_path })
     }
 }
 
@@ -146,10 +150,7 @@ impl SqliteBackend {
         // The log is synced by `log_sync`, off the writer's path (see the module comment).
         writer.pragma_update(None, "synchronous", "NORMAL").map_err(database)?;
         let files = Files::of(&writer)?;
-        let database = files
-            .database
-            .try_clone()
-            .map_err(|error| StoreError::Database(format!("cannot open {} to sync it: {error}", path.display())))?;
+        let database = files.database.clone();
         let checkpointer = Checkpointer::start(connect(path)?, Box::new(move || database.sync_data()))?;
         let sync = match sync {
             Some(sync) => sync,
@@ -264,7 +265,7 @@ impl SqliteBackend {
     /// Writes the database file and its log to disk: what bulk loading wrote without waiting
     /// is durable once bulk loading ends.
     fn sync_files(&self) -> Result<(), StoreError> {
-        for (file, name) in [(&self.files.database, &self.path), (&self.files.log, &self.files.log_path)] {
+        for (file, name) in [(&*self.files.database, &self.path), (&self.files.log, &self.files.log_path)] {
             file.sync_all()
                 .map_err(|error| StoreError::Database(format!("cannot sync {}: {error}", name.display())))?;
         }
@@ -738,12 +739,14 @@ fn into_baton(signal: Signal) -> Box<Baton> {
 /// it never waits for, nor blocks, the writer or readers. Durability does not depend on it:
 /// a transaction is durable once the log is synced after its COMMIT.
 ///
-/// SQLite syncs the database file only at the end of a checkpoint that copies the whole log,
-/// and under a load that never pauses only the writer's own checkpoint does (past
-/// [`WRITER_CHECKPOINT_PAGES`]: no round can commit during it). That fsync then wrote out
-/// everything the background checkpoints had copied since the last one while every queued
-/// caller waited (up to 170 ms at 100,000 pages). So the checkpointer syncs the database file
-/// itself after each checkpoint that copied pages, and the writer's fsync finds little left.
+/// SQLite syncs the database file only at the end of a checkpoint that copies the whole log.
+/// A background pass seldom does under a load that never pauses: only when no round commits
+/// while it copies. The writer's own checkpoint (past [`WRITER_CHECKPOINT_PAGES`]) runs inside
+/// a COMMIT, so no round commits meanwhile, and it completes unless a reader still holds an
+/// older snapshot. Its fsync then wrote out everything the background passes had copied since
+/// the last one while every queued caller waited (up to 170 ms at 100,000 pages). So the
+/// checkpointer syncs the database file itself after each pass that copied pages, and the
+/// writer's fsync finds little left.
 struct Checkpointer {
     stop: Option<mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -760,8 +763,18 @@ impl Checkpointer {
             .spawn(move || {
                 let mut copied = CopiedFrames::default();
                 while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_INTERVAL) {
-                    if let Err(error) = checkpoint(&connection, &mut copied, &mut sync) {
-                        tracing::warn!(%error, "background checkpoint failed; the writer checkpoints past its limit");
+                    match checkpoint(&connection, &mut copied, &mut sync) {
+                        Ok(()) => {}
+                        Err(Failed::Checkpoint(error)) => {
+                            tracing::warn!(%error, "background checkpoint failed; the writer checkpoints past its limit")
+                        }
+                        // Nothing waits for this sync. SQLite's own descriptor of the file is
+                        // told of the same write error at its next fsync, which then fails the
+                        // checkpoint that would have let the log start again: the log keeps the
+                        // pages until a later checkpoint writes them again and syncs.
+                        Err(Failed::Sync(error)) => {
+                            tracing::error!(%error, "cannot sync the database file after a checkpoint")
+                        }
                     }
                 }
             })
@@ -779,24 +792,31 @@ struct CopiedFrames {
     commits: i64,
 }
 
+/// Why a background pass failed.
+#[derive(Debug)]
+enum Failed {
+    Checkpoint(String),
+    Sync(String),
+}
+
 /// One background checkpoint: copies what it can of the log into the database file, then
 /// syncs the database file if that copied anything since the last time.
 fn checkpoint(
     connection: &rusqlite::Connection,
     last: &mut CopiedFrames,
     sync: &mut SyncDatabase,
-) -> Result<(), String> {
+) -> Result<(), Failed> {
     let read = || -> rusqlite::Result<CopiedFrames> {
         let commits = connection.query_row("PRAGMA data_version", [], |row| row.get(0))?;
         connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
             Ok(CopiedFrames { log: row.get(1)?, copied: row.get(2)?, commits })
         })
     };
-    let now = read().map_err(|error| database(error).to_string())?;
+    let now = read().map_err(|error| Failed::Checkpoint(database(error).to_string()))?;
     // Nothing committed and the same counts: nothing was copied since the last sync. (The
     // counts alone can repeat once the log has started again from its beginning.)
     if now.copied > 0 && now != *last {
-        sync().map_err(|error| format!("cannot sync the database file: {error}"))?;
+        sync().map_err(|error| Failed::Sync(error.to_string()))?;
     }
     *last = now;
     Ok(())
@@ -1628,10 +1648,12 @@ mod tests {
         };
         pass(1);
         pass(1);
+        // Each pass copied the whole log, so each INSERT starts it again from its beginning:
+        // the second leaves the same counts as the first, and only SQLite's count of commits
+        // tells the passes after them apart.
         writer.execute("INSERT INTO rows VALUES (1)", []).unwrap();
         pass(2);
         pass(2);
-        // A log started again from its beginning (after the pass above copied all of it).
         writer.execute("INSERT INTO rows VALUES (2)", []).unwrap();
         pass(3);
     }
