@@ -199,13 +199,11 @@ pub fn active_count(conn: &mut dyn Conn, customer_id: &str) -> Result<i64, Store
 
 /// The customer's subscriptions with an action due at `now`, oldest first.
 pub fn due_for_customer(conn: &mut dyn Conn, customer_id: &str, now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
-    conn.query(
+    conn.query_map(
         "SELECT id FROM subscriptions WHERE customer_id = $1 AND next_action_at <= $2 ORDER BY created_at, id",
         params![customer_id, now],
-    )?
-    .iter()
-    .map(|row| row.text(0))
-    .collect()
+        |row| row.text(0),
+    )
 }
 
 /// Subscriptions with an action due at `now`, with their mode.
