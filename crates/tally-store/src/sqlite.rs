@@ -108,7 +108,7 @@ struct Files {
     /// own, once closed, would drop the process's POSIX locks on the file while connections
     /// still rely on them.
     database: Arc<std::fs::File>,
-    log: std::fs::File,
+    log: Arc<std::fs::File>,
     /// The log's path as SQLite names it: the database's full path (symbolic links resolved)
     /// and `-wal`.
     log_path: PathBuf,
@@ -129,7 +129,7 @@ impl Files {
             std::fs::File::open(path)
                 .map_err(|error| StoreError::Database(format!("cannot open {} to sync it: {error}", path.display())))
         };
-        Ok(Files { database: Arc::new(open(&database_path)?), log: open(&log_path)?, log_path })
+        Ok(Files { database: Arc::new(open(&database_path)?), log: Arc::new(open(&log_path)?), log_path })
     }
 }
 
@@ -140,7 +140,7 @@ impl SqliteBackend {
 
     /// [`open`](Self::open), with the log made durable by `sync` (tests hold it back) instead
     /// of by an fsync of its file.
-    fn open_with_sync(path: &Path, sync: Option<log_sync::SyncLog>) -> Result<SqliteBackend, StoreError> {
+    fn open_with_sync(path: &Path, sync: Option<SyncFile>) -> Result<SqliteBackend, StoreError> {
         if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)
                 .map_err(|error| StoreError::Database(format!("cannot create {}: {error}", parent.display())))?;
@@ -150,14 +150,8 @@ impl SqliteBackend {
         // The log is synced by `log_sync`, off the writer's path (see the module comment).
         writer.pragma_update(None, "synchronous", "NORMAL").map_err(database)?;
         let files = Files::of(&writer)?;
-        let database = files.database.clone();
-        let checkpointer = Checkpointer::start(connect(path)?, Box::new(move || database.sync_data()))?;
-        let sync = match sync {
-            Some(sync) => sync,
-            None => LogSync::of_file(files.log.try_clone().map_err(|error| {
-                StoreError::Database(format!("cannot open {} to sync it: {error}", files.log_path.display()))
-            })?),
-        };
+        let checkpointer = Checkpointer::start(connect(path)?, sync_data_of(&files.database))?;
+        let sync = sync.unwrap_or_else(|| sync_data_of(&files.log));
         Ok(SqliteBackend {
             path: path.to_owned(),
             writer: GroupCommit::new(writer, LogSync::start(sync)?),
@@ -265,7 +259,7 @@ impl SqliteBackend {
     /// Writes the database file and its log to disk: what bulk loading wrote without waiting
     /// is durable once bulk loading ends.
     fn sync_files(&self) -> Result<(), StoreError> {
-        for (file, name) in [(&*self.files.database, &self.path), (&self.files.log, &self.files.log_path)] {
+        for (file, name) in [(&self.files.database, &self.path), (&self.files.log, &self.files.log_path)] {
             file.sync_all()
                 .map_err(|error| StoreError::Database(format!("cannot sync {}: {error}", name.display())))?;
         }
@@ -752,11 +746,22 @@ struct Checkpointer {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// Writes the database file's pages to disk (`fdatasync`; a counter in tests).
-type SyncDatabase = Box<dyn FnMut() -> std::io::Result<()> + Send>;
+/// Writes a file's pages to disk: `fdatasync` in the server ([`sync_data_of`]), a gate or a
+/// counter in tests. The log's makes rounds durable ([`log_sync`]); the database file's
+/// follows the background checkpoints.
+type SyncFile = Box<dyn FnMut() -> std::io::Result<()> + Send>;
+
+/// `fdatasync` of `file`, held open for as long as the sync is. It makes the file's written
+/// data durable whichever descriptor wrote it (SQLite's own); the files stay the same while
+/// the write connection is open (SQLite deletes the log only when the last connection closes,
+/// and nothing here truncates or replaces them).
+fn sync_data_of(file: &Arc<std::fs::File>) -> SyncFile {
+    let file = file.clone();
+    Box::new(move || file.sync_data())
+}
 
 impl Checkpointer {
-    fn start(connection: rusqlite::Connection, mut sync: SyncDatabase) -> Result<Checkpointer, StoreError> {
+    fn start(connection: rusqlite::Connection, mut sync: SyncFile) -> Result<Checkpointer, StoreError> {
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
@@ -801,11 +806,7 @@ enum Failed {
 
 /// One background checkpoint: copies what it can of the log into the database file, then
 /// syncs the database file if that copied anything since the last time.
-fn checkpoint(
-    connection: &rusqlite::Connection,
-    last: &mut CopiedFrames,
-    sync: &mut SyncDatabase,
-) -> Result<(), Failed> {
+fn checkpoint(connection: &rusqlite::Connection, last: &mut CopiedFrames, sync: &mut SyncFile) -> Result<(), Failed> {
     let read = || -> rusqlite::Result<CopiedFrames> {
         let commits = connection.query_row("PRAGMA data_version", [], |row| row.get(0))?;
         connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
@@ -1479,7 +1480,7 @@ mod tests {
         let (answer, answers) = mpsc::channel();
         // A sync the test never answers fails, so that a broken rule fails its test instead of
         // leaving it waiting for a thread that waits for the sync.
-        let sync: log_sync::SyncLog = Box::new(move || {
+        let sync: SyncFile = Box::new(move || {
             let _ = ask.send(());
             answers.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| Err(std::io::Error::other("not answered")))
         });
@@ -1637,7 +1638,7 @@ mod tests {
         let checkpointer = connect(&path).unwrap();
         let syncs = Arc::new(Mutex::new(0));
         let counted = syncs.clone();
-        let mut sync: SyncDatabase = Box::new(move || {
+        let mut sync: SyncFile = Box::new(move || {
             *lock(&counted) += 1;
             Ok(())
         });

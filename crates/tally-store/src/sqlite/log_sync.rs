@@ -29,15 +29,12 @@
 //! writes (`tally api-keys create`) runs a backend of its own, which reports its write only
 //! once synced, but a server beside it may read (and honour) the row a moment before that.
 
-use super::{lock, tell, RoundEnd, Signal};
+use super::{lock, tell, RoundEnd, Signal, SyncFile};
 use crate::StoreError;
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
-
-/// Makes the log durable: `fdatasync` of its file in the server, a gate in tests.
-pub(super) type SyncLog = Box<dyn FnMut() -> io::Result<()> + Send>;
 
 /// Callers of rounds, waiting for their sync.
 type Members = Vec<mpsc::SyncSender<Signal>>;
@@ -75,7 +72,7 @@ struct State {
 
 impl LogSync {
     /// Starts the sync thread; `sync` makes the log durable.
-    pub(super) fn start(sync: SyncLog) -> Result<LogSync, StoreError> {
+    pub(super) fn start(sync: SyncFile) -> Result<LogSync, StoreError> {
         let shared = Arc::new(Shared {
             begun: AtomicU64::new(0),
             synced: AtomicU64::new(0),
@@ -97,10 +94,6 @@ impl LogSync {
     /// file's written data durable whichever descriptor wrote it; the file stays the same
     /// while the write connection is open (SQLite deletes it only when the last connection
     /// closes, and nothing here truncates or replaces it).
-    pub(super) fn of_file(log: std::fs::File) -> SyncLog {
-        Box::new(move || log.sync_data())
-    }
-
     /// Called before a round's COMMIT: the round's number, or why nothing may commit.
     pub(super) fn begin_commit(&self) -> Result<u64, String> {
         if let Some(failure) = &lock(&self.shared.state).failure {
@@ -165,7 +158,7 @@ impl LogSync {
 
 impl Shared {
     /// The sync thread: one sync for every round committed since the last, then their answers.
-    fn run(&self, mut sync: SyncLog) {
+    fn run(&self, mut sync: SyncFile) {
         let mut state = lock(&self.state);
         let mut covered = 0;
         loop {
