@@ -91,6 +91,11 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
 /// p99 (`docs/benchmarks.md`, "The writer's own checkpoint"). The cost of a longer log: the
 /// `-wal` file keeps its largest size on disk, and recovery after a crash reads all of it.
 const WRITER_CHECKPOINT_PAGES: i64 = 100_000;
+/// The write connection's page cache, in KiB (SQLite's default is 2,000). Each round changes
+/// pages of every table and index the hot path writes; with the default cache the writer
+/// read them back from the file (`pread`, 8 % of a single-event profile) and spilled dirty
+/// pages into the log mid-transaction. SQLite takes this memory only as pages are used.
+const WRITER_CACHE_KIB: u32 = 65_536;
 
 pub struct SqliteBackend {
     path: PathBuf,
@@ -147,8 +152,7 @@ impl SqliteBackend {
         }
         let writer = connect(path)?;
         writer.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES).map_err(database)?;
-        // The log is synced by `log_sync`, off the writer's path (see the module comment).
-        writer.pragma_update(None, "synchronous", "NORMAL").map_err(database)?;
+        use_writer_settings(&writer)?;
         let files = Files::of(&writer)?;
         let checkpointer = Checkpointer::start(connect(path)?, sync_data_of(&files.database))?;
         let sync = sync.unwrap_or_else(|| sync_data_of(&files.log));
@@ -244,13 +248,7 @@ impl SqliteBackend {
                 ))
                 .map_err(database)
         } else {
-            // SQLite's default page cache (2 MiB), as `connect` leaves it, and the log synced
-            // by `log_sync`, as `open` leaves it.
-            baton
-                .connection
-                .execute_batch("PRAGMA synchronous = NORMAL; PRAGMA cache_size = -2000; PRAGMA temp_store = MEMORY;")
-                .map_err(database)
-                .and_then(|()| self.sync_files())
+            use_writer_settings(&baton.connection).and_then(|()| self.sync_files())
         };
         self.writer.pass(baton);
         outcome
@@ -848,6 +846,18 @@ fn settle_savepoint(connection: &rusqlite::Connection, succeeded: bool) -> Resul
         .map_err(|error| format!("cannot end the job's savepoint: {}", database(error)))
 }
 
+/// The write connection's settings besides [`connect`]'s: its log is synced by `log_sync`,
+/// off the writer's path (see the module comment), so SQLite need not sync it, and its page
+/// cache holds [`WRITER_CACHE_KIB`]. Temporary storage stays in memory, as `connect` leaves it
+/// (bulk loading moves it to a file).
+fn use_writer_settings(writer: &rusqlite::Connection) -> Result<(), StoreError> {
+    writer
+        .execute_batch(&format!(
+            "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -{WRITER_CACHE_KIB}; PRAGMA temp_store = MEMORY;"
+        ))
+        .map_err(database)
+}
+
 /// Opens a connection. Besides durability (WAL, `synchronous=FULL`; `open` lowers the writer's to
 /// `NORMAL` and syncs its log in `log_sync`), two settings matter to
 /// speed: the prepared-statement cache holds every statement the hot paths use (rusqlite's
@@ -1064,6 +1074,33 @@ mod tests {
             statement.query_map([], |row| row.get(0)).unwrap().collect::<Result<_, _>>().unwrap();
         assert!(!options.iter().any(|option| option == "ENABLE_MEMORY_MANAGEMENT"), "{options:?}");
         assert!(options.iter().any(|option| option == "DEFAULT_MEMSTATUS=0"), "{options:?}");
+    }
+
+    /// The write connection's `synchronous`, `cache_size` and `temp_store`, read in a job.
+    fn writer_settings(backend: &SqliteBackend) -> Vec<i64> {
+        backend
+            .write(|conn| {
+                ["synchronous", "cache_size", "temp_store"]
+                    .iter()
+                    .map(|pragma| conn.query(&format!("PRAGMA {pragma}"), &[])?[0].int(0))
+                    .collect::<Result<Vec<i64>, StoreError>>()
+            })
+            .unwrap()
+    }
+
+    /// `tally seed` switches bulk loading on and off again in a backend that may go on
+    /// serving: it must then run as `open` set it up (its log synced by `log_sync`, its own
+    /// page cache, temporary storage in memory), not as bulk loading or SQLite's defaults.
+    #[test]
+    fn the_writer_runs_as_opened_once_bulk_loading_is_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = SqliteBackend::open(&dir.path().join("test.db")).unwrap();
+        let opened = writer_settings(&backend);
+        assert_eq!(opened, vec![1, -i64::from(WRITER_CACHE_KIB), 2], "NORMAL, the writer's cache, MEMORY");
+        backend.set_bulk_load(true, 1000).unwrap();
+        assert_eq!(writer_settings(&backend), vec![0, -1000, 1], "OFF, the bulk cache, FILE");
+        backend.set_bulk_load(false, 0).unwrap();
+        assert_eq!(writer_settings(&backend), opened);
     }
 
     /// A backend over a fresh file with a table of numbered rows, and (deferred, so that only
