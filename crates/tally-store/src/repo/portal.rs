@@ -207,22 +207,8 @@ pub fn event_times(
     if event_ids.is_empty() {
         return Ok(Vec::new());
     }
-    // The ids as a table joined to the events' primary key: one lookup per id on both
-    // databases. Written `mode = $1 AND id IN (…)`, SQLite (which plans without statistics)
-    // took `mode = ?` for selective and read a covering index of every event of the mode
-    // instead (`usage_events_by_occurred`, (mode, occurred_at, id)): 2.4 s per portal page at
-    // 11 million events.
-    let rows: Vec<String> = (0..event_ids.len()).map(|index| format!("(${})", index + 2)).collect();
     let mut values = vec![crate::Value::from(mode.as_str())];
     values.extend(event_ids.iter().map(crate::Value::from));
-    conn.query_planned_for_values(
-        &format!(
-            "SELECT e.id, e.occurred_at FROM (VALUES {}) AS wanted JOIN usage_events e ON e.mode = $1 AND e.id = wanted.column1",
-            rows.join(", ")
-        ),
-        &values,
-    )?
-    .iter()
-    .map(|row| Ok((row.text(0)?, row.time(1)?)))
-    .collect()
+    let sql = super::events::events_by_ids_sql(conn.dialect(), event_ids.len(), "e.id, e.occurred_at", "");
+    conn.query_planned_for_values(&sql, &values)?.iter().map(|row| Ok((row.text(0)?, row.time(1)?))).collect()
 }
