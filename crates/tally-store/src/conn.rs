@@ -31,14 +31,6 @@ pub trait Conn {
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError>;
     /// Runs a query and returns every row.
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError>;
-    /// Runs a write whose outcome the caller does not read: no count of rows, and an error
-    /// that need not come from this call. A backend may send it with the transaction's next
-    /// statement, or with its COMMIT (PostgreSQL, one round trip for several), so its error,
-    /// which fails the transaction all the same, may come from a later call. Not for a write
-    /// whose own error the caller tells apart (a unique key that means a conflict).
-    fn execute_unread(&mut self, sql: &str, params: &[Value]) -> Result<(), StoreError> {
-        self.execute(sql, params).map(|_| ())
-    }
     /// Runs a query and hands its rows to `each` one at a time, as the database returns them,
     /// instead of collecting them: memory stays one row, however many the query returns. The
     /// row passed may reuse the previous one's buffers (copy out what outlives the call). The

@@ -35,11 +35,6 @@ const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(30);
 /// listing makes one per combination of filters), a few hundred at most, so this only guards
 /// against a future caller that formats values into SQL.
 const MAX_CACHED_STATEMENTS: usize = 512;
-/// The most values an unread write may have to be held back ([`UnreadWrites`]); one with more
-/// (a batch's multi-row insert) runs at once, bound. PostgreSQL reads a value as a literal
-/// more slowly than bound: holding a batch's inserts of 64 rows cost it 10 % more CPU an event,
-/// more than the round trips saved.
-const MAX_HELD_VALUES: usize = 32;
 /// The most times [`PostgresBackend::write_rerunnable`] runs a job that deadlocks.
 const MAX_RUNS: u32 = 3;
 
@@ -65,7 +60,6 @@ impl Connector {
             aborted_to_retry: false,
             used: false,
             lane: next_lane(),
-            unread: UnreadWrites::default(),
         })
     }
 }
@@ -141,108 +135,6 @@ struct Connection {
     used: bool,
     /// See [`Conn::lane`].
     lane: Lane,
-    /// Writes waiting to go with the transaction's next statement ([`Conn::execute_unread`]).
-    unread: UnreadWrites,
-}
-
-/// Writes whose outcome nobody reads, held to go to PostgreSQL in one round trip with whatever
-/// the transaction sends next (a query, or its COMMIT): each round trip cost Tally about 45 and
-/// PostgreSQL about 90 µs of CPU, more than running a small statement. They go as one text in
-/// the simple query protocol, each as `EXECUTE` of a statement prepared once per connection
-/// with SQL's `PREPARE` (in the same text, the first time), its values written as literals.
-/// PostgreSQL runs them in order and stops at the first error, which aborts the transaction.
-#[derive(Default)]
-struct UnreadWrites {
-    /// The statements to send, each ending in `;`.
-    text: String,
-    /// The name each statement text is prepared under on this connection.
-    names: HashMap<String, String>,
-    /// Names `text` prepares, kept once it has run.
-    preparing: Vec<(String, String)>,
-    /// Numbers the names, never reused: a text that failed may have prepared its names.
-    next_name: u64,
-}
-
-impl UnreadWrites {
-    /// Adds `sql` with `params` to the text; `false` when the statement cannot be held (this
-    /// connection has prepared as many as it keeps), to be run at once instead.
-    fn hold(&mut self, sql: &str, params: &[Value]) -> Result<bool, StoreError> {
-        let known =
-            self.names.get(sql).or_else(|| self.preparing.iter().find(|(text, _)| text == sql).map(|(_, name)| name));
-        let name = match known {
-            Some(name) => name.clone(),
-            None if self.names.len() + self.preparing.len() >= MAX_CACHED_STATEMENTS => return Ok(false),
-            None => {
-                let name = format!("tally_unread_{}", self.next_name);
-                self.next_name += 1;
-                self.text.push_str(&format!("PREPARE {name} AS {sql};\n"));
-                self.preparing.push((sql.to_owned(), name.clone()));
-                name
-            }
-        };
-        self.text.push_str("EXECUTE ");
-        self.text.push_str(&name);
-        for (index, value) in params.iter().enumerate() {
-            self.text.push_str(if index == 0 { "(" } else { ", " });
-            push_literal(&mut self.text, value)?;
-        }
-        self.text.push_str(if params.is_empty() { ";\n" } else { ");\n" });
-        Ok(true)
-    }
-
-    /// Takes the text to send, followed by `then`; `None` when there is nothing to send.
-    fn take(&mut self, then: &str) -> Option<String> {
-        if self.text.is_empty() && then.is_empty() {
-            return None;
-        }
-        let mut text = std::mem::take(&mut self.text);
-        text.push_str(then);
-        Some(text)
-    }
-
-    /// What the text taken last did: its statements are prepared on the connection if it
-    /// ran, and forgotten (their names left unused) if it failed.
-    fn sent(&mut self, ran: bool) {
-        if ran {
-            self.names.extend(self.preparing.drain(..));
-        } else {
-            self.preparing.clear();
-        }
-    }
-
-    /// Drops the held writes of a transaction that is rolled back.
-    fn discard(&mut self) {
-        self.text.clear();
-        self.preparing.clear();
-    }
-}
-
-/// Writes `value` as an SQL literal. Every value is a string constant (or NULL), of no type
-/// until PostgreSQL reads it as its parameter's, as a bound value is. `E''` reads the same
-/// whatever `standard_conforming_strings` says, once quotes and backslashes are doubled.
-fn push_literal(text: &mut String, value: &Value) -> Result<(), StoreError> {
-    match value {
-        Value::Null => text.push_str("NULL"),
-        Value::Int(int) => text.push_str(&format!("'{int}'")),
-        Value::Text(value) => {
-            // The simple query protocol ends a text at a NUL, which PostgreSQL's text refuses anyway.
-            if value.contains('\0') {
-                return Err(StoreError::Database(
-                    "a text value holds a NUL character, which PostgreSQL cannot store".into(),
-                ));
-            }
-            text.push_str("E'");
-            for character in value.chars() {
-                match character {
-                    '\'' => text.push_str("''"),
-                    '\\' => text.push_str("\\\\"),
-                    other => text.push(other),
-                }
-            }
-            text.push('\'');
-        }
-    }
-    Ok(())
 }
 
 type Checkout = r2d2::PooledConnection<Connector>;
@@ -315,7 +207,6 @@ impl PostgresBackend {
             let connection = &mut *checkout;
             let fresh = !std::mem::replace(&mut connection.used, true);
             connection.aborted_to_retry = false;
-            connection.unread.discard();
             match connection.client.batch_execute(begin) {
                 Ok(()) => return Ok(checkout),
                 Err(error) => {
@@ -474,42 +365,27 @@ fn run_in_transaction<R, E: From<StoreError>>(
         };
     }
     match outcome {
-        Ok(value) => commit(connection).map(|()| value).map_err(E::from),
+        Ok(value) => match connection.client.batch_execute("COMMIT") {
+            Ok(()) => Ok(value),
+            Err(error) if breaks_connection(&error) || connection.client.is_closed() => {
+                connection.broken = true;
+                Err(StoreError::Database(format!(
+                    "lost the connection to PostgreSQL while committing ({}): the transaction may or may \
+                     not have been applied; retry with the same ids, which makes a repeat a no-op",
+                    describe(&error)
+                ))
+                .into())
+            }
+            // PostgreSQL ends a transaction whose COMMIT fails, so the connection is reusable.
+            Err(error) => Err(database(error).into()),
+        },
         Err(error) => {
-            connection.unread.discard();
             if connection.client.batch_execute("ROLLBACK").is_err() {
                 connection.broken = true;
             }
             Err(error)
         }
     }
-}
-
-/// Commits the transaction, with the writes still held back ([`UnreadWrites`]) sent before
-/// the COMMIT in the same round trip.
-fn commit(connection: &mut Connection) -> Result<(), StoreError> {
-    let text = connection.unread.take("COMMIT").unwrap_or_default();
-    let sent = connection.client.batch_execute(&text);
-    connection.unread.sent(sent.is_ok());
-    let Err(error) = sent else {
-        return Ok(());
-    };
-    if breaks_connection(&error) || connection.client.is_closed() {
-        connection.broken = true;
-        return Err(StoreError::Database(format!(
-            "lost the connection to PostgreSQL while committing ({}): the transaction may or may \
-             not have been applied; retry with the same ids, which makes a repeat a no-op",
-            describe(&error)
-        )));
-    }
-    // A held write that failed left the transaction open and aborted (PostgreSQL skips the
-    // rest of the text, COMMIT too); a COMMIT that failed ended it, and then the ROLLBACK
-    // only warns. A deadlock in a held write marks the transaction to run again (`fail`).
-    let error = connection.fail(error);
-    if connection.client.batch_execute("ROLLBACK").is_err() {
-        connection.broken = true;
-    }
-    Err(error)
 }
 
 impl Connection {
@@ -544,18 +420,7 @@ impl Connection {
         database(error)
     }
 
-    /// Sends the writes held back ([`UnreadWrites`]) before the statement that follows them.
-    fn send_unread(&mut self) -> Result<(), StoreError> {
-        let Some(text) = self.unread.take("") else {
-            return Ok(());
-        };
-        let sent = self.client.batch_execute(&text);
-        self.unread.sent(sent.is_ok());
-        sent.map_err(|error| self.fail(error))
-    }
-
     fn run(&mut self, sql: &str, params: &[Value], query: bool) -> Result<Outcome, StoreError> {
-        self.send_unread()?;
         let statement = self.statement(sql).map_err(|error| self.fail(error))?;
         let bound: Vec<Param> = params.iter().map(Param).collect();
         let references: Vec<&(dyn ToSql + Sync)> = bound.iter().map(|param| param as &(dyn ToSql + Sync)).collect();
@@ -673,15 +538,7 @@ impl Conn for PostgresConn<'_> {
         self.connection.lane.number
     }
 
-    fn execute_unread(&mut self, sql: &str, params: &[Value]) -> Result<(), StoreError> {
-        if params.len() > MAX_HELD_VALUES || !self.connection.unread.hold(sql, params)? {
-            self.execute(sql, params)?;
-        }
-        Ok(())
-    }
-
     fn query_planned_for_values(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
-        self.connection.send_unread()?;
         let bound: Vec<Param> = params.iter().map(Param).collect();
         let typed: Vec<(&(dyn ToSql + Sync), Type)> = bound
             .iter()
@@ -709,7 +566,6 @@ impl PostgresConn<'_> {
     ) -> Result<(), StoreError> {
         use postgres::fallible_iterator::FallibleIterator;
         let connection = &mut *self.connection;
-        connection.send_unread()?;
         let statement = connection.statement(sql).map_err(|error| connection.fail(error))?;
         let bound: Vec<Param> = params.iter().map(Param).collect();
         let client = &mut connection.client;

@@ -339,17 +339,6 @@ fn connections_held_at_once_add_to_different_rows_of_a_platform_wide_total() {
 /// with every change applied exactly once, instead of failing its caller.
 #[test]
 fn a_rerunnable_job_aborted_to_break_a_deadlock_runs_again_and_lands_once() {
-    deadlock_victim_runs_again(false);
-}
-
-/// The same when the update that deadlocks is an unread write: the deadlock comes from the
-/// COMMIT it was sent with, and must still count as one to run again.
-#[test]
-fn a_job_whose_unread_write_deadlocks_runs_again_and_lands_once() {
-    deadlock_victim_runs_again(true);
-}
-
-fn deadlock_victim_runs_again(second_update_unread: bool) {
     let Some(database) = Database::create() else { return };
     let store = Arc::new(database.open());
     store
@@ -385,12 +374,7 @@ fn deadlock_victim_runs_again(second_update_unread: bool) {
                     if run == 1 {
                         both_hold_one_row.wait();
                     }
-                    let update = "UPDATE counters SET n = n + 1 WHERE id = $1";
-                    if second_update_unread {
-                        conn.execute_unread(update, params![second])?;
-                    } else {
-                        conn.execute(update, params![second])?;
-                    }
+                    conn.execute("UPDATE counters SET n = n + 1 WHERE id = $1", params![second])?;
                     Ok::<_, StoreError>(())
                 });
                 let (done, changed) = &*jobs_done;
@@ -471,121 +455,4 @@ fn both_connections_of_a_sqlite_read_pair_see_one_snapshot() {
     let store = Store::open(&DatabaseUrl::parse(&url).unwrap()).unwrap();
     store.migrate().unwrap();
     pairs_read_one_snapshot(&store);
-}
-
-/// Values no literal can be mistaken about: quotes, backslashes (which a plain `'…'` reads
-/// differently when `standard_conforming_strings` is off), placeholders, statement ends,
-/// exact amounts, other scripts, the empty text and the integers' ends, with an integer
-/// into a text column and a text into an integer column as binding converts them.
-fn awkward_rows() -> Vec<Vec<tally_store::Value>> {
-    use tally_store::Value;
-    let texts = [
-        "",
-        "it's",
-        "back\\slash",
-        "\\'",
-        "E'x'",
-        "''",
-        "$1",
-        "-- no comment",
-        "'); COMMIT; DROP TABLE kept; --",
-        "1.000000000000000000000000001",
-        "-0.5",
-        "日本語 ü\u{1F600}",
-        "line\nbreak\ttab",
-    ];
-    let mut rows: Vec<Vec<Value>> = texts
-        .iter()
-        .enumerate()
-        .map(|(index, text)| vec![Value::Int(index as i64), Value::Text((*text).into()), Value::Int(index as i64 * 7)])
-        .collect();
-    rows.push(vec![Value::Int(100), Value::Null, Value::Null]);
-    rows.push(vec![Value::Int(101), Value::Int(i64::MIN), Value::Int(i64::MAX)]);
-    rows.push(vec![Value::Int(102), Value::Text("x".into()), Value::Text("-42".into())]);
-    rows
-}
-
-/// A write whose outcome is not read (`Conn::execute_unread`) goes to PostgreSQL with the
-/// transaction's next statement or its COMMIT, as literals in one text: it must store exactly
-/// what the same write with bound values stores, be seen by the transaction's next read, and
-/// prepare its statement once per connection.
-#[test]
-fn unread_writes_store_exactly_what_bound_ones_store() {
-    let Some(database) = Database::create() else { return };
-    let store = database.open();
-    let create = |conn: &mut dyn Conn, table: &str| {
-        conn.execute(&format!("CREATE TABLE {table} (id BIGINT PRIMARY KEY, a TEXT, b BIGINT)"), &[]).map(drop)
-    };
-    store.write(|conn| create(conn, "bound").and_then(|()| create(conn, "kept"))).unwrap();
-    let insert = |table: &str| format!("INSERT INTO {table} (id, a, b) VALUES ($1, $2, $3)");
-    for round in 0..3_i64 {
-        store
-            .write(|conn| {
-                for row in awkward_rows() {
-                    let mut row = row.clone();
-                    row[0] = tally_store::Value::Int(row_id(&row) + 1000 * round);
-                    conn.execute(&insert("bound"), &row)?;
-                    conn.execute_unread(&insert("kept"), &row)?;
-                }
-                let seen = conn.count("SELECT COUNT(*) FROM kept WHERE id >= $1", params![1000 * round])?;
-                assert_eq!(seen, awkward_rows().len() as i64, "the transaction's next read sees its unread writes");
-                Ok::<_, StoreError>(())
-            })
-            .unwrap();
-    }
-    let read = |table: &str| {
-        store
-            .read(|conn| {
-                conn.query(&format!("SELECT id, a, b FROM {table} ORDER BY id"), &[])?
-                    .iter()
-                    .map(|row| Ok((row.int(0)?, row.opt_text(1)?, row.opt_int(2)?)))
-                    .collect::<Result<Vec<_>, StoreError>>()
-            })
-            .unwrap()
-    };
-    assert_eq!(read("kept").len(), 3 * awkward_rows().len());
-    assert_eq!(read("kept"), read("bound"));
-    let prepared = store
-        .read(|conn| {
-            conn.count("SELECT COUNT(*) FROM pg_prepared_statements WHERE name LIKE 'tally_unread_%' AND statement LIKE '%INSERT INTO kept%'", &[])
-        })
-        .unwrap();
-    assert_eq!(prepared, 1, "one connection, three transactions: prepared once");
-}
-
-fn row_id(row: &[tally_store::Value]) -> i64 {
-    match row[0] {
-        tally_store::Value::Int(id) => id,
-        _ => unreachable!("every row's id is an integer"),
-    }
-}
-
-/// An unread write that fails fails its transaction, from a later call or the COMMIT, and
-/// nothing of the transaction is kept; the connection then serves the next one. A text
-/// PostgreSQL cannot hold is refused at once.
-#[test]
-fn an_unread_write_that_fails_fails_its_transaction_and_keeps_nothing() {
-    let Some(database) = Database::create() else { return };
-    let store = database.open();
-    store.write(|conn| conn.execute("CREATE TABLE kept (id BIGINT PRIMARY KEY)", &[]).map(drop)).unwrap();
-    let insert = "INSERT INTO kept (id) VALUES ($1)";
-    let at_commit = store.write(|conn| {
-        conn.execute_unread(insert, params![1_i64])?;
-        conn.execute_unread(insert, params![1_i64])
-    });
-    assert!(matches!(at_commit, Err(StoreError::Conflict(_))), "{at_commit:?}");
-    let at_next_read = store.write(|conn| {
-        conn.execute_unread(insert, params![2_i64])?;
-        conn.execute_unread(insert, params![2_i64])?;
-        conn.count("SELECT COUNT(*) FROM kept", &[])
-    });
-    assert!(matches!(at_next_read, Err(StoreError::Conflict(_))), "{at_next_read:?}");
-    let nul =
-        store.write(|conn| conn.execute_unread("INSERT INTO kept (id) VALUES (CAST($1 AS BIGINT))", params!["1\0"]));
-    assert!(matches!(&nul, Err(StoreError::Database(message)) if message.contains("NUL")), "{nul:?}");
-    store.write(|conn| conn.execute_unread(insert, params![3_i64])).unwrap();
-    let kept = store.read(|conn| conn.count("SELECT COUNT(*) FROM kept WHERE id <> 3", &[])).unwrap();
-    assert_eq!(kept, 0, "nothing of the failed transactions was kept");
-    let third = store.read(|conn| conn.count("SELECT COUNT(*) FROM kept WHERE id = 3", &[])).unwrap();
-    assert_eq!(third, 1, "the connection went on to commit the next transaction");
 }

@@ -180,7 +180,7 @@ pub fn claim_due(conn: &mut dyn Conn, now: DateTime<Utc>) -> Result<Option<(Mode
 /// is at or under its threshold. Called whenever a balance drops. The SQL comparison may be
 /// a double's (SQLite): rounding never turns `a < b` into `a > b`, so it errs towards the flag.
 pub fn flag_if_low(conn: &mut dyn Conn, key: &AccountKey, available: Decimal) -> Result<(), StoreError> {
-    conn.execute_unread(
+    conn.execute(
         "UPDATE auto_top_ups SET maybe_due = 1
          WHERE customer_id = $1 AND account_name = $2 AND asset = $3 AND maybe_due = 0 AND enabled = 1
            AND CAST(CAST($4 AS TEXT) AS NUMERIC) <= CAST(threshold AS NUMERIC)",

@@ -181,13 +181,13 @@ pub fn insert_fees(conn: &mut dyn Conn, mode: Mode, fees: &[StoredFee]) -> Resul
             fee.created_at
         ]);
     }
-    // Fresh ids, of events whose rows were inserted first.
-    super::insert_rows_unread(
+    super::insert_rows(
         conn,
         "INSERT INTO event_fees (id, mode, event_id, customer_id, line, product_id, product_code, product_version, price_id,
                                  price_name, asset, account_name, detail, amount, occurred_at, created_at)",
         16,
         &values,
+        "",
     )?;
     Ok(())
 }
@@ -404,7 +404,7 @@ pub fn put_counter(
     period_start: i64,
     usage: &Usage,
 ) -> Result<(), StoreError> {
-    conn.execute_unread(
+    conn.execute(
         "INSERT INTO usage_counters (customer_id, price_id, period_start, units, volume) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (customer_id, price_id, period_start) DO UPDATE SET units = excluded.units, volume = excluded.volume",
         params![customer_id, price_id, period_start, usage.units, usage.volume],

@@ -171,12 +171,12 @@ pub fn append_many(conn: &mut dyn Conn, mode: Mode, entries: &[TransactionEntry]
             ]);
         }
     }
-    // The entries were inserted just before, so their ids are new.
-    super::insert_rows_unread(
+    super::insert_rows(
         conn,
         "INSERT INTO ledger_postings (entry_id, line, account, bucket, grant_id, amount, mode, customer_id)",
         8,
         &values,
+        "",
     )?;
     Ok(())
 }

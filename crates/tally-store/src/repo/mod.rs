@@ -367,26 +367,6 @@ pub(crate) fn insert_rows(
     Ok(returned)
 }
 
-/// [`insert_rows`] for rows whose insert cannot clash with a key (fresh ids, or ids another
-/// insert of the transaction has claimed first), sent with the next statement
-/// ([`Conn::execute_unread`]): an error of theirs fails the transaction from a later call.
-pub(crate) fn insert_rows_unread(
-    conn: &mut dyn Conn,
-    head: &'static str,
-    width: usize,
-    values: &[crate::conn::Value],
-) -> Result<(), StoreError> {
-    debug_assert!(width > 0 && values.len().is_multiple_of(width));
-    let mut rest = values;
-    while !rest.is_empty() {
-        let rows = chunk_rows(rest.len() / width);
-        let (chunk, after) = rest.split_at(rows * width);
-        conn.execute_unread(&cached_multi_row_sql(conn.dialect(), head, width, rows, ""), chunk)?;
-        rest = after;
-    }
-    Ok(())
-}
-
 /// The rows of the next chunk when `remaining` are left: the largest power of two that fits.
 fn chunk_rows(remaining: usize) -> usize {
     let largest = if remaining.is_power_of_two() { remaining } else { remaining.next_power_of_two() / 2 };

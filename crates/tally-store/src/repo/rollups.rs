@@ -294,7 +294,7 @@ impl Rollups {
     pub fn write(&mut self, conn: &mut dyn Conn) -> Result<(), StoreError> {
         for ((customer_id, mode, hour, source, asset, product_id, price_id), total) in std::mem::take(&mut self.fees) {
             let (units, pico, yocto) = total.parts()?;
-            conn.execute_unread(
+            conn.execute(
                 &upsert(
                     "fee_rollups",
                     "mode, customer_id, hour, source, asset, product_id, price_id",
@@ -307,14 +307,14 @@ impl Rollups {
         let shard = shard_for(conn);
         for ((mode, hour, asset), total) in std::mem::take(&mut self.fees_by_mode) {
             let (units, pico, yocto) = total.parts()?;
-            conn.execute_unread(
+            conn.execute(
                 &upsert("fee_rollups_by_mode", "mode, hour, asset, shard", "mode, hour, asset, shard", "fee_count"),
                 params![mode, hour, asset, shard, units, pico, yocto, total.count],
             )?;
         }
         for ((customer_id, mode, hour, currency), total) in std::mem::take(&mut self.costs) {
             let (units, pico, yocto) = total.parts()?;
-            conn.execute_unread(
+            conn.execute(
                 &upsert(
                     "cost_rollups",
                     "mode, customer_id, hour, currency",
@@ -326,7 +326,7 @@ impl Rollups {
         }
         for ((vendor_id, hour, category, currency), (mode, total)) in std::mem::take(&mut self.costs_by_vendor) {
             let (units, pico, yocto) = total.parts()?;
-            conn.execute_unread(
+            conn.execute(
                 &upsert(
                     "cost_rollups_by_vendor",
                     "mode, vendor_id, hour, category, currency, shard",

@@ -46,25 +46,14 @@ pub fn insert_numbered(
     transaction: &Transaction,
     sequence: i64,
 ) -> Result<(), StoreError> {
-    insert_rows_numbered(conn, mode, &[(transaction, sequence)], false)
+    insert_many_numbered(conn, mode, &[(transaction, sequence)])
 }
 
-/// Inserts a batch's transactions, each with its number, with multi-row `INSERT`s sent with
-/// the next statement ([`Conn::execute_unread`]): their ids are those of events the batch has
-/// just stored, so none can clash.
+/// Inserts transactions, each with its number, with multi-row `INSERT`s.
 pub fn insert_many_numbered(
     conn: &mut dyn Conn,
     mode: tally_core::Mode,
     numbered: &[(&Transaction, i64)],
-) -> Result<(), StoreError> {
-    insert_rows_numbered(conn, mode, numbered, true)
-}
-
-fn insert_rows_numbered(
-    conn: &mut dyn Conn,
-    mode: tally_core::Mode,
-    numbered: &[(&Transaction, i64)],
-    unread: bool,
 ) -> Result<(), StoreError> {
     let mut values = Vec::with_capacity(numbered.len() * 14);
     for (transaction, sequence) in numbered {
@@ -85,13 +74,14 @@ fn insert_rows_numbered(
             transaction.executed_at
         ]);
     }
-    let head = "INSERT INTO transactions (mode, customer_id, id, sequence, kind, account_name, asset, amount, description, metadata,
-                                   request_hash, detail, created_at, executed_at)";
-    if unread {
-        super::insert_rows_unread(conn, head, 14, &values)?;
-    } else {
-        super::insert_rows(conn, head, 14, &values, "")?;
-    }
+    super::insert_rows(
+        conn,
+        "INSERT INTO transactions (mode, customer_id, id, sequence, kind, account_name, asset, amount, description, metadata,
+                                   request_hash, detail, created_at, executed_at)",
+        14,
+        &values,
+        "",
+    )?;
     // Every fee transaction passes here: those that did not come from a usage event (whose
     // fees a batch adds to the rollups itself, once per key) are added to the rollups now.
     let mut rollups = super::rollups::Rollups::default();

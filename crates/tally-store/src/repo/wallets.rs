@@ -159,7 +159,7 @@ fn write_balances(
 ) -> Result<i64, StoreError> {
     let state = &account.state;
     let token = grant_cache::new_token();
-    conn.execute_unread(
+    conn.execute(
         "UPDATE wallet_accounts SET available = $4, pending_in = $5, debt = $6, next_due_at = $7, state_token = $8,
          pending_out = $9 WHERE customer_id = $1 AND name = $2 AND asset = $3",
         params![
@@ -348,7 +348,7 @@ fn insert_grant(
 }
 
 fn update_grant(conn: &mut dyn Conn, grant: &Grant) -> Result<(), StoreError> {
-    conn.execute_unread(
+    conn.execute(
         "UPDATE grants SET remaining = $2, state = $3, is_open = $4 WHERE id = $1",
         params![&grant.id, grant.remaining, grant.state.as_str(), is_open(grant)],
     )?;
