@@ -42,6 +42,11 @@ impl Conn for Recorder<'_> {
         self.statements.push((self.label.clone(), sql.to_owned(), params.to_vec()));
         self.inner.query(sql, params)
     }
+
+    fn query_planned_for_values(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+        self.statements.push((self.label.clone(), sql.to_owned(), params.to_vec()));
+        self.inner.query_planned_for_values(sql, params)
+    }
 }
 
 /// The windows every list is read with: a first page, a deep offset, both cursors and an exact
@@ -570,7 +575,7 @@ fn reads_events_by_key(dialect: Dialect, plan: &[String]) -> bool {
                 (0..plan.len()).filter(|&index| plan[index].contains(" on usage_events e")).collect();
             !scans.is_empty()
                 && scans.iter().all(|&scan| {
-                    index_cond(scan).is_some_and(|line| line.contains("mode = ") && line.contains("id = "))
+                    index_cond(scan).is_some_and(|line| line.contains("mode = ") && line.contains("(id = "))
                 })
         }
     }
