@@ -457,8 +457,8 @@ async fn every_list_and_lookup_query_is_served_by_an_index(app: TestApp) {
     assert!(failures.is_empty(), "{} plans read a table whole or sort it:\n{}", failures.len(), failures.join("\n\n"));
 }
 
-/// A new customer with `batches` batches of `per_batch` events stored, `stored-{batch}-{index}`.
-async fn customer_with_stored_events(app: &TestApp, batches: usize, per_batch: usize) -> String {
+/// Stores `batches` batches of `per_batch` events, `stored-{batch}-{index}`, of a new customer.
+async fn store_events_of_a_new_customer(app: &TestApp, batches: usize, per_batch: usize) {
     let customer =
         app.post("/customers", json!({"name": "Ada"})).await.expect(201).body["id"].as_str().unwrap().to_owned();
     for batch in 0..batches {
@@ -470,7 +470,6 @@ async fn customer_with_stored_events(app: &TestApp, batches: usize, per_batch: u
             .collect();
         app.post("/events", json!({"customer_id": customer, "events": events})).await.expect(204);
     }
-    customer
 }
 
 /// The lookup of a batch's event ids runs for every batch, on a table that only grows. Were
@@ -482,7 +481,7 @@ async fn customer_with_stored_events(app: &TestApp, batches: usize, per_batch: u
 /// portal's lookup of event times by id is the same.) SQLite plans every statement for its
 /// values.
 async fn the_event_id_lookup_is_planned_for_its_ids_every_time(app: TestApp) {
-    let customer = customer_with_stored_events(&app, 8, 10).await;
+    store_events_of_a_new_customer(&app, 8, 10).await;
     let store = app.store.clone();
     let kept = tokio::task::spawn_blocking(move || {
         store.read(|conn| {
@@ -521,7 +520,7 @@ async fn the_event_id_lookup_is_planned_for_its_ids_every_time(app: TestApp) {
 /// mode was rare or absent (a table never analysed; `live` events after many `test` ones, as
 /// here) read the whole mode, once its events outnumbered the ids, and filtered them by id.
 async fn the_event_id_lookup_reads_each_id_by_its_key(app: TestApp) {
-    let customer = customer_with_stored_events(&app, 20, 100).await;
+    store_events_of_a_new_customer(&app, 20, 100).await;
     let store = app.store.clone();
     let failures = tokio::task::spawn_blocking(move || {
         store.read(|conn| {
