@@ -221,8 +221,9 @@ impl SqliteBackend {
 
     /// Switches the write connection to bulk loading (`on`: `synchronous=OFF`, a page cache
     /// of `cache_kib` KiB, and savepoint journals in a temporary file) or back to the writer's
-    /// settings ([`use_writer_settings`], as `open` leaves them), syncing the files to disk. The journal matters to a job that writes much: each job's `SAVEPOINT`
-    /// copies every page it changes into the statement journal, and SQLite truncates that
+    /// settings ([`use_writer_settings`], as `open` leaves them), syncing the files to disk.
+    /// The journal matters to a job that writes much: each job's `SAVEPOINT` copies every
+    /// page it changes into the statement journal, and SQLite truncates that
     /// journal after each statement by walking its chunks from the start when it is held in
     /// memory, so a job of thousands of statements over a large database takes time
     /// quadratic in its size (measured: 95 % of a seed's time). Only

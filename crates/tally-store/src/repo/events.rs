@@ -64,27 +64,17 @@ pub struct StoredFee {
 pub fn existing(conn: &mut dyn Conn, mode: Mode, ids: &[&str]) -> Result<HashMap<String, StoredEvent>, StoreError> {
     let mut found = HashMap::new();
     for chunk in ids.chunks(500) {
-        let mut values: Vec<Value> = vec![mode.as_str().into()];
-        values.extend(chunk.iter().map(|id| Value::from(*id)));
-        let rows = if let [_] = chunk {
+        let rows = if let [id] = chunk {
             // One id is the whole key: every plan of it, kept or not, reads one index entry.
             conn.query(
                 &format!(
                     "SELECT {EVENT_COLUMNS} FROM usage_events e JOIN customers c ON c.id = e.customer_id
                      WHERE e.mode = $1 AND e.id = $2"
                 ),
-                &values,
+                params![mode.as_str(), *id],
             )?
         } else {
-            // Planned for its ids every time (see `Conn::query_planned_for_values`): it runs
-            // for every batch, on a table that only grows.
-            let sql = events_by_ids_sql(
-                conn.dialect(),
-                chunk.len(),
-                EVENT_COLUMNS,
-                "JOIN customers c ON c.id = e.customer_id",
-            );
-            conn.query_planned_for_values(&sql, &values)?
+            events_by_ids(conn, mode, chunk, EVENT_COLUMNS, "JOIN customers c ON c.id = e.customer_id")?
         };
         for row in rows {
             let (event, _) = event_from_row(&row)?;
@@ -94,8 +84,22 @@ pub fn existing(conn: &mut dyn Conn, mode: Mode, ids: &[&str]) -> Result<HashMap
     Ok(found)
 }
 
-/// A lookup of `count` event ids (`$2`…) in a mode (`$1`), each read by its key: `columns`
-/// of `usage_events e`, and of the tables `joins` adds.
+/// `columns` of the events among `ids` in `mode` (`usage_events e`, and the tables `joins`
+/// adds), each id read by its key. Planned for its ids every time (see
+/// `Conn::query_planned_for_values`): it runs for every batch, on a table that only grows.
+pub(crate) fn events_by_ids(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    ids: &[impl AsRef<str>],
+    columns: &str,
+    joins: &str,
+) -> Result<Vec<crate::Row>, StoreError> {
+    let mut values: Vec<Value> = vec![mode.as_str().into()];
+    values.extend(ids.iter().map(|id| Value::from(id.as_ref())));
+    conn.query_planned_for_values(&events_by_ids_sql(conn.dialect(), ids.len(), columns, joins), &values)
+}
+
+/// The SQL of [`events_by_ids`] for `count` ids (`$2`…) in a mode (`$1`).
 ///
 /// Written `e.mode = $1 AND e.id IN (…)`, a database may read every event of the mode instead
 /// and filter them by id, because it guesses that `mode = ?` matches few rows: SQLite, which
@@ -108,7 +112,7 @@ pub fn existing(conn: &mut dyn Conn, mode: Mode, ids: &[&str]) -> Result<HashMap
 /// a scan of the mode's events); on PostgreSQL, which could still hash that join over a read of
 /// the mode, each id is looked up in a subquery of its own (`LATERAL`, kept apart by its
 /// `LIMIT`). Either way the only sensible plan left reads each id by the key's index.
-pub(crate) fn events_by_ids_sql(dialect: Dialect, count: usize, columns: &str, joins: &str) -> String {
+fn events_by_ids_sql(dialect: Dialect, count: usize, columns: &str, joins: &str) -> String {
     let ids: Vec<String> = (0..count).map(|index| format!("(${})", index + 2)).collect();
     let ids = ids.join(", ");
     match dialect {

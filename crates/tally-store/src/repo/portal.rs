@@ -207,8 +207,8 @@ pub fn event_times(
     if event_ids.is_empty() {
         return Ok(Vec::new());
     }
-    let mut values = vec![crate::Value::from(mode.as_str())];
-    values.extend(event_ids.iter().map(crate::Value::from));
-    let sql = super::events::events_by_ids_sql(conn.dialect(), event_ids.len(), "e.id, e.occurred_at", "");
-    conn.query_planned_for_values(&sql, &values)?.iter().map(|row| Ok((row.text(0)?, row.time(1)?))).collect()
+    super::events::events_by_ids(conn, mode, event_ids, "e.id, e.occurred_at", "")?
+        .iter()
+        .map(|row| Ok((row.text(0)?, row.time(1)?)))
+        .collect()
 }

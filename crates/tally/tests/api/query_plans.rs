@@ -527,14 +527,13 @@ async fn the_event_id_lookup_reads_each_id_by_its_key(app: TestApp) {
             if conn.dialect() == Dialect::Postgres {
                 conn.execute("ANALYZE usage_events", &[])?;
             }
-            let ids: Vec<String> = (0..100).map(|index| format!("stored-{}-{index}", index % 20)).collect();
-            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let owned: Vec<String> = (0..100).map(|index| format!("stored-{}-{index}", index % 20)).collect();
+            let ids: Vec<&str> = owned.iter().map(String::as_str).collect();
             let mut failures = Vec::new();
             for mode in [Mode::Test, Mode::Live] {
                 let mut recorder = Recorder { inner: conn, statements: Vec::new(), label: String::new() };
                 let found = repo::events::existing(&mut recorder, mode, &ids)?;
                 assert_eq!(found.len(), if mode == Mode::Test { 100 } else { 0 });
-                let owned: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
                 let times = repo::portal::event_times(&mut recorder, mode, &owned)?;
                 assert_eq!(times.len(), if mode == Mode::Test { 100 } else { 0 });
                 for (_, sql, params) in recorder.statements {
