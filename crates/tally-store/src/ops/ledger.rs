@@ -45,7 +45,7 @@ use crate::repo::holds::{self, HoldStatus};
 use crate::repo::ledger::{self, GrantLine, PostingLine, VerifiedTable};
 use crate::repo::wallets::AccountKey;
 use crate::StoreError;
-use fingerprints::{grant_record, GatheredAccounts};
+use fingerprints::{grant_record, FirstHalf, GatheredAccounts};
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tally_core::ledger::{Bucket, LedgerAccount, SystemAccount};
@@ -129,7 +129,14 @@ pub fn verify_on_two(
 /// The fast path of [`verify`]: `Some` clean report when the fingerprints agree and every
 /// other check passes, `None` when anything disagrees (the join passes then say what).
 pub fn verify_by_fingerprints(conn: &mut dyn Conn) -> Result<Option<VerifyReport>, StoreError> {
-    fingerprints::verify(conn, ledger::CHUNK, fingerprints::GATHERED_LIMIT)
+    fingerprints::verify(conn, ledger::CHUNK, fingerprints::GATHERED_LIMIT, FirstHalf::Books)
+}
+
+/// [`verify_by_fingerprints`] with the ledger's half first, so that it runs the passes that
+/// belong to neither half (the stored rollups, the usage events), which the books' half runs
+/// otherwise: tests check the books both ways.
+pub fn verify_by_fingerprints_ledger_first(conn: &mut dyn Conn) -> Result<Option<VerifyReport>, StoreError> {
+    fingerprints::verify(conn, ledger::CHUNK, fingerprints::GATHERED_LIMIT, FirstHalf::Ledger)
 }
 
 /// The fast path of [`verify_on_two`]: `Some` clean report when the fingerprints agree and
@@ -145,7 +152,7 @@ pub fn verify_by_fingerprints_on_two(
 /// [`verify_by_fingerprints`], reading `chunk` entries (and accounts) at a time (tests use tiny
 /// chunks to cross many chunk boundaries).
 pub fn verify_by_fingerprints_in_chunks(conn: &mut dyn Conn, chunk: i64) -> Result<Option<VerifyReport>, StoreError> {
-    fingerprints::verify(conn, chunk, fingerprints::GATHERED_LIMIT)
+    fingerprints::verify(conn, chunk, fingerprints::GATHERED_LIMIT, FirstHalf::Books)
 }
 
 /// [`verify_by_fingerprints`], summing at most `limit` accounts and `limit` grants in memory
@@ -155,7 +162,7 @@ pub fn verify_by_fingerprints_gathering_at_most(
     conn: &mut dyn Conn,
     limit: usize,
 ) -> Result<Option<VerifyReport>, StoreError> {
-    fingerprints::verify(conn, ledger::CHUNK, limit)
+    fingerprints::verify(conn, ledger::CHUNK, limit, FirstHalf::Books)
 }
 
 /// The chunk of the passes that stream. PostgreSQL hashes or merges the joined tables once per

@@ -264,12 +264,25 @@ async fn problems(app: &TestApp) -> Vec<String> {
 }
 
 /// Whether the fingerprint pass (which checks the rollups by linear fingerprints, not by the
-/// join pass) finds the books clean.
+/// join pass) finds the books clean, with the stored rollups read in either half of it: in
+/// the half that sums the fees and costs they total, and in the other (they must agree).
 async fn fingerprints_agree(app: &TestApp) -> bool {
     let store = app.store.clone();
-    tokio::task::spawn_blocking(move || store.read(|conn| ledger::verify_by_fingerprints(conn)).unwrap().is_some())
-        .await
-        .unwrap()
+    let (books_first, ledger_first) = tokio::task::spawn_blocking(move || {
+        store
+            .read(|conn| {
+                let books_first = ledger::verify_by_fingerprints(conn)?.is_some();
+                Ok::<_, tally_store::StoreError>((
+                    books_first,
+                    ledger::verify_by_fingerprints_ledger_first(conn)?.is_some(),
+                ))
+            })
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(books_first, ledger_first, "the stored rollups read in the other half give another answer");
+    books_first
 }
 
 /// The join passes find exactly one problem, starting with `what`, and the fingerprints

@@ -79,6 +79,15 @@ async fn verify_by_fingerprints(app: &TestApp) -> Option<VerifyReport> {
     tokio::task::spawn_blocking(move || store.read(|conn| ledger::verify_by_fingerprints(conn)).unwrap()).await.unwrap()
 }
 
+/// [`verify_by_fingerprints`] with the ledger's half first, which then runs the passes that
+/// belong to neither half.
+async fn verify_by_fingerprints_ledger_first(app: &TestApp) -> Option<VerifyReport> {
+    let store = app.store.clone();
+    tokio::task::spawn_blocking(move || store.read(|conn| ledger::verify_by_fingerprints_ledger_first(conn)).unwrap())
+        .await
+        .unwrap()
+}
+
 /// The fast way's report (`fast`) and the join passes', from one snapshot: the background
 /// worker may settle the history between two reads.
 async fn fast_and_joined(
@@ -297,6 +306,9 @@ async fn a_random_history_verifies_clean_and_each_edit_behind_its_back_is_found(
         .await;
         assert_eq!(fast.as_ref(), Some(&joined), "the fingerprints agree in chunks of {chunk:?}");
     }
+    // The ledger's half first runs the passes that belong to neither half: the same report.
+    let (fast, joined) = fast_and_joined(&app, ledger::verify_by_fingerprints_ledger_first).await;
+    assert_eq!(fast.as_ref(), Some(&joined), "the fingerprints agree with the ledger's half first");
     // On two connections of one snapshot, the accounts split between them at the middle
     // customer: the same clean report.
     let (fast, joined) = fast_and_joined_on_two(&app).await;
@@ -538,6 +550,11 @@ async fn a_random_history_verifies_clean_and_each_edit_behind_its_back_is_found(
     for (edit, expected, undo) in edits {
         tamper(&app, &edit).await;
         assert_eq!(verify_by_fingerprints(&app).await, None, "after {edit:?}, the fingerprints disagree");
+        assert_eq!(
+            verify_by_fingerprints_ledger_first(&app).await,
+            None,
+            "after {edit:?}, the fingerprints disagree with the ledger's half first"
+        );
         for limit in [0, 2] {
             assert_eq!(
                 verify_gathering_at_most(&app, limit).await,
@@ -569,6 +586,10 @@ async fn a_random_history_verifies_clean_and_each_edit_behind_its_back_is_found(
         let report = verify(&app, 3).await;
         assert!(report.is_clean(), "after undoing {edit:?}: {:#?}", report.problems);
         assert!(verify_by_fingerprints(&app).await.is_some(), "after undoing {edit:?}, the fingerprints agree");
+        assert!(
+            verify_by_fingerprints_ledger_first(&app).await.is_some(),
+            "after undoing {edit:?}, the fingerprints agree with the ledger's half first"
+        );
     }
 }
 

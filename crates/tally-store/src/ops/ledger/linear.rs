@@ -121,6 +121,13 @@ impl LinearSides {
     pub(super) fn agree(&self) -> bool {
         self.left == self.right
     }
+
+    /// Adds the sides another pass summed (of other rows: each row is weighed once, on one
+    /// side, wherever it was read).
+    pub(super) fn absorb(&mut self, other: &LinearSides) {
+        self.left.add(&other.left);
+        self.right.add(&other.right);
+    }
 }
 
 #[cfg(test)]

@@ -114,6 +114,8 @@ pub(super) struct RollupFingerprints {
     vendor_run: KeyRun,
     /// False once a stored row counts nothing.
     rows_count: bool,
+    /// Customers that do not exist named by the stored per-customer rows.
+    customers_missing: i64,
 }
 
 /// Consecutive rows of one key, added up before they are weighed: the fees of a customer's
@@ -204,15 +206,9 @@ impl RollupFingerprints {
         self.vendor_run.add(keys, &mut self.costs_by_vendor, cost.amount);
     }
 
-    /// Reads the four rollup tables against what the rows added, and counts their rows as the
-    /// join pass does (every per-customer row, and each platform-wide key once). Returns
-    /// whether they agree.
-    pub(super) fn stored_agree(
-        &mut self,
-        conn: &mut dyn Conn,
-        keys: &mut Keys,
-        report: &mut VerifyReport,
-    ) -> Result<bool, StoreError> {
+    /// Weighs the runs still open: call once the fees, fee transactions and costs have all
+    /// been added.
+    pub(super) fn flush_runs(&mut self, keys: &Keys) {
         for (run, sides) in [
             (&mut self.fee_run, &mut self.fees),
             (&mut self.mode_run, &mut self.fees_by_mode),
@@ -221,6 +217,19 @@ impl RollupFingerprints {
         ] {
             run.flush(keys, sides);
         }
+    }
+
+    /// Reads the four rollup tables onto the stored side, and counts their rows as the join
+    /// pass does (every per-customer row, and each platform-wide key once). The sides need
+    /// not have been added to yet: they are compared once every pass has added its side
+    /// ([`RollupFingerprints::absorb`], [`RollupFingerprints::agree`]), so this runs in
+    /// whichever half of the verification is free first.
+    pub(super) fn read_stored(
+        &mut self,
+        conn: &mut dyn Conn,
+        keys: &mut Keys,
+        report: &mut VerifyReport,
+    ) -> Result<(), StoreError> {
         let mut rows = 0;
         let mut shared_keys: HashSet<u128> = HashSet::new();
         for table in
@@ -259,12 +268,28 @@ impl RollupFingerprints {
             })?;
         }
         report.rollups = rows + shared_keys.len();
-        let agree = self.rows_count
+        // The join pass counts only the rows of customers that exist, and reports the others.
+        self.customers_missing = ledger::rollup_customers_missing(conn)?;
+        Ok(())
+    }
+
+    /// Adds what another half summed (its side of the rows it read), its runs weighed.
+    pub(super) fn absorb(&mut self, other: &RollupFingerprints) {
+        self.fees.absorb(&other.fees);
+        self.fees_by_mode.absorb(&other.fees_by_mode);
+        self.costs.absorb(&other.costs);
+        self.costs_by_vendor.absorb(&other.costs_by_vendor);
+        self.rows_count &= other.rows_count;
+        self.customers_missing += other.customers_missing;
+    }
+
+    /// Whether the rollups agree with the rows they total, once every side is added.
+    pub(super) fn agree(&self) -> bool {
+        self.rows_count
+            && self.customers_missing == 0
             && self.fees.agree()
             && self.fees_by_mode.agree()
             && self.costs.agree()
-            && self.costs_by_vendor.agree();
-        // The join pass counts only the rows of customers that exist, and reports the others.
-        Ok(agree && ledger::rollup_customers_missing(conn)? == 0)
+            && self.costs_by_vendor.agree()
     }
 }
