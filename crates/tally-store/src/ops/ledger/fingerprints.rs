@@ -24,7 +24,8 @@
 //!
 //! The rollups are matched the same way, by linear fingerprints (`rollups`, `linear`): the fees,
 //! fee transactions and costs add their amounts under their rollup's key as they stream by,
-//! and the rollup tables are each read once against them.
+//! and the rollup tables are each read once, in whichever half is free, the two halves' sums
+//! added up before they are compared.
 //!
 //! The fast way only ever says "clean": on any disagreement, or any problem in the passes it
 //! shares with the join passes (accounts, grants, top-ups, holds, fee periods), it returns
@@ -309,7 +310,9 @@ struct Pass {
     /// The ledger's records of grants' issue (left); the grants' side is gathered by the
     /// accounts pass ([`grant_record`]).
     grant_records: Sides,
-    /// Fees, fee transactions and costs (left) against the rollups that total them (right).
+    /// Fees, fee transactions and costs (left) against the rollups that total them (right):
+    /// one half's pass may hold either side or both, the halves' added up before they are
+    /// compared.
     rollups: RollupFingerprints,
     balances: SystemBalances,
     /// Each account's and grant's sums from the postings; `None` past `gathered_limit`.
@@ -839,7 +842,7 @@ fn ledger_half(
 /// depends on the store (on a million customers with an event each, the ledger's; with ten
 /// million fees over a million customers, each fee in a rollup row of its own, the books'),
 /// so neither placement suits both. The rollups go first: they are the longer where they
-/// matter (35.9 s against the events' 6.8 s at 10 million events).
+/// matter (27-37 s against the events' 15-23 s at 10 million events, docs/benchmarks.md).
 #[derive(Default)]
 struct SharedPasses {
     stored_rollups: AtomicBool,

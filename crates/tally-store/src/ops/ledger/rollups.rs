@@ -91,7 +91,8 @@ fn compare<K: Ord + Debug, V>(
 }
 
 /// The rollups checked by linear fingerprints (`linear`) as the fingerprint pass streams the
-/// fees, fee transactions and costs, then the rollup tables once each in stored order: no
+/// fees, fee transactions and costs, and, in whichever half is free, the rollup tables once
+/// each in stored order (the halves' sums added up before they are compared): no
 /// grouping by the database and no key held in memory but the platform-wide ones (bounded by
 /// hours). Per relation each fee or cost adds its amount and a count of one under its rollup's
 /// key, each stored row (each shard of a platform-wide total) its total and count, and the
@@ -206,6 +207,10 @@ impl RollupFingerprints {
         self.vendor_run.add(keys, &mut self.costs_by_vendor, cost.amount);
     }
 
+    fn runs_weighed(&self) -> bool {
+        [&self.fee_run, &self.mode_run, &self.cost_run, &self.vendor_run].iter().all(|run| run.count == 0)
+    }
+
     /// Weighs the runs still open: call once the fees, fee transactions and costs have all
     /// been added.
     pub(super) fn flush_runs(&mut self, keys: &Keys) {
@@ -273,8 +278,10 @@ impl RollupFingerprints {
         Ok(())
     }
 
-    /// Adds what another half summed (its side of the rows it read), its runs weighed.
+    /// Adds what another half summed (its side of the rows it read). Both halves' runs must
+    /// have been weighed ([`RollupFingerprints::flush_runs`]): an open run is not in the sums.
     pub(super) fn absorb(&mut self, other: &RollupFingerprints) {
+        debug_assert!(self.runs_weighed() && other.runs_weighed(), "a rollup run left open");
         self.fees.absorb(&other.fees);
         self.fees_by_mode.absorb(&other.fees_by_mode);
         self.costs.absorb(&other.costs);
@@ -285,6 +292,7 @@ impl RollupFingerprints {
 
     /// Whether the rollups agree with the rows they total, once every side is added.
     pub(super) fn agree(&self) -> bool {
+        debug_assert!(self.runs_weighed(), "a rollup run left open");
         self.rows_count
             && self.customers_missing == 0
             && self.fees.agree()
