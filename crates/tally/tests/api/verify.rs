@@ -63,29 +63,14 @@ async fn verify_twice(app: &TestApp, chunk: i64) -> (VerifyReport, VerifyReport)
     .unwrap()
 }
 
-/// [`verify_by_fingerprints`], summing at most `limit` accounts and grants in memory.
-async fn verify_gathering_at_most(app: &TestApp, limit: usize) -> Option<VerifyReport> {
+/// The books as a fast way (`fast`: one of `ledger::verify_by_fingerprints*`) sees them:
+/// `Some` clean report when the fingerprints agree.
+async fn fast_way(
+    app: &TestApp,
+    fast: impl FnOnce(&mut dyn Conn) -> Result<Option<VerifyReport>, tally_store::StoreError> + Send + 'static,
+) -> Option<VerifyReport> {
     let store = app.store.clone();
-    tokio::task::spawn_blocking(move || {
-        store.read(|conn| ledger::verify_by_fingerprints_gathering_at_most(conn, limit)).unwrap()
-    })
-    .await
-    .unwrap()
-}
-
-/// The books as the fast way sees them: `Some` clean report when the fingerprints agree.
-async fn verify_by_fingerprints(app: &TestApp) -> Option<VerifyReport> {
-    let store = app.store.clone();
-    tokio::task::spawn_blocking(move || store.read(|conn| ledger::verify_by_fingerprints(conn)).unwrap()).await.unwrap()
-}
-
-/// [`verify_by_fingerprints`] with the ledger's half first, which then runs the passes that
-/// belong to neither half.
-async fn verify_by_fingerprints_ledger_first(app: &TestApp) -> Option<VerifyReport> {
-    let store = app.store.clone();
-    tokio::task::spawn_blocking(move || store.read(|conn| ledger::verify_by_fingerprints_ledger_first(conn)).unwrap())
-        .await
-        .unwrap()
+    tokio::task::spawn_blocking(move || store.read(fast).unwrap()).await.unwrap()
 }
 
 /// The fast way's report (`fast`) and the join passes', from one snapshot: the background
@@ -549,15 +534,19 @@ async fn a_random_history_verifies_clean_and_each_edit_behind_its_back_is_found(
     let available = one(&app, &format!("SELECT available FROM wallet_accounts WHERE customer_id = '{ada}'")).await;
     for (edit, expected, undo) in edits {
         tamper(&app, &edit).await;
-        assert_eq!(verify_by_fingerprints(&app).await, None, "after {edit:?}, the fingerprints disagree");
         assert_eq!(
-            verify_by_fingerprints_ledger_first(&app).await,
+            fast_way(&app, ledger::verify_by_fingerprints).await,
+            None,
+            "after {edit:?}, the fingerprints disagree"
+        );
+        assert_eq!(
+            fast_way(&app, ledger::verify_by_fingerprints_ledger_first).await,
             None,
             "after {edit:?}, the fingerprints disagree with the ledger's half first"
         );
         for limit in [0, 2] {
             assert_eq!(
-                verify_gathering_at_most(&app, limit).await,
+                fast_way(&app, move |conn| ledger::verify_by_fingerprints_gathering_at_most(conn, limit)).await,
                 None,
                 "after {edit:?}, the fingerprints disagree gathering at most {limit}"
             );
@@ -585,9 +574,12 @@ async fn a_random_history_verifies_clean_and_each_edit_behind_its_back_is_found(
         tamper(&app, &undo).await;
         let report = verify(&app, 3).await;
         assert!(report.is_clean(), "after undoing {edit:?}: {:#?}", report.problems);
-        assert!(verify_by_fingerprints(&app).await.is_some(), "after undoing {edit:?}, the fingerprints agree");
         assert!(
-            verify_by_fingerprints_ledger_first(&app).await.is_some(),
+            fast_way(&app, ledger::verify_by_fingerprints).await.is_some(),
+            "after undoing {edit:?}, the fingerprints agree"
+        );
+        assert!(
+            fast_way(&app, ledger::verify_by_fingerprints_ledger_first).await.is_some(),
             "after undoing {edit:?}, the fingerprints agree with the ledger's half first"
         );
     }
