@@ -12,6 +12,7 @@ pub mod error;
 pub mod export;
 pub mod extract;
 pub mod html;
+pub mod ingest_rounds;
 pub mod limits;
 pub mod openapi;
 pub mod payments;
@@ -99,6 +100,8 @@ pub struct AppState {
     account_names: Arc<std::sync::Mutex<std::collections::HashMap<tally_core::Mode, String>>>,
     /// Which background tasks run, for `/ready` (set by [`serve`]).
     pub background: Arc<telemetry::Background>,
+    /// `POST /events` requests, ingested in rounds.
+    pub ingest_rounds: Arc<ingest_rounds::IngestRounds>,
 }
 
 impl AppState {
@@ -115,10 +118,12 @@ impl AppState {
                 .filter(|color| !color.is_empty())
                 .unwrap_or(defaults.accent_color),
         };
+        let catalog = Arc::new(catalog::CatalogCache::default());
         AppState {
+            ingest_rounds: Arc::new(ingest_rounds::IngestRounds::new(store.clone(), catalog.clone())),
             store,
             config: Arc::new(config),
-            catalog: Arc::new(catalog::CatalogCache::default()),
+            catalog,
             providers: payments::Providers::default(),
             branding,
             auth_cache: Arc::new(extract::AuthCache::default()),

@@ -207,13 +207,7 @@ pub async fn send_usage(
         (None, None) => return Err(ApiError::invalid("customer_id", "give customer_id or customer_external_id")),
     };
     let events = parse_events(&request.events, Some(now))?;
-    let catalog = state.catalog.clone();
-    let report =
-        // Ingesting changes only rows (the grant cache checks each row's token), so it can run
-        // again: SQLite then runs it without a savepoint.
-        state
-            .write_rerunnable(move |conn| event_ops::ingest(conn, auth.mode, &customer, &events, catalog.as_ref(), now))
-            .await?;
+    let report = state.ingest_rounds.ingest(auth.mode, event_ops::IngestRequest { customer, events, now }).await?;
     crate::telemetry::usage_ingested(auth.mode, &report);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -412,6 +412,277 @@ pub fn ingest(
     now: DateTime<Utc>,
 ) -> Result<IngestReport, OpError> {
     let customer_id = lock_customer(conn, mode, customer)?;
+    let ids: Vec<&str> = batch.iter().map(|event| event.id.as_str()).collect();
+    let claims = Claims { stored: events::existing(conn, mode, &ids)?, in_round: HashMap::new() };
+    let mut round = RoundWrites::default();
+    let (report, part) =
+        ingest_locked(conn, mode, &customer_id, batch, &claims, &mut round.destinations, catalog, now)?;
+    round.absorb(part);
+    round.write(conn, mode)?;
+    Ok(report)
+}
+
+/// One request of an ingestion round: a batch of one customer's events, received at `now`.
+#[derive(Debug, Clone)]
+pub struct IngestRequest {
+    pub customer: CustomerRef,
+    pub events: Vec<NewEvent>,
+    pub now: DateTime<Utc>,
+}
+
+/// A round that must not be kept: a request failed after it had written rows, or the database
+/// failed one of the round's statements. Its caller rolls the round back and runs each
+/// request alone ([`ingest`]), which answers each as if there had been no round.
+#[derive(Debug)]
+pub struct RoundFailed(pub Option<StoreError>);
+
+impl RoundFailed {
+    /// The round's shared writes failed: a database error, or an id another transaction
+    /// stored meanwhile (which each request, run alone, answers with its own conflict).
+    fn from_write(error: OpError) -> RoundFailed {
+        match error {
+            OpError::Store(error) => RoundFailed(Some(error)),
+            _ => RoundFailed(None),
+        }
+    }
+}
+
+impl From<StoreError> for RoundFailed {
+    fn from(error: StoreError) -> RoundFailed {
+        RoundFailed(Some(error))
+    }
+}
+
+/// Ingests several requests of `mode` in one transaction, answering each as [`ingest`] would
+/// have had they run one after another in this order, with the statements they can share
+/// run once for all: the customers are locked in one statement (in id order, so rounds wait
+/// for each other instead of deadlocking), the event ids looked up in one, and the rows
+/// every request adds (events, fees, ledger entries, transactions, rollups) written together
+/// at the end, a multi-row `INSERT` per table. A request refused before it wrote anything
+/// (an unknown customer, a conflicting id, an invalid event: the usual 409 and 422) is
+/// answered so and leaves the others be; a request that fails having written, or any
+/// failure of the database, fails the round (`RoundFailed`).
+pub fn ingest_round(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    requests: &[IngestRequest],
+    catalog: &dyn Catalog,
+) -> Result<Vec<Result<IngestReport, OpError>>, RoundFailed> {
+    let mut named: Vec<Result<String, OpError>> = Vec::with_capacity(requests.len());
+    for request in requests {
+        named.push(match &request.customer {
+            CustomerRef::Id(id) => Ok(id.clone()),
+            CustomerRef::ExternalId(external_id) => match customers::find_by_external_id(conn, mode, external_id)? {
+                Some(customer) => Ok(customer.id),
+                None => Err(OpError::invalid(
+                    "customer_external_id",
+                    format!("no customer with external_id {external_id:?}"),
+                )),
+            },
+        });
+    }
+    let mut ids: Vec<&str> = named.iter().filter_map(|id| id.as_deref().ok()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let locked: HashSet<String> = customers::lock_many(conn, mode, &ids)?.into_iter().collect();
+    let mut event_ids: Vec<&str> =
+        requests.iter().flat_map(|request| request.events.iter().map(|event| event.id.as_str())).collect();
+    event_ids.sort_unstable();
+    event_ids.dedup();
+    let mut claims = Claims { stored: events::existing(conn, mode, &event_ids)?, in_round: HashMap::new() };
+    let mut round = RoundWrites::default();
+    let mut served: HashSet<String> = HashSet::new();
+    let mut answers = Vec::with_capacity(requests.len());
+    for (request, customer_id) in requests.iter().zip(named) {
+        let customer_id = match customer_id {
+            Ok(id) if locked.contains(&id) => id,
+            Ok(id) => {
+                answers.push(Err(OpError::invalid("customer_id", format!("no customer {id}"))));
+                continue;
+            }
+            Err(error) => {
+                answers.push(Err(error));
+                continue;
+            }
+        };
+        if !served.insert(customer_id.clone()) {
+            // A second request of a customer reads what the first wrote (the number of the
+            // customer's last transaction): write it first.
+            round.write(conn, mode).map_err(RoundFailed::from_write)?;
+        }
+        let mut watched = WriteWatch { conn: &mut *conn, wrote: false };
+        let outcome = ingest_locked(
+            &mut watched,
+            mode,
+            &customer_id,
+            &request.events,
+            &claims,
+            &mut round.destinations,
+            catalog,
+            request.now,
+        );
+        match outcome {
+            Ok((report, part)) => {
+                for event in &part.events {
+                    claims.in_round.insert(event.id.clone(), (event.customer_id.clone(), event.content_hash.clone()));
+                }
+                round.absorb(part);
+                answers.push(Ok(report));
+            }
+            Err(OpError::Store(error)) => return Err(error.into()),
+            Err(_) if watched.wrote => return Err(RoundFailed(None)),
+            Err(refused) => answers.push(Err(refused)),
+        }
+    }
+    round.write(conn, mode).map_err(RoundFailed::from_write)?;
+    Ok(answers)
+}
+
+/// Which event holds an id already: one stored before the round, or one an earlier request
+/// of the round stored (its customer and content hash).
+struct Claims {
+    stored: HashMap<String, StoredEvent>,
+    in_round: HashMap<String, (String, String)>,
+}
+
+impl Claims {
+    /// Whether `id` is free, an exact replay of `customer_id`'s event with `hash`, or a
+    /// conflict (the message says which).
+    fn check(&self, id: &str, customer_id: &str, hash: &str) -> Claim {
+        let (holder, held_hash) = match (self.stored.get(id), self.in_round.get(id)) {
+            (Some(stored), _) if stored.customer_id != customer_id => return Claim::Conflict(other_customer(id)),
+            (Some(stored), _) => (stored.customer_id.as_str(), stored_content_hash(stored)),
+            (None, Some((holder, held_hash))) => (holder.as_str(), held_hash.clone()),
+            (None, None) => return Claim::Free,
+        };
+        if holder != customer_id {
+            Claim::Conflict(other_customer(id))
+        } else if held_hash != hash {
+            Claim::Conflict(format!(
+                "event id {id} is already used by an event with other content \
+                 (event_type, occurred_at, subject, description, data or costs)"
+            ))
+        } else {
+            Claim::Replay
+        }
+    }
+}
+
+enum Claim {
+    Free,
+    /// Stored already with the same content: it changes nothing.
+    Replay,
+    Conflict(String),
+}
+
+fn other_customer(id: &str) -> String {
+    format!("event id {id} is already used by another customer's event")
+}
+
+/// A connection that notes whether a statement that may write ran through it (anything but
+/// a `SELECT`): a request of a round that fails before writing can be refused alone.
+struct WriteWatch<'a> {
+    conn: &'a mut dyn Conn,
+    wrote: bool,
+}
+
+impl WriteWatch<'_> {
+    fn note(&mut self, sql: &str) {
+        let head = sql.trim_start().get(..6).unwrap_or_default();
+        self.wrote |= !head.eq_ignore_ascii_case("SELECT");
+    }
+}
+
+impl Conn for WriteWatch<'_> {
+    fn dialect(&self) -> crate::conn::Dialect {
+        self.conn.dialect()
+    }
+
+    fn execute(&mut self, sql: &str, params: &[crate::conn::Value]) -> Result<u64, StoreError> {
+        self.note(sql);
+        self.conn.execute(sql, params)
+    }
+
+    fn query(&mut self, sql: &str, params: &[crate::conn::Value]) -> Result<Vec<crate::Row>, StoreError> {
+        self.note(sql);
+        self.conn.query(sql, params)
+    }
+
+    fn query_each(
+        &mut self,
+        sql: &str,
+        params: &[crate::conn::Value],
+        each: &mut dyn FnMut(&crate::Row) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.note(sql);
+        self.conn.query_each(sql, params, each)
+    }
+
+    fn query_planned_for_values(
+        &mut self,
+        sql: &str,
+        params: &[crate::conn::Value],
+    ) -> Result<Vec<crate::Row>, StoreError> {
+        self.note(sql);
+        self.conn.query_planned_for_values(sql, params)
+    }
+
+    fn lane(&self) -> u64 {
+        self.conn.lane()
+    }
+}
+
+/// What the requests of a round add, written together by [`RoundWrites::write`].
+#[derive(Default)]
+struct RoundWrites {
+    events: Vec<StoredEvent>,
+    pending: PendingRows,
+    rollups: Rollups,
+    /// The platform's enabled webhook destinations, read at the round's first fee.
+    destinations: Option<Vec<crate::repo::webhooks::Destination>>,
+}
+
+/// What one request adds to its round.
+struct RoundPart {
+    events: Vec<StoredEvent>,
+    pending: PendingRows,
+    rollups: Rollups,
+}
+
+impl RoundWrites {
+    fn absorb(&mut self, part: RoundPart) {
+        self.events.extend(part.events);
+        self.pending.absorb(part.pending);
+        self.rollups.absorb(part.rollups);
+    }
+
+    /// Writes what was gathered: the events first, in id order (two rounds sharing ids then
+    /// wait for each other instead of deadlocking), then their fees, ledger entries and
+    /// transactions in the order the requests made them, and the rollups once per key.
+    fn write(&mut self, conn: &mut dyn Conn, mode: Mode) -> Result<(), OpError> {
+        let mut events = std::mem::take(&mut self.events);
+        events.sort_by(|left, right| left.id.cmp(&right.id));
+        insert_events(conn, mode, &events)?;
+        std::mem::take(&mut self.pending).write(conn, mode)?;
+        self.rollups.write(conn)?;
+        Ok(())
+    }
+}
+
+/// [`ingest`] of one batch once its customer is locked and its ids' holders known: rates and
+/// debits in memory, writes what must be written at once (accounts, tier counters, vendor
+/// costs, webhooks), and returns the rows a round writes together.
+#[allow(clippy::too_many_arguments)]
+fn ingest_locked(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    customer_id: &str,
+    batch: &[NewEvent],
+    claims: &Claims,
+    destinations: &mut Option<Vec<crate::repo::webhooks::Destination>>,
+    catalog: &dyn Catalog,
+    now: DateTime<Utc>,
+) -> Result<(IngestReport, RoundPart), OpError> {
     let mut errors: Vec<FieldError> = Vec::new();
     let mut seen_in_batch: HashSet<&str> = HashSet::new();
     for (index, event) in batch.iter().enumerate() {
@@ -422,38 +693,29 @@ pub fn ingest(
             });
         }
     }
-    let ids: Vec<&str> = batch.iter().map(|event| event.id.as_str()).collect();
-    let existing = events::existing(conn, mode, &ids)?;
     let mut fresh: Vec<(usize, &NewEvent, String)> = Vec::with_capacity(batch.len());
     let mut conflicts: Vec<String> = Vec::new();
     for (index, event) in batch.iter().enumerate() {
         let hash = event.content_hash();
-        match existing.get(&event.id) {
-            None => fresh.push((index, event, hash)),
-            Some(stored) if stored.customer_id != customer_id => {
-                conflicts.push(format!("event id {} is already used by another customer's event", event.id))
-            }
-            Some(stored) if stored_content_hash(stored) != hash => conflicts.push(format!(
-                "event id {} is already used by an event with other content \
-                 (event_type, occurred_at, subject, description, data or costs)",
-                event.id
-            )),
-            // An exact replay: stored already, it changes nothing.
-            Some(_) => {}
+        match claims.check(&event.id, customer_id, &hash) {
+            Claim::Free => fresh.push((index, event, hash)),
+            Claim::Conflict(message) => conflicts.push(message),
+            Claim::Replay => {}
         }
     }
     if !conflicts.is_empty() {
         return Err(conflict(conflicts));
     }
     let mut report = IngestReport { duplicates: batch.len() - fresh.len(), ..IngestReport::default() };
+    let nothing = RoundPart { events: Vec::new(), pending: PendingRows::default(), rollups: Rollups::default() };
     if fresh.is_empty() && errors.is_empty() {
-        return Ok(report);
+        return Ok((report, nothing));
     }
     // Runs whatever fell due (a scheduled start, a renewal), so that the history is complete.
-    run_due(conn, mode, &customer_id, catalog, now)?;
+    run_due(conn, mode, customer_id, catalog, now)?;
     let earliest = fresh.iter().map(|(_, event, _)| event.occurred_at).min().unwrap_or(now);
-    let history = subscription_repo::history_since(conn, mode, &customer_id, earliest)?;
-    let mut pricer = Pricer::new(&customer_id, history, catalog);
+    let history = subscription_repo::history_since(conn, mode, customer_id, earliest)?;
+    let mut pricer = Pricer::new(customer_id, history, catalog);
     let mut vendor_ids: HashMap<VendorRef, String> = HashMap::new();
     let mut rated_events: Vec<Priced> = Vec::with_capacity(fresh.len());
     for (index, event, hash) in fresh {
@@ -470,21 +732,16 @@ pub fn ingest(
             Rating::Refused(message) => errors.push(FieldError { field: format!("events[{index}]"), message }),
         }
     }
-    let holds = open_holds(conn, mode, &customer_id, batch, &rated_events, now, &mut errors)?;
+    let holds = open_holds(conn, mode, customer_id, batch, &rated_events, now, &mut errors)?;
     if !errors.is_empty() {
         return Err(OpError::Invalid(errors));
     }
-    // The rows that can clash with another customer's batch go in first, in id order, so two
-    // batches sharing ids wait for each other instead of deadlocking.
-    let mut by_id: Vec<&Priced> = rated_events.iter().collect();
-    by_id.sort_by(|left, right| left.event.id.cmp(&right.event.id));
-    let rows: Vec<StoredEvent> = by_id.iter().map(|priced| stored_event(&customer_id, priced, now)).collect();
-    insert_events(conn, mode, &rows)?;
+    let rows: Vec<StoredEvent> = rated_events.iter().map(|priced| stored_event(customer_id, priced, now)).collect();
     let unbilled_events: HashMap<&str, &StoredEvent> =
         rows.iter().filter(|stored| stored.unbilled.is_some()).map(|stored| (stored.id.as_str(), stored)).collect();
-    let mut writes = BatchWrites { holds, ..BatchWrites::default() };
+    let mut writes = BatchWrites { holds, destinations: destinations.take(), ..BatchWrites::default() };
     for Priced { event, fees, .. } in &rated_events {
-        store_fees_and_costs(conn, mode, &customer_id, event, fees, &vendor_ids, &mut writes, now)
+        store_fees_and_costs(conn, mode, customer_id, event, fees, &vendor_ids, &mut writes, now)
             .map_err(|error| name_the_event(error, batch, event))?;
         if let Some(stored) = unbilled_events.get(event.id.as_str()) {
             webhooks::event_unbilled(conn, mode, stored, now)?;
@@ -498,9 +755,10 @@ pub fn ingest(
             billed.1 += rated.fee.amount;
         }
     }
-    writes.save_accounts(conn, mode, now)?;
+    let (pending, rollups) = writes.save_accounts_only(conn, mode, now)?;
+    *destinations = writes.destinations.take();
     pricer.save_counters(conn)?;
-    Ok(report)
+    Ok((report, RoundPart { events: rows, pending, rollups }))
 }
 
 /// Rates one customer's events as they occurred, each against the product versions of the
@@ -690,13 +948,26 @@ impl BatchWrites {
     /// Saves each account the batch debited, once, and adds the batch's fees and costs to the
     /// rollups, once per key. Every writer of fees through [`store_fees`] calls it last.
     pub(crate) fn save_accounts(&mut self, conn: &mut dyn Conn, mode: Mode, now: DateTime<Utc>) -> Result<(), OpError> {
-        self.flush(conn, mode)?;
+        let (pending, mut rollups) = self.save_accounts_only(conn, mode, now)?;
+        pending.write(conn, mode)?;
+        rollups.write(conn)?;
+        Ok(())
+    }
+
+    /// Saves each account the batch debited, once, and hands back the rows and rollups still
+    /// to write, for a caller that writes them together with others' (an ingestion round):
+    /// nothing the batch does after its accounts are saved reads them.
+    fn save_accounts_only(
+        &mut self,
+        conn: &mut dyn Conn,
+        mode: Mode,
+        now: DateTime<Utc>,
+    ) -> Result<(PendingRows, Rollups), OpError> {
         for (_, (account, touched)) in std::mem::take(&mut self.accounts) {
             webhooks::balance_changed(conn, mode, &touched.before, &account, now)?;
             crate::repo::wallets::save_touched(conn, account, &touched)?;
         }
-        self.rollups.write(conn)?;
-        Ok(())
+        Ok((std::mem::take(&mut self.pending), std::mem::take(&mut self.rollups)))
     }
 
     /// Writes the pending fees, ledger entries and transactions.
@@ -706,6 +977,12 @@ impl BatchWrites {
 }
 
 impl PendingRows {
+    fn absorb(&mut self, other: PendingRows) {
+        self.fees.extend(other.fees);
+        self.entries.extend(other.entries);
+        self.transactions.extend(other.transactions);
+    }
+
     fn write(self, conn: &mut dyn Conn, mode: Mode) -> Result<(), OpError> {
         if !self.fees.is_empty() {
             events::insert_fees(conn, mode, &self.fees)?;

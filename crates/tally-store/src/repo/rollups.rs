@@ -678,6 +678,22 @@ impl Rollups {
         &self.costs_by_vendor
     }
 
+    /// Adds every total of `other` to this one's: an ingestion round gathers its requests'
+    /// rollups and writes each key once.
+    pub fn absorb(&mut self, other: Rollups) {
+        for (key, total) in other.fees {
+            self.fees.entry(key).or_default().absorb(&total);
+        }
+        for (key, total) in other.costs {
+            self.costs.entry(key).or_default().absorb(&total);
+        }
+        self.absorb_shared(&Rollups {
+            fees_by_mode: other.fees_by_mode,
+            costs_by_vendor: other.costs_by_vendor,
+            ..Rollups::default()
+        });
+    }
+
     /// Adds `other`'s platform-wide totals to this one's (per-customer totals are left out).
     pub fn absorb_shared(&mut self, other: &Rollups) {
         for (key, total) in &other.fees_by_mode {

@@ -11,6 +11,7 @@ mod credyt_examples;
 mod customers;
 mod errors;
 mod holds;
+mod ingest_rounds;
 mod jobs;
 mod multi_server;
 mod openapi;

@@ -1,0 +1,179 @@
+//! `POST /events` requests that arrive together are ingested together, in rounds: one
+//! transaction for several requests, with the statements they can share run once
+//! (`ops::events::ingest_round`). On PostgreSQL a request's cost is mostly its statements
+//! (about twenty for a single event); a round shares the customer locks, the event-id lookup
+//! and every insert among its requests.
+//!
+//! A request joins the queue of its mode. At most [`ROUNDS_AT_ONCE`] rounds run at a time,
+//! each on a blocking thread that takes the queue's oldest requests of one mode (at most
+//! [`MAX_REQUESTS`] requests and [`MAX_EVENTS`] events) and goes on taking while any wait.
+//! A request that arrives while a round runs waits for the next round, so under load rounds
+//! grow, and alone a request runs at once in a round of one. Every request is answered what
+//! it would have been answered alone: a round that fails is run again a request at a time.
+
+use crate::catalog::CatalogCache;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use tally_core::Mode;
+use tally_store::ops::events::{self as event_ops, IngestReport, IngestRequest};
+use tally_store::ops::OpError;
+use tally_store::Store;
+use tokio::sync::oneshot;
+
+/// How many rounds run at once: enough to keep PostgreSQL's backends and SQLite's
+/// group commit fed while one round's answers travel back, few enough that rounds fill.
+pub const ROUNDS_AT_ONCE: usize = 4;
+/// The most requests in one round.
+pub const MAX_REQUESTS: usize = 64;
+/// The most events in one round (a request of more still runs, alone).
+pub const MAX_EVENTS: usize = 1_000;
+
+type Answer = oneshot::Sender<Result<IngestReport, OpError>>;
+
+struct Waiting {
+    mode: Mode,
+    request: IngestRequest,
+    answer: Answer,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: VecDeque<Waiting>,
+    running: usize,
+}
+
+pub struct IngestRounds {
+    store: Arc<Store>,
+    catalog: Arc<CatalogCache>,
+    queue: Mutex<Queue>,
+    rounds_at_once: usize,
+    max_requests: usize,
+}
+
+impl IngestRounds {
+    pub fn new(store: Arc<Store>, catalog: Arc<CatalogCache>) -> IngestRounds {
+        let env = |name: &str, default: usize| {
+            std::env::var(name).ok().and_then(|value| value.parse().ok()).filter(|value| *value > 0).unwrap_or(default)
+        };
+        IngestRounds {
+            store,
+            catalog,
+            queue: Mutex::default(),
+            rounds_at_once: env("TALLY_INGEST_ROUNDS", ROUNDS_AT_ONCE),
+            max_requests: env("TALLY_INGEST_ROUND_REQUESTS", MAX_REQUESTS),
+        }
+    }
+
+    /// Ingests `request` in the next round of `mode`, and answers as `ops::events::ingest`.
+    pub async fn ingest(self: &Arc<Self>, mode: Mode, request: IngestRequest) -> Result<IngestReport, OpError> {
+        let (answer, answered) = oneshot::channel();
+        let start = {
+            let mut queue = self.lock();
+            queue.waiting.push_back(Waiting { mode, request, answer });
+            let start = queue.running < self.rounds_at_once;
+            if start {
+                queue.running += 1;
+            }
+            start
+        };
+        if start {
+            let rounds = self.clone();
+            tokio::task::spawn_blocking(move || rounds.run());
+        }
+        answered.await.map_err(|_| {
+            OpError::Store(tally_store::StoreError::Database("the ingestion round stopped (a panic)".into()))
+        })?
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs rounds until no request waits.
+    fn run(&self) {
+        // Counted out however this thread ends, so that a panic never leaves the count
+        // full with no round running. (`next_round` counts a thread out itself, under the
+        // same lock as it finds the queue empty: a request queued after that starts a round.)
+        struct Running<'a>(&'a IngestRounds, bool);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                if !self.1 {
+                    self.0.lock().running -= 1;
+                }
+            }
+        }
+        let mut running = Running(self, false);
+        loop {
+            let Some((mode, round)) = self.next_round() else {
+                running.1 = true;
+                return;
+            };
+            let (requests, answers): (Vec<IngestRequest>, Vec<Answer>) =
+                round.into_iter().map(|waiting| (waiting.request, waiting.answer)).unzip();
+            // A panic drops the round's answers (each caller sees the round fail) and goes on
+            // with the next round.
+            let outcomes = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_round(mode, requests)));
+            if let Ok(outcomes) = outcomes {
+                for (answer, outcome) in answers.into_iter().zip(outcomes) {
+                    let _ = answer.send(outcome);
+                }
+            }
+        }
+    }
+
+    /// The oldest waiting requests of one mode, as many as a round takes; none when no
+    /// request waits, and then the calling thread is counted out.
+    fn next_round(&self) -> Option<(Mode, Vec<Waiting>)> {
+        let mut queue = self.lock();
+        let Some(mode) = queue.waiting.front().map(|waiting| waiting.mode) else {
+            queue.running -= 1;
+            return None;
+        };
+        let mut round = Vec::new();
+        let mut events = 0;
+        let mut index = 0;
+        while index < queue.waiting.len() && round.len() < self.max_requests {
+            let waiting = &queue.waiting[index];
+            let size = waiting.request.events.len();
+            if waiting.mode != mode {
+                index += 1;
+                continue;
+            }
+            if !round.is_empty() && events + size > MAX_EVENTS {
+                break;
+            }
+            events += size;
+            round.push(queue.waiting.remove(index).expect("index is in the queue"));
+        }
+        Some((mode, round))
+    }
+
+    /// Runs `requests` as one round (a round of one is `ingest` alone), or each alone when the
+    /// round cannot be kept; answers them in order.
+    pub fn run_round(&self, mode: Mode, requests: Vec<IngestRequest>) -> Vec<Result<IngestReport, OpError>> {
+        if requests.len() > 1 {
+            let shared = Arc::new(requests);
+            let (round, catalog) = (shared.clone(), self.catalog.clone());
+            let outcome =
+                self.store.write_rerunnable(move |conn| event_ops::ingest_round(conn, mode, &round, catalog.as_ref()));
+            match outcome {
+                Ok(answers) => return answers,
+                Err(_) => {
+                    metrics::counter!("tally_ingest_rounds_run_alone_total").increment(1);
+                    let requests = Arc::try_unwrap(shared).unwrap_or_else(|shared| shared.as_ref().clone());
+                    return requests.into_iter().map(|request| self.run_alone(mode, request)).collect();
+                }
+            }
+        }
+        requests.into_iter().map(|request| self.run_alone(mode, request)).collect()
+    }
+
+    fn run_alone(&self, mode: Mode, request: IngestRequest) -> Result<IngestReport, OpError> {
+        let catalog = self.catalog.clone();
+        // Ingesting changes only rows (the grant cache checks each row's token), so it can
+        // run again: SQLite then runs it without a savepoint.
+        self.store.write_rerunnable(move |conn| {
+            event_ops::ingest(conn, mode, &request.customer, &request.events, catalog.as_ref(), request.now)
+        })
+    }
+}

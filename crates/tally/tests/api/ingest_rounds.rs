@@ -1,0 +1,308 @@
+//! Ingestion rounds (`ops::events::ingest_round`): several `POST /events` requests in one
+//! transaction answer and store exactly what each would have alone, one after another in
+//! the round's order; and a round that cannot be kept leaves nothing and is answered a
+//! request at a time.
+
+use crate::harness::{body, TestApp};
+use crate::on_both_backends;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tally::bench::GLITCH_IMAGES;
+use tally_core::Mode;
+use tally_http::catalog::CatalogCache;
+use tally_http::ingest_rounds::IngestRounds;
+use tally_http::routes::events::{parse_events, UsageRequest};
+use tally_store::ops::events::{self as event_ops, CustomerRef, IngestReport, IngestRequest};
+use tally_store::ops::OpError;
+
+const IMG: &str = r#"{"code":"IMG","name":"Image Generation","precision":2,"rates":[{"source":"USD","rate":0.10}]}"#;
+
+/// One IMG per unit of `units`: a single event can owe close to the largest amount.
+const BIG_JOBS: &str = r#"{
+  "name": "Big jobs", "code": "big_jobs",
+  "prices": [ {
+    "name": "Units", "type": "usage_based", "billing_model": { "type": "real_time" },
+    "usage_calculation": { "event_type": "big_job", "usage_type": "volume", "volume_field": "units" },
+    "pricing": [ { "asset": "IMG", "values": [ { "volume_rate": 1 } ] } ]
+  } ],
+  "publish": true
+}"#;
+
+/// A world to ingest into: the seed's product, the big jobs, a vendor and four customers
+/// (`c4` subscribes to nothing, so its events are stored unbilled).
+struct World {
+    customers: Vec<(&'static str, String)>,
+    vendor: String,
+    /// When the world's events occur: after its subscriptions began.
+    at: chrono::DateTime<chrono::Utc>,
+}
+
+impl World {
+    async fn build(app: &TestApp) -> World {
+        app.post("/assets", body(IMG)).await.expect(201);
+        app.post("/products", body(GLITCH_IMAGES)).await.expect(201);
+        app.post("/products", body(BIG_JOBS)).await.expect(201);
+        let vendor = app.post("/vendors", json!({"name": "GPU cloud", "external_id": "gpu"})).await.expect(201);
+        let vendor = vendor.body["id"].as_str().unwrap().to_owned();
+        let mut customers = Vec::new();
+        for (name, products) in [
+            ("c1", vec!["glitch_images_std", "big_jobs"]),
+            ("c2", vec!["glitch_images_std", "big_jobs"]),
+            ("c3", vec!["glitch_images_std"]),
+            ("c4", vec![]),
+        ] {
+            let subscriptions: Vec<Value> = if products.is_empty() {
+                Vec::new()
+            } else {
+                vec![json!({"products": products.iter().map(|code| json!({"code": code})).collect::<Vec<_>>()})]
+            };
+            let made = app
+                .post(
+                    "/customers",
+                    json!({"name": name, "external_id": format!("ext-{name}"), "subscriptions": subscriptions}),
+                )
+                .await
+                .expect(201);
+            let id = made.body["id"].as_str().unwrap().to_owned();
+            app.fund(&id, "IMG", "10", &format!("topup-{name}")).await;
+            customers.push((name, id));
+        }
+        World { customers, vendor, at: chrono::Utc::now() }
+    }
+
+    fn id(&self, name: &str) -> &str {
+        &self.customers.iter().find(|(known, _)| *known == name).expect("a customer of the world").1
+    }
+
+    /// A request of customer `name` (`cus_nobody` for one that does not exist), its events
+    /// given as (id, event_type, data).
+    fn request(&self, name: &str, events: &[(&str, &str, Value)]) -> IngestRequest {
+        let customer = if name == "cus_nobody" {
+            json!({"customer_id": "cus_nobody"})
+        } else if let Some(external) = name.strip_prefix("ext-") {
+            json!({"customer_external_id": format!("ext-{external}")})
+        } else {
+            json!({"customer_id": self.id(name)})
+        };
+        let mut request = customer;
+        request["events"] = events
+            .iter()
+            .map(|(id, event_type, data)| {
+                let mut event =
+                    json!({"id": id, "event_type": event_type, "occurred_at": self.at.to_rfc3339(), "data": data});
+                if let Some(cost) = data.get("cost") {
+                    event["costs"] = json!([{"id": format!("{id}-cost"), "vendor_id": cost, "amount": 0.25}]);
+                }
+                event
+            })
+            .collect();
+        let parsed: UsageRequest = serde_json::from_value(request).unwrap();
+        let customer = match (parsed.customer_id, parsed.customer_external_id) {
+            (Some(id), _) => CustomerRef::Id(id),
+            (None, Some(external)) => CustomerRef::ExternalId(external),
+            (None, None) => unreachable!(),
+        };
+        let now = self.at + chrono::Duration::seconds(5);
+        IngestRequest { customer, events: parse_events(&parsed.events, None).unwrap(), now }
+    }
+}
+
+/// An answer as text that means the same in every world (no generated ids).
+fn answer_text(answer: &Result<IngestReport, OpError>) -> String {
+    match answer {
+        Ok(report) => format!("{report:?}"),
+        Err(error) => format!("{error:?}"),
+    }
+}
+
+/// What a customer's ingestion left, as text that means the same in every world: balances,
+/// events (billed, fees, reason), transactions (id, amount).
+async fn customer_state(app: &TestApp, world: &World, name: &str) -> String {
+    let id = world.id(name);
+    let account = app.get(&format!("/customers/{id}/wallet/default:IMG")).await.expect(200).body;
+    let events = app.get(&format!("/events?customer_id={id}&limit=100")).await.expect(200).body;
+    let mut events: Vec<String> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| {
+            format!(
+                "{} {} {} {}",
+                event["id"], event["billing_status"], event["total_fees"], event["unbilled_reason"]["code"]
+            )
+        })
+        .collect();
+    events.sort();
+    let transactions =
+        app.get(&format!("/customers/{id}/wallet/default:IMG/transactions?limit=100")).await.expect(200).body;
+    let mut transactions: Vec<String> = transactions["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|transaction| format!("{} {} {}", transaction["id"], transaction["type"], transaction["amount"]))
+        .collect();
+    transactions.sort();
+    format!(
+        "{name}: available {} pending_out {}\n  events {events:?}\n  transactions {transactions:?}",
+        account["available"], account["pending_out"]
+    )
+}
+
+/// The round's requests: every way a request of a round can end.
+fn mixed_requests(world: &World) -> Vec<IngestRequest> {
+    let image = |id: &'static str| (id, "image_generated", json!({}));
+    let vendor = world.vendor.as_str();
+    vec![
+        world.request("c1", &[image("e1"), image("e2")]),
+        world.request("c2", &[image("e3"), ("e3b", "image_generated", json!({"cost": vendor}))]),
+        // No such customer: 422, nothing else changes.
+        world.request("cus_nobody", &[image("e4")]),
+        // An id an earlier request of the round stored for another customer: 409.
+        world.request("c3", &[image("e1")]),
+        // The same customer again: a replay of its e2 and a new event.
+        world.request("c1", &[image("e2"), image("e5")]),
+        // An id of this customer's, stored earlier in the round, with other content: 409.
+        world.request("c2", &[("e3", "image_generated", json!({"other": "content"}))]),
+        // No subscription: stored unbilled.
+        world.request("c4", &[image("e6")]),
+        // An unknown vendor: the batch is refused (422) before it writes anything.
+        world.request("c3", &[("e7", "image_generated", json!({"cost": "vnd_nobody"}))]),
+        // By external id.
+        world.request("ext-c1", &[image("e8")]),
+        // A replay of an event stored before the round.
+        world.request("c2", &[image("e9")]),
+        // A volume event.
+        world.request("c3", &[image("e10")]),
+        world.request("c2", &[("e11", "big_job", json!({"units": "2.5"}))]),
+    ]
+}
+
+async fn a_round_answers_and_stores_what_the_requests_alone_would(app: TestApp) {
+    // The same world twice: one ingests the requests in a round, the other one by one.
+    let alone = TestApp::spawn(app.backend).await.expect("a second database on the same backend");
+    let (in_round, one_by_one) = (World::build(&app).await, World::build(&alone).await);
+    for (target, world) in [(&app, &in_round), (&alone, &one_by_one)] {
+        let earlier = json!({"customer_id": world.id("c2"), "events": [
+            {"id": "e9", "event_type": "image_generated", "occurred_at": world.at.to_rfc3339(), "data": {}}]});
+        target.post("/events", earlier).await.expect(204);
+    }
+
+    let requests = mixed_requests(&in_round);
+    let catalog = Arc::new(CatalogCache::default());
+    let (store, round_catalog) = (app.store.clone(), catalog.clone());
+    let answers = tokio::task::spawn_blocking(move || {
+        store.write_rerunnable(move |conn| event_ops::ingest_round(conn, Mode::Test, &requests, round_catalog.as_ref()))
+    })
+    .await
+    .unwrap()
+    .expect("the round is kept");
+
+    let requests = mixed_requests(&one_by_one);
+    let store = alone.store.clone();
+    let expected = tokio::task::spawn_blocking(move || {
+        requests
+            .iter()
+            .map(|request| {
+                let (request, catalog) = (request.clone(), catalog.clone());
+                store.write_rerunnable(move |conn| {
+                    event_ops::ingest(
+                        conn,
+                        Mode::Test,
+                        &request.customer,
+                        &request.events,
+                        catalog.as_ref(),
+                        request.now,
+                    )
+                })
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+
+    let answers: Vec<String> = answers.iter().map(answer_text).collect();
+    let expected: Vec<String> = expected.iter().map(answer_text).collect();
+    assert_eq!(answers, expected, "each request is answered as it would have been alone");
+    let statuses: Vec<&str> = answers.iter().map(|answer| &answer[..answer.find(['(', ' ']).unwrap()]).collect();
+    assert_eq!(
+        statuses,
+        [
+            "IngestReport",
+            "IngestReport",
+            "Invalid",
+            "Conflict",
+            "IngestReport",
+            "Conflict",
+            "IngestReport",
+            "Invalid",
+            "IngestReport",
+            "IngestReport",
+            "IngestReport",
+            "IngestReport"
+        ],
+        "{answers:#?}"
+    );
+    for name in ["c1", "c2", "c3", "c4"] {
+        assert_eq!(
+            customer_state(&app, &in_round, name).await,
+            customer_state(&alone, &one_by_one, name).await,
+            "the round stored for {name} what the requests alone stored"
+        );
+    }
+    // c1: e1, e2, e5, e8 at one IMG each.
+    assert!(customer_state(&app, &in_round, "c1").await.contains("available 6"));
+    app.assert_ledger_agrees().await;
+    alone.assert_ledger_agrees().await;
+}
+
+/// A request that fails having written a row (here its first event's vendor cost, before its
+/// second event's fee takes the debt past the largest amount) cannot be taken out of the
+/// round alone: the round fails whole, keeps nothing, and each request, run alone, gets its
+/// own answer.
+async fn a_request_that_fails_after_writing_fails_the_round_and_each_runs_alone(app: TestApp) {
+    let world = World::build(&app).await;
+    let vendor = world.vendor.as_str();
+    let requests = || {
+        vec![
+            world.request("c2", &[("f1", "image_generated", json!({}))]),
+            world.request(
+                "c1",
+                &[
+                    ("f2", "big_job", json!({"units": 600_000_000_000_000_i64, "cost": vendor})),
+                    ("f3", "big_job", json!({"units": 600_000_000_000_000_i64})),
+                ],
+            ),
+            world.request("c3", &[("f4", "image_generated", json!({}))]),
+        ]
+    };
+    let catalog = Arc::new(CatalogCache::default());
+    let (store, round, round_catalog) = (app.store.clone(), requests(), catalog.clone());
+    let outcome = tokio::task::spawn_blocking(move || {
+        store.write_rerunnable(move |conn| event_ops::ingest_round(conn, Mode::Test, &round, round_catalog.as_ref()))
+    })
+    .await
+    .unwrap();
+    assert!(outcome.is_err(), "the round fails");
+    for name in ["c1", "c2", "c3"] {
+        let state = customer_state(&app, &world, name).await;
+        assert!(state.contains("events []"), "nothing of the failed round stayed: {state}");
+    }
+
+    let rounds = Arc::new(IngestRounds::new(app.store.clone(), catalog));
+    let requests = requests();
+    let answers = tokio::task::spawn_blocking(move || rounds.run_round(Mode::Test, requests)).await.unwrap();
+    let answers: Vec<String> = answers.iter().map(answer_text).collect();
+    assert!(answers[0].starts_with("IngestReport") && answers[2].starts_with("IngestReport"), "{answers:#?}");
+    assert!(answers[1].starts_with("Invalid") && answers[1].contains("debt"), "{answers:#?}");
+    let c2 = customer_state(&app, &world, "c2").await;
+    assert!(c2.contains("f1") && c2.contains("available 9"), "{c2}");
+    let c3 = customer_state(&app, &world, "c3").await;
+    assert!(c3.contains("f4") && c3.contains("available 9"), "{c3}");
+    assert!(customer_state(&app, &world, "c1").await.contains("events []"), "c1's batch is refused whole");
+    app.assert_ledger_agrees().await;
+}
+
+on_both_backends!(
+    a_round_answers_and_stores_what_the_requests_alone_would,
+    a_request_that_fails_after_writing_fails_the_round_and_each_runs_alone,
+);
