@@ -142,8 +142,31 @@ async fn customer_state(app: &TestApp, world: &World, name: &str) -> String {
         .map(|transaction| format!("{} {} {}", transaction["id"], transaction["type"], transaction["amount"]))
         .collect();
     transactions.sort();
+    // The order the customer's transactions are numbered in, and its ledger entries follow:
+    // each request's after the earlier requests' of the same customer, as when made alone.
+    let (store, customer) = (app.store.clone(), id.to_owned());
+    let (numbered, entries) = tokio::task::spawn_blocking(move || {
+        store
+            .read(|conn| {
+                let texts = |conn: &mut dyn tally_store::Conn, sql: &str| -> Result<Vec<String>, tally_store::StoreError> {
+                    let rows = conn.query(sql, &[tally_store::Value::from(customer.as_str())])?;
+                    rows.iter().map(|row| Ok(format!("{} {}", row.int(0)?, row.text(1)?))).collect()
+                };
+                Ok::<_, tally_store::StoreError>((
+                    texts(conn, "SELECT sequence, id FROM transactions WHERE customer_id = $1 ORDER BY sequence, id")?,
+                    texts(
+                        conn,
+                        "SELECT 0, COALESCE(transaction_id, kind) FROM ledger_entries WHERE customer_id = $1 ORDER BY id",
+                    )?,
+                ))
+            })
+            .unwrap()
+    })
+    .await
+    .unwrap();
     format!(
-        "{name}: available {} pending_out {}\n  events {events:?}\n  transactions {transactions:?}",
+        "{name}: available {} pending_out {}\n  events {events:?}\n  transactions {transactions:?}\n  \
+         numbered {numbered:?}\n  ledger {entries:?}",
         account["available"], account["pending_out"]
     )
 }
