@@ -4,7 +4,8 @@
 //! (about twenty for a single event); a round shares the customer locks, the event-id lookup
 //! and every insert among its requests.
 //!
-//! A request joins the queue of its mode. At most [`ROUNDS_AT_ONCE`] rounds run at a time,
+//! A request joins the queue of its mode. At most `ingest_rounds` rounds run at a time
+//! ([`default_rounds_at_once`] unless set),
 //! each on a blocking thread that takes the queue's oldest requests of one mode (at most
 //! [`MAX_REQUESTS`] requests and [`MAX_EVENTS`] events) and goes on taking while any wait.
 //! A request that arrives while a round runs waits for the next round, so under load rounds
@@ -13,6 +14,7 @@
 
 use crate::catalog::CatalogCache;
 use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 use tally_core::Mode;
 use tally_store::ops::events::{self as event_ops, IngestReport, IngestRequest};
@@ -20,15 +22,28 @@ use tally_store::ops::OpError;
 use tally_store::Store;
 use tokio::sync::oneshot;
 
-/// How many rounds run at once: enough to keep PostgreSQL's backends and SQLite's
-/// group commit fed while one round's answers travel back, few enough that rounds fill.
-pub const ROUNDS_AT_ONCE: usize = 4;
+/// How many rounds run at once unless `ingest_rounds` says: enough to keep the database busy
+/// while other rounds' answers travel back, few enough that rounds fill. SQLite runs one
+/// writer, whose group commit takes whatever rounds wait; PostgreSQL runs rounds side by side,
+/// each on its own connection, and did best at 8 of 2, 4, 8 and 16 on two cores
+/// (docs/benchmarks.md, "Ingestion rounds").
+pub fn default_rounds_at_once(dialect: tally_store::Dialect) -> usize {
+    match dialect {
+        tally_store::Dialect::Sqlite => 4,
+        tally_store::Dialect::Postgres => 8,
+    }
+}
 /// The most requests in one round.
 pub const MAX_REQUESTS: usize = 64;
 /// The most events in one round (a request of more still runs, alone).
 pub const MAX_EVENTS: usize = 1_000;
 
 type Answer = oneshot::Sender<Result<IngestReport, OpError>>;
+
+/// The answer of a request whose ingestion panicked (nothing of it was committed).
+fn panicked() -> OpError {
+    OpError::Store(tally_store::StoreError::Database("ingesting the request stopped (a panic)".into()))
+}
 
 struct Waiting {
     mode: Mode,
@@ -47,21 +62,13 @@ pub struct IngestRounds {
     catalog: Arc<CatalogCache>,
     queue: Mutex<Queue>,
     rounds_at_once: usize,
-    max_requests: usize,
 }
 
 impl IngestRounds {
-    pub fn new(store: Arc<Store>, catalog: Arc<CatalogCache>) -> IngestRounds {
-        let env = |name: &str, default: usize| {
-            std::env::var(name).ok().and_then(|value| value.parse().ok()).filter(|value| *value > 0).unwrap_or(default)
-        };
-        IngestRounds {
-            store,
-            catalog,
-            queue: Mutex::default(),
-            rounds_at_once: env("TALLY_INGEST_ROUNDS", ROUNDS_AT_ONCE),
-            max_requests: env("TALLY_INGEST_ROUND_REQUESTS", MAX_REQUESTS),
-        }
+    /// Rounds over `store`; `rounds_at_once` 0 means the backend's default.
+    pub fn new(store: Arc<Store>, catalog: Arc<CatalogCache>, rounds_at_once: usize) -> IngestRounds {
+        let rounds_at_once = if rounds_at_once == 0 { default_rounds_at_once(store.dialect()) } else { rounds_at_once };
+        IngestRounds { store, catalog, queue: Mutex::default(), rounds_at_once }
     }
 
     /// Ingests `request` in the next round of `mode`, and answers as `ops::events::ingest`.
@@ -80,9 +87,7 @@ impl IngestRounds {
             let rounds = self.clone();
             tokio::task::spawn_blocking(move || rounds.run());
         }
-        answered.await.map_err(|_| {
-            OpError::Store(tally_store::StoreError::Database("the ingestion round stopped (a panic)".into()))
-        })?
+        answered.await.map_err(|_| panicked())?
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
@@ -110,14 +115,12 @@ impl IngestRounds {
             };
             let (requests, answers): (Vec<IngestRequest>, Vec<Answer>) =
                 round.into_iter().map(|waiting| (waiting.request, waiting.answer)).unzip();
-            // A panic drops the round's answers (each caller sees the round fail) and goes on
-            // with the next round.
-            let outcomes = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_round(mode, requests)));
-            if let Ok(outcomes) = outcomes {
-                for (answer, outcome) in answers.into_iter().zip(outcomes) {
+            let mut answers: Vec<Option<Answer>> = answers.into_iter().map(Some).collect();
+            self.answer_round(mode, requests, |index, outcome| {
+                if let Some(answer) = answers[index].take() {
                     let _ = answer.send(outcome);
                 }
-            }
+            });
         }
     }
 
@@ -132,7 +135,7 @@ impl IngestRounds {
         let mut round = Vec::new();
         let mut events = 0;
         let mut index = 0;
-        while index < queue.waiting.len() && round.len() < self.max_requests {
+        while index < queue.waiting.len() && round.len() < MAX_REQUESTS {
             let waiting = &queue.waiting[index];
             let size = waiting.request.events.len();
             if waiting.mode != mode {
@@ -148,24 +151,54 @@ impl IngestRounds {
         Some((mode, round))
     }
 
-    /// Runs `requests` as one round (a round of one is `ingest` alone), or each alone when the
-    /// round cannot be kept; answers them in order.
+    /// Runs `requests` as one round and answers them in order; the test suite's way in.
+    /// A request whose run panicked is answered with an error.
     pub fn run_round(&self, mode: Mode, requests: Vec<IngestRequest>) -> Vec<Result<IngestReport, OpError>> {
+        let mut answers: Vec<Result<IngestReport, OpError>> = (0..requests.len()).map(|_| Err(panicked())).collect();
+        self.answer_round(mode, requests, |index, outcome| answers[index] = outcome);
+        answers
+    }
+
+    /// Runs `requests` as one round (a round of one is `ingest` alone), or each alone when the
+    /// round cannot be kept, and gives `answer` each request's outcome, by its index, as soon
+    /// as it is known: a request run alone is answered before the next one runs, so one that
+    /// panics costs only its own answer (its caller sees an error), never another's.
+    fn answer_round(
+        &self,
+        mode: Mode,
+        requests: Vec<IngestRequest>,
+        mut answer: impl FnMut(usize, Result<IngestReport, OpError>),
+    ) {
         if requests.len() > 1 {
             let shared = Arc::new(requests);
             let (round, catalog) = (shared.clone(), self.catalog.clone());
-            let outcome =
-                self.store.write_rerunnable(move |conn| event_ops::ingest_round(conn, mode, &round, catalog.as_ref()));
-            match outcome {
-                Ok(answers) => return answers,
-                Err(_) => {
-                    metrics::counter!("tally_ingest_rounds_run_alone_total").increment(1);
-                    let requests = Arc::try_unwrap(shared).unwrap_or_else(|shared| shared.as_ref().clone());
-                    return requests.into_iter().map(|request| self.run_alone(mode, request)).collect();
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                self.store.write_rerunnable(move |conn| event_ops::ingest_round(conn, mode, &round, catalog.as_ref()))
+            }));
+            if let Ok(Ok(answers)) = outcome {
+                for (index, outcome) in answers.into_iter().enumerate() {
+                    answer(index, outcome);
                 }
+                return;
+            }
+            metrics::counter!("tally_ingest_rounds_run_alone_total").increment(1);
+            let requests = Arc::try_unwrap(shared).unwrap_or_else(|shared| shared.as_ref().clone());
+            return self.answer_each_alone(mode, requests, answer);
+        }
+        self.answer_each_alone(mode, requests, answer)
+    }
+
+    fn answer_each_alone(
+        &self,
+        mode: Mode,
+        requests: Vec<IngestRequest>,
+        mut answer: impl FnMut(usize, Result<IngestReport, OpError>),
+    ) {
+        for (index, request) in requests.into_iter().enumerate() {
+            if let Ok(outcome) = catch_unwind(AssertUnwindSafe(|| self.run_alone(mode, request))) {
+                answer(index, outcome);
             }
         }
-        requests.into_iter().map(|request| self.run_alone(mode, request)).collect()
     }
 
     fn run_alone(&self, mode: Mode, request: IngestRequest) -> Result<IngestReport, OpError> {

@@ -62,6 +62,9 @@ pub struct HttpConfig {
     pub clock: clock::Clock,
     /// When set, `GET /metrics` requires `Authorization: Bearer` with this token.
     pub metrics_token: Option<String>,
+    /// How many ingestion rounds of `POST /events` run at once (`ingest_rounds`); 0: the
+    /// backend's default (`ingest_rounds::default_rounds_at_once`).
+    pub ingest_rounds: usize,
 }
 
 impl Default for HttpConfig {
@@ -79,6 +82,7 @@ impl Default for HttpConfig {
             holds: tally_store::ops::holds::HoldLimits::default(),
             clock: clock::Clock::default(),
             metrics_token: None,
+            ingest_rounds: 0,
         }
     }
 }
@@ -120,7 +124,11 @@ impl AppState {
         };
         let catalog = Arc::new(catalog::CatalogCache::default());
         AppState {
-            ingest_rounds: Arc::new(ingest_rounds::IngestRounds::new(store.clone(), catalog.clone())),
+            ingest_rounds: Arc::new(ingest_rounds::IngestRounds::new(
+                store.clone(),
+                catalog.clone(),
+                config.ingest_rounds,
+            )),
             store,
             config: Arc::new(config),
             catalog,

@@ -181,7 +181,12 @@ impl BenchArgs {
 /// Runs the benchmark and prints what it measured. `database_url` is the database given on
 /// the command line; without one the bench makes a temporary SQLite database and deletes it
 /// afterwards. Returns whether every check passed.
-pub fn run(args: &BenchArgs, database_url: Option<&str>, settle_interval: Duration) -> anyhow::Result<bool> {
+pub fn run(
+    args: &BenchArgs,
+    database_url: Option<&str>,
+    settle_interval: Duration,
+    ingest_rounds: usize,
+) -> anyhow::Result<bool> {
     args.check()?;
     let temporary = tempfile::tempdir().context("cannot create a temporary directory")?;
     let url = match database_url {
@@ -202,7 +207,13 @@ pub fn run(args: &BenchArgs, database_url: Option<&str>, settle_interval: Durati
     );
     println!("  {}", args.describe());
     let backends = BackendCpu::for_url(&url);
-    let server = Server { store: store.clone(), settle_interval, connections: args.connections, key: Arc::new(key) };
+    let server = Server {
+        store: store.clone(),
+        settle_interval,
+        ingest_rounds,
+        connections: args.connections,
+        key: Arc::new(key),
+    };
     let run_id = format!("{:x}", chrono::Utc::now().timestamp_micros());
     let run_id = run_id.as_str();
 
@@ -256,6 +267,7 @@ pub fn run(args: &BenchArgs, database_url: Option<&str>, settle_interval: Durati
 struct Server {
     store: Arc<Store>,
     settle_interval: Duration,
+    ingest_rounds: usize,
     connections: usize,
     key: Arc<String>,
 }
@@ -272,6 +284,7 @@ impl Server {
         let config = tally_http::HttpConfig {
             platform_name: "Tally bench".into(),
             settle_interval: self.settle_interval,
+            ingest_rounds: self.ingest_rounds,
             ..tally_http::HttpConfig::default()
         };
         let state = tally_http::AppState::new(self.store.clone(), config);
@@ -900,20 +913,20 @@ mod tests {
     /// requests, must end with every check passed.
     #[test]
     fn a_short_run_passes_its_checks() {
-        assert!(run(&short(), None, Duration::from_millis(100)).unwrap());
+        assert!(run(&short(), None, Duration::from_millis(100), 0).unwrap());
     }
 
     /// Every request on one customer: its wallet takes all the debits, and they still add up.
     #[test]
     fn a_short_hot_run_passes_its_checks() {
-        assert!(run(&BenchArgs { hot: true, ..short() }, None, Duration::from_millis(100)).unwrap());
+        assert!(run(&BenchArgs { hot: true, ..short() }, None, Duration::from_millis(100), 0).unwrap());
     }
 
     /// Accounts with many grants: made through the adjustment operation, they keep the ledger
     /// whole, and the run's billing is counted from the balances the grants left.
     #[test]
     fn a_short_run_over_many_grants_passes_its_checks() {
-        assert!(run(&BenchArgs { grants: 7, ..short() }, None, Duration::from_millis(100)).unwrap());
+        assert!(run(&BenchArgs { grants: 7, ..short() }, None, Duration::from_millis(100), 0).unwrap());
     }
 
     /// Events stored before the run: exactly as many as asked (checked over HTTP before the
@@ -921,7 +934,7 @@ mod tests {
     #[test]
     fn a_short_run_over_a_history_passes_its_checks() {
         // 2,501 over 3 customers: a customer's share spans batches of 1,000 and a partial one.
-        assert!(run(&BenchArgs { history: 2_501, ..short() }, None, Duration::from_millis(100)).unwrap());
+        assert!(run(&BenchArgs { history: 2_501, ..short() }, None, Duration::from_millis(100), 0).unwrap());
     }
 
     /// The same options on PostgreSQL, in a database of its own, with its backends' CPU
@@ -930,7 +943,7 @@ mod tests {
     fn a_short_run_with_every_option_passes_its_checks_on_postgres() {
         crate::test_postgres::with_database("tally_bench_test", |url| {
             let args = BenchArgs { hot: true, grants: 7, history: 1_001, ..short() };
-            assert!(run(&args, Some(url), Duration::from_millis(100)).unwrap());
+            assert!(run(&args, Some(url), Duration::from_millis(100), 0).unwrap());
         });
     }
 

@@ -20,6 +20,7 @@ pub struct Config {
     pub database_url: String,
     pub platform_name: String,
     pub settle_interval_ms: u64,
+    pub ingest_rounds: u64,
     pub log: String,
     pub log_format: String,
     pub metrics_token: String,

@@ -219,7 +219,8 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => {
             let database_url = cli.database_url.as_deref().filter(|_| database_on_command_line);
             let settle_interval = Duration::from_millis(config.settle_interval_ms.max(10));
-            if !tally::bench::run(&args, database_url, settle_interval)? {
+            let ingest_rounds = config.ingest_rounds.min(1024) as usize;
+            if !tally::bench::run(&args, database_url, settle_interval, ingest_rounds)? {
                 std::process::exit(1);
             }
             Ok(())
@@ -249,6 +250,7 @@ fn serve(config: &Config) -> anyhow::Result<()> {
     let http_config = tally_http::HttpConfig {
         platform_name: config.platform_name.clone(),
         settle_interval: Duration::from_millis(config.settle_interval_ms.max(10)),
+        ingest_rounds: config.ingest_rounds.min(1024) as usize,
         public_url: Some(config.public_url.clone()).filter(|url| !url.is_empty()),
         top_up_expiry: Duration::from_secs(config.top_up_expiry_seconds.max(60)),
         holds: config.hold_limits()?,

@@ -636,6 +636,7 @@ impl Conn for WriteWatch<'_> {
 #[derive(Default)]
 struct RoundWrites {
     events: Vec<StoredEvent>,
+    costs: Vec<StoredCost>,
     pending: PendingRows,
     rollups: Rollups,
     /// The platform's enabled webhook destinations, read at the round's first fee.
@@ -645,6 +646,7 @@ struct RoundWrites {
 /// What one request adds to its round.
 struct RoundPart {
     events: Vec<StoredEvent>,
+    costs: Vec<StoredCost>,
     pending: PendingRows,
     rollups: Rollups,
 }
@@ -652,17 +654,24 @@ struct RoundPart {
 impl RoundWrites {
     fn absorb(&mut self, part: RoundPart) {
         self.events.extend(part.events);
+        self.costs.extend(part.costs);
         self.pending.absorb(part.pending);
         self.rollups.absorb(part.rollups);
     }
 
-    /// Writes what was gathered: the events first, in id order (two rounds sharing ids then
-    /// wait for each other instead of deadlocking), then their fees, ledger entries and
-    /// transactions in the order the requests made them, and the rollups once per key.
+    /// Writes what was gathered: the events first, in id order, because they are the rows
+    /// another transaction can clash with (an id another customer's batch stored meanwhile:
+    /// the clash is then on `usage_events`, answered 409, and two transactions sharing ids wait
+    /// for each other instead of deadlocking); then their vendor costs (keyed by event id too,
+    /// so written after them), fees, ledger entries and transactions in the order the requests
+    /// made them, and the rollups once per key.
     fn write(&mut self, conn: &mut dyn Conn, mode: Mode) -> Result<(), OpError> {
         let mut events = std::mem::take(&mut self.events);
         events.sort_by(|left, right| left.id.cmp(&right.id));
         insert_events(conn, mode, &events)?;
+        for cost in std::mem::take(&mut self.costs) {
+            events::insert_cost(conn, mode, &cost)?;
+        }
         std::mem::take(&mut self.pending).write(conn, mode)?;
         self.rollups.write(conn)?;
         Ok(())
@@ -707,7 +716,12 @@ fn ingest_locked(
         return Err(conflict(conflicts));
     }
     let mut report = IngestReport { duplicates: batch.len() - fresh.len(), ..IngestReport::default() };
-    let nothing = RoundPart { events: Vec::new(), pending: PendingRows::default(), rollups: Rollups::default() };
+    let nothing = RoundPart {
+        events: Vec::new(),
+        costs: Vec::new(),
+        pending: PendingRows::default(),
+        rollups: Rollups::default(),
+    };
     if fresh.is_empty() && errors.is_empty() {
         return Ok((report, nothing));
     }
@@ -740,8 +754,9 @@ fn ingest_locked(
     let unbilled_events: HashMap<&str, &StoredEvent> =
         rows.iter().filter(|stored| stored.unbilled.is_some()).map(|stored| (stored.id.as_str(), stored)).collect();
     let mut writes = BatchWrites { holds, destinations: destinations.take(), ..BatchWrites::default() };
+    let mut costs: Vec<StoredCost> = Vec::new();
     for Priced { event, fees, .. } in &rated_events {
-        store_fees_and_costs(conn, mode, customer_id, event, fees, &vendor_ids, &mut writes, now)
+        store_fees_and_costs(conn, mode, customer_id, event, fees, &vendor_ids, &mut writes, &mut costs, now)
             .map_err(|error| name_the_event(error, batch, event))?;
         if let Some(stored) = unbilled_events.get(event.id.as_str()) {
             webhooks::event_unbilled(conn, mode, stored, now)?;
@@ -758,7 +773,7 @@ fn ingest_locked(
     let (pending, rollups) = writes.save_accounts_only(conn, mode, now)?;
     *destinations = writes.destinations.take();
     pricer.save_counters(conn)?;
-    Ok((report, RoundPart { events: rows, pending, rollups }))
+    Ok((report, RoundPart { events: rows, costs, pending, rollups }))
 }
 
 /// Rates one customer's events as they occurred, each against the product versions of the
@@ -1050,27 +1065,24 @@ fn store_fees_and_costs(
     fees: &[RatedFee],
     vendor_ids: &HashMap<VendorRef, String>,
     writes: &mut BatchWrites,
+    costs: &mut Vec<StoredCost>,
     now: DateTime<Utc>,
 ) -> Result<(), OpError> {
     store_fees(conn, mode, customer_id, event, fees, writes, now)?;
     for (line, cost) in event.costs.iter().enumerate() {
         let vendor_id = vendor_ids.get(&cost.vendor).cloned().unwrap_or_default();
-        events::insert_cost(
-            conn,
-            mode,
-            &StoredCost {
-                event_id: event.id.clone(),
-                line: line as i64,
-                customer_id: customer_id.to_owned(),
-                cost_id: cost.id.clone(),
-                vendor_id,
-                category: cost.category.clone(),
-                description: cost.description.clone(),
-                amount: cost.amount,
-                currency: cost.currency.clone(),
-                occurred_at: event.occurred_at,
-            },
-        )?;
+        costs.push(StoredCost {
+            event_id: event.id.clone(),
+            line: line as i64,
+            customer_id: customer_id.to_owned(),
+            cost_id: cost.id.clone(),
+            vendor_id,
+            category: cost.category.clone(),
+            description: cost.description.clone(),
+            amount: cost.amount,
+            currency: cost.currency.clone(),
+            occurred_at: event.occurred_at,
+        });
         let vendor_id = vendor_ids.get(&cost.vendor).map(String::as_str).unwrap_or_default();
         let category = cost.category.as_deref();
         writes.rollups.cost(mode, customer_id, event.occurred_at, vendor_id, category, &cost.currency, cost.amount);

@@ -278,12 +278,14 @@ async fn a_round_answers_and_stores_what_the_requests_alone_would(app: TestApp) 
     alone.assert_ledger_agrees().await;
 }
 
-/// A request that fails having written a row (here its first event's vendor cost, before its
-/// second event's fee takes the debt past the largest amount) cannot be taken out of the
-/// round alone: the round fails whole, keeps nothing, and each request, run alone, gets its
-/// own answer.
+/// A request that fails having written a row (here the `transaction.completed` webhook of
+/// its first event's fee, before its second event's fee takes the debt past the largest
+/// amount) cannot be taken out of the round alone: the round fails whole, keeps nothing, and
+/// each request, run alone, gets its own answer.
 async fn a_request_that_fails_after_writing_fails_the_round_and_each_runs_alone(app: TestApp) {
     let world = World::build(&app).await;
+    let hooks = json!({"url": "http://127.0.0.1:9/rounds", "topics": ["transaction.completed"]});
+    app.post("/webhooks", hooks).await.expect(201);
     let vendor = world.vendor.as_str();
     let requests = || {
         vec![
@@ -311,7 +313,7 @@ async fn a_request_that_fails_after_writing_fails_the_round_and_each_runs_alone(
         assert!(state.contains("events []"), "nothing of the failed round stayed: {state}");
     }
 
-    let rounds = Arc::new(IngestRounds::new(app.store.clone(), catalog));
+    let rounds = Arc::new(IngestRounds::new(app.store.clone(), catalog, 0));
     let requests = requests();
     let answers = tokio::task::spawn_blocking(move || rounds.run_round(Mode::Test, requests)).await.unwrap();
     let answers: Vec<String> = answers.iter().map(answer_text).collect();

@@ -138,6 +138,10 @@ async fn an_event_id_names_one_event(app: TestApp) {
 /// orders): exactly one batch is stored and billed, every other answers 409, none 500.
 async fn customers_racing_for_event_ids_get_one_204_and_409s(app: TestApp) {
     catalog(&app).await;
+    // Each event carries a vendor cost: its row is keyed by the event id too, and a race must
+    // still be decided on the event's own row (409), never on its cost's.
+    let vendor = app.post("/vendors", json!({"name": "GPU cloud", "external_id": "gpu"})).await.expect(201);
+    let vendor = vendor.body["id"].as_str().unwrap().to_owned();
     let mut customers = Vec::new();
     for index in 0..8 {
         customers.push(subscriber(&app, &format!("Racer {index}"), &format!("racer-{index}")).await);
@@ -150,7 +154,14 @@ async fn customers_racing_for_event_ids_get_one_204_and_409s(app: TestApp) {
             .iter()
             .enumerate()
             .map(|(index, customer)| {
-                let mut batch: Vec<Value> = ids.iter().map(|id| image(id, &now, "Racing")).collect();
+                let mut batch: Vec<Value> = ids
+                    .iter()
+                    .map(|id| {
+                        let mut event = image(id, &now, "Racing");
+                        event["costs"] = json!([{"id": format!("{id}-gpu"), "vendor_id": vendor, "amount": 0.01}]);
+                        event
+                    })
+                    .collect();
                 batch.rotate_left(index % ids.len());
                 ("/events".to_owned(), json!({"customer_id": customer, "events": batch}))
             })
