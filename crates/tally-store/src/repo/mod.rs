@@ -368,7 +368,7 @@ pub(crate) fn insert_rows(
 }
 
 /// The rows of the next chunk when `remaining` are left: the largest power of two that fits.
-fn chunk_rows(remaining: usize) -> usize {
+pub(crate) fn chunk_rows(remaining: usize) -> usize {
     let largest = if remaining.is_power_of_two() { remaining } else { remaining.next_power_of_two() / 2 };
     largest.min(MAX_ROWS_PER_INSERT)
 }
@@ -410,7 +410,7 @@ pub(crate) fn statement_text(
     TEXTS.with(|cache| cache.borrow_mut().entry(key).or_insert_with(|| build().into()).clone())
 }
 
-fn multi_row_sql(marker: char, head: &str, width: usize, rows: usize, tail: &str) -> String {
+pub(crate) fn multi_row_sql(marker: char, head: &str, width: usize, rows: usize, tail: &str) -> String {
     use std::fmt::Write as _;
     let mut sql = String::with_capacity(head.len() + tail.len() + rows * width * 6 + 8);
     sql.push_str(head);

@@ -290,84 +290,139 @@ impl Rollups {
             .absorb(&row);
     }
 
-    /// Adds everything gathered to the stored rollups, one statement per key, and forgets it.
+    /// Adds everything gathered to the stored rollups, a multi-row upsert per table (an
+    /// ingestion round gathers the keys of many customers), and forgets it. Rows go in key
+    /// order, so two transactions adding to the same rows lock them in one order.
     pub fn write(&mut self, conn: &mut dyn Conn) -> Result<(), StoreError> {
+        let mut values: Vec<Value> = Vec::new();
         for ((customer_id, mode, hour, source, asset, product_id, price_id), total) in std::mem::take(&mut self.fees) {
             let (units, pico, yocto) = total.parts()?;
-            conn.execute(
-                &upsert(
-                    "fee_rollups",
-                    "mode, customer_id, hour, source, asset, product_id, price_id",
-                    "customer_id, mode, hour, source, asset, product_id, price_id",
-                    "fee_count",
-                ),
-                params![mode, customer_id, hour, source, asset, product_id, price_id, units, pico, yocto, total.count],
-            )?;
+            values.extend_from_slice(params![
+                mode,
+                customer_id,
+                hour,
+                source,
+                asset,
+                product_id,
+                price_id,
+                units,
+                pico,
+                yocto,
+                total.count
+            ]);
         }
+        upsert_many(
+            conn,
+            "fee_rollups",
+            "mode, customer_id, hour, source, asset, product_id, price_id",
+            "customer_id, mode, hour, source, asset, product_id, price_id",
+            "fee_count",
+            &values,
+        )?;
         let shard = shard_for(conn);
+        values.clear();
         for ((mode, hour, asset), total) in std::mem::take(&mut self.fees_by_mode) {
             let (units, pico, yocto) = total.parts()?;
-            conn.execute(
-                &upsert("fee_rollups_by_mode", "mode, hour, asset, shard", "mode, hour, asset, shard", "fee_count"),
-                params![mode, hour, asset, shard, units, pico, yocto, total.count],
-            )?;
+            values.extend_from_slice(params![mode, hour, asset, shard, units, pico, yocto, total.count]);
         }
+        upsert_many(
+            conn,
+            "fee_rollups_by_mode",
+            "mode, hour, asset, shard",
+            "mode, hour, asset, shard",
+            "fee_count",
+            &values,
+        )?;
+        values.clear();
         for ((customer_id, mode, hour, currency), total) in std::mem::take(&mut self.costs) {
             let (units, pico, yocto) = total.parts()?;
-            conn.execute(
-                &upsert(
-                    "cost_rollups",
-                    "mode, customer_id, hour, currency",
-                    "customer_id, mode, hour, currency",
-                    "cost_count",
-                ),
-                params![mode, customer_id, hour, currency, units, pico, yocto, total.count],
-            )?;
+            values.extend_from_slice(params![mode, customer_id, hour, currency, units, pico, yocto, total.count]);
         }
+        upsert_many(
+            conn,
+            "cost_rollups",
+            "mode, customer_id, hour, currency",
+            "customer_id, mode, hour, currency",
+            "cost_count",
+            &values,
+        )?;
+        values.clear();
         for ((vendor_id, hour, category, currency), (mode, total)) in std::mem::take(&mut self.costs_by_vendor) {
             let (units, pico, yocto) = total.parts()?;
-            conn.execute(
-                &upsert(
-                    "cost_rollups_by_vendor",
-                    "mode, vendor_id, hour, category, currency, shard",
-                    "vendor_id, hour, category, currency, shard",
-                    "cost_count",
-                ),
-                params![mode, vendor_id, hour, category, currency, shard, units, pico, yocto, total.count],
-            )?;
+            values.extend_from_slice(params![
+                mode,
+                vendor_id,
+                hour,
+                category,
+                currency,
+                shard,
+                units,
+                pico,
+                yocto,
+                total.count
+            ]);
         }
-        Ok(())
+        upsert_many(
+            conn,
+            "cost_rollups_by_vendor",
+            "mode, vendor_id, hour, category, currency, shard",
+            "vendor_id, hour, category, currency, shard",
+            "cost_count",
+            &values,
+        )
     }
 }
 
-/// Adds a row's amount and count to `table`'s row of the same key, carrying the fractions.
-/// [`upsert_sql`], written once per thread ([`super::statement_text`]): the hot path adds to
-/// a rollup in every batch.
-fn upsert(
+/// Adds each row of `values` (the key columns, the amount's three parts and the count) to
+/// `table`'s row of the same key: [`upsert_sql`] for many rows at once, in chunks of a power
+/// of two rows (`repo::insert_rows`), each text built once per thread. The keys of one call
+/// must differ (PostgreSQL refuses to update a row twice in one statement): each comes from
+/// one map key.
+fn upsert_many(
+    conn: &mut dyn Conn,
     table: &'static str,
     key_columns: &'static str,
     conflict_columns: &'static str,
     count: &'static str,
-) -> std::rc::Rc<str> {
-    super::statement_text(&[table, key_columns, conflict_columns, count], &[], || {
-        upsert_sql(table, key_columns, conflict_columns, count)
-    })
+    values: &[Value],
+) -> Result<(), StoreError> {
+    let width = key_columns.split(", ").count() + 4;
+    let marker = if conn.dialect() == crate::conn::Dialect::Sqlite { '?' } else { '$' };
+    let mut rest = values;
+    while !rest.is_empty() {
+        let rows = super::chunk_rows(rest.len() / width);
+        let (chunk, after) = rest.split_at(rows * width);
+        let sql =
+            super::statement_text(&[table, key_columns, conflict_columns, count], &[marker as usize, rows], || {
+                upsert_sql(marker, table, key_columns, conflict_columns, count, rows)
+            });
+        conn.execute(&sql, chunk)?;
+        rest = after;
+    }
+    Ok(())
 }
 
-fn upsert_sql(table: &str, key_columns: &str, conflict_columns: &str, count: &str) -> String {
-    let keys = key_columns.split(", ").count();
-    let placeholders: Vec<String> = (1..=keys + 4).map(|index| format!("${index}")).collect();
+/// Adds rows' amounts and counts to `table`'s rows of the same keys, carrying the fractions.
+fn upsert_sql(
+    marker: char,
+    table: &str,
+    key_columns: &str,
+    conflict_columns: &str,
+    count: &str,
+    rows: usize,
+) -> String {
+    let width = key_columns.split(", ").count() + 4;
     let yocto = format!("({table}.amount_yocto + excluded.amount_yocto)");
     let pico = format!("({table}.amount_pico + excluded.amount_pico + {yocto} / {PART})");
-    format!(
-        "INSERT INTO {table} ({key_columns}, amount_units, amount_pico, amount_yocto, {count}) VALUES ({})
-         ON CONFLICT ({conflict_columns}) DO UPDATE SET
+    let head = format!("INSERT INTO {table} ({key_columns}, amount_units, amount_pico, amount_yocto, {count})");
+    let tail = format!(
+        " ON CONFLICT ({conflict_columns}) DO UPDATE SET
              amount_units = {table}.amount_units + excluded.amount_units + {pico} / {PART},
              amount_pico = {pico} % {PART},
              amount_yocto = {yocto} % {PART},
-             {count} = {table}.{count} + excluded.{count}",
-        placeholders.join(", ")
-    )
+             {count} = {table}.{count} + excluded.{count}"
+    );
+    super::multi_row_sql(marker, &head, width, rows, &tail)
 }
 
 /// The exact sum of the rows a query groups, from its `SUM`s of the three parts.
