@@ -639,6 +639,7 @@ struct RoundWrites {
     costs: Vec<StoredCost>,
     pending: PendingRows,
     rollups: Rollups,
+    counters: Vec<events::CounterRow>,
     /// The platform's enabled webhook destinations, read at the round's first fee.
     destinations: Option<Vec<crate::repo::webhooks::Destination>>,
 }
@@ -649,12 +650,14 @@ struct RoundPart {
     costs: Vec<StoredCost>,
     pending: PendingRows,
     rollups: Rollups,
+    counters: Vec<events::CounterRow>,
 }
 
 impl RoundWrites {
     fn absorb(&mut self, part: RoundPart) {
         self.events.extend(part.events);
         self.costs.extend(part.costs);
+        self.counters.extend(part.counters);
         self.pending.absorb(part.pending);
         self.rollups.absorb(part.rollups);
     }
@@ -664,7 +667,7 @@ impl RoundWrites {
     /// the clash is then on `usage_events`, answered 409, and two transactions sharing ids wait
     /// for each other instead of deadlocking); then their vendor costs (keyed by event id too,
     /// so written after them), fees, ledger entries and transactions in the order the requests
-    /// made them, and the rollups once per key.
+    /// made them, the rollups once per key, and the tier counters the requests moved.
     fn write(&mut self, conn: &mut dyn Conn, mode: Mode) -> Result<(), OpError> {
         let mut events = std::mem::take(&mut self.events);
         events.sort_by(|left, right| left.id.cmp(&right.id));
@@ -674,6 +677,9 @@ impl RoundWrites {
         }
         std::mem::take(&mut self.pending).write(conn, mode)?;
         self.rollups.write(conn)?;
+        // Each customer's counters once per write: a customer's second request in a round
+        // comes after a write (`ingest_round`), so the keys of one write differ.
+        events::put_counters(conn, &std::mem::take(&mut self.counters))?;
         Ok(())
     }
 }
@@ -721,6 +727,7 @@ fn ingest_locked(
         costs: Vec::new(),
         pending: PendingRows::default(),
         rollups: Rollups::default(),
+        counters: Vec::new(),
     };
     if fresh.is_empty() && errors.is_empty() {
         return Ok((report, nothing));
@@ -772,8 +779,8 @@ fn ingest_locked(
     }
     let (pending, rollups) = writes.save_accounts_only(conn, mode, now)?;
     *destinations = writes.destinations.take();
-    pricer.save_counters(conn)?;
-    Ok((report, RoundPart { events: rows, costs, pending, rollups }))
+    let counters = pricer.into_counters();
+    Ok((report, RoundPart { events: rows, costs, pending, rollups, counters }))
 }
 
 /// Rates one customer's events as they occurred, each against the product versions of the
@@ -816,6 +823,20 @@ impl<'a> Pricer<'a> {
             self.counters.extend(pending_counters);
         }
         Ok(rating)
+    }
+
+    /// The tier counters the billed events moved, as rows to write.
+    fn into_counters(self) -> Vec<events::CounterRow> {
+        let customer_id = self.customer_id;
+        self.counters
+            .into_iter()
+            .map(|((price_id, period_start), usage)| events::CounterRow {
+                customer_id: customer_id.to_owned(),
+                price_id,
+                period_start,
+                usage,
+            })
+            .collect()
     }
 
     /// Writes every tier counter the billed events moved.

@@ -401,6 +401,34 @@ pub fn counter(conn: &mut dyn Conn, customer_id: &str, price_id: &str, period_st
     }
 }
 
+/// A tier counter's value to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CounterRow {
+    pub customer_id: String,
+    pub price_id: String,
+    pub period_start: i64,
+    pub usage: Usage,
+}
+
+/// Stores each counter's value (a multi-row upsert, chunks of a power of two rows). The keys
+/// of one call must differ: PostgreSQL refuses to update a row twice in one statement.
+pub fn put_counters(conn: &mut dyn Conn, counters: &[CounterRow]) -> Result<(), StoreError> {
+    const HEAD: &str = "INSERT INTO usage_counters (customer_id, price_id, period_start, units, volume)";
+    const TAIL: &str = " ON CONFLICT (customer_id, price_id, period_start) \
+                        DO UPDATE SET units = excluded.units, volume = excluded.volume";
+    let mut values = Vec::with_capacity(counters.len() * 5);
+    for counter in counters {
+        values.extend_from_slice(params![
+            &counter.customer_id,
+            &counter.price_id,
+            counter.period_start,
+            counter.usage.units,
+            counter.usage.volume
+        ]);
+    }
+    super::execute_rows(conn, HEAD, 5, &values, TAIL)
+}
+
 pub fn put_counter(
     conn: &mut dyn Conn,
     customer_id: &str,

@@ -367,6 +367,25 @@ pub(crate) fn insert_rows(
     Ok(returned)
 }
 
+/// [`insert_rows`] for a statement that returns nothing (an upsert's `ON CONFLICT` as `tail`).
+pub(crate) fn execute_rows(
+    conn: &mut dyn Conn,
+    head: &'static str,
+    width: usize,
+    values: &[crate::conn::Value],
+    tail: &'static str,
+) -> Result<(), StoreError> {
+    debug_assert!(width > 0 && values.len().is_multiple_of(width));
+    let mut rest = values;
+    while !rest.is_empty() {
+        let rows = chunk_rows(rest.len() / width);
+        let (chunk, after) = rest.split_at(rows * width);
+        conn.execute(&cached_multi_row_sql(conn.dialect(), head, width, rows, tail), chunk)?;
+        rest = after;
+    }
+    Ok(())
+}
+
 /// The rows of the next chunk when `remaining` are left: the largest power of two that fits.
 pub(crate) fn chunk_rows(remaining: usize) -> usize {
     let largest = if remaining.is_power_of_two() { remaining } else { remaining.next_power_of_two() / 2 };

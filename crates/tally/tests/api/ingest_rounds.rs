@@ -145,7 +145,7 @@ async fn customer_state(app: &TestApp, world: &World, name: &str) -> String {
     // The order the customer's transactions are numbered in, and its ledger entries follow:
     // each request's after the earlier requests' of the same customer, as when made alone.
     let (store, customer) = (app.store.clone(), id.to_owned());
-    let (numbered, entries) = tokio::task::spawn_blocking(move || {
+    let (numbered, entries, counters) = tokio::task::spawn_blocking(move || {
         store
             .read(|conn| {
                 let texts = |conn: &mut dyn tally_store::Conn, sql: &str| -> Result<Vec<String>, tally_store::StoreError> {
@@ -158,6 +158,11 @@ async fn customer_state(app: &TestApp, world: &World, name: &str) -> String {
                         conn,
                         "SELECT 0, COALESCE(transaction_id, kind) FROM ledger_entries WHERE customer_id = $1 ORDER BY id",
                     )?,
+                    // The tier counters, which a customer's later request reads and moves on.
+                    texts(
+                        conn,
+                        "SELECT 0, units || ' ' || volume FROM usage_counters WHERE customer_id = $1 ORDER BY units, volume",
+                    )?,
                 ))
             })
             .unwrap()
@@ -166,7 +171,7 @@ async fn customer_state(app: &TestApp, world: &World, name: &str) -> String {
     .unwrap();
     format!(
         "{name}: available {} pending_out {}\n  events {events:?}\n  transactions {transactions:?}\n  \
-         numbered {numbered:?}\n  ledger {entries:?}",
+         numbered {numbered:?}\n  ledger {entries:?}\n  counters {counters:?}",
         account["available"], account["pending_out"]
     )
 }
