@@ -21,7 +21,7 @@
 //! cannot price it, it gets no fee from any, and moves no tier counter.
 
 use super::products::Catalog;
-use super::subscriptions::run_due;
+use super::subscriptions::{process_due, run_due};
 use super::wallet::{debit, json_number, open_account_for_debits, record_numbered, RESERVED_TRANSACTION_PREFIX};
 use super::{holds, webhooks, FieldError, OpError};
 use crate::conn::Conn;
@@ -415,8 +415,9 @@ pub fn ingest(
     let ids: Vec<&str> = batch.iter().map(|event| event.id.as_str()).collect();
     let claims = Claims { stored: events::existing(conn, mode, &ids)?, in_round: HashMap::new() };
     let mut round = RoundWrites::default();
+    let preloaded = Preloaded::default();
     let (report, part) =
-        ingest_locked(conn, mode, &customer_id, batch, &claims, &mut round.destinations, catalog, now)?;
+        ingest_locked(conn, mode, &customer_id, batch, &claims, preloaded, &mut round.destinations, catalog, now)?;
     round.absorb(part);
     round.write(conn, mode)?;
     Ok(report)
@@ -484,7 +485,21 @@ pub fn ingest_round(
     let mut ids: Vec<&str> = named.iter().filter_map(|id| id.as_deref().ok()).collect();
     ids.sort_unstable();
     ids.dedup();
-    let locked: HashSet<String> = customers::lock_many(conn, mode, &ids)?.into_iter().collect();
+    let locked_ids = customers::lock_many(conn, mode, &ids)?;
+    // What each customer's request would read first, read for all at once: the subscriptions
+    // falling due by the round's latest instant, and the subscription history back to its
+    // earliest event. Each request keeps what holds at its own instant and since its own
+    // earliest event.
+    let locked_refs: Vec<&str> = locked_ids.iter().map(String::as_str).collect();
+    let latest = requests.iter().map(|request| request.now).max().unwrap_or_default();
+    let earliest = requests
+        .iter()
+        .flat_map(|request| request.events.iter().map(|event| event.occurred_at).chain([request.now]))
+        .min()
+        .unwrap_or_default();
+    let mut due = subscription_repo::due_for_customers(conn, &locked_refs, latest)?;
+    let mut histories = subscription_repo::histories_since(conn, mode, &locked_refs, earliest)?;
+    let locked: HashSet<String> = locked_ids.into_iter().collect();
     let mut event_ids: Vec<&str> =
         requests.iter().flat_map(|request| request.events.iter().map(|event| event.id.as_str())).collect();
     event_ids.sort_unstable();
@@ -505,11 +520,18 @@ pub fn ingest_round(
                 continue;
             }
         };
-        if !served.insert(customer_id.clone()) {
+        let preloaded = if served.insert(customer_id.clone()) {
+            Preloaded {
+                due: Some(due.remove(&customer_id).unwrap_or_default()),
+                history: Some(histories.remove(&customer_id).unwrap_or_default()),
+            }
+        } else {
             // A second request of a customer reads what the first wrote (the number of the
-            // customer's last transaction): write it first.
+            // customer's last transaction, its tier counters): write it first. It reads its
+            // subscriptions afresh, as the first may have renewed them.
             round.write(conn, mode).map_err(RoundFailed::from_write)?;
-        }
+            Preloaded::default()
+        };
         let mut watched = WriteWatch { conn: &mut *conn, wrote: false };
         let outcome = ingest_locked(
             &mut watched,
@@ -517,6 +539,7 @@ pub fn ingest_round(
             &customer_id,
             &request.events,
             &claims,
+            preloaded,
             &mut round.destinations,
             catalog,
             request.now,
@@ -536,6 +559,15 @@ pub fn ingest_round(
     }
     round.write(conn, mode).map_err(RoundFailed::from_write)?;
     Ok(answers)
+}
+
+/// What a round read for a request before it ran: the customer's subscriptions falling due
+/// by the round's latest instant (with when each falls due), and its subscription history
+/// since the round's earliest instant. What is `None` the request reads itself.
+#[derive(Default)]
+struct Preloaded {
+    due: Option<subscription_repo::Due>,
+    history: Option<Vec<ActiveInterval>>,
 }
 
 /// Which event holds an id already: one stored before the round, or one an earlier request
@@ -694,6 +726,7 @@ fn ingest_locked(
     customer_id: &str,
     batch: &[NewEvent],
     claims: &Claims,
+    preloaded: Preloaded,
     destinations: &mut Option<Vec<crate::repo::webhooks::Destination>>,
     catalog: &dyn Catalog,
     now: DateTime<Utc>,
@@ -733,9 +766,27 @@ fn ingest_locked(
         return Ok((report, nothing));
     }
     // Runs whatever fell due (a scheduled start, a renewal), so that the history is complete.
-    run_due(conn, mode, customer_id, catalog, now)?;
+    let ran_due = match preloaded.due {
+        None => {
+            run_due(conn, mode, customer_id, catalog, now)?;
+            true
+        }
+        Some(due) => {
+            let due_now: Vec<String> = due.into_iter().filter(|(at, _)| *at <= now).map(|(_, id)| id).collect();
+            for subscription_id in &due_now {
+                process_due(conn, mode, subscription_id, catalog, now)?;
+            }
+            !due_now.is_empty()
+        }
+    };
     let earliest = fresh.iter().map(|(_, event, _)| event.occurred_at).min().unwrap_or(now);
-    let history = subscription_repo::history_since(conn, mode, customer_id, earliest)?;
+    let history = match preloaded.history {
+        // Read before anything fell due: what `history_since` would answer, kept in memory.
+        Some(history) if !ran_due => {
+            history.into_iter().filter(|interval| interval.active_to.is_none_or(|to| to > earliest)).collect()
+        }
+        _ => subscription_repo::history_since(conn, mode, customer_id, earliest)?,
+    };
     let mut pricer = Pricer::new(customer_id, history, catalog);
     let mut vendor_ids: HashMap<VendorRef, String> = HashMap::new();
     let mut rated_events: Vec<Priced> = Vec::with_capacity(fresh.len());

@@ -1,9 +1,10 @@
 //! Subscriptions: a customer's pins on product versions, and when their next action is due.
 
 use super::{Filter, Keys, Listing, Window};
-use crate::conn::Conn;
+use crate::conn::{Conn, Value};
 use crate::{params, StoreError};
 use chrono::{DateTime, Utc};
+use std::collections::HashMap;
 use tally_core::Mode;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,6 +205,59 @@ pub fn due_for_customer(conn: &mut dyn Conn, customer_id: &str, now: DateTime<Ut
         params![customer_id, now],
         |row| row.text(0),
     )
+}
+
+/// A customer's subscriptions with an action due: when, and the subscription's id.
+pub type Due = Vec<(DateTime<Utc>, String)>;
+
+/// [`due_for_customer`] for several customers at once: each one's subscriptions with an
+/// action due at `now` (and when it is due, so that a caller at an earlier instant can leave
+/// out what is not due yet for it), in the same order.
+pub fn due_for_customers(
+    conn: &mut dyn Conn,
+    customer_ids: &[&str],
+    now: DateTime<Utc>,
+) -> Result<HashMap<String, Due>, StoreError> {
+    let mut due: HashMap<String, Due> = HashMap::new();
+    for_customers(
+        conn,
+        customer_ids,
+        &[now.into()],
+        |list| {
+            format!(
+                "SELECT customer_id, next_action_at, id FROM subscriptions
+                 WHERE customer_id IN ({list}) AND next_action_at <= $1 ORDER BY customer_id, created_at, id"
+            )
+        },
+        |row| {
+            due.entry(row.text(0)?).or_default().push((row.time(1)?, row.text(2)?));
+            Ok(())
+        },
+    )?;
+    Ok(due)
+}
+
+/// Runs the query `sql` makes for a list of placeholders (after `leading`'s) over
+/// `customer_ids` in chunks of at most 64, each padded to a power of two by repeating its last
+/// id (so that few statement texts are prepared), handing `each` every row.
+fn for_customers(
+    conn: &mut dyn Conn,
+    customer_ids: &[&str],
+    leading: &[Value],
+    sql: impl Fn(&str) -> String,
+    mut each: impl FnMut(&crate::Row) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    for chunk in customer_ids.chunks(64) {
+        let padded = chunk.len().next_power_of_two();
+        let first = leading.len() + 1;
+        let list: Vec<String> = (first..first + padded).map(|index| format!("${index}")).collect();
+        let mut params = leading.to_vec();
+        params.extend((0..padded).map(|index| Value::from(chunk[index.min(chunk.len() - 1)])));
+        for row in conn.query(&sql(&list.join(", ")), &params)? {
+            each(&row)?;
+        }
+    }
+    Ok(())
 }
 
 /// Subscriptions with an action due at `now`, with their mode.
@@ -417,6 +471,40 @@ pub fn record_history(conn: &mut dyn Conn, subscription: &Subscription, at: Date
 
 /// The customer's intervals still open at `since` or later, in the order rating reads them
 /// (subscriptions oldest first, then by product).
+/// [`history_since`] for several customers at once, by customer, each in the same order.
+pub fn histories_since(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    customer_ids: &[&str],
+    since: DateTime<Utc>,
+) -> Result<HashMap<String, Vec<ActiveInterval>>, StoreError> {
+    let mut histories: HashMap<String, Vec<ActiveInterval>> = HashMap::new();
+    for_customers(
+        conn,
+        customer_ids,
+        &[mode.as_str().into(), since.into()],
+        |list| {
+            format!(
+                "SELECT h.customer_id, h.subscription_id, h.product_id, h.version, h.active_from, h.active_to
+                 FROM subscription_history h JOIN subscriptions s ON s.id = h.subscription_id
+                 WHERE h.mode = $1 AND h.customer_id IN ({list}) AND (h.active_to IS NULL OR h.active_to > $2)
+                 ORDER BY h.customer_id, s.created_at, s.id, h.product_id, h.active_from"
+            )
+        },
+        |row| {
+            histories.entry(row.text(0)?).or_default().push(ActiveInterval {
+                subscription_id: row.text(1)?,
+                product_id: row.text(2)?,
+                version: row.int(3)?,
+                active_from: row.time(4)?,
+                active_to: row.opt_time(5)?,
+            });
+            Ok(())
+        },
+    )?;
+    Ok(histories)
+}
+
 pub fn history_since(
     conn: &mut dyn Conn,
     mode: Mode,

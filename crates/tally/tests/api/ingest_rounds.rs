@@ -28,8 +28,20 @@ const BIG_JOBS: &str = r#"{
   "publish": true
 }"#;
 
-/// A world to ingest into: the seed's product, the big jobs, a vendor and four customers
-/// (`c4` subscribes to nothing, so its events are stored unbilled).
+/// A monthly fee, nothing else: a subscription to it renews a month after it starts.
+const MONTHLY: &str = r#"{
+  "name": "Monthly", "code": "monthly",
+  "prices": [ {
+    "name": "Platform fee", "type": "fixed", "billing_model": { "type": "recurring", "recurring": { "interval": "month" } },
+    "pricing": [ { "asset": "IMG", "values": [ { "unit_price": 1 } ] } ]
+  } ],
+  "publish": true
+}"#;
+
+/// A world to ingest into: the seed's product, the big jobs, a monthly fee, a vendor and seven
+/// customers (`c4` subscribes to nothing, so its events are stored unbilled; `c5` and `c6` pay
+/// the monthly fee, renewed when a request comes a month later; `c7`'s subscription starts
+/// ten days on).
 struct World {
     customers: Vec<(&'static str, String)>,
     vendor: String,
@@ -42,6 +54,7 @@ impl World {
         app.post("/assets", body(IMG)).await.expect(201);
         app.post("/products", body(GLITCH_IMAGES)).await.expect(201);
         app.post("/products", body(BIG_JOBS)).await.expect(201);
+        app.post("/products", body(MONTHLY)).await.expect(201);
         let vendor = app.post("/vendors", json!({"name": "GPU cloud", "external_id": "gpu"})).await.expect(201);
         let vendor = vendor.body["id"].as_str().unwrap().to_owned();
         let mut customers = Vec::new();
@@ -50,6 +63,9 @@ impl World {
             ("c2", vec!["glitch_images_std", "big_jobs"]),
             ("c3", vec!["glitch_images_std"]),
             ("c4", vec![]),
+            ("c5", vec!["glitch_images_std", "monthly"]),
+            ("c6", vec!["glitch_images_std", "monthly"]),
+            ("c7", vec![]),
         ] {
             let subscriptions: Vec<Value> = if products.is_empty() {
                 Vec::new()
@@ -65,6 +81,12 @@ impl World {
                 .expect(201);
             let id = made.body["id"].as_str().unwrap().to_owned();
             app.fund(&id, "IMG", "10", &format!("topup-{name}")).await;
+            if name == "c7" {
+                // Subscribed from ten days on: a request after that starts it first.
+                let starts = (chrono::Utc::now() + chrono::Duration::days(10)).to_rfc3339();
+                let scheduled = json!({"starts_at": starts, "products": [{"code": "glitch_images_std"}]});
+                app.post(&format!("/customers/{id}/subscriptions"), scheduled).await.expect(201);
+            }
             customers.push((name, id));
         }
         World { customers, vendor, at: chrono::Utc::now() }
@@ -77,6 +99,17 @@ impl World {
     /// A request of customer `name` (`cus_nobody` for one that does not exist), its events
     /// given as (id, event_type, data).
     fn request(&self, name: &str, events: &[(&str, &str, Value)]) -> IngestRequest {
+        self.request_at(name, events, self.at, self.at + chrono::Duration::seconds(5))
+    }
+
+    /// [`World::request`] with events that occur at `occurred_at`, received at `now`.
+    fn request_at(
+        &self,
+        name: &str,
+        events: &[(&str, &str, Value)],
+        occurred_at: chrono::DateTime<chrono::Utc>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> IngestRequest {
         let customer = if name == "cus_nobody" {
             json!({"customer_id": "cus_nobody"})
         } else if let Some(external) = name.strip_prefix("ext-") {
@@ -89,7 +122,7 @@ impl World {
             .iter()
             .map(|(id, event_type, data)| {
                 let mut event =
-                    json!({"id": id, "event_type": event_type, "occurred_at": self.at.to_rfc3339(), "data": data});
+                    json!({"id": id, "event_type": event_type, "occurred_at": occurred_at.to_rfc3339(), "data": data});
                 if let Some(cost) = data.get("cost") {
                     event["costs"] = json!([{"id": format!("{id}-cost"), "vendor_id": cost, "amount": 0.25}]);
                 }
@@ -102,7 +135,6 @@ impl World {
             (None, Some(external)) => CustomerRef::ExternalId(external),
             (None, None) => unreachable!(),
         };
-        let now = self.at + chrono::Duration::seconds(5);
         IngestRequest { customer, events: parse_events(&parsed.events, None).unwrap(), now }
     }
 }
@@ -169,15 +201,31 @@ async fn customer_state(app: &TestApp, world: &World, name: &str) -> String {
     })
     .await
     .unwrap();
-    format!(
+    without_generated_ids(format!(
         "{name}: available {} pending_out {}\n  events {events:?}\n  transactions {transactions:?}\n  \
          numbered {numbered:?}\n  ledger {entries:?}\n  counters {counters:?}",
         account["available"], account["pending_out"]
-    )
+    ))
+}
+
+/// `text` with each subscription fee's transaction id (which names the world's generated
+/// subscription and price ids and its start) cut to its kind.
+fn without_generated_ids(text: String) -> String {
+    const PREFIX: &str = "tally_subscription_";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find(PREFIX) {
+        out.push_str(&rest[..at + PREFIX.len()]);
+        rest = &rest[at + PREFIX.len()..];
+        rest = &rest[rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len())..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The round's requests: every way a request of a round can end.
 fn mixed_requests(world: &World) -> Vec<IngestRequest> {
+    let day = |days: i64| world.at + chrono::Duration::days(days);
     let image = |id: &'static str| (id, "image_generated", json!({}));
     let vendor = world.vendor.as_str();
     vec![
@@ -202,6 +250,15 @@ fn mixed_requests(world: &World) -> Vec<IngestRequest> {
         // A volume event.
         world.request("c3", &[image("e10")]),
         world.request("c2", &[("e11", "big_job", json!({"units": "2.5"}))]),
+        // Received 40 days on: the monthly fee fell due (the round read it, with every other
+        // customer's, at its latest instant), renews first, and the event is priced after.
+        // The earlier requests' subscriptions, due then too, are not due at their instants.
+        world.request_at("c5", &[image("e13")], day(39), day(40)),
+        // Its monthly fee falls due by the round's latest instant, not by this request's.
+        world.request("c6", &[image("e14")]),
+        // Its subscription starts ten days on: the request, 40 days on, starts it first and
+        // prices the event by the history that start wrote.
+        world.request_at("c7", &[image("e15")], day(39), day(40)),
     ]
 }
 
@@ -266,11 +323,14 @@ async fn a_round_answers_and_stores_what_the_requests_alone_would(app: TestApp) 
             "IngestReport",
             "IngestReport",
             "IngestReport",
+            "IngestReport",
+            "IngestReport",
+            "IngestReport",
             "IngestReport"
         ],
         "{answers:#?}"
     );
-    for name in ["c1", "c2", "c3", "c4"] {
+    for name in ["c1", "c2", "c3", "c4", "c5", "c6", "c7"] {
         assert_eq!(
             customer_state(&app, &in_round, name).await,
             customer_state(&alone, &one_by_one, name).await,
@@ -279,6 +339,11 @@ async fn a_round_answers_and_stores_what_the_requests_alone_would(app: TestApp) 
     }
     // c1: e1, e2, e5, e8 at one IMG each.
     assert!(customer_state(&app, &in_round, "c1").await.contains("available 6"));
+    // c5: the first month's fee, the renewal's, and e13.
+    let c5 = customer_state(&app, &in_round, "c5").await;
+    assert!(c5.contains("available 7") && c5.contains("e13"), "{c5}");
+    let c7 = customer_state(&app, &in_round, "c7").await;
+    assert!(c7.contains("available 9") && c7.contains("e15\\\" \\\"billed"), "{c7}");
     app.assert_ledger_agrees().await;
     alone.assert_ledger_agrees().await;
 }
