@@ -1057,9 +1057,15 @@ impl BatchWrites {
         Ok((std::mem::take(&mut self.pending), std::mem::take(&mut self.rollups)))
     }
 
-    /// Writes the pending fees, ledger entries and transactions.
-    fn flush(&mut self, conn: &mut dyn Conn, mode: Mode) -> Result<(), OpError> {
-        std::mem::take(&mut self.pending).write(conn, mode)
+    /// Writes the pending ledger entries and transactions, which opening an account must
+    /// follow (it reads the customer's last transaction number, and may write entries of its
+    /// own). The fees stay pending: nothing reads them before the end, where they are written
+    /// with the rest (in an ingestion round, with every request's).
+    fn flush_ledger(&mut self, conn: &mut dyn Conn, mode: Mode) -> Result<(), OpError> {
+        let fees = std::mem::take(&mut self.pending.fees);
+        std::mem::take(&mut self.pending).write(conn, mode)?;
+        self.pending.fees = fees;
+        Ok(())
     }
 }
 
@@ -1224,7 +1230,7 @@ fn store_fee(
     }
     let key = AccountKey { customer_id: customer_id.to_owned(), name: "default".into(), asset: fee.asset.clone() };
     if !writes.accounts.contains_key(&fee.asset) {
-        writes.flush(conn, mode)?;
+        writes.flush_ledger(conn, mode)?;
         let opened = open_account_for_debits(conn, mode, &key, now)?;
         writes.accounts.insert(fee.asset.clone(), opened);
         writes.next_sequence = None;
