@@ -413,6 +413,17 @@ pub struct CounterRow {
 /// Stores each counter's value (a multi-row upsert, chunks of a power of two rows). The keys
 /// of one call must differ: PostgreSQL refuses to update a row twice in one statement.
 pub fn put_counters(conn: &mut dyn Conn, counters: &[CounterRow]) -> Result<(), StoreError> {
+    debug_assert!(
+        {
+            let mut keys: Vec<_> = counters
+                .iter()
+                .map(|counter| (&counter.customer_id, &counter.price_id, counter.period_start))
+                .collect();
+            keys.sort();
+            keys.windows(2).all(|pair| pair[0] != pair[1])
+        },
+        "one write stores each counter once"
+    );
     const HEAD: &str = "INSERT INTO usage_counters (customer_id, price_id, period_start, units, volume)";
     const TAIL: &str = " ON CONFLICT (customer_id, price_id, period_start) \
                         DO UPDATE SET units = excluded.units, volume = excluded.volume";

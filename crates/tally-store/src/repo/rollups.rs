@@ -296,20 +296,7 @@ impl Rollups {
     pub fn write(&mut self, conn: &mut dyn Conn) -> Result<(), StoreError> {
         let mut values: Vec<Value> = Vec::new();
         for ((customer_id, mode, hour, source, asset, product_id, price_id), total) in std::mem::take(&mut self.fees) {
-            let (units, pico, yocto) = total.parts()?;
-            values.extend_from_slice(params![
-                mode,
-                customer_id,
-                hour,
-                source,
-                asset,
-                product_id,
-                price_id,
-                units,
-                pico,
-                yocto,
-                total.count
-            ]);
+            push_row(&mut values, params![mode, customer_id, hour, source, asset, product_id, price_id], &total)?;
         }
         upsert_many(
             conn,
@@ -317,13 +304,11 @@ impl Rollups {
             "mode, customer_id, hour, source, asset, product_id, price_id",
             "customer_id, mode, hour, source, asset, product_id, price_id",
             "fee_count",
-            &values,
+            &std::mem::take(&mut values),
         )?;
         let shard = shard_for(conn);
-        values.clear();
         for ((mode, hour, asset), total) in std::mem::take(&mut self.fees_by_mode) {
-            let (units, pico, yocto) = total.parts()?;
-            values.extend_from_slice(params![mode, hour, asset, shard, units, pico, yocto, total.count]);
+            push_row(&mut values, params![mode, hour, asset, shard], &total)?;
         }
         upsert_many(
             conn,
@@ -331,12 +316,10 @@ impl Rollups {
             "mode, hour, asset, shard",
             "mode, hour, asset, shard",
             "fee_count",
-            &values,
+            &std::mem::take(&mut values),
         )?;
-        values.clear();
         for ((customer_id, mode, hour, currency), total) in std::mem::take(&mut self.costs) {
-            let (units, pico, yocto) = total.parts()?;
-            values.extend_from_slice(params![mode, customer_id, hour, currency, units, pico, yocto, total.count]);
+            push_row(&mut values, params![mode, customer_id, hour, currency], &total)?;
         }
         upsert_many(
             conn,
@@ -344,23 +327,10 @@ impl Rollups {
             "mode, customer_id, hour, currency",
             "customer_id, mode, hour, currency",
             "cost_count",
-            &values,
+            &std::mem::take(&mut values),
         )?;
-        values.clear();
         for ((vendor_id, hour, category, currency), (mode, total)) in std::mem::take(&mut self.costs_by_vendor) {
-            let (units, pico, yocto) = total.parts()?;
-            values.extend_from_slice(params![
-                mode,
-                vendor_id,
-                hour,
-                category,
-                currency,
-                shard,
-                units,
-                pico,
-                yocto,
-                total.count
-            ]);
+            push_row(&mut values, params![mode, vendor_id, hour, category, currency, shard], &total)?;
         }
         upsert_many(
             conn,
@@ -371,6 +341,14 @@ impl Rollups {
             &values,
         )
     }
+}
+
+/// Appends a row for [`upsert_many`]: its key columns, then the total's three parts and count.
+fn push_row(values: &mut Vec<Value>, keys: &[Value], total: &Total) -> Result<(), StoreError> {
+    let (units, pico, yocto) = total.parts()?;
+    values.extend_from_slice(keys);
+    values.extend_from_slice(params![units, pico, yocto, total.count]);
+    Ok(())
 }
 
 /// Adds each row of `values` (the key columns, the amount's three parts and the count) to

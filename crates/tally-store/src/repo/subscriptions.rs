@@ -469,8 +469,6 @@ pub fn record_history(conn: &mut dyn Conn, subscription: &Subscription, at: Date
     Ok(())
 }
 
-/// The customer's intervals still open at `since` or later, in the order rating reads them
-/// (subscriptions oldest first, then by product).
 /// [`history_since`] for several customers at once, by customer, each in the same order.
 pub fn histories_since(
     conn: &mut dyn Conn,
@@ -505,6 +503,8 @@ pub fn histories_since(
     Ok(histories)
 }
 
+/// The customer's intervals still open at `since` or later, in the order rating reads them
+/// (subscriptions oldest first, then by product).
 pub fn history_since(
     conn: &mut dyn Conn,
     mode: Mode,

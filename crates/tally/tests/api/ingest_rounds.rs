@@ -38,6 +38,17 @@ const MONTHLY: &str = r#"{
   "publish": true
 }"#;
 
+/// One job billed in two assets: its fee in the second opens a second account mid-batch.
+const DUAL: &str = r#"{
+  "name": "Dual", "code": "dual",
+  "prices": [ {
+    "name": "Job", "type": "usage_based", "billing_model": { "type": "real_time" },
+    "usage_calculation": { "event_type": "dual_job", "usage_type": "unit" },
+    "pricing": [ { "asset": "IMG", "values": [ { "unit_price": 1 } ] }, { "asset": "USD", "values": [ { "unit_price": 0.5 } ] } ]
+  } ],
+  "publish": true
+}"#;
+
 /// A world to ingest into: the seed's product, the big jobs, a monthly fee, a vendor and seven
 /// customers (`c4` subscribes to nothing, so its events are stored unbilled; `c5` and `c6` pay
 /// the monthly fee, renewed when a request comes a month later; `c7`'s subscription starts
@@ -55,6 +66,7 @@ impl World {
         app.post("/products", body(GLITCH_IMAGES)).await.expect(201);
         app.post("/products", body(BIG_JOBS)).await.expect(201);
         app.post("/products", body(MONTHLY)).await.expect(201);
+        app.post("/products", body(DUAL)).await.expect(201);
         let vendor = app.post("/vendors", json!({"name": "GPU cloud", "external_id": "gpu"})).await.expect(201);
         let vendor = vendor.body["id"].as_str().unwrap().to_owned();
         let mut customers = Vec::new();
@@ -64,7 +76,7 @@ impl World {
             ("c3", vec!["glitch_images_std"]),
             ("c4", vec![]),
             ("c5", vec!["glitch_images_std", "monthly"]),
-            ("c6", vec!["glitch_images_std", "monthly"]),
+            ("c6", vec!["glitch_images_std", "monthly", "dual"]),
             ("c7", vec![]),
         ] {
             let subscriptions: Vec<Value> = if products.is_empty() {
@@ -152,6 +164,14 @@ fn answer_text(answer: &Result<IngestReport, OpError>) -> String {
 async fn customer_state(app: &TestApp, world: &World, name: &str) -> String {
     let id = world.id(name);
     let account = app.get(&format!("/customers/{id}/wallet/default:IMG")).await.expect(200).body;
+    let wallet = app.get(&format!("/customers/{id}/wallet")).await.expect(200).body;
+    let mut accounts: Vec<String> = wallet["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|account| format!("{} {}", account["id"], account["available"]))
+        .collect();
+    accounts.sort();
     let events = app.get(&format!("/events?customer_id={id}&limit=100")).await.expect(200).body;
     let mut events: Vec<String> = events["items"]
         .as_array()
@@ -202,7 +222,7 @@ async fn customer_state(app: &TestApp, world: &World, name: &str) -> String {
     .await
     .unwrap();
     without_generated_ids(format!(
-        "{name}: available {} pending_out {}\n  events {events:?}\n  transactions {transactions:?}\n  \
+        "{name}: available {} pending_out {}\n  accounts {accounts:?}\n  events {events:?}\n  transactions {transactions:?}\n  \
          numbered {numbered:?}\n  ledger {entries:?}\n  counters {counters:?}",
         account["available"], account["pending_out"]
     ))
@@ -254,8 +274,9 @@ fn mixed_requests(world: &World) -> Vec<IngestRequest> {
         // customer's, at its latest instant), renews first, and the event is priced after.
         // The earlier requests' subscriptions, due then too, are not due at their instants.
         world.request_at("c5", &[image("e13")], day(39), day(40)),
-        // Its monthly fee falls due by the round's latest instant, not by this request's.
-        world.request("c6", &[image("e14")]),
+        // Its monthly fee falls due by the round's latest instant, not by this request's. Its
+        // second event bills USD too: a second account opens mid-batch.
+        world.request("c6", &[image("e14"), ("e16", "dual_job", json!({}))]),
         // Its subscription starts ten days on: the request, 40 days on, starts it first and
         // prices the event by the history that start wrote.
         world.request_at("c7", &[image("e15")], day(39), day(40)),
@@ -342,6 +363,9 @@ async fn a_round_answers_and_stores_what_the_requests_alone_would(app: TestApp) 
     // c5: the first month's fee, the renewal's, and e13.
     let c5 = customer_state(&app, &in_round, "c5").await;
     assert!(c5.contains("available 7") && c5.contains("e13"), "{c5}");
+    // c6: e16 opened a USD account mid-batch and owes its half dollar there.
+    let c6 = customer_state(&app, &in_round, "c6").await;
+    assert!(c6.contains("default:USD\\\" -0.5"), "{c6}");
     let c7 = customer_state(&app, &in_round, "c7").await;
     assert!(c7.contains("available 9") && c7.contains("e15\\\" \\\"billed"), "{c7}");
     app.assert_ledger_agrees().await;
