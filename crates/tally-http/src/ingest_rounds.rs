@@ -5,9 +5,9 @@
 //! and every insert among its requests.
 //!
 //! A request joins the queue of its mode. At most `ingest_rounds` rounds run at a time
-//! ([`default_rounds_at_once`] unless set),
-//! each on a blocking thread that takes the queue's oldest requests of one mode (at most
-//! [`MAX_REQUESTS`] requests and [`MAX_EVENTS`] events) and goes on taking while any wait.
+//! ([`default_rounds_at_once`] unless set), each on a blocking thread that takes the queue's
+//! oldest requests of one mode (at most [`MAX_REQUESTS`] requests and [`MAX_EVENTS`] events)
+//! and goes on taking while any wait.
 //! A request that arrives while a round runs waits for the next round, so under load rounds
 //! grow, and alone a request runs at once in a round of one. Every request is answered what
 //! it would have been answered alone: a round that fails is run again a request at a time.

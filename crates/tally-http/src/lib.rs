@@ -194,16 +194,6 @@ impl AppState {
         blocking(move || store.write(work)).await
     }
 
-    /// [`write`](Self::write) for work that can run again from the start
-    /// (`Store::write_rerunnable`): the usage-event hot path.
-    pub async fn write_rerunnable<R: Send + 'static>(
-        &self,
-        work: impl FnMut(&mut dyn Conn) -> Result<R, OpError> + Send + 'static,
-    ) -> Result<R, ApiError> {
-        let store = self.store.clone();
-        blocking(move || store.write_rerunnable(work)).await
-    }
-
     /// Runs `work` in a write transaction that is always rolled back, and answers what it
     /// answered: what a change would do, with nothing of it kept (a dry run).
     pub async fn rehearse<R: Send + 'static>(

@@ -499,7 +499,7 @@ pub fn ingest_round(
         .unwrap_or_default();
     let mut due = subscription_repo::due_for_customers(conn, &locked_refs, latest)?;
     let mut histories = subscription_repo::histories_since(conn, mode, &locked_refs, earliest)?;
-    let locked: HashSet<String> = locked_ids.into_iter().collect();
+    let locked: HashSet<&str> = locked_refs.iter().copied().collect();
     let mut event_ids: Vec<&str> =
         requests.iter().flat_map(|request| request.events.iter().map(|event| event.id.as_str())).collect();
     event_ids.sort_unstable();
@@ -510,7 +510,7 @@ pub fn ingest_round(
     let mut answers = Vec::with_capacity(requests.len());
     for (request, customer_id) in requests.iter().zip(named) {
         let customer_id = match customer_id {
-            Ok(id) if locked.contains(&id) => id,
+            Ok(id) if locked.contains(id.as_str()) => id,
             Ok(id) => {
                 answers.push(Err(OpError::invalid("customer_id", format!("no customer {id}"))));
                 continue;
@@ -667,16 +667,13 @@ impl Conn for WriteWatch<'_> {
 /// What the requests of a round add, written together by [`RoundWrites::write`].
 #[derive(Default)]
 struct RoundWrites {
-    events: Vec<StoredEvent>,
-    costs: Vec<StoredCost>,
-    pending: PendingRows,
-    rollups: Rollups,
-    counters: Vec<events::CounterRow>,
+    gathered: RoundPart,
     /// The platform's enabled webhook destinations, read at the round's first fee.
     destinations: Option<Vec<crate::repo::webhooks::Destination>>,
 }
 
-/// What one request adds to its round.
+/// The rows one request adds to its round, or all its requests together.
+#[derive(Default)]
 struct RoundPart {
     events: Vec<StoredEvent>,
     costs: Vec<StoredCost>,
@@ -687,11 +684,12 @@ struct RoundPart {
 
 impl RoundWrites {
     fn absorb(&mut self, part: RoundPart) {
-        self.events.extend(part.events);
-        self.costs.extend(part.costs);
-        self.counters.extend(part.counters);
-        self.pending.absorb(part.pending);
-        self.rollups.absorb(part.rollups);
+        let gathered = &mut self.gathered;
+        gathered.events.extend(part.events);
+        gathered.costs.extend(part.costs);
+        gathered.counters.extend(part.counters);
+        gathered.pending.absorb(part.pending);
+        gathered.rollups.absorb(part.rollups);
     }
 
     /// Writes what was gathered: the events first, in id order, because they are the rows
@@ -701,17 +699,17 @@ impl RoundWrites {
     /// so written after them), fees, ledger entries and transactions in the order the requests
     /// made them, the rollups once per key, and the tier counters the requests moved.
     fn write(&mut self, conn: &mut dyn Conn, mode: Mode) -> Result<(), OpError> {
-        let mut events = std::mem::take(&mut self.events);
+        let RoundPart { mut events, costs, pending, mut rollups, counters } = std::mem::take(&mut self.gathered);
         events.sort_by(|left, right| left.id.cmp(&right.id));
         insert_events(conn, mode, &events)?;
-        for cost in std::mem::take(&mut self.costs) {
+        for cost in costs {
             events::insert_cost(conn, mode, &cost)?;
         }
-        std::mem::take(&mut self.pending).write(conn, mode)?;
-        self.rollups.write(conn)?;
+        pending.write(conn, mode)?;
+        rollups.write(conn)?;
         // Each customer's counters once per write: a customer's second request in a round
         // comes after a write (`ingest_round`), so the keys of one write differ.
-        events::put_counters(conn, &std::mem::take(&mut self.counters))?;
+        events::put_counters(conn, &counters)?;
         Ok(())
     }
 }
@@ -755,15 +753,8 @@ fn ingest_locked(
         return Err(conflict(conflicts));
     }
     let mut report = IngestReport { duplicates: batch.len() - fresh.len(), ..IngestReport::default() };
-    let nothing = RoundPart {
-        events: Vec::new(),
-        costs: Vec::new(),
-        pending: PendingRows::default(),
-        rollups: Rollups::default(),
-        counters: Vec::new(),
-    };
     if fresh.is_empty() && errors.is_empty() {
-        return Ok((report, nothing));
+        return Ok((report, RoundPart::default()));
     }
     // Runs whatever fell due (a scheduled start, a renewal), so that the history is complete.
     let ran_due = match preloaded.due {

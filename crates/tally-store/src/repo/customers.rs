@@ -1,7 +1,7 @@
 //! Customers.
 
 use super::{metadata_from_text, metadata_to_text, Filter, Keys, Listing, Metadata, Window};
-use crate::conn::{Conn, Value};
+use crate::conn::Conn;
 use crate::{params, StoreError};
 use chrono::{DateTime, Utc};
 use tally_core::Mode;
@@ -77,28 +77,21 @@ pub fn get_for_update(conn: &mut dyn Conn, mode: Mode, id: &str) -> Result<Optio
 /// Locks the customers among `ids` (sorted, without repeats) that exist in `mode`, in id
 /// order, and returns their ids. Every caller that locks several customers locks them in
 /// this one order, so two such transactions wait for each other instead of deadlocking.
-/// The list is padded to a power of two by repeating its last id, so that few statement
-/// texts are prepared.
+/// In chunks, padded as [`super::query_for_ids`] pads them.
 pub fn lock_many(conn: &mut dyn Conn, mode: Mode, ids: &[&str]) -> Result<Vec<String>, StoreError> {
     debug_assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "lock_many takes sorted, distinct ids");
     let mut locked = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(64) {
-        let padded = chunk.len().next_power_of_two();
-        let placeholders: Vec<String> = (2..padded + 2).map(|index| format!("${index}")).collect();
-        let sql = format!(
-            "SELECT id FROM customers WHERE mode = $1 AND id IN ({}) ORDER BY id{}",
-            placeholders.join(", "),
-            conn.for_update()
-        );
-        let mut params = Vec::with_capacity(padded + 1);
-        params.push(Value::from(mode.as_str()));
-        for index in 0..padded {
-            params.push(Value::from(chunk[index.min(chunk.len() - 1)]));
-        }
-        for row in conn.query(&sql, &params)? {
+    let for_update = conn.for_update();
+    super::query_for_ids(
+        conn,
+        ids,
+        &[mode.as_str().into()],
+        |list| format!("SELECT id FROM customers WHERE mode = $1 AND id IN ({list}) ORDER BY id{for_update}"),
+        |row| {
             locked.push(row.text(0)?);
-        }
-    }
+            Ok(())
+        },
+    )?;
     Ok(locked)
 }
 

@@ -375,15 +375,60 @@ pub(crate) fn execute_rows(
     values: &[crate::conn::Value],
     tail: &'static str,
 ) -> Result<(), StoreError> {
+    let dialect = conn.dialect();
+    execute_in_chunks(conn, width, values, |rows| cached_multi_row_sql(dialect, head, width, rows, tail))
+}
+
+/// Runs the statement `sql` gives for each chunk of `values` (rows of `width` values): chunks
+/// of a power of two rows, at most [`MAX_ROWS_PER_INSERT`], so that few texts are prepared.
+pub(crate) fn execute_in_chunks(
+    conn: &mut dyn Conn,
+    width: usize,
+    values: &[crate::conn::Value],
+    sql: impl Fn(usize) -> std::rc::Rc<str>,
+) -> Result<(), StoreError> {
     debug_assert!(width > 0 && values.len().is_multiple_of(width));
     let mut rest = values;
     while !rest.is_empty() {
         let rows = chunk_rows(rest.len() / width);
         let (chunk, after) = rest.split_at(rows * width);
-        conn.execute(&cached_multi_row_sql(conn.dialect(), head, width, rows, tail), chunk)?;
+        conn.execute(&sql(rows), chunk)?;
         rest = after;
     }
     Ok(())
+}
+
+/// Runs the query `sql` makes for a list of placeholders (after `leading`'s) over `ids` in
+/// chunks of at most 64, each padded to a power of two by repeating its last id (so that few
+/// statement texts are prepared), handing `each` every row.
+pub(crate) fn query_for_ids(
+    conn: &mut dyn Conn,
+    ids: &[&str],
+    leading: &[crate::conn::Value],
+    sql: impl Fn(&str) -> String,
+    mut each: impl FnMut(&crate::Row) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    for chunk in ids.chunks(64) {
+        let padded = chunk.len().next_power_of_two();
+        let first = leading.len() + 1;
+        let list: Vec<String> = (first..first + padded).map(|index| format!("${index}")).collect();
+        let mut params = leading.to_vec();
+        params.extend((0..padded).map(|index| crate::conn::Value::from(chunk[index.min(chunk.len() - 1)])));
+        for row in conn.query(&sql(&list.join(", ")), &params)? {
+            each(&row)?;
+        }
+    }
+    Ok(())
+}
+
+/// The placeholder character of `dialect`'s multi-row statements: SQLite's own `?N`, which it
+/// would otherwise rewrite `$N` into every time.
+pub(crate) fn placeholder_marker(dialect: crate::conn::Dialect) -> char {
+    if dialect == crate::conn::Dialect::Sqlite {
+        '?'
+    } else {
+        '$'
+    }
 }
 
 /// The rows of the next chunk when `remaining` are left: the largest power of two that fits.
@@ -401,8 +446,7 @@ fn cached_multi_row_sql(
     rows: usize,
     tail: &'static str,
 ) -> std::rc::Rc<str> {
-    // SQLite's own `?N` placeholders, which it would otherwise rewrite `$N` into every time.
-    let marker = if dialect == crate::conn::Dialect::Sqlite { '?' } else { '$' };
+    let marker = placeholder_marker(dialect);
     let numbers = [marker as usize, width, rows];
     statement_text(&[head, tail], &numbers, || multi_row_sql(marker, head, width, rows, tail))
 }

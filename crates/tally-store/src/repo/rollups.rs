@@ -365,19 +365,12 @@ fn upsert_many(
     values: &[Value],
 ) -> Result<(), StoreError> {
     let width = key_columns.split(", ").count() + 4;
-    let marker = if conn.dialect() == crate::conn::Dialect::Sqlite { '?' } else { '$' };
-    let mut rest = values;
-    while !rest.is_empty() {
-        let rows = super::chunk_rows(rest.len() / width);
-        let (chunk, after) = rest.split_at(rows * width);
-        let sql =
-            super::statement_text(&[table, key_columns, conflict_columns, count], &[marker as usize, rows], || {
-                upsert_sql(marker, table, key_columns, conflict_columns, count, rows)
-            });
-        conn.execute(&sql, chunk)?;
-        rest = after;
-    }
-    Ok(())
+    let marker = super::placeholder_marker(conn.dialect());
+    super::execute_in_chunks(conn, width, values, |rows| {
+        super::statement_text(&[table, key_columns, conflict_columns, count], &[marker as usize, rows], || {
+            upsert_sql(marker, table, key_columns, conflict_columns, count, rows)
+        })
+    })
 }
 
 /// Adds rows' amounts and counts to `table`'s rows of the same keys, carrying the fractions.

@@ -1,7 +1,7 @@
 //! Subscriptions: a customer's pins on product versions, and when their next action is due.
 
 use super::{Filter, Keys, Listing, Window};
-use crate::conn::{Conn, Value};
+use crate::conn::Conn;
 use crate::{params, StoreError};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
@@ -219,7 +219,7 @@ pub fn due_for_customers(
     now: DateTime<Utc>,
 ) -> Result<HashMap<String, Due>, StoreError> {
     let mut due: HashMap<String, Due> = HashMap::new();
-    for_customers(
+    super::query_for_ids(
         conn,
         customer_ids,
         &[now.into()],
@@ -235,29 +235,6 @@ pub fn due_for_customers(
         },
     )?;
     Ok(due)
-}
-
-/// Runs the query `sql` makes for a list of placeholders (after `leading`'s) over
-/// `customer_ids` in chunks of at most 64, each padded to a power of two by repeating its last
-/// id (so that few statement texts are prepared), handing `each` every row.
-fn for_customers(
-    conn: &mut dyn Conn,
-    customer_ids: &[&str],
-    leading: &[Value],
-    sql: impl Fn(&str) -> String,
-    mut each: impl FnMut(&crate::Row) -> Result<(), StoreError>,
-) -> Result<(), StoreError> {
-    for chunk in customer_ids.chunks(64) {
-        let padded = chunk.len().next_power_of_two();
-        let first = leading.len() + 1;
-        let list: Vec<String> = (first..first + padded).map(|index| format!("${index}")).collect();
-        let mut params = leading.to_vec();
-        params.extend((0..padded).map(|index| Value::from(chunk[index.min(chunk.len() - 1)])));
-        for row in conn.query(&sql(&list.join(", ")), &params)? {
-            each(&row)?;
-        }
-    }
-    Ok(())
 }
 
 /// Subscriptions with an action due at `now`, with their mode.
@@ -477,7 +454,7 @@ pub fn histories_since(
     since: DateTime<Utc>,
 ) -> Result<HashMap<String, Vec<ActiveInterval>>, StoreError> {
     let mut histories: HashMap<String, Vec<ActiveInterval>> = HashMap::new();
-    for_customers(
+    super::query_for_ids(
         conn,
         customer_ids,
         &[mode.as_str().into(), since.into()],
