@@ -26,12 +26,13 @@ use super::wallet::{debit, json_number, open_account_for_debits, record_numbered
 use super::{holds, webhooks, FieldError, OpError};
 use crate::conn::Conn;
 use crate::ids;
+use crate::repo::customers::DebitContext;
 use crate::repo::events::{self, StoredCost, StoredEvent, StoredFee, UnbilledReason};
 use crate::repo::holds::Hold;
 use crate::repo::rollups::Rollups;
 use crate::repo::subscriptions::{self as subscription_repo, ActiveInterval};
 use crate::repo::transactions::Transaction;
-use crate::repo::wallets::{Account, AccountKey, Touched};
+use crate::repo::wallets::{self, Account, AccountKey, NextDue, Touched, TouchedSave};
 use crate::repo::{customers, vendors, Metadata};
 use crate::StoreError;
 use chrono::{DateTime, Utc};
@@ -499,6 +500,11 @@ pub fn ingest_round(
         .unwrap_or_default();
     let mut due = subscription_repo::due_for_customers(conn, &locked_refs, latest)?;
     let mut histories = subscription_repo::histories_since(conn, mode, &locked_refs, earliest)?;
+    // And what their fees would read on their first debit: their accounts (locked, as each
+    // request would lock its own), the numbers their next transactions take, and whether they
+    // have auto top-ups to flag.
+    let mut accounts = wallets::load_defaults_for_update(conn, &locked_refs)?;
+    let mut debit_contexts = customers::debit_contexts(conn, &locked_refs)?;
     let locked: HashSet<&str> = locked_refs.iter().copied().collect();
     let mut event_ids: Vec<&str> =
         requests.iter().flat_map(|request| request.events.iter().map(|event| event.id.as_str())).collect();
@@ -506,6 +512,9 @@ pub fn ingest_round(
     event_ids.dedup();
     let mut claims = Claims { stored: events::existing(conn, mode, &event_ids)?, in_round: HashMap::new() };
     let mut round = RoundWrites::default();
+    round
+        .without_auto_top_ups
+        .extend(debit_contexts.iter().filter(|(_, context)| !context.has_auto_top_ups).map(|(id, _)| id.clone()));
     let mut served: HashSet<String> = HashSet::new();
     let mut answers = Vec::with_capacity(requests.len());
     for (request, customer_id) in requests.iter().zip(named) {
@@ -521,9 +530,12 @@ pub fn ingest_round(
             }
         };
         let preloaded = if served.insert(customer_id.clone()) {
+            let accounts = accounts.remove(&customer_id).unwrap_or_default();
             Preloaded {
                 due: Some(due.remove(&customer_id).unwrap_or_default()),
                 history: Some(histories.remove(&customer_id).unwrap_or_default()),
+                accounts: accounts.into_iter().map(|loaded| (loaded.0.key.asset.clone(), loaded)).collect(),
+                debit: debit_contexts.remove(&customer_id),
             }
         } else {
             // A second request of a customer reads what the first wrote (the number of the
@@ -562,12 +574,16 @@ pub fn ingest_round(
 }
 
 /// What a round read for a request before it ran: the customer's subscriptions falling due
-/// by the round's latest instant (with when each falls due), and its subscription history
-/// since the round's earliest instant. What is `None` the request reads itself.
+/// by the round's latest instant (with when each falls due), its subscription history since
+/// the round's earliest instant, its `default` accounts by asset (locked) and its debit
+/// context. What is `None` (or missing) the request reads itself, as it does all but the
+/// subscriptions when something fell due: a renewal may have credited the accounts.
 #[derive(Default)]
 struct Preloaded {
     due: Option<subscription_repo::Due>,
     history: Option<Vec<ActiveInterval>>,
+    accounts: HashMap<String, (Account, NextDue)>,
+    debit: Option<DebitContext>,
 }
 
 /// Which event holds an id already: one stored before the round, or one an earlier request
@@ -670,6 +686,8 @@ struct RoundWrites {
     gathered: RoundPart,
     /// The platform's enabled webhook destinations, read at the round's first fee.
     destinations: Option<Vec<crate::repo::webhooks::Destination>>,
+    /// The customers known to have no auto top-up, whose debits have nothing to flag.
+    without_auto_top_ups: HashSet<String>,
 }
 
 /// The rows one request adds to its round, or all its requests together.
@@ -680,6 +698,7 @@ struct RoundPart {
     pending: PendingRows,
     rollups: Rollups,
     counters: Vec<events::CounterRow>,
+    accounts: Vec<TouchedSave>,
 }
 
 impl RoundWrites {
@@ -688,6 +707,7 @@ impl RoundWrites {
         gathered.events.extend(part.events);
         gathered.costs.extend(part.costs);
         gathered.counters.extend(part.counters);
+        gathered.accounts.extend(part.accounts);
         gathered.pending.absorb(part.pending);
         gathered.rollups.absorb(part.rollups);
     }
@@ -697,9 +717,11 @@ impl RoundWrites {
     /// the clash is then on `usage_events`, answered 409, and two transactions sharing ids wait
     /// for each other instead of deadlocking); then their vendor costs (keyed by event id too,
     /// so written after them), fees, ledger entries and transactions in the order the requests
-    /// made them, the rollups once per key, and the tier counters the requests moved.
+    /// made them, the rollups once per key, the tier counters the requests moved and the
+    /// accounts they debited (locked since they were read).
     fn write(&mut self, conn: &mut dyn Conn, mode: Mode) -> Result<(), OpError> {
-        let RoundPart { mut events, costs, pending, mut rollups, counters } = std::mem::take(&mut self.gathered);
+        let RoundPart { mut events, costs, pending, mut rollups, counters, accounts } =
+            std::mem::take(&mut self.gathered);
         events.sort_by(|left, right| left.id.cmp(&right.id));
         insert_events(conn, mode, &events)?;
         for cost in costs {
@@ -710,6 +732,9 @@ impl RoundWrites {
         // Each customer's counters once per write: a customer's second request in a round
         // comes after a write (`ingest_round`), so the keys of one write differ.
         events::put_counters(conn, &counters)?;
+        // Likewise each account once per write, as `save_touched_many` needs.
+        let without_auto_top_ups = &self.without_auto_top_ups;
+        wallets::save_touched_many(conn, mode, accounts, &|customer_id| !without_auto_top_ups.contains(customer_id))?;
         Ok(())
     }
 }
@@ -770,6 +795,13 @@ fn ingest_locked(
             !due_now.is_empty()
         }
     };
+    // What was read before anything fell due holds unless something did.
+    let (loaded_accounts, debit) = match ran_due {
+        false => (preloaded.accounts, preloaded.debit),
+        true => (HashMap::new(), None),
+    };
+    #[cfg(debug_assertions)]
+    check_preloaded(conn, customer_id, &loaded_accounts, debit)?;
     let earliest = fresh.iter().map(|(_, event, _)| event.occurred_at).min().unwrap_or(now);
     let history = match preloaded.history {
         // Read before anything fell due: what `history_since` would answer, kept in memory.
@@ -802,7 +834,13 @@ fn ingest_locked(
     let rows: Vec<StoredEvent> = rated_events.iter().map(|priced| stored_event(customer_id, priced, now)).collect();
     let unbilled_events: HashMap<&str, &StoredEvent> =
         rows.iter().filter(|stored| stored.unbilled.is_some()).map(|stored| (stored.id.as_str(), stored)).collect();
-    let mut writes = BatchWrites { holds, destinations: destinations.take(), ..BatchWrites::default() };
+    let mut writes = BatchWrites {
+        holds,
+        destinations: destinations.take(),
+        loaded_accounts,
+        next_sequence: debit.map(|context| context.next_sequence),
+        ..BatchWrites::default()
+    };
     let mut costs: Vec<StoredCost> = Vec::new();
     for Priced { event, fees, .. } in &rated_events {
         store_fees_and_costs(conn, mode, customer_id, event, fees, &vendor_ids, &mut writes, &mut costs, now)
@@ -819,10 +857,34 @@ fn ingest_locked(
             billed.1 += rated.fee.amount;
         }
     }
-    let (pending, rollups) = writes.save_accounts_only(conn, mode, now)?;
+    let (pending, rollups, accounts) = writes.finish(conn, mode, now)?;
     *destinations = writes.destinations.take();
     let counters = pricer.into_counters();
-    Ok((report, RoundPart { events: rows, costs, pending, rollups, counters }))
+    Ok((report, RoundPart { events: rows, costs, pending, rollups, counters, accounts }))
+}
+
+/// Debug builds check that what a round read for a request before it ran is what the request
+/// would read now: a preload gone stale would misplace money.
+#[cfg(debug_assertions)]
+fn check_preloaded(
+    conn: &mut dyn Conn,
+    customer_id: &str,
+    accounts: &HashMap<String, (Account, NextDue)>,
+    debit: Option<DebitContext>,
+) -> Result<(), OpError> {
+    if let Some(debit) = debit {
+        let next_sequence = crate::repo::transactions::next_sequence(conn, customer_id)?;
+        assert_eq!(debit.next_sequence, next_sequence, "preloaded next transaction number of {customer_id}");
+    }
+    for (account, _) in accounts.values() {
+        let stored = wallets::get(conn, &account.key)?.expect("a preloaded account exists");
+        let state = |account: &Account| {
+            let state = &account.state;
+            (state.available, state.pending_in, state.pending_out, state.debt)
+        };
+        assert_eq!(state(account), state(&stored), "preloaded balances of {:?}", account.key);
+    }
+    Ok(())
 }
 
 /// Rates one customer's events as they occurred, each against the product versions of the
@@ -999,8 +1061,11 @@ pub(crate) struct BatchWrites {
     /// The accounts the batch debits, by asset: opened (loaded, locked, settled) on first use,
     /// saved once at the end.
     accounts: HashMap<String, (Account, Touched)>,
-    /// The number the customer's next transaction takes. Opening an account can write
-    /// transactions of its own (expiries), so it is read again after each opening.
+    /// Accounts read and locked before the batch ran (by an ingestion round), by asset: the
+    /// batch opens these instead of reading them.
+    loaded_accounts: HashMap<String, (Account, NextDue)>,
+    /// The number the customer's next transaction takes, once known. Opening an account
+    /// that settles writes transactions of its own (expiries), so it is read again after.
     next_sequence: Option<i64>,
     /// The platform's enabled webhook destinations, read at the first fee.
     destinations: Option<Vec<crate::repo::webhooks::Destination>>,
@@ -1026,26 +1091,28 @@ impl BatchWrites {
     /// Saves each account the batch debited, once, and adds the batch's fees and costs to the
     /// rollups, once per key. Every writer of fees through [`store_fees`] calls it last.
     pub(crate) fn save_accounts(&mut self, conn: &mut dyn Conn, mode: Mode, now: DateTime<Utc>) -> Result<(), OpError> {
-        let (pending, mut rollups) = self.save_accounts_only(conn, mode, now)?;
+        let (pending, mut rollups, accounts) = self.finish(conn, mode, now)?;
         pending.write(conn, mode)?;
         rollups.write(conn)?;
+        wallets::save_touched_many(conn, mode, accounts, &|_| true)?;
         Ok(())
     }
 
-    /// Saves each account the batch debited, once, and hands back the rows and rollups still
-    /// to write, for a caller that writes them together with others' (an ingestion round):
-    /// nothing the batch does after its accounts are saved reads them.
-    fn save_accounts_only(
+    /// Ends the batch: announces each depleted account and hands back the rows, rollups and
+    /// account saves still to write, for a caller that writes them together with others' (an
+    /// ingestion round): nothing the batch does after reads them.
+    fn finish(
         &mut self,
         conn: &mut dyn Conn,
         mode: Mode,
         now: DateTime<Utc>,
-    ) -> Result<(PendingRows, Rollups), OpError> {
+    ) -> Result<(PendingRows, Rollups, Vec<TouchedSave>), OpError> {
+        let mut saves = Vec::with_capacity(self.accounts.len());
         for (_, (account, touched)) in std::mem::take(&mut self.accounts) {
             webhooks::balance_changed(conn, mode, &touched.before, &account, now)?;
-            crate::repo::wallets::save_touched(conn, account, &touched)?;
+            saves.push(wallets::prepare_touched(account, &touched)?);
         }
-        Ok((std::mem::take(&mut self.pending), std::mem::take(&mut self.rollups)))
+        Ok((std::mem::take(&mut self.pending), std::mem::take(&mut self.rollups), saves))
     }
 
     /// Writes the pending ledger entries and transactions, which opening an account must
@@ -1222,9 +1289,12 @@ fn store_fee(
     let key = AccountKey { customer_id: customer_id.to_owned(), name: "default".into(), asset: fee.asset.clone() };
     if !writes.accounts.contains_key(&fee.asset) {
         writes.flush_ledger(conn, mode)?;
-        let opened = open_account_for_debits(conn, mode, &key, now)?;
-        writes.accounts.insert(fee.asset.clone(), opened);
-        writes.next_sequence = None;
+        let loaded = writes.loaded_accounts.remove(&fee.asset);
+        let (account, touched, settled) = open_account_for_debits(conn, mode, &key, loaded, now)?;
+        writes.accounts.insert(fee.asset.clone(), (account, touched));
+        if settled {
+            writes.next_sequence = None;
+        }
     }
     let sequence = match writes.next_sequence {
         Some(sequence) => sequence,

@@ -435,23 +435,32 @@ pub(crate) fn open_account(
 /// [`open_account`] for a change made only of debits and hold captures (usage fees): instead
 /// of a copy of the state to diff against, it returns a [`Touched`] to note the change in,
 /// and settles only when the row says something is due, so that opening and saving cost
-/// what the change touches, not what the account holds (`wallets::save_touched`).
+/// what the change touches, not what the account holds (`wallets::prepare_touched`).
+/// `loaded` is the account as read and locked already in this transaction, if it was (an
+/// ingestion round reads its customers' accounts together). Also answers whether opening
+/// settled anything, which writes ledger entries and transactions of its own.
 pub(crate) fn open_account_for_debits(
     conn: &mut dyn Conn,
     mode: Mode,
     key: &AccountKey,
+    loaded: Option<(Account, NextDue)>,
     now: DateTime<Utc>,
-) -> Result<(Account, Touched), OpError> {
-    let (mut account, next_due_at) = load_or_create(conn, mode, key, now)?;
+) -> Result<(Account, Touched, bool), OpError> {
+    let (mut account, next_due_at) = match loaded {
+        Some(loaded) => loaded,
+        None => load_or_create(conn, mode, key, now)?,
+    };
     let mut touched = Touched::new(&account.state, next_due_at);
+    let mut settled = false;
     if next_due_at.is_some_and(|due| due <= now) {
         touched.settling();
         for settlement in settle(&mut account, now)? {
             touched.settlement(&settlement);
             record_settlement(conn, mode, &account, &settlement, now)?;
+            settled = true;
         }
     }
-    Ok((account, touched))
+    Ok((account, touched, settled))
 }
 
 /// Loads and locks an account, creating it first when it is missing (accounts are made on

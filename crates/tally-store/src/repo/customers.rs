@@ -4,6 +4,7 @@ use super::{metadata_from_text, metadata_to_text, Filter, Keys, Listing, Metadat
 use crate::conn::Conn;
 use crate::{params, StoreError};
 use chrono::{DateTime, Utc};
+use std::collections::HashMap;
 use tally_core::Mode;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -93,6 +94,42 @@ pub fn lock_many(conn: &mut dyn Conn, mode: Mode, ids: &[&str]) -> Result<Vec<St
         },
     )?;
     Ok(locked)
+}
+
+/// What debiting a customer needs beside its accounts: the number its next transaction
+/// takes, and whether it has any auto top-up (set or not), whose check a debit may flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DebitContext {
+    pub next_sequence: i64,
+    pub has_auto_top_ups: bool,
+}
+
+/// The [`DebitContext`] of each of `ids` (sorted, distinct), in one statement, for an
+/// ingestion round. Read after the customers are locked: their transactions and auto top-ups
+/// are written under that lock, so what is read holds until the transaction ends. (Not in the
+/// statement that locks them: in PostgreSQL that statement's subqueries see the rows as they
+/// were when it began, before the lock it may have waited for.)
+pub fn debit_contexts(conn: &mut dyn Conn, ids: &[&str]) -> Result<HashMap<String, DebitContext>, StoreError> {
+    let mut contexts = HashMap::with_capacity(ids.len());
+    super::query_for_ids(
+        conn,
+        ids,
+        &[],
+        |list| {
+            format!(
+                "SELECT c.id,
+                        (SELECT COALESCE(MAX(t.sequence), 0) + 1 FROM transactions t WHERE t.customer_id = c.id),
+                        CASE WHEN EXISTS (SELECT 1 FROM auto_top_ups a WHERE a.customer_id = c.id) THEN 1 ELSE 0 END
+                 FROM customers c WHERE c.id IN ({list})"
+            )
+        },
+        |row| {
+            let context = DebitContext { next_sequence: row.int(1)?, has_auto_top_ups: row.int(2)? != 0 };
+            contexts.insert(row.text(0)?, context);
+            Ok(())
+        },
+    )?;
+    Ok(contexts)
 }
 
 pub fn find_by_external_id(conn: &mut dyn Conn, mode: Mode, external_id: &str) -> Result<Option<Customer>, StoreError> {

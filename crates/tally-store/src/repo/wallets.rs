@@ -69,14 +69,7 @@ pub fn load_for_update(conn: &mut dyn Conn, key: &AccountKey) -> Result<Option<(
     let token = row.int(8)?;
     let next_due_at = row.opt_time(9)?;
     // Loaded to be changed: the save that follows files the grants in the cache again.
-    account.state.grants = match grant_cache::take(key, token) {
-        Some(grants) => grants,
-        None => {
-            let mut grants = open_grants(conn, key)?;
-            grants.sort_by(Grant::burn_order);
-            grants
-        }
-    };
+    account.state.grants = grants_under(conn, key, token)?;
     Ok(Some((account, next_due_at)))
 }
 
@@ -246,14 +239,30 @@ fn as_stored(at: NextDue) -> Option<i64> {
     at.map(|at| at.timestamp_micros())
 }
 
-/// Saves an account changed only as [`Touched`] describes: its row, and the rows of the grants
-/// it names. Its open grants move into the cache, as [`save_and_release`] does.
-pub fn save_touched(conn: &mut dyn Conn, account: Account, touched: &Touched) -> Result<(), StoreError> {
-    let mut changed: Vec<&Grant> = Vec::with_capacity(touched.grants.len());
+/// An account changed only as [`Touched`] describes, ready to be written with others by
+/// [`save_touched_many`]: its balances, the grants the change moved, and its open grants for
+/// the cache.
+pub struct TouchedSave {
+    account: Account,
+    changed: Vec<Grant>,
+    next_due_at: NextDue,
+    available_before: Decimal,
+}
+
+impl TouchedSave {
+    pub fn key(&self) -> &AccountKey {
+        &self.account.key
+    }
+}
+
+/// Makes ready the save of an account changed only as [`Touched`] describes: its row, and the
+/// rows of the grants it names.
+pub fn prepare_touched(account: Account, touched: &Touched) -> Result<TouchedSave, StoreError> {
+    let mut changed: Vec<Grant> = Vec::with_capacity(touched.grants.len());
     if !touched.grants.is_empty() {
         for grant in &account.state.grants {
             if touched.grants.contains(grant.id.as_ref()) {
-                changed.push(grant);
+                changed.push(grant.clone());
                 if changed.len() == touched.grants.len() {
                     break;
                 }
@@ -275,16 +284,136 @@ pub fn save_touched(conn: &mut dyn Conn, account: Account, touched: &Touched) ->
     let closed = changed.iter().any(|grant| !is_open(grant));
     let next_due_at = if touched.settled || closed { account.state.next_due_at() } else { touched.next_due_at };
     debug_assert_eq!(as_stored(next_due_at), as_stored(account.state.next_due_at()));
-    let token = write_balances(conn, &touched.before, &account, next_due_at)?;
-    for grant in changed {
-        update_grant(conn, grant)?;
-    }
-    let mut grants = account.state.grants;
+    let mut account = account;
     if closed {
-        grants.retain(is_open);
+        account.state.grants.retain(is_open);
     }
-    grant_cache::put(&account.key, token, grants.into_iter());
+    Ok(TouchedSave { account, changed, next_due_at, available_before: touched.before.available })
+}
+
+/// Writes accounts made ready by [`prepare_touched`], of `mode`, each at most once: their rows
+/// in one multi-row statement, the grants they moved in another (an upsert that always finds
+/// the row: the account is locked, and its grants with it), flagging for an auto top-up check
+/// each account whose available balance went down and whose customer `may_top_up` (one without
+/// any auto top-up row has nothing to flag). Their open grants move into the cache.
+pub fn save_touched_many(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    saves: Vec<TouchedSave>,
+    may_top_up: &dyn Fn(&str) -> bool,
+) -> Result<(), StoreError> {
+    if saves.is_empty() {
+        return Ok(());
+    }
+    let tokens: Vec<i64> = saves.iter().map(|_| grant_cache::new_token()).collect();
+    let mut rows: Vec<crate::conn::Value> = Vec::with_capacity(saves.len() * 11);
+    let mut grant_rows: Vec<crate::conn::Value> = Vec::new();
+    for (save, token) in saves.iter().zip(&tokens) {
+        let (key, state) = (&save.account.key, &save.account.state);
+        rows.extend_from_slice(params![
+            mode.as_str(),
+            &key.customer_id,
+            &key.name,
+            &key.asset,
+            state.available,
+            state.pending_in,
+            state.pending_out,
+            state.debt,
+            save.next_due_at,
+            save.account.created_at,
+            *token
+        ]);
+        for grant in &save.changed {
+            grant_rows.extend_from_slice(params![
+                &grant.id,
+                mode.as_str(),
+                &key.customer_id,
+                &key.name,
+                &key.asset,
+                grant.purpose.as_str(),
+                grant.priority,
+                grant.amount,
+                grant.remaining,
+                grant.state.as_str(),
+                is_open(grant),
+                grant.effective_at,
+                grant.expires_at,
+                grant.created_at
+            ]);
+        }
+    }
+    super::execute_rows(
+        conn,
+        "INSERT INTO wallet_accounts (mode, customer_id, name, asset, available, pending_in, pending_out, debt,
+                                      next_due_at, created_at, state_token)",
+        11,
+        &rows,
+        " ON CONFLICT (customer_id, name, asset) DO UPDATE SET available = excluded.available,
+           pending_in = excluded.pending_in, pending_out = excluded.pending_out, debt = excluded.debt,
+           next_due_at = excluded.next_due_at, state_token = excluded.state_token",
+    )?;
+    super::execute_rows(
+        conn,
+        "INSERT INTO grants (id, mode, customer_id, account_name, asset, purpose, priority, amount, remaining, state,
+                             is_open, effective_at, expires_at, created_at)",
+        14,
+        &grant_rows,
+        " ON CONFLICT (id) DO UPDATE SET remaining = excluded.remaining, state = excluded.state,
+           is_open = excluded.is_open",
+    )?;
+    for (save, token) in saves.into_iter().zip(tokens) {
+        let account = save.account;
+        if account.state.available < save.available_before && may_top_up(&account.key.customer_id) {
+            super::auto_top_ups::flag_if_low(conn, &account.key, account.state.available)?;
+        }
+        grant_cache::put(&account.key, token, account.state.grants.into_iter());
+    }
     Ok(())
+}
+
+/// The `default` accounts of `customer_ids` (sorted, distinct), locked for the rest of the
+/// transaction, by customer: what [`load_for_update`] would answer for each, read in one
+/// statement for an ingestion round.
+pub fn load_defaults_for_update(
+    conn: &mut dyn Conn,
+    customer_ids: &[&str],
+) -> Result<std::collections::HashMap<String, Vec<(Account, NextDue)>>, StoreError> {
+    let for_update = conn.for_update();
+    let mut rows: Vec<(Account, i64, NextDue)> = Vec::new();
+    super::query_for_ids(
+        conn,
+        customer_ids,
+        &[],
+        |list| {
+            format!(
+                "SELECT {ACCOUNT_COLUMNS}, state_token, next_due_at FROM wallet_accounts
+                 WHERE name = 'default' AND customer_id IN ({list}) ORDER BY customer_id, asset{for_update}"
+            )
+        },
+        |row| {
+            rows.push((account_from_row(row)?, row.int(8)?, row.opt_time(9)?));
+            Ok(())
+        },
+    )?;
+    let mut accounts: std::collections::HashMap<String, Vec<(Account, NextDue)>> = Default::default();
+    for (mut account, token, next_due_at) in rows {
+        account.state.grants = grants_under(conn, &account.key, token)?;
+        accounts.entry(account.key.customer_id.clone()).or_default().push((account, next_due_at));
+    }
+    Ok(accounts)
+}
+
+/// The account's open grants in burn order: from the cache when filed under `token`, the
+/// token its row holds, or else from the database.
+fn grants_under(conn: &mut dyn Conn, key: &AccountKey, token: i64) -> Result<Vec<Grant>, StoreError> {
+    Ok(match grant_cache::take(key, token) {
+        Some(grants) => grants,
+        None => {
+            let mut grants = open_grants(conn, key)?;
+            grants.sort_by(Grant::burn_order);
+            grants
+        }
+    })
 }
 
 /// Each grant of `after` with the grant of the same id in `before`, if any. Most changes

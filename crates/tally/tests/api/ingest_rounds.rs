@@ -14,6 +14,8 @@ use tally_http::ingest_rounds::IngestRounds;
 use tally_http::routes::events::{parse_events, UsageRequest};
 use tally_store::ops::events::{self as event_ops, CustomerRef, IngestReport, IngestRequest};
 use tally_store::ops::OpError;
+use tally_store::repo::auto_top_ups::{self, AutoTopUp};
+use tally_store::repo::wallets::AccountKey;
 
 const IMG: &str = r#"{"code":"IMG","name":"Image Generation","precision":2,"rates":[{"source":"USD","rate":0.10}]}"#;
 
@@ -52,7 +54,7 @@ const DUAL: &str = r#"{
 /// A world to ingest into: the seed's product, the big jobs, a monthly fee, a vendor and seven
 /// customers (`c4` subscribes to nothing, so its events are stored unbilled; `c5` and `c6` pay
 /// the monthly fee, renewed when a request comes a month later; `c7`'s subscription starts
-/// ten days on).
+/// ten days on; `c8` holds a gift that expires twenty days on).
 struct World {
     customers: Vec<(&'static str, String)>,
     vendor: String,
@@ -78,6 +80,7 @@ impl World {
             ("c5", vec!["glitch_images_std", "monthly"]),
             ("c6", vec!["glitch_images_std", "monthly", "dual"]),
             ("c7", vec![]),
+            ("c8", vec!["glitch_images_std"]),
         ] {
             let subscriptions: Vec<Value> = if products.is_empty() {
                 Vec::new()
@@ -98,6 +101,14 @@ impl World {
                 let starts = (chrono::Utc::now() + chrono::Duration::days(10)).to_rfc3339();
                 let scheduled = json!({"starts_at": starts, "products": [{"code": "glitch_images_std"}]});
                 app.post(&format!("/customers/{id}/subscriptions"), scheduled).await.expect(201);
+            }
+            if name == "c8" {
+                // Expired when a request comes 40 days on: opening the account settles first,
+                // writing an expiry transaction that the fee's number must follow.
+                let expires = (chrono::Utc::now() + chrono::Duration::days(20)).to_rfc3339();
+                let gift = json!({"transaction_id": "gift-c8", "asset": "IMG", "amount": 3, "reason": "gift",
+                                  "expires_at": expires});
+                app.post(&format!("/customers/{id}/wallet/adjustments"), gift).await.expect(201);
             }
             customers.push((name, id));
         }
@@ -229,18 +240,22 @@ async fn customer_state(app: &TestApp, world: &World, name: &str) -> String {
 }
 
 /// `text` with each subscription fee's transaction id (which names the world's generated
-/// subscription and price ids and its start) cut to its kind.
+/// subscription and price ids and its start) and each expiry's (which names the generated
+/// grant id) cut to its kind.
 fn without_generated_ids(text: String) -> String {
-    const PREFIX: &str = "tally_subscription_";
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text.as_str();
-    while let Some(at) = rest.find(PREFIX) {
-        out.push_str(&rest[..at + PREFIX.len()]);
-        rest = &rest[at + PREFIX.len()..];
-        rest = &rest[rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len())..];
+    let mut text = text;
+    for prefix in ["tally_subscription_", "tally_expiry_"] {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find(prefix) {
+            out.push_str(&rest[..at + prefix.len()]);
+            rest = &rest[at + prefix.len()..];
+            rest = &rest[rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len())..];
+        }
+        out.push_str(rest);
+        text = out;
     }
-    out.push_str(rest);
-    out
+    text
 }
 
 /// The round's requests: every way a request of a round can end.
@@ -280,6 +295,8 @@ fn mixed_requests(world: &World) -> Vec<IngestRequest> {
         // Its subscription starts ten days on: the request, 40 days on, starts it first and
         // prices the event by the history that start wrote.
         world.request_at("c7", &[image("e15")], day(39), day(40)),
+        // Its gift expired on day 20: the request's opening of its account expires it first.
+        world.request_at("c8", &[image("e17")], day(39), day(40)),
     ]
 }
 
@@ -347,11 +364,12 @@ async fn a_round_answers_and_stores_what_the_requests_alone_would(app: TestApp) 
             "IngestReport",
             "IngestReport",
             "IngestReport",
+            "IngestReport",
             "IngestReport"
         ],
         "{answers:#?}"
     );
-    for name in ["c1", "c2", "c3", "c4", "c5", "c6", "c7"] {
+    for name in ["c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8"] {
         assert_eq!(
             customer_state(&app, &in_round, name).await,
             customer_state(&alone, &one_by_one, name).await,
@@ -368,6 +386,9 @@ async fn a_round_answers_and_stores_what_the_requests_alone_would(app: TestApp) 
     assert!(c6.contains("default:USD\\\" -0.5"), "{c6}");
     let c7 = customer_state(&app, &in_round, "c7").await;
     assert!(c7.contains("available 9") && c7.contains("e15\\\" \\\"billed"), "{c7}");
+    // c8: 10 paid and a gift of 3, which expired before e17 took one of the paid.
+    let c8 = customer_state(&app, &in_round, "c8").await;
+    assert!(c8.contains("available 9") && c8.contains("expiry"), "{c8}");
     app.assert_ledger_agrees().await;
     alone.assert_ledger_agrees().await;
 }
@@ -421,7 +442,74 @@ async fn a_request_that_fails_after_writing_fails_the_round_and_each_runs_alone(
     app.assert_ledger_agrees().await;
 }
 
+/// A debit in a round flags its account for the auto top-up job when its balance falls to its
+/// customer's threshold, as a request alone does. The round reads once which customers have
+/// any auto top-up and flags nothing for the others.
+async fn a_round_flags_accounts_for_their_auto_top_up(app: TestApp) {
+    let world = World::build(&app).await;
+    let flagged = |customer: String| {
+        let store = app.store.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                store.read(|conn| {
+                    let sql = "SELECT maybe_due FROM auto_top_ups WHERE customer_id = $1";
+                    conn.query_optional(sql, &[tally_store::Value::from(customer.as_str())])?
+                        .map(|row| row.int(0))
+                        .transpose()
+                })
+            })
+            .await
+            .unwrap()
+            .unwrap()
+        }
+    };
+    // c1 tops up when IMG falls to 9.5; no payment method, so the job itself never acts on it.
+    let setting = AutoTopUp {
+        mode: Mode::Test,
+        key: AccountKey { customer_id: world.id("c1").to_owned(), name: "default".into(), asset: "IMG".into() },
+        enabled: true,
+        threshold: "9.5".parse().unwrap(),
+        amount: 10.into(),
+        currency: "USD".into(),
+        payment_method_id: None,
+        failures: 0,
+        retry_at: None,
+        in_flight_top_up_id: None,
+        last_error: None,
+        updated_at: app.clock.now(),
+    };
+    let store = app.store.clone();
+    tokio::task::spawn_blocking(move || {
+        store.write(|conn| {
+            auto_top_ups::put(conn, &setting)?;
+            // As a pass of the job leaves it finding the balance (10) above the threshold.
+            conn.execute("UPDATE auto_top_ups SET maybe_due = 0", &[])
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(flagged(world.id("c1").to_owned()).await, Some(0));
+
+    let requests = vec![
+        world.request("c2", &[("g1", "image_generated", json!({}))]),
+        world.request("c1", &[("g2", "image_generated", json!({}))]),
+    ];
+    let catalog = Arc::new(CatalogCache::default());
+    let store = app.store.clone();
+    let answers = tokio::task::spawn_blocking(move || {
+        store.write_rerunnable(move |conn| event_ops::ingest_round(conn, Mode::Test, &requests, catalog.as_ref()))
+    })
+    .await
+    .unwrap()
+    .expect("the round is kept");
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    assert_eq!(flagged(world.id("c1").to_owned()).await, Some(1), "c1's IMG fell to 9: flagged");
+    assert_eq!(flagged(world.id("c2").to_owned()).await, None, "c2 has no auto top-up");
+}
+
 on_both_backends!(
     a_round_answers_and_stores_what_the_requests_alone_would,
     a_request_that_fails_after_writing_fails_the_round_and_each_runs_alone,
+    a_round_flags_accounts_for_their_auto_top_up,
 );
