@@ -352,8 +352,7 @@ pub fn rate_event(
     for version in versions {
         for price in version.usage_prices.iter().filter(|price| price.event_type == event.event_type) {
             matched = true;
-            let period =
-                pricing::period_start(price.tier_period, event.occurred_at).map_or(0, |start| start.timestamp_micros());
+            let period = counter_period(price, event.occurred_at);
             let before = counter(price, period)?;
             let fees = match pricing::rate(price, &event.data, &before) {
                 Ok(fees) => fees,
@@ -381,6 +380,12 @@ pub fn rate_event(
         }));
     }
     Ok(Rating::Billed(rated))
+}
+
+/// The period start under which `price` counts an event at `at`: its tier period's start, or
+/// 0 for a price whose tiers never reset.
+fn counter_period(price: &UsagePrice, at: DateTime<Utc>) -> i64 {
+    pricing::period_start(price.tier_period, at).map_or(0, |start| start.timestamp_micros())
 }
 
 /// What a price's refusal to rate an event means for the event. A fee past the limits on
@@ -505,6 +510,7 @@ pub fn ingest_round(
     // have auto top-ups to flag.
     let mut accounts = wallets::load_defaults_for_update(conn, &locked_refs)?;
     let mut debit_contexts = customers::debit_contexts(conn, &locked_refs)?;
+    let mut counters = preload_counters(conn, mode, requests, &named, &histories, catalog)?;
     let locked: HashSet<&str> = locked_refs.iter().copied().collect();
     let mut event_ids: Vec<&str> =
         requests.iter().flat_map(|request| request.events.iter().map(|event| event.id.as_str())).collect();
@@ -536,6 +542,7 @@ pub fn ingest_round(
                 history: Some(histories.remove(&customer_id).unwrap_or_default()),
                 accounts: accounts.into_iter().map(|loaded| (loaded.0.key.asset.clone(), loaded)).collect(),
                 debit: debit_contexts.remove(&customer_id),
+                counters: counters.remove(&customer_id).unwrap_or_default(),
             }
         } else {
             // A second request of a customer reads what the first wrote (the number of the
@@ -584,6 +591,51 @@ struct Preloaded {
     history: Option<Vec<ActiveInterval>>,
     accounts: HashMap<String, (Account, NextDue)>,
     debit: Option<DebitContext>,
+    /// The tier counters its events would read (zero if never stored).
+    counters: Counters,
+}
+
+/// Tier counters of one customer, by price id and period start.
+type Counters = HashMap<(String, i64), Usage>;
+
+/// The tier counters the first request of each customer of a round would read, read for all
+/// in one statement (or a few): for each of its events, each usage price of its type in the
+/// versions the customer was subscribed to at its `occurred_at`, in the event's period. The
+/// history read for the round holds every interval containing such an instant.
+fn preload_counters(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    requests: &[IngestRequest],
+    named: &[Result<String, OpError>],
+    histories: &HashMap<String, Vec<ActiveInterval>>,
+    catalog: &dyn Catalog,
+) -> Result<HashMap<String, Counters>, StoreError> {
+    let mut parsed = HashMap::new();
+    let mut keys: HashSet<events::CounterKey> = HashSet::new();
+    let mut first_seen: HashSet<&str> = HashSet::new();
+    for (request, customer_id) in requests.iter().zip(named) {
+        let Ok(customer_id) = customer_id else { continue };
+        let (Some(history), true) = (histories.get(customer_id), first_seen.insert(customer_id)) else { continue };
+        for event in &request.events {
+            // A version the catalog cannot give is the request's own error, met when it rates.
+            let versions = match versions_at(conn, mode, history, event.occurred_at, catalog, &mut parsed) {
+                Ok(versions) => versions,
+                Err(OpError::Store(error)) => return Err(error),
+                Err(_) => continue,
+            };
+            for price in versions.iter().flat_map(|version| &version.usage_prices) {
+                if price.event_type == event.event_type {
+                    keys.insert((customer_id.clone(), price.id.clone(), counter_period(price, event.occurred_at)));
+                }
+            }
+        }
+    }
+    let keys: Vec<events::CounterKey> = keys.into_iter().collect();
+    let mut by_customer: HashMap<String, Counters> = HashMap::new();
+    for ((customer_id, price_id, period), usage) in events::counters_many(conn, &keys)? {
+        by_customer.entry(customer_id).or_default().insert((price_id, period), usage);
+    }
+    Ok(by_customer)
 }
 
 /// Which event holds an id already: one stored before the round, or one an earlier request
@@ -796,12 +848,12 @@ fn ingest_locked(
         }
     };
     // What was read before anything fell due holds unless something did.
-    let (loaded_accounts, debit) = match ran_due {
-        false => (preloaded.accounts, preloaded.debit),
-        true => (HashMap::new(), None),
+    let (loaded_accounts, debit, known_counters) = match ran_due {
+        false => (preloaded.accounts, preloaded.debit, preloaded.counters),
+        true => (HashMap::new(), None, HashMap::new()),
     };
     #[cfg(debug_assertions)]
-    check_preloaded(conn, customer_id, &loaded_accounts, debit)?;
+    check_preloaded(conn, customer_id, &loaded_accounts, debit, &known_counters)?;
     let earliest = fresh.iter().map(|(_, event, _)| event.occurred_at).min().unwrap_or(now);
     let history = match preloaded.history {
         // Read before anything fell due: what `history_since` would answer, kept in memory.
@@ -811,6 +863,7 @@ fn ingest_locked(
         _ => subscription_repo::history_since(conn, mode, customer_id, earliest)?,
     };
     let mut pricer = Pricer::new(customer_id, history, catalog);
+    pricer.known = known_counters;
     let mut vendor_ids: HashMap<VendorRef, String> = HashMap::new();
     let mut rated_events: Vec<Priced> = Vec::with_capacity(fresh.len());
     for (index, event, hash) in fresh {
@@ -871,7 +924,12 @@ fn check_preloaded(
     customer_id: &str,
     accounts: &HashMap<String, (Account, NextDue)>,
     debit: Option<DebitContext>,
+    counters: &HashMap<(String, i64), Usage>,
 ) -> Result<(), OpError> {
+    for ((price_id, period), usage) in counters {
+        let stored = events::counter(conn, customer_id, price_id, *period)?;
+        assert_eq!(*usage, stored, "preloaded tier counter of {customer_id}, price {price_id}, period {period}");
+    }
     if let Some(debit) = debit {
         let next_sequence = crate::repo::transactions::next_sequence(conn, customer_id)?;
         assert_eq!(debit.next_sequence, next_sequence, "preloaded next transaction number of {customer_id}");
@@ -899,22 +957,32 @@ pub(crate) struct Pricer<'a> {
     parsed_versions: HashMap<(String, i64), Arc<ProductVersion>>,
     /// Tier counters after the events billed so far, by price id and period start.
     counters: HashMap<(String, i64), Usage>,
+    /// Tier counters as stored, read before rating (by an ingestion round): consulted before
+    /// the database, and never written back unless an event moves them.
+    known: HashMap<(String, i64), Usage>,
 }
 
 impl<'a> Pricer<'a> {
     pub(crate) fn new(customer_id: &'a str, history: Vec<ActiveInterval>, catalog: &'a dyn Catalog) -> Pricer<'a> {
-        Pricer { customer_id, history, catalog, parsed_versions: HashMap::new(), counters: HashMap::new() }
+        Pricer {
+            customer_id,
+            history,
+            catalog,
+            parsed_versions: HashMap::new(),
+            counters: HashMap::new(),
+            known: HashMap::new(),
+        }
     }
 
     /// Rates `event`; its tier counters move only when it is billed.
     pub(crate) fn rate(&mut self, conn: &mut dyn Conn, mode: Mode, event: &NewEvent) -> Result<Rating, OpError> {
         let versions =
             versions_at(conn, mode, &self.history, event.occurred_at, self.catalog, &mut self.parsed_versions)?;
-        let counters = &self.counters;
+        let (counters, known) = (&self.counters, &self.known);
         let customer_id = self.customer_id;
         let mut load = |price: &UsagePrice, period: i64| -> Result<Usage, OpError> {
             let key = (price.id.clone(), period);
-            if let Some(usage) = counters.get(&key) {
+            if let Some(usage) = counters.get(&key).or_else(|| known.get(&key)) {
                 return Ok(*usage);
             }
             Ok(events::counter(conn, customer_id, &price.id, period)?)

@@ -401,6 +401,45 @@ pub fn counter(conn: &mut dyn Conn, customer_id: &str, price_id: &str, period_st
     }
 }
 
+/// A tier counter's key: customer, price, period start.
+pub type CounterKey = (String, String, i64);
+
+/// The tier counters of `keys` (distinct) in few statements (chunks of 32 keys, padded to a
+/// power of two), zero for those never stored: what [`counter`] would answer for each.
+pub fn counters_many(conn: &mut dyn Conn, keys: &[CounterKey]) -> Result<HashMap<CounterKey, Usage>, StoreError> {
+    let mut found: HashMap<CounterKey, Usage> = keys.iter().map(|key| (key.clone(), Usage::ZERO)).collect();
+    let marker = super::placeholder_marker(conn.dialect());
+    for chunk in keys.chunks(32) {
+        let padded = chunk.len().next_power_of_two();
+        let sql = super::statement_text(&["counters_many"], &[marker as usize, padded], || {
+            let matches: Vec<String> = (0..padded)
+                .map(|index| {
+                    let first = index * 3 + 1;
+                    format!(
+                        "(customer_id = {marker}{first} AND price_id = {marker}{} AND period_start = {marker}{})",
+                        first + 1,
+                        first + 2
+                    )
+                })
+                .collect();
+            format!(
+                "SELECT customer_id, price_id, period_start, units, volume FROM usage_counters WHERE {}",
+                matches.join(" OR ")
+            )
+        });
+        let mut params: Vec<Value> = Vec::with_capacity(padded * 3);
+        for index in 0..padded {
+            let (customer_id, price_id, period_start) = &chunk[index.min(chunk.len() - 1)];
+            params.extend_from_slice(params![customer_id, price_id, *period_start]);
+        }
+        for row in conn.query(&sql, &params)? {
+            let key = (row.text(0)?, row.text(1)?, row.int(2)?);
+            found.insert(key, Usage { units: row.decimal(3)?, volume: row.decimal(4)? });
+        }
+    }
+    Ok(found)
+}
+
 /// A tier counter's value to store.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CounterRow {
