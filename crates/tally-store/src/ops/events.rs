@@ -32,7 +32,7 @@ use crate::repo::holds::Hold;
 use crate::repo::rollups::Rollups;
 use crate::repo::subscriptions::{self as subscription_repo, ActiveInterval};
 use crate::repo::transactions::Transaction;
-use crate::repo::wallets::{self, Account, AccountKey, NextDue, Touched, TouchedSave};
+use crate::repo::wallets::{self, Account, AccountKey, LockedAccount, Touched, TouchedSave};
 use crate::repo::{customers, vendors, Metadata};
 use crate::StoreError;
 use chrono::{DateTime, Utc};
@@ -540,7 +540,7 @@ pub fn ingest_round(
             Preloaded {
                 due: Some(due.remove(&customer_id).unwrap_or_default()),
                 history: Some(histories.remove(&customer_id).unwrap_or_default()),
-                accounts: accounts.into_iter().map(|loaded| (loaded.0.key.asset.clone(), loaded)).collect(),
+                accounts: accounts.into_iter().map(|locked| (locked.key().asset.clone(), locked)).collect(),
                 debit: debit_contexts.remove(&customer_id),
                 counters: counters.remove(&customer_id).unwrap_or_default(),
             }
@@ -582,14 +582,15 @@ pub fn ingest_round(
 
 /// What a round read for a request before it ran: the customer's subscriptions falling due
 /// by the round's latest instant (with when each falls due), its subscription history since
-/// the round's earliest instant, its `default` accounts by asset (locked) and its debit
-/// context. What is `None` (or missing) the request reads itself, as it does all but the
-/// subscriptions when something fell due: a renewal may have credited the accounts.
+/// the round's earliest instant, its `default` accounts by asset (locked), its debit context
+/// and tier counters. What is `None` (or missing) the request reads itself; when something
+/// fell due for it, it reads everything but the due subscriptions itself, as what fell due
+/// may have changed any of it (a renewal debits the accounts, a start adds to the history).
 #[derive(Default)]
 struct Preloaded {
     due: Option<subscription_repo::Due>,
     history: Option<Vec<ActiveInterval>>,
-    accounts: HashMap<String, (Account, NextDue)>,
+    accounts: HashMap<String, LockedAccount>,
     debit: Option<DebitContext>,
     /// The tier counters its events would read (zero if never stored).
     counters: Counters,
@@ -792,8 +793,9 @@ impl RoundWrites {
 }
 
 /// [`ingest`] of one batch once its customer is locked and its ids' holders known: rates and
-/// debits in memory, writes what must be written at once (accounts, tier counters, vendor
-/// costs, webhooks), and returns the rows a round writes together.
+/// debits in memory, writes what must be written at once (a new account, an expiry settled as
+/// an account opens, webhooks), and returns the rows a round writes together (events, costs,
+/// fees, ledger entries, transactions, rollups, tier counters, the debited accounts).
 #[allow(clippy::too_many_arguments)]
 fn ingest_locked(
     conn: &mut dyn Conn,
@@ -922,7 +924,7 @@ fn ingest_locked(
 fn check_preloaded(
     conn: &mut dyn Conn,
     customer_id: &str,
-    accounts: &HashMap<String, (Account, NextDue)>,
+    accounts: &HashMap<String, LockedAccount>,
     debit: Option<DebitContext>,
     counters: &HashMap<(String, i64), Usage>,
 ) -> Result<(), OpError> {
@@ -934,13 +936,9 @@ fn check_preloaded(
         let next_sequence = crate::repo::transactions::next_sequence(conn, customer_id)?;
         assert_eq!(debit.next_sequence, next_sequence, "preloaded next transaction number of {customer_id}");
     }
-    for (account, _) in accounts.values() {
-        let stored = wallets::get(conn, &account.key)?.expect("a preloaded account exists");
-        let state = |account: &Account| {
-            let state = &account.state;
-            (state.available, state.pending_in, state.pending_out, state.debt)
-        };
-        assert_eq!(state(account), state(&stored), "preloaded balances of {:?}", account.key);
+    for locked in accounts.values() {
+        let stored = wallets::get(conn, locked.key())?.expect("a preloaded account exists");
+        assert!(locked.has_balances_of(&stored), "preloaded balances of {:?}", locked.key());
     }
     Ok(())
 }
@@ -1131,7 +1129,7 @@ pub(crate) struct BatchWrites {
     accounts: HashMap<String, (Account, Touched)>,
     /// Accounts read and locked before the batch ran (by an ingestion round), by asset: the
     /// batch opens these instead of reading them.
-    loaded_accounts: HashMap<String, (Account, NextDue)>,
+    loaded_accounts: HashMap<String, LockedAccount>,
     /// The number the customer's next transaction takes, once known. Opening an account
     /// that settles writes transactions of its own (expiries), so it is read again after.
     next_sequence: Option<i64>,
@@ -1141,10 +1139,10 @@ pub(crate) struct BatchWrites {
     rollups: Rollups,
     /// The open holds the batch's events name, by id: their fees are captured from them.
     holds: HashMap<String, Hold>,
-    /// Rows the batch's fees add, written together (a multi-row `INSERT` per table) by
-    /// [`BatchWrites::flush`]: before anything that reads them back (opening another account
-    /// reads the customer's last transaction number; a hold capture writes entries of its
-    /// own, which must follow the fees before them) and at the end.
+    /// Rows the batch's fees add, written together (a multi-row `INSERT` per table): the
+    /// ledger entries and transactions before anything that must follow them (opening
+    /// another account may settle, writing entries and transactions of its own; a hold
+    /// capture writes entries of its own), and everything at the end.
     pending: PendingRows,
 }
 
@@ -1184,8 +1182,8 @@ impl BatchWrites {
     }
 
     /// Writes the pending ledger entries and transactions, which opening an account must
-    /// follow (it reads the customer's last transaction number, and may write entries of its
-    /// own). The fees stay pending: nothing reads them before the end, where they are written
+    /// follow (it may settle, writing entries and transactions of its own, and then reads
+    /// the customer's last transaction number again). The fees stay pending: nothing reads them before the end, where they are written
     /// with the rest (in an ingestion round, with every request's).
     fn flush_ledger(&mut self, conn: &mut dyn Conn, mode: Mode) -> Result<(), OpError> {
         let fees = std::mem::take(&mut self.pending.fees);

@@ -443,11 +443,11 @@ pub(crate) fn open_account_for_debits(
     conn: &mut dyn Conn,
     mode: Mode,
     key: &AccountKey,
-    loaded: Option<(Account, NextDue)>,
+    loaded: Option<wallets::LockedAccount>,
     now: DateTime<Utc>,
 ) -> Result<(Account, Touched, bool), OpError> {
     let (mut account, next_due_at) = match loaded {
-        Some(loaded) => loaded,
+        Some(loaded) => loaded.with_grants(conn)?,
         None => load_or_create(conn, mode, key, now)?,
     };
     let mut touched = Touched::new(&account.state, next_due_at);

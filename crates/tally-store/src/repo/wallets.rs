@@ -293,7 +293,9 @@ pub fn prepare_touched(account: Account, touched: &Touched) -> Result<TouchedSav
 
 /// Writes accounts made ready by [`prepare_touched`], of `mode`, each at most once: their rows
 /// in one multi-row statement, the grants they moved in another (an upsert that always finds
-/// the row: the account is locked, and its grants with it), flagging for an auto top-up check
+/// the row: the account was loaded and locked, and its grants with it; written so because
+/// both backends take a multi-row upsert, where a multi-row update needs each's own syntax),
+/// flagging for an auto top-up check
 /// each account whose available balance went down and whose customer `may_top_up` (one without
 /// any auto top-up row has nothing to flag). Their open grants move into the cache.
 pub fn save_touched_many(
@@ -305,6 +307,14 @@ pub fn save_touched_many(
     if saves.is_empty() {
         return Ok(());
     }
+    debug_assert!(
+        {
+            let mut keys: Vec<&AccountKey> = saves.iter().map(TouchedSave::key).collect();
+            keys.sort_by(|left, right| (&left.customer_id, &left.asset).cmp(&(&right.customer_id, &right.asset)));
+            keys.windows(2).all(|pair| pair[0] != pair[1])
+        },
+        "one write saves each account once"
+    );
     let tokens: Vec<i64> = saves.iter().map(|_| grant_cache::new_token()).collect();
     let mut rows: Vec<crate::conn::Value> = Vec::with_capacity(saves.len() * 11);
     let mut grant_rows: Vec<crate::conn::Value> = Vec::new();
@@ -371,15 +381,43 @@ pub fn save_touched_many(
     Ok(())
 }
 
+/// An account's row, read and locked for the rest of the transaction, its grants not read yet
+/// ([`LockedAccount::with_grants`] reads them when the account is used).
+pub struct LockedAccount {
+    account: Account,
+    token: i64,
+    next_due_at: NextDue,
+}
+
+impl LockedAccount {
+    pub fn key(&self) -> &AccountKey {
+        &self.account.key
+    }
+
+    /// Whether its balances are `stored`'s (debug builds check preloads with it).
+    pub fn has_balances_of(&self, stored: &Account) -> bool {
+        let balances = |state: &AccountState| (state.available, state.pending_in, state.pending_out, state.debt);
+        balances(&self.account.state) == balances(&stored.state)
+    }
+
+    /// The account with its open grants, as [`load_for_update`] would answer.
+    pub fn with_grants(self, conn: &mut dyn Conn) -> Result<(Account, NextDue), StoreError> {
+        let LockedAccount { mut account, token, next_due_at } = self;
+        account.state.grants = grants_under(conn, &account.key, token)?;
+        Ok((account, next_due_at))
+    }
+}
+
 /// The `default` accounts of `customer_ids` (sorted, distinct), locked for the rest of the
-/// transaction, by customer: what [`load_for_update`] would answer for each, read in one
-/// statement for an ingestion round.
+/// transaction, by customer, in one statement (or a few) for an ingestion round. Their grants
+/// are read only for the accounts used: taking them out of the cache for an account not
+/// debited would leave its next load to read them all.
 pub fn load_defaults_for_update(
     conn: &mut dyn Conn,
     customer_ids: &[&str],
-) -> Result<std::collections::HashMap<String, Vec<(Account, NextDue)>>, StoreError> {
+) -> Result<std::collections::HashMap<String, Vec<LockedAccount>>, StoreError> {
     let for_update = conn.for_update();
-    let mut rows: Vec<(Account, i64, NextDue)> = Vec::new();
+    let mut accounts: std::collections::HashMap<String, Vec<LockedAccount>> = Default::default();
     super::query_for_ids(
         conn,
         customer_ids,
@@ -391,15 +429,12 @@ pub fn load_defaults_for_update(
             )
         },
         |row| {
-            rows.push((account_from_row(row)?, row.int(8)?, row.opt_time(9)?));
+            let locked =
+                LockedAccount { account: account_from_row(row)?, token: row.int(8)?, next_due_at: row.opt_time(9)? };
+            accounts.entry(locked.account.key.customer_id.clone()).or_default().push(locked);
             Ok(())
         },
     )?;
-    let mut accounts: std::collections::HashMap<String, Vec<(Account, NextDue)>> = Default::default();
-    for (mut account, token, next_due_at) in rows {
-        account.state.grants = grants_under(conn, &account.key, token)?;
-        accounts.entry(account.key.customer_id.clone()).or_default().push((account, next_due_at));
-    }
     Ok(accounts)
 }
 
