@@ -7,17 +7,21 @@
 //! A request joins the queue of its mode. At most `ingest_rounds` rounds run at a time
 //! ([`default_rounds_at_once`] unless set), each on a blocking thread that takes the queue's
 //! oldest requests of one mode (at most [`MAX_REQUESTS`] requests and [`MAX_EVENTS`] events)
-//! and goes on taking while any wait.
+//! and goes on taking while any wait. A customer belongs to one running round at a time: a
+//! request whose customer a running round holds waits for a later round, instead of joining
+//! one that would wait on the database for that round's lock on the customer (rounds that
+//! share customers ran one after another anyway, each holding the locks of all its
+//! customers while it waited). So under load a customer's requests gather in its next round.
 //! A request that arrives while a round runs waits for the next round, so under load rounds
 //! grow, and alone a request runs at once in a round of one. Every request is answered what
 //! it would have been answered alone: a round that fails is run again a request at a time.
 
 use crate::catalog::CatalogCache;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 use tally_core::Mode;
-use tally_store::ops::events::{self as event_ops, IngestReport, IngestRequest};
+use tally_store::ops::events::{self as event_ops, CustomerRef, IngestReport, IngestRequest};
 use tally_store::ops::OpError;
 use tally_store::Store;
 use tokio::sync::oneshot;
@@ -51,10 +55,17 @@ struct Waiting {
     answer: Answer,
 }
 
+/// A customer as its requests name it. A customer named by id in one request and by
+/// external id in another counts as two here; its rounds then wait for each other on the
+/// database's lock, as any rounds of other servers do.
+type CustomerKey = (Mode, CustomerRef);
+
 #[derive(Default)]
 struct Queue {
     waiting: VecDeque<Waiting>,
     running: usize,
+    /// The customers of the rounds running.
+    held: HashSet<CustomerKey>,
 }
 
 pub struct IngestRounds {
@@ -99,18 +110,27 @@ impl IngestRounds {
         // Counted out however this thread ends, so that a panic never leaves the count
         // full with no round running. (`next_round` counts a thread out itself, under the
         // same lock as it finds the queue empty: a request queued after that starts a round.)
-        struct Running<'a>(&'a IngestRounds, bool);
+        // Its round's customers are released the same way.
+        struct Running<'a> {
+            rounds: &'a IngestRounds,
+            counted_out: bool,
+            holding: Vec<CustomerKey>,
+        }
         impl Drop for Running<'_> {
             fn drop(&mut self) {
-                if !self.1 {
-                    self.0.lock().running -= 1;
+                let mut queue = self.rounds.lock();
+                for customer in &self.holding {
+                    queue.held.remove(customer);
+                }
+                if !self.counted_out {
+                    queue.running -= 1;
                 }
             }
         }
-        let mut running = Running(self, false);
+        let mut running = Running { rounds: self, counted_out: false, holding: Vec::new() };
         loop {
-            let Some((mode, round)) = self.next_round() else {
-                running.1 = true;
+            let Some((mode, round)) = self.next_round(&mut running.holding) else {
+                running.counted_out = true;
                 return;
             };
             let (requests, answers): (Vec<IngestRequest>, Vec<Answer>) =
@@ -124,21 +144,29 @@ impl IngestRounds {
         }
     }
 
-    /// The oldest waiting requests of one mode, as many as a round takes; none when no
-    /// request waits, and then the calling thread is counted out.
-    fn next_round(&self) -> Option<(Mode, Vec<Waiting>)> {
+    /// Releases the customers of the calling thread's last round (`holding`), then takes the
+    /// oldest waiting requests of one mode whose customers no other running round holds, as
+    /// many as a round takes, and holds their customers in `holding`. None when no request
+    /// can be taken, and then the calling thread is counted out: the rounds holding the
+    /// customers of the requests left take them when they end.
+    fn next_round(&self, holding: &mut Vec<CustomerKey>) -> Option<(Mode, Vec<Waiting>)> {
         let mut queue = self.lock();
-        let Some(mode) = queue.waiting.front().map(|waiting| waiting.mode) else {
+        for customer in holding.drain(..) {
+            queue.held.remove(&customer);
+        }
+        let free =
+            |queue: &Queue, waiting: &Waiting| !queue.held.contains(&(waiting.mode, waiting.request.customer.clone()));
+        let Some(mode) = queue.waiting.iter().find(|waiting| free(&queue, waiting)).map(|waiting| waiting.mode) else {
             queue.running -= 1;
             return None;
         };
-        let mut round = Vec::new();
+        let mut round: Vec<Waiting> = Vec::new();
         let mut events = 0;
         let mut index = 0;
         while index < queue.waiting.len() && round.len() < MAX_REQUESTS {
             let waiting = &queue.waiting[index];
             let size = waiting.request.events.len();
-            if waiting.mode != mode {
+            if waiting.mode != mode || !free(&queue, waiting) {
                 index += 1;
                 continue;
             }
@@ -147,6 +175,13 @@ impl IngestRounds {
             }
             events += size;
             round.push(queue.waiting.remove(index).expect("index is in the queue"));
+        }
+        // Held once the round is formed: until then, a customer's later requests join it.
+        for waiting in &round {
+            let customer = (mode, waiting.request.customer.clone());
+            if queue.held.insert(customer.clone()) {
+                holding.push(customer);
+            }
         }
         Some((mode, round))
     }

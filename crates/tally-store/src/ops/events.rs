@@ -47,7 +47,7 @@ use tally_core::Mode;
 /// The most conflicting ids one refusal names.
 const MAX_CONFLICTS_NAMED: usize = 10;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum CustomerRef {
     Id(String),
     ExternalId(String),
