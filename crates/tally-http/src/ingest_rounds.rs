@@ -7,11 +7,13 @@
 //! A request joins the queue of its mode. At most `ingest_rounds` rounds run at a time
 //! ([`default_rounds_at_once`] unless set), each on a blocking thread that takes the queue's
 //! oldest requests of one mode (at most [`MAX_REQUESTS`] requests and [`MAX_EVENTS`] events)
-//! and goes on taking while any wait. A customer belongs to one running round at a time: a
-//! request whose customer a running round holds waits for a later round, instead of joining
-//! one that would wait on the database for that round's lock on the customer (rounds that
-//! share customers ran one after another anyway, each holding the locks of all its
-//! customers while it waited). So under load a customer's requests gather in its next round.
+//! and goes on taking while any wait. On PostgreSQL a customer belongs to one running round
+//! at a time: a request whose customer a running round holds waits for a later round,
+//! instead of joining one that would wait on the database for that round's lock on the
+//! customer (rounds that share customers ran one after another anyway, each holding the locks
+//! of all its customers while it waited). So under load a customer's requests gather in its
+//! next round. (SQLite's one writer runs rounds one after another in its group commit, where
+//! no round waits for another's locks: there any rounds run at once.)
 //! A request that arrives while a round runs waits for the next round, so under load rounds
 //! grow, and alone a request runs at once in a round of one. Every request is answered what
 //! it would have been answered alone: a round that fails is run again a request at a time.
@@ -73,13 +75,16 @@ pub struct IngestRounds {
     catalog: Arc<CatalogCache>,
     queue: Mutex<Queue>,
     rounds_at_once: usize,
+    /// Whether a customer belongs to one running round at a time (PostgreSQL).
+    one_round_a_customer: bool,
 }
 
 impl IngestRounds {
     /// Rounds over `store`; `rounds_at_once` 0 means the backend's default.
     pub fn new(store: Arc<Store>, catalog: Arc<CatalogCache>, rounds_at_once: usize) -> IngestRounds {
         let rounds_at_once = if rounds_at_once == 0 { default_rounds_at_once(store.dialect()) } else { rounds_at_once };
-        IngestRounds { store, catalog, queue: Mutex::default(), rounds_at_once }
+        let one_round_a_customer = store.dialect() == tally_store::Dialect::Postgres;
+        IngestRounds { store, catalog, queue: Mutex::default(), rounds_at_once, one_round_a_customer }
     }
 
     /// Ingests `request` in the next round of `mode`, and answers as `ops::events::ingest`.
@@ -177,7 +182,7 @@ impl IngestRounds {
             round.push(queue.waiting.remove(index).expect("index is in the queue"));
         }
         // Held once the round is formed: until then, a customer's later requests join it.
-        for waiting in &round {
+        for waiting in round.iter().filter(|_| self.one_round_a_customer) {
             let customer = (mode, waiting.request.customer.clone());
             if queue.held.insert(customer.clone()) {
                 holding.push(customer);
