@@ -421,9 +421,9 @@ pub fn ingest(
     let ids: Vec<&str> = batch.iter().map(|event| event.id.as_str()).collect();
     let claims = Claims { stored: events::existing(conn, mode, &ids)?, in_round: HashMap::new() };
     let mut round = RoundWrites::default();
-    let preloaded = Preloaded::default();
-    let (report, part) =
-        ingest_locked(conn, mode, &customer_id, batch, &claims, preloaded, &mut round.destinations, catalog, now)?;
+    let start = Start::Preloaded(Preloaded::default());
+    let (report, part, _) =
+        ingest_locked(conn, mode, &customer_id, batch, &claims, start, false, &mut round.destinations, catalog, now)?;
     round.absorb(part);
     round.write(conn, mode)?;
     Ok(report)
@@ -535,21 +535,31 @@ pub fn ingest_round(
                 continue;
             }
         };
-        let preloaded = if served.insert(customer_id.clone()) {
+        // The customer's earlier request of the round may have left its state in memory to go
+        // on from (`Carry`).
+        let going_on = round.carries.get(&customer_id).is_some_and(|carry| carry.goes_on_to(request));
+        let preloaded = if going_on {
+            None
+        } else if served.insert(customer_id.clone()) {
             let accounts = accounts.remove(&customer_id).unwrap_or_default();
-            Preloaded {
+            Some(Preloaded {
                 due: Some(due.remove(&customer_id).unwrap_or_default()),
                 history: Some(histories.remove(&customer_id).unwrap_or_default()),
                 accounts: accounts.into_iter().map(|locked| (locked.key().asset.clone(), locked)).collect(),
                 debit: debit_contexts.remove(&customer_id),
                 counters: counters.remove(&customer_id).unwrap_or_default(),
-            }
+            })
         } else {
-            // A second request of a customer reads what the first wrote (the number of the
-            // customer's last transaction, its tier counters): write it first. It reads its
-            // subscriptions afresh, as the first may have renewed them.
+            // A later request of a customer that cannot go on from the earlier one's state
+            // reads what the earlier wrote (its accounts, the number of its last transaction,
+            // its tier counters): write it first (which saves every state left in memory). It
+            // reads its subscriptions afresh, as the earlier may have renewed them.
             round.write(conn, mode).map_err(RoundFailed::from_write)?;
-            Preloaded::default()
+            Some(Preloaded::default())
+        };
+        let start = match preloaded {
+            Some(preloaded) => Start::Preloaded(preloaded),
+            None => Start::Carried(round.carries.get_mut(&customer_id).expect("going on from it")),
         };
         let mut watched = WriteWatch { conn: &mut *conn, wrote: false };
         let outcome = ingest_locked(
@@ -558,21 +568,31 @@ pub fn ingest_round(
             &customer_id,
             &request.events,
             &claims,
-            preloaded,
+            start,
+            true,
             &mut round.destinations,
             catalog,
             request.now,
         );
         match outcome {
-            Ok((report, part)) => {
+            Ok((report, part, carry)) => {
                 for event in &part.events {
                     claims.in_round.insert(event.id.clone(), (event.customer_id.clone(), event.content_hash.clone()));
                 }
                 round.absorb(part);
+                if let Some(carry) = carry {
+                    round.carries.insert(customer_id, carry);
+                }
                 answers.push(Ok(report));
             }
             Err(OpError::Store(error)) => return Err(error.into()),
             Err(_) if watched.wrote => return Err(RoundFailed(None)),
+            // A request that went on from an earlier one's state and failed once it had taken
+            // the accounts may have changed them (a debit, then a refused one): that state
+            // cannot be kept. One refused before (a conflict, an invalid event) left it be.
+            Err(_) if going_on && round.carries.get(&customer_id).is_none_or(|carry| carry.taken) => {
+                return Err(RoundFailed(None))
+            }
             Err(refused) => answers.push(Err(refused)),
         }
     }
@@ -598,6 +618,47 @@ struct Preloaded {
 
 /// Tier counters of one customer, by price id and period start.
 type Counters = HashMap<(String, i64), Usage>;
+
+/// Where a request of a round starts from.
+enum Start<'a> {
+    /// Reading the customer's state (some or all of it read already by the round).
+    Preloaded(Preloaded),
+    /// From the state its customer's earlier request of the round left in memory, which the
+    /// request updates in place.
+    Carried(&'a mut Carry),
+}
+
+/// A customer's state after its request of a round, in memory, for its next request of the
+/// round to go on from instead of the round writing everything first and the request reading
+/// it back: the accounts it opened (debited, not saved yet), the accounts the round loaded
+/// for it and it did not use, the number its next transaction takes, its tier counters as
+/// they now stand (where known), its subscription history as the round read it, and what
+/// falls due later. Kept only when the request used what the round read for it and nothing
+/// fell due for it; written with the round's other rows ([`RoundWrites::write`]). A request
+/// goes on from it only when the number of the customer's next transaction is known.
+struct Carry {
+    accounts: HashMap<String, (Account, Touched)>,
+    loaded_accounts: HashMap<String, LockedAccount>,
+    next_sequence: Option<i64>,
+    counters: Counters,
+    history: Vec<ActiveInterval>,
+    due_later: subscription_repo::Due,
+    /// Whether a request took the accounts out to debit them and has not put them back: set
+    /// only while it runs, so a request that failed with it set may have changed them.
+    taken: bool,
+}
+
+impl Carry {
+    /// Whether `request` can go on from this state: nothing falls due for it (a renewal or a
+    /// start writes to the accounts and the history), and none of its events names a hold (a
+    /// capture writes ledger entries at once, which would come before the earlier request's
+    /// rows the round has not written yet).
+    fn goes_on_to(&self, request: &IngestRequest) -> bool {
+        self.next_sequence.is_some()
+            && self.due_later.iter().all(|(at, _)| *at > request.now)
+            && request.events.iter().all(|event| event.hold_id.is_none())
+    }
+}
 
 /// The tier counters the first request of each customer of a round would read, read for all
 /// in one statement (or a few): for each of its events, each usage price of its type in the
@@ -741,6 +802,8 @@ struct RoundWrites {
     destinations: Option<Vec<crate::repo::webhooks::Destination>>,
     /// The customers known to have no auto top-up, whose debits have nothing to flag.
     without_auto_top_ups: HashSet<String>,
+    /// Customers' states left for their next requests, by customer id.
+    carries: HashMap<String, Carry>,
 }
 
 /// The rows one request adds to its round, or all its requests together.
@@ -773,8 +836,22 @@ impl RoundWrites {
     /// made them, the rollups once per key, the tier counters the requests moved and the
     /// accounts they debited (locked since they were read).
     fn write(&mut self, conn: &mut dyn Conn, mode: Mode) -> Result<(), OpError> {
-        let RoundPart { mut events, costs, pending, mut rollups, counters, accounts } =
+        let RoundPart { mut events, costs, pending, mut rollups, counters, mut accounts } =
             std::mem::take(&mut self.gathered);
+        // The accounts customers' states carried are saved now; their next requests read them.
+        for (_, carry) in std::mem::take(&mut self.carries) {
+            for (_, (account, touched)) in carry.accounts {
+                accounts.push(wallets::prepare_touched(account, &touched)?);
+            }
+        }
+        // A customer's later request carried on from its earlier one's counters: the later
+        // value of a counter is the one to store.
+        let counters: Vec<events::CounterRow> = counters
+            .into_iter()
+            .map(|row| ((row.customer_id.clone(), row.price_id.clone(), row.period_start), row))
+            .collect::<HashMap<_, _>>()
+            .into_values()
+            .collect();
         events.sort_by(|left, right| left.id.cmp(&right.id));
         insert_events(conn, mode, &events)?;
         for cost in costs {
@@ -782,10 +859,10 @@ impl RoundWrites {
         }
         pending.write(conn, mode)?;
         rollups.write(conn)?;
-        // Each customer's counters once per write: a customer's second request in a round
-        // comes after a write (`ingest_round`), so the keys of one write differ.
         events::put_counters(conn, &counters)?;
-        // Likewise each account once per write, as `save_touched_many` needs.
+        // Each account once per write, as `save_touched_many` needs: a customer's later
+        // request of the round either went on from its earlier one's accounts, saved here
+        // once, or came after a write.
         let without_auto_top_ups = &self.without_auto_top_ups;
         wallets::save_touched_many(conn, mode, accounts, &|customer_id| !without_auto_top_ups.contains(customer_id))?;
         Ok(())
@@ -795,7 +872,9 @@ impl RoundWrites {
 /// [`ingest`] of one batch once its customer is locked and its ids' holders known: rates and
 /// debits in memory, writes what must be written at once (a new account, an expiry settled as
 /// an account opens, webhooks), and returns the rows a round writes together (events, costs,
-/// fees, ledger entries, transactions, rollups, tier counters, the debited accounts).
+/// fees, ledger entries, transactions, rollups, tier counters, the debited accounts). With
+/// `keep`, a batch that can leaves its customer's state in memory for the customer's next
+/// request of the round instead of its debited accounts ([`Carry`]).
 #[allow(clippy::too_many_arguments)]
 fn ingest_locked(
     conn: &mut dyn Conn,
@@ -803,11 +882,12 @@ fn ingest_locked(
     customer_id: &str,
     batch: &[NewEvent],
     claims: &Claims,
-    preloaded: Preloaded,
+    start: Start<'_>,
+    keep: bool,
     destinations: &mut Option<Vec<crate::repo::webhooks::Destination>>,
     catalog: &dyn Catalog,
     now: DateTime<Utc>,
-) -> Result<(IngestReport, RoundPart), OpError> {
+) -> Result<(IngestReport, RoundPart, Option<Carry>), OpError> {
     let mut errors: Vec<FieldError> = Vec::new();
     let mut seen_in_batch: HashSet<&str> = HashSet::new();
     for (index, event) in batch.iter().enumerate() {
@@ -833,39 +913,26 @@ fn ingest_locked(
     }
     let mut report = IngestReport { duplicates: batch.len() - fresh.len(), ..IngestReport::default() };
     if fresh.is_empty() && errors.is_empty() {
-        return Ok((report, RoundPart::default()));
+        // Nothing to store: a state carried here stays as it came.
+        return Ok((report, RoundPart::default(), None));
     }
-    // Runs whatever fell due (a scheduled start, a renewal), so that the history is complete.
-    let ran_due = match preloaded.due {
-        None => {
-            run_due(conn, mode, customer_id, catalog, now)?;
-            true
-        }
-        Some(due) => {
-            let due_now: Vec<String> = due.into_iter().filter(|(at, _)| *at <= now).map(|(_, id)| id).collect();
-            for subscription_id in &due_now {
-                process_due(conn, mode, subscription_id, catalog, now)?;
-            }
-            !due_now.is_empty()
-        }
-    };
-    // What was read before anything fell due holds unless something did.
-    let (loaded_accounts, debit, known_counters) = match ran_due {
-        false => (preloaded.accounts, preloaded.debit, preloaded.counters),
-        true => (HashMap::new(), None, HashMap::new()),
-    };
-    #[cfg(debug_assertions)]
-    check_preloaded(conn, customer_id, &loaded_accounts, debit, &known_counters)?;
     let earliest = fresh.iter().map(|(_, event, _)| event.occurred_at).min().unwrap_or(now);
-    let history = match preloaded.history {
-        // Read before anything fell due: what `history_since` would answer, kept in memory.
-        Some(history) if !ran_due => {
-            history.into_iter().filter(|interval| interval.active_to.is_none_or(|to| to > earliest)).collect()
+    let going_on = matches!(start, Start::Carried(_));
+    // The state of a batch that does not go on from a carried one: kept for the customer's
+    // next request when it can be.
+    let mut own: Option<Carry> = None;
+    let (state, can_carry): (&mut Carry, bool) = match start {
+        Start::Carried(carry) => (carry, true),
+        Start::Preloaded(preloaded) => {
+            let (carry, can_carry) = begin(conn, mode, customer_id, preloaded, earliest, catalog, now)?;
+            (own.insert(carry), can_carry)
         }
-        _ => subscription_repo::history_since(conn, mode, customer_id, earliest)?,
     };
+    let history: Vec<ActiveInterval> =
+        state.history.iter().filter(|interval| interval.active_to.is_none_or(|to| to > earliest)).cloned().collect();
     let mut pricer = Pricer::new(customer_id, history, catalog);
-    pricer.known = known_counters;
+    // A copy: a refused batch leaves a carried state as it was.
+    pricer.known = state.counters.clone();
     let mut vendor_ids: HashMap<VendorRef, String> = HashMap::new();
     let mut rated_events: Vec<Priced> = Vec::with_capacity(fresh.len());
     for (index, event, hash) in fresh {
@@ -889,13 +956,19 @@ fn ingest_locked(
     let rows: Vec<StoredEvent> = rated_events.iter().map(|priced| stored_event(customer_id, priced, now)).collect();
     let unbilled_events: HashMap<&str, &StoredEvent> =
         rows.iter().filter(|stored| stored.unbilled.is_some()).map(|stored| (stored.id.as_str(), stored)).collect();
+    state.taken = true;
     let mut writes = BatchWrites {
         holds,
         destinations: destinations.take(),
-        loaded_accounts,
-        next_sequence: debit.map(|context| context.next_sequence),
+        accounts: std::mem::take(&mut state.accounts),
+        loaded_accounts: std::mem::take(&mut state.loaded_accounts),
+        next_sequence: state.next_sequence,
+        going_on,
         ..BatchWrites::default()
     };
+    // The balances this batch starts from, for its own `wallet.balance_depleted` webhooks.
+    let available_before: HashMap<String, Decimal> =
+        writes.accounts.iter().map(|(asset, (account, _))| (asset.clone(), account.state.available)).collect();
     let mut costs: Vec<StoredCost> = Vec::new();
     for Priced { event, fees, .. } in &rated_events {
         store_fees_and_costs(conn, mode, customer_id, event, fees, &vendor_ids, &mut writes, &mut costs, now)
@@ -912,10 +985,78 @@ fn ingest_locked(
             billed.1 += rated.fee.amount;
         }
     }
-    let (pending, rollups, accounts) = writes.finish(conn, mode, now)?;
+    // A batch that went on from a carried state keeps it: its number is known (it had to be
+    // to go on), and an opening that would have forgotten it failed the batch.
+    let keep = going_on || (keep && can_carry && writes.next_sequence.is_some());
+    let (pending, rollups, accounts) = writes.finish(conn, mode, &available_before, keep, now)?;
     *destinations = writes.destinations.take();
-    let counters = pricer.into_counters();
-    Ok((report, RoundPart { events: rows, costs, pending, rollups, counters, accounts }))
+    let (mut known, moved) = pricer.into_parts();
+    let counters: Vec<events::CounterRow> = moved
+        .iter()
+        .map(|((price_id, period_start), usage)| events::CounterRow {
+            customer_id: customer_id.to_owned(),
+            price_id: price_id.clone(),
+            period_start: *period_start,
+            usage: *usage,
+        })
+        .collect();
+    if keep {
+        known.extend(moved);
+        state.accounts = std::mem::take(&mut writes.accounts);
+        state.loaded_accounts = std::mem::take(&mut writes.loaded_accounts);
+        state.next_sequence = writes.next_sequence;
+        state.counters = known;
+        state.taken = false;
+    }
+    // A carried state was updated in place; a new one is handed back to be kept.
+    let carry = if keep { own } else { None };
+    Ok((report, RoundPart { events: rows, costs, pending, rollups, counters, accounts }, carry))
+}
+
+/// The state a batch starts from when no earlier request of the round left one: runs whatever
+/// fell due (a scheduled start, a renewal), so that the history is complete, and keeps what
+/// the round read for it unless something did (then it reads the history itself, and the
+/// rest as it goes). Also answers whether the state can be carried to the customer's next
+/// request: only when it holds the history as the round read it.
+#[allow(clippy::too_many_arguments)]
+fn begin(
+    conn: &mut dyn Conn,
+    mode: Mode,
+    customer_id: &str,
+    preloaded: Preloaded,
+    earliest: DateTime<Utc>,
+    catalog: &dyn Catalog,
+    now: DateTime<Utc>,
+) -> Result<(Carry, bool), OpError> {
+    let (ran_due, due_later) = match preloaded.due {
+        None => {
+            run_due(conn, mode, customer_id, catalog, now)?;
+            (true, Vec::new())
+        }
+        Some(due) => {
+            let (due_now, due_later): (Vec<_>, Vec<_>) = due.into_iter().partition(|(at, _)| *at <= now);
+            for (_, subscription_id) in &due_now {
+                process_due(conn, mode, subscription_id, catalog, now)?;
+            }
+            (!due_now.is_empty(), due_later)
+        }
+    };
+    // What was read before anything fell due holds unless something did.
+    let (loaded_accounts, debit, counters) = match ran_due {
+        false => (preloaded.accounts, preloaded.debit, preloaded.counters),
+        true => (HashMap::new(), None, HashMap::new()),
+    };
+    #[cfg(debug_assertions)]
+    check_preloaded(conn, customer_id, &loaded_accounts, debit, &counters)?;
+    let (history, can_carry) = match preloaded.history {
+        // Read before anything fell due: what `history_since` would answer, kept in memory.
+        Some(history) if !ran_due => (history, true),
+        _ => (subscription_repo::history_since(conn, mode, customer_id, earliest)?, false),
+    };
+    let next_sequence = debit.map(|context| context.next_sequence);
+    let carry =
+        Carry { accounts: HashMap::new(), loaded_accounts, next_sequence, counters, history, due_later, taken: false };
+    Ok((carry, can_carry))
 }
 
 /// Debug builds check that what a round read for a request before it ran is what the request
@@ -995,18 +1136,9 @@ impl<'a> Pricer<'a> {
         Ok(rating)
     }
 
-    /// The tier counters the billed events moved, as rows to write.
-    fn into_counters(self) -> Vec<events::CounterRow> {
-        let customer_id = self.customer_id;
-        self.counters
-            .into_iter()
-            .map(|((price_id, period_start), usage)| events::CounterRow {
-                customer_id: customer_id.to_owned(),
-                price_id,
-                period_start,
-                usage,
-            })
-            .collect()
+    /// The tier counters known before rating and those the billed events moved.
+    fn into_parts(self) -> (Counters, Counters) {
+        (self.known, self.counters)
     }
 
     /// Writes every tier counter the billed events moved.
@@ -1133,6 +1265,10 @@ pub(crate) struct BatchWrites {
     /// The number the customer's next transaction takes, once known. Opening an account
     /// that settles writes transactions of its own (expiries), so it is read again after.
     next_sequence: Option<i64>,
+    /// Whether the batch goes on from an earlier request's state ([`Carry`]) whose rows the
+    /// round has not written yet: then nothing may be written ahead of them (opening an
+    /// account writes nothing first, and one that settles fails the round).
+    going_on: bool,
     /// The platform's enabled webhook destinations, read at the first fee.
     destinations: Option<Vec<crate::repo::webhooks::Destination>>,
     /// The batch's fees and costs per rollup key, written once per key at the end.
@@ -1157,26 +1293,36 @@ impl BatchWrites {
     /// Saves each account the batch debited, once, and adds the batch's fees and costs to the
     /// rollups, once per key. Every writer of fees through [`store_fees`] calls it last.
     pub(crate) fn save_accounts(&mut self, conn: &mut dyn Conn, mode: Mode, now: DateTime<Utc>) -> Result<(), OpError> {
-        let (pending, mut rollups, accounts) = self.finish(conn, mode, now)?;
+        let (pending, mut rollups, accounts) = self.finish(conn, mode, &HashMap::new(), false, now)?;
         pending.write(conn, mode)?;
         rollups.write(conn)?;
         wallets::save_touched_many(conn, mode, accounts, &|_| true)?;
         Ok(())
     }
 
-    /// Ends the batch: announces each depleted account and hands back the rows, rollups and
-    /// account saves still to write, for a caller that writes them together with others' (an
-    /// ingestion round): nothing the batch does after reads them.
+    /// Ends the batch: announces each account it depleted (from the balance it started at:
+    /// `available_before`, or the one its account was opened at) and hands back the rows,
+    /// rollups and, unless it `keep`s its accounts open for a later batch, the account saves
+    /// still to write, for a caller that writes them together with others' (an ingestion
+    /// round): nothing the batch does after reads them.
     fn finish(
         &mut self,
         conn: &mut dyn Conn,
         mode: Mode,
+        available_before: &HashMap<String, Decimal>,
+        keep: bool,
         now: DateTime<Utc>,
     ) -> Result<(PendingRows, Rollups, Vec<TouchedSave>), OpError> {
-        let mut saves = Vec::with_capacity(self.accounts.len());
-        for (_, (account, touched)) in std::mem::take(&mut self.accounts) {
-            webhooks::balance_changed(conn, mode, &touched.before, &account, now)?;
-            saves.push(wallets::prepare_touched(account, &touched)?);
+        for (asset, (account, touched)) in &self.accounts {
+            let available = available_before.get(asset).copied().unwrap_or(touched.before.available);
+            let before = tally_core::wallet::AccountState { available, ..touched.before.clone() };
+            webhooks::balance_changed(conn, mode, &before, account, now)?;
+        }
+        let mut saves = Vec::new();
+        if !keep {
+            for (_, (account, touched)) in std::mem::take(&mut self.accounts) {
+                saves.push(wallets::prepare_touched(account, &touched)?);
+            }
         }
         Ok((std::mem::take(&mut self.pending), std::mem::take(&mut self.rollups), saves))
     }
@@ -1354,10 +1500,16 @@ fn store_fee(
     }
     let key = AccountKey { customer_id: customer_id.to_owned(), name: "default".into(), asset: fee.asset.clone() };
     if !writes.accounts.contains_key(&fee.asset) {
-        writes.flush_ledger(conn, mode)?;
+        if !writes.going_on {
+            writes.flush_ledger(conn, mode)?;
+        }
         let loaded = writes.loaded_accounts.remove(&fee.asset);
         let (account, touched, settled) = open_account_for_debits(conn, mode, &key, loaded, now)?;
         writes.accounts.insert(fee.asset.clone(), (account, touched));
+        if settled && writes.going_on {
+            // Its expiries' entries and transactions went ahead of the earlier request's rows.
+            return Err(OpError::Conflict("an account settled after its customer's earlier request".into()));
+        }
         if settled {
             writes.next_sequence = None;
         }

@@ -442,6 +442,33 @@ async fn a_request_that_fails_after_writing_fails_the_round_and_each_runs_alone(
     app.assert_ledger_agrees().await;
 }
 
+/// A customer's later request in a round goes on from the state its earlier one left in
+/// memory (`Carry`). One refused before it debits (a conflict) leaves that state be; one
+/// refused after debiting in memory (its second event's fee takes the debt past the largest
+/// amount, with nothing written) cannot leave it changed: the round fails and each request,
+/// run alone, gets its own answer. Either way each is answered, and stores, what it would
+/// have alone.
+async fn a_later_request_refused_mid_batch_leaves_no_debit_behind(app: TestApp) {
+    let world = World::build(&app).await;
+    let big = 600_000_000_000_000_i64;
+    let requests = vec![
+        world.request("c1", &[("h1", "image_generated", json!({}))]),
+        world.request("c1", &[("h1", "image_generated", json!({"other": "content"}))]),
+        world.request("c1", &[("h2", "big_job", json!({"units": big})), ("h3", "big_job", json!({"units": big}))]),
+        world.request("c1", &[("h4", "image_generated", json!({}))]),
+    ];
+    let catalog = Arc::new(CatalogCache::default());
+    let rounds = Arc::new(IngestRounds::new(app.store.clone(), catalog, 0));
+    let answers = tokio::task::spawn_blocking(move || rounds.run_round(Mode::Test, requests)).await.unwrap();
+    let answers: Vec<String> = answers.iter().map(answer_text).collect();
+    assert!(answers[0].starts_with("IngestReport") && answers[3].starts_with("IngestReport"), "{answers:#?}");
+    assert!(answers[1].starts_with("Conflict"), "{answers:#?}");
+    assert!(answers[2].starts_with("Invalid") && answers[2].contains("debt"), "{answers:#?}");
+    let c1 = customer_state(&app, &world, "c1").await;
+    assert!(c1.contains("available 8") && c1.contains("h1") && c1.contains("h4") && !c1.contains("h2"), "{c1}");
+    app.assert_ledger_agrees().await;
+}
+
 /// A debit in a round flags its account for the auto top-up job when its balance falls to its
 /// customer's threshold, as a request alone does (the round reads once which customers have
 /// any auto top-up, and flags nothing for the others).
@@ -511,4 +538,5 @@ on_both_backends!(
     a_round_answers_and_stores_what_the_requests_alone_would,
     a_request_that_fails_after_writing_fails_the_round_and_each_runs_alone,
     a_round_flags_accounts_for_their_auto_top_up,
+    a_later_request_refused_mid_batch_leaves_no_debit_behind,
 );
