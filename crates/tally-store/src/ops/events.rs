@@ -649,13 +649,18 @@ struct Carry {
 }
 
 impl Carry {
-    /// Whether `request` can go on from this state: nothing falls due for it (a renewal or a
-    /// start writes to the accounts and the history), and none of its events names a hold (a
-    /// capture writes ledger entries at once, which would come before the earlier request's
-    /// rows the round has not written yet).
+    /// Whether `request` can go on from this state: nothing falls due for it, neither a
+    /// subscription's action (a renewal or a start writes to the accounts and the history)
+    /// nor a grant's start or expiry on any of the customer's accounts here (run alone, the
+    /// request would settle the account as it opened it, before its fees); and none of its
+    /// events names a hold (a capture writes ledger entries at once, which would come before
+    /// the earlier request's rows the round has not written yet).
     fn goes_on_to(&self, request: &IngestRequest) -> bool {
+        let after = |due: Option<DateTime<Utc>>| due.is_none_or(|due| due > request.now);
         self.next_sequence.is_some()
             && self.due_later.iter().all(|(at, _)| *at > request.now)
+            && self.accounts.values().all(|(account, _)| after(account.state.next_due_at()))
+            && self.loaded_accounts.values().all(|locked| after(locked.next_due_at()))
             && request.events.iter().all(|event| event.hold_id.is_none())
     }
 }

@@ -394,6 +394,11 @@ impl LockedAccount {
         &self.account.key
     }
 
+    /// When something next falls due on it, as its row says.
+    pub fn next_due_at(&self) -> NextDue {
+        self.next_due_at
+    }
+
     /// Whether its balances are `stored`'s (debug builds check preloads with it).
     pub fn has_balances_of(&self, stored: &Account) -> bool {
         let balances = |state: &AccountState| (state.available, state.pending_in, state.pending_out, state.debt);

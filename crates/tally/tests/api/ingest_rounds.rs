@@ -295,7 +295,9 @@ fn mixed_requests(world: &World) -> Vec<IngestRequest> {
         // Its subscription starts ten days on: the request, 40 days on, starts it first and
         // prices the event by the history that start wrote.
         world.request_at("c7", &[image("e15")], day(39), day(40)),
-        // Its gift expired on day 20: the request's opening of its account expires it first.
+        // Its gift expires on day 20: a request now spends from it; one on day 40, after the
+        // same customer's request, opens the account again and expires it first.
+        world.request("c8", &[image("e18")]),
         world.request_at("c8", &[image("e17")], day(39), day(40)),
     ]
 }
@@ -365,6 +367,7 @@ async fn a_round_answers_and_stores_what_the_requests_alone_would(app: TestApp) 
             "IngestReport",
             "IngestReport",
             "IngestReport",
+            "IngestReport",
             "IngestReport"
         ],
         "{answers:#?}"
@@ -386,7 +389,8 @@ async fn a_round_answers_and_stores_what_the_requests_alone_would(app: TestApp) 
     assert!(c6.contains("default:USD\\\" -0.5"), "{c6}");
     let c7 = customer_state(&app, &in_round, "c7").await;
     assert!(c7.contains("available 9") && c7.contains("e15\\\" \\\"billed"), "{c7}");
-    // c8: 10 paid and a gift of 3, which expired before e17 took one of the paid.
+    // c8: 10 paid and a gift of 3; e18 took one of the gift, whose other two expired before
+    // e17 took one of the paid.
     let c8 = customer_state(&app, &in_round, "c8").await;
     assert!(c8.contains("available 9") && c8.contains("expiry"), "{c8}");
     app.assert_ledger_agrees().await;
