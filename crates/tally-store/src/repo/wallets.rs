@@ -334,22 +334,7 @@ pub fn save_touched_many(
             *token
         ]);
         for grant in &save.changed {
-            grant_rows.extend_from_slice(params![
-                &grant.id,
-                mode.as_str(),
-                &key.customer_id,
-                &key.name,
-                &key.asset,
-                grant.purpose.as_str(),
-                grant.priority,
-                grant.amount,
-                grant.remaining,
-                grant.state.as_str(),
-                is_open(grant),
-                grant.effective_at,
-                grant.expires_at,
-                grant.created_at
-            ]);
+            grant_rows.extend(grant_values(mode, key, grant));
         }
     }
     super::execute_rows(
@@ -366,7 +351,7 @@ pub fn save_touched_many(
         conn,
         "INSERT INTO grants (id, mode, customer_id, account_name, asset, purpose, priority, amount, remaining, state,
                              is_open, effective_at, expires_at, created_at)",
-        14,
+        GRANT_WIDTH,
         &grant_rows,
         " ON CONFLICT (id) DO UPDATE SET remaining = excluded.remaining, state = excluded.state,
            is_open = excluded.is_open",
@@ -489,32 +474,42 @@ fn insert_grant(
     grant: &Grant,
     origin: &GrantOrigin,
 ) -> Result<(), StoreError> {
+    let mut values = grant_values(mode, key, grant);
+    values.extend_from_slice(params![origin.transaction_id.clone(), origin.cost_basis]);
     conn.execute(
         "INSERT INTO grants (id, mode, customer_id, account_name, asset, purpose, priority, amount, remaining, state, is_open,
                              effective_at, expires_at, created_at, transaction_id, cost_basis)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-        params![
-            &grant.id,
-            mode.as_str(),
-            &key.customer_id,
-            &key.name,
-            &key.asset,
-            grant.purpose.as_str(),
-            grant.priority,
-            grant.amount,
-            grant.remaining,
-            grant.state.as_str(),
-            is_open(grant),
-            grant.effective_at,
-            grant.expires_at,
-            grant.created_at,
-            origin.transaction_id.clone(),
-            origin.cost_basis
-        ],
+        &values,
     )?;
     // The ledger keeps its own note of the issue, which `ledger verify` checks the row against.
     super::ledger::record_grant(conn, mode, key, grant, origin)
 }
+
+/// The values of a grant's row in the column order `id, mode, customer_id, account_name,
+/// asset, purpose, priority, amount, remaining, state, is_open, effective_at, expires_at,
+/// created_at` ([`GRANT_WIDTH`] of them), which every insert of a grant starts with.
+fn grant_values(mode: Mode, key: &AccountKey, grant: &Grant) -> Vec<crate::conn::Value> {
+    params![
+        &grant.id,
+        mode.as_str(),
+        &key.customer_id,
+        &key.name,
+        &key.asset,
+        grant.purpose.as_str(),
+        grant.priority,
+        grant.amount,
+        grant.remaining,
+        grant.state.as_str(),
+        is_open(grant),
+        grant.effective_at,
+        grant.expires_at,
+        grant.created_at
+    ]
+    .to_vec()
+}
+
+const GRANT_WIDTH: usize = 14;
 
 fn update_grant(conn: &mut dyn Conn, grant: &Grant) -> Result<(), StoreError> {
     conn.execute(
