@@ -31,12 +31,13 @@ use tokio::sync::oneshot;
 /// How many rounds run at once unless `ingest_rounds` says: enough to keep the database busy
 /// while other rounds' answers travel back, few enough that rounds fill. SQLite runs one
 /// writer, whose group commit takes whatever rounds wait; PostgreSQL runs rounds side by side,
-/// each on its own connection, and did best at 4 of 2, 4 and 8 on two cores once a round read
-/// its customers' accounts, numbers and counters once for all (docs/benchmarks.md, "Rounds
-/// that read once what their fees need").
+/// each on its own connection, and did best at 2 of 1, 2, 3, 4 and 8 on two cores once a
+/// customer's requests in a round went on from each other's state: fewer, larger rounds
+/// (docs/benchmarks.md, "Rounds that read once what their fees need").
 pub fn default_rounds_at_once(dialect: tally_store::Dialect) -> usize {
     match dialect {
-        tally_store::Dialect::Sqlite | tally_store::Dialect::Postgres => 4,
+        tally_store::Dialect::Sqlite => 4,
+        tally_store::Dialect::Postgres => 2,
     }
 }
 /// The most requests in one round.
