@@ -160,8 +160,9 @@ impl IngestRounds {
         for customer in holding.drain(..) {
             queue.held.remove(&customer);
         }
-        let free =
-            |queue: &Queue, waiting: &Waiting| !queue.held.contains(&(waiting.mode, waiting.request.customer.clone()));
+        let free = |queue: &Queue, waiting: &Waiting| {
+            queue.held.is_empty() || !queue.held.contains(&(waiting.mode, waiting.request.customer.clone()))
+        };
         let Some(mode) = queue.waiting.iter().find(|waiting| free(&queue, waiting)).map(|waiting| waiting.mode) else {
             queue.running -= 1;
             return None;
@@ -183,10 +184,12 @@ impl IngestRounds {
             round.push(queue.waiting.remove(index).expect("index is in the queue"));
         }
         // Held once the round is formed: until then, a customer's later requests join it.
-        for waiting in round.iter().filter(|_| self.one_round_a_customer) {
-            let customer = (mode, waiting.request.customer.clone());
-            if queue.held.insert(customer.clone()) {
-                holding.push(customer);
+        if self.one_round_a_customer {
+            for waiting in &round {
+                let customer = (mode, waiting.request.customer.clone());
+                if queue.held.insert(customer.clone()) {
+                    holding.push(customer);
+                }
             }
         }
         Some((mode, round))

@@ -541,11 +541,10 @@ pub fn ingest_round(
         let preloaded = if going_on {
             None
         } else if served.insert(customer_id.clone()) {
-            let accounts = accounts.remove(&customer_id).unwrap_or_default();
             Some(Preloaded {
                 due: Some(due.remove(&customer_id).unwrap_or_default()),
                 history: Some(histories.remove(&customer_id).unwrap_or_default()),
-                accounts: accounts.into_iter().map(|locked| (locked.key().asset.clone(), locked)).collect(),
+                accounts: accounts.remove(&customer_id).unwrap_or_default(),
                 debit: debit_contexts.remove(&customer_id),
                 counters: counters.remove(&customer_id).unwrap_or_default(),
             })
@@ -1023,7 +1022,6 @@ fn ingest_locked(
 /// the round read for it unless something did (then it reads the history itself, and the
 /// rest as it goes). Also answers whether the state can be carried to the customer's next
 /// request: only when it holds the history as the round read it.
-#[allow(clippy::too_many_arguments)]
 fn begin(
     conn: &mut dyn Conn,
     mode: Mode,
@@ -1072,7 +1070,7 @@ fn check_preloaded(
     customer_id: &str,
     accounts: &HashMap<String, LockedAccount>,
     debit: Option<DebitContext>,
-    counters: &HashMap<(String, i64), Usage>,
+    counters: &Counters,
 ) -> Result<(), OpError> {
     for ((price_id, period), usage) in counters {
         let stored = events::counter(conn, customer_id, price_id, *period)?;
@@ -1099,11 +1097,11 @@ pub(crate) struct Pricer<'a> {
     history: Vec<ActiveInterval>,
     catalog: &'a dyn Catalog,
     parsed_versions: HashMap<(String, i64), Arc<ProductVersion>>,
-    /// Tier counters after the events billed so far, by price id and period start.
-    counters: HashMap<(String, i64), Usage>,
+    /// Tier counters after the events billed so far.
+    counters: Counters,
     /// Tier counters as stored, read before rating (by an ingestion round): consulted before
     /// the database, and never written back unless an event moves them.
-    known: HashMap<(String, i64), Usage>,
+    known: Counters,
 }
 
 impl<'a> Pricer<'a> {

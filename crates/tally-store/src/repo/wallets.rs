@@ -307,12 +307,9 @@ pub fn save_touched_many(
     if saves.is_empty() {
         return Ok(());
     }
-    debug_assert!(
-        {
-            let mut keys: Vec<&AccountKey> = saves.iter().map(TouchedSave::key).collect();
-            keys.sort_by(|left, right| (&left.customer_id, &left.asset).cmp(&(&right.customer_id, &right.asset)));
-            keys.windows(2).all(|pair| pair[0] != pair[1])
-        },
+    debug_assert_eq!(
+        saves.iter().map(TouchedSave::key).collect::<std::collections::HashSet<_>>().len(),
+        saves.len(),
         "one write saves each account once"
     );
     let tokens: Vec<i64> = saves.iter().map(|_| grant_cache::new_token()).collect();
@@ -366,6 +363,9 @@ pub fn save_touched_many(
     Ok(())
 }
 
+/// Locked accounts by customer id and asset.
+pub type LockedAccounts = std::collections::HashMap<String, std::collections::HashMap<String, LockedAccount>>;
+
 /// An account's row, read and locked for the rest of the transaction, its grants not read yet
 /// ([`LockedAccount::with_grants`] reads them when the account is used).
 pub struct LockedAccount {
@@ -399,15 +399,12 @@ impl LockedAccount {
 }
 
 /// The `default` accounts of `customer_ids` (sorted, distinct), locked for the rest of the
-/// transaction, by customer, in one statement (or a few) for an ingestion round. Their grants
+/// transaction, by customer and asset, in one statement (or a few) for an ingestion round. Their grants
 /// are read only for the accounts used: taking them out of the cache for an account not
 /// debited would leave its next load to read them all.
-pub fn load_defaults_for_update(
-    conn: &mut dyn Conn,
-    customer_ids: &[&str],
-) -> Result<std::collections::HashMap<String, Vec<LockedAccount>>, StoreError> {
+pub fn load_defaults_for_update(conn: &mut dyn Conn, customer_ids: &[&str]) -> Result<LockedAccounts, StoreError> {
     let for_update = conn.for_update();
-    let mut accounts: std::collections::HashMap<String, Vec<LockedAccount>> = Default::default();
+    let mut accounts = LockedAccounts::new();
     super::query_for_ids(
         conn,
         customer_ids,
@@ -421,7 +418,8 @@ pub fn load_defaults_for_update(
         |row| {
             let locked =
                 LockedAccount { account: account_from_row(row)?, token: row.int(8)?, next_due_at: row.opt_time(9)? };
-            accounts.entry(locked.account.key.customer_id.clone()).or_default().push(locked);
+            let key = &locked.account.key;
+            accounts.entry(key.customer_id.clone()).or_default().insert(key.asset.clone(), locked);
             Ok(())
         },
     )?;
@@ -431,14 +429,10 @@ pub fn load_defaults_for_update(
 /// The account's open grants in burn order: from the cache when filed under `token`, the
 /// token its row holds, or else from the database.
 fn grants_under(conn: &mut dyn Conn, key: &AccountKey, token: i64) -> Result<Vec<Grant>, StoreError> {
-    Ok(match grant_cache::take(key, token) {
-        Some(grants) => grants,
-        None => {
-            let mut grants = open_grants(conn, key)?;
-            grants.sort_by(Grant::burn_order);
-            grants
-        }
-    })
+    match grant_cache::take(key, token) {
+        Some(grants) => Ok(grants),
+        None => open_grants_in_burn_order(conn, key),
+    }
 }
 
 /// Each grant of `after` with the grant of the same id in `before`, if any. Most changes
