@@ -19,6 +19,19 @@ pub enum Value {
     Text(String),
 }
 
+/// A statement that writes many rows: `head VALUES (…), (…) tail`, `width` values a row.
+#[derive(Debug, Clone, Copy)]
+pub struct RowsStatement<'a> {
+    /// `INSERT INTO table (columns)`.
+    pub head: &'a str,
+    pub width: usize,
+    /// What follows the rows: `ON CONFLICT …`, `RETURNING …`, or nothing.
+    pub tail: &'a str,
+    /// The statement for one row, with this dialect's placeholders: what the database infers
+    /// each column's type from, and the key under which a backend keeps its own form.
+    pub one_row: &'a str,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
     Sqlite,
@@ -57,6 +70,22 @@ pub trait Conn {
     /// types, in one round trip.
     fn query_planned_for_values(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
         self.query(sql, params)
+    }
+
+    /// Runs `statement` for every row of `values` (rows of `statement.width` values, one after
+    /// another) in one statement, where the backend can bind each column's values as one
+    /// array: PostgreSQL runs `head SELECT * FROM UNNEST($1::type[], …) tail`, a parameter a
+    /// column whatever the number of rows. Multi-row `VALUES` take a statement for each chunk
+    /// of at most 64 rows, one chunk for each power of two, so a round of 15 single events
+    /// ran four statements a table, each a round trip and an executor's start-up. Returns the
+    /// rows `tail` returns. `None` when the backend has no such form (SQLite, whose statements
+    /// cost no round trip): the caller sends multi-row `VALUES` in chunks.
+    fn insert_columns(
+        &mut self,
+        _statement: &RowsStatement<'_>,
+        _values: &[Value],
+    ) -> Option<Result<Vec<Row>, StoreError>> {
+        None
     }
 
     /// Which of the rows a platform-wide total is spread over this connection's transactions

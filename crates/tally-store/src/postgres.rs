@@ -11,7 +11,7 @@
 //! unknown, which the message says too (Tally's writes are idempotent by their ids, so the
 //! client retries with the same id).
 
-use crate::conn::{Conn, Dialect, Row, Value};
+use crate::conn::{Conn, Dialect, Row, RowsStatement, Value};
 use crate::StoreError;
 use postgres::error::SqlState;
 use postgres::types::{IsNull, ToSql, Type};
@@ -56,6 +56,7 @@ impl Connector {
         Ok(Connection {
             client,
             statements: HashMap::new(),
+            column_statements: HashMap::new(),
             broken: false,
             aborted_to_retry: false,
             used: false,
@@ -125,6 +126,9 @@ impl r2d2::ManageConnection for Connector {
 struct Connection {
     client: postgres::Client,
     statements: HashMap<String, postgres::Statement>,
+    /// The one-statement form of each multi-row write (`Conn::insert_columns`), by the text of
+    /// its one-row statement.
+    column_statements: HashMap<String, std::sync::Arc<str>>,
     /// Set when an error showed the connection is unusable: it is then closed, not pooled.
     broken: bool,
     /// Set when PostgreSQL aborted the current transaction to break a deadlock (or a
@@ -421,13 +425,52 @@ impl Connection {
     }
 
     fn run(&mut self, sql: &str, params: &[Value], query: bool) -> Result<Outcome, StoreError> {
-        let statement = self.statement(sql).map_err(|error| self.fail(error))?;
         let bound: Vec<Param> = params.iter().map(Param).collect();
         let references: Vec<&(dyn ToSql + Sync)> = bound.iter().map(|param| param as &(dyn ToSql + Sync)).collect();
+        self.run_bound(sql, &references, query)
+    }
+
+    /// `statement` for every row of `values` in one statement: `head SELECT * FROM UNNEST(…)
+    /// tail`, one array a column, each typed as PostgreSQL infers the one-row statement's
+    /// parameter there (from the column it fills), so that nothing declares the types twice.
+    /// `UNNEST` yields the rows in the arrays' order.
+    fn insert_columns(
+        &mut self,
+        statement: &RowsStatement<'_>,
+        values: &[Value],
+    ) -> Result<Vec<postgres::Row>, StoreError> {
+        let sql = match self.column_statements.get(statement.one_row) {
+            Some(sql) => sql.clone(),
+            None => {
+                let one_row = self.statement(statement.one_row).map_err(|error| self.fail(error))?;
+                let arrays: Vec<String> = one_row
+                    .params()
+                    .iter()
+                    .enumerate()
+                    .map(|(index, ty)| format!("${}::{}[]", index + 1, ty.name()))
+                    .collect();
+                let sql: std::sync::Arc<str> =
+                    format!("{} SELECT * FROM UNNEST({}){}", statement.head, arrays.join(", "), statement.tail).into();
+                self.column_statements.insert(statement.one_row.to_owned(), sql.clone());
+                sql
+            }
+        };
+        let width = statement.width;
+        let columns: Vec<Vec<Param>> =
+            (0..width).map(|column| values.iter().skip(column).step_by(width).map(Param).collect()).collect();
+        let references: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|column| column as &(dyn ToSql + Sync)).collect();
+        match self.run_bound(&sql, &references, true)? {
+            Outcome::Rows(rows) => Ok(rows),
+            Outcome::Changed(_) => Ok(Vec::new()),
+        }
+    }
+
+    fn run_bound(&mut self, sql: &str, references: &[&(dyn ToSql + Sync)], query: bool) -> Result<Outcome, StoreError> {
+        let statement = self.statement(sql).map_err(|error| self.fail(error))?;
         let result = if query {
-            self.client.query(&statement, &references).map(Outcome::Rows)
+            self.client.query(&statement, references).map(Outcome::Rows)
         } else {
-            self.client.execute(&statement, &references).map(Outcome::Changed)
+            self.client.execute(&statement, references).map(Outcome::Changed)
         };
         result.map_err(|error| {
             // A plan PostgreSQL can no longer use (the schema changed under it) is prepared
@@ -536,6 +579,15 @@ impl Conn for PostgresConn<'_> {
 
     fn lane(&self) -> u64 {
         self.connection.lane.number
+    }
+
+    fn insert_columns(
+        &mut self,
+        statement: &RowsStatement<'_>,
+        values: &[Value],
+    ) -> Option<Result<Vec<Row>, StoreError>> {
+        let rows = self.connection.insert_columns(statement, values);
+        Some(rows.and_then(|rows| rows.iter().map(read_row).collect()))
     }
 
     fn query_planned_for_values(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {

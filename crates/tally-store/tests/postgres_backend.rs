@@ -456,3 +456,115 @@ fn both_connections_of_a_sqlite_read_pair_see_one_snapshot() {
     store.migrate().unwrap();
     pairs_read_one_snapshot(&store);
 }
+
+const HEAD: &str = "INSERT INTO probe_rows (id, n, note, total)";
+const UPSERT: &str = " ON CONFLICT (id) DO UPDATE SET total = probe_rows.total + excluded.total";
+const RETURNING: &str = " RETURNING id, total";
+
+/// Rows written many at once (`repo::write_rows`, which every multi-row insert and upsert of
+/// the hot path goes through) land exactly as given, whatever their number: texts, integers
+/// (given as either kind of value) and NULLs, every row once and in no other row's place, an
+/// upsert's tail applied to the rows that exist, and one `RETURNING` row a row.
+fn rows_written_many_at_once_land_exactly(store: &Store) {
+    type Stored = (Option<i64>, Option<String>, i64);
+    type Expected = std::collections::BTreeMap<String, Stored>;
+    let row = |index: usize, total: i64| -> (String, Vec<tally_store::Value>, Stored) {
+        let id = format!("row-{index:05}");
+        let (n, n_value) = match index % 3 {
+            0 => (Some(index as i64 - 60), tally_store::Value::Int(index as i64 - 60)),
+            1 => (None, tally_store::Value::Null),
+            _ => (
+                Some(index as i64 * 1_000_000_007),
+                tally_store::Value::Text((index as i64 * 1_000_000_007).to_string()),
+            ),
+        };
+        let note = (!index.is_multiple_of(4)).then(|| format!("note {index}: l'été, \"quoted\", \\ back"));
+        let values = vec![id.clone().into(), n_value, note.clone().into(), total.into()];
+        (id, values, (n, note, total))
+    };
+    store
+        .write(|conn| {
+            conn.execute(
+                "CREATE TABLE probe_rows (id TEXT PRIMARY KEY, n BIGINT, note TEXT, total BIGINT NOT NULL)",
+                &[],
+            )
+        })
+        .unwrap();
+    let mut expected = Expected::new();
+    let mut next = 0;
+    for count in [0, 1, 3, 64, 130, 10_050] {
+        let mut values = Vec::new();
+        for index in next..next + count {
+            let (id, row_values, stored) = row(index, index as i64);
+            values.extend(row_values);
+            expected.insert(id, stored);
+        }
+        next += count;
+        let returned = store
+            .write(|conn| tally_store::repo::write_rows(conn, &[HEAD, RETURNING], HEAD, 4, &values, RETURNING))
+            .unwrap();
+        let mut ids: Vec<String> = returned.iter().map(|row| row.text(0).unwrap()).collect();
+        ids.sort();
+        let wanted: Vec<String> = (next - count..next).map(|index| format!("row-{index:05}")).collect();
+        assert!(ids == wanted, "one RETURNING row for each of {count} rows: {} came back", ids.len());
+    }
+    // An upsert over rows that exist and rows that do not: the tail adds to the first.
+    let mut values = Vec::new();
+    for index in (0..next).step_by(2).chain(next..next + 70) {
+        let (id, row_values, stored) = row(index, 1_000);
+        values.extend(row_values);
+        expected.entry(id).and_modify(|(_, _, total)| *total += 1_000).or_insert(stored);
+    }
+    store.write(|conn| tally_store::repo::write_rows(conn, &[HEAD, UPSERT], HEAD, 4, &values, UPSERT)).unwrap();
+    let stored: Expected = store
+        .read(|conn| {
+            conn.query_map("SELECT id, n, note, total FROM probe_rows", &[], |row| {
+                Ok((row.text(0)?, (row.opt_int(1)?, row.opt_text(2)?, row.int(3)?)))
+            })
+        })
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(stored, expected);
+}
+
+#[test]
+fn rows_written_many_at_once_land_exactly_in_one_statement_on_postgresql() {
+    let Some(database) = Database::create() else { return };
+    let store = database.migrated();
+    rows_written_many_at_once_land_exactly(&store);
+    // On the connection that has just written 130 rows: the upsert's one-row text, which
+    // PostgreSQL typed the columns from, and one `UNNEST` statement, never a statement per
+    // chunk of rows.
+    let prepared = store
+        .write(|conn| {
+            let values: Vec<tally_store::Value> = (0..130)
+                .flat_map(|index| {
+                    [format!("extra-{index}").into(), tally_store::Value::Null, tally_store::Value::Null, 1.into()]
+                })
+                .collect();
+            tally_store::repo::write_rows(conn, &[HEAD, UPSERT], HEAD, 4, &values, UPSERT)?;
+            conn.query_map(
+                "SELECT statement FROM pg_prepared_statements
+                 WHERE statement LIKE 'INSERT INTO probe_rows%' AND statement LIKE '%ON CONFLICT%' ORDER BY statement",
+                &[],
+                |row| row.text(0),
+            )
+        })
+        .unwrap();
+    assert_eq!(prepared.len(), 2, "{prepared:#?}");
+    assert!(
+        prepared[0].contains(" SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::int8[])"),
+        "{prepared:#?}"
+    );
+    assert!(prepared[1].contains(" VALUES ($1, $2, $3, $4) ON CONFLICT"), "{prepared:#?}");
+}
+
+#[test]
+fn rows_written_many_at_once_land_exactly_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("tally.db").display());
+    let store = Store::open(&DatabaseUrl::parse(&url).unwrap()).unwrap();
+    store.migrate().unwrap();
+    rows_written_many_at_once_land_exactly(&store);
+}

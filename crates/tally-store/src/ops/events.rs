@@ -793,6 +793,15 @@ impl Conn for WriteWatch<'_> {
         self.conn.query_planned_for_values(sql, params)
     }
 
+    fn insert_columns(
+        &mut self,
+        statement: &crate::conn::RowsStatement<'_>,
+        values: &[crate::conn::Value],
+    ) -> Option<Result<Vec<crate::Row>, StoreError>> {
+        self.note(statement.head);
+        self.conn.insert_columns(statement, values)
+    }
+
     fn lane(&self) -> u64 {
         self.conn.lane()
     }

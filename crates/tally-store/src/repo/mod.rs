@@ -338,11 +338,13 @@ impl Filter {
 /// The most rows one multi-row `INSERT` of [`insert_rows`] carries.
 const MAX_ROWS_PER_INSERT: usize = 64;
 
-/// Inserts rows of `width` values each (`values` holds them one row after another) with
-/// multi-row `INSERT`s: `head` is `INSERT INTO table (columns)`, `tail` what follows the
-/// values (`RETURNING …`, or empty). Rows go in chunks of a power of two, at most
-/// [`MAX_ROWS_PER_INSERT`], so a table needs few statement texts in the statement caches
-/// whatever the batch's size; rows keep their order. Returns the rows `tail` returns.
+/// The most rows one statement of arrays carries (`Conn::insert_columns`): a bound on one
+/// message's size, far above what a round writes.
+const MAX_ROWS_PER_ARRAYS: usize = 10_000;
+
+/// Inserts rows of `width` values each (`values` holds them one row after another): `head` is
+/// `INSERT INTO table (columns)`, `tail` what follows the values (`RETURNING …`, or empty).
+/// Returns the rows `tail` returns. See [`write_rows`].
 pub(crate) fn insert_rows(
     conn: &mut dyn Conn,
     head: &'static str,
@@ -350,21 +352,7 @@ pub(crate) fn insert_rows(
     values: &[crate::conn::Value],
     tail: &'static str,
 ) -> Result<Vec<crate::Row>, StoreError> {
-    debug_assert!(width > 0 && values.len().is_multiple_of(width));
-    let mut returned = Vec::new();
-    let mut rest = values;
-    while !rest.is_empty() {
-        let rows = chunk_rows(rest.len() / width);
-        let (chunk, after) = rest.split_at(rows * width);
-        let sql = cached_multi_row_sql(conn.dialect(), head, width, rows, tail);
-        if tail.is_empty() {
-            conn.execute(&sql, chunk)?;
-        } else {
-            returned.extend(conn.query(&sql, chunk)?);
-        }
-        rest = after;
-    }
-    Ok(returned)
+    write_rows(conn, &[head, tail], head, width, values, tail)
 }
 
 /// [`insert_rows`] for a statement that returns nothing (an upsert's `ON CONFLICT` as `tail`).
@@ -375,27 +363,62 @@ pub(crate) fn execute_rows(
     values: &[crate::conn::Value],
     tail: &'static str,
 ) -> Result<(), StoreError> {
-    let dialect = conn.dialect();
-    execute_in_chunks(conn, width, values, |rows| cached_multi_row_sql(dialect, head, width, rows, tail))
+    write_rows(conn, &[head, tail], head, width, values, tail).map(drop)
 }
 
-/// Runs the statement `sql` gives for each chunk of `values` (rows of `width` values): chunks
-/// of a power of two rows, at most [`MAX_ROWS_PER_INSERT`], so that few texts are prepared.
-pub(crate) fn execute_in_chunks(
+/// Writes rows of `width` values each as `head VALUES (…), … tail`, rows in their order, and
+/// returns the rows `tail` returns. Where the backend takes a column's values as one array
+/// (PostgreSQL, `Conn::insert_columns`) that is one statement, whatever the number of rows;
+/// elsewhere multi-row `VALUES` in chunks of a power of two rows, at most
+/// [`MAX_ROWS_PER_INSERT`], so that a table needs few statement texts in the statement caches
+/// whatever the batch's size. `key` names the statement (its `&'static` parts) for the
+/// per-thread text cache ([`statement_text`]); `head` and `tail` must be the same for the same
+/// key.
+pub fn write_rows(
     conn: &mut dyn Conn,
+    key: &[&'static str],
+    head: &str,
     width: usize,
     values: &[crate::conn::Value],
-    sql: impl Fn(usize) -> std::rc::Rc<str>,
-) -> Result<(), StoreError> {
+    tail: &str,
+) -> Result<Vec<crate::Row>, StoreError> {
     debug_assert!(width > 0 && values.len().is_multiple_of(width));
+    if values.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Each text is formatted once per thread: a 64-row statement has a thousand placeholders,
+    // and formatting them for every chunk cost more than binding.
+    let marker = placeholder_marker(conn.dialect());
+    let text = |rows: usize| {
+        statement_text(key, &[marker as usize, width, rows], || multi_row_sql(marker, head, width, rows, tail))
+    };
+    let one_row = text(1);
+    let statement = crate::conn::RowsStatement { head, width, tail, one_row: &one_row };
+    let mut arrays = values.chunks(MAX_ROWS_PER_ARRAYS * width);
+    let first = arrays.next().unwrap_or_default();
+    if let Some(rows) = conn.insert_columns(&statement, first) {
+        let mut returned = rows?;
+        for chunk in arrays {
+            let rows = conn
+                .insert_columns(&statement, chunk)
+                .unwrap_or_else(|| Err(StoreError::Database("the backend stopped taking arrays mid-write".into())));
+            returned.extend(rows?);
+        }
+        return Ok(returned);
+    }
+    let mut returned = Vec::new();
     let mut rest = values;
     while !rest.is_empty() {
         let rows = chunk_rows(rest.len() / width);
         let (chunk, after) = rest.split_at(rows * width);
-        conn.execute(&sql(rows), chunk)?;
+        if tail.contains("RETURNING") {
+            returned.extend(conn.query(&text(rows), chunk)?);
+        } else {
+            conn.execute(&text(rows), chunk)?;
+        }
         rest = after;
     }
-    Ok(())
+    Ok(returned)
 }
 
 /// Runs the query `sql` makes for a list of placeholders (after `leading`'s) over `ids` in
@@ -435,20 +458,6 @@ pub(crate) fn placeholder_marker(dialect: crate::conn::Dialect) -> char {
 pub(crate) fn chunk_rows(remaining: usize) -> usize {
     let largest = if remaining.is_power_of_two() { remaining } else { remaining.next_power_of_two() / 2 };
     largest.min(MAX_ROWS_PER_INSERT)
-}
-
-/// [`multi_row_sql`], written once per thread for each statement and size: a 64-row statement
-/// has a thousand placeholders, and formatting them for every chunk cost more than binding.
-fn cached_multi_row_sql(
-    dialect: crate::conn::Dialect,
-    head: &'static str,
-    width: usize,
-    rows: usize,
-    tail: &'static str,
-) -> std::rc::Rc<str> {
-    let marker = placeholder_marker(dialect);
-    let numbers = [marker as usize, width, rows];
-    statement_text(&[head, tail], &numbers, || multi_row_sql(marker, head, width, rows, tail))
 }
 
 /// A statement text that `build` makes from `'static` texts and some numbers, built once per

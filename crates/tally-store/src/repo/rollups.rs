@@ -352,8 +352,8 @@ fn push_row(values: &mut Vec<Value>, keys: &[Value], total: &Total) -> Result<()
 }
 
 /// Adds each row of `values` (the key columns, the amount's three parts and the count) to
-/// `table`'s row of the same key: [`upsert_sql`] for many rows at once, in chunks of a power
-/// of two rows (`repo::insert_rows`), each text built once per thread. The keys of one call
+/// `table`'s row of the same key, in one statement or few (`repo::write_rows`), the head and
+/// tail built once per thread. The keys of one call
 /// must differ (PostgreSQL refuses to update a row twice in one statement): each comes from
 /// one map key.
 fn upsert_many(
@@ -365,35 +365,29 @@ fn upsert_many(
     values: &[Value],
 ) -> Result<(), StoreError> {
     let width = key_columns.split(", ").count() + 4;
-    let marker = super::placeholder_marker(conn.dialect());
-    super::execute_in_chunks(conn, width, values, |rows| {
-        super::statement_text(&[table, key_columns, conflict_columns, count], &[marker as usize, rows], || {
-            upsert_sql(marker, table, key_columns, conflict_columns, count, rows)
-        })
-    })
+    let key = [table, key_columns, conflict_columns, count];
+    let head = super::statement_text(&key, &[0], || upsert_head(table, key_columns, count));
+    let tail = super::statement_text(&key, &[1], || upsert_tail(table, conflict_columns, count));
+    super::write_rows(conn, &key, &head, width, values, &tail).map(drop)
 }
 
-/// Adds rows' amounts and counts to `table`'s rows of the same keys, carrying the fractions.
-fn upsert_sql(
-    marker: char,
-    table: &str,
-    key_columns: &str,
-    conflict_columns: &str,
-    count: &str,
-    rows: usize,
-) -> String {
-    let width = key_columns.split(", ").count() + 4;
+/// The head of [`upsert_many`]'s statement: the key columns, the amount's parts, the count.
+fn upsert_head(table: &str, key_columns: &str, count: &str) -> String {
+    format!("INSERT INTO {table} ({key_columns}, amount_units, amount_pico, amount_yocto, {count})")
+}
+
+/// The tail of [`upsert_many`]'s statement: adds each row's amount and count to the stored
+/// row of its key, carrying the fractions.
+fn upsert_tail(table: &str, conflict_columns: &str, count: &str) -> String {
     let yocto = format!("({table}.amount_yocto + excluded.amount_yocto)");
     let pico = format!("({table}.amount_pico + excluded.amount_pico + {yocto} / {PART})");
-    let head = format!("INSERT INTO {table} ({key_columns}, amount_units, amount_pico, amount_yocto, {count})");
-    let tail = format!(
+    format!(
         " ON CONFLICT ({conflict_columns}) DO UPDATE SET
              amount_units = {table}.amount_units + excluded.amount_units + {pico} / {PART},
              amount_pico = {pico} % {PART},
              amount_yocto = {yocto} % {PART},
              {count} = {table}.{count} + excluded.{count}"
-    );
-    super::multi_row_sql(marker, &head, width, rows, &tail)
+    )
 }
 
 /// The exact sum of the rows a query groups, from its `SUM`s of the three parts.
