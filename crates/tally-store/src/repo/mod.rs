@@ -393,6 +393,9 @@ pub fn write_rows(
         statement_text(key, &[marker as usize, width, rows], || multi_row_sql(marker, head, width, rows, tail))
     };
     let one_row = text(1);
+    // A key names one statement: a text cached under it for another head or tail would write
+    // these rows into that statement's table and columns.
+    debug_assert!(one_row.starts_with(head) && one_row.ends_with(tail), "{key:?} names another statement");
     let statement = crate::conn::RowsStatement { head, width, tail, one_row: &one_row };
     let mut arrays = values.chunks(MAX_ROWS_PER_ARRAYS * width);
     let first = arrays.next().unwrap_or_default();
@@ -406,12 +409,13 @@ pub fn write_rows(
         }
         return Ok(returned);
     }
+    let returning = tail.to_ascii_uppercase().contains("RETURNING");
     let mut returned = Vec::new();
     let mut rest = values;
     while !rest.is_empty() {
         let rows = chunk_rows(rest.len() / width);
         let (chunk, after) = rest.split_at(rows * width);
-        if tail.contains("RETURNING") {
+        if returning {
             returned.extend(conn.query(&text(rows), chunk)?);
         } else {
             conn.execute(&text(rows), chunk)?;
