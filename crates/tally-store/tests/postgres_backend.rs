@@ -448,12 +448,19 @@ fn both_connections_of_a_read_pair_see_one_snapshot() {
     pairs_read_one_snapshot(&database.migrated());
 }
 
-#[test]
-fn both_connections_of_a_sqlite_read_pair_see_one_snapshot() {
+/// A migrated SQLite store in a temporary folder (kept while the folder is), for the tests
+/// that hold SQLite to what this file holds PostgreSQL to.
+fn sqlite_store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("tally.db").display());
     let store = Store::open(&DatabaseUrl::parse(&url).unwrap()).unwrap();
     store.migrate().unwrap();
+    (dir, store)
+}
+
+#[test]
+fn both_connections_of_a_sqlite_read_pair_see_one_snapshot() {
+    let (_dir, store) = sqlite_store();
     pairs_read_one_snapshot(&store);
 }
 
@@ -562,9 +569,6 @@ fn rows_written_many_at_once_land_exactly_in_one_statement_on_postgresql() {
 
 #[test]
 fn rows_written_many_at_once_land_exactly_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("tally.db").display());
-    let store = Store::open(&DatabaseUrl::parse(&url).unwrap()).unwrap();
-    store.migrate().unwrap();
+    let (_dir, store) = sqlite_store();
     rows_written_many_at_once_land_exactly(&store);
 }
