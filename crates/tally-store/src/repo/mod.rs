@@ -409,7 +409,7 @@ pub fn write_rows(
         }
         return Ok(returned);
     }
-    let returning = tail.to_ascii_uppercase().contains("RETURNING");
+    let returning = tail.as_bytes().windows(9).any(|word| word.eq_ignore_ascii_case(b"RETURNING"));
     let mut returned = Vec::new();
     let mut rest = values;
     while !rest.is_empty() {

@@ -331,7 +331,7 @@ pub fn save_touched_many(
             *token
         ]);
         for grant in &save.changed {
-            grant_rows.extend(grant_values(mode, key, grant));
+            push_grant_values(&mut grant_rows, mode, key, grant);
         }
     }
     super::execute_rows(
@@ -468,7 +468,8 @@ fn insert_grant(
     grant: &Grant,
     origin: &GrantOrigin,
 ) -> Result<(), StoreError> {
-    let mut values = grant_values(mode, key, grant);
+    let mut values = Vec::with_capacity(GRANT_WIDTH + 2);
+    push_grant_values(&mut values, mode, key, grant);
     values.extend_from_slice(params![origin.transaction_id.clone(), origin.cost_basis]);
     conn.execute(
         "INSERT INTO grants (id, mode, customer_id, account_name, asset, purpose, priority, amount, remaining, state, is_open,
@@ -480,11 +481,12 @@ fn insert_grant(
     super::ledger::record_grant(conn, mode, key, grant, origin)
 }
 
-/// The values of a grant's row in the column order `id, mode, customer_id, account_name,
-/// asset, purpose, priority, amount, remaining, state, is_open, effective_at, expires_at,
-/// created_at` ([`GRANT_WIDTH`] of them), which every insert of a grant starts with.
-fn grant_values(mode: Mode, key: &AccountKey, grant: &Grant) -> Vec<crate::conn::Value> {
-    params![
+/// Appends the values of a grant's row to `values`, in the column order `id, mode,
+/// customer_id, account_name, asset, purpose, priority, amount, remaining, state, is_open,
+/// effective_at, expires_at, created_at` ([`GRANT_WIDTH`] of them), which every insert of a
+/// grant starts with.
+fn push_grant_values(values: &mut Vec<crate::conn::Value>, mode: Mode, key: &AccountKey, grant: &Grant) {
+    values.extend_from_slice(params![
         &grant.id,
         mode.as_str(),
         &key.customer_id,
@@ -499,8 +501,7 @@ fn grant_values(mode: Mode, key: &AccountKey, grant: &Grant) -> Vec<crate::conn:
         grant.effective_at,
         grant.expires_at,
         grant.created_at
-    ]
-    .to_vec()
+    ]);
 }
 
 const GRANT_WIDTH: usize = 14;
